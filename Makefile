@@ -1,0 +1,45 @@
+# One command each, on a fresh clone, offline: `make test` and `make demo`.
+# Both create .venv and install what is missing (torch 2.14.1 + torchvision 0.29.1 first,
+# pinned, then the package). System packages (Fashion-MNIST, Chromium) are installed with
+# apt-get when we are root and they are missing; without them the targets carry on.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.discover-installed
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: venv test test-fast demo system-deps bench lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install "torch==2.14.1" "torchvision==0.29.1"
+	$(PIP) install -e ".[dev]"
+	@touch $@
+
+# Best effort: Debian's Fashion-MNIST (real-image data) and Chromium (report browser tests).
+system-deps:
+	@./scripts/system-deps.sh
+
+test: venv system-deps
+	$(BIN)/python -m pytest
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow"
+
+demo: venv system-deps
+	$(BIN)/discover sparsity deit_tiny_patch16_224 -U 24
+	$(BIN)/discover sparsity small_resnet -U 4 --policy argmax
+
+bench: venv
+	$(BIN)/python benchmarks/lwta_speed.py
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info

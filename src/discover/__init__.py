@@ -1,0 +1,63 @@
+"""discover: Competitive Vision Networks (stochastic LWTA) and neuron dissection.
+
+Example:
+    >>> import discover, torch
+    >>> model = discover.create_model("small_resnet", U=4, num_classes=10)
+    >>> with discover.capture_winners(model) as layers:
+    ...     _ = model.eval()(torch.randn(2, 3, 64, 64))
+    ...     fractions = {n: l.last_mask.float().mean().item() for n, l in layers.items()}
+    >>> set(fractions.values())
+    {0.25}
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .lwta import (
+    EVAL_POLICIES,
+    LWTA,
+    average_logits,
+    capture_winners,
+    eval_policy,
+    lwta_layers,
+    set_eval_policy,
+)
+from .models import (
+    ConversionReport,
+    CVNConfig,
+    activation_sites,
+    count_parameters,
+    create_model,
+    list_models,
+    load_checkpoint,
+    register_activation,
+    register_model,
+    register_placement,
+    save_checkpoint,
+    to_cvn,
+)
+from . import networks as _networks  # noqa: E402,F401  (registers small_resnet, small_vit)
+
+__all__ = [
+    "__version__",
+    "LWTA",
+    "EVAL_POLICIES",
+    "average_logits",
+    "capture_winners",
+    "eval_policy",
+    "lwta_layers",
+    "set_eval_policy",
+    "ConversionReport",
+    "CVNConfig",
+    "activation_sites",
+    "count_parameters",
+    "create_model",
+    "list_models",
+    "load_checkpoint",
+    "register_activation",
+    "register_model",
+    "register_placement",
+    "save_checkpoint",
+    "to_cvn",
+]

@@ -1,0 +1,327 @@
+"""Stochastic local winner-takes-all (LWTA) activation.
+
+Units are grouped into blocks of ``U`` competitors. For every input exactly one unit per
+block wins and passes its *linear* pre-activation (which may be negative); every other unit
+outputs 0. The competition logits are the pre-activations themselves, so the layer has no
+parameters and replacing an activation by it keeps a network's parameter count.
+
+Training uses a Gumbel-softmax straight-through estimator: the forward pass is exactly
+one-hot, the gradient flows through the soft sample (temperature ``tau``). At evaluation
+the winner is either *sampled* from ``softmax(h_b)`` (the reference behaviour) or taken as
+the largest pre-activation (``"argmax"``). See ``method.md`` §2 of the project docs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+from torch import nn
+
+__all__ = [
+    "LWTA",
+    "EvalPolicy",
+    "EVAL_POLICIES",
+    "lwta_layers",
+    "set_eval_policy",
+    "eval_policy",
+    "capture_winners",
+    "average_logits",
+    "gumbel_noise",
+]
+
+EvalPolicy = Literal["sample", "argmax"]
+EVAL_POLICIES: tuple[str, ...] = ("sample", "argmax")
+
+
+def gumbel_noise(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard Gumbel noise shaped like ``like``.
+
+    Uses ``-log(E)`` with ``E ~ Exponential(1)``, which is exact, never produces NaN or Inf
+    for finite ``E > 0`` and needs no redraw loop.
+    """
+    noise = torch.empty_like(like).exponential_(generator=generator)
+    return noise.log_().neg_()
+
+
+class _STGumbelLWTA(torch.autograd.Function):
+    """Hard one-hot forward, Gumbel-softmax straight-through backward, fused.
+
+    Equivalent to ``h * (hard - soft.detach() + soft)`` with ``soft = softmax((h + g) / tau)``
+    (gradient through both the product and the softmax logits), but the forward value is
+    exactly ``h`` at the winner and exactly 0 elsewhere, and only ``h``, ``soft`` and the
+    winner indices are kept for backward.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, noise: torch.Tensor, tau: float, dim: int):  # noqa: D401
+        logits = noise.add_(h)  # noise buffer is ours: reuse it
+        winners = logits.argmax(dim=dim, keepdim=True)
+        soft = torch.softmax(logits.div_(tau), dim=dim)
+        out = torch.zeros_like(h).scatter_(dim, winners, h.gather(dim, winners))
+        ctx.save_for_backward(h, soft, winners)
+        ctx.tau, ctx.dim = tau, dim
+        return out, winners
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor, _grad_winners):
+        h, soft, winners = ctx.saved_tensors
+        dim, tau = ctx.dim, ctx.tau
+        # d out / d h through the product: grad at the winner only (mask value is 1 there).
+        grad_h = torch.zeros_like(h).scatter_(dim, winners, grad_out.gather(dim, winners))
+        # d out / d soft = grad_out * h; softmax backward, then chain through logits / tau.
+        g_soft = grad_out * h
+        dot = (g_soft * soft).sum(dim=dim, keepdim=True)
+        grad_h.add_(soft * (g_soft - dot), alpha=1.0 / tau)
+        return grad_h, None, None, None
+
+
+class LWTA(nn.Module):
+    """Stochastic local winner-takes-all activation (no parameters).
+
+    Args:
+        U: competitors per block. ``U = 1`` means no competition and applies ``activation``.
+        tau: Gumbel-softmax temperature used in training (shapes gradients only; the
+            temperature never changes which unit wins).
+        eval_policy: ``"sample"`` draws the winner from ``softmax(h_b)`` at evaluation
+            (reference behaviour, seed it); ``"argmax"`` takes the largest pre-activation.
+        activation: the activation this layer replaced. Used only when ``U == 1``;
+            ``None`` means identity (a block of one always wins).
+        dim: the unit dimension. ``None`` (auto) uses dim 1 for 4-D ``(N, C, H, W)`` inputs
+            (a separate competition at every spatial position) and the last dim otherwise.
+        name: the layer's dotted name in its model, used in error messages.
+
+    Shapes:
+        ``(..., K)`` -> blocks of ``U`` contiguous units along the last dim;
+        ``(N, C, H, W)`` -> blocks of ``U`` consecutive channels at every position.
+
+    Winner capture: set ``capture = True`` (or use :func:`capture_winners`) and the layer keeps
+    the winner index of every block from its last forward in :attr:`last_winners`;
+    :attr:`last_mask` expands it to a boolean mask shaped like the input. Off by default,
+    and then nothing is kept.
+
+    Example:
+        >>> layer = LWTA(U=4)
+        >>> y = layer(torch.randn(2, 8))
+        >>> int((y != 0).sum())  # one winner in each of the 2 x 2 blocks
+        4
+    """
+
+    def __init__(
+        self,
+        U: int = 2,
+        *,
+        tau: float = 1.67,
+        eval_policy: EvalPolicy = "sample",
+        activation: nn.Module | None = None,
+        dim: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(U, bool) or not isinstance(U, int) or U < 1:
+            raise ValueError(f"LWTA: U must be an integer >= 1 (competitors per block), got {U!r}")
+        if not tau > 0:
+            raise ValueError(f"LWTA: tau must be > 0, got {tau!r}")
+        self.U = U
+        self.tau = float(tau)
+        self.eval_policy = eval_policy  # validated by the property setter
+        self.activation = activation if U == 1 else None
+        self.dim = dim
+        self.name = name
+        self.capture = False
+        self.last_winners: torch.Tensor | None = None
+        self._last_shape: tuple[tuple[int, ...], int] | None = None
+
+    # -- configuration ------------------------------------------------------------------
+    @property
+    def eval_policy(self) -> str:
+        return self._eval_policy
+
+    @eval_policy.setter
+    def eval_policy(self, policy: str) -> None:
+        if policy not in EVAL_POLICIES:
+            raise ValueError(
+                f"LWTA {self._label()}: unknown eval_policy {policy!r}; expected one of "
+                f"{', '.join(EVAL_POLICIES)}"
+            )
+        self._eval_policy = policy
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the current forward pass samples winners (training, or ``"sample"``)."""
+        return self.U > 1 and (self.training or self._eval_policy == "sample")
+
+    def _label(self) -> str:
+        return repr(self.name) if getattr(self, "name", None) else "(unnamed)"
+
+    def extra_repr(self) -> str:
+        parts = [f"U={self.U}", f"tau={self.tau}", f"eval_policy={self._eval_policy!r}"]
+        if self.dim is not None:
+            parts.append(f"dim={self.dim}")
+        if self.name:
+            parts.append(f"name={self.name!r}")
+        return ", ".join(parts)
+
+    # -- forward ------------------------------------------------------------------------
+    def _unit_dim(self, x: torch.Tensor) -> int:
+        if x.dim() == 0 or x.dim() > 4:
+            raise ValueError(
+                f"LWTA {self._label()}: unsupported input rank {x.dim()} (shape "
+                f"{tuple(x.shape)}); expected (..., K) with 1-3 dims or (N, C, H, W)"
+            )
+        if self.dim is not None:
+            if not -x.dim() <= self.dim < x.dim():
+                raise ValueError(
+                    f"LWTA {self._label()}: dim={self.dim} is out of range for an input of "
+                    f"shape {tuple(x.shape)}"
+                )
+            return self.dim % x.dim()
+        return 1 if x.dim() == 4 else x.dim() - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        unit_dim = self._unit_dim(x)
+        if self.U == 1:
+            if self.capture:  # every unit is a block of one and always wins
+                winners = torch.zeros((*x.shape, 1), dtype=torch.long, device=x.device)
+                self._keep(winners.movedim(-1, unit_dim + 1), tuple(x.shape), unit_dim + 1)
+            return self.activation(x) if self.activation is not None else x
+        width = x.shape[unit_dim]
+        if width % self.U:
+            kind = "C" if x.dim() == 4 and unit_dim == 1 else "K"
+            divisors = [d for d in range(2, width + 1) if width % d == 0][:8]
+            raise ValueError(
+                f"LWTA {self._label()}: {kind}={width} units are not divisible by U={self.U} "
+                f"(input shape {tuple(x.shape)}); U values that divide {width}: "
+                f"{', '.join(map(str, divisors)) or 'none above 1'}"
+            )
+        shape = tuple(x.shape)
+        # (..., K) -> (..., B, U); (N, C, H, W) -> (N, B, U, H, W); competition over `dim`.
+        blocks = x.reshape(*shape[:unit_dim], width // self.U, self.U, *shape[unit_dim + 1 :])
+        dim = unit_dim + 1
+        if self.training and torch.is_grad_enabled() and blocks.requires_grad:
+            out, winners = _STGumbelLWTA.apply(blocks, gumbel_noise(blocks), self.tau, dim)
+        else:
+            if self.stochastic:
+                winners = (blocks + gumbel_noise(blocks)).argmax(dim=dim, keepdim=True)
+            else:
+                winners = blocks.argmax(dim=dim, keepdim=True)
+            out = torch.zeros_like(blocks).scatter_(dim, winners, blocks.gather(dim, winners))
+        if self.capture:
+            self._keep(winners, shape, dim)
+        return out.reshape(shape)
+
+    def _keep(self, winners: torch.Tensor, shape: tuple[int, ...], dim: int) -> None:
+        self.last_winners = winners.detach().squeeze(dim)
+        self._last_shape = (shape, dim)
+
+    # -- captured winners ---------------------------------------------------------------
+    @property
+    def last_mask(self) -> torch.Tensor | None:
+        """Boolean mask (input-shaped) of the units that won in the last captured forward."""
+        if self.last_winners is None or self._last_shape is None:
+            return None
+        shape, dim = self._last_shape
+        idx = self.last_winners.unsqueeze(dim)
+        block_shape = list(idx.shape)
+        block_shape[dim] = self.U
+        mask = torch.zeros(block_shape, dtype=torch.bool, device=idx.device)
+        mask.scatter_(dim, idx, True)
+        return mask.reshape(shape)
+
+    def clear_capture(self) -> None:
+        """Forget the last captured winners."""
+        self.last_winners = None
+        self._last_shape = None
+
+
+# -- model-level helpers --------------------------------------------------------------------
+def lwta_layers(model: nn.Module) -> dict[str, LWTA]:
+    """All :class:`LWTA` modules of ``model`` by dotted name (``{}`` if none).
+
+    Example:
+        >>> from discover import create_model
+        >>> sorted(lwta_layers(create_model("small_vit", U=4)))[:1]
+        ['blocks.0.mlp.act']
+    """
+    return {name: m for name, m in model.named_modules() if isinstance(m, LWTA)}
+
+
+def set_eval_policy(model: nn.Module, policy: EvalPolicy) -> int:
+    """Set the evaluation policy of every LWTA layer of ``model``; returns how many changed.
+
+    Example:
+        >>> set_eval_policy(create_model("small_resnet", U=2), "argmax")  # doctest: +SKIP
+        13
+    """
+    if policy not in EVAL_POLICIES:
+        raise ValueError(f"unknown eval policy {policy!r}; expected one of {', '.join(EVAL_POLICIES)}")
+    layers = lwta_layers(model).values()
+    for layer in layers:
+        layer.eval_policy = policy
+    return len(layers)
+
+
+@contextlib.contextmanager
+def eval_policy(model: nn.Module, policy: EvalPolicy) -> Iterator[nn.Module]:
+    """Temporarily set every LWTA layer's evaluation policy; restores the old ones on exit.
+
+    Example:
+        >>> with eval_policy(model, "argmax"):  # doctest: +SKIP
+        ...     logits = model(x)
+    """
+    layers = lwta_layers(model)
+    previous = {name: layer.eval_policy for name, layer in layers.items()}
+    set_eval_policy(model, policy)
+    try:
+        yield model
+    finally:
+        for name, layer in layers.items():
+            layer.eval_policy = previous[name]
+
+
+@contextlib.contextmanager
+def capture_winners(model: nn.Module) -> Iterator[dict[str, LWTA]]:
+    """Turn winner capture on for every LWTA layer for the duration of the block.
+
+    Yields the ``{name: LWTA}`` dict; after each forward read ``layer.last_mask`` or
+    ``layer.last_winners``. Capture is switched off and the stored winners are dropped on exit.
+
+    Example:
+        >>> with capture_winners(model) as layers:  # doctest: +SKIP
+        ...     model(x)
+        ...     masks = {name: layer.last_mask for name, layer in layers.items()}
+    """
+    layers = lwta_layers(model)
+    previous = {name: layer.capture for name, layer in layers.items()}
+    for layer in layers.values():
+        layer.capture = True
+    try:
+        yield layers
+    finally:
+        for name, layer in layers.items():
+            layer.capture = previous[name]
+            if not layer.capture:
+                layer.clear_capture()
+
+
+@torch.no_grad()
+def average_logits(model: nn.Module, x: torch.Tensor, samples: int = 6) -> torch.Tensor:
+    """Logits averaged over ``samples`` stochastic forward passes (the reference evaluation).
+
+    The model is run in eval mode as it is; when no LWTA layer samples (no LWTA layers, or
+    every one uses the ``"argmax"`` policy) the passes would be identical, so one is run.
+
+    Example:
+        >>> logits = average_logits(model.eval(), images, samples=6)  # doctest: +SKIP
+    """
+    if samples < 1:
+        raise ValueError(f"average_logits: samples must be >= 1, got {samples}")
+    if not any(layer.stochastic for layer in lwta_layers(model).values()):
+        samples = 1
+    total = model(x).float()
+    for _ in range(samples - 1):
+        total += model(x).float()
+    return total / samples
+

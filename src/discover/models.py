@@ -1,0 +1,617 @@
+"""Building Competitive Vision Networks (CVNs).
+
+* :func:`to_cvn` turns any ``nn.Module`` into a CVN in place: activation modules chosen by
+  module-name pattern are replaced by :class:`~discover.lwta.LWTA` layers.
+* :func:`create_model` builds a model by name (discover's own small networks, any timm
+  architecture, or ``torchvision:<name>``), converts it where the paper puts LWTA and
+  optionally loads local weights.
+
+Both keep the parameter count: LWTA has no parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import json
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .lwta import LWTA, EvalPolicy, lwta_layers
+
+__all__ = [
+    "ACTIVATION_TYPES",
+    "register_activation",
+    "register_model",
+    "register_placement",
+    "list_models",
+    "create_model",
+    "to_cvn",
+    "ConversionReport",
+    "ReplacedSite",
+    "CVNConfig",
+    "SharedActivation",
+    "activation_sites",
+    "load_checkpoint",
+    "save_checkpoint",
+    "CheckpointMismatchError",
+    "count_parameters",
+]
+
+# -- activation types ------------------------------------------------------------------------
+ACTIVATION_TYPES: list[type[nn.Module]] = [
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Mish, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU,
+    nn.Hardswish, nn.Softplus,
+]
+try:  # timm ships its own activation classes (e.g. what get_act_layer("gelu") returns)
+    from timm.layers import activations as _timm_act
+
+    ACTIVATION_TYPES += [
+        getattr(_timm_act, n)
+        for n in ("GELU", "GELUTanh", "QuickGELU", "Swish", "Mish", "HardSwish", "HardMish")
+        if hasattr(_timm_act, n)
+    ]
+except ImportError:  # pragma: no cover - timm is a dependency
+    pass
+
+
+def register_activation(cls: type[nn.Module]) -> type[nn.Module]:
+    """Let :func:`to_cvn` replace modules of type ``cls`` (usable as a class decorator).
+
+    Only parameter-free activations belong here, or the parameter count would change.
+
+    Example:
+        >>> @register_activation
+        ... class Squash(nn.Module):
+        ...     def forward(self, x): return x / (1 + x.abs())
+    """
+    if cls not in ACTIVATION_TYPES:
+        ACTIVATION_TYPES.append(cls)
+    return cls
+
+
+# -- conversion ------------------------------------------------------------------------------
+@dataclass
+class ReplacedSite:
+    """One activation replaced by LWTA: its dotted name, what it was and how often it runs."""
+
+    name: str
+    original: str
+    calls: int | None = None  # calls per forward pass when known
+    width: int | None = None  # K or C when a dry run measured it
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`to_cvn` replaced."""
+
+    U: int
+    replaced: list[ReplacedSite] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # activations left alone by the patterns
+    call_counting: str = "none"  # "dry-run", "fx" or "none"
+
+    @property
+    def names(self) -> list[str]:
+        return [site.name for site in self.replaced]
+
+    def __len__(self) -> int:
+        return len(self.replaced)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        lines = [f"LWTA (U={self.U}) replaced {len(self.replaced)} activation site(s):"]
+        for site in self.replaced:
+            extra = f"  width={site.width}" if site.width is not None else ""
+            lines.append(f"  {site.name:<40} {site.original}{extra}")
+        if self.skipped:
+            lines.append(f"left unchanged by include/exclude: {', '.join(self.skipped)}")
+        return "\n".join(lines)
+
+
+class SharedActivation(nn.ModuleList):
+    """A single activation module that its owner calls at several sites, split per site.
+
+    torchvision's ``BasicBlock`` calls one ``relu`` twice. After conversion its sites are
+    separate LWTA layers addressable as ``layer1.0.relu.0`` and ``layer1.0.relu.1``; the
+    n-th call within one forward of the owner goes to site n (the owner's forward pre-hook
+    resets the counter).
+    """
+
+    def __init__(self, sites: Sequence[nn.Module]) -> None:
+        super().__init__(sites)
+        self._calls = 0
+
+    def reset_calls(self, *_: Any) -> None:
+        self._calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        site = self[self._calls % len(self)]
+        self._calls += 1
+        return site(x)
+
+
+def _is_activation(module: nn.Module) -> bool:
+    return isinstance(module, tuple(ACTIVATION_TYPES)) and not isinstance(module, LWTA)
+
+
+def _matches(name: str, patterns: Sequence[str] | None) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns or ())
+
+
+def activation_sites(
+    model: nn.Module, include: Sequence[str] | None = None, exclude: Sequence[str] | None = None
+) -> list[str]:
+    """Dotted names of the activation modules ``to_cvn`` would replace.
+
+    Patterns are shell-style globs on dotted module names (``"blocks.*.mlp.act"``,
+    ``"layer4.*"``). ``include=None`` means every registered activation type.
+
+    Example:
+        >>> import torchvision
+        >>> activation_sites(torchvision.models.resnet18(), include=["layer4.*"])
+        ['layer4.0.relu', 'layer4.1.relu']
+    """
+    names = [n for n, m in model.named_modules(remove_duplicate=False) if n and _is_activation(m)]
+    return [
+        n for n in names
+        if (include is None or _matches(n, include)) and not _matches(n, exclude)
+    ]
+
+
+def _unit_width(shape: torch.Size) -> int | None:
+    if len(shape) == 4:
+        return shape[1]
+    return shape[-1] if len(shape) >= 1 else None
+
+
+def _dry_run(model: nn.Module, names: list[str], example_input: torch.Tensor) -> dict[str, list]:
+    """Run ``model`` once and record the output shape of every call of the named modules."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    shapes: dict[str, list] = {n: [] for n in names}
+    handles = []
+    for n in names:
+        def hook(_m, _inp, out, n=n):
+            shapes[n].append(tuple(out.shape) if isinstance(out, torch.Tensor) else None)
+        handles.append(modules[n].register_forward_hook(hook))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return shapes
+
+
+def _fx_call_counts(model: nn.Module) -> Counter | None:
+    """Calls per module name from a torch.fx trace (no input needed); ``None`` if untraceable."""
+    import torch.fx
+
+    class _Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return _is_activation(m) or isinstance(m, LWTA) or super().is_leaf_module(m, qualname)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = _Tracer().trace(model)
+    except Exception:  # noqa: BLE001 - any tracing failure just means "unknown"
+        return None
+    return Counter(node.target for node in graph.nodes if node.op == "call_module")
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def to_cvn(
+    model: nn.Module,
+    U: int,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    *,
+    tau: float = 1.67,
+    eval_policy: EvalPolicy = "sample",
+    example_input: torch.Tensor | None = None,
+) -> ConversionReport:
+    """Turn ``model`` into a Competitive Vision Network in place.
+
+    Every activation module (ReLU, GELU, SiLU, ... see :data:`ACTIVATION_TYPES`) whose dotted
+    name matches ``include`` (default: all) and not ``exclude`` is replaced by an
+    :class:`LWTA` with ``U`` competitors per block. An activation module that its owner calls
+    at several sites (torchvision's ResNet blocks) is split into one LWTA per site.
+
+    With ``example_input`` a dry run counts the call sites and checks that ``U`` divides every
+    layer's width *before* anything is changed; without it, call sites come from a torch.fx
+    trace when the model is traceable and widths are checked at the first forward.
+
+    Returns:
+        A :class:`ConversionReport` listing what was replaced.
+
+    Raises:
+        ValueError: ``U < 1``, nothing matched, or ``U`` does not divide a layer's width.
+
+    Example:
+        >>> import torchvision
+        >>> net = torchvision.models.resnet18()
+        >>> report = to_cvn(net, U=4, example_input=torch.randn(1, 3, 64, 64))
+        >>> report.names[:3]
+        ['relu', 'layer1.0.relu.0', 'layer1.0.relu.1']
+    """
+    if isinstance(U, bool) or not isinstance(U, int) or U < 1:
+        raise ValueError(f"to_cvn: U must be an integer >= 1, got {U!r}")
+    all_sites = activation_sites(model)
+    names = activation_sites(model, include, exclude)
+    if not names:
+        existing = len(lwta_layers(model))
+        hint = (
+            f" The model already has {existing} LWTA layer(s)." if existing else
+            f" Activation modules in this model: {', '.join(all_sites[:12]) or 'none'}"
+            f"{' ...' if len(all_sites) > 12 else ''}."
+        )
+        raise ValueError(
+            f"to_cvn: no activation module matched include={list(include or ['*'])} "
+            f"exclude={list(exclude or [])}.{hint}"
+        )
+    report = ConversionReport(U=U, skipped=[n for n in all_sites if n not in names])
+    modules = dict(model.named_modules(remove_duplicate=False))
+
+    shapes: dict[str, list] = {}
+    if example_input is not None:
+        shapes = _dry_run(model, names, example_input)
+        calls = {n: len(s) for n, s in shapes.items()}
+        report.call_counting = "dry-run"
+        for n, call_shapes in shapes.items():
+            for shape in call_shapes:
+                if shape is None:
+                    continue
+                width = _unit_width(shape)
+                if width is not None and width % U:
+                    raise ValueError(
+                        f"to_cvn: layer {n!r} has {'C' if len(shape) == 4 else 'K'}={width} "
+                        f"units (output shape {shape}), which U={U} does not divide. Choose a "
+                        f"U that divides {width}, or exclude the layer with exclude=[{n!r}]."
+                    )
+    else:
+        counts = _fx_call_counts(model)
+        report.call_counting = "fx" if counts is not None else "none"
+        calls = {n: counts.get(n, 0) for n in names} if counts is not None else {}
+
+    owners = {id(m): 0 for m in modules.values()}
+    for n in names:
+        owners[id(modules[n])] += 1
+    for n in names:
+        original = modules[n]
+        n_calls = calls.get(n)
+        width = next((_unit_width(s) for s in shapes.get(n, []) if s is not None), None)
+        act = original if U == 1 else None
+        shared_by_names = owners[id(original)] > 1
+        if n_calls and n_calls > 1 and not shared_by_names:
+            sites = [
+                LWTA(U, tau=tau, eval_policy=eval_policy, activation=act, name=f"{n}.{i}")
+                for i in range(n_calls)
+            ]
+            shared = SharedActivation(sites)
+            _set_submodule(model, n, shared)
+            owner_name = n.rpartition(".")[0]
+            owner = model.get_submodule(owner_name) if owner_name else model
+            owner.register_forward_pre_hook(shared.reset_calls)
+            report.replaced += [
+                ReplacedSite(f"{n}.{i}", type(original).__name__, 1, width) for i in range(n_calls)
+            ]
+        else:
+            layer = LWTA(U, tau=tau, eval_policy=eval_policy, activation=act, name=n)
+            _set_submodule(model, n, layer)
+            report.replaced.append(ReplacedSite(n, type(original).__name__, n_calls, width))
+    return report
+
+
+# -- model registry --------------------------------------------------------------------------
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_PLACEMENTS: dict[str, tuple[list[str] | None, list[str] | None]] = {}
+
+
+def register_model(name: str | None = None) -> Callable:
+    """Register a model builder under ``name`` (default: the function's name).
+
+    The builder takes ``num_classes`` and keyword arguments and returns a *dense* model;
+    :func:`create_model` converts it. Registering a name twice raises.
+
+    Example:
+        >>> @register_model("tiny_mlp")
+        ... def tiny_mlp(num_classes=10, **kw):
+        ...     return nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(),
+        ...                          nn.Linear(64, num_classes))
+    """
+
+    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or fn.__name__
+        if key in _MODELS:
+            raise ValueError(f"register_model: a model named {key!r} is already registered")
+        _MODELS[key] = fn
+        return fn
+
+    return decorator
+
+
+def register_placement(
+    class_name: str, include: Sequence[str] | None = None, exclude: Sequence[str] | None = None
+) -> None:
+    """Declare where LWTA goes in models of class ``class_name`` (used by :func:`create_model`).
+
+    Example:
+        >>> register_placement("ConvNeXt", include=["stages.*.mlp.act"])
+    """
+    _PLACEMENTS[class_name] = (list(include) if include else None, list(exclude) if exclude else None)
+
+
+# The paper's placements (method.md §3): ViT/DeiT MLP activation only; ResNets every ReLU
+# (the default: every activation module), including the one after the residual addition.
+register_placement("VisionTransformer", include=["*mlp.act", "*.mlp.1"])
+
+
+def list_models(pattern: str = "*", include_timm: bool = True) -> list[str]:
+    """Model names :func:`create_model` accepts: discover's own, then timm's (glob filter).
+
+    Example:
+        >>> list_models("small_*")
+        ['small_resnet', 'small_vit']
+    """
+    _ensure_builtin_models()
+    names = sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
+    if include_timm:
+        import timm
+
+        names += [n for n in timm.list_models(pattern) if n not in _MODELS]
+    return names
+
+
+def _ensure_builtin_models() -> None:
+    from . import networks  # noqa: F401  (registers the built-in small networks)
+
+
+@dataclass
+class CVNConfig:
+    """How a model was built; saved with checkpoints and results."""
+
+    name: str
+    U: int = 1
+    num_classes: int | None = None
+    tau: float = 1.67
+    eval_policy: str = "sample"
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    input_size: tuple[int, int, int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CVNConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        if data.get("input_size") is not None:
+            data["input_size"] = tuple(data["input_size"])
+        return cls(**data)
+
+
+def _build_dense(name: str, num_classes: int | None, kwargs: dict[str, Any]) -> nn.Module:
+    _ensure_builtin_models()
+    extra = {} if num_classes is None else {"num_classes": num_classes}
+    if name in _MODELS:
+        return _MODELS[name](**extra, **kwargs)
+    if name.startswith("torchvision:"):
+        import torchvision
+
+        tv_name = name.split(":", 1)[1]
+        available = torchvision.models.list_models()
+        if tv_name not in available:
+            close = difflib.get_close_matches(tv_name, available, n=5, cutoff=0.5)
+            raise ValueError(
+                f"unknown torchvision model {tv_name!r}. Closest names: "
+                f"{', '.join('torchvision:' + c for c in close) or 'none'}"
+            )
+        return torchvision.models.get_model(tv_name, weights=None, **extra, **kwargs)
+    import timm
+
+    if timm.is_model(name):
+        return timm.create_model(name, pretrained=False, **extra, **kwargs)
+    candidates = list(_MODELS) + timm.list_models()
+    close = difflib.get_close_matches(name, candidates, n=6, cutoff=0.55)
+    raise ValueError(
+        f"unknown model name {name!r}. Closest names: {', '.join(close) or 'none'}. "
+        "See `discover models` (or discover.list_models()); torchvision models take the "
+        "prefix 'torchvision:'."
+    )
+
+
+def _input_size(model: nn.Module, kwargs: dict[str, Any]) -> tuple[int, int, int]:
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    size = tuple(cfg.get("input_size", (3, 224, 224)))
+    in_chans = kwargs.get("in_chans", size[0])
+    img = kwargs.get("img_size")
+    patch_embed = getattr(model, "patch_embed", None)
+    if img is None and patch_embed is not None and getattr(patch_embed, "img_size", None):
+        img = patch_embed.img_size
+    if img is not None:
+        h, w = (img, img) if isinstance(img, int) else tuple(img)
+        return (in_chans, h, w)
+    return (in_chans, size[1], size[2])
+
+
+def create_model(
+    name: str,
+    U: int = 1,
+    num_classes: int | None = None,
+    checkpoint: str | Path | None = None,
+    *,
+    tau: float = 1.67,
+    eval_policy: EvalPolicy = "sample",
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a model by name and make it a CVN with ``U`` competitors per LWTA block.
+
+    ``name`` is one of discover's networks (``small_resnet``, ``small_vit``), any timm
+    architecture (random init; nothing is downloaded) or ``torchvision:<name>``. LWTA goes
+    where the paper puts it: every activation of a ResNet (including the one after the
+    residual add), the MLP activation of a ViT/DeiT; ``include``/``exclude`` override that.
+    ``U=1`` gives the standard network. ``checkpoint`` loads weights from a local
+    ``.safetensors``/``.pt``/``.pth`` file. The build settings are kept as
+    ``model.cvn_config`` (a :class:`CVNConfig`).
+
+    Example:
+        >>> model = create_model("deit_tiny_patch16_224", U=8, num_classes=10)
+        >>> len(lwta_layers(model))
+        12
+    """
+    if isinstance(U, bool) or not isinstance(U, int) or U < 1:
+        raise ValueError(f"create_model: U must be an integer >= 1, got {U!r}")
+    model = _build_dense(name, num_classes, dict(kwargs))
+    placement_inc, placement_exc = _PLACEMENTS.get(type(model).__name__, (None, None))
+    include = list(include) if include is not None else placement_inc
+    exclude = list(exclude) if exclude is not None else placement_exc
+    input_size = _input_size(model, kwargs)
+    if U > 1:
+        to_cvn(
+            model, U, include, exclude, tau=tau, eval_policy=eval_policy,
+            example_input=torch.zeros(1, *input_size),
+        )
+    if num_classes is None:
+        num_classes = getattr(model, "num_classes", None)
+    model.cvn_config = CVNConfig(
+        name=name, U=U, num_classes=num_classes, tau=tau, eval_policy=eval_policy,
+        include=include, exclude=exclude, model_kwargs=dict(kwargs), input_size=input_size,
+    )
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's keys, shapes or recorded configuration do not fit the model."""
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (each shared tensor counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, extra: dict[str, str] | None = None) -> Path:
+    """Save weights as safetensors, with ``model.cvn_config`` in the file's metadata.
+
+    Example:
+        >>> save_checkpoint(model, "run/model.safetensors")  # doctest: +SKIP
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = dict(extra or {})
+    config = getattr(model, "cvn_config", None)
+    if config is not None:
+        metadata["cvn_config"] = json.dumps(config.to_dict())
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(_untie(state), str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return path
+
+
+def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share storage; give each key its own copy."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in state.items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else -1
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out
+
+
+def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        return load_file(str(path)), metadata
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointMismatchError(
+            f"could not read checkpoint {path} as a PyTorch state dict: {exc}"
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict):
+        raise CheckpointMismatchError(f"checkpoint {path} does not hold a state dict")
+    if all(k.startswith("module.") for k in obj):  # saved from DataParallel / DDP
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj, {}
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
+    """Load local weights into ``model``; every mismatch is reported in one clear error.
+
+    Checks keys, tensor shapes and, for discover's own safetensors files, the recorded
+    architecture name and ``U``.
+
+    Example:
+        >>> load_checkpoint(create_model("small_resnet", U=4), "run/model.safetensors")  # doctest: +SKIP
+    """
+    path = Path(path)
+    state, metadata = _read_state_dict(path)
+    problems: list[str] = []
+    config = getattr(model, "cvn_config", None)
+    if "cvn_config" in metadata and config is not None:
+        saved = json.loads(metadata["cvn_config"])
+        for key in ("name", "U", "num_classes"):
+            if key in saved and saved[key] != getattr(config, key):
+                problems.append(f"{key}: checkpoint has {saved[key]!r}, model has {getattr(config, key)!r}")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+
+    def _few(items: list[str]) -> str:
+        return ", ".join(items[:8]) + (f" ... (+{len(items) - 8} more)" if len(items) > 8 else "")
+
+    if missing and strict:
+        problems.append(f"{len(missing)} key(s) missing from the checkpoint: {_few(missing)}")
+    if unexpected and strict:
+        problems.append(f"{len(unexpected)} unexpected key(s) in the checkpoint: {_few(unexpected)}")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es): {_few(shapes)}")
+    if problems:
+        raise CheckpointMismatchError(
+            f"checkpoint {path} does not fit the model"
+            f"{' ' + repr(config.name) if config else ''}:\n  - " + "\n  - ".join(problems)
+        )
+    model.load_state_dict(state, strict=strict)
+    return model

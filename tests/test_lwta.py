@@ -1,0 +1,216 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from discover import LWTA, average_logits, capture_winners, eval_policy, set_eval_policy
+from discover.lwta import gumbel_noise
+
+SHAPES = {"linear": (5, 24), "tokens": (3, 7, 48), "conv": (2, 24, 5, 6)}
+
+
+def _blocks(mask: torch.Tensor, U: int) -> torch.Tensor:
+    """Per-block winner counts, block axis last."""
+    if mask.dim() == 4:
+        n, c, h, w = mask.shape
+        return mask.reshape(n, c // U, U, h, w).sum(2)
+    return mask.reshape(*mask.shape[:-1], mask.shape[-1] // U, U).sum(-1)
+
+
+@pytest.mark.parametrize("kind", list(SHAPES))
+@pytest.mark.parametrize("U", [2, 4, 8])
+@pytest.mark.parametrize("mode", ["train", "sample", "argmax"])
+def test_one_winner_per_block_and_sparsity_is_one_over_U(kind, U, mode):
+    layer = LWTA(U)
+    layer.train(mode == "train")
+    if mode != "train":
+        layer.eval_policy = mode
+    layer.capture = True
+    x = (torch.randn(SHAPES[kind]) - 2).requires_grad_(mode == "train")  # many negative winners
+    y = layer(x)
+    mask = layer.last_mask
+    assert mask.shape == x.shape
+    assert torch.equal(_blocks(mask, U), torch.ones_like(_blocks(mask, U)))
+    assert mask.float().mean().item() == pytest.approx(1 / U, abs=0)
+    # the winner keeps its linear pre-activation (possibly negative); losers are exactly 0
+    assert torch.equal(y[mask], x[mask].detach())
+    assert torch.all(y[~mask] == 0)
+    assert (y[mask] < 0).any()
+
+
+def test_conv_competition_is_across_consecutive_channels_at_each_position():
+    layer = LWTA(4).eval()
+    layer.eval_policy = "argmax"
+    x = torch.randn(2, 8, 3, 3)
+    y = layer(x)
+    # channels 0-3 form block 0 at every (h, w): the survivor is their max there
+    block = x[:, :4]
+    expected = torch.where(block == block.max(dim=1, keepdim=True).values, block, 0)
+    assert torch.equal(y[:, :4], expected)
+
+
+def test_straight_through_gradient_matches_the_reference_formula():
+    tau, U = 1.67, 4
+    x = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, 5, 16, dtype=torch.float64)
+
+    torch.manual_seed(123)
+    y = LWTA(U, tau=tau)(x)
+    (y * upstream).sum().backward()
+    grad_fused = x.grad.clone()
+
+    x.grad = None
+    torch.manual_seed(123)
+    h = x.reshape(3, 5, 4, U)
+    g = gumbel_noise(h)
+    soft = torch.softmax((h + g) / tau, dim=-1)
+    hard = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)
+    y_ref = (h * (hard - soft.detach() + soft)).reshape(x.shape)
+    (y_ref * upstream).sum().backward()
+
+    assert torch.allclose(y, y_ref, atol=1e-12)
+    assert torch.allclose(grad_fused, x.grad, atol=1e-10)
+
+
+def test_gradients_reach_inputs_and_weights():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), LWTA(4), nn.Flatten(), nn.Linear(8 * 6 * 6, 16),
+                        LWTA(8), nn.Linear(16, 3))
+    x = torch.randn(4, 3, 8, 8, requires_grad=True)
+    net(x).pow(2).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_loser_logits_get_gradient_through_the_soft_sample():
+    x = torch.randn(64, 8, requires_grad=True)
+    layer = LWTA(8)
+    layer.capture = True
+    layer(x).sum().backward()
+    losers = ~layer.last_mask
+    assert (x.grad[losers] != 0).any()
+
+
+def test_seeding_makes_sampling_reproducible():
+    layer = LWTA(4).eval()
+    x = torch.randn(16, 64)
+    torch.manual_seed(7)
+    a = layer(x)
+    torch.manual_seed(7)
+    b = layer(x)
+    torch.manual_seed(8)
+    c = layer(x)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_argmax_policy_is_deterministic_and_picks_the_largest():
+    layer = LWTA(4).eval()
+    layer.eval_policy = "argmax"
+    x = torch.randn(16, 64)
+    a, b = layer(x), layer(x)
+    assert torch.equal(a, b)
+    blocks = x.reshape(16, 16, 4)
+    expected = torch.where(blocks == blocks.max(-1, keepdim=True).values, blocks, 0)
+    assert torch.equal(a, expected.reshape(16, 64))
+
+
+def test_sample_policy_draws_winners_from_the_softmax():
+    layer = LWTA(2).eval()  # block logits (0, log 3): unit 1 wins with probability 3/4
+    x = torch.tensor([[0.0, math.log(3.0)]]).repeat(40_000, 1)
+    y = layer(x)
+    assert (y[:, 1] != 0).float().mean().item() == pytest.approx(0.75, abs=0.01)
+
+
+def test_temperature_never_changes_the_winner():
+    x = torch.randn(32, 48)
+    outs = []
+    for tau in (0.1, 1.67, 10.0):
+        torch.manual_seed(3)
+        outs.append(LWTA(4, tau=tau)(x))
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[1], outs[2])
+
+
+@pytest.mark.parametrize("activation", [None, nn.ReLU(), nn.GELU()])
+def test_U1_behaves_like_the_replaced_activation(activation):
+    x = torch.randn(4, 10, requires_grad=True)
+    layer = LWTA(1, activation=activation)
+    expected = x if activation is None else activation(x)
+    for training in (True, False):
+        layer.train(training)
+        assert torch.equal(layer(x), expected)
+
+
+def test_capture_is_off_by_default_and_context_manager_restores():
+    net = nn.Sequential(nn.Linear(4, 8), LWTA(2), nn.Linear(8, 8), LWTA(4))
+    net(torch.randn(2, 4))
+    assert all(m.last_winners is None for m in net if isinstance(m, LWTA))
+    with capture_winners(net) as layers:
+        net(torch.randn(3, 4))
+        assert set(layers) == {"1", "3"}
+        assert layers["1"].last_mask.shape == (3, 8)
+        assert layers["3"].last_winners.shape == (3, 2)
+    assert all(not m.capture and m.last_winners is None for m in net if isinstance(m, LWTA))
+
+
+def test_capture_context_removes_state_on_exceptions():
+    net = nn.Sequential(nn.Linear(4, 8), LWTA(2))
+    with pytest.raises(RuntimeError):
+        with capture_winners(net):
+            raise RuntimeError("boom")
+    assert not net[1].capture
+
+
+def test_eval_policy_helpers():
+    net = nn.Sequential(nn.Linear(4, 8), LWTA(2), LWTA(4))
+    assert set_eval_policy(net, "argmax") == 2
+    with eval_policy(net, "sample"):
+        assert {net[1].eval_policy, net[2].eval_policy} == {"sample"}
+    assert {net[1].eval_policy, net[2].eval_policy} == {"argmax"}
+    with pytest.raises(ValueError, match="unknown eval policy"):
+        set_eval_policy(net, "mean")
+
+
+def test_average_logits_matches_mean_of_passes_and_skips_deterministic():
+    net = nn.Sequential(nn.Linear(6, 16), LWTA(4), nn.Linear(16, 3)).eval()
+    x = torch.randn(5, 6)
+    torch.manual_seed(11)
+    avg = average_logits(net, x, samples=6)
+    torch.manual_seed(11)
+    manual = torch.stack([net(x) for _ in range(6)]).mean(0)
+    assert torch.allclose(avg, manual, atol=1e-6)
+    set_eval_policy(net, "argmax")
+    assert torch.equal(average_logits(net, x, samples=6), net(x))
+
+
+@pytest.mark.parametrize("U", [0, -2, 2.0, True])
+def test_invalid_U(U):
+    with pytest.raises(ValueError, match="U must be an integer >= 1"):
+        LWTA(U)
+
+
+def test_indivisible_width_names_layer_K_and_U():
+    layer = LWTA(24, name="blocks.3.mlp.act")
+    with pytest.raises(ValueError, match=r"'blocks.3.mlp.act'.*K=100.*U=24"):
+        layer(torch.randn(2, 100))
+    with pytest.raises(ValueError, match=r"C=10 .*U=24"):
+        layer(torch.randn(2, 10, 4, 4))
+
+
+@pytest.mark.parametrize("shape", [(), (1, 2, 2, 2, 4)])
+def test_unsupported_rank(shape):
+    with pytest.raises(ValueError, match="unsupported input rank"):
+        LWTA(2)(torch.randn(shape))
+
+
+def test_explicit_dim_for_channels_last_inputs():
+    layer = LWTA(4, dim=-1).eval()
+    layer.capture = True
+    layer(torch.randn(2, 3, 3, 8))  # (N, H, W, C)
+    assert layer.last_mask.reshape(2, 3, 3, 2, 4).sum(-1).eq(1).all()
+
+
+def test_unknown_eval_policy():
+    with pytest.raises(ValueError, match="unknown eval_policy 'deterministic'"):
+        LWTA(2, eval_policy="deterministic")

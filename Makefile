@@ -3,11 +3,15 @@
 # pinned, then the package). System packages (Fashion-MNIST, Chromium) are installed with
 # apt-get when we are root and they are missing; without them the targets carry on.
 
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.discover-installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+# this machine's pip config lists local package folders that may be absent: hide that noise
+QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
@@ -17,8 +21,8 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install "torch==2.14.1" "torchvision==0.29.1"
-	$(PIP) install -e ".[dev]"
+	$(PIP) install "torch==2.14.1" "torchvision==0.29.1" $(QUIET)
+	$(PIP) install -e ".[dev]" $(QUIET)
 	@touch $@
 
 # Best effort: Debian's Fashion-MNIST (real-image data) and Chromium (report browser tests).

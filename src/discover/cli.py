@@ -152,6 +152,110 @@ def _sparsity(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- discover train --------------------------------------------------------------------------
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    from .recipes import RECIPES
+
+    parser.add_argument("--config", help="YAML file of training options (flags override it)")
+    parser.add_argument("--model", help="model name (default small_resnet)")
+    parser.add_argument("-U", type=int, help="competitors per LWTA block (1 = dense twin)")
+    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="model builder keyword (JSON value), repeatable")
+    parser.add_argument("--dataset", help="shapes, fashion-mnist, imagefolder, cifar10, ...")
+    parser.add_argument("--data-root", help="data set folder (where the data set needs one)")
+    parser.add_argument("--data-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="data set keyword (JSON value), e.g. n=4000, repeatable")
+    parser.add_argument("--recipe", help=f"one of: {', '.join(RECIPES)} (default resnet_small)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int, help="global batch over all processes")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--label-smoothing", type=float)
+    parser.add_argument("--warmup-epochs", type=int)
+    parser.add_argument("--augment", choices=["basic", "randaugment", "none"])
+    parser.add_argument("--holdout", type=float, help="fraction of train held out for selection")
+    parser.add_argument("--tau", type=float, help="Gumbel-softmax temperature (default 1.67)")
+    parser.add_argument("--eval-policy", choices=["sample", "argmax"])
+    parser.add_argument("--eval-samples", type=int, help="passes averaged at validation")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="mixed precision (default: on for CUDA)")
+    parser.add_argument("--max-steps-per-epoch", type=int, help="cap steps (smoke runs)")
+    parser.add_argument("--out", help="run directory (default runs/train)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@command("train", arguments=_train_arguments, help="train a CVN (or its dense twin)")
+def _train(args: argparse.Namespace) -> int:
+    from .train import NonFiniteLossError, TrainConfig, parse_overrides, train
+
+    options = {
+        key: getattr(args, key)
+        for key in ("model", "U", "dataset", "data_root", "recipe", "epochs", "batch_size", "lr",
+                    "weight_decay", "label_smoothing", "warmup_epochs", "augment", "holdout",
+                    "tau", "eval_policy", "eval_samples", "seed", "workers", "device", "amp",
+                    "max_steps_per_epoch", "out")
+        if getattr(args, key) is not None
+    }
+    if args.model_arg:
+        options["model_kwargs"] = parse_overrides(args.model_arg)
+    if args.data_arg:
+        options["dataset_kwargs"] = parse_overrides(args.data_arg)
+    if args.resume:
+        options["resume"] = True
+    config = (TrainConfig.from_yaml(args.config, **options) if args.config
+              else TrainConfig.from_dict(options))
+    try:
+        result = train(config, progress=not args.quiet)
+    except NonFiniteLossError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    last = result.history[-1] if result.history else {}
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"trained {result.epochs_run} epoch(s): train top-1 {last.get('train_top1', float('nan')):.4f}, "
+              f"held-out top-1 {last.get('val_top1', float('nan')):.4f}, best {result.best_top1:.4f}")
+        if result.skipped_images:
+            print(f"skipped {result.skipped_images} unreadable image(s) (listed in the data set's log)")
+        print(f"run directory: {result.out}")
+    return 0
+
+
+# -- discover evaluate -----------------------------------------------------------------------
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="training run directory (from `discover train`)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--weights", choices=["best", "last"], default="best")
+    parser.add_argument("--policy", choices=["sample", "argmax"], default="argmax",
+                        help="LWTA evaluation policy")
+    parser.add_argument("--samples", type=int, default=6,
+                        help="stochastic passes averaged under --policy sample (reference: 6)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--limit", type=int, help="evaluate the first N images only")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", help="also write the result as JSON to this path "
+                        "(default: RUN/eval-SPLIT-WEIGHTS-POLICY.json)")
+
+
+@command("evaluate", arguments=_evaluate_arguments, help="top-1/top-5 and per-layer sparsity of a run")
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluation import evaluate_run
+
+    result = evaluate_run(args.run, split=args.split, weights=args.weights, policy=args.policy,
+                          samples=args.samples, seed=args.seed, batch_size=args.batch_size,
+                          limit=args.limit, device=args.device, progress=True)
+    target = Path(args.json or Path(args.run) / f"eval-{args.split}-{args.weights}-{args.policy}.json")
+    target.write_text(json.dumps(result.to_dict(), indent=2))
+    print(result.summary())
+    print(f"\nwritten: {target}")
+    return 0
+
+
 # -- entry point -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -67,6 +67,16 @@ class SparsityMeter(contextlib.AbstractContextManager):
         self.threshold = threshold
         self._rows: dict[str, LayerSparsity] = {}
         self._stack = contextlib.ExitStack()
+        self._paused = False
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Forward passes inside this block are not counted."""
+        self._paused, previous = True, self._paused
+        try:
+            yield
+        finally:
+            self._paused = previous
 
     def __enter__(self) -> SparsityMeter:
         layers = lwta_layers(self.model)
@@ -95,6 +105,8 @@ class SparsityMeter(contextlib.AbstractContextManager):
 
     def _lwta_hook(self, name: str):
         def hook(layer: LWTA, inputs, _output) -> None:
+            if self._paused:
+                return
             mask = layer.last_mask
             row = self._rows[name]
             row.units += mask.numel()
@@ -105,7 +117,7 @@ class SparsityMeter(contextlib.AbstractContextManager):
 
     def _dense_hook(self, name: str):
         def hook(_module, inputs, output) -> None:
-            if not isinstance(output, torch.Tensor):
+            if self._paused or not isinstance(output, torch.Tensor):
                 return
             row = self._rows[name]
             row.units += output.numel()

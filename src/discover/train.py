@@ -1,0 +1,566 @@
+"""Training CVNs (and their dense twins) on one process or many (torch DDP).
+
+:func:`train` runs a :class:`TrainConfig`: it builds the model and the data, trains with a
+named recipe (:mod:`discover.recipes`), validates every epoch on a held-out part of the
+training split, and writes a run directory::
+
+    OUT/config.json           the complete resolved configuration (+ recipe, data config)
+    OUT/log.jsonl             one line per epoch: loss, accuracy, lr, time
+    OUT/last.safetensors      weights after the last finished epoch (+ last.json metadata)
+    OUT/best.safetensors      weights with the best held-out top-1 (model selection)
+    OUT/state/                optimizer, scheduler and RNG state for --resume
+
+Runs are resumable: ``resume=True`` continues from ``OUT/state`` (also after Ctrl-C, which
+leaves a mid-epoch checkpoint) and gives the same weights as an uninterrupted run with
+the same seed. Under ``torchrun --nproc_per_node=N -m discover train ...`` every process
+trains its slice of each *global* batch with DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .data import DataConfig, build_dataset, build_transforms
+from .models import create_model, load_checkpoint, save_checkpoint
+from .recipes import Recipe, build_optimizer, build_scheduler, get_recipe
+
+__all__ = ["TrainConfig", "TrainResult", "train", "NonFiniteLossError", "GlobalBatchSampler"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or Inf; the last good checkpoint was kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; saved as ``config.json`` in the run directory.
+
+    Recipe fields left as ``None`` take the recipe's value.
+    """
+
+    model: str = "small_resnet"
+    U: int = 1
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "shapes"
+    data_root: str | None = None
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
+    holdout: float = 0.1  # fraction of the training split held out for model selection
+    recipe: str = "resnet_small"
+    epochs: int | None = None
+    batch_size: int | None = None  # global batch (all processes together)
+    lr: float | None = None
+    weight_decay: float | None = None
+    label_smoothing: float | None = None
+    warmup_epochs: int | None = None
+    step_size: int | None = None
+    augment: str | None = None
+    tau: float = 1.67
+    eval_policy: str = "sample"
+    eval_samples: int = 3  # stochastic passes averaged at validation (reference: 3)
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    amp: bool | None = None  # None: on for CUDA
+    max_steps_per_epoch: int | None = None  # cap for smoke runs
+    out: str = "runs/train"
+    resume: bool = False
+
+    def resolved_recipe(self) -> Recipe:
+        return get_recipe(self.recipe).replace(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+            weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
+            warmup_epochs=self.warmup_epochs, step_size=self.step_size, augment=self.augment,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            import difflib
+
+            hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1))
+                     else k for k in unknown]
+            raise ValueError(f"unknown training option(s): {', '.join(hints)}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Load a YAML file; ``overrides`` (e.g. from command-line flags) win over it."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of training options, got {type(data).__name__}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(data)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (rank 0 has the full picture)."""
+
+    out: Path
+    epochs_run: int
+    best_top1: float
+    history: list[dict[str, Any]]
+    skipped_images: int = 0
+
+
+# -- distributed helpers --------------------------------------------------------------------
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: torch.device) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {spec!r} requested but CUDA is not available here")
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
+class GlobalBatchSampler:
+    """Shuffled global batches, each split evenly across processes.
+
+    The order depends only on ``(seed, epoch)``, so one process with global batch B and
+    N processes with B / N each see the same samples in every step, and a resumed run can
+    skip the batches it already trained on.
+    """
+
+    def __init__(self, size: int, global_batch: int, seed: int, rank: int = 0, world: int = 1,
+                 shuffle: bool = True, drop_last: bool = True) -> None:
+        if global_batch % world:
+            raise ValueError(f"batch_size {global_batch} must be divisible by the number of "
+                             f"processes ({world})")
+        if drop_last and size < global_batch:
+            raise ValueError(f"the training set has {size} images, fewer than one batch of "
+                             f"{global_batch}; lower batch_size")
+        self.size, self.global_batch, self.seed = size, global_batch, seed
+        self.rank, self.world, self.shuffle, self.drop_last = rank, world, shuffle, drop_last
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's order and skip its first ``start`` batches."""
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        full = self.size // self.global_batch
+        return full if self.drop_last else math.ceil(self.size / self.global_batch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        per_rank = self.global_batch // self.world
+        for step in range(self.start, len(self)):
+            batch = order[step * self.global_batch:(step + 1) * self.global_batch]
+            if self.world > 1:
+                per_rank = math.ceil(len(batch) / self.world)
+            yield batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+
+# -- data -----------------------------------------------------------------------------------
+class _Transformed(Dataset):
+    """``dataset[indices[i]]`` with ``transform`` applied to the image (one raw data set can
+    feed a training view and an evaluation view)."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int], transform) -> None:
+        self.dataset, self.indices, self.transform = dataset, list(indices), transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        image, label, *rest = self.dataset[self.indices[i]]
+        return self.transform(image), label
+
+
+def _split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded split of ``range(n)`` into (training, held-out) index lists."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"holdout must be in [0, 1), got {fraction}")
+    if fraction == 0:
+        return list(range(n)), []
+    n_val = max(1, int(round(n * fraction)))
+    if n_val >= n:
+        raise ValueError(f"holdout={fraction} leaves no training images out of {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7)).tolist()
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def _data_config(model: nn.Module, recipe: Recipe) -> DataConfig:
+    base = DataConfig.from_model(model)
+    size = base.input_size[1]
+    if recipe.augment == "basic":
+        return dataclasses.replace(base, padding=max(2, size // 16), hflip=0.0)
+    if recipe.augment in ("none", "randaugment"):
+        return base
+    raise ValueError(f"unknown augment {recipe.augment!r}; expected 'basic', 'randaugment' or 'none'")
+
+
+def _train_transform(config: DataConfig, recipe: Recipe):
+    transform = build_transforms(config, train=True)
+    if recipe.augment == "randaugment":
+        from torchvision.transforms import v2
+
+        # RandAugment on uint8 images, before the configured crop/flip/normalisation.
+        return v2.Compose([v2.ToImage(), v2.RandAugment(num_ops=2, magnitude=9), transform])
+    return transform
+
+
+def _skipped(dataset: Dataset) -> dict[str, str]:
+    """Unreadable files the data set skipped (path -> reason); empty for generated data."""
+    skipped = getattr(dataset, "skipped", None) or {}
+    return {str(k): str(v) for k, v in skipped.items()} if isinstance(skipped, dict) else {
+        str(k): "unreadable" for k in skipped}
+
+
+# -- state ----------------------------------------------------------------------------------
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _atomic_torch_save(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(data, tmp)
+    tmp.replace(path)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+# -- evaluation during training -------------------------------------------------------------
+@torch.no_grad()
+def _validate(model: nn.Module, loader: DataLoader, device: torch.device, samples: int,
+              amp: bool, ctx: _Dist) -> dict[str, float]:
+    from .lwta import average_logits
+
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        with torch.autocast(device.type, enabled=amp):
+            logits = average_logits(model, images, samples=samples)
+        totals += torch.tensor([
+            nn.functional.cross_entropy(logits.float(), labels, reduction="sum").item(),
+            (logits.argmax(1) == labels).sum().item(), labels.numel(),
+        ], dtype=torch.float64)
+    if ctx.world > 1:
+        dist.all_reduce(totals)
+    loss, correct, count = totals.tolist()
+    return {"val_loss": loss / max(count, 1), "val_top1": correct / max(count, 1)}
+
+
+# -- the loop -------------------------------------------------------------------------------
+def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
+    """Train ``config.model`` on ``config.dataset`` and write the run directory ``config.out``.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/Inf (the last good checkpoint is kept).
+        KeyboardInterrupt: after writing a resumable mid-epoch checkpoint.
+
+    Example:
+        >>> result = train(TrainConfig(model="small_resnet", U=4, dataset="shapes",
+        ...                            dataset_kwargs={"n": 2000}, epochs=2, out="runs/demo"))  # doctest: +SKIP
+        >>> result.best_top1  # doctest: +SKIP
+    """
+    recipe = config.resolved_recipe()
+    device = _resolve_device(config.device)
+    ctx = _init_distributed(device)
+    amp = config.amp if config.amp is not None else device.type == "cuda"
+    out = Path(config.out)
+    state_dir = out / "state"
+    torch.manual_seed(config.seed + ctx.rank)  # LWTA noise differs per process, as it should
+    np.random.seed(config.seed + ctx.rank)
+    random.seed(config.seed + ctx.rank)
+
+    train_set = build_dataset(config.dataset, "train", root=config.data_root, **config.dataset_kwargs)
+    class_names = list(train_set.class_names)
+    if not class_names:
+        raise ValueError(f"data set {config.dataset!r} has no classes")
+    torch.manual_seed(config.seed)  # identical initial weights on every process
+    model = create_model(config.model, U=config.U, num_classes=len(class_names), tau=config.tau,
+                         eval_policy=config.eval_policy, **config.model_kwargs)
+    torch.manual_seed(config.seed + ctx.rank)
+    data_config = _data_config(model, recipe)
+    fit_idx, val_idx = _split_holdout(len(train_set), config.holdout, config.seed)
+    fit_set = _Transformed(train_set, fit_idx, _train_transform(data_config, recipe))
+    val_set = (_Transformed(train_set, val_idx, build_transforms(data_config, train=False))
+               if val_idx else None)
+
+    model.to(device)
+    if ctx.world > 1:
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = build_optimizer(recipe, model)
+    scheduler = build_scheduler(recipe, optimizer)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+
+    sampler = GlobalBatchSampler(len(fit_set), recipe.batch_size, config.seed, ctx.rank, ctx.world)
+    loader_kwargs = dict(num_workers=config.workers, pin_memory=device.type == "cuda",
+                         persistent_workers=False)
+    # The loader's own generator (worker seeds) is reseeded every epoch, so creating an
+    # iterator never draws from the global RNG and a resumed epoch sees the same seeds.
+    loader_rng = torch.Generator()
+    train_loader = DataLoader(fit_set, batch_sampler=sampler, generator=loader_rng, **loader_kwargs)
+    val_loader = None
+    if val_set is not None:
+        val_sampler = GlobalBatchSampler(len(val_set), recipe.batch_size, 0, ctx.rank, ctx.world,
+                                         shuffle=False, drop_last=False)
+        val_loader = DataLoader(val_set, batch_sampler=val_sampler, **loader_kwargs)
+
+    start_epoch, start_step, history, best = 0, 0, [], -1.0
+    partial = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count of a cut epoch
+    if config.resume:
+        start_epoch, start_step, history, best, partial = _load_state(
+            out, config, _unwrap(model), optimizer, scheduler, scaler, ctx)
+    elif ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(exist_ok=True)
+        (out / "log.jsonl").write_text("")
+    if ctx.main:
+        _atomic_json(out / "config.json", {
+            "train": config.to_dict(), "recipe": recipe.to_dict(),
+            "data": data_config.to_dict(), "model": _unwrap(model).cvn_config.to_dict(),
+            "class_names": class_names, "world_size": ctx.world, "device": str(device), "amp": amp,
+            "torch": torch.__version__, "skipped_images": _skipped(train_set),
+        })
+        if _skipped(train_set):
+            print(f"note: skipped {len(_skipped(train_set))} unreadable image(s); listed in "
+                  f"{out / 'config.json'}", flush=True)
+    if ctx.world > 1:
+        dist.barrier()
+
+    steps_per_epoch = len(sampler)
+    if config.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    epoch, step, sums, rng_at_step = start_epoch, start_step, partial, _rng_state()
+    try:
+        for epoch in range(start_epoch, recipe.epochs):
+            sampler.set_epoch(epoch, start=step)
+            loader_rng.manual_seed(config.seed * 100_003 + epoch * 1_009 + ctx.rank)
+            model.train()
+            t0 = time.time()
+            sums = partial.clone()  # loss sum, correct, count on this process
+            partial.zero_()
+            bar = _progress(progress and ctx.main, steps_per_epoch, step, f"epoch {epoch + 1}/{recipe.epochs}")
+            for images, labels in train_loader:
+                if step >= steps_per_epoch:
+                    break
+                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                with torch.autocast(device.type, enabled=amp):
+                    logits = model(images)
+                    loss = loss_fn(logits, labels)
+                if not _all_finite(loss, ctx):
+                    raise NonFiniteLossError(
+                        f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
+                        f"stopped. The last good checkpoint is kept in {out} "
+                        "(lower the learning rate, or check the data)"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                rng_at_step = _rng_state()  # what a resume from this step must restore
+                sums += torch.tensor([loss.item() * labels.numel(),
+                                      (logits.argmax(1) == labels).sum().item(), labels.numel()],
+                                     dtype=torch.float64)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}")
+            if bar is not None:
+                bar.close()
+            if ctx.world > 1:
+                dist.all_reduce(sums)
+            record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                      "train_loss": (sums[0] / sums[2]).item(), "train_top1": (sums[1] / sums[2]).item(),
+                      "seconds": time.time() - t0}
+            scheduler.step()
+            if val_loader is not None:
+                record.update(_validate(model, val_loader, device, config.eval_samples, amp, ctx))
+            history.append(record)
+            step = 0
+            improved = record.get("val_top1", record["train_top1"]) > best
+            best = max(best, record.get("val_top1", record["train_top1"]))
+            _save_state(out, _unwrap(model), optimizer, scheduler, scaler, ctx, epoch + 1, 0,
+                        history, best, improved, record, partial)
+    except KeyboardInterrupt:
+        _save_state(out, _unwrap(model), optimizer, scheduler, scaler, ctx, epoch, step,
+                    history, best, False, None, sums, rng=rng_at_step)
+        if ctx.main:
+            print(f"\ninterrupted: resumable checkpoint written to {state_dir} "
+                  f"(epoch {epoch + 1}, step {step}); continue with --resume", flush=True)
+        raise
+    finally:
+        if ctx.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    return TrainResult(out, len(history), best, history, len(_skipped(train_set)))
+
+
+def _all_finite(loss: torch.Tensor, ctx: _Dist) -> bool:
+    """Whether the loss is finite on every process (all of them stop together)."""
+    finite = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
+    if ctx.world > 1:
+        finite = finite.cpu() if dist.get_backend() == "gloo" else finite
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
+
+
+def _progress(enabled: bool, total: int, initial: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _save_state(out: Path, model: nn.Module, optimizer, scheduler, scaler, ctx: _Dist,
+                epoch: int, step: int, history: list, best: float, improved: bool,
+                record: dict | None, partial: torch.Tensor, rng: dict | None = None) -> None:
+    """Weights + optimizer/scheduler state on rank 0; RNG state and partial sums on every rank.
+
+    ``rng`` is the RNG state to resume from (default: now); a mid-epoch save passes the state
+    right after the last optimizer step, before any of the cut batch was loaded.
+    """
+    state_dir = out / "state"
+    if ctx.world > 1:
+        dist.barrier()
+    _atomic_torch_save(state_dir / f"rng-rank{ctx.rank}.pt",
+                       {**(rng or _rng_state()), "partial": partial})
+    if ctx.main:
+        meta = {"epoch": epoch, "step": step, "best_top1": best, "history": history}
+        save_checkpoint(model, out / "last.safetensors")
+        _atomic_torch_save(state_dir / "trainer.pt", {
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), **meta,
+        })
+        _atomic_json(out / "last.json", meta)
+        if improved:
+            save_checkpoint(model, out / "best.safetensors")
+            _atomic_json(out / "best.json", {"epoch": epoch, **(record or {})})
+        if record is not None:
+            with open(out / "log.jsonl", "a") as log:
+                log.write(json.dumps(record) + "\n")
+    if ctx.world > 1:
+        dist.barrier()
+
+
+# Options a resumed run may change; everything else must match the saved run.
+_RESUME_MAY_CHANGE = frozenset({"resume", "epochs", "out", "workers", "device", "max_steps_per_epoch"})
+
+
+def _load_state(out: Path, config: TrainConfig, model: nn.Module, optimizer, scheduler, scaler,
+                ctx: _Dist) -> tuple[int, int, list, float, torch.Tensor]:
+    trainer_file = out / "state" / "trainer.pt"
+    if not trainer_file.is_file():
+        raise FileNotFoundError(
+            f"--resume: no training state in {out} (looked for {trainer_file}); start the run "
+            "without --resume first"
+        )
+    saved_config = json.loads((out / "config.json").read_text())
+    differs = [
+        f"{k}: run has {saved_config['train'].get(k)!r}, now {getattr(config, k)!r}"
+        for k in config.to_dict()
+        if k not in _RESUME_MAY_CHANGE and saved_config["train"].get(k) != getattr(config, k)
+    ]
+    if differs:
+        raise ValueError(f"--resume: the configuration differs from the run in {out}: "
+                         + "; ".join(differs))
+    load_checkpoint(model, out / "last.safetensors")
+    state = torch.load(trainer_file, map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    rng_file = out / "state" / f"rng-rank{ctx.rank}.pt"
+    partial = torch.zeros(3, dtype=torch.float64)
+    if rng_file.is_file():
+        rng = torch.load(rng_file, map_location="cpu", weights_only=False)
+        _set_rng_state(rng)
+        partial = rng["partial"]
+    _truncate_log(out / "log.jsonl", len(state["history"]))
+    return state["epoch"], state["step"], list(state["history"]), state["best_top1"], partial
+
+
+def _truncate_log(path: Path, records: int) -> None:
+    if path.is_file():
+        lines = path.read_text().splitlines()[:records]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["n=2000", "img_size=32"]`` -> ``{"n": 2000, "img_size": 32}`` (JSON values)."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+        try:
+            result[key] = json.loads(value)
+        except json.JSONDecodeError:
+            result[key] = value
+    return result

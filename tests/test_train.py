@@ -1,0 +1,232 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from discover.recipes import get_recipe
+from discover.train import GlobalBatchSampler, NonFiniteLossError, TrainConfig, train
+
+TINY = dict(
+    model="small_resnet",
+    model_kwargs={"img_size": 16, "widths": [8, 16], "depths": [1, 1]},
+    dataset="shapes",
+    dataset_kwargs={"n": 160, "image_size": 16},
+    batch_size=32,
+    epochs=2,
+    eval_samples=1,
+)
+
+
+def _config(tmp_path: Path, name: str = "run", **changes) -> TrainConfig:
+    return TrainConfig(**{**TINY, "out": str(tmp_path / name), **changes})
+
+
+def _weights(run: Path, which: str = "last") -> dict[str, torch.Tensor]:
+    return load_file(str(run / f"{which}.safetensors"))
+
+
+def _assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=atol, rtol=0), key
+
+
+def _strip(history: list[dict]) -> list[dict]:
+    """Epoch records without their wall-clock time."""
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
+
+
+def test_run_directory_contents(tmp_path):
+    result = train(_config(tmp_path, U=4), progress=False)
+    run = result.out
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["U"] == 4 and config["recipe"]["name"] == "resnet_small"
+    assert config["recipe"]["epochs"] == 2 and config["data"]["input_size"] == [3, 16, 16]
+    assert config["model"]["name"] == "small_resnet" and len(config["class_names"]) == 10
+    lines = (run / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert {"train_loss", "train_top1", "val_top1", "lr"} <= set(json.loads(lines[-1]))
+    for name in ("last.safetensors", "best.safetensors", "state/trainer.pt", "state/rng-rank0.pt"):
+        assert (run / name).is_file(), name
+    assert result.epochs_run == 2 and 0 <= result.best_top1 <= 1
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    full = train(_config(tmp_path, "full", U=4), progress=False)
+    train(_config(tmp_path, "cut", U=4, epochs=1), progress=False)
+    resumed = train(_config(tmp_path, "cut", U=4, resume=True), progress=False)
+    _assert_same_weights(_weights(full.out), _weights(resumed.out))
+    assert _strip(resumed.history) == _strip(full.history)
+
+
+def test_ctrl_c_leaves_a_resumable_mid_epoch_checkpoint(tmp_path, monkeypatch):
+    full = train(_config(tmp_path, "full", U=2), progress=False)
+
+    from discover import data as data_module
+
+    original = data_module.ShapesWorld.__getitem__
+    calls = {"n": 0}
+
+    def interrupting(self, index):
+        calls["n"] += 1
+        if calls["n"] == 100:  # in epoch 1, after 3 of 4 batches
+            raise KeyboardInterrupt
+        return original(self, index)
+
+    monkeypatch.setattr(data_module.ShapesWorld, "__getitem__", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path, "cut", U=2), progress=False)
+    monkeypatch.setattr(data_module.ShapesWorld, "__getitem__", original)
+    state = torch.load(tmp_path / "cut" / "state" / "trainer.pt", weights_only=False)
+    assert (state["epoch"], state["step"]) == (0, 3)
+    resumed = train(_config(tmp_path, "cut", U=2, resume=True), progress=False)
+    _assert_same_weights(_weights(full.out), _weights(resumed.out))
+    assert _strip(resumed.history) == _strip(full.history)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    train(_config(tmp_path, "run", epochs=1), progress=False)
+    good = _weights(tmp_path / "run")
+
+    class ExplodingLoss(torch.nn.CrossEntropyLoss):
+        def forward(self, logits, labels):
+            return super().forward(logits, labels) * float("inf")
+
+    monkeypatch.setattr("discover.train.nn.CrossEntropyLoss", ExplodingLoss)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss .* epoch 2"):
+        train(_config(tmp_path, "run", epochs=2, resume=True), progress=False)
+    _assert_same_weights(good, _weights(tmp_path / "run"))
+    assert json.loads((tmp_path / "run" / "last.json").read_text())["epoch"] == 1
+
+
+def test_resume_refuses_a_different_architecture_or_U(tmp_path):
+    train(_config(tmp_path, "run", U=2, epochs=1), progress=False)
+    with pytest.raises(ValueError, match=r"U: run has 2, now 4"):
+        train(_config(tmp_path, "run", U=4, resume=True), progress=False)
+    with pytest.raises(FileNotFoundError, match="no training state"):
+        train(_config(tmp_path, "empty", resume=True), progress=False)
+
+
+def test_yaml_config_with_flag_overrides(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "U": 2, "epochs": 5, "recipe": "deit_small"}))
+    config = TrainConfig.from_yaml(path, epochs=1, out=str(tmp_path / "y"))
+    assert (config.U, config.epochs, config.recipe) == (2, 1, "deit_small")
+    recipe = config.resolved_recipe()
+    assert recipe.optimizer == "adamw" and recipe.label_smoothing == 0.1 and recipe.epochs == 1
+    path.write_text(yaml.safe_dump({"modle": "small_vit"}))
+    with pytest.raises(ValueError, match=r"modle \(did you mean model\?\)"):
+        TrainConfig.from_yaml(path)
+
+
+def test_recipes_follow_method_md():
+    resnet, deit = get_recipe("resnet"), get_recipe("deit")
+    assert (resnet.optimizer, resnet.lr, resnet.momentum, resnet.weight_decay) == ("sgd", 0.1, 0.9, 1e-4)
+    assert (resnet.epochs, resnet.batch_size, resnet.step_size, resnet.gamma) == (90, 256, 30, 0.1)
+    assert (deit.optimizer, deit.lr, deit.weight_decay, deit.warmup_epochs) == ("adamw", 2.5e-4, 0.02, 5)
+    assert (deit.min_lr, deit.warmup_lr, deit.label_smoothing, deit.epochs) == (1e-5, 1e-6, 0.1, 300)
+    with pytest.raises(ValueError, match=r"unknown recipe 'resnt'. Close matches: resnet"):
+        get_recipe("resnt")
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    from discover.recipes import build_optimizer, build_scheduler
+
+    recipe = get_recipe("deit").replace(epochs=10, warmup_epochs=2)
+    model = torch.nn.Linear(2, 2)
+    optimizer = build_optimizer(recipe, model)
+    scheduler = build_scheduler(recipe, optimizer)
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(1e-6) and lrs[2] == pytest.approx(2.5e-4)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] > 1e-5
+
+
+def test_global_batch_sampler_splits_each_global_batch_across_ranks():
+    single = list(GlobalBatchSampler(20, 8, seed=3))
+    ranks = [list(GlobalBatchSampler(20, 8, seed=3, rank=r, world=2)) for r in range(2)]
+    assert len(single) == 2
+    for step, batch in enumerate(single):
+        assert ranks[0][step] + ranks[1][step] == batch
+    resumed = GlobalBatchSampler(20, 8, seed=3)
+    resumed.set_epoch(0, start=1)
+    assert list(resumed) == single[1:]
+    with pytest.raises(ValueError, match="divisible by the number of processes"):
+        GlobalBatchSampler(20, 7, seed=0, world=2)
+
+
+def test_missing_dataset_path_is_explained(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
+        train(_config(tmp_path, dataset="imagefolder", data_root=str(tmp_path / "nowhere"),
+                      dataset_kwargs={}), progress=False)
+
+
+def test_unreadable_images_are_skipped_and_recorded(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "images" / "train"
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(20):
+            Image.new("RGB", (20, 20), (200 * (label == "a"), 40 * i % 255, 90)).save(root / label / f"{i}.png")
+    (root / "a" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        result = train(_config(tmp_path, dataset="imagefolder", data_root=str(tmp_path / "images"),
+                               dataset_kwargs={}, batch_size=8, epochs=1), progress=False)
+    assert result.skipped_images == 1
+    config = json.loads((result.out / "config.json").read_text())
+    assert list(config["skipped_images"]) == [str(root / "a" / "broken.png")]
+
+
+def _torchrun(args: list[str], nproc: int, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "discover", "train", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+DDP_ARGS = ["--model", "small_vit", "--model-arg", "img_size=16", "--model-arg", "patch_size=4",
+            "--model-arg", "embed_dim=32", "--model-arg", "depth=2", "--model-arg", "num_heads=2",
+            "--data-arg", "n=192", "--data-arg", "image_size=16", "--batch-size", "32",
+            "--epochs", "2", "--augment", "none", "--eval-samples", "1", "--quiet"]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
+    one = _torchrun([*DDP_ARGS, "-U", "1", "--out", str(tmp_path / "one")], 1, tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _torchrun([*DDP_ARGS, "-U", "1", "--out", str(tmp_path / "two")], 2, tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
+    _assert_same_weights(_weights(tmp_path / "one"), _weights(tmp_path / "two"), atol=1e-5)
+    log_one = [json.loads(x) for x in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
+    log_two = [json.loads(x) for x in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    for a, b in zip(log_one, log_two):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+        assert a["val_top1"] == pytest.approx(b["val_top1"])
+
+
+@pytest.mark.slow
+def test_two_process_ddp_trains_a_cvn_and_resumes(tmp_path):
+    args = [*DDP_ARGS, "-U", "4", "--out", str(tmp_path / "cvn")]
+    first = _torchrun([*args[:args.index("--epochs") + 1], "1", *args[args.index("--epochs") + 2:]], 2, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = _torchrun([*args, "--resume"], 2, tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert len((tmp_path / "cvn" / "log.jsonl").read_text().splitlines()) == 2
+    assert (tmp_path / "cvn" / "state" / "rng-rank1.pt").is_file()
+
+
+def test_resume_refuses_changed_hyperparameters(tmp_path):
+    train(_config(tmp_path, "run", epochs=1), progress=False)
+    with pytest.raises(ValueError, match=r"lr: run has None, now 0.5"):
+        train(_config(tmp_path, "run", epochs=2, lr=0.5, resume=True), progress=False)

@@ -1,0 +1,834 @@
+"""Similarity functions that match neuron activations to concept activations.
+
+Notation follows ``method.md`` §6-7 of the project docs: ``P`` (``concept_acts``) is the
+``N x M`` matrix of image-concept scores (CLIP cosines), ``Q`` (``neuron_acts``) the
+``N x K`` matrix of unit activations on the same ``N`` probe images. Every function returns
+``S``, a ``K x M`` matrix in which a higher value means a better match, and the description
+of unit ``k`` is concept ``argmax_m S[k, m]``.
+
+Conventions shared by all built-in functions:
+
+* **dtype / device.** Inputs may be any floating dtype. The computation runs on the inputs'
+  device in ``float64`` if either input is ``float64`` and in ``float32`` otherwise, and the
+  result has that dtype. Inputs are never modified.
+* **Memory.** Work is chunked over neurons (``chunk_size``) and concepts
+  (``concept_chunk_size``); ``P`` is never copied or transformed as a whole. Each docstring
+  states the size of the largest temporary. The result itself is ``K x M``.
+* **Top-k images** of a unit are the rows with the largest *signed* activations (the
+  reference behaviour), ties broken by the lower image index. A ``top_k`` larger than ``N``
+  is clamped to ``N`` with a warning.
+* **Dead units** (an all-zero column of ``Q``, e.g. an LWTA unit that never wins) never
+  produce NaN or Inf: they get finite, uninformative scores. Count them with
+  ``info["num_dead_neurons"]`` and mark them as inactive rather than trusting their label.
+* **info.** Pass a dict as ``info`` to receive the effective parameters (after clamping) and
+  input summary, for the run metadata.
+
+Example:
+    >>> import torch
+    >>> from discover.similarity import get_similarity
+    >>> P, Q = torch.rand(200, 5), torch.randn(200, 3)
+    >>> info = {}
+    >>> S = get_similarity("soft_wpmi")(P, Q, info=info)
+    >>> S.shape, info["top_k"]
+    (torch.Size([3, 5]), 100)
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "SIMILARITIES",
+    "DEFAULT_SIMILARITY",
+    "SimilarityFn",
+    "register_similarity",
+    "get_similarity",
+    "cos",
+    "cos3",
+    "wpmi",
+    "soft_wpmi",
+    "rank_reorder",
+    "jsd",
+    "jsd_definition",
+]
+
+SimilarityFn = Callable[..., Tensor]
+"""``(concept_acts [N, M], neuron_acts [N, K], **params) -> scores [K, M]``."""
+
+SIMILARITIES: dict[str, SimilarityFn] = {}
+DEFAULT_SIMILARITY = "soft_wpmi"
+
+Transform = Literal["identity", "zscore"]
+Support = Literal["all", "neuron_topk", "union_topk"]
+
+_LN2 = math.log(2.0)
+_JSD_BLOCK = 2**20  # support entries per (neuron, concept, image) block in ``jsd``
+
+
+def register_similarity(name: str) -> Callable[[SimilarityFn], SimilarityFn]:
+    """Decorator adding a similarity function to :data:`SIMILARITIES` under ``name``.
+
+    Raises:
+        ValueError: if ``name`` is already registered.
+
+    Example:
+        >>> @register_similarity("neg_l2")  # doctest: +SKIP
+        ... def neg_l2(concept_acts, neuron_acts, **params):
+        ...     return -torch.cdist(neuron_acts.T, concept_acts.T)
+    """
+
+    def decorator(fn: SimilarityFn) -> SimilarityFn:
+        if name in SIMILARITIES:
+            raise ValueError(f"similarity {name!r} is already registered")
+        SIMILARITIES[name] = fn
+        return fn
+
+    return decorator
+
+
+def get_similarity(name: str) -> SimilarityFn:
+    """Look up a registered similarity function by name.
+
+    Raises:
+        ValueError: for an unknown name, listing close matches and all registered names.
+
+    Example:
+        >>> get_similarity("cos3").__name__
+        'cos3'
+    """
+    try:
+        return SIMILARITIES[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(SIMILARITIES), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(
+            f"unknown similarity {name!r}.{hint} Available: {', '.join(sorted(SIMILARITIES))}"
+        ) from None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _prepare(concept_acts: Tensor, neuron_acts: Tensor) -> torch.dtype:
+    """Validate ``P`` and ``Q``; return the compute dtype."""
+    for arg, x in (("concept_acts", concept_acts), ("neuron_acts", neuron_acts)):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{arg} must be a torch.Tensor, got {type(x).__name__}")
+    P, Q = concept_acts, neuron_acts
+    if P.dim() != 2 or Q.dim() != 2 or P.shape[0] != Q.shape[0]:
+        raise ValueError(
+            "expected concept_acts [N, M] and neuron_acts [N, K] with the same N, got "
+            f"concept_acts {tuple(P.shape)} and neuron_acts {tuple(Q.shape)}"
+        )
+    if 0 in P.shape or 0 in Q.shape:
+        raise ValueError(
+            "need at least one image, concept and neuron, got "
+            f"concept_acts {tuple(P.shape)} and neuron_acts {tuple(Q.shape)}"
+        )
+    if P.device != Q.device:
+        raise ValueError(f"inputs are on different devices: {P.device} and {Q.device}")
+    return torch.float64 if torch.float64 in (P.dtype, Q.dtype) else torch.float32
+
+
+def _positive_int(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _clamped(name: str, value: int, num_images: int) -> int:
+    """Clamp a number of top images to ``num_images``, warning when it changes."""
+    if value > num_images:
+        warnings.warn(
+            f"{name}={value} exceeds the number of probe images N={num_images}; "
+            f"using {name}={num_images}",
+            stacklevel=4,
+        )
+        return num_images
+    return value
+
+
+def _slices(total: int, size: int) -> Iterator[slice]:
+    for start in range(0, total, size):
+        yield slice(start, min(start + size, total))
+
+
+def _top_images(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-``k`` rows of every column of ``x`` ``[N, c]``: values and indices, each ``[c, k]``.
+
+    Descending order, ties broken by the lower row index (stable sort).
+    """
+    values, indices = torch.sort(x.T, dim=1, descending=True, stable=True)
+    return values[:, :k], indices[:, :k]
+
+
+def _fill_info(
+    info: dict[str, Any] | None,
+    name: str,
+    P: Tensor,
+    Q: Tensor,
+    dtype: torch.dtype,
+    **params: Any,
+) -> None:
+    if info is None:
+        return
+    info.update(
+        similarity=name,
+        num_images=P.shape[0],
+        num_concepts=P.shape[1],
+        num_neurons=Q.shape[1],
+        num_dead_neurons=int((Q.count_nonzero(dim=0) == 0).sum()),
+        compute_dtype=str(dtype).removeprefix("torch."),
+        **params,
+    )
+
+
+# --------------------------------------------------------------------------- cosine
+
+
+@register_similarity("cos")
+@torch.no_grad()
+def cos(
+    concept_acts: Tensor,
+    neuron_acts: Tensor,
+    *,
+    min_norm: float = 1e-12,
+    chunk_size: int = 1024,
+    concept_chunk_size: int = 4096,
+    info: dict[str, Any] | None = None,
+) -> Tensor:
+    """Cosine similarity of uncentred columns (CLIP-Dissect ``cos``), ``method.md`` §7.1.
+
+    ``S[k, m] = <Q[:, k], P[:, m]> / (max(||Q[:, k]||, min_norm) * max(||P[:, m]||, min_norm))``
+
+    The reference has no ``min_norm`` and returns NaN for an all-zero column; here such a
+    unit scores 0 against every concept. ``min_norm`` is tiny so that it changes nothing else.
+    Largest temporary: ``N x concept_chunk_size`` (plus ``N x chunk_size`` for fp16 inputs).
+
+    Example:
+        >>> P = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> cos(P, torch.tensor([[2.0], [2.0]]))
+        tensor([[0.7071, 0.7071]])
+    """
+    dtype = _prepare(concept_acts, neuron_acts)
+    P, Q = concept_acts, neuron_acts
+    chunk_size = _positive_int("chunk_size", chunk_size)
+    concept_chunk_size = _positive_int("concept_chunk_size", concept_chunk_size)
+    (_, M), K = P.shape, Q.shape[1]
+    q_norm = torch.cat(
+        [torch.linalg.vector_norm(Q[:, ks].to(dtype), dim=0) for ks in _slices(K, chunk_size)]
+    ).clamp_min_(min_norm)
+    out = torch.empty(K, M, dtype=dtype, device=P.device)
+    for cs in _slices(M, concept_chunk_size):
+        p = P[:, cs].to(dtype)
+        p_norm = torch.linalg.vector_norm(p, dim=0).clamp_min_(min_norm)
+        for ks in _slices(K, chunk_size):
+            block = Q[:, ks].to(dtype).T @ p
+            out[ks, cs] = block.div_(q_norm[ks, None]).div_(p_norm)
+    _fill_info(info, "cos", P, Q, dtype, min_norm=min_norm)
+    return out
+
+
+def _centred_cubed_unit(x: Tensor, min_norm: float) -> Tensor:
+    """``(x - mean)^3`` per column, divided by ``max(||.||_2, min_norm)``; a new tensor."""
+    x = x - x.mean(dim=0, keepdim=True)
+    x.pow_(3)
+    return x.div_(torch.linalg.vector_norm(x, dim=0).clamp_min_(min_norm))
+
+
+@register_similarity("cos3")
+@torch.no_grad()
+def cos3(
+    concept_acts: Tensor,
+    neuron_acts: Tensor,
+    *,
+    min_norm: float = 1e-3,
+    chunk_size: int = 1024,
+    concept_chunk_size: int = 4096,
+    info: dict[str, Any] | None = None,
+) -> Tensor:
+    """Cosine of centred, cubed columns (CLIP-Dissect ``cos_similarity_cubed``), §7.2.
+
+    ``X' = (X - mean_n X)^3`` column-wise for ``X`` in ``P, Q``;
+    ``S[k, m] = <Q'[:, k], P'[:, m]> / (max(||Q'[:, k]||, min_norm) * max(||P'[:, m]||, min_norm))``
+
+    Cubing emphasises the most activating images. A constant (e.g. dead) unit scores 0.
+    Largest temporaries: ``N x concept_chunk_size`` and ``N x chunk_size``.
+
+    Example:
+        >>> P = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+        >>> cos3(P, P[:, :1]).argmax(dim=1)
+        tensor([0])
+    """
+    dtype = _prepare(concept_acts, neuron_acts)
+    P, Q = concept_acts, neuron_acts
+    chunk_size = _positive_int("chunk_size", chunk_size)
+    concept_chunk_size = _positive_int("concept_chunk_size", concept_chunk_size)
+    (_, M), K = P.shape, Q.shape[1]
+    out = torch.empty(K, M, dtype=dtype, device=P.device)
+    for cs in _slices(M, concept_chunk_size):
+        p = _centred_cubed_unit(P[:, cs].to(dtype), min_norm)
+        for ks in _slices(K, chunk_size):
+            out[ks, cs] = _centred_cubed_unit(Q[:, ks].to(dtype), min_norm).T @ p
+    _fill_info(info, "cos3", P, Q, dtype, min_norm=min_norm)
+    return out
+
+
+# --------------------------------------------------------------------------- WPMI
+
+
+def _pmi(
+    P: Tensor,
+    Q: Tensor,
+    dtype: torch.dtype,
+    *,
+    top_k: int,
+    a: float,
+    lam: float,
+    min_prob: float,
+    inclusion: Tensor | None,
+    chunk_size: int,
+    concept_chunk_size: int,
+) -> Tensor:
+    """Shared WPMI core: ``L[k, m]`` from the top-k rows of ``softmax(a P)``, minus the prior.
+
+    ``softmax(a P)`` is never materialised: its row normalisers ``logsumexp_m(a P[n, m])``
+    are computed once (``N`` values) and the top-k rows of each neuron chunk are gathered and
+    normalised on the fly. ``inclusion`` holds soft-WPMI's ``p_j`` (``None`` for WPMI).
+    """
+    (_, M), K = P.shape, Q.shape[1]
+    row_lse = torch.full((P.shape[0],), -math.inf, dtype=dtype, device=P.device)
+    for cs in _slices(M, concept_chunk_size):
+        row_lse = torch.logaddexp(row_lse, torch.logsumexp(P[:, cs].to(dtype) * a, dim=1))
+    L = torch.empty(K, M, dtype=dtype, device=P.device)
+    for ks in _slices(K, chunk_size):
+        _, idx = _top_images(Q[:, ks], top_k)
+        rows = idx.reshape(-1)
+        lse = row_lse[rows].view(-1, top_k, 1)
+        for cs in _slices(M, concept_chunk_size):
+            prob = P[:, cs].index_select(0, rows).to(dtype).view(-1, top_k, cs.stop - cs.start)
+            prob.mul_(a).sub_(lse).exp_()  # P~[i, m] for the neuron's top images
+            if inclusion is None:
+                prob.add_(min_prob)
+            else:
+                prob.mul_(inclusion).add_(1.0 - inclusion + min_prob)
+            L[ks, cs] = prob.log_().sum(dim=1)
+    prior = torch.logsumexp(L, dim=0).sub_(math.log(K))
+    return L.sub_(lam * prior)
+
+
+@register_similarity("wpmi")
+@torch.no_grad()
+def wpmi(
+    concept_acts: Tensor,
+    neuron_acts: Tensor,
+    *,
+    top_k: int = 28,
+    a: float = 2.0,
+    lam: float = 0.6,
+    min_prob: float = 1e-7,
+    chunk_size: int = 64,
+    concept_chunk_size: int = 4096,
+    info: dict[str, Any] | None = None,
+) -> Tensor:
+    """Weighted pointwise mutual information (CLIP-Dissect ``wpmi``), ``method.md`` §7.3.
+
+    ``P~ = softmax(a P)`` over concepts (row-wise), ``A_k`` = top-k images of unit ``k``::
+
+        L[k, m]  = sum_{i in A_k} log(P~[i, m] + min_prob)
+        prior[m] = logsumexp_k L[k, m] - log K
+        S[k, m]  = L[k, m] - lam * prior[m]
+
+    The prior runs over all ``K`` columns passed in: score a whole layer at once
+    (``info["prior_over_neurons"]`` records ``K``). Scores are unbounded log-ratios; compare
+    them only within one setup. Largest temporaries: ``N x concept_chunk_size`` and
+    ``chunk_size * top_k * concept_chunk_size``.
+
+    Example:
+        >>> P, Q = torch.rand(50, 4), torch.randn(50, 3)
+        >>> wpmi(P, Q, top_k=5).shape
+        torch.Size([3, 4])
+    """
+    dtype = _prepare(concept_acts, neuron_acts)
+    P, Q = concept_acts, neuron_acts
+    requested = _positive_int("top_k", top_k)
+    top_k = _clamped("top_k", requested, P.shape[0])
+    S = _pmi(
+        P,
+        Q,
+        dtype,
+        top_k=top_k,
+        a=a,
+        lam=lam,
+        min_prob=min_prob,
+        inclusion=None,
+        chunk_size=_positive_int("chunk_size", chunk_size),
+        concept_chunk_size=_positive_int("concept_chunk_size", concept_chunk_size),
+    )
+    _fill_info(
+        info,
+        "wpmi",
+        P,
+        Q,
+        dtype,
+        top_k=top_k,
+        top_k_requested=requested,
+        top_k_clamped=top_k != requested,
+        a=a,
+        lam=lam,
+        min_prob=min_prob,
+        prior_over_neurons=Q.shape[1],
+    )
+    return S
+
+
+@register_similarity("soft_wpmi")
+@torch.no_grad()
+def soft_wpmi(
+    concept_acts: Tensor,
+    neuron_acts: Tensor,
+    *,
+    top_k: int = 100,
+    a: float = 10.0,
+    lam: float = 1.0,
+    p_start: float = 0.998,
+    p_end: float = 0.97,
+    min_prob: float = 1e-7,
+    chunk_size: int = 64,
+    concept_chunk_size: int = 4096,
+    info: dict[str, Any] | None = None,
+) -> Tensor:
+    """Soft WPMI (CLIP-Dissect ``soft_wpmi``), the project default, ``method.md`` §7.4.
+
+    ``P~ = softmax(a P)`` over concepts; ``i_0, ..., i_{top_k-1}`` are the top images of unit
+    ``k`` in descending activation order; image ``i_j`` counts as evidence with probability
+    ``p_j = p_start - (j / top_k) (p_start - p_end)``::
+
+        L[k, m]  = sum_j log(p_j P~[i_j, m] + (1 - p_j) + min_prob)
+        prior[m] = logsumexp_k L[k, m] - log K
+        S[k, m]  = L[k, m] - lam * prior[m]
+
+    ``top_k`` in ``p_j`` is the effective (clamped) value. Prior, units and memory as in
+    :func:`wpmi`.
+
+    Example:
+        >>> P, Q = torch.rand(300, 4), torch.randn(300, 3)
+        >>> soft_wpmi(P, Q).shape
+        torch.Size([3, 4])
+    """
+    dtype = _prepare(concept_acts, neuron_acts)
+    P, Q = concept_acts, neuron_acts
+    requested = _positive_int("top_k", top_k)
+    top_k = _clamped("top_k", requested, P.shape[0])
+    j = torch.arange(top_k, dtype=dtype, device=P.device)
+    inclusion = (p_start - j / top_k * (p_start - p_end)).view(1, top_k, 1)
+    S = _pmi(
+        P,
+        Q,
+        dtype,
+        top_k=top_k,
+        a=a,
+        lam=lam,
+        min_prob=min_prob,
+        inclusion=inclusion,
+        chunk_size=_positive_int("chunk_size", chunk_size),
+        concept_chunk_size=_positive_int("concept_chunk_size", concept_chunk_size),
+    )
+    _fill_info(
+        info,
+        "soft_wpmi",
+        P,
+        Q,
+        dtype,
+        top_k=top_k,
+        top_k_requested=requested,
+        top_k_clamped=top_k != requested,
+        a=a,
+        lam=lam,
+        p_start=p_start,
+        p_end=p_end,
+        min_prob=min_prob,
+        prior_over_neurons=Q.shape[1],
+    )
+    return S
+
+
+# --------------------------------------------------------------------------- rank reorder
+
+
+@register_similarity("rank_reorder")
+@torch.no_grad()
+def rank_reorder(
+    concept_acts: Tensor,
+    neuron_acts: Tensor,
+    *,
+    top_fraction: float = 0.05,
+    p: float = 3.0,
+    scale_p: float = 0.5,
+    num_permutations: int = 5,
+    seed: int = 0,
+    min_avg: float = 1e-6,
+    chunk_size: int = 8,
+    concept_chunk_size: int = 1024,
+    info: dict[str, Any] | None = None,
+) -> Tensor:
+    """Rank-reorder score (CLIP-Dissect ``rank_reorder``), ``method.md`` §7.5.
+
+    With ``n = clamp(floor(top_fraction N), 1, N)``, the top-n activations
+    ``a_1 >= ... >= a_n`` of unit ``k`` on images ``A_k`` and ``c_i = P[A_k[i], m]``::
+
+        rho_i    = ascending rank of c_i among c_1..c_n (stable: ties keep activation order)
+        r_i      = (a sorted ascending)[rho_i]
+        err[m]   = mean_i |a_i - r_i|^p
+        baseline = mean over permutations pi of mean_i |a_asc,i - a_asc,pi(i)|^p
+        S[k, m]  = -(err[m] / baseline) / max(mean_i c_i, min_avg)^scale_p
+
+    The ``num_permutations`` permutations of ``0..n-1`` are drawn once, as
+    ``torch.randperm(n, generator=g)`` in turn from a local ``torch.Generator`` seeded with
+    ``seed``, and shared by all units (the reference draws new ones per unit; the baseline is
+    a per-unit constant, so this never changes a unit's ranking of concepts). The global RNG
+    is untouched. Guards absent from the reference: ``min_avg`` keeps concepts with a
+    non-positive mean score finite (they rank last), and a zero baseline (a unit whose top-n
+    activations are all equal, e.g. a dead unit) gives ``S = 0``. Largest temporaries:
+    about ``5 * chunk_size * n * concept_chunk_size`` (indices are int64).
+
+    Example:
+        >>> P, Q = torch.rand(200, 4), torch.randn(200, 3)
+        >>> torch.equal(rank_reorder(P, Q, seed=1), rank_reorder(P, Q, seed=1))
+        True
+    """
+    dtype = _prepare(concept_acts, neuron_acts)
+    P, Q = concept_acts, neuron_acts
+    if not 0.0 < top_fraction <= 1.0:
+        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction!r}")
+    num_permutations = _positive_int("num_permutations", num_permutations)
+    chunk_size = _positive_int("chunk_size", chunk_size)
+    concept_chunk_size = _positive_int("concept_chunk_size", concept_chunk_size)
+    (N, M), K = P.shape, Q.shape[1]
+    requested = math.floor(top_fraction * N)
+    n = max(1, requested)
+    if n != requested:
+        warnings.warn(
+            f"top_fraction={top_fraction} of N={N} images is {requested}; using 1 image",
+            stacklevel=3,
+        )
+    generator = torch.Generator().manual_seed(seed)
+    perms = torch.stack(
+        [torch.randperm(n, generator=generator) for _ in range(num_permutations)]
+    ).to(P.device)
+    tiny = torch.finfo(dtype).tiny
+    out = torch.empty(K, M, dtype=dtype, device=P.device)
+    for ks in _slices(K, chunk_size):
+        acts, idx = _top_images(Q[:, ks].to(dtype), n)  # [kc, n], descending
+        asc = acts.flip(1)
+        baseline = (asc[:, None, :] - asc[:, perms]).abs_().pow_(p).mean(dim=(1, 2))
+        baseline.clamp_min_(tiny)
+        rows = idx.reshape(-1)
+        for cs in _slices(M, concept_chunk_size):
+            c = P[:, cs].index_select(0, rows).to(dtype).view(-1, n, cs.stop - cs.start)
+            c = c.transpose(1, 2).contiguous()  # [kc, mcc, n]: sorting the last dim is faster
+            avg = c.mean(dim=-1)
+            order = c.argsort(dim=-1, stable=True)
+            # The image with the j-th smallest concept score receives the j-th smallest
+            # activation: r[order[j]] = asc[j], so err = mean_j |a[order[j]] - asc[j]|^p.
+            moved = acts[:, None, :].expand_as(c).gather(-1, order)
+            err = moved.sub_(asc[:, None, :]).abs_().pow_(p).mean(dim=-1)
+            scale = avg.clamp_min_(min_avg).pow_(scale_p)
+            out[ks, cs] = err.div_(baseline[:, None]).div_(scale).neg_()
+    _fill_info(
+        info,
+        "rank_reorder",
+        P,
+        Q,
+        dtype,
+        top_fraction=top_fraction,
+        top_n=n,
+        top_n_requested=requested,
+        top_n_clamped=n != requested,
+        p=p,
+        scale_p=scale_p,
+        num_permutations=num_permutations,
+        seed=seed,
+        min_avg=min_avg,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- JSD
+
+_TRANSFORMS = ("identity", "zscore")
+_SUPPORTS = ("all", "neuron_topk", "union_topk")
+
+_SUPPORT_TEXT = {
+    "all": "all N probe images (exact, O(K M N))",
+    "neuron_topk": (
+        "the support_k images with the largest activation of unit k; both distributions "
+        "are renormalised on that set (not symmetric in the roles of P and Q)"
+    ),
+    "union_topk": (
+        "the union of the support_k images with the largest activation of unit k and the "
+        "support_k images with the largest score of concept m (each image once); both "
+        "distributions are renormalised on that set"
+    ),
+}
+
+
+def jsd_definition(
+    *,
+    tau_q: float = 1.0,
+    tau_p: float = 1.0,
+    transform_q: Transform = "zscore",
+    transform_p: Transform = "zscore",
+    support: Support = "union_topk",
+    support_k: int = 100,
+    min_std: float = 1e-12,
+) -> dict[str, Any]:
+    """The exact definition :func:`jsd` computes with these parameters, as plain data.
+
+    Save it with every result (``jsd(..., info=info)`` stores it as ``info["definition"]``,
+    with the effective ``support_k``). Defaults are those of :func:`jsd`.
+
+    Example:
+        >>> jsd_definition()["support"]
+        'union_topk'
+    """
+    if transform_q not in _TRANSFORMS or transform_p not in _TRANSFORMS:
+        raise ValueError(
+            f"transforms must be one of {_TRANSFORMS}, got {transform_q!r}, {transform_p!r}"
+        )
+    if support not in _SUPPORTS:
+        raise ValueError(f"support must be one of {_SUPPORTS}, got {support!r}")
+    if not (tau_q > 0 and tau_p > 0):
+        raise ValueError(f"temperatures must be positive, got tau_q={tau_q}, tau_p={tau_p}")
+    _positive_int("support_k", support_k)
+    return {
+        "name": "jsd",
+        "status": (
+            "project reconstruction (method.md 7.6): the DISCOVER paper's JSD formula and "
+            "code are not available; not validated against the paper"
+        ),
+        "formula": (
+            "S[k,m] = -JSD(p_k || r_m) = -(KL(p_k || mu) + KL(r_m || mu)) / 2, mu = (p_k + r_m) / 2"
+        ),
+        "p_k": "softmax over the support of f(Q[:, k]) / tau_q",
+        "r_m": "softmax over the support of g(P[:, m]) / tau_p",
+        "transform_q": transform_q,
+        "transform_p": transform_p,
+        "transforms": {
+            "identity": "x",
+            "zscore": (
+                "(x - mean) / max(std, min_std), mean and population std of the column "
+                "over all N probe images, before restricting to the support"
+            ),
+        },
+        "tau_q": tau_q,
+        "tau_p": tau_p,
+        "min_std": min_std,
+        "support": support,
+        "support_k": support_k if support != "all" else None,
+        "support_description": _SUPPORT_TEXT[support],
+        "top_k_order": "descending raw value (signed), ties broken by the lower image index",
+        "log_base": "e",
+        "range": [-_LN2, 0.0],
+        "higher_is_better": True,
+    }
+
+
+def _affine(x: Tensor, transform: str, tau: float, min_std: float) -> tuple[Tensor, Tensor]:
+    """Per-column ``(shift, scale)`` with ``logits = (x - shift) / scale`` for ``x`` ``[N, c]``."""
+    if transform == "zscore":
+        std, mean = torch.std_mean(x, dim=0, correction=0)
+        return mean, std.clamp_min_(min_std).mul_(tau)
+    return torch.zeros_like(x[0]), torch.full_like(x[0], tau)
+
+
+def _top_sets(x: Tensor, k: int) -> Tensor:
+    """Indices ``[c, k]`` of the ``k`` largest rows of every column of ``x`` ``[N, c]``.
+
+    The same sets as :func:`_top_images` (ties to the lower index) without a full sort, in
+    ascending index order.
+    """
+    threshold = torch.topk(x, k, dim=0).values[-1]
+    above, tied = x > threshold, x == threshold
+    keep = above | (tied & (tied.cumsum(dim=0) <= k - above.sum(dim=0)))
+    return keep.T.nonzero()[:, 1].view(-1, k)
+
+
+def _kl_to_mid(p: Tensor, log_p: Tensor, r: Tensor, log_r: Tensor) -> Tensor:
+    """``sum_i p_i log(p_i / mu_i) + r_i log(r_i / mu_i)`` over the last dim, ``mu = (p + r) / 2``.
+
+    Entries with ``p_i = r_i = 0`` contribute 0; ``log_p``, ``log_r`` must be finite.
+    """
+    log_mid = (p + r).mul_(0.5).clamp_min_(torch.finfo(p.dtype).tiny).log_()
+    return (log_p - log_mid).mul_(p).add_((log_r - log_mid).mul_(r)).sum(dim=-1)
+
+
+def _jsd_log_probs(log_p: Tensor, log_r: Tensor) -> Tensor:
+    """JSD (nats) of distributions over the last dim, as broadcastable log-probabilities."""
+    return _kl_to_mid(log_p.exp(), log_p, log_r.exp(), log_r).mul_(0.5).clamp_(0.0, _LN2)
+
+
+def _jsd_union(x_a: Tensor, y_a: Tensor, x_b: Tensor, y_b: Tensor, fresh: Tensor) -> Tensor:
+    """JSD (nats) of ``softmax(x)`` and ``softmax(y)`` on the union of image sets ``A`` and ``B``.
+
+    ``A`` holds the unit's top images (its largest logit ``x``), ``B`` the concept's (its
+    largest ``y``). Logits on ``A``: ``x_a [kc, 1, k]``, ``y_a [kc, mc, k]``; on ``B``:
+    ``x_b [kc, mc, k]``, ``y_b [1, mc, k]``. ``fresh [kc, mc, k]`` is 0 for the images of ``B``
+    already in ``A``, so each image of the union counts once.
+    """
+    x_max, y_max = x_a.amax(dim=-1, keepdim=True), y_b.amax(dim=-1, keepdim=True)
+    e_xa, e_xb = (x_a - x_max).exp_(), (x_b - x_max).exp_().mul_(fresh)
+    e_ya, e_yb = (y_a - y_max).exp_(), (y_b - y_max).exp_().mul(fresh)
+    z_p = e_xa.sum(dim=-1, keepdim=True) + e_xb.sum(dim=-1, keepdim=True)  # >= 1
+    z_r = e_ya.sum(dim=-1, keepdim=True) + e_yb.sum(dim=-1, keepdim=True)  # >= 1
+    log_zp, log_zr = z_p.log().add_(x_max), z_r.log().add_(y_max)
+    js = _kl_to_mid(e_xa / z_p, x_a - log_zp, e_ya / z_r, y_a - log_zr)
+    js += _kl_to_mid(e_xb / z_p, x_b - log_zp, e_yb / z_r, y_b - log_zr)
+    return js.mul_(0.5).clamp_(0.0, _LN2)
+
+
+@register_similarity("jsd")
+@torch.no_grad()
+def jsd(
+    concept_acts: Tensor,
+    neuron_acts: Tensor,
+    *,
+    tau_q: float = 1.0,
+    tau_p: float = 1.0,
+    transform_q: Transform = "zscore",
+    transform_p: Transform = "zscore",
+    support: Support = "union_topk",
+    support_k: int = 100,
+    min_std: float = 1e-12,
+    chunk_size: int | None = None,
+    concept_chunk_size: int | None = None,
+    info: dict[str, Any] | None = None,
+) -> Tensor:
+    """Jensen-Shannon similarity: the project's reconstruction of DISCOVER's measure, §7.6.
+
+    No reference implementation exists; this is the recommended definition of ``method.md``
+    §7.6, with defaults chosen here, not validated against the paper. For unit ``k`` and
+    concept ``m``, on a support set ``T`` of images::
+
+        p_k[i] = softmax_{i in T}(f(Q[:, k])[i] / tau_q)
+        r_m[i] = softmax_{i in T}(g(P[:, m])[i] / tau_p)
+        S[k, m] = -JSD(p_k || r_m) = -(KL(p_k || mu) + KL(r_m || mu)) / 2,  mu = (p_k + r_m) / 2
+
+    in nats, so ``S`` lies in ``[-ln 2, 0]`` and 0 means identical distributions. ``f``, ``g``
+    are ``"identity"`` or ``"zscore"`` (``(x - mean) / max(std, min_std)`` over all ``N``
+    images, population std). ``support`` selects ``T``:
+
+    * ``"union_topk"`` (default): the unit's ``support_k`` top images united with the
+      concept's ``support_k`` top images. Cost ``O(K M support_k)``.
+    * ``"neuron_topk"``: the unit's top images only. Half the cost, but blind to images where
+      the concept is strong and the unit silent, and not symmetric in ``P`` and ``Q``.
+    * ``"all"``: all ``N`` images, exact. Cost ``O(K M N)``.
+
+    Defaults and why: z-scoring makes ``tau`` a unitless sharpness in units of each column's
+    standard deviation, so one value serves every layer, model and image-text model (raw
+    activation scales vary by orders of magnitude, and a concept's raw CLIP cosines vary by
+    only a few hundredths across images, which would make ``r_m`` almost uniform).
+    ``tau_q = tau_p = 1`` and equal transforms treat unit and concept alike; with
+    ``"union_topk"`` the score is then symmetric (``jsd(P, Q) == jsd(Q, P).T``) and a concept
+    whose top images differ from the unit's is penalised, which ``"neuron_topk"`` cannot see.
+    ``support_k = 100`` matches soft-WPMI's ``top_k``. A dead unit (constant column) gives a
+    uniform ``p_k``: finite scores.
+
+    ``info["definition"]`` receives :func:`jsd_definition` of the effective parameters.
+    ``chunk_size`` / ``concept_chunk_size`` default to blocks of at most ``2**20`` support
+    entries (about ten such float temporaries are alive at once).
+
+    Example:
+        >>> Q = torch.randn(500, 2)
+        >>> P = torch.cat([torch.randn(500, 3), 3 * Q[:, :1] + 1], dim=1)  # planted concept
+        >>> S = jsd(P, Q)
+        >>> S.argmax(dim=1)[0].item(), abs(S[0, 3].item()) < 1e-6
+        (3, True)
+    """
+    dtype = _prepare(concept_acts, neuron_acts)
+    P, Q = concept_acts, neuron_acts
+    (N, M), K = P.shape, Q.shape[1]
+    requested = support_k
+    definition = jsd_definition(  # validates the parameters
+        tau_q=tau_q,
+        tau_p=tau_p,
+        transform_q=transform_q,
+        transform_p=transform_p,
+        support=support,
+        support_k=requested,
+        min_std=min_std,
+    )
+    k = requested
+    if support != "all":
+        k = definition["support_k"] = _clamped("support_k", requested, N)
+    width = {"all": N, "neuron_topk": k, "union_topk": 2 * k}[support]
+    if chunk_size is None:
+        chunk_size = max(1, min(K, 64, _JSD_BLOCK // width))
+    kc = _positive_int("chunk_size", chunk_size)
+    if concept_chunk_size is None:
+        concept_chunk_size = max(1, min(M, _JSD_BLOCK // (kc * width)))
+    mc = _positive_int("concept_chunk_size", concept_chunk_size)
+
+    # Per-unit logit transform (and top images with their logits), computed once.
+    stats = [_affine(Q[:, ks].to(dtype), transform_q, tau_q, min_std) for ks in _slices(K, kc)]
+    shift_q = torch.cat([shift for shift, _ in stats])
+    scale_q = torch.cat([scale for _, scale in stats])
+    if support != "all":
+        top = [_top_images(Q[:, ks].to(dtype), k) for ks in _slices(K, kc)]
+        top_q = torch.cat([idx for _, idx in top])  # [K, k]
+        logit_top_q = (torch.cat([v for v, _ in top]) - shift_q[:, None]) / scale_q[:, None]
+
+    out = torch.empty(K, M, dtype=dtype, device=P.device)
+    for cs in _slices(M, mc):
+        p = P[:, cs].to(dtype)
+        shift, scale = _affine(p, transform_p, tau_p, min_std)
+        logit_p = (p - shift) / scale  # [N, mcc]
+        if support == "all":
+            log_r = torch.log_softmax(logit_p.T, dim=-1)[None]  # [1, mcc, N]
+        elif support == "union_topk":
+            top_p = _top_sets(p, k)  # [mcc, k]
+            y_b = logit_p.T.gather(1, top_p)[None]  # [1, mcc, k]
+        for ks in _slices(K, kc):
+            if support == "all":
+                logit_q = (Q[:, ks].to(dtype) - shift_q[ks]) / scale_q[ks]
+                log_p = torch.log_softmax(logit_q.T, dim=-1)[:, None]  # [kc, 1, N]
+                out[ks, cs] = _jsd_log_probs(log_p, log_r).neg_()
+                continue
+            kcc = ks.stop - ks.start
+            x_a = logit_top_q[ks, None]  # [kc, 1, k]
+            y_a = logit_p.index_select(0, top_q[ks].reshape(-1)).view(kcc, k, -1).transpose(1, 2)
+            if support == "neuron_topk":
+                log_p = torch.log_softmax(x_a, dim=-1)
+                out[ks, cs] = _jsd_log_probs(log_p, torch.log_softmax(y_a, dim=-1)).neg_()
+                continue
+            cols = top_p.reshape(-1)
+            x_b = Q[:, ks].index_select(0, cols).to(dtype).sub_(shift_q[ks]).div_(scale_q[ks])
+            x_b = x_b.T.reshape(kcc, -1, k)  # [kc, mcc, k]
+            seen = torch.zeros(kcc, N, dtype=torch.bool, device=P.device)
+            fresh = ~seen.scatter_(1, top_q[ks], True)[:, cols].view(kcc, -1, k)
+            out[ks, cs] = _jsd_union(x_a, y_a, x_b, y_b, fresh.to(dtype)).neg_()
+    _fill_info(
+        info,
+        "jsd",
+        P,
+        Q,
+        dtype,
+        tau_q=tau_q,
+        tau_p=tau_p,
+        transform_q=transform_q,
+        transform_p=transform_p,
+        support=support,
+        support_k=definition["support_k"],
+        support_k_requested=requested,
+        support_k_clamped=k != requested,
+        min_std=min_std,
+        definition=definition,
+    )
+    return out

@@ -50,22 +50,27 @@ def test_conv_competition_is_across_consecutive_channels_at_each_position():
     assert torch.equal(y[:, :4], expected)
 
 
-def test_straight_through_gradient_matches_the_reference_formula():
+@pytest.mark.parametrize("kind", ["tokens", "conv"])
+def test_straight_through_gradient_matches_the_reference_formula(kind):
+    """Same noise: the fused layer equals ``h * (hard - soft.detach() + soft)``."""
     tau, U = 1.67, 4
-    x = torch.randn(3, 5, 16, dtype=torch.float64, requires_grad=True)
-    upstream = torch.randn(3, 5, 16, dtype=torch.float64)
+    shape = (3, 5, 16) if kind == "tokens" else (2, 16, 3, 5)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(shape, dtype=torch.float64)
 
     torch.manual_seed(123)
     y = LWTA(U, tau=tau)(x)
     (y * upstream).sum().backward()
     grad_fused = x.grad.clone()
 
+    # The same noise: the layer draws it in the input's memory order.
     x.grad = None
     torch.manual_seed(123)
-    h = x.reshape(3, 5, 4, U)
-    g = gumbel_noise(h)
-    soft = torch.softmax((h + g) / tau, dim=-1)
-    hard = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)
+    g = gumbel_noise(x.detach())
+    h, dim = (x.reshape(3, 5, 4, U), -1) if kind == "tokens" else (x.reshape(2, 4, U, 3, 5), 2)
+    g = g.reshape(h.shape)
+    soft = torch.softmax((h + g) / tau, dim=dim)
+    hard = torch.zeros_like(soft).scatter_(dim, soft.argmax(dim, keepdim=True), 1.0)
     y_ref = (h * (hard - soft.detach() + soft)).reshape(x.shape)
     (y_ref * upstream).sum().backward()
 
@@ -214,3 +219,13 @@ def test_explicit_dim_for_channels_last_inputs():
 def test_unknown_eval_policy():
     with pytest.raises(ValueError, match="unknown eval_policy 'deterministic'"):
         LWTA(2, eval_policy="deterministic")
+
+
+@pytest.mark.parametrize("policy", ["sample", "argmax"])
+def test_eval_mode_is_differentiable_for_attribution(policy):
+    """Gradients w.r.t. inputs in eval mode flow to the winners only (no soft path)."""
+    layer = LWTA(4, eval_policy=policy).eval()
+    layer.capture = True
+    x = torch.randn(6, 16, requires_grad=True)
+    layer(x).sum().backward()
+    assert torch.equal(x.grad, layer.last_mask.float())

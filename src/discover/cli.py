@@ -174,6 +174,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-epochs", type=int)
     parser.add_argument("--augment", choices=["basic", "randaugment", "none"])
     parser.add_argument("--holdout", type=float, help="fraction of train held out for selection")
+    parser.add_argument("--train-subset", type=int, help="train on a random subset of N images")
     parser.add_argument("--tau", type=float, help="Gumbel-softmax temperature (default 1.67)")
     parser.add_argument("--eval-policy", choices=["sample", "argmax"])
     parser.add_argument("--eval-samples", type=int, help="passes averaged at validation")
@@ -195,7 +196,7 @@ def _train(args: argparse.Namespace) -> int:
     options = {
         key: getattr(args, key)
         for key in ("model", "U", "dataset", "data_root", "recipe", "epochs", "batch_size", "lr",
-                    "weight_decay", "label_smoothing", "warmup_epochs", "augment", "holdout",
+                    "weight_decay", "label_smoothing", "warmup_epochs", "augment", "holdout", "train_subset",
                     "tau", "eval_policy", "eval_samples", "seed", "workers", "device", "amp",
                     "max_steps_per_epoch", "out")
         if getattr(args, key) is not None

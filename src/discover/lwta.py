@@ -14,6 +14,7 @@ the largest pre-activation (``"argmax"``). See ``method.md`` §2 of the project 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Literal
 
@@ -37,45 +38,59 @@ EVAL_POLICIES: tuple[str, ...] = ("sample", "argmax")
 
 
 def gumbel_noise(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Standard Gumbel noise shaped like ``like``.
+    """Standard Gumbel noise ``-log(-log(u))``, ``u ~ U(tiny, 1)``, shaped like ``like``.
 
-    Uses ``-log(E)`` with ``E ~ Exponential(1)``, which is exact, never produces NaN or Inf
-    for finite ``E > 0`` and needs no redraw loop.
+    ``u`` never reaches 0, so the noise is never NaN or Inf and, unlike the reference code,
+    needs no check-and-redraw loop.
     """
-    noise = torch.empty_like(like).exponential_(generator=generator)
-    return noise.log_().neg_()
+    return _neg_gumbel_(torch.empty_like(like), generator).neg_()
+
+
+def _neg_gumbel_(buffer: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fill ``buffer`` with ``log(-log(u))`` (minus Gumbel noise), in place."""
+    buffer.uniform_(torch.finfo(buffer.dtype).tiny, 1.0, generator=generator)
+    return buffer.log_().neg_().log_()
+
+
+def _perturbed(h: torch.Tensor) -> torch.Tensor:
+    """``h + g`` with Gumbel noise ``g``, in one new buffer."""
+    noise = _neg_gumbel_(torch.empty_like(h))
+    return torch.sub(h, noise, out=noise)
 
 
 class _STGumbelLWTA(torch.autograd.Function):
     """Hard one-hot forward, Gumbel-softmax straight-through backward, fused.
 
-    Equivalent to ``h * (hard - soft.detach() + soft)`` with ``soft = softmax((h + g) / tau)``
-    (gradient through both the product and the softmax logits), but the forward value is
-    exactly ``h`` at the winner and exactly 0 elsewhere, and only ``h``, ``soft`` and the
-    winner indices are kept for backward.
+    Works on blocks laid out as ``(P, U, Q)`` (competition over dim 1). Equivalent to
+    ``h * (hard - soft.detach() + soft)`` with ``soft = softmax((h + g) / tau)`` (gradient
+    through both the product and the softmax logits), but the forward value is exactly
+    ``h`` at the winner and exactly 0 elsewhere, only ``h``, ``soft`` and the winner indices
+    are kept for backward, and buffers are reused (on CPU, fresh large allocations cost as
+    much as the arithmetic). ``torch.softmax`` is written out: over a short dimension it is
+    slow on CPU.
     """
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, noise: torch.Tensor, tau: float, dim: int):  # noqa: D401
-        logits = noise.add_(h)  # noise buffer is ours: reuse it
-        winners = logits.argmax(dim=dim, keepdim=True)
-        soft = torch.softmax(logits.div_(tau), dim=dim)
-        out = torch.zeros_like(h).scatter_(dim, winners, h.gather(dim, winners))
+    def forward(ctx, h: torch.Tensor, tau: float):  # noqa: D401
+        logits = _perturbed(h)
+        top, winners = logits.max(dim=1, keepdim=True)
+        soft = logits.sub_(top).mul_(1.0 / tau).exp_()  # the logits buffer becomes `soft`
+        soft.div_(soft.sum(dim=1, keepdim=True))
+        out = torch.zeros_like(h).scatter_(1, winners, h.gather(1, winners))
         ctx.save_for_backward(h, soft, winners)
-        ctx.tau, ctx.dim = tau, dim
+        ctx.tau = tau
+        ctx.mark_non_differentiable(winners)
         return out, winners
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor, _grad_winners):
         h, soft, winners = ctx.saved_tensors
-        dim, tau = ctx.dim, ctx.tau
-        # d out / d h through the product: grad at the winner only (mask value is 1 there).
-        grad_h = torch.zeros_like(h).scatter_(dim, winners, grad_out.gather(dim, winners))
-        # d out / d soft = grad_out * h; softmax backward, then chain through logits / tau.
-        g_soft = grad_out * h
-        dot = (g_soft * soft).sum(dim=dim, keepdim=True)
-        grad_h.add_(soft * (g_soft - dot), alpha=1.0 / tau)
-        return grad_h, None, None, None
+        # Through the soft sample: d out / d soft = grad_out * h, softmax backward, / tau.
+        grad_h = grad_out * h
+        dot = (grad_h * soft).sum(dim=1, keepdim=True)
+        grad_h.sub_(dot).mul_(soft).mul_(1.0 / ctx.tau)
+        # Through the product: the mask is 1 at the winner, so grad_out passes there.
+        return grad_h.scatter_add_(1, winners, grad_out.gather(1, winners)), None
 
 
 class LWTA(nn.Module):
@@ -184,8 +199,7 @@ class LWTA(nn.Module):
         unit_dim = self._unit_dim(x)
         if self.U == 1:
             if self.capture:  # every unit is a block of one and always wins
-                winners = torch.zeros((*x.shape, 1), dtype=torch.long, device=x.device)
-                self._keep(winners.movedim(-1, unit_dim + 1), tuple(x.shape), unit_dim + 1)
+                self._keep(torch.zeros_like(x, dtype=torch.long), tuple(x.shape), unit_dim)
             return self.activation(x) if self.activation is not None else x
         width = x.shape[unit_dim]
         if width % self.U:
@@ -197,24 +211,26 @@ class LWTA(nn.Module):
                 f"{', '.join(map(str, divisors)) or 'none above 1'}"
             )
         shape = tuple(x.shape)
-        # (..., K) -> (..., B, U); (N, C, H, W) -> (N, B, U, H, W); competition over `dim`.
-        blocks = x.reshape(*shape[:unit_dim], width // self.U, self.U, *shape[unit_dim + 1 :])
-        dim = unit_dim + 1
+        # (P, U, Q) blocks, competition over dim 1: (N * C/U, U, H * W) for conv maps,
+        # (M, U, 1) when the units are the last dim.
+        outer = math.prod(shape[:unit_dim]) * (width // self.U)
+        blocks = x.reshape(outer, self.U, math.prod(shape[unit_dim + 1:]))
         if self.training and torch.is_grad_enabled() and blocks.requires_grad:
-            out, winners = _STGumbelLWTA.apply(blocks, gumbel_noise(blocks), self.tau, dim)
+            out, winners = _STGumbelLWTA.apply(blocks, self.tau)
         else:
-            if self.stochastic:
-                winners = (blocks + gumbel_noise(blocks)).argmax(dim=dim, keepdim=True)
-            else:
-                winners = blocks.argmax(dim=dim, keepdim=True)
-            out = torch.zeros_like(blocks).scatter_(dim, winners, blocks.gather(dim, winners))
+            with torch.no_grad():  # winners are not differentiable; the values below are
+                logits = _perturbed(blocks.detach()) if self.stochastic else blocks
+                winners = logits.max(dim=1, keepdim=True).indices
+            out = torch.zeros_like(blocks).scatter_(1, winners, blocks.gather(1, winners))
         if self.capture:
-            self._keep(winners, shape, dim)
+            self._keep(winners, shape, unit_dim)
         return out.reshape(shape)
 
-    def _keep(self, winners: torch.Tensor, shape: tuple[int, ...], dim: int) -> None:
-        self.last_winners = winners.detach().squeeze(dim)
-        self._last_shape = (shape, dim)
+    def _keep(self, winners: torch.Tensor, shape: tuple[int, ...], unit_dim: int) -> None:
+        """Store winner indices shaped like the input with its unit dim cut to ``K / U``."""
+        block_shape = (*shape[:unit_dim], shape[unit_dim] // self.U, *shape[unit_dim + 1:])
+        self.last_winners = winners.detach().reshape(block_shape)
+        self._last_shape = (shape, unit_dim + 1)
 
     # -- captured winners ---------------------------------------------------------------
     @property

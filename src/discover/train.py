@@ -60,6 +60,7 @@ class TrainConfig:
     data_root: str | None = None
     dataset_kwargs: dict[str, Any] = field(default_factory=dict)
     holdout: float = 0.1  # fraction of the training split held out for model selection
+    train_subset: int | None = None  # use a seeded random subset of this many training images
     recipe: str = "resnet_small"
     epochs: int | None = None
     batch_size: int | None = None  # global batch (all processes together)
@@ -218,16 +219,19 @@ class _Transformed(Dataset):
         return self.transform(image), label
 
 
-def _split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded split of ``range(n)`` into (training, held-out) index lists."""
+def _split_holdout(n: int, fraction: float, seed: int,
+                   subset: int | None = None) -> tuple[list[int], list[int]]:
+    """Seeded split of ``range(n)`` (or a random ``subset`` of it) into (training, held-out)."""
     if not 0 <= fraction < 1:
         raise ValueError(f"holdout must be in [0, 1), got {fraction}")
-    if fraction == 0:
-        return list(range(n)), []
-    n_val = max(1, int(round(n * fraction)))
-    if n_val >= n:
-        raise ValueError(f"holdout={fraction} leaves no training images out of {n}")
+    if subset is not None and not 0 < subset <= n:
+        raise ValueError(f"train_subset={subset} must be between 1 and the {n} training images")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7)).tolist()
+    order = order[:subset] if subset is not None else order
+    n_val = int(round(len(order) * fraction)) if fraction else 0
+    n_val = max(1, n_val) if fraction else 0
+    if n_val >= len(order):
+        raise ValueError(f"holdout={fraction} leaves no training images out of {len(order)}")
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
@@ -344,7 +348,8 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                          eval_policy=config.eval_policy, **config.model_kwargs)
     torch.manual_seed(config.seed + ctx.rank)
     data_config = _data_config(model, recipe)
-    fit_idx, val_idx = _split_holdout(len(train_set), config.holdout, config.seed)
+    fit_idx, val_idx = _split_holdout(len(train_set), config.holdout, config.seed,
+                                      subset=config.train_subset)
     fit_set = _Transformed(train_set, fit_idx, _train_transform(data_config, recipe))
     val_set = (_Transformed(train_set, val_idx, build_transforms(data_config, train=False))
                if val_idx else None)

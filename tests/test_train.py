@@ -54,6 +54,12 @@ def test_run_directory_contents(tmp_path):
     assert {"train_loss", "train_top1", "val_top1", "lr"} <= set(json.loads(lines[-1]))
     for name in ("last.safetensors", "best.safetensors", "state/trainer.pt", "state/rng-rank0.pt"):
         assert (run / name).is_file(), name
+    from safetensors import safe_open
+
+    with safe_open(str(run / "best.safetensors"), "pt") as f:
+        metadata = f.metadata()
+    assert json.loads(metadata["data_config"]) == config["data"]
+    assert json.loads(metadata["cvn_config"])["U"] == 4
     assert result.epochs_run == 2 and 0 <= result.best_top1 <= 1
 
 
@@ -230,3 +236,15 @@ def test_resume_refuses_changed_hyperparameters(tmp_path):
     train(_config(tmp_path, "run", epochs=1), progress=False)
     with pytest.raises(ValueError, match=r"lr: run has None, now 0.5"):
         train(_config(tmp_path, "run", epochs=2, lr=0.5, resume=True), progress=False)
+
+
+def test_fashion_mnist_from_the_debian_package(tmp_path):
+    """`make` installs dataset-fashion-mnist; train on a slice of the real images."""
+    result = train(TrainConfig(
+        model="small_vit", U=16, dataset="fashion-mnist", train_subset=256, batch_size=64,
+        epochs=1, eval_samples=1, out=str(tmp_path / "fm"),
+        model_kwargs={"img_size": 28, "patch_size": 7, "in_chans": 1, "depth": 1},
+    ), progress=False)
+    config = json.loads((result.out / "config.json").read_text())
+    assert config["class_names"][0] == "T-shirt/top" and config["data"]["input_size"] == [1, 28, 28]
+    assert result.history[0]["val_top1"] >= 0

@@ -515,7 +515,8 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, extra: dict[str, str] | None = None) -> Path:
-    """Save weights as safetensors, with ``model.cvn_config`` in the file's metadata.
+    """Save weights as safetensors, with ``model.cvn_config`` (and ``model.data_config``, the
+    preprocessing a training run used, when set) in the file's metadata.
 
     Example:
         >>> save_checkpoint(model, "run/model.safetensors")  # doctest: +SKIP
@@ -525,9 +526,10 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra: dict[str, str] | 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = dict(extra or {})
-    config = getattr(model, "cvn_config", None)
-    if config is not None:
-        metadata["cvn_config"] = json.dumps(config.to_dict())
+    for key in ("cvn_config", "data_config"):  # how it was built, and its preprocessing
+        config = getattr(model, key, None)
+        if config is not None:
+            metadata[key] = json.dumps(config.to_dict())
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(_untie(state), str(tmp), metadata=metadata)

@@ -348,6 +348,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                          eval_policy=config.eval_policy, **config.model_kwargs)
     torch.manual_seed(config.seed + ctx.rank)
     data_config = _data_config(model, recipe)
+    model.data_config = data_config  # travels in every checkpoint's metadata
     fit_idx, val_idx = _split_holdout(len(train_set), config.holdout, config.seed,
                                       subset=config.train_subset)
     fit_set = _Transformed(train_set, fit_idx, _train_transform(data_config, recipe))

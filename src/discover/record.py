@@ -1,0 +1,361 @@
+"""Record pooled activations of any layer of any model over a probe set.
+
+* :func:`list_layers` shows every addressable layer (dotted name, output shape, suggested
+  pooling) from one dry forward pass.
+* :func:`record` streams a probe set through the model and keeps, per layer, one pooled
+  vector per image: an ``(N, K)`` matrix, never the raw feature maps. LWTA layers also keep
+  the pooled winner mask (how often each unit won, per image).
+* Results are cached under a key that hashes everything they depend on (weights, layers,
+  pooling, eval policy and seed, the probe set's content fingerprint and transform), so a
+  changed input never reuses a stale entry; writes are atomic.
+
+Pooling is explicit and recorded: conv maps ``(N, C, H, W)`` use ``avg`` or ``max`` over
+space, token sequences ``(N, T, D)`` use ``cls`` (token 0), ``mean`` or ``max`` over tokens,
+vectors ``(N, K)`` use ``none``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .lwta import LWTA, capture_winners, eval_policy
+
+__all__ = [
+    "POOLINGS",
+    "LayerInfo",
+    "Recording",
+    "list_layers",
+    "resolve_layers",
+    "pool",
+    "record",
+    "model_fingerprint",
+    "dataset_fingerprint",
+]
+
+POOLINGS: dict[int, tuple[str, ...]] = {4: ("avg", "max"), 3: ("cls", "mean", "max"), 2: ("none",)}
+"""Poolings by output rank; the first of each is the suggestion."""
+
+
+@dataclass
+class LayerInfo:
+    """One addressable layer: dotted name, module type, output shape for one image."""
+
+    name: str
+    type: str
+    output_shape: tuple[int, ...] | None
+    suggested_pooling: str | None
+    U: int | None = None  # LWTA competitors per block
+
+    def __str__(self) -> str:
+        shape = "x".join(map(str, self.output_shape)) if self.output_shape else "-"
+        lwta = f"  LWTA U={self.U}" if self.U else ""
+        return f"{self.name:<36} {self.type:<22} {shape:<16} {self.suggested_pooling or '-'}{lwta}"
+
+
+def _suggest(shape: tuple[int, ...] | None, model: nn.Module) -> str | None:
+    if shape is None or len(shape) + 1 not in POOLINGS:
+        return None
+    rank = len(shape) + 1
+    if rank == 3 and getattr(model, "cls_token", None) is None:
+        return "mean"  # token sequences without a class token
+    return POOLINGS[rank][0]
+
+
+def list_layers(model: nn.Module, input_size: Sequence[int] | None = None) -> list[LayerInfo]:
+    """Every named submodule with its output shape for one image of ``input_size`` (C, H, W).
+
+    ``input_size`` defaults to the model's ``cvn_config``/``pretrained_cfg`` input size.
+
+    Example:
+        >>> [str(info).split()[0] for info in list_layers(create_model("small_vit"))][:3]  # doctest: +SKIP
+        ['patch_embed', 'patch_embed.proj', 'patch_embed.norm']
+    """
+    input_size = tuple(input_size or _default_input_size(model))
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def hook(_m, _i, out, name=name):
+            if name not in shapes:
+                shapes[name] = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None
+
+        handles.append(module.register_forward_hook(hook))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return [
+        LayerInfo(name, type(module).__name__, shapes.get(name), _suggest(shapes.get(name), model),
+                  module.U if isinstance(module, LWTA) else None)
+        for name, module in model.named_modules() if name
+    ]
+
+
+def _default_input_size(model: nn.Module) -> tuple[int, int, int]:
+    config = getattr(model, "cvn_config", None)
+    if config is not None and config.input_size:
+        return tuple(config.input_size)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return tuple(cfg.get("input_size", (3, 224, 224)))
+
+
+def resolve_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
+    """Modules by dotted name; an unknown name is an error listing the closest names.
+
+    Example:
+        >>> list(resolve_layers(create_model("small_resnet"), ["layer3.1"]))  # doctest: +SKIP
+        ['layer3.1']
+    """
+    modules = dict(model.named_modules())
+    if not names:
+        raise ValueError("no layers given; see `discover layers MODEL` for the names")
+    resolved = {}
+    for name in names:
+        if name not in modules or not name:
+            close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.5)
+            raise ValueError(f"unknown layer {name!r}. Closest names: {', '.join(close) or 'none'}"
+                             " (list them all with `discover layers MODEL`)")
+        resolved[name] = modules[name]
+    return resolved
+
+
+def pool(output: torch.Tensor, pooling: str, layer: str = "layer") -> torch.Tensor:
+    """Reduce one layer output to ``(N, K)`` with the named pooling.
+
+    Example:
+        >>> pool(torch.ones(2, 8, 4, 4), "avg").shape
+        torch.Size([2, 8])
+    """
+    rank = output.dim()
+    allowed = POOLINGS.get(rank)
+    if allowed is None or pooling not in allowed:
+        expected = ", ".join(f"{r}-D: {'/'.join(p)}" for r, p in POOLINGS.items())
+        raise ValueError(f"pooling {pooling!r} does not fit layer {layer!r} with output shape "
+                         f"{tuple(output.shape)}; poolings by output rank: {expected}")
+    if rank == 4:
+        return output.mean(dim=(2, 3)) if pooling == "avg" else output.amax(dim=(2, 3))
+    if rank == 3:
+        if pooling == "cls":
+            return output[:, 0]
+        return output.mean(dim=1) if pooling == "mean" else output.amax(dim=1)
+    return output
+
+
+@dataclass
+class Recording:
+    """Pooled activations ``(N, K)`` per layer, with what produced them."""
+
+    activations: dict[str, torch.Tensor]
+    wins: dict[str, torch.Tensor]  # LWTA layers: pooled winner mask (fraction of positions won)
+    pooling: dict[str, str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (temporary file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(dataclasses.asdict(self), tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recording:
+        return cls(**torch.load(path, map_location="cpu", weights_only=False))
+
+
+# -- fingerprints for the cache key ------------------------------------------------------------
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of every state-dict tensor (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def dataset_fingerprint(dataset: Dataset) -> str | None:
+    """A content fingerprint of a probe set, or ``None`` when it cannot be had cheaply.
+
+    Uses ``dataset.fingerprint()`` when the data set defines it; the Shapes world hashes its
+    configuration and split; image folders hash every file's path, size and mtime; tensor
+    data sets hash their tensors. Subsets add their indices.
+    """
+    digest = hashlib.sha256()
+    if isinstance(dataset, torch.utils.data.Subset):
+        inner = dataset_fingerprint(dataset.dataset)
+        if inner is None:
+            return None
+        digest.update(inner.encode())
+        digest.update(json.dumps(list(map(int, dataset.indices))).encode())
+        return digest.hexdigest()
+    if callable(getattr(dataset, "fingerprint", None)):
+        return str(dataset.fingerprint())
+    config = getattr(dataset, "config", None)
+    if dataclasses.is_dataclass(config):  # e.g. ShapesWorld: images follow from config + split
+        digest.update(type(dataset).__name__.encode())
+        digest.update(json.dumps([dataclasses.asdict(config), getattr(dataset, "split", None)],
+                                 sort_keys=True, default=str).encode())
+        return digest.hexdigest()
+    samples = getattr(dataset, "samples", None)
+    if isinstance(samples, list) and samples and isinstance(samples[0], tuple):
+        for path, target in samples:
+            stat = os.stat(path)
+            digest.update(f"{path}|{target}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+    tensors = getattr(dataset, "tensors", None)
+    if tensors:
+        for t in tensors:
+            digest.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+    return None
+
+
+# -- recording --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _pooled_hooks(model: nn.Module, modules: dict[str, nn.Module], pooling: dict[str, str],
+                  sink: dict[str, list]) -> Iterator[None]:
+    """Forward hooks that append each layer's pooled output (and LWTA wins) to ``sink``."""
+    handles = []
+
+    def make(name: str, module: nn.Module):
+        def hook(_m, _inputs, output):
+            if not isinstance(output, torch.Tensor):
+                raise ValueError(f"layer {name!r} returned {type(output).__name__}, not a "
+                                 "tensor; choose a layer that outputs one (see `discover layers`)")
+            if pooling[name] == "auto":  # resolved on the first output, then recorded
+                pooling[name] = _suggest(tuple(output.shape[1:]), model) or "none"
+            sink[name].append(pool(output.detach(), pooling[name], name).float().cpu())
+            if isinstance(module, LWTA):
+                mask = module.last_mask.to(output.dtype)
+                sink[f"{name}#wins"].append(pool(mask, pooling[name], name).float().cpu())
+
+        return hook
+
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(make(name, module)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _cache_key(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@torch.no_grad()
+def record(
+    model: nn.Module,
+    layers: Sequence[str],
+    probe: Dataset,
+    pooling: str | dict[str, str] = "auto",
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    policy: str = "argmax",
+    seed: int = 0,
+    workers: int = 0,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Recording:
+    """Pooled activations of ``layers`` over the probe set, streamed in batches.
+
+    ``probe`` yields ``(image, label, ...)`` items already transformed for ``model``.
+    ``pooling`` is one name for all layers, a ``{layer: pooling}`` dict, or ``"auto"`` (the
+    suggestion of :func:`list_layers` for the layer's output rank; a token layer gets ``cls``
+    when the model has a class token). The poolings used are in the result. LWTA layers use ``policy`` (``"argmax"`` is reproducible; ``"sample"`` is the
+    reference's single stochastic pass, seeded with ``seed``) and also record their pooled
+    winner masks. With ``cache_dir`` the result is cached under a content key.
+
+    Example:
+        >>> rec = record(model, ["layer3.1.act2"], probe, pooling="avg")  # doctest: +SKIP
+        >>> rec.activations["layer3.1.act2"].shape  # doctest: +SKIP
+        torch.Size([1000, 128])
+    """
+    modules = resolve_layers(model, layers)
+    if isinstance(pooling, str):
+        pooling = {n: pooling for n in modules}
+    pooling = dict(pooling)
+    missing = [n for n in modules if n not in pooling]
+    if missing:
+        raise ValueError(f"no pooling given for layer(s) {', '.join(missing)}")
+    if len(probe) == 0:
+        raise ValueError("the probe set is empty")
+
+    probe_id = dataset_fingerprint(probe)
+    key_parts = {
+        "model": model_fingerprint(model), "layers": list(modules), "pooling": pooling,
+        "policy": policy, "seed": seed, "probe": probe_id, "n": len(probe),
+        "transform": repr(getattr(probe, "transform", None)), "version": 1,
+    }
+    cache_file = None
+    if cache_dir is not None and probe_id is not None:
+        cache_file = Path(cache_dir) / "activations" / f"{_cache_key(key_parts)}.pt"
+        if cache_file.is_file():
+            cached = Recording.load(cache_file)
+            cached.meta["cache"] = {"file": str(cache_file), "hit": True}
+            return cached
+
+    device = torch.device(device)
+    was_training = model.training
+    model.to(device).eval()
+    sink: dict[str, list] = {n: [] for n in modules}
+    sink.update({f"{n}#wins": [] for n, m in modules.items() if isinstance(m, LWTA)})
+    loader = DataLoader(probe, batch_size=batch_size, shuffle=False, num_workers=workers)
+    batches = loader
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(loader, desc="record", leave=False, dynamic_ncols=True)
+    torch.manual_seed(seed)
+    try:
+        with eval_policy(model, policy), capture_winners(model), _pooled_hooks(model, modules, pooling, sink):
+            for batch in batches:
+                images = batch[0] if isinstance(batch, (list, tuple)) else batch
+                model(images.to(device))
+    finally:
+        model.train(was_training)
+    empty = [n for n in modules if not sink[n]]
+    if empty:
+        raise ValueError(f"layer(s) {', '.join(empty)} produced no output during the forward "
+                         "pass (not used by this model's forward?)")
+    rows = {n: sum(len(chunk) for chunk in sink[n]) for n in modules}
+    repeated = [f"{n} ({rows[n] // len(probe)} calls per forward)" for n in modules
+                if rows[n] != len(probe)]
+    if repeated:
+        raise ValueError(f"layer(s) {', '.join(repeated)} run more than once per forward pass; "
+                         "record one call site (e.g. a SharedActivation's numbered children)")
+    result = Recording(
+        activations={n: torch.cat(sink[n]) for n in modules},
+        wins={n: torch.cat(sink[f"{n}#wins"]) for n in modules if f"{n}#wins" in sink},
+        pooling=dict(pooling),
+        meta={**{k: v for k, v in key_parts.items() if k != "model"},
+              "model_sha256": key_parts["model"], "images": len(probe)},
+    )
+    if cache_file is not None:
+        result.save(cache_file)
+        result.meta["cache"] = {"file": str(cache_file), "hit": False}
+    return result

@@ -1,0 +1,120 @@
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Subset, TensorDataset
+
+from discover import create_model, eval_policy
+from discover.data import ShapesWorld
+from discover.record import (
+    Recording,
+    dataset_fingerprint,
+    list_layers,
+    model_fingerprint,
+    pool,
+    record,
+    resolve_layers,
+)
+
+
+def _vit():
+    return create_model("small_vit", U=8, num_classes=4, img_size=16, patch_size=4, depth=2,
+                        embed_dim=32, num_heads=2)
+
+
+def _probe(n=12, size=16):
+    return TensorDataset(torch.randn(n, 3, size, size), torch.zeros(n, dtype=torch.long))
+
+
+def test_list_layers_shapes_and_suggestions():
+    infos = {info.name: info for info in list_layers(_vit())}
+    act = infos["blocks.1.mlp.act"]
+    assert act.output_shape == (17, 128) and act.suggested_pooling == "cls" and act.U == 8
+    assert infos["head"].output_shape == (4,) and infos["head"].suggested_pooling == "none"
+    resnet = {i.name: i for i in list_layers(create_model("small_resnet", U=2, img_size=16))}
+    assert resnet["layer2.1"].output_shape == (64, 8, 8) and resnet["layer2.1"].suggested_pooling == "avg"
+
+
+def test_unknown_layer_lists_closest_names():
+    with pytest.raises(ValueError, match=r"unknown layer 'blocks.1.mlp.ac'.*blocks.1.mlp.act"):
+        resolve_layers(_vit(), ["blocks.1.mlp.ac"])
+
+
+def test_pooling_choices_and_errors():
+    x = torch.arange(24.0).reshape(1, 3, 8)
+    assert torch.equal(pool(x, "cls"), x[:, 0])
+    assert torch.equal(pool(x, "mean"), x.mean(1))
+    assert torch.equal(pool(x, "max"), x[:, 2])
+    with pytest.raises(ValueError, match=r"pooling 'avg' does not fit layer 'blocks.0' .*3-D: cls/mean/max"):
+        pool(x, "avg", "blocks.0")
+
+
+def test_record_streams_pooled_activations_and_lwta_wins():
+    model = _vit()
+    probe = _probe()
+    rec = record(model, ["blocks.0.mlp.act", "head"], probe, batch_size=5, progress=False)
+    assert rec.activations["blocks.0.mlp.act"].shape == (12, 128)
+    assert rec.activations["head"].shape == (12, 4) and "head" not in rec.wins
+    wins = rec.wins["blocks.0.mlp.act"]
+    assert torch.equal(wins.reshape(12, 16, 8).sum(-1), torch.ones(12, 16))  # CLS: 1 per block
+    assert rec.pooling == {"blocks.0.mlp.act": "cls", "head": "none"}
+    with torch.no_grad(), eval_policy(model, "argmax"):
+        logits = model.eval()(probe.tensors[0])
+    assert torch.allclose(rec.activations["head"], logits, atol=1e-5)  # argmax policy
+    assert rec.meta["policy"] == "argmax" and rec.meta["images"] == 12
+
+
+def test_hooks_come_off_even_on_errors():
+    model = _vit()
+    with pytest.raises(ValueError, match="does not fit"):
+        record(model, ["blocks.0.mlp.act"], _probe(), pooling="avg", progress=False)
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_cache_hits_and_invalidation(tmp_path):
+    model, probe = _vit(), _probe()
+    first = record(model, ["head"], probe, cache_dir=tmp_path, progress=False)
+    assert first.meta["cache"]["hit"] is False
+    again = record(model, ["head"], probe, cache_dir=tmp_path, progress=False)
+    assert again.meta["cache"]["hit"] is True
+    assert torch.equal(again.activations["head"], first.activations["head"])
+    with torch.no_grad():
+        model.head.bias.add_(1.0)  # changed weights: a new entry
+    changed = record(model, ["head"], probe, cache_dir=tmp_path, progress=False)
+    assert changed.meta["cache"]["hit"] is False
+    assert torch.allclose(changed.activations["head"], first.activations["head"] + 1, atol=1e-5)
+    other_probe = _probe()  # changed content, same size
+    assert record(model, ["head"], other_probe, cache_dir=tmp_path, progress=False).meta["cache"]["hit"] is False
+    assert record(model, ["head"], probe, cache_dir=tmp_path, policy="sample",
+                  progress=False).meta["cache"]["hit"] is False
+
+
+def test_fingerprints():
+    a = create_model("small_resnet", U=2, img_size=16)
+    b = create_model("small_resnet", U=2, img_size=16)
+    assert model_fingerprint(a) != model_fingerprint(b)
+    b.load_state_dict(a.state_dict())
+    assert model_fingerprint(a) == model_fingerprint(b)
+    world = ShapesWorld(n=10, image_size=16)
+    assert dataset_fingerprint(world) == dataset_fingerprint(ShapesWorld(n=10, image_size=16))
+    assert dataset_fingerprint(world) != dataset_fingerprint(ShapesWorld(n=10, image_size=16, seed=1))
+    assert dataset_fingerprint(Subset(world, [1, 2])) != dataset_fingerprint(Subset(world, [1, 3]))
+
+    class Opaque(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+    assert dataset_fingerprint(Opaque()) is None
+
+
+def test_repeated_layer_calls_are_refused():
+    act = nn.ReLU()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), act, nn.Linear(8, 8), act)
+    with pytest.raises(ValueError, match="more than once per forward"):
+        record(model, ["2"], TensorDataset(torch.randn(4, 3, 2, 2)), progress=False)
+
+
+def test_recording_roundtrip(tmp_path):
+    rec = record(_vit(), ["head"], _probe(), progress=False)
+    loaded = Recording.load(rec.save(tmp_path / "r.pt"))
+    assert torch.equal(loaded.activations["head"], rec.activations["head"])
+    assert loaded.meta == rec.meta

@@ -1,0 +1,115 @@
+import csv
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from discover import LWTA
+from discover.concepts import concept_set_from_lines
+from discover.dissect import Dissection, dissect
+from discover.embedders import AnnotationEmbedder
+
+NAMES = ["red", "star", "striped background", "small", "top left", "circle"]
+
+
+def _world(n=300, seed=0):
+    """Images are the multi-hot concept vectors themselves (a probe with exact ground truth)."""
+    g = torch.Generator().manual_seed(seed)
+    table = (torch.rand(n, len(NAMES), generator=g) < 0.3).float()
+    images = table.reshape(n, 1, 1, len(NAMES))
+    return TensorDataset(images, torch.zeros(n, dtype=torch.long)), table
+
+
+class Oracle(nn.Module):
+    """Unit k of ``fc`` responds to concept ``perm[k]``; ``act`` is an LWTA layer over them."""
+
+    def __init__(self, perm):
+        super().__init__()
+        self.fc = nn.Linear(len(perm), len(perm))
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.eye(len(perm))[perm] * 3)
+            self.fc.bias.fill_(-1.0)
+        self.act = LWTA(2, name="act")
+
+    def forward(self, x):
+        return self.act(self.fc(x.flatten(1)))
+
+
+@pytest.mark.parametrize("similarity", ["soft_wpmi", "wpmi", "cos", "cos3", "jsd"])
+def test_planted_units_get_their_concepts(similarity):
+    probe, table = _world()
+    perm = [5, 0, 3, 1, 4, 2]
+    model = Oracle(perm)
+    concepts = concept_set_from_lines(NAMES, name="toy")
+    result = dissect(model, ["fc"], probe, concepts, AnnotationEmbedder(table, NAMES), similarity,
+                     transform=lambda x: x, progress=False)
+    assert result.labels("fc") == [NAMES[j] for j in perm]
+    row = result.layer("fc")[0]
+    assert len(row.top) == 5 and row.top[0] == (row.label, row.score)
+    assert row.block is None and result.meta["layers"]["fc"]["pooling"] == "none"
+
+
+def test_lwta_rows_carry_block_position_and_win_rate(tmp_path):
+    probe, table = _world()
+    model = Oracle([0, 1, 2, 3, 4, 5])
+    result = dissect(model, ["act"], probe, concept_set_from_lines(NAMES, name="toy"),
+                     AnnotationEmbedder(table, NAMES), transform=lambda x: x, progress=False)
+    rows = result.layer("act")
+    assert [(r.block, r.position) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    assert all(0 <= r.active_fraction <= 1 for r in rows)
+    assert sum(r.active_fraction for r in rows) == pytest.approx(3.0)  # one winner per block
+    assert result.meta["layers"]["act"]["U"] == 2
+
+
+def test_save_overwrites_and_loads(tmp_path):
+    probe, table = _world(120)
+    model = Oracle([0, 1, 2, 3, 4, 5])
+    args = (model, ["fc", "act"], probe, concept_set_from_lines(NAMES, name="toy"),
+            AnnotationEmbedder(table, NAMES))
+    result = dissect(*args, transform=lambda x: x, progress=False)
+    result.save(tmp_path)
+    result.save(tmp_path)  # a rerun overwrites, never appends
+    with open(tmp_path / "descriptions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["layer", "unit", "block", "position", "label", "score", "top5"]
+    assert len(rows) == 12 and rows[0]["block"] == "" and rows[6]["block"] == "0"
+    assert json.loads(rows[0]["top5"])[0][0] == rows[0]["label"]
+    saved = json.loads((tmp_path / "dissection.json").read_text())
+    assert saved["config"]["similarity"] == "soft_wpmi" and saved["config"]["policy"] == "argmax"
+    loaded = Dissection.load(tmp_path)
+    assert loaded.labels("act") == result.labels("act")
+    with pytest.raises(ValueError, match="no layer 'head'"):
+        loaded.labels("head")
+    with pytest.raises(FileNotFoundError, match="discover dissect"):
+        Dissection.load(tmp_path / "nothing")
+
+
+def test_cache_reuses_activations_and_concept_matrix(tmp_path):
+    probe, table = _world(100)
+    model = Oracle([0, 1, 2, 3, 4, 5])
+    concepts = concept_set_from_lines(NAMES, name="toy")
+    identity = nn.Identity()  # the transform's repr is part of the cache key
+    first = dissect(model, ["fc"], probe, concepts, AnnotationEmbedder(table, NAMES),
+                    transform=identity, cache_dir=tmp_path, progress=False)
+    again = dissect(model, ["fc"], probe, concepts, AnnotationEmbedder(table, NAMES),
+                    transform=identity, cache_dir=tmp_path, progress=False)
+    assert first.meta["recording"]["cache"]["hit"] is False
+    assert again.meta["recording"]["cache"]["hit"] is True
+    assert again.meta["concept_matrix_cache"]["hit"] is True
+    assert again.labels("fc") == first.labels("fc")
+
+
+def test_bad_inputs_are_explained():
+    probe, table = _world(50)
+    model = Oracle([0, 1, 2, 3, 4, 5])
+    concepts = concept_set_from_lines(NAMES, name="toy")
+    with pytest.raises(ValueError, match="unknown layer 'fcc'"):
+        dissect(model, ["fcc"], probe, concepts, AnnotationEmbedder(table, NAMES), progress=False)
+    with pytest.raises(ValueError, match="unknown similarity|Did you mean|close"):
+        dissect(model, ["fc"], probe, concepts, AnnotationEmbedder(table, NAMES), "soft_wmpi",
+                transform=lambda x: x, progress=False)
+    with pytest.raises(ValueError, match="no annotation"):
+        dissect(model, ["fc"], probe, concept_set_from_lines(["blue"], name="x"),
+                AnnotationEmbedder(table, NAMES), transform=lambda x: x, progress=False)

@@ -113,3 +113,27 @@ def test_bad_inputs_are_explained():
     with pytest.raises(ValueError, match="no annotation"):
         dissect(model, ["fc"], probe, concept_set_from_lines(["blue"], name="x"),
                 AnnotationEmbedder(table, NAMES), transform=lambda x: x, progress=False)
+
+
+def test_cli_layers_and_dissect_a_training_run(tmp_path, capsys):
+    from discover.cli import main
+    from discover.train import TrainConfig, train
+
+    run = train(TrainConfig(model="small_resnet", U=4, dataset="shapes", epochs=1, batch_size=32,
+                            dataset_kwargs={"n": 64, "image_size": 16}, eval_samples=1,
+                            model_kwargs={"img_size": 16, "widths": [8, 16], "depths": [1, 1]},
+                            out=str(tmp_path / "run")), progress=False).out
+    assert main(["layers", "small_vit", "-U", "8", "--filter", "blocks.0.mlp.*"]) == 0
+    out = capsys.readouterr().out
+    assert "blocks.0.mlp.act" in out and "LWTA U=8" in out and "65x384" in out
+    code = main(["dissect", "--run", str(run), "--layers", "layer2.0.act2", "fc",
+                 "--probe", "shapes", "--probe-arg", "n=80", "--probe-arg", "image_size=16",
+                 "--concepts", "shapes", "--embedder", "annotations", "--no-cache",
+                 "--out", str(tmp_path / "d")])
+    assert code == 0, capsys.readouterr().err
+    result = Dissection.load(tmp_path / "d")
+    assert len(result.labels("fc")) == 10 and len(result.labels("layer2.0.act2")) == 16
+    assert result.layer("layer2.0.act2")[5].block == 1
+    assert main(["dissect", "--run", str(run), "--layers", "fcc", "--embedder", "annotations",
+                 "--concepts", "shapes", "--out", str(tmp_path / "e")]) == 2
+    assert "unknown layer 'fcc'" in capsys.readouterr().err

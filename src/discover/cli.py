@@ -257,6 +257,107 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- discover layers ------------------------------------------------------------------------
+def _layers_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_model_arguments(parser)
+    parser.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
+                        help="input size for the dry run (default: the model's)")
+    parser.add_argument("--filter", default="*", help="glob on layer names, e.g. 'blocks.*.mlp.act'")
+
+
+@command("layers", arguments=_layers_arguments,
+         help="list every addressable layer: dotted name, output shape, suggested pooling")
+def _layers(args: argparse.Namespace) -> int:
+    import fnmatch
+
+    from .record import list_layers
+
+    infos = list_layers(_build_model(args), args.input_size)
+    print(f"{'layer':<36} {'type':<22} {'output':<16} pooling")
+    for info in infos:
+        if fnmatch.fnmatchcase(info.name, args.filter):
+            print(info)
+    return 0
+
+
+# -- discover dissect -----------------------------------------------------------------------
+def _dissect_arguments(parser: argparse.ArgumentParser) -> None:
+    from .similarity import DEFAULT_SIMILARITY, SIMILARITIES
+
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="a training run directory (model, weights, preprocessing)")
+    source.add_argument("--model", help="a model name (with -U, --checkpoint, --model-arg)")
+    parser.add_argument("-U", type=int, default=1)
+    parser.add_argument("--num-classes", type=int)
+    parser.add_argument("--checkpoint", help="local weights for --model")
+    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--weights", choices=["best", "last"], default="best",
+                        help="which weights of --run")
+    parser.add_argument("--layers", nargs="+", required=True, help="dotted layer names")
+    parser.add_argument("--probe", default="shapes",
+                        help="probe data set: shapes, fashion-mnist, imagefolder, cifar100, ...")
+    parser.add_argument("--probe-split", default="val")
+    parser.add_argument("--probe-root", help="folder of the probe data set, where it needs one")
+    parser.add_argument("--probe-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="probe data set keyword, e.g. n=2000")
+    parser.add_argument("--probe-limit", type=int, help="use the first N probe images")
+    parser.add_argument("--concepts", default="20k", help="concept set name or file path")
+    parser.add_argument("--embedder", default="conse",
+                        help="conse, annotations, open_clip:ARCH:WEIGHTS, hf:DIR")
+    parser.add_argument("--similarity", default=DEFAULT_SIMILARITY,
+                        help=f"one of: {', '.join(SIMILARITIES)}")
+    parser.add_argument("--similarity-arg", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--pooling", default="auto", help="auto, avg, max, cls, mean, none")
+    parser.add_argument("--policy", choices=["argmax", "sample"], default="argmax",
+                        help="LWTA eval policy while recording")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cache-dir", help="cache folder (default: $DISCOVER_CACHE or "
+                        "~/.cache/discover)")
+    parser.add_argument("--no-cache", action="store_true", help="switch the cache off")
+    parser.add_argument("--out", required=True, help="output directory")
+
+
+@command("dissect", arguments=_dissect_arguments,
+         help="label every unit of the chosen layers with a concept")
+def _dissect(args: argparse.Namespace) -> int:
+    from .data import build_dataset
+    from .dissect import dissect
+    from .embedders import cache_dir
+    from .train import load_run, parse_overrides
+
+    if args.run:
+        model, _ = load_run(args.run, args.weights)
+    else:
+        args.model_arg = args.model_arg or []
+        model = _build_model(args)
+    probe = build_dataset(args.probe, args.probe_split, root=args.probe_root,
+                          **parse_overrides(args.probe_arg))
+    if args.probe_limit is not None:
+        probe = torch.utils.data.Subset(probe, range(min(args.probe_limit, len(probe))))
+    embedder = args.embedder
+    if embedder == "annotations":
+        from .embedders import AnnotationEmbedder
+
+        embedder = AnnotationEmbedder()
+    result = dissect(
+        model, args.layers, probe, args.concepts, embedder, args.similarity,
+        similarity_params=parse_overrides(args.similarity_arg), pooling=args.pooling,
+        policy=args.policy, seed=args.seed, batch_size=args.batch_size, device=args.device,
+        cache_dir=None if args.no_cache else (args.cache_dir or cache_dir()),
+    )
+    out = result.save(args.out)
+    for layer in result.config.layers:
+        labels = result.labels(layer)
+        meta = result.meta["layers"][layer]
+        shown = ", ".join(labels[:8]) + (" ..." if len(labels) > 8 else "")
+        print(f"{layer} ({meta['units']} units, pooling {meta['pooling']}, "
+              f"{meta['dead_units']} never active): {shown}")
+    print(f"written: {out / 'descriptions.csv'} and {out / 'dissection.json'}")
+    return 0
+
+
 # -- entry point -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

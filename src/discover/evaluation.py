@@ -132,31 +132,19 @@ def evaluate_run(
     Example:
         >>> print(evaluate_run("runs/shapes-u4", policy="sample", samples=6).summary())  # doctest: +SKIP
     """
-    from .data import DataConfig, build_dataset, build_transforms
-    from .models import create_model
+    from .data import build_dataset, build_transforms
+    from .train import load_run
 
-    run = Path(run)
-    config_file = run / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{run} is not a training run: {config_file} is missing "
-                                "(create one with `discover train`)")
-    config = json.loads(config_file.read_text())
-    weights_file = run / f"{weights}.safetensors"
-    if not weights_file.is_file():
-        raise FileNotFoundError(f"no {weights!r} weights in {run} (looked for {weights_file})")
-    train_cfg, model_cfg = config["train"], config["model"]
-    model = create_model(model_cfg["name"], U=model_cfg["U"], num_classes=model_cfg["num_classes"],
-                         checkpoint=weights_file, tau=model_cfg["tau"],
-                         eval_policy=model_cfg["eval_policy"], **model_cfg["model_kwargs"])
-    data_config = DataConfig.from_dict(config["data"])
+    model, config = load_run(run, weights)
+    train_cfg = config["train"]
     dataset = build_dataset(train_cfg["dataset"], split, root=train_cfg["data_root"],
-                            transform=build_transforms(data_config, train=False),
+                            transform=build_transforms(model.data_config, train=False),
                             **train_cfg["dataset_kwargs"])
     if limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     result = evaluate(model, loader, policy=policy, samples=samples, seed=seed, device=device,
                       progress=progress)
-    result.meta = {"run": str(run), "split": split, "weights": str(weights_file),
-                   "model": model_cfg, "dataset": train_cfg["dataset"]}
+    result.meta = {"run": str(run), "split": split, "weights": weights,
+                   "model": config["model"], "dataset": train_cfg["dataset"]}
     return result

@@ -39,7 +39,8 @@ from .data import DataConfig, build_dataset, build_transforms
 from .models import create_model, load_checkpoint, save_checkpoint
 from .recipes import Recipe, build_optimizer, build_scheduler, get_recipe
 
-__all__ = ["TrainConfig", "TrainResult", "train", "NonFiniteLossError", "GlobalBatchSampler"]
+__all__ = ["TrainConfig", "TrainResult", "train", "load_run", "NonFiniteLossError",
+           "GlobalBatchSampler"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -570,3 +571,30 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             result[key] = value
     return result
+
+
+def load_run(run: str | Path, weights: str = "best") -> tuple[nn.Module, dict[str, Any]]:
+    """The model of a training run directory (``best`` or ``last`` weights) and its config.
+
+    The model carries the run's preprocessing as ``model.data_config``.
+
+    Example:
+        >>> model, config = load_run("runs/shapes-u8")  # doctest: +SKIP
+        >>> config["class_names"][:2]  # doctest: +SKIP
+        ['circle', 'square']
+    """
+    run = Path(run)
+    config_file = run / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{run} is not a training run: {config_file} is missing "
+                                "(create one with `discover train`)")
+    config = json.loads(config_file.read_text())
+    weights_file = run / f"{weights}.safetensors"
+    if not weights_file.is_file():
+        raise FileNotFoundError(f"no {weights!r} weights in {run} (looked for {weights_file})")
+    spec = config["model"]
+    model = create_model(spec["name"], U=spec["U"], num_classes=spec["num_classes"],
+                         checkpoint=weights_file, tau=spec["tau"], eval_policy=spec["eval_policy"],
+                         **spec["model_kwargs"])
+    model.data_config = DataConfig.from_dict(config["data"])
+    return model, config

@@ -38,6 +38,13 @@ from .models import (
     to_cvn,
 )
 from . import networks as _networks  # noqa: E402,F401  (registers small_resnet, small_vit)
+from .concepts import ConceptSet, load_concepts
+from .dissect import Dissection, dissect
+from .embedders import build_embedder, register_embedder
+from .evaluation import evaluate, evaluate_run
+from .record import list_layers, record
+from .similarity import SIMILARITIES, register_similarity
+from .train import TrainConfig, load_run, train
 
 __all__ = [
     "__version__",
@@ -60,4 +67,19 @@ __all__ = [
     "register_placement",
     "save_checkpoint",
     "to_cvn",
+    "ConceptSet",
+    "load_concepts",
+    "Dissection",
+    "dissect",
+    "build_embedder",
+    "register_embedder",
+    "evaluate",
+    "evaluate_run",
+    "list_layers",
+    "record",
+    "SIMILARITIES",
+    "register_similarity",
+    "TrainConfig",
+    "load_run",
+    "train",
 ]

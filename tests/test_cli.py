@@ -17,8 +17,9 @@ def test_version_and_help(capsys):
 
 
 def test_console_script_runs_as_module():
-    out = subprocess.run([sys.executable, "-m", "discover", "--version"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "discover", "--version"], capture_output=True, text=True, check=True
+    ).stdout
     assert __version__ in out
 
 
@@ -44,7 +45,10 @@ def test_models_and_convert_commands(capsys, tmp_path):
         (["sparsity", "small_vit", "-U", "7"], "layer 'blocks.0.mlp.act' has K=384"),
         (["sparsity", "small_vit", "-U", "0"], "U must be an integer >= 1"),
         (["convert", "small_vit", "--model-arg", "depth"], "--model-arg expects KEY=VALUE"),
-        (["convert", "small_vit", "--checkpoint", "missing.safetensors"], "checkpoint file not found"),
+        (
+            ["convert", "small_vit", "--checkpoint", "missing.safetensors"],
+            "checkpoint file not found",
+        ),
     ],
 )
 def test_user_mistakes_give_one_line_errors(capsys, argv, message):

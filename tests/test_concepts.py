@@ -70,8 +70,9 @@ def test_places365_categories_are_cleaned_in_index_order() -> None:
     assert places[0] == "airfield"
     assert places[8] == "apartment_building/outdoor"
     assert places[201] == "kennel/outdoor"
-    assert clean_places365_category("/a/apartment_building/outdoor 1") == \
-        "apartment_building/outdoor"
+    assert (
+        clean_places365_category("/a/apartment_building/outdoor 1") == "apartment_building/outdoor"
+    )
     with pytest.raises(ValueError, match="not a Places365 category line"):
         clean_places365_category("airfield")
 
@@ -84,8 +85,10 @@ def test_shapes_sets_match_the_shapes_world() -> None:
 
 def test_reading_rules_and_counts(tmp_path) -> None:
     path = tmp_path / "mine.txt"
-    path.write_text("\ufeffdog\n  cat  \n\n\t\ndog\nbird\r\ncat\n__import__('os').system('x')\n",
-                    encoding="utf-8")
+    path.write_text(
+        "\ufeffdog\n  cat  \n\n\t\ndog\nbird\r\ncat\n__import__('os').system('x')\n",
+        encoding="utf-8",
+    )
     concepts = load_concepts(path)
     assert concepts.concepts == ["dog", "cat", "bird", "__import__('os').system('x')"]
     assert (concepts.dropped_empty, concepts.dropped_duplicates) == (2, 2)
@@ -97,8 +100,9 @@ def test_reading_rules_and_counts(tmp_path) -> None:
 
 def test_class_lists_keep_repeats_with_a_warning() -> None:
     with pytest.warns(UserWarning, match="repeated entries"):
-        classes = concept_set_from_lines(["crane", "dog", "crane"], name="cls",
-                                         keep_duplicates=True)
+        classes = concept_set_from_lines(
+            ["crane", "dog", "crane"], name="cls", keep_duplicates=True
+        )
     assert classes.concepts == ["crane", "dog", "crane"]
     assert classes.dropped_duplicates == 0 and classes.duplicates == ("crane",)
 
@@ -149,6 +153,7 @@ def test_non_utf8_file_raises(tmp_path) -> None:
 def test_register_concept_set() -> None:
     name = "test-colours"
     try:
+
         @register_concept_set(name)
         def colours() -> ConceptSet:
             return concept_set_from_lines(["red", "green"], name=name)

@@ -82,13 +82,19 @@ def test_shapes_concepts_match_factors_and_labels(world: ShapesWorld):
         _, label, concepts = world[i]
         f = world.factors(i)
         assert label == world.class_names.index(f.shape)
-        expected = {f.shape, f.colour, f"{f.background} background", TEXTURES[f.texture],
-                    f.size, f.position}
+        expected = {
+            f.shape,
+            f.colour,
+            f"{f.background} background",
+            TEXTURES[f.texture],
+            f.size,
+            f.position,
+        }
         active = {world.concept_names[j] for j in concepts.nonzero().flatten().tolist()}
         assert active == expected
         offset = 0
         for names in groups.values():  # exactly one concept per group
-            assert concepts[offset:offset + len(names)].sum() == 1
+            assert concepts[offset : offset + len(names)].sum() == 1
             offset += len(names)
         assert f.background != f.colour
 
@@ -130,8 +136,14 @@ def test_shapes_mask_follows_size_and_position(size: int):
 
 @pytest.mark.parametrize("size", [64, 32])
 def test_shapes_are_distinct_silhouettes(size: int):
-    fixed = dict(n=1, image_size=size, sizes=("large",), positions=("center",),
-                 size_jitter=0.0, position_jitter=0.0)
+    fixed = dict(
+        n=1,
+        image_size=size,
+        sizes=("large",),
+        positions=("center",),
+        size_jitter=0.0,
+        position_jitter=0.0,
+    )
     shapes = ShapesConfig().shapes
     masks = {s: ShapesWorld(shapes=(s,), **fixed).mask(0) for s in shapes}
     for a, b in itertools.combinations(shapes, 2):
@@ -141,8 +153,15 @@ def test_shapes_are_distinct_silhouettes(size: int):
 
 
 def test_shapes_fixed_factors_and_registry_build():
-    ds = build_dataset("shapes", "test", n=20, textures="plain", sizes=("small",),
-                       image_size=32, return_concepts=True)
+    ds = build_dataset(
+        "shapes",
+        "test",
+        n=20,
+        textures="plain",
+        sizes=("small",),
+        image_size=32,
+        return_concepts=True,
+    )
     assert isinstance(ds, ShapesWorld) and ds.split == "test"
     assert ds.concept_groups["texture"] == ["plain background"]
     assert {ds.factors(i).size for i in range(20)} == {"small"}
@@ -219,9 +238,10 @@ def test_fashion_mnist_missing_gives_install_hint(tmp_path, monkeypatch):
     assert str(tmp_path / "mine") in message and str(tmp_path / "debian") in message
 
 
-@pytest.mark.skipif(not (data.FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz").exists(),
-                    reason=f"Debian package dataset-fashion-mnist not installed "
-                           f"({data.FASHION_MNIST_DIR} missing)")
+@pytest.mark.skipif(
+    not (data.FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz").exists(),
+    reason=f"Debian package dataset-fashion-mnist not installed ({data.FASHION_MNIST_DIR} missing)",
+)
 def test_fashion_mnist_debian_package():
     test = FashionMNIST(split="test", download=False)
     assert len(test) == 10_000 and test.source == data.FASHION_MNIST_DIR
@@ -291,8 +311,15 @@ def test_torchvision_datasets_absent(name: str, tmp_path: Path):
 
 
 def test_registry_suggests_close_names():
-    assert {"shapes", "fashion-mnist", "imagefolder", "cifar10", "cifar100", "places365",
-            "imagenet"} <= set(data.list_datasets())
+    assert {
+        "shapes",
+        "fashion-mnist",
+        "imagefolder",
+        "cifar10",
+        "cifar100",
+        "places365",
+        "imagenet",
+    } <= set(data.list_datasets())
     with pytest.raises(ValueError, match="Did you mean 'fashion-mnist'"):
         build_dataset("fashion_mnst")
     with pytest.raises(ValueError, match="'shapes'"):
@@ -328,12 +355,14 @@ def test_data_config_roundtrip_and_from_model():
 @pytest.mark.parametrize("train", [False, True])
 @pytest.mark.parametrize("input_size", [(3, 64, 64), (1, 28, 28), (3, 32, 48)])
 def test_transforms_output_configured_shape(train: bool, input_size):
-    cfg = DataConfig(input_size=input_size, crop_pct=0.875, hflip=0.5, padding=4,
-                     scale=(0.5, 1.0))
+    cfg = DataConfig(input_size=input_size, crop_pct=0.875, hflip=0.5, padding=4, scale=(0.5, 1.0))
     tf = build_transforms(cfg, train=train)
-    inputs = [torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8),
-              torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8),
-              Image.new("RGB", (40, 30), (10, 200, 30)), Image.new("L", (20, 20), 128)]
+    inputs = [
+        torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8),
+        torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8),
+        Image.new("RGB", (40, 30), (10, 200, 30)),
+        Image.new("L", (20, 20), 128),
+    ]
     for x in inputs:
         y = tf(x)
         assert type(y) is torch.Tensor and y.dtype == torch.float32

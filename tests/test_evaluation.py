@@ -7,17 +7,24 @@ from torch.utils.data import DataLoader, TensorDataset
 from discover import create_model
 from discover.cli import main
 from discover.evaluation import evaluate, evaluate_run
-from discover.train import TrainConfig, train
+from discover.training import TrainConfig, train
 
-TINY = dict(model="small_resnet", model_kwargs={"img_size": 16, "widths": [8, 16], "depths": [1, 1]},
-            dataset="shapes", dataset_kwargs={"n": 96, "image_size": 16}, batch_size=32,
-            epochs=1, eval_samples=1)
+TINY = dict(
+    model="small_resnet",
+    model_kwargs={"img_size": 16, "widths": [8, 16], "depths": [1, 1]},
+    dataset="shapes",
+    dataset_kwargs={"n": 96, "image_size": 16},
+    batch_size=32,
+    epochs=1,
+    eval_samples=1,
+)
 
 
 @pytest.fixture(scope="module")
 def cvn_run(tmp_path_factory):
-    return train(TrainConfig(**TINY, U=4, out=str(tmp_path_factory.mktemp("runs") / "u4")),
-                 progress=False).out
+    return train(
+        TrainConfig(**TINY, U=4, out=str(tmp_path_factory.mktemp("runs") / "u4")), progress=False
+    ).out
 
 
 def _loader(n=20, classes=3):
@@ -27,7 +34,9 @@ def _loader(n=20, classes=3):
 
 
 def test_accuracy_against_a_hand_count():
-    model = create_model("small_resnet", U=2, num_classes=3, img_size=16, widths=[8, 16], depths=[1, 1])
+    model = create_model(
+        "small_resnet", U=2, num_classes=3, img_size=16, widths=[8, 16], depths=[1, 1]
+    )
     loader = _loader()
     result = evaluate(model, loader, policy="argmax")
     with torch.no_grad():
@@ -40,7 +49,9 @@ def test_accuracy_against_a_hand_count():
 
 
 def test_sample_policy_averages_passes_and_is_seeded():
-    model = create_model("small_resnet", U=4, num_classes=3, img_size=16, widths=[8, 16], depths=[1, 1])
+    model = create_model(
+        "small_resnet", U=4, num_classes=3, img_size=16, widths=[8, 16], depths=[1, 1]
+    )
     loader = _loader()
     a = evaluate(model, loader, policy="sample", samples=6, seed=1)
     b = evaluate(model, loader, policy="sample", samples=6, seed=1)
@@ -53,7 +64,9 @@ def test_sample_policy_averages_passes_and_is_seeded():
 
 
 def test_dense_model_reports_active_fraction_at_activation_sites():
-    model = create_model("small_resnet", U=1, num_classes=3, img_size=16, widths=[8, 16], depths=[1, 1])
+    model = create_model(
+        "small_resnet", U=1, num_classes=3, img_size=16, widths=[8, 16], depths=[1, 1]
+    )
     result = evaluate(model, _loader(), policy="argmax")
     assert {row.kind for row in result.sparsity} == {"dense"}
     assert all(0 < row.fraction < 1 for row in result.sparsity)  # ReLU: data dependent
@@ -63,7 +76,10 @@ def test_evaluate_run_and_cli(cvn_run, capsys):
     result = evaluate_run(cvn_run, split="test", policy="argmax", limit=40)
     assert result.images == 40 and 0 <= result.top1 <= result.top5 <= 1
     assert all(row.fraction == 0.25 for row in result.sparsity)
-    assert main(["evaluate", str(cvn_run), "--limit", "40", "--policy", "sample", "--samples", "2"]) == 0
+    assert (
+        main(["evaluate", str(cvn_run), "--limit", "40", "--policy", "sample", "--samples", "2"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "top-1" in out and "layer2.0.act2" in out
     saved = json.loads((cvn_run / "eval-test-best-sample.json").read_text())
@@ -80,10 +96,34 @@ def test_evaluate_run_errors(tmp_path, cvn_run):
 
 def test_cli_train_writes_a_run(tmp_path, capsys):
     out = tmp_path / "cli-run"
-    code = main(["train", "--model", "small_vit", "-U", "8", "--model-arg", "img_size=16",
-                 "--model-arg", "patch_size=4", "--model-arg", "depth=1", "--data-arg", "n=64",
-                 "--data-arg", "image_size=16", "--epochs", "1", "--batch-size", "16",
-                 "--recipe", "deit_small", "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "train",
+            "--model",
+            "small_vit",
+            "-U",
+            "8",
+            "--model-arg",
+            "img_size=16",
+            "--model-arg",
+            "patch_size=4",
+            "--model-arg",
+            "depth=1",
+            "--data-arg",
+            "n=64",
+            "--data-arg",
+            "image_size=16",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--recipe",
+            "deit_small",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     assert "trained 1 epoch(s)" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())

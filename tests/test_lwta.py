@@ -79,8 +79,14 @@ def test_straight_through_gradient_matches_the_reference_formula(kind):
 
 
 def test_gradients_reach_inputs_and_weights():
-    net = nn.Sequential(nn.Conv2d(3, 8, 3), LWTA(4), nn.Flatten(), nn.Linear(8 * 6 * 6, 16),
-                        LWTA(8), nn.Linear(16, 3))
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        LWTA(4),
+        nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 16),
+        LWTA(8),
+        nn.Linear(16, 3),
+    )
     x = torch.randn(4, 3, 8, 8, requires_grad=True)
     net(x).pow(2).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0

@@ -26,7 +26,9 @@ def _exactly_one_over(U, model, x):
     """Every LWTA layer's winner mask has exactly numel / U winners."""
     with capture_winners(model) as layers:
         model(x)
-        counts = [(int(layer.last_mask.sum()), layer.last_mask.numel()) for layer in layers.values()]
+        counts = [
+            (int(layer.last_mask.sum()), layer.last_mask.numel()) for layer in layers.values()
+        ]
     return bool(counts) and all(active * U == total for active, total in counts)
 
 
@@ -65,8 +67,10 @@ def test_torchvision_resnet18_shared_relu_is_split_per_site():
     assert isinstance(model.layer1[0].relu, SharedActivation)
     assert count_parameters(model) == count_parameters(dense)
     calls = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: calls.__setitem__(n, calls.get(n, 0) + 1))
-             for n, m in lwta_layers(model).items()]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o, n=n: calls.__setitem__(n, calls.get(n, 0) + 1))
+        for n, m in lwta_layers(model).items()
+    ]
     x = torch.randn(2, 3, 64, 64)
     for _ in range(2):
         out = model(x)
@@ -132,15 +136,25 @@ def test_user_model_and_registered_activation():
 
     model = nn.Sequential(nn.Linear(4, 16), Squash(), nn.Linear(16, 8), nn.SiLU(), nn.Linear(8, 2))
     report = to_cvn(model, U=4)
-    assert report.names == ["1", "3"] and [s.original for s in report.replaced] == ["Squash", "SiLU"]
+    assert report.names == ["1", "3"] and [s.original for s in report.replaced] == [
+        "Squash",
+        "SiLU",
+    ]
     assert model(torch.randn(3, 4)).shape == (3, 2)
 
 
 def test_timm_act_layer_factory():
     from timm.models.vision_transformer import VisionTransformer
 
-    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=2,
-                            num_classes=5, act_layer=functools.partial(LWTA, U=8))
+    vit = VisionTransformer(
+        img_size=32,
+        patch_size=8,
+        embed_dim=48,
+        depth=2,
+        num_heads=2,
+        num_classes=5,
+        act_layer=functools.partial(LWTA, U=8),
+    )
     assert len(lwta_layers(vit)) == 2
     assert vit(torch.randn(2, 3, 32, 32)).shape == (2, 5)
 
@@ -208,12 +222,18 @@ def test_checkpoint_roundtrip(tmp_path):
 
 
 def test_checkpoint_mismatches_are_explained(tmp_path):
-    path = save_checkpoint(create_model("small_resnet", U=4, num_classes=5), tmp_path / "m.safetensors")
+    path = save_checkpoint(
+        create_model("small_resnet", U=4, num_classes=5), tmp_path / "m.safetensors"
+    )
     with pytest.raises(CheckpointMismatchError, match=r"U: checkpoint has 4, model has 2"):
         create_model("small_resnet", U=2, num_classes=5, checkpoint=path)
-    with pytest.raises(CheckpointMismatchError, match=r"fc.weight: checkpoint \(5, 128\) vs model \(3, 128\)"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"fc.weight: checkpoint \(5, 128\) vs model \(3, 128\)"
+    ):
         create_model("small_resnet", U=4, num_classes=3, checkpoint=path)
-    with pytest.raises(CheckpointMismatchError, match=r"(?s)name: checkpoint has 'small_resnet'.*missing"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"(?s)name: checkpoint has 'small_resnet'.*missing"
+    ):
         create_model("small_vit", U=4, num_classes=5, checkpoint=path)
     with pytest.raises(FileNotFoundError, match="checkpoint file not found"):
         create_model("small_resnet", checkpoint=tmp_path / "nope.pt")
@@ -223,11 +243,15 @@ def test_plain_torch_checkpoints_with_wrappers(tmp_path):
     source = torchvision.models.resnet18(num_classes=4)
     state = {f"module.{k}": v for k, v in source.state_dict().items()}
     torch.save({"state_dict": state, "epoch": 3}, tmp_path / "ddp.pth")
-    model = create_model("torchvision:resnet18", U=2, num_classes=4, checkpoint=tmp_path / "ddp.pth")
+    model = create_model(
+        "torchvision:resnet18", U=2, num_classes=4, checkpoint=tmp_path / "ddp.pth"
+    )
     assert torch.equal(model.fc.weight, source.fc.weight)
     torch.save({"state_dict": {"fc.weight": torch.zeros(4, 512)}}, tmp_path / "partial.pth")
     with pytest.raises(CheckpointMismatchError, match="key\\(s\\) missing from the checkpoint"):
-        load_checkpoint(create_model("torchvision:resnet18", num_classes=4), tmp_path / "partial.pth")
+        load_checkpoint(
+            create_model("torchvision:resnet18", num_classes=4), tmp_path / "partial.pth"
+        )
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointMismatchError, match="could not read checkpoint"):
         load_checkpoint(create_model("torchvision:resnet18"), tmp_path / "junk.pt")

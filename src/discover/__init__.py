@@ -14,6 +14,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from . import networks as _networks  # noqa: E402,F401  (registers small_resnet, small_vit)
+from .concepts import ConceptSet, load_concepts
+from .dissection import Dissection, dissect
+from .embedders import build_embedder, register_embedder
+from .evaluation import evaluate, evaluate_run
 from .lwta import (
     EVAL_POLICIES,
     LWTA,
@@ -37,14 +42,9 @@ from .models import (
     save_checkpoint,
     to_cvn,
 )
-from . import networks as _networks  # noqa: E402,F401  (registers small_resnet, small_vit)
-from .concepts import ConceptSet, load_concepts
-from .dissect import Dissection, dissect
-from .embedders import build_embedder, register_embedder
-from .evaluation import evaluate, evaluate_run
-from .record import list_layers, record
+from .recording import list_layers, record
 from .similarity import SIMILARITIES, register_similarity
-from .train import TrainConfig, load_run, train
+from .training import TrainConfig, load_run, train
 
 __all__ = [
     "__version__",

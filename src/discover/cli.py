@@ -34,7 +34,9 @@ _COMMANDS: dict[str, _Command] = {}
 
 
 def command(
-    name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None]  # noqa: A002
+    name: str,
+    help: str,
+    arguments: Callable[[argparse.ArgumentParser], None],  # noqa: A002
 ) -> Callable:
     """Register ``run(args) -> exit status`` as subcommand ``name``; ``arguments`` adds its flags."""
 
@@ -61,23 +63,35 @@ def _parse_model_kwargs(pairs: Sequence[str]) -> dict:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model name: small_resnet, small_vit, any timm name, "
-                        "or torchvision:<name>")
+    parser.add_argument(
+        "model", help="model name: small_resnet, small_vit, any timm name, or torchvision:<name>"
+    )
     parser.add_argument("-U", type=int, default=1, help="competitors per LWTA block (1 = dense)")
     parser.add_argument("--num-classes", type=int, default=None)
     parser.add_argument("--checkpoint", default=None, help="local weights file")
-    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra keyword for the model builder (JSON value), repeatable")
+    parser.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra keyword for the model builder (JSON value), repeatable",
+    )
 
 
 def _build_model(args: argparse.Namespace):
     from .models import create_model
 
-    return create_model(args.model, U=args.U, num_classes=args.num_classes,
-                        checkpoint=args.checkpoint, **_parse_model_kwargs(args.model_arg))
+    return create_model(
+        args.model,
+        U=args.U,
+        num_classes=args.num_classes,
+        checkpoint=args.checkpoint,
+        **_parse_model_kwargs(args.model_arg),
+    )
 
 
 # -- discover models -------------------------------------------------------------------------
+
 
 def _models_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pattern", nargs="?", default="*", help="glob filter, e.g. 'deit_*'")
@@ -92,22 +106,30 @@ def _models(args: argparse.Namespace) -> int:
     print("\n".join(names) if names else f"no model matches {args.pattern!r}")
     return 0
 
+
 # -- discover convert ------------------------------------------------------------------------
+
 
 def _convert_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser)
     parser.add_argument("--save", default=None, help="write the weights as .safetensors")
 
 
-@command("convert", arguments=_convert_arguments, help="build a model as a CVN and show what LWTA replaced")
+@command(
+    "convert",
+    arguments=_convert_arguments,
+    help="build a model as a CVN and show what LWTA replaced",
+)
 def _convert(args: argparse.Namespace) -> int:
     from .lwta import lwta_layers
     from .models import count_parameters
 
     model = _build_model(args)
     layers = lwta_layers(model)
-    print(f"{args.model}: U={args.U}, {count_parameters(model):,} parameters, "
-          f"{len(layers)} LWTA layer(s)")
+    print(
+        f"{args.model}: U={args.U}, {count_parameters(model):,} parameters, "
+        f"{len(layers)} LWTA layer(s)"
+    )
     for name, layer in layers.items():
         print(f"  {name}  ({layer.extra_repr()})")
     if args.save:
@@ -116,17 +138,24 @@ def _convert(args: argparse.Namespace) -> int:
         print(f"saved {save_checkpoint(model, args.save)}")
     return 0
 
+
 # -- discover sparsity -----------------------------------------------------------------------
+
 
 def _sparsity_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser)
-    parser.add_argument("--policy", choices=["sample", "argmax"], default="sample",
-                        help="LWTA evaluation policy")
+    parser.add_argument(
+        "--policy", choices=["sample", "argmax"], default="sample", help="LWTA evaluation policy"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-@command("sparsity", arguments=_sparsity_arguments, help="run real photos through a model and print per-layer sparsity")
+@command(
+    "sparsity",
+    arguments=_sparsity_arguments,
+    help="run real photos through a model and print per-layer sparsity",
+)
 def _sparsity(args: argparse.Namespace) -> int:
     from .lwta import set_eval_policy
     from .photos import sample_photos
@@ -140,14 +169,18 @@ def _sparsity(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_dict() for r in rows], indent=2))
         return 0
-    print(f"{args.model} (U={args.U}, eval policy {args.policy!r}, seed {args.seed}) on "
-          f"{len(names)} photos: {', '.join(names)}")
+    print(
+        f"{args.model} (U={args.U}, eval policy {args.policy!r}, seed {args.seed}) on "
+        f"{len(names)} photos: {', '.join(names)}"
+    )
     print(format_sparsity(rows))
     lwta_rows = [r for r in rows if r.kind == "lwta"]
     if lwta_rows:
         exact = all(r.active * r.U == r.units for r in lwta_rows)
-        print(f"\n{len(lwta_rows)} LWTA layers; every active fraction == 1/U = "
-              f"{1 / args.U:.4f}: {'yes' if exact else 'NO'}")
+        print(
+            f"\n{len(lwta_rows)} LWTA layers; every active fraction == 1/U = "
+            f"{1 / args.U:.4f}: {'yes' if exact else 'NO'}"
+        )
         return 0 if exact else 1
     return 0
 
@@ -159,12 +192,22 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file of training options (flags override it)")
     parser.add_argument("--model", help="model name (default small_resnet)")
     parser.add_argument("-U", type=int, help="competitors per LWTA block (1 = dense twin)")
-    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="model builder keyword (JSON value), repeatable")
+    parser.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model builder keyword (JSON value), repeatable",
+    )
     parser.add_argument("--dataset", help="shapes, fashion-mnist, imagefolder, cifar10, ...")
     parser.add_argument("--data-root", help="data set folder (where the data set needs one)")
-    parser.add_argument("--data-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="data set keyword (JSON value), e.g. n=4000, repeatable")
+    parser.add_argument(
+        "--data-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="data set keyword (JSON value), e.g. n=4000, repeatable",
+    )
     parser.add_argument("--recipe", help=f"one of: {', '.join(RECIPES)} (default resnet_small)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int, help="global batch over all processes")
@@ -181,8 +224,12 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--workers", type=int)
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                        help="mixed precision (default: on for CUDA)")
+    parser.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mixed precision (default: on for CUDA)",
+    )
     parser.add_argument("--max-steps-per-epoch", type=int, help="cap steps (smoke runs)")
     parser.add_argument("--out", help="run directory (default runs/train)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -191,14 +238,35 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("train", arguments=_train_arguments, help="train a CVN (or its dense twin)")
 def _train(args: argparse.Namespace) -> int:
-    from .train import NonFiniteLossError, TrainConfig, parse_overrides, train
+    from .training import NonFiniteLossError, TrainConfig, parse_overrides, train
 
     options = {
         key: getattr(args, key)
-        for key in ("model", "U", "dataset", "data_root", "recipe", "epochs", "batch_size", "lr",
-                    "weight_decay", "label_smoothing", "warmup_epochs", "augment", "holdout", "train_subset",
-                    "tau", "eval_policy", "eval_samples", "seed", "workers", "device", "amp",
-                    "max_steps_per_epoch", "out")
+        for key in (
+            "model",
+            "U",
+            "dataset",
+            "data_root",
+            "recipe",
+            "epochs",
+            "batch_size",
+            "lr",
+            "weight_decay",
+            "label_smoothing",
+            "warmup_epochs",
+            "augment",
+            "holdout",
+            "train_subset",
+            "tau",
+            "eval_policy",
+            "eval_samples",
+            "seed",
+            "workers",
+            "device",
+            "amp",
+            "max_steps_per_epoch",
+            "out",
+        )
         if getattr(args, key) is not None
     }
     if args.model_arg:
@@ -207,8 +275,11 @@ def _train(args: argparse.Namespace) -> int:
         options["dataset_kwargs"] = parse_overrides(args.data_arg)
     if args.resume:
         options["resume"] = True
-    config = (TrainConfig.from_yaml(args.config, **options) if args.config
-              else TrainConfig.from_dict(options))
+    config = (
+        TrainConfig.from_yaml(args.config, **options)
+        if args.config
+        else TrainConfig.from_dict(options)
+    )
     try:
         result = train(config, progress=not args.quiet)
     except NonFiniteLossError as exc:
@@ -216,10 +287,14 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     last = result.history[-1] if result.history else {}
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"trained {result.epochs_run} epoch(s): train top-1 {last.get('train_top1', float('nan')):.4f}, "
-              f"held-out top-1 {last.get('val_top1', float('nan')):.4f}, best {result.best_top1:.4f}")
+        print(
+            f"trained {result.epochs_run} epoch(s): train top-1 {last.get('train_top1', float('nan')):.4f}, "
+            f"held-out top-1 {last.get('val_top1', float('nan')):.4f}, best {result.best_top1:.4f}"
+        )
         if result.skipped_images:
-            print(f"skipped {result.skipped_images} unreadable image(s) (listed in the data set's log)")
+            print(
+                f"skipped {result.skipped_images} unreadable image(s) (listed in the data set's log)"
+            )
         print(f"run directory: {result.out}")
     return 0
 
@@ -229,28 +304,49 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="training run directory (from `discover train`)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--weights", choices=["best", "last"], default="best")
-    parser.add_argument("--policy", choices=["sample", "argmax"], default="argmax",
-                        help="LWTA evaluation policy")
-    parser.add_argument("--samples", type=int, default=6,
-                        help="stochastic passes averaged under --policy sample (reference: 6)")
+    parser.add_argument(
+        "--policy", choices=["sample", "argmax"], default="argmax", help="LWTA evaluation policy"
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=6,
+        help="stochastic passes averaged under --policy sample (reference: 6)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--limit", type=int, help="evaluate the first N images only")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", help="also write the result as JSON to this path "
-                        "(default: RUN/eval-SPLIT-WEIGHTS-POLICY.json)")
+    parser.add_argument(
+        "--json",
+        help="also write the result as JSON to this path "
+        "(default: RUN/eval-SPLIT-WEIGHTS-POLICY.json)",
+    )
 
 
-@command("evaluate", arguments=_evaluate_arguments, help="top-1/top-5 and per-layer sparsity of a run")
+@command(
+    "evaluate", arguments=_evaluate_arguments, help="top-1/top-5 and per-layer sparsity of a run"
+)
 def _evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .evaluation import evaluate_run
 
-    result = evaluate_run(args.run, split=args.split, weights=args.weights, policy=args.policy,
-                          samples=args.samples, seed=args.seed, batch_size=args.batch_size,
-                          limit=args.limit, device=args.device, progress=True)
-    target = Path(args.json or Path(args.run) / f"eval-{args.split}-{args.weights}-{args.policy}.json")
+    result = evaluate_run(
+        args.run,
+        split=args.split,
+        weights=args.weights,
+        policy=args.policy,
+        samples=args.samples,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        device=args.device,
+        progress=True,
+    )
+    target = Path(
+        args.json or Path(args.run) / f"eval-{args.split}-{args.weights}-{args.policy}.json"
+    )
     target.write_text(json.dumps(result.to_dict(), indent=2))
     print(result.summary())
     print(f"\nwritten: {target}")
@@ -260,17 +356,27 @@ def _evaluate(args: argparse.Namespace) -> int:
 # -- discover layers ------------------------------------------------------------------------
 def _layers_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser)
-    parser.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
-                        help="input size for the dry run (default: the model's)")
-    parser.add_argument("--filter", default="*", help="glob on layer names, e.g. 'blocks.*.mlp.act'")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        nargs=3,
+        metavar=("C", "H", "W"),
+        help="input size for the dry run (default: the model's)",
+    )
+    parser.add_argument(
+        "--filter", default="*", help="glob on layer names, e.g. 'blocks.*.mlp.act'"
+    )
 
 
-@command("layers", arguments=_layers_arguments,
-         help="list every addressable layer: dotted name, output shape, suggested pooling")
+@command(
+    "layers",
+    arguments=_layers_arguments,
+    help="list every addressable layer: dotted name, output shape, suggested pooling",
+)
 def _layers(args: argparse.Namespace) -> int:
     import fnmatch
 
-    from .record import list_layers
+    from .recording import list_layers
 
     infos = list_layers(_build_model(args), args.input_size)
     print(f"{'layer':<36} {'type':<22} {'output':<16} pooling")
@@ -291,49 +397,69 @@ def _dissect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=int)
     parser.add_argument("--checkpoint", help="local weights for --model")
     parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--weights", choices=["best", "last"], default="best",
-                        help="which weights of --run")
+    parser.add_argument(
+        "--weights", choices=["best", "last"], default="best", help="which weights of --run"
+    )
     parser.add_argument("--layers", nargs="+", required=True, help="dotted layer names")
-    parser.add_argument("--probe", default="shapes",
-                        help="probe data set: shapes, fashion-mnist, imagefolder, cifar100, ...")
+    parser.add_argument(
+        "--probe",
+        default="shapes",
+        help="probe data set: shapes, fashion-mnist, imagefolder, cifar100, ...",
+    )
     parser.add_argument("--probe-split", default="val")
     parser.add_argument("--probe-root", help="folder of the probe data set, where it needs one")
-    parser.add_argument("--probe-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="probe data set keyword, e.g. n=2000")
+    parser.add_argument(
+        "--probe-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="probe data set keyword, e.g. n=2000",
+    )
     parser.add_argument("--probe-limit", type=int, help="use the first N probe images")
     parser.add_argument("--concepts", default="20k", help="concept set name or file path")
-    parser.add_argument("--embedder", default="conse",
-                        help="conse, annotations, open_clip:ARCH:WEIGHTS, hf:DIR")
-    parser.add_argument("--similarity", default=DEFAULT_SIMILARITY,
-                        help=f"one of: {', '.join(SIMILARITIES)}")
+    parser.add_argument(
+        "--embedder", default="conse", help="conse, annotations, open_clip:ARCH:WEIGHTS, hf:DIR"
+    )
+    parser.add_argument(
+        "--similarity", default=DEFAULT_SIMILARITY, help=f"one of: {', '.join(SIMILARITIES)}"
+    )
     parser.add_argument("--similarity-arg", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--pooling", default="auto", help="auto, avg, max, cls, mean, none")
-    parser.add_argument("--policy", choices=["argmax", "sample"], default="argmax",
-                        help="LWTA eval policy while recording")
+    parser.add_argument(
+        "--policy",
+        choices=["argmax", "sample"],
+        default="argmax",
+        help="LWTA eval policy while recording",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--cache-dir", help="cache folder (default: $DISCOVER_CACHE or "
-                        "~/.cache/discover)")
+    parser.add_argument(
+        "--cache-dir", help="cache folder (default: $DISCOVER_CACHE or ~/.cache/discover)"
+    )
     parser.add_argument("--no-cache", action="store_true", help="switch the cache off")
     parser.add_argument("--out", required=True, help="output directory")
 
 
-@command("dissect", arguments=_dissect_arguments,
-         help="label every unit of the chosen layers with a concept")
+@command(
+    "dissect",
+    arguments=_dissect_arguments,
+    help="label every unit of the chosen layers with a concept",
+)
 def _dissect(args: argparse.Namespace) -> int:
     from .data import build_dataset
-    from .dissect import dissect
+    from .dissection import dissect
     from .embedders import cache_dir
-    from .train import load_run, parse_overrides
+    from .training import load_run, parse_overrides
 
     if args.run:
         model, _ = load_run(args.run, args.weights)
     else:
         args.model_arg = args.model_arg or []
         model = _build_model(args)
-    probe = build_dataset(args.probe, args.probe_split, root=args.probe_root,
-                          **parse_overrides(args.probe_arg))
+    probe = build_dataset(
+        args.probe, args.probe_split, root=args.probe_root, **parse_overrides(args.probe_arg)
+    )
     if args.probe_limit is not None:
         probe = torch.utils.data.Subset(probe, range(min(args.probe_limit, len(probe))))
     embedder = args.embedder
@@ -342,9 +468,18 @@ def _dissect(args: argparse.Namespace) -> int:
 
         embedder = AnnotationEmbedder()
     result = dissect(
-        model, args.layers, probe, args.concepts, embedder, args.similarity,
-        similarity_params=parse_overrides(args.similarity_arg), pooling=args.pooling,
-        policy=args.policy, seed=args.seed, batch_size=args.batch_size, device=args.device,
+        model,
+        args.layers,
+        probe,
+        args.concepts,
+        embedder,
+        args.similarity,
+        similarity_params=parse_overrides(args.similarity_arg),
+        pooling=args.pooling,
+        policy=args.policy,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
         cache_dir=None if args.no_cache else (args.cache_dir or cache_dir()),
     )
     out = result.save(args.out)
@@ -352,8 +487,10 @@ def _dissect(args: argparse.Namespace) -> int:
         labels = result.labels(layer)
         meta = result.meta["layers"][layer]
         shown = ", ".join(labels[:8]) + (" ..." if len(labels) > 8 else "")
-        print(f"{layer} ({meta['units']} units, pooling {meta['pooling']}, "
-              f"{meta['dead_units']} never active): {shown}")
+        print(
+            f"{layer} ({meta['units']} units, pooling {meta['pooling']}, "
+            f"{meta['dead_units']} never active): {shown}"
+        )
     print(f"written: {out / 'descriptions.csv'} and {out / 'dissection.json'}")
     return 0
 

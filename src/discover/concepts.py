@@ -93,9 +93,11 @@ class ConceptSet:
 
     def summary(self) -> str:
         """One line for logs and run metadata."""
-        return (f"concept set {self.name!r}: {len(self)} concepts from {self.source} "
-                f"(dropped {self.dropped_empty} empty, {self.dropped_duplicates} duplicate; "
-                f"sha256 {self.sha256[:12]})")
+        return (
+            f"concept set {self.name!r}: {len(self)} concepts from {self.source} "
+            f"(dropped {self.dropped_empty} empty, {self.dropped_duplicates} duplicate; "
+            f"sha256 {self.sha256[:12]})"
+        )
 
 
 def concept_set_from_lines(
@@ -141,10 +143,12 @@ def concept_set_from_lines(
         raise ValueError(f"concept set {name!r} is empty (source: {source})")
     if keep_duplicates and repeated:
         examples = ", ".join(map(repr, list(repeated)[:5]))
-        warnings.warn(f"concept set {name!r} is a class list with repeated entries ({examples}); "
-                      "they are kept so that entry i stays class i", stacklevel=2)
-    return ConceptSet(concepts, name, source, dropped_empty, dropped_duplicates,
-                      tuple(repeated))
+        warnings.warn(
+            f"concept set {name!r} is a class list with repeated entries ({examples}); "
+            "they are kept so that entry i stays class i",
+            stacklevel=2,
+        )
+    return ConceptSet(concepts, name, source, dropped_empty, dropped_duplicates, tuple(repeated))
 
 
 def _read_text(path: Path, name: str) -> str:
@@ -155,15 +159,22 @@ def _read_text(path: Path, name: str) -> str:
 
 
 def _read_file(path: Path, *, keep_duplicates: bool = False) -> ConceptSet:
-    return concept_set_from_lines(_read_text(path, path.name).splitlines(), name=path.name,
-                                  source=str(path), keep_duplicates=keep_duplicates)
+    return concept_set_from_lines(
+        _read_text(path, path.name).splitlines(),
+        name=path.name,
+        source=str(path),
+        keep_duplicates=keep_duplicates,
+    )
 
 
 def _read_resource(filename: str, name: str, *, keep_duplicates: bool = False) -> ConceptSet:
     text = resources.files("discover").joinpath("concepts", filename).read_text(encoding="utf-8")
-    return concept_set_from_lines(text.splitlines(), name=name,
-                                  source=f"package:discover/concepts/{filename}",
-                                  keep_duplicates=keep_duplicates)
+    return concept_set_from_lines(
+        text.splitlines(),
+        name=name,
+        source=f"package:discover/concepts/{filename}",
+        keep_duplicates=keep_duplicates,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,9 +241,11 @@ def load_concepts(spec: str | os.PathLike[str] | ConceptSet) -> ConceptSet:
         raise FileNotFoundError(f"concept file not found: {path}")
     close = difflib.get_close_matches(text, list(CONCEPT_SETS), n=3, cutoff=0.5)
     hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-    raise ValueError(f"unknown concept set {text!r}.{hint} Known: "
-                     f"{', '.join(list_concept_sets())}; a path to a text file with one "
-                     "concept per line is accepted too.")
+    raise ValueError(
+        f"unknown concept set {text!r}.{hint} Known: "
+        f"{', '.join(list_concept_sets())}; a path to a text file with one "
+        "concept per line is accepted too."
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,13 +299,16 @@ def clean_places365_category(line: str) -> str:
 @register_concept_set("places365_categories")
 def _places365_categories() -> ConceptSet:
     """The 365 Places365 class names in class-index order, cleaned as in method.md §9.1."""
-    raw = _read_resource("categories_places365.txt", "places365_categories",
-                         keep_duplicates=True)
+    raw = _read_resource("categories_places365.txt", "places365_categories", keep_duplicates=True)
     indices = [int(line.rsplit(maxsplit=1)[-1]) for line in raw.concepts]
     if indices != list(range(len(indices))):
         raise ValueError("places365_categories: category indices are not 0..N-1 in order")
-    return concept_set_from_lines([clean_places365_category(line) for line in raw.concepts],
-                                  name=raw.name, source=raw.source, keep_duplicates=True)
+    return concept_set_from_lines(
+        [clean_places365_category(line) for line in raw.concepts],
+        name=raw.name,
+        source=raw.source,
+        keep_duplicates=True,
+    )
 
 
 @register_concept_set("shapes")
@@ -300,8 +316,11 @@ def _shapes_concepts() -> ConceptSet:
     """The concept names of the default :class:`~discover.data.ShapesWorld`."""
     from .data import ShapesWorld
 
-    return concept_set_from_lines(ShapesWorld(n=1).concept_names, name="shapes",
-                                  source="discover.data.ShapesWorld.concept_names")
+    return concept_set_from_lines(
+        ShapesWorld(n=1).concept_names,
+        name="shapes",
+        source="discover.data.ShapesWorld.concept_names",
+    )
 
 
 @register_concept_set("shapes_classes")
@@ -309,6 +328,9 @@ def _shapes_classes() -> ConceptSet:
     """The default Shapes world's class names, in label order."""
     from .data import ShapesWorld
 
-    return concept_set_from_lines(ShapesWorld(n=1).class_names, name="shapes_classes",
-                                  source="discover.data.ShapesWorld.class_names",
-                                  keep_duplicates=True)
+    return concept_set_from_lines(
+        ShapesWorld(n=1).class_names,
+        name="shapes_classes",
+        source="discover.data.ShapesWorld.class_names",
+        keep_duplicates=True,
+    )

@@ -108,18 +108,37 @@ _SHAPE_FNS: dict[str, ShapeFn] = {
     "square": lambda u, v: (np.abs(u) <= 0.8) & (np.abs(v) <= 0.8),
     "triangle": _polygon([(0.0, -1.0), (1.0, 0.75), (-1.0, 0.75)]),
     "star": _polygon(_star_vertices(5, 1.0, 0.42)),
-    "cross": _polygon([
-        (-_ARM, -1), (_ARM, -1), (_ARM, -_ARM), (1, -_ARM), (1, _ARM), (_ARM, _ARM),
-        (_ARM, 1), (-_ARM, 1), (-_ARM, _ARM), (-1, _ARM), (-1, -_ARM), (-_ARM, -_ARM),
-    ]),
+    "cross": _polygon(
+        [
+            (-_ARM, -1),
+            (_ARM, -1),
+            (_ARM, -_ARM),
+            (1, -_ARM),
+            (1, _ARM),
+            (_ARM, _ARM),
+            (_ARM, 1),
+            (-_ARM, 1),
+            (-_ARM, _ARM),
+            (-1, _ARM),
+            (-1, -_ARM),
+            (-_ARM, -_ARM),
+        ]
+    ),
     "heart": _polygon(_heart_vertices()),
     "diamond": lambda u, v: np.abs(u) / 0.7 + np.abs(v) <= 1.0,
     "hexagon": _polygon(_star_vertices(3, 1.0, 1.0)),
     "ring": lambda u, v: np.abs(np.hypot(u, v) - 0.72) <= 0.23,
-    "arrow": _polygon([
-        (-1.0, -0.28), (0.15, -0.28), (0.15, -0.75), (1.0, 0.0),
-        (0.15, 0.75), (0.15, 0.28), (-1.0, 0.28),
-    ]),
+    "arrow": _polygon(
+        [
+            (-1.0, -0.28),
+            (0.15, -0.28),
+            (0.15, -0.75),
+            (1.0, 0.0),
+            (0.15, 0.75),
+            (0.15, 0.28),
+            (-1.0, 0.28),
+        ]
+    ),
     "crescent": lambda u, v: (u * u + v * v <= 1.0) & ((u - 0.45) ** 2 + v * v > 0.8**2),
 }
 
@@ -127,42 +146,52 @@ SHAPES: tuple[str, ...] = tuple(_SHAPE_FNS)
 """Every shape the world can draw. The default classes leave out ``"hexagon"``, which is
 hard to tell from a circle at 32 px."""
 
-COLOURS: MappingProxyType[str, tuple[int, int, int]] = MappingProxyType({
-    "red": (220, 30, 30),
-    "orange": (255, 140, 0),
-    "yellow": (250, 220, 30),
-    "green": (30, 160, 50),
-    "cyan": (0, 200, 220),
-    "blue": (30, 70, 220),
-    "purple": (120, 40, 170),
-    "magenta": (230, 40, 200),
-    "white": (245, 245, 245),
-    "black": (20, 20, 20),
-    "grey": (128, 128, 128),
-    "brown": (130, 80, 30),
-    "pink": (255, 160, 190),
-})
+COLOURS: MappingProxyType[str, tuple[int, int, int]] = MappingProxyType(
+    {
+        "red": (220, 30, 30),
+        "orange": (255, 140, 0),
+        "yellow": (250, 220, 30),
+        "green": (30, 160, 50),
+        "cyan": (0, 200, 220),
+        "blue": (30, 70, 220),
+        "purple": (120, 40, 170),
+        "magenta": (230, 40, 200),
+        "white": (245, 245, 245),
+        "black": (20, 20, 20),
+        "grey": (128, 128, 128),
+        "brown": (130, 80, 30),
+        "pink": (255, 160, 190),
+    }
+)
 """Named RGB colours for objects and backgrounds (the first ten are the defaults)."""
 
-TEXTURES: MappingProxyType[str, str] = MappingProxyType({
-    "plain": "plain background",
-    "stripes": "striped background",
-    "dots": "dotted background",
-    "checker": "checkered background",
-    "noise": "noisy background",
-})
+TEXTURES: MappingProxyType[str, str] = MappingProxyType(
+    {
+        "plain": "plain background",
+        "stripes": "striped background",
+        "dots": "dotted background",
+        "checker": "checkered background",
+        "noise": "noisy background",
+    }
+)
 """Background textures and their concept names."""
 
-SIZES: MappingProxyType[str, float] = MappingProxyType({
-    "small": 0.16, "medium": 0.2, "large": 0.23,
-})
+SIZES: MappingProxyType[str, float] = MappingProxyType(
+    {
+        "small": 0.16,
+        "medium": 0.2,
+        "large": 0.23,
+    }
+)
 """Object radius as a fraction of the image side."""
 
-POSITIONS: MappingProxyType[str, tuple[float, float]] = MappingProxyType({
-    f"{row} {col}".replace("middle center", "center"): (fx, fy)
-    for row, fy in (("top", 0.25), ("middle", 0.5), ("bottom", 0.75))
-    for col, fx in (("left", 0.25), ("center", 0.5), ("right", 0.75))
-})
+POSITIONS: MappingProxyType[str, tuple[float, float]] = MappingProxyType(
+    {
+        f"{row} {col}".replace("middle center", "center"): (fx, fy)
+        for row, fy in (("top", 0.25), ("middle", 0.5), ("bottom", 0.75))
+        for col, fx in (("left", 0.25), ("center", 0.5), ("right", 0.75))
+    }
+)
 """The 3x3 grid: name -> (x, y) of the object's centroid as a fraction of the image side.
 
 The centroid always lies inside the named third of the image along each axis.
@@ -183,7 +212,7 @@ def _shape_template(shape: str, radius: float) -> tuple[np.ndarray, float, float
     inside = _SHAPE_FNS[shape](coords[None, :], coords[:, None])
     alpha = inside.reshape(side, _SUPERSAMPLE, side, _SUPERSAMPLE).mean(axis=(1, 3))
     rows, cols = np.flatnonzero(alpha.any(1)), np.flatnonzero(alpha.any(0))
-    alpha = alpha[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.float32)
+    alpha = alpha[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.float32)
     total = float(alpha.sum())
     cy = float(alpha.sum(1) @ np.arange(alpha.shape[0])) / total
     cx = float(alpha.sum(0) @ np.arange(alpha.shape[1])) / total
@@ -255,8 +284,12 @@ class ShapesConfig:
 
     def __post_init__(self) -> None:
         vocabularies = {
-            "shapes": SHAPES, "colours": COLOURS, "background_colours": COLOURS,
-            "textures": TEXTURES, "sizes": SIZES, "positions": POSITIONS,
+            "shapes": SHAPES,
+            "colours": COLOURS,
+            "background_colours": COLOURS,
+            "textures": TEXTURES,
+            "sizes": SIZES,
+            "positions": POSITIONS,
         }
         for attr, vocabulary in vocabularies.items():
             value = getattr(self, attr)
@@ -268,11 +301,14 @@ class ShapesConfig:
                 )
             setattr(self, attr, names)
         if self.n < 0 or self.seed < 0 or self.image_size < 16:
-            raise ValueError(f"ShapesConfig: need n >= 0, seed >= 0 and image_size >= 16, got "
-                             f"n={self.n}, seed={self.seed}, image_size={self.image_size}")
+            raise ValueError(
+                f"ShapesConfig: need n >= 0, seed >= 0 and image_size >= 16, got "
+                f"n={self.n}, seed={self.seed}, image_size={self.image_size}"
+            )
         if not 0 <= self.size_jitter < 0.5 or not 0 <= self.position_jitter < 1 / 12:
-            raise ValueError("ShapesConfig: need 0 <= size_jitter < 0.5 and "
-                             "0 <= position_jitter < 1/12")
+            raise ValueError(
+                "ShapesConfig: need 0 <= size_jitter < 0.5 and 0 <= position_jitter < 1/12"
+            )
 
 
 @dataclass(frozen=True)
@@ -371,8 +407,10 @@ class ShapesWorld(Dataset):
         self._allowed_backgrounds = [np.flatnonzero(row >= cfg.min_contrast) for row in distance]
         for colour, allowed in zip(cfg.colours, self._allowed_backgrounds, strict=True):
             if allowed.size == 0:
-                raise ValueError(f"ShapesWorld: no background colour differs from {colour!r} by "
-                                 f"at least min_contrast={cfg.min_contrast}")
+                raise ValueError(
+                    f"ShapesWorld: no background colour differs from {colour!r} by "
+                    f"at least min_contrast={cfg.min_contrast}"
+                )
 
     def __len__(self) -> int:
         return self.config.n
@@ -438,13 +476,19 @@ class ShapesWorld(Dataset):
         size = self.config.image_size
         coverage = np.zeros((size, size), dtype=np.float32)
         h, w = layout.alpha.shape
-        coverage[layout.y0:layout.y0 + h, layout.x0:layout.x0 + w] = layout.alpha
+        coverage[layout.y0 : layout.y0 + h, layout.x0 : layout.x0 + w] = layout.alpha
         return torch.from_numpy(coverage)
 
     def _vocabularies(self) -> tuple[tuple[str, ...], ...]:
         cfg = self.config
-        return (cfg.shapes, cfg.colours, cfg.background_colours, cfg.textures, cfg.sizes,
-                cfg.positions)
+        return (
+            cfg.shapes,
+            cfg.colours,
+            cfg.background_colours,
+            cfg.textures,
+            cfg.sizes,
+            cfg.positions,
+        )
 
     def _check_index(self, index: int) -> int:
         index = operator.index(index)
@@ -493,15 +537,17 @@ class ShapesWorld(Dataset):
                 phase = (xx * np.cos(angle) + yy * np.sin(angle)) / period + p[1]
                 tone = phase % 1.0 < 0.5
             elif texture == "dots":
-                tone = np.hypot((xx / period + p[1]) % 1.0 - 0.5,
-                                (yy / period + p[2]) % 1.0 - 0.5) < 0.3
+                tone = (
+                    np.hypot((xx / period + p[1]) % 1.0 - 0.5, (yy / period + p[2]) % 1.0 - 0.5)
+                    < 0.3
+                )
             elif texture == "checker":
                 tone = (np.floor(xx / period + p[1]) + np.floor(yy / period + p[2])) % 2 == 1
             else:  # noise
                 tone = rng.random((size, size), dtype=np.float32)
             image += tone[..., None] * (pattern - base)
         h, w = layout.alpha.shape
-        region = image[layout.y0:layout.y0 + h, layout.x0:layout.x0 + w]
+        region = image[layout.y0 : layout.y0 + h, layout.x0 : layout.x0 + w]
         region += layout.alpha[..., None] * (self._colours[codes[1]] - region)
         image = np.rint(image, out=image).astype(np.uint8)
         return torch.from_numpy(image.transpose(2, 0, 1).copy())
@@ -518,8 +564,16 @@ class ShapesWorld(Dataset):
 # --------------------------------------------------------------------------------------------
 
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+    "T-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
 )
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where the Debian package ``dataset-fashion-mnist`` installs the idx files."""
@@ -606,8 +660,10 @@ class FashionMNIST(Dataset):
         self.source = files[0].parent
         images, labels = read_idx(files[0]), read_idx(files[1])
         if images.ndim != 3 or labels.shape != images.shape[:1] or labels.max(initial=0) > 9:
-            raise ValueError(f"FashionMNIST: {files[0]} {images.shape} and {files[1]} "
-                             f"{labels.shape} are not matching Fashion-MNIST images and labels")
+            raise ValueError(
+                f"FashionMNIST: {files[0]} {images.shape} and {files[1]} "
+                f"{labels.shape} are not matching Fashion-MNIST images and labels"
+            )
         self.data = torch.from_numpy(images)
         self.targets = torch.from_numpy(labels.astype(np.int64))
 
@@ -697,8 +753,10 @@ class RobustImageFolder(ImageFolder):
         if verify not in ("none", "header", "full"):
             raise ValueError(f"RobustImageFolder: verify must be none/header/full, got {verify!r}")
         path = Path(root).expanduser()
-        layout = ("expected an ImageFolder layout: one sub-folder per class holding its images, "
-                  "e.g. root/dog/0001.jpg, root/cat/0002.png")
+        layout = (
+            "expected an ImageFolder layout: one sub-folder per class holding its images, "
+            "e.g. root/dog/0001.jpg, root/cat/0002.png"
+        )
         if not path.is_dir():
             raise FileNotFoundError(f"RobustImageFolder: {path} is not a directory; {layout}")
         try:
@@ -728,8 +786,9 @@ class RobustImageFolder(ImageFolder):
     def _skip(self, path: str, err: Exception) -> None:
         if path not in self.skipped:
             self.skipped[path] = f"{type(err).__name__}: {err}"
-            warnings.warn(f"RobustImageFolder: skipping unreadable image {path} ({err})",
-                          stacklevel=3)
+            warnings.warn(
+                f"RobustImageFolder: skipping unreadable image {path} ({err})", stacklevel=3
+            )
 
     def _verify(self, mode: str) -> None:
         from PIL import Image
@@ -747,8 +806,11 @@ class RobustImageFolder(ImageFolder):
             else:
                 keep.append((path, target))
         if self.skipped:
-            warnings.warn(f"RobustImageFolder: skipped {len(self.skipped)} unreadable image(s) "
-                          f"under {self.root}, e.g. {next(iter(self.skipped))}", stacklevel=3)
+            warnings.warn(
+                f"RobustImageFolder: skipped {len(self.skipped)} unreadable image(s) "
+                f"under {self.root}, e.g. {next(iter(self.skipped))}",
+                stacklevel=3,
+            )
         if not keep:
             raise RuntimeError(f"RobustImageFolder: no readable image under {self.root}")
         self.samples = self.imgs = keep
@@ -868,35 +930,41 @@ def _build_shapes(split: str, root: Any = None, transform: Any = None, **kw: Any
 
 
 @register_dataset("fashion-mnist")
-def _build_fashion_mnist(split: str, root: Any = None, transform: Any = None,
-                         **kw: Any) -> Dataset:
+def _build_fashion_mnist(split: str, root: Any = None, transform: Any = None, **kw: Any) -> Dataset:
     return FashionMNIST(root, split=split, transform=transform, **kw)
 
 
 @register_dataset("imagefolder")
-def _build_imagefolder(split: str, root: Any = None, transform: Any = None,
-                       **kw: Any) -> Dataset:
+def _build_imagefolder(split: str, root: Any = None, transform: Any = None, **kw: Any) -> Dataset:
     if root is None:
-        raise ValueError("imagefolder: pass root=<folder> holding <split>/<class>/<image> or "
-                         "<class>/<image>")
+        raise ValueError(
+            "imagefolder: pass root=<folder> holding <split>/<class>/<image> or <class>/<image>"
+        )
     path = Path(root).expanduser()
     if (path / split).is_dir():
         path = path / split
     else:
         present = [s for s in SPLITS if (path / s).is_dir()]
         if present:
-            raise FileNotFoundError(f"imagefolder: no {split!r} split under {path} "
-                                    f"(found {', '.join(present)})")
+            raise FileNotFoundError(
+                f"imagefolder: no {split!r} split under {path} (found {', '.join(present)})"
+            )
     return RobustImageFolder(path, transform=transform, **kw)
 
 
 def _cifar(name: str, cls_name: str, split: str, root: Any, transform: Any) -> Dataset:
     from torchvision import datasets
 
-    layout = (f"expected torchvision's {cls_name} layout: root/"
-              f"{'cifar-10-batches-py' if cls_name == 'CIFAR10' else 'cifar-100-python'}/")
-    raw = _open_torchvision(name, root, layout, lambda r: getattr(datasets, cls_name)(
-        r, train=split == "train", download=False))
+    layout = (
+        f"expected torchvision's {cls_name} layout: root/"
+        f"{'cifar-10-batches-py' if cls_name == 'CIFAR10' else 'cifar-100-python'}/"
+    )
+    raw = _open_torchvision(
+        name,
+        root,
+        layout,
+        lambda r: getattr(datasets, cls_name)(r, train=split == "train", download=False),
+    )
     return TorchvisionImages(raw, [c.replace("_", " ") for c in raw.classes], transform)
 
 
@@ -911,15 +979,22 @@ def _build_cifar100(split: str, root: Any = None, transform: Any = None) -> Data
 
 
 @register_dataset("places365")
-def _build_places365(split: str, root: Any = None, transform: Any = None,
-                     small: bool = True) -> Dataset:
+def _build_places365(
+    split: str, root: Any = None, transform: Any = None, small: bool = True
+) -> Dataset:
     from torchvision.datasets import Places365
 
-    layout = ("expected torchvision's Places365 layout: root/categories_places365.txt, "
-              "root/places365_{train_standard,val}.txt and root/{data,val}_{256,large}/")
+    layout = (
+        "expected torchvision's Places365 layout: root/categories_places365.txt, "
+        "root/places365_{train_standard,val}.txt and root/{data,val}_{256,large}/"
+    )
     tv_split = "train-standard" if split == "train" else "val"
-    raw = _open_torchvision("places365", root, layout,
-                            lambda r: Places365(r, split=tv_split, small=small, download=False))
+    raw = _open_torchvision(
+        "places365",
+        root,
+        layout,
+        lambda r: Places365(r, split=tv_split, small=small, download=False),
+    )
     names = [c[3:].replace("/", " ").replace("_", " ") for c in raw.classes]  # "/a/airfield"
     return TorchvisionImages(raw, names, transform)
 
@@ -928,8 +1003,10 @@ def _build_places365(split: str, root: Any = None, transform: Any = None,
 def _build_imagenet(split: str, root: Any = None, transform: Any = None) -> Dataset:
     from torchvision.datasets import ImageNet
 
-    layout = ("expected torchvision's ImageNet layout: root/ILSVRC2012_devkit_t12.tar.gz (or "
-              "meta.bin) and root/{train,val}/<wnid>/")
+    layout = (
+        "expected torchvision's ImageNet layout: root/ILSVRC2012_devkit_t12.tar.gz (or "
+        "meta.bin) and root/{train,val}/<wnid>/"
+    )
     tv_split = "train" if split == "train" else "val"
     raw = _open_torchvision("imagenet", root, layout, lambda r: ImageNet(r, split=tv_split))
     return TorchvisionImages(raw, [names[0] for names in raw.classes], transform)
@@ -981,20 +1058,24 @@ class DataConfig:
     def __post_init__(self) -> None:
         self.input_size = tuple(int(x) for x in self.input_size)
         if len(self.input_size) != 3 or self.input_size[0] not in (1, 3):
-            raise ValueError(f"DataConfig: input_size must be (C, H, W) with C in (1, 3), "
-                             f"got {self.input_size}")
+            raise ValueError(
+                f"DataConfig: input_size must be (C, H, W) with C in (1, 3), got {self.input_size}"
+            )
         channels = self.input_size[0]
         for attr, default in (("mean", 0.5), ("std", 0.25)):
             value = tuple(float(x) for x in (getattr(self, attr) or (default,)))
             if len(value) == 1:
                 value *= channels
             if len(value) != channels:
-                raise ValueError(f"DataConfig: {attr} has {len(value)} values for {channels} "
-                                 "channel(s)")
+                raise ValueError(
+                    f"DataConfig: {attr} has {len(value)} values for {channels} channel(s)"
+                )
             setattr(self, attr, value)
         if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"DataConfig: interpolation must be one of {_INTERPOLATIONS}, "
-                             f"got {self.interpolation!r}")
+            raise ValueError(
+                f"DataConfig: interpolation must be one of {_INTERPOLATIONS}, "
+                f"got {self.interpolation!r}"
+            )
         if not 0 < self.crop_pct <= 1 or not 0 <= self.hflip <= 1 or self.padding < 0:
             raise ValueError("DataConfig: need 0 < crop_pct <= 1, 0 <= hflip <= 1, padding >= 0")
         if self.scale is not None:
@@ -1003,8 +1084,10 @@ class DataConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-friendly dict (tuples become lists)."""
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-                for f in fields(self)}
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in fields(self)
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataConfig:
@@ -1026,8 +1109,10 @@ class DataConfig:
         """
         cfg = getattr(model, "pretrained_cfg", None)
         if not cfg:
-            raise ValueError(f"DataConfig.from_model: {type(model).__name__} has no "
-                             "pretrained_cfg; build a DataConfig by hand")
+            raise ValueError(
+                f"DataConfig.from_model: {type(model).__name__} has no "
+                "pretrained_cfg; build a DataConfig by hand"
+            )
         keys = ("input_size", "mean", "std", "interpolation", "crop_pct")
         return cls(**{**{k: cfg[k] for k in keys if cfg.get(k) is not None}, **overrides})
 
@@ -1048,17 +1133,32 @@ def build_transforms(config: DataConfig, train: bool = False) -> v2.Compose:
     interpolation = InterpolationMode(config.interpolation)
     ops: list[Callable[[Any], Any]] = [v2.ToImage(), v2.RGB() if channels == 3 else v2.Grayscale(1)]
     if train and config.scale is not None:
-        ops.append(v2.RandomResizedCrop((height, width), scale=config.scale, ratio=config.ratio,
-                                        interpolation=interpolation, antialias=True))
+        ops.append(
+            v2.RandomResizedCrop(
+                (height, width),
+                scale=config.scale,
+                ratio=config.ratio,
+                interpolation=interpolation,
+                antialias=True,
+            )
+        )
     else:
-        resize = (math.floor(height / config.crop_pct) if height == width
-                  else (math.floor(height / config.crop_pct), math.floor(width / config.crop_pct)))
-        ops += [v2.Resize(resize, interpolation=interpolation, antialias=True),
-                v2.CenterCrop((height, width))]
+        resize = (
+            math.floor(height / config.crop_pct)
+            if height == width
+            else (math.floor(height / config.crop_pct), math.floor(width / config.crop_pct))
+        )
+        ops += [
+            v2.Resize(resize, interpolation=interpolation, antialias=True),
+            v2.CenterCrop((height, width)),
+        ]
     if train and config.padding:
         ops.append(v2.RandomCrop((height, width), padding=config.padding))
     if train and config.hflip:
         ops.append(v2.RandomHorizontalFlip(config.hflip))
-    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std),
-            v2.ToPureTensor()]
+    ops += [
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(config.mean, config.std),
+        v2.ToPureTensor(),
+    ]
     return v2.Compose(ops)

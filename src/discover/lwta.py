@@ -214,7 +214,7 @@ class LWTA(nn.Module):
         # (P, U, Q) blocks, competition over dim 1: (N * C/U, U, H * W) for conv maps,
         # (M, U, 1) when the units are the last dim.
         outer = math.prod(shape[:unit_dim]) * (width // self.U)
-        blocks = x.reshape(outer, self.U, math.prod(shape[unit_dim + 1:]))
+        blocks = x.reshape(outer, self.U, math.prod(shape[unit_dim + 1 :]))
         if self.training and torch.is_grad_enabled() and blocks.requires_grad:
             out, winners = _STGumbelLWTA.apply(blocks, self.tau)
         else:
@@ -228,7 +228,7 @@ class LWTA(nn.Module):
 
     def _keep(self, winners: torch.Tensor, shape: tuple[int, ...], unit_dim: int) -> None:
         """Store winner indices shaped like the input with its unit dim cut to ``K / U``."""
-        block_shape = (*shape[:unit_dim], shape[unit_dim] // self.U, *shape[unit_dim + 1:])
+        block_shape = (*shape[:unit_dim], shape[unit_dim] // self.U, *shape[unit_dim + 1 :])
         self.last_winners = winners.detach().reshape(block_shape)
         self._last_shape = (shape, unit_dim + 1)
 
@@ -272,7 +272,9 @@ def set_eval_policy(model: nn.Module, policy: EvalPolicy) -> int:
         13
     """
     if policy not in EVAL_POLICIES:
-        raise ValueError(f"unknown eval policy {policy!r}; expected one of {', '.join(EVAL_POLICIES)}")
+        raise ValueError(
+            f"unknown eval policy {policy!r}; expected one of {', '.join(EVAL_POLICIES)}"
+        )
     layers = lwta_layers(model).values()
     for layer in layers:
         layer.eval_policy = policy
@@ -340,4 +342,3 @@ def average_logits(model: nn.Module, x: torch.Tensor, samples: int = 6) -> torch
     for _ in range(samples - 1):
         total += model(x).float()
     return total / samples
-

@@ -48,8 +48,17 @@ __all__ = [
 
 # -- activation types ------------------------------------------------------------------------
 ACTIVATION_TYPES: list[type[nn.Module]] = [
-    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Mish, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU,
-    nn.Hardswish, nn.Softplus,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.Hardswish,
+    nn.Softplus,
 ]
 try:  # timm ships its own activation classes (e.g. what get_act_layer("gelu") returns)
     from timm.layers import activations as _timm_act
@@ -163,8 +172,7 @@ def activation_sites(
     """
     names = [n for n, m in model.named_modules(remove_duplicate=False) if n and _is_activation(m)]
     return [
-        n for n in names
-        if (include is None or _matches(n, include)) and not _matches(n, exclude)
+        n for n in names if (include is None or _matches(n, include)) and not _matches(n, exclude)
     ]
 
 
@@ -180,8 +188,10 @@ def _dry_run(model: nn.Module, names: list[str], example_input: torch.Tensor) ->
     shapes: dict[str, list] = {n: [] for n in names}
     handles = []
     for n in names:
+
         def hook(_m, _inp, out, n=n):
             shapes[n].append(tuple(out.shape) if isinstance(out, torch.Tensor) else None)
+
         handles.append(modules[n].register_forward_hook(hook))
     was_training = model.training
     try:
@@ -259,8 +269,9 @@ def to_cvn(
     if not names:
         existing = len(lwta_layers(model))
         hint = (
-            f" The model already has {existing} LWTA layer(s)." if existing else
-            f" Activation modules in this model: {', '.join(all_sites[:12]) or 'none'}"
+            f" The model already has {existing} LWTA layer(s)."
+            if existing
+            else f" Activation modules in this model: {', '.join(all_sites[:12]) or 'none'}"
             f"{' ...' if len(all_sites) > 12 else ''}."
         )
         raise ValueError(
@@ -356,7 +367,10 @@ def register_placement(
     Example:
         >>> register_placement("ConvNeXt", include=["stages.*.mlp.act"])
     """
-    _PLACEMENTS[class_name] = (list(include) if include else None, list(exclude) if exclude else None)
+    _PLACEMENTS[class_name] = (
+        list(include) if include else None,
+        list(exclude) if exclude else None,
+    )
 
 
 # The paper's placements (method.md §3): ViT/DeiT MLP activation only; ResNets every ReLU
@@ -490,14 +504,26 @@ def create_model(
     input_size = _input_size(model, kwargs)
     if U > 1:
         to_cvn(
-            model, U, include, exclude, tau=tau, eval_policy=eval_policy,
+            model,
+            U,
+            include,
+            exclude,
+            tau=tau,
+            eval_policy=eval_policy,
             example_input=torch.zeros(1, *input_size),
         )
     if num_classes is None:
         num_classes = getattr(model, "num_classes", None)
     model.cvn_config = CVNConfig(
-        name=name, U=U, num_classes=num_classes, tau=tau, eval_policy=eval_policy,
-        include=include, exclude=exclude, model_kwargs=dict(kwargs), input_size=input_size,
+        name=name,
+        U=U,
+        num_classes=num_classes,
+        tau=tau,
+        eval_policy=eval_policy,
+        include=include,
+        exclude=exclude,
+        model_kwargs=dict(kwargs),
+        input_size=input_size,
     )
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
@@ -514,7 +540,9 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, extra: dict[str, str] | None = None) -> Path:
+def save_checkpoint(
+    model: nn.Module, path: str | Path, extra: dict[str, str] | None = None
+) -> Path:
     """Save weights as safetensors, with ``model.cvn_config`` (and ``model.data_config``, the
     preprocessing a training run used, when set) in the file's metadata.
 
@@ -571,7 +599,7 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     if not isinstance(obj, dict):
         raise CheckpointMismatchError(f"checkpoint {path} does not hold a state dict")
     if all(k.startswith("module.") for k in obj):  # saved from DataParallel / DDP
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj, {}
 
 
@@ -592,13 +620,16 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
         saved = json.loads(metadata["cvn_config"])
         for key in ("name", "U", "num_classes"):
             if key in saved and saved[key] != getattr(config, key):
-                problems.append(f"{key}: checkpoint has {saved[key]!r}, model has {getattr(config, key)!r}")
+                problems.append(
+                    f"{key}: checkpoint has {saved[key]!r}, model has {getattr(config, key)!r}"
+                )
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
 
     def _few(items: list[str]) -> str:
@@ -607,7 +638,9 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
     if missing and strict:
         problems.append(f"{len(missing)} key(s) missing from the checkpoint: {_few(missing)}")
     if unexpected and strict:
-        problems.append(f"{len(unexpected)} unexpected key(s) in the checkpoint: {_few(unexpected)}")
+        problems.append(
+            f"{len(unexpected)} unexpected key(s) in the checkpoint: {_few(unexpected)}"
+        )
     if shapes:
         problems.append(f"{len(shapes)} shape mismatch(es): {_few(shapes)}")
     if problems:

@@ -36,8 +36,9 @@ def _cfg(input_size: tuple[int, int, int], mean: Sequence[float], std: Sequence[
 class BasicBlock(nn.Module):
     """conv3x3 -> BN -> act1 -> conv3x3 -> BN -> (+ shortcut) -> act2."""
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int = 1,
-                 act_layer: type[nn.Module] = nn.ReLU) -> None:
+    def __init__(
+        self, in_chs: int, out_chs: int, stride: int = 1, act_layer: type[nn.Module] = nn.ReLU
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_chs, out_chs, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_chs)
@@ -81,18 +82,24 @@ class SmallResNet(nn.Module):
     ) -> None:
         super().__init__()
         if len(widths) != len(depths) or not widths:
-            raise ValueError(f"SmallResNet: widths {tuple(widths)} and depths {tuple(depths)} "
-                             "must be non-empty and of equal length")
+            raise ValueError(
+                f"SmallResNet: widths {tuple(widths)} and depths {tuple(depths)} "
+                "must be non-empty and of equal length"
+            )
         self.num_classes = num_classes
         self.num_features = widths[-1]
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.act1 = act_layer()
         in_chs = widths[0]
-        for i, (width, depth) in enumerate(zip(widths, depths), start=1):
+        for i, (width, depth) in enumerate(zip(widths, depths, strict=True), start=1):
             blocks = [
-                BasicBlock(in_chs if j == 0 else width, width,
-                           stride=(1 if i == 1 or j > 0 else 2), act_layer=act_layer)
+                BasicBlock(
+                    in_chs if j == 0 else width,
+                    width,
+                    stride=(1 if i == 1 or j > 0 else 2),
+                    act_layer=act_layer,
+                )
                 for j in range(depth)
             ]
             self.add_module(f"layer{i}", nn.Sequential(*blocks))
@@ -100,8 +107,9 @@ class SmallResNet(nn.Module):
         self.num_stages = len(widths)
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[-1], num_classes)
-        self.pretrained_cfg = _cfg((in_chans, img_size, img_size),
-                                   (0.5,) * in_chans, (0.25,) * in_chans)
+        self.pretrained_cfg = _cfg(
+            (in_chans, img_size, img_size), (0.5,) * in_chans, (0.25,) * in_chans
+        )
         for m in self.modules():  # torchvision's init (method.md §3.1)
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -148,8 +156,16 @@ def small_vit(num_classes: int = 10, **kwargs: Any) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
     args: dict[str, Any] = dict(
-        img_size=64, patch_size=8, in_chans=3, embed_dim=96, depth=6, num_heads=3,
-        mlp_ratio=4.0, class_token=True, global_pool="token", act_layer=nn.GELU,
+        img_size=64,
+        patch_size=8,
+        in_chans=3,
+        embed_dim=96,
+        depth=6,
+        num_heads=3,
+        mlp_ratio=4.0,
+        class_token=True,
+        global_pool="token",
+        act_layer=nn.GELU,
     )
     args.update(kwargs)
     model = VisionTransformer(num_classes=num_classes, **args)

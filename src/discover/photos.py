@@ -56,14 +56,20 @@ def sample_photos(model: nn.Module) -> tuple[list[str], torch.Tensor]:
     config = resolve_data_config({}, model=model)
     in_chans = config["input_size"][0]
     if in_chans == 1:
-        config = {**config, "input_size": (3, *config["input_size"][1:]),
-                  "mean": config["mean"] * 3, "std": config["std"] * 3}
+        config = {
+            **config,
+            "input_size": (3, *config["input_size"][1:]),
+            "mean": config["mean"] * 3,
+            "std": config["std"] * 3,
+        }
     transform = create_transform(**config)
     photos = load_photos()
     batch = torch.stack([transform(image) for image in photos.values()])
     if in_chans == 1:
         batch = batch.mean(dim=1, keepdim=True)
     elif in_chans != 3:
-        raise ValueError(f"sample_photos: model expects {in_chans} input channels; "
-                         "the photos have 3 (or 1 after conversion)")
+        raise ValueError(
+            f"sample_photos: model expects {in_chans} input channels; "
+            "the photos have 3 (or 1 after conversion)"
+        )
     return list(photos), batch

@@ -15,7 +15,14 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Recipe", "RECIPES", "register_recipe", "get_recipe", "build_optimizer", "build_scheduler"]
+__all__ = [
+    "Recipe",
+    "RECIPES",
+    "register_recipe",
+    "get_recipe",
+    "build_optimizer",
+    "build_scheduler",
+]
 
 
 @dataclass(frozen=True)
@@ -76,27 +83,71 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-register_recipe(Recipe(
-    "resnet", "sgd", lr=0.1, batch_size=256, epochs=90, weight_decay=1e-4, schedule="step",
-    step_size=30, gamma=0.1, augment="basic",
-    description="reference ResNet-18/Places365: SGD 0.1, momentum 0.9, wd 1e-4, x0.1 every 30 of 90 epochs",
-))
-register_recipe(Recipe(
-    "resnet_small", "sgd", lr=0.05, batch_size=128, epochs=12, weight_decay=5e-4, schedule="step",
-    step_size=5, gamma=0.2, augment="basic",
-    description="the resnet recipe scaled to small data: 12 epochs, lr 0.05, x0.2 every 5 epochs",
-))
-register_recipe(Recipe(
-    "deit", "adamw", lr=2.5e-4, batch_size=256, epochs=300, weight_decay=0.02, schedule="cosine",
-    warmup_epochs=5, warmup_lr=1e-6, min_lr=1e-5, label_smoothing=0.1, augment="randaugment",
-    description="reference DeiT CVN: AdamW 5e-4 x batch/512, wd 0.02, 5 warm-up epochs, cosine, "
-    "label smoothing 0.1, RandAugment, no mixup, drop-path 0",
-))
-register_recipe(Recipe(
-    "deit_small", "adamw", lr=1e-3, batch_size=128, epochs=20, weight_decay=0.02, schedule="cosine",
-    warmup_epochs=2, warmup_lr=1e-5, min_lr=1e-5, label_smoothing=0.1, augment="basic",
-    description="the deit recipe scaled to small data: 20 epochs, AdamW 1e-3, 2 warm-up epochs",
-))
+register_recipe(
+    Recipe(
+        "resnet",
+        "sgd",
+        lr=0.1,
+        batch_size=256,
+        epochs=90,
+        weight_decay=1e-4,
+        schedule="step",
+        step_size=30,
+        gamma=0.1,
+        augment="basic",
+        description="reference ResNet-18/Places365: SGD 0.1, momentum 0.9, wd 1e-4, x0.1 every 30 of 90 epochs",
+    )
+)
+register_recipe(
+    Recipe(
+        "resnet_small",
+        "sgd",
+        lr=0.05,
+        batch_size=128,
+        epochs=12,
+        weight_decay=5e-4,
+        schedule="step",
+        step_size=5,
+        gamma=0.2,
+        augment="basic",
+        description="the resnet recipe scaled to small data: 12 epochs, lr 0.05, x0.2 every 5 epochs",
+    )
+)
+register_recipe(
+    Recipe(
+        "deit",
+        "adamw",
+        lr=2.5e-4,
+        batch_size=256,
+        epochs=300,
+        weight_decay=0.02,
+        schedule="cosine",
+        warmup_epochs=5,
+        warmup_lr=1e-6,
+        min_lr=1e-5,
+        label_smoothing=0.1,
+        augment="randaugment",
+        description="reference DeiT CVN: AdamW 5e-4 x batch/512, wd 0.02, 5 warm-up epochs, cosine, "
+        "label smoothing 0.1, RandAugment, no mixup, drop-path 0",
+    )
+)
+register_recipe(
+    Recipe(
+        "deit_small",
+        "adamw",
+        lr=1e-3,
+        batch_size=128,
+        epochs=20,
+        weight_decay=0.02,
+        schedule="cosine",
+        warmup_epochs=2,
+        warmup_lr=1e-5,
+        min_lr=1e-5,
+        label_smoothing=0.1,
+        augment="basic",
+        description="the deit recipe scaled to small data: 20 epochs, AdamW 1e-3, 2 warm-up epochs",
+    )
+)
 
 
 def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
@@ -107,19 +158,25 @@ def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
-                               weight_decay=recipe.weight_decay)
+        return torch.optim.SGD(
+            params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+        )
     if recipe.optimizer == "adamw":
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": recipe.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": recipe.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
         return torch.optim.AdamW(groups, lr=recipe.lr, betas=recipe.betas, eps=recipe.eps)
-    raise ValueError(f"recipe {recipe.name!r}: unknown optimizer {recipe.optimizer!r}; "
-                     "expected 'sgd' or 'adamw'")
+    raise ValueError(
+        f"recipe {recipe.name!r}: unknown optimizer {recipe.optimizer!r}; expected 'sgd' or 'adamw'"
+    )
 
 
-def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+def build_scheduler(
+    recipe: Recipe, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LRScheduler:
     """The recipe's learning-rate schedule, stepped once per epoch."""
     from torch.optim import lr_scheduler
 
@@ -131,9 +188,15 @@ def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer) -> torch.o
         )
         if recipe.warmup_epochs <= 0:
             return cosine
-        warmup = lr_scheduler.LinearLR(optimizer, start_factor=recipe.warmup_lr / recipe.lr,
-                                       end_factor=1.0, total_iters=recipe.warmup_epochs)
-        return lr_scheduler.SequentialLR(optimizer, [warmup, cosine],
-                                         milestones=[recipe.warmup_epochs])
-    raise ValueError(f"recipe {recipe.name!r}: unknown schedule {recipe.schedule!r}; "
-                     "expected 'step' or 'cosine'")
+        warmup = lr_scheduler.LinearLR(
+            optimizer,
+            start_factor=recipe.warmup_lr / recipe.lr,
+            end_factor=1.0,
+            total_iters=recipe.warmup_epochs,
+        )
+        return lr_scheduler.SequentialLR(
+            optimizer, [warmup, cosine], milestones=[recipe.warmup_epochs]
+        )
+    raise ValueError(
+        f"recipe {recipe.name!r}: unknown schedule {recipe.schedule!r}; expected 'step' or 'cosine'"
+    )

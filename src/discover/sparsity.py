@@ -147,7 +147,9 @@ def measure_sparsity(model: nn.Module, *batches: torch.Tensor) -> list[LayerSpar
 def format_sparsity(rows: list[LayerSparsity]) -> str:
     """A plain-text table of :func:`measure_sparsity` rows."""
     width = max([len(r.layer) for r in rows] + [5])
-    lines = [f"{'layer':<{width}}  {'kind':<5}  {'U':>3}  {'active':>8}  {'expected':>8}  input shape"]
+    lines = [
+        f"{'layer':<{width}}  {'kind':<5}  {'U':>3}  {'active':>8}  {'expected':>8}  input shape"
+    ]
     for r in rows:
         expected = f"{r.expected:.4f}" if r.expected is not None else "-"
         lines.append(

@@ -39,8 +39,14 @@ from .data import DataConfig, build_dataset, build_transforms
 from .models import create_model, load_checkpoint, save_checkpoint
 from .recipes import Recipe, build_optimizer, build_scheduler, get_recipe
 
-__all__ = ["TrainConfig", "TrainResult", "train", "load_run", "NonFiniteLossError",
-           "GlobalBatchSampler"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "train",
+    "load_run",
+    "NonFiniteLossError",
+    "GlobalBatchSampler",
+]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -84,9 +90,14 @@ class TrainConfig:
 
     def resolved_recipe(self) -> Recipe:
         return get_recipe(self.recipe).replace(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-            weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
-            warmup_epochs=self.warmup_epochs, step_size=self.step_size, augment=self.augment,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            label_smoothing=self.label_smoothing,
+            warmup_epochs=self.warmup_epochs,
+            step_size=self.step_size,
+            augment=self.augment,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,8 +110,12 @@ class TrainConfig:
         if unknown:
             import difflib
 
-            hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1))
-                     else k for k in unknown]
+            hints = [
+                f"{k} (did you mean {m[0]}?)"
+                if (m := difflib.get_close_matches(k, known, 1))
+                else k
+                for k in unknown
+            ]
             raise ValueError(f"unknown training option(s): {', '.join(hints)}")
         return cls(**data)
 
@@ -114,7 +129,9 @@ class TrainConfig:
             raise FileNotFoundError(f"training config file not found: {path}")
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of training options, got {type(data).__name__}")
+            raise ValueError(
+                f"{path}: expected a mapping of training options, got {type(data).__name__}"
+            )
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(data)
 
@@ -170,14 +187,25 @@ class GlobalBatchSampler:
     skip the batches it already trained on.
     """
 
-    def __init__(self, size: int, global_batch: int, seed: int, rank: int = 0, world: int = 1,
-                 shuffle: bool = True, drop_last: bool = True) -> None:
+    def __init__(
+        self,
+        size: int,
+        global_batch: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        shuffle: bool = True,
+        drop_last: bool = True,
+    ) -> None:
         if global_batch % world:
-            raise ValueError(f"batch_size {global_batch} must be divisible by the number of "
-                             f"processes ({world})")
+            raise ValueError(
+                f"batch_size {global_batch} must be divisible by the number of processes ({world})"
+            )
         if drop_last and size < global_batch:
-            raise ValueError(f"the training set has {size} images, fewer than one batch of "
-                             f"{global_batch}; lower batch_size")
+            raise ValueError(
+                f"the training set has {size} images, fewer than one batch of "
+                f"{global_batch}; lower batch_size"
+            )
         self.size, self.global_batch, self.seed = size, global_batch, seed
         self.rank, self.world, self.shuffle, self.drop_last = rank, world, shuffle, drop_last
         self.epoch, self.start = 0, 0
@@ -198,10 +226,10 @@ class GlobalBatchSampler:
             order = list(range(self.size))
         per_rank = self.global_batch // self.world
         for step in range(self.start, len(self)):
-            batch = order[step * self.global_batch:(step + 1) * self.global_batch]
+            batch = order[step * self.global_batch : (step + 1) * self.global_batch]
             if self.world > 1:
                 per_rank = math.ceil(len(batch) / self.world)
-            yield batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+            yield batch[self.rank * per_rank : (self.rank + 1) * per_rank]
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -220,8 +248,9 @@ class _Transformed(Dataset):
         return self.transform(image), label
 
 
-def _split_holdout(n: int, fraction: float, seed: int,
-                   subset: int | None = None) -> tuple[list[int], list[int]]:
+def _split_holdout(
+    n: int, fraction: float, seed: int, subset: int | None = None
+) -> tuple[list[int], list[int]]:
     """Seeded split of ``range(n)`` (or a random ``subset`` of it) into (training, held-out)."""
     if not 0 <= fraction < 1:
         raise ValueError(f"holdout must be in [0, 1), got {fraction}")
@@ -243,7 +272,9 @@ def _data_config(model: nn.Module, recipe: Recipe) -> DataConfig:
         return dataclasses.replace(base, padding=max(2, size // 16), hflip=0.0)
     if recipe.augment in ("none", "randaugment"):
         return base
-    raise ValueError(f"unknown augment {recipe.augment!r}; expected 'basic', 'randaugment' or 'none'")
+    raise ValueError(
+        f"unknown augment {recipe.augment!r}; expected 'basic', 'randaugment' or 'none'"
+    )
 
 
 def _train_transform(config: DataConfig, recipe: Recipe):
@@ -259,13 +290,20 @@ def _train_transform(config: DataConfig, recipe: Recipe):
 def _skipped(dataset: Dataset) -> dict[str, str]:
     """Unreadable files the data set skipped (path -> reason); empty for generated data."""
     skipped = getattr(dataset, "skipped", None) or {}
-    return {str(k): str(v) for k, v in skipped.items()} if isinstance(skipped, dict) else {
-        str(k): "unreadable" for k in skipped}
+    return (
+        {str(k): str(v) for k, v in skipped.items()}
+        if isinstance(skipped, dict)
+        else {str(k): "unreadable" for k in skipped}
+    )
 
 
 # -- state ----------------------------------------------------------------------------------
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -297,8 +335,9 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 # -- evaluation during training -------------------------------------------------------------
 @torch.no_grad()
-def _validate(model: nn.Module, loader: DataLoader, device: torch.device, samples: int,
-              amp: bool, ctx: _Dist) -> dict[str, float]:
+def _validate(
+    model: nn.Module, loader: DataLoader, device: torch.device, samples: int, amp: bool, ctx: _Dist
+) -> dict[str, float]:
     from .lwta import average_logits
 
     model.eval()
@@ -307,10 +346,14 @@ def _validate(model: nn.Module, loader: DataLoader, device: torch.device, sample
         images, labels = images.to(device), labels.to(device)
         with torch.autocast(device.type, enabled=amp):
             logits = average_logits(model, images, samples=samples)
-        totals += torch.tensor([
-            nn.functional.cross_entropy(logits.float(), labels, reduction="sum").item(),
-            (logits.argmax(1) == labels).sum().item(), labels.numel(),
-        ], dtype=torch.float64)
+        totals += torch.tensor(
+            [
+                nn.functional.cross_entropy(logits.float(), labels, reduction="sum").item(),
+                (logits.argmax(1) == labels).sum().item(),
+                labels.numel(),
+            ],
+            dtype=torch.float64,
+        )
     if ctx.world > 1:
         dist.all_reduce(totals)
     loss, correct, count = totals.tolist()
@@ -340,65 +383,93 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     np.random.seed(config.seed + ctx.rank)
     random.seed(config.seed + ctx.rank)
 
-    train_set = build_dataset(config.dataset, "train", root=config.data_root, **config.dataset_kwargs)
+    train_set = build_dataset(
+        config.dataset, "train", root=config.data_root, **config.dataset_kwargs
+    )
     class_names = list(train_set.class_names)
     if not class_names:
         raise ValueError(f"data set {config.dataset!r} has no classes")
     torch.manual_seed(config.seed)  # identical initial weights on every process
-    model = create_model(config.model, U=config.U, num_classes=len(class_names), tau=config.tau,
-                         eval_policy=config.eval_policy, **config.model_kwargs)
+    model = create_model(
+        config.model,
+        U=config.U,
+        num_classes=len(class_names),
+        tau=config.tau,
+        eval_policy=config.eval_policy,
+        **config.model_kwargs,
+    )
     torch.manual_seed(config.seed + ctx.rank)
     data_config = _data_config(model, recipe)
     model.data_config = data_config  # travels in every checkpoint's metadata
-    fit_idx, val_idx = _split_holdout(len(train_set), config.holdout, config.seed,
-                                      subset=config.train_subset)
+    fit_idx, val_idx = _split_holdout(
+        len(train_set), config.holdout, config.seed, subset=config.train_subset
+    )
     fit_set = _Transformed(train_set, fit_idx, _train_transform(data_config, recipe))
-    val_set = (_Transformed(train_set, val_idx, build_transforms(data_config, train=False))
-               if val_idx else None)
+    val_set = (
+        _Transformed(train_set, val_idx, build_transforms(data_config, train=False))
+        if val_idx
+        else None
+    )
 
     model.to(device)
     if ctx.world > 1:
         if device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     optimizer = build_optimizer(recipe, model)
     scheduler = build_scheduler(recipe, optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
 
     sampler = GlobalBatchSampler(len(fit_set), recipe.batch_size, config.seed, ctx.rank, ctx.world)
-    loader_kwargs = dict(num_workers=config.workers, pin_memory=device.type == "cuda",
-                         persistent_workers=False)
+    loader_kwargs = dict(
+        num_workers=config.workers, pin_memory=device.type == "cuda", persistent_workers=False
+    )
     # The loader's own generator (worker seeds) is reseeded every epoch, so creating an
     # iterator never draws from the global RNG and a resumed epoch sees the same seeds.
     loader_rng = torch.Generator()
     train_loader = DataLoader(fit_set, batch_sampler=sampler, generator=loader_rng, **loader_kwargs)
     val_loader = None
     if val_set is not None:
-        val_sampler = GlobalBatchSampler(len(val_set), recipe.batch_size, 0, ctx.rank, ctx.world,
-                                         shuffle=False, drop_last=False)
+        val_sampler = GlobalBatchSampler(
+            len(val_set), recipe.batch_size, 0, ctx.rank, ctx.world, shuffle=False, drop_last=False
+        )
         val_loader = DataLoader(val_set, batch_sampler=val_sampler, **loader_kwargs)
 
     start_epoch, start_step, history, best = 0, 0, [], -1.0
     partial = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count of a cut epoch
     if config.resume:
         start_epoch, start_step, history, best, partial = _load_state(
-            out, config, _unwrap(model), optimizer, scheduler, scaler, ctx)
+            out, config, _unwrap(model), optimizer, scheduler, scaler, ctx
+        )
     elif ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         state_dir.mkdir(exist_ok=True)
         (out / "log.jsonl").write_text("")
     if ctx.main:
-        _atomic_json(out / "config.json", {
-            "train": config.to_dict(), "recipe": recipe.to_dict(),
-            "data": data_config.to_dict(), "model": _unwrap(model).cvn_config.to_dict(),
-            "class_names": class_names, "world_size": ctx.world, "device": str(device), "amp": amp,
-            "torch": torch.__version__, "skipped_images": _skipped(train_set),
-        })
+        _atomic_json(
+            out / "config.json",
+            {
+                "train": config.to_dict(),
+                "recipe": recipe.to_dict(),
+                "data": data_config.to_dict(),
+                "model": _unwrap(model).cvn_config.to_dict(),
+                "class_names": class_names,
+                "world_size": ctx.world,
+                "device": str(device),
+                "amp": amp,
+                "torch": torch.__version__,
+                "skipped_images": _skipped(train_set),
+            },
+        )
         if _skipped(train_set):
-            print(f"note: skipped {len(_skipped(train_set))} unreadable image(s); listed in "
-                  f"{out / 'config.json'}", flush=True)
+            print(
+                f"note: skipped {len(_skipped(train_set))} unreadable image(s); listed in "
+                f"{out / 'config.json'}",
+                flush=True,
+            )
     if ctx.world > 1:
         dist.barrier()
 
@@ -414,11 +485,16 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             t0 = time.time()
             sums = partial.clone()  # loss sum, correct, count on this process
             partial.zero_()
-            bar = _progress(progress and ctx.main, steps_per_epoch, step, f"epoch {epoch + 1}/{recipe.epochs}")
+            bar = _progress(
+                progress and ctx.main, steps_per_epoch, step, f"epoch {epoch + 1}/{recipe.epochs}"
+            )
             for images, labels in train_loader:
                 if step >= steps_per_epoch:
                     break
-                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                images, labels = (
+                    images.to(device, non_blocking=True),
+                    labels.to(device, non_blocking=True),
+                )
                 with torch.autocast(device.type, enabled=amp):
                     logits = model(images)
                     loss = loss_fn(logits, labels)
@@ -434,9 +510,14 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                 scaler.update()
                 step += 1
                 rng_at_step = _rng_state()  # what a resume from this step must restore
-                sums += torch.tensor([loss.item() * labels.numel(),
-                                      (logits.argmax(1) == labels).sum().item(), labels.numel()],
-                                     dtype=torch.float64)
+                sums += torch.tensor(
+                    [
+                        loss.item() * labels.numel(),
+                        (logits.argmax(1) == labels).sum().item(),
+                        labels.numel(),
+                    ],
+                    dtype=torch.float64,
+                )
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}")
@@ -444,9 +525,13 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                 bar.close()
             if ctx.world > 1:
                 dist.all_reduce(sums)
-            record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                      "train_loss": (sums[0] / sums[2]).item(), "train_top1": (sums[1] / sums[2]).item(),
-                      "seconds": time.time() - t0}
+            record = {
+                "epoch": epoch + 1,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": (sums[0] / sums[2]).item(),
+                "train_top1": (sums[1] / sums[2]).item(),
+                "seconds": time.time() - t0,
+            }
             scheduler.step()
             if val_loader is not None:
                 record.update(_validate(model, val_loader, device, config.eval_samples, amp, ctx))
@@ -454,14 +539,44 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             step = 0
             improved = record.get("val_top1", record["train_top1"]) > best
             best = max(best, record.get("val_top1", record["train_top1"]))
-            _save_state(out, _unwrap(model), optimizer, scheduler, scaler, ctx, epoch + 1, 0,
-                        history, best, improved, record, partial)
+            _save_state(
+                out,
+                _unwrap(model),
+                optimizer,
+                scheduler,
+                scaler,
+                ctx,
+                epoch + 1,
+                0,
+                history,
+                best,
+                improved,
+                record,
+                partial,
+            )
     except KeyboardInterrupt:
-        _save_state(out, _unwrap(model), optimizer, scheduler, scaler, ctx, epoch, step,
-                    history, best, False, None, sums, rng=rng_at_step)
+        _save_state(
+            out,
+            _unwrap(model),
+            optimizer,
+            scheduler,
+            scaler,
+            ctx,
+            epoch,
+            step,
+            history,
+            best,
+            False,
+            None,
+            sums,
+            rng=rng_at_step,
+        )
         if ctx.main:
-            print(f"\ninterrupted: resumable checkpoint written to {state_dir} "
-                  f"(epoch {epoch + 1}, step {step}); continue with --resume", flush=True)
+            print(
+                f"\ninterrupted: resumable checkpoint written to {state_dir} "
+                f"(epoch {epoch + 1}, step {step}); continue with --resume",
+                flush=True,
+            )
         raise
     finally:
         if ctx.world > 1 and dist.is_initialized():
@@ -486,9 +601,22 @@ def _progress(enabled: bool, total: int, initial: int, desc: str):
     return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def _save_state(out: Path, model: nn.Module, optimizer, scheduler, scaler, ctx: _Dist,
-                epoch: int, step: int, history: list, best: float, improved: bool,
-                record: dict | None, partial: torch.Tensor, rng: dict | None = None) -> None:
+def _save_state(
+    out: Path,
+    model: nn.Module,
+    optimizer,
+    scheduler,
+    scaler,
+    ctx: _Dist,
+    epoch: int,
+    step: int,
+    history: list,
+    best: float,
+    improved: bool,
+    record: dict | None,
+    partial: torch.Tensor,
+    rng: dict | None = None,
+) -> None:
     """Weights + optimizer/scheduler state on rank 0; RNG state and partial sums on every rank.
 
     ``rng`` is the RNG state to resume from (default: now); a mid-epoch save passes the state
@@ -497,15 +625,21 @@ def _save_state(out: Path, model: nn.Module, optimizer, scheduler, scaler, ctx: 
     state_dir = out / "state"
     if ctx.world > 1:
         dist.barrier()
-    _atomic_torch_save(state_dir / f"rng-rank{ctx.rank}.pt",
-                       {**(rng or _rng_state()), "partial": partial})
+    _atomic_torch_save(
+        state_dir / f"rng-rank{ctx.rank}.pt", {**(rng or _rng_state()), "partial": partial}
+    )
     if ctx.main:
         meta = {"epoch": epoch, "step": step, "best_top1": best, "history": history}
         save_checkpoint(model, out / "last.safetensors")
-        _atomic_torch_save(state_dir / "trainer.pt", {
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), **meta,
-        })
+        _atomic_torch_save(
+            state_dir / "trainer.pt",
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                **meta,
+            },
+        )
         _atomic_json(out / "last.json", meta)
         if improved:
             save_checkpoint(model, out / "best.safetensors")
@@ -518,11 +652,14 @@ def _save_state(out: Path, model: nn.Module, optimizer, scheduler, scaler, ctx: 
 
 
 # Options a resumed run may change; everything else must match the saved run.
-_RESUME_MAY_CHANGE = frozenset({"resume", "epochs", "out", "workers", "device", "max_steps_per_epoch"})
+_RESUME_MAY_CHANGE = frozenset(
+    {"resume", "epochs", "out", "workers", "device", "max_steps_per_epoch"}
+)
 
 
-def _load_state(out: Path, config: TrainConfig, model: nn.Module, optimizer, scheduler, scaler,
-                ctx: _Dist) -> tuple[int, int, list, float, torch.Tensor]:
+def _load_state(
+    out: Path, config: TrainConfig, model: nn.Module, optimizer, scheduler, scaler, ctx: _Dist
+) -> tuple[int, int, list, float, torch.Tensor]:
     trainer_file = out / "state" / "trainer.pt"
     if not trainer_file.is_file():
         raise FileNotFoundError(
@@ -536,8 +673,9 @@ def _load_state(out: Path, config: TrainConfig, model: nn.Module, optimizer, sch
         if k not in _RESUME_MAY_CHANGE and saved_config["train"].get(k) != getattr(config, k)
     ]
     if differs:
-        raise ValueError(f"--resume: the configuration differs from the run in {out}: "
-                         + "; ".join(differs))
+        raise ValueError(
+            f"--resume: the configuration differs from the run in {out}: " + "; ".join(differs)
+        )
     load_checkpoint(model, out / "last.safetensors")
     state = torch.load(trainer_file, map_location="cpu", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
@@ -586,15 +724,23 @@ def load_run(run: str | Path, weights: str = "best") -> tuple[nn.Module, dict[st
     run = Path(run)
     config_file = run / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"{run} is not a training run: {config_file} is missing "
-                                "(create one with `discover train`)")
+        raise FileNotFoundError(
+            f"{run} is not a training run: {config_file} is missing "
+            "(create one with `discover train`)"
+        )
     config = json.loads(config_file.read_text())
     weights_file = run / f"{weights}.safetensors"
     if not weights_file.is_file():
         raise FileNotFoundError(f"no {weights!r} weights in {run} (looked for {weights_file})")
     spec = config["model"]
-    model = create_model(spec["name"], U=spec["U"], num_classes=spec["num_classes"],
-                         checkpoint=weights_file, tau=spec["tau"], eval_policy=spec["eval_policy"],
-                         **spec["model_kwargs"])
+    model = create_model(
+        spec["name"],
+        U=spec["U"],
+        num_classes=spec["num_classes"],
+        checkpoint=weights_file,
+        tau=spec["tau"],
+        eval_policy=spec["eval_policy"],
+        **spec["model_kwargs"],
+    )
     model.data_config = DataConfig.from_dict(config["data"])
     return model, config

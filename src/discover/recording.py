@@ -105,9 +105,15 @@ def list_layers(model: nn.Module, input_size: Sequence[int] | None = None) -> li
             h.remove()
         model.train(was_training)
     return [
-        LayerInfo(name, type(module).__name__, shapes.get(name), _suggest(shapes.get(name), model),
-                  module.U if isinstance(module, LWTA) else None)
-        for name, module in model.named_modules() if name
+        LayerInfo(
+            name,
+            type(module).__name__,
+            shapes.get(name),
+            _suggest(shapes.get(name), model),
+            module.U if isinstance(module, LWTA) else None,
+        )
+        for name, module in model.named_modules()
+        if name
     ]
 
 
@@ -133,8 +139,10 @@ def resolve_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Modul
     for name in names:
         if name not in modules or not name:
             close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.5)
-            raise ValueError(f"unknown layer {name!r}. Closest names: {', '.join(close) or 'none'}"
-                             " (list them all with `discover layers MODEL`)")
+            raise ValueError(
+                f"unknown layer {name!r}. Closest names: {', '.join(close) or 'none'}"
+                " (list them all with `discover layers MODEL`)"
+            )
         resolved[name] = modules[name]
     return resolved
 
@@ -150,8 +158,10 @@ def pool(output: torch.Tensor, pooling: str, layer: str = "layer") -> torch.Tens
     allowed = POOLINGS.get(rank)
     if allowed is None or pooling not in allowed:
         expected = ", ".join(f"{r}-D: {'/'.join(p)}" for r, p in POOLINGS.items())
-        raise ValueError(f"pooling {pooling!r} does not fit layer {layer!r} with output shape "
-                         f"{tuple(output.shape)}; poolings by output rank: {expected}")
+        raise ValueError(
+            f"pooling {pooling!r} does not fit layer {layer!r} with output shape "
+            f"{tuple(output.shape)}; poolings by output rank: {expected}"
+        )
     if rank == 4:
         return output.mean(dim=(2, 3)) if pooling == "avg" else output.amax(dim=(2, 3))
     if rank == 3:
@@ -215,8 +225,13 @@ def dataset_fingerprint(dataset: Dataset) -> str | None:
     config = getattr(dataset, "config", None)
     if dataclasses.is_dataclass(config):  # e.g. ShapesWorld: images follow from config + split
         digest.update(type(dataset).__name__.encode())
-        digest.update(json.dumps([dataclasses.asdict(config), getattr(dataset, "split", None)],
-                                 sort_keys=True, default=str).encode())
+        digest.update(
+            json.dumps(
+                [dataclasses.asdict(config), getattr(dataset, "split", None)],
+                sort_keys=True,
+                default=str,
+            ).encode()
+        )
         return digest.hexdigest()
     samples = getattr(dataset, "samples", None)
     if isinstance(samples, list) and samples and isinstance(samples[0], tuple):
@@ -234,16 +249,19 @@ def dataset_fingerprint(dataset: Dataset) -> str | None:
 
 # -- recording --------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _pooled_hooks(model: nn.Module, modules: dict[str, nn.Module], pooling: dict[str, str],
-                  sink: dict[str, list]) -> Iterator[None]:
+def _pooled_hooks(
+    model: nn.Module, modules: dict[str, nn.Module], pooling: dict[str, str], sink: dict[str, list]
+) -> Iterator[None]:
     """Forward hooks that append each layer's pooled output (and LWTA wins) to ``sink``."""
     handles = []
 
     def make(name: str, module: nn.Module):
         def hook(_m, _inputs, output):
             if not isinstance(output, torch.Tensor):
-                raise ValueError(f"layer {name!r} returned {type(output).__name__}, not a "
-                                 "tensor; choose a layer that outputs one (see `discover layers`)")
+                raise ValueError(
+                    f"layer {name!r} returned {type(output).__name__}, not a "
+                    "tensor; choose a layer that outputs one (see `discover layers`)"
+                )
             if pooling[name] == "auto":  # resolved on the first output, then recorded
                 pooling[name] = _suggest(tuple(output.shape[1:]), model) or "none"
             sink[name].append(pool(output.detach(), pooling[name], name).float().cpu())
@@ -307,9 +325,15 @@ def record(
 
     probe_id = dataset_fingerprint(probe)
     key_parts = {
-        "model": model_fingerprint(model), "layers": list(modules), "pooling": pooling,
-        "policy": policy, "seed": seed, "probe": probe_id, "n": len(probe),
-        "transform": repr(getattr(probe, "transform", None)), "version": 1,
+        "model": model_fingerprint(model),
+        "layers": list(modules),
+        "pooling": pooling,
+        "policy": policy,
+        "seed": seed,
+        "probe": probe_id,
+        "n": len(probe),
+        "transform": repr(getattr(probe, "transform", None)),
+        "version": 1,
     }
     cache_file = None
     if cache_dir is not None and probe_id is not None:
@@ -332,7 +356,11 @@ def record(
         batches = tqdm(loader, desc="record", leave=False, dynamic_ncols=True)
     torch.manual_seed(seed)
     try:
-        with eval_policy(model, policy), capture_winners(model), _pooled_hooks(model, modules, pooling, sink):
+        with (
+            eval_policy(model, policy),
+            capture_winners(model),
+            _pooled_hooks(model, modules, pooling, sink),
+        ):
             for batch in batches:
                 images = batch[0] if isinstance(batch, (list, tuple)) else batch
                 model(images.to(device))
@@ -340,20 +368,28 @@ def record(
         model.train(was_training)
     empty = [n for n in modules if not sink[n]]
     if empty:
-        raise ValueError(f"layer(s) {', '.join(empty)} produced no output during the forward "
-                         "pass (not used by this model's forward?)")
+        raise ValueError(
+            f"layer(s) {', '.join(empty)} produced no output during the forward "
+            "pass (not used by this model's forward?)"
+        )
     rows = {n: sum(len(chunk) for chunk in sink[n]) for n in modules}
-    repeated = [f"{n} ({rows[n] // len(probe)} calls per forward)" for n in modules
-                if rows[n] != len(probe)]
+    repeated = [
+        f"{n} ({rows[n] // len(probe)} calls per forward)" for n in modules if rows[n] != len(probe)
+    ]
     if repeated:
-        raise ValueError(f"layer(s) {', '.join(repeated)} run more than once per forward pass; "
-                         "record one call site (e.g. a SharedActivation's numbered children)")
+        raise ValueError(
+            f"layer(s) {', '.join(repeated)} run more than once per forward pass; "
+            "record one call site (e.g. a SharedActivation's numbered children)"
+        )
     result = Recording(
         activations={n: torch.cat(sink[n]) for n in modules},
         wins={n: torch.cat(sink[f"{n}#wins"]) for n in modules if f"{n}#wins" in sink},
         pooling=dict(pooling),
-        meta={**{k: v for k, v in key_parts.items() if k != "model"},
-              "model_sha256": key_parts["model"], "images": len(probe)},
+        meta={
+            **{k: v for k, v in key_parts.items() if k != "model"},
+            "model_sha256": key_parts["model"],
+            "images": len(probe),
+        },
     )
     if cache_file is not None:
         result.save(cache_file)

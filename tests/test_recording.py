@@ -5,7 +5,7 @@ from torch.utils.data import Subset, TensorDataset
 
 from discover import create_model, eval_policy
 from discover.data import ShapesWorld
-from discover.record import (
+from discover.recording import (
     Recording,
     dataset_fingerprint,
     list_layers,
@@ -17,8 +17,16 @@ from discover.record import (
 
 
 def _vit():
-    return create_model("small_vit", U=8, num_classes=4, img_size=16, patch_size=4, depth=2,
-                        embed_dim=32, num_heads=2)
+    return create_model(
+        "small_vit",
+        U=8,
+        num_classes=4,
+        img_size=16,
+        patch_size=4,
+        depth=2,
+        embed_dim=32,
+        num_heads=2,
+    )
 
 
 def _probe(n=12, size=16):
@@ -31,7 +39,10 @@ def test_list_layers_shapes_and_suggestions():
     assert act.output_shape == (17, 128) and act.suggested_pooling == "cls" and act.U == 8
     assert infos["head"].output_shape == (4,) and infos["head"].suggested_pooling == "none"
     resnet = {i.name: i for i in list_layers(create_model("small_resnet", U=2, img_size=16))}
-    assert resnet["layer2.1"].output_shape == (64, 8, 8) and resnet["layer2.1"].suggested_pooling == "avg"
+    assert (
+        resnet["layer2.1"].output_shape == (64, 8, 8)
+        and resnet["layer2.1"].suggested_pooling == "avg"
+    )
 
 
 def test_unknown_layer_lists_closest_names():
@@ -44,7 +55,9 @@ def test_pooling_choices_and_errors():
     assert torch.equal(pool(x, "cls"), x[:, 0])
     assert torch.equal(pool(x, "mean"), x.mean(1))
     assert torch.equal(pool(x, "max"), x[:, 2])
-    with pytest.raises(ValueError, match=r"pooling 'avg' does not fit layer 'blocks.0' .*3-D: cls/mean/max"):
+    with pytest.raises(
+        ValueError, match=r"pooling 'avg' does not fit layer 'blocks.0' .*3-D: cls/mean/max"
+    ):
         pool(x, "avg", "blocks.0")
 
 
@@ -83,9 +96,18 @@ def test_cache_hits_and_invalidation(tmp_path):
     assert changed.meta["cache"]["hit"] is False
     assert torch.allclose(changed.activations["head"], first.activations["head"] + 1, atol=1e-5)
     other_probe = _probe()  # changed content, same size
-    assert record(model, ["head"], other_probe, cache_dir=tmp_path, progress=False).meta["cache"]["hit"] is False
-    assert record(model, ["head"], probe, cache_dir=tmp_path, policy="sample",
-                  progress=False).meta["cache"]["hit"] is False
+    assert (
+        record(model, ["head"], other_probe, cache_dir=tmp_path, progress=False).meta["cache"][
+            "hit"
+        ]
+        is False
+    )
+    assert (
+        record(model, ["head"], probe, cache_dir=tmp_path, policy="sample", progress=False).meta[
+            "cache"
+        ]["hit"]
+        is False
+    )
 
 
 def test_fingerprints():
@@ -96,7 +118,9 @@ def test_fingerprints():
     assert model_fingerprint(a) == model_fingerprint(b)
     world = ShapesWorld(n=10, image_size=16)
     assert dataset_fingerprint(world) == dataset_fingerprint(ShapesWorld(n=10, image_size=16))
-    assert dataset_fingerprint(world) != dataset_fingerprint(ShapesWorld(n=10, image_size=16, seed=1))
+    assert dataset_fingerprint(world) != dataset_fingerprint(
+        ShapesWorld(n=10, image_size=16, seed=1)
+    )
     assert dataset_fingerprint(Subset(world, [1, 2])) != dataset_fingerprint(Subset(world, [1, 3]))
 
     class Opaque(torch.utils.data.Dataset):

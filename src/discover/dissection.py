@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from .concepts import ConceptSet, load_concepts
 from .embedders import Embedder, build_embedder
 from .lwta import LWTA
-from .record import dataset_fingerprint, record, resolve_layers
+from .recording import dataset_fingerprint, record, resolve_layers
 from .similarity import DEFAULT_SIMILARITY, get_similarity
 
 __all__ = ["UnitDescription", "Dissection", "DissectConfig", "dissect", "model_view"]
@@ -79,8 +79,10 @@ class Dissection:
         """The rows of one layer, in unit order."""
         rows = [u for u in self.units if u.layer == name]
         if not rows:
-            raise ValueError(f"no layer {name!r} in this dissection; it has "
-                             f"{', '.join(dict.fromkeys(u.layer for u in self.units))}")
+            raise ValueError(
+                f"no layer {name!r} in this dissection; it has "
+                f"{', '.join(dict.fromkeys(u.layer for u in self.units))}"
+            )
         return rows
 
     def labels(self, name: str) -> list[str]:
@@ -93,9 +95,17 @@ class Dissection:
         writer = csv.writer(buffer)
         writer.writerow(CSV_COLUMNS)
         for u in self.units:
-            writer.writerow([u.layer, u.unit, "" if u.block is None else u.block,
-                             "" if u.position is None else u.position, u.label,
-                             f"{u.score:.6g}", json.dumps([[c, round(s, 6)] for c, s in u.top])])
+            writer.writerow(
+                [
+                    u.layer,
+                    u.unit,
+                    "" if u.block is None else u.block,
+                    "" if u.position is None else u.position,
+                    u.label,
+                    f"{u.score:.6g}",
+                    json.dumps([[c, round(s, 6)] for c, s in u.top]),
+                ]
+            )
         return buffer.getvalue()
 
     def save(self, out: str | Path) -> Path:
@@ -107,8 +117,11 @@ class Dissection:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         _atomic_write(out / "descriptions.csv", self.to_csv())
-        payload = {"config": asdict(self.config), "meta": self.meta,
-                   "units": [asdict(u) for u in self.units]}
+        payload = {
+            "config": asdict(self.config),
+            "meta": self.meta,
+            "units": [asdict(u) for u in self.units],
+        }
         _atomic_write(out / "dissection.json", json.dumps(payload, indent=2, default=str))
         return out
 
@@ -117,10 +130,14 @@ class Dissection:
         """Read a saved dissection directory back."""
         path = Path(out) / "dissection.json"
         if not path.is_file():
-            raise FileNotFoundError(f"no dissection in {out} (looked for {path}); create one "
-                                    "with `discover dissect ... --out DIR`")
+            raise FileNotFoundError(
+                f"no dissection in {out} (looked for {path}); create one "
+                "with `discover dissect ... --out DIR`"
+            )
         data = json.loads(path.read_text())
-        units = [UnitDescription(**{**u, "top": [tuple(t) for t in u["top"]]}) for u in data["units"]]
+        units = [
+            UnitDescription(**{**u, "top": [tuple(t) for t in u["top"]]}) for u in data["units"]
+        ]
         return cls(units, DissectConfig(**data["config"]), data["meta"])
 
 
@@ -165,17 +182,27 @@ def model_view(model: nn.Module, probe: Dataset, transform: Callable | None = No
     return _ModelView(probe, transform)
 
 
-def _concept_matrix(embedder: Embedder, probe: Dataset, concepts: ConceptSet, batch_size: int,
-                    cache_dir: Path | None, progress: bool) -> tuple[torch.Tensor, dict]:
+def _concept_matrix(
+    embedder: Embedder,
+    probe: Dataset,
+    concepts: ConceptSet,
+    batch_size: int,
+    cache_dir: Path | None,
+    progress: bool,
+) -> tuple[torch.Tensor, dict]:
     probe_id = dataset_fingerprint(probe)
-    key = hashlib.sha256(json.dumps([embedder.id, probe_id, len(probe), concepts.sha256]).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps([embedder.id, probe_id, len(probe), concepts.sha256]).encode()
+    ).hexdigest()
     path = cache_dir / "concepts" / f"{key}.pt" if cache_dir is not None and probe_id else None
     if path is not None and path.is_file():
         return torch.load(path, map_location="cpu"), {"file": str(path), "hit": True}
     P = embedder.concept_matrix(probe, concepts.concepts, batch_size=batch_size, progress=progress)
     if P.shape != (len(probe), len(concepts)):
-        raise ValueError(f"embedder {embedder.id!r} returned P of shape {tuple(P.shape)}, "
-                         f"expected ({len(probe)}, {len(concepts)})")
+        raise ValueError(
+            f"embedder {embedder.id!r} returned P of shape {tuple(P.shape)}, "
+            f"expected ({len(probe)}, {len(concepts)})"
+        )
     if path is None:
         return P, {"file": None, "hit": False}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +235,7 @@ def dissect(
 
     Args:
         model: any model; LWTA layers are recorded after competition.
-        layers: dotted layer names (see :func:`discover.record.list_layers`).
+        layers: dotted layer names (see :func:`discover.recording.list_layers`).
         probe: raw probe images (a dataset of ``(image, ...)`` items, images not normalised).
         concepts: a concept-set name (``20k``, ``broden``, ``shapes``, ...) or a file path.
         embedder: ``conse`` (offline default), ``annotations`` (ground truth),
@@ -236,13 +263,29 @@ def dissect(
     modules = resolve_layers(model, layers)
     cache = Path(cache_dir) if cache_dir is not None else None
     config = DissectConfig(
-        layers=list(modules), concepts=concept_set.name, embedder=emb.id, similarity=similarity,
-        similarity_params=dict(similarity_params or {}), pooling=pooling, policy=policy,
-        seed=seed, batch_size=batch_size, top_k=top_k,
+        layers=list(modules),
+        concepts=concept_set.name,
+        embedder=emb.id,
+        similarity=similarity,
+        similarity_params=dict(similarity_params or {}),
+        pooling=pooling,
+        policy=policy,
+        seed=seed,
+        batch_size=batch_size,
+        top_k=top_k,
     )
-    recording = record(model, list(modules), model_view(model, probe, transform), pooling,
-                       batch_size=batch_size, device=device, policy=policy, seed=seed,
-                       cache_dir=cache, progress=progress)
+    recording = record(
+        model,
+        list(modules),
+        model_view(model, probe, transform),
+        pooling,
+        batch_size=batch_size,
+        device=device,
+        policy=policy,
+        seed=seed,
+        cache_dir=cache,
+        progress=progress,
+    )
     P, p_cache = _concept_matrix(emb, probe, concept_set, batch_size, cache, progress)
     k = min(top_k, len(concept_set))
     units: list[UnitDescription] = []
@@ -256,20 +299,40 @@ def dissect(
         wins = recording.wins.get(name)
         active = wins.mean(0) if wins is not None else None
         for unit in range(S.shape[0]):
-            top = [(concept_set.concepts[j], float(s)) for s, j in zip(top_scores[unit], top_idx[unit])]
-            units.append(UnitDescription(
-                layer=name, unit=unit, label=top[0][0], score=top[0][1], top=top,
-                block=unit // U if U else None, position=unit % U if U else None,
-                active_fraction=float(active[unit]) if active is not None else None,
-            ))
+            top = [
+                (concept_set.concepts[j], float(s)) for s, j in zip(top_scores[unit], top_idx[unit], strict=True)
+            ]
+            units.append(
+                UnitDescription(
+                    layer=name,
+                    unit=unit,
+                    label=top[0][0],
+                    score=top[0][1],
+                    top=top,
+                    block=unit // U if U else None,
+                    position=unit % U if U else None,
+                    active_fraction=float(active[unit]) if active is not None else None,
+                )
+            )
         dead = int((Q.abs().sum(0) == 0).sum())
-        layer_meta[name] = {"units": int(S.shape[0]), "pooling": recording.pooling[name],
-                            "U": U, "dead_units": dead, "similarity_info": info}
+        layer_meta[name] = {
+            "units": int(S.shape[0]),
+            "pooling": recording.pooling[name],
+            "U": U,
+            "dead_units": dead,
+            "similarity_info": info,
+        }
     meta = {
-        "layers": layer_meta, "concept_set": concept_set.summary(), "embedder": emb.metadata(),
-        "probe": {"images": len(probe), "fingerprint": dataset_fingerprint(probe),
-                  "type": type(probe).__name__},
-        "recording": recording.meta, "concept_matrix_cache": p_cache,
+        "layers": layer_meta,
+        "concept_set": concept_set.summary(),
+        "embedder": emb.metadata(),
+        "probe": {
+            "images": len(probe),
+            "fingerprint": dataset_fingerprint(probe),
+            "type": type(probe).__name__,
+        },
+        "recording": recording.meta,
+        "concept_matrix_cache": p_cache,
         "model": getattr(getattr(model, "cvn_config", None), "to_dict", dict)(),
         "seconds": time.time() - t0,
     }

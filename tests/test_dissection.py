@@ -8,7 +8,7 @@ from torch.utils.data import TensorDataset
 
 from discover import LWTA
 from discover.concepts import concept_set_from_lines
-from discover.dissect import Dissection, dissect
+from discover.dissection import Dissection, dissect
 from discover.embedders import AnnotationEmbedder
 
 NAMES = ["red", "star", "striped background", "small", "top left", "circle"]
@@ -43,8 +43,16 @@ def test_planted_units_get_their_concepts(similarity):
     perm = [5, 0, 3, 1, 4, 2]
     model = Oracle(perm)
     concepts = concept_set_from_lines(NAMES, name="toy")
-    result = dissect(model, ["fc"], probe, concepts, AnnotationEmbedder(table, NAMES), similarity,
-                     transform=lambda x: x, progress=False)
+    result = dissect(
+        model,
+        ["fc"],
+        probe,
+        concepts,
+        AnnotationEmbedder(table, NAMES),
+        similarity,
+        transform=lambda x: x,
+        progress=False,
+    )
     assert result.labels("fc") == [NAMES[j] for j in perm]
     row = result.layer("fc")[0]
     assert len(row.top) == 5 and row.top[0] == (row.label, row.score)
@@ -54,8 +62,15 @@ def test_planted_units_get_their_concepts(similarity):
 def test_lwta_rows_carry_block_position_and_win_rate(tmp_path):
     probe, table = _world()
     model = Oracle([0, 1, 2, 3, 4, 5])
-    result = dissect(model, ["act"], probe, concept_set_from_lines(NAMES, name="toy"),
-                     AnnotationEmbedder(table, NAMES), transform=lambda x: x, progress=False)
+    result = dissect(
+        model,
+        ["act"],
+        probe,
+        concept_set_from_lines(NAMES, name="toy"),
+        AnnotationEmbedder(table, NAMES),
+        transform=lambda x: x,
+        progress=False,
+    )
     rows = result.layer("act")
     assert [(r.block, r.position) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
     assert all(0 <= r.active_fraction <= 1 for r in rows)
@@ -66,8 +81,13 @@ def test_lwta_rows_carry_block_position_and_win_rate(tmp_path):
 def test_save_overwrites_and_loads(tmp_path):
     probe, table = _world(120)
     model = Oracle([0, 1, 2, 3, 4, 5])
-    args = (model, ["fc", "act"], probe, concept_set_from_lines(NAMES, name="toy"),
-            AnnotationEmbedder(table, NAMES))
+    args = (
+        model,
+        ["fc", "act"],
+        probe,
+        concept_set_from_lines(NAMES, name="toy"),
+        AnnotationEmbedder(table, NAMES),
+    )
     result = dissect(*args, transform=lambda x: x, progress=False)
     result.save(tmp_path)
     result.save(tmp_path)  # a rerun overwrites, never appends
@@ -91,10 +111,26 @@ def test_cache_reuses_activations_and_concept_matrix(tmp_path):
     model = Oracle([0, 1, 2, 3, 4, 5])
     concepts = concept_set_from_lines(NAMES, name="toy")
     identity = nn.Identity()  # the transform's repr is part of the cache key
-    first = dissect(model, ["fc"], probe, concepts, AnnotationEmbedder(table, NAMES),
-                    transform=identity, cache_dir=tmp_path, progress=False)
-    again = dissect(model, ["fc"], probe, concepts, AnnotationEmbedder(table, NAMES),
-                    transform=identity, cache_dir=tmp_path, progress=False)
+    first = dissect(
+        model,
+        ["fc"],
+        probe,
+        concepts,
+        AnnotationEmbedder(table, NAMES),
+        transform=identity,
+        cache_dir=tmp_path,
+        progress=False,
+    )
+    again = dissect(
+        model,
+        ["fc"],
+        probe,
+        concepts,
+        AnnotationEmbedder(table, NAMES),
+        transform=identity,
+        cache_dir=tmp_path,
+        progress=False,
+    )
     assert first.meta["recording"]["cache"]["hit"] is False
     assert again.meta["recording"]["cache"]["hit"] is True
     assert again.meta["concept_matrix_cache"]["hit"] is True
@@ -108,32 +144,92 @@ def test_bad_inputs_are_explained():
     with pytest.raises(ValueError, match="unknown layer 'fcc'"):
         dissect(model, ["fcc"], probe, concepts, AnnotationEmbedder(table, NAMES), progress=False)
     with pytest.raises(ValueError, match="unknown similarity|Did you mean|close"):
-        dissect(model, ["fc"], probe, concepts, AnnotationEmbedder(table, NAMES), "soft_wmpi",
-                transform=lambda x: x, progress=False)
+        dissect(
+            model,
+            ["fc"],
+            probe,
+            concepts,
+            AnnotationEmbedder(table, NAMES),
+            "soft_wmpi",
+            transform=lambda x: x,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="no annotation"):
-        dissect(model, ["fc"], probe, concept_set_from_lines(["blue"], name="x"),
-                AnnotationEmbedder(table, NAMES), transform=lambda x: x, progress=False)
+        dissect(
+            model,
+            ["fc"],
+            probe,
+            concept_set_from_lines(["blue"], name="x"),
+            AnnotationEmbedder(table, NAMES),
+            transform=lambda x: x,
+            progress=False,
+        )
 
 
 def test_cli_layers_and_dissect_a_training_run(tmp_path, capsys):
     from discover.cli import main
-    from discover.train import TrainConfig, train
+    from discover.training import TrainConfig, train
 
-    run = train(TrainConfig(model="small_resnet", U=4, dataset="shapes", epochs=1, batch_size=32,
-                            dataset_kwargs={"n": 64, "image_size": 16}, eval_samples=1,
-                            model_kwargs={"img_size": 16, "widths": [8, 16], "depths": [1, 1]},
-                            out=str(tmp_path / "run")), progress=False).out
+    run = train(
+        TrainConfig(
+            model="small_resnet",
+            U=4,
+            dataset="shapes",
+            epochs=1,
+            batch_size=32,
+            dataset_kwargs={"n": 64, "image_size": 16},
+            eval_samples=1,
+            model_kwargs={"img_size": 16, "widths": [8, 16], "depths": [1, 1]},
+            out=str(tmp_path / "run"),
+        ),
+        progress=False,
+    ).out
     assert main(["layers", "small_vit", "-U", "8", "--filter", "blocks.0.mlp.*"]) == 0
     out = capsys.readouterr().out
     assert "blocks.0.mlp.act" in out and "LWTA U=8" in out and "65x384" in out
-    code = main(["dissect", "--run", str(run), "--layers", "layer2.0.act2", "fc",
-                 "--probe", "shapes", "--probe-arg", "n=80", "--probe-arg", "image_size=16",
-                 "--concepts", "shapes", "--embedder", "annotations", "--no-cache",
-                 "--out", str(tmp_path / "d")])
+    code = main(
+        [
+            "dissect",
+            "--run",
+            str(run),
+            "--layers",
+            "layer2.0.act2",
+            "fc",
+            "--probe",
+            "shapes",
+            "--probe-arg",
+            "n=80",
+            "--probe-arg",
+            "image_size=16",
+            "--concepts",
+            "shapes",
+            "--embedder",
+            "annotations",
+            "--no-cache",
+            "--out",
+            str(tmp_path / "d"),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     result = Dissection.load(tmp_path / "d")
     assert len(result.labels("fc")) == 10 and len(result.labels("layer2.0.act2")) == 16
     assert result.layer("layer2.0.act2")[5].block == 1
-    assert main(["dissect", "--run", str(run), "--layers", "fcc", "--embedder", "annotations",
-                 "--concepts", "shapes", "--out", str(tmp_path / "e")]) == 2
+    assert (
+        main(
+            [
+                "dissect",
+                "--run",
+                str(run),
+                "--layers",
+                "fcc",
+                "--embedder",
+                "annotations",
+                "--concepts",
+                "shapes",
+                "--out",
+                str(tmp_path / "e"),
+            ]
+        )
+        == 2
+    )
     assert "unknown layer 'fcc'" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import yaml
 from safetensors.torch import load_file
 
 from discover.recipes import get_recipe
-from discover.train import GlobalBatchSampler, NonFiniteLossError, TrainConfig, train
+from discover.training import GlobalBatchSampler, NonFiniteLossError, TrainConfig, train
 
 TINY = dict(
     model="small_resnet",
@@ -104,7 +104,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         def forward(self, logits, labels):
             return super().forward(logits, labels) * float("inf")
 
-    monkeypatch.setattr("discover.train.nn.CrossEntropyLoss", ExplodingLoss)
+    monkeypatch.setattr("discover.training.nn.CrossEntropyLoss", ExplodingLoss)
     with pytest.raises(NonFiniteLossError, match="non-finite loss .* epoch 2"):
         train(_config(tmp_path, "run", epochs=2, resume=True), progress=False)
     _assert_same_weights(good, _weights(tmp_path / "run"))
@@ -133,10 +133,25 @@ def test_yaml_config_with_flag_overrides(tmp_path):
 
 def test_recipes_follow_method_md():
     resnet, deit = get_recipe("resnet"), get_recipe("deit")
-    assert (resnet.optimizer, resnet.lr, resnet.momentum, resnet.weight_decay) == ("sgd", 0.1, 0.9, 1e-4)
+    assert (resnet.optimizer, resnet.lr, resnet.momentum, resnet.weight_decay) == (
+        "sgd",
+        0.1,
+        0.9,
+        1e-4,
+    )
     assert (resnet.epochs, resnet.batch_size, resnet.step_size, resnet.gamma) == (90, 256, 30, 0.1)
-    assert (deit.optimizer, deit.lr, deit.weight_decay, deit.warmup_epochs) == ("adamw", 2.5e-4, 0.02, 5)
-    assert (deit.min_lr, deit.warmup_lr, deit.label_smoothing, deit.epochs) == (1e-5, 1e-6, 0.1, 300)
+    assert (deit.optimizer, deit.lr, deit.weight_decay, deit.warmup_epochs) == (
+        "adamw",
+        2.5e-4,
+        0.02,
+        5,
+    )
+    assert (deit.min_lr, deit.warmup_lr, deit.label_smoothing, deit.epochs) == (
+        1e-5,
+        1e-6,
+        0.1,
+        300,
+    )
     with pytest.raises(ValueError, match=r"unknown recipe 'resnt'. Close matches: resnet"):
         get_recipe("resnt")
 
@@ -154,7 +169,7 @@ def test_cosine_schedule_warms_up_then_decays():
         optimizer.step()
         scheduler.step()
     assert lrs[0] == pytest.approx(1e-6) and lrs[2] == pytest.approx(2.5e-4)
-    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] > 1e-5
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:], strict=False)) and lrs[-1] > 1e-5
 
 
 def test_global_batch_sampler_splits_each_global_batch_across_ranks():
@@ -172,8 +187,15 @@ def test_global_batch_sampler_splits_each_global_batch_across_ranks():
 
 def test_missing_dataset_path_is_explained(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
-        train(_config(tmp_path, dataset="imagefolder", data_root=str(tmp_path / "nowhere"),
-                      dataset_kwargs={}), progress=False)
+        train(
+            _config(
+                tmp_path,
+                dataset="imagefolder",
+                data_root=str(tmp_path / "nowhere"),
+                dataset_kwargs={},
+            ),
+            progress=False,
+        )
 
 
 def test_unreadable_images_are_skipped_and_recorded(tmp_path):
@@ -183,30 +205,74 @@ def test_unreadable_images_are_skipped_and_recorded(tmp_path):
     for label in ("a", "b"):
         (root / label).mkdir(parents=True)
         for i in range(20):
-            Image.new("RGB", (20, 20), (200 * (label == "a"), 40 * i % 255, 90)).save(root / label / f"{i}.png")
+            Image.new("RGB", (20, 20), (200 * (label == "a"), 40 * i % 255, 90)).save(
+                root / label / f"{i}.png"
+            )
     (root / "a" / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
-        result = train(_config(tmp_path, dataset="imagefolder", data_root=str(tmp_path / "images"),
-                               dataset_kwargs={}, batch_size=8, epochs=1), progress=False)
+        result = train(
+            _config(
+                tmp_path,
+                dataset="imagefolder",
+                data_root=str(tmp_path / "images"),
+                dataset_kwargs={},
+                batch_size=8,
+                epochs=1,
+            ),
+            progress=False,
+        )
     assert result.skipped_images == 1
     config = json.loads((result.out / "config.json").read_text())
     assert list(config["skipped_images"]) == [str(root / "a" / "broken.png")]
 
 
 def _torchrun(args: list[str], nproc: int, cwd: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "discover", "train", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "discover",
+        "train",
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-DDP_ARGS = ["--model", "small_vit", "--model-arg", "img_size=16", "--model-arg", "patch_size=4",
-            "--model-arg", "embed_dim=32", "--model-arg", "depth=2", "--model-arg", "num_heads=2",
-            "--data-arg", "n=192", "--data-arg", "image_size=16", "--batch-size", "32",
-            "--epochs", "2", "--augment", "none", "--eval-samples", "1", "--quiet"]
+DDP_ARGS = [
+    "--model",
+    "small_vit",
+    "--model-arg",
+    "img_size=16",
+    "--model-arg",
+    "patch_size=4",
+    "--model-arg",
+    "embed_dim=32",
+    "--model-arg",
+    "depth=2",
+    "--model-arg",
+    "num_heads=2",
+    "--data-arg",
+    "n=192",
+    "--data-arg",
+    "image_size=16",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "2",
+    "--augment",
+    "none",
+    "--eval-samples",
+    "1",
+    "--quiet",
+]
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ddp")  # one torchrun at a time
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
     one = _torchrun([*DDP_ARGS, "-U", "1", "--out", str(tmp_path / "one")], 1, tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
@@ -216,15 +282,18 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     _assert_same_weights(_weights(tmp_path / "one"), _weights(tmp_path / "two"), atol=1e-5)
     log_one = [json.loads(x) for x in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
     log_two = [json.loads(x) for x in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
-    for a, b in zip(log_one, log_two):
+    for a, b in zip(log_one, log_two, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
         assert a["val_top1"] == pytest.approx(b["val_top1"])
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ddp")
 def test_two_process_ddp_trains_a_cvn_and_resumes(tmp_path):
     args = [*DDP_ARGS, "-U", "4", "--out", str(tmp_path / "cvn")]
-    first = _torchrun([*args[:args.index("--epochs") + 1], "1", *args[args.index("--epochs") + 2:]], 2, tmp_path)
+    first = _torchrun(
+        [*args[: args.index("--epochs") + 1], "1", *args[args.index("--epochs") + 2 :]], 2, tmp_path
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     second = _torchrun([*args, "--resume"], 2, tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -240,11 +309,20 @@ def test_resume_refuses_changed_hyperparameters(tmp_path):
 
 def test_fashion_mnist_from_the_debian_package(tmp_path):
     """`make` installs dataset-fashion-mnist; train on a slice of the real images."""
-    result = train(TrainConfig(
-        model="small_vit", U=16, dataset="fashion-mnist", train_subset=256, batch_size=64,
-        epochs=1, eval_samples=1, out=str(tmp_path / "fm"),
-        model_kwargs={"img_size": 28, "patch_size": 7, "in_chans": 1, "depth": 1},
-    ), progress=False)
+    result = train(
+        TrainConfig(
+            model="small_vit",
+            U=16,
+            dataset="fashion-mnist",
+            train_subset=256,
+            batch_size=64,
+            epochs=1,
+            eval_samples=1,
+            out=str(tmp_path / "fm"),
+            model_kwargs={"img_size": 28, "patch_size": 7, "in_chans": 1, "depth": 1},
+        ),
+        progress=False,
+    )
     config = json.loads((result.out / "config.json").read_text())
     assert config["class_names"][0] == "T-shirt/top" and config["data"]["input_size"] == [1, 28, 28]
     assert result.history[0]["val_top1"] >= 0

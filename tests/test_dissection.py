@@ -233,3 +233,53 @@ def test_cli_layers_and_dissect_a_training_run(tmp_path, capsys):
         == 2
     )
     assert "unknown layer 'fcc'" in capsys.readouterr().err
+
+
+def test_user_embedder_and_unreadable_probe_images(tmp_path):
+    """A user's Embedder subclass on an image folder with one corrupt file."""
+    from PIL import Image
+
+    from discover.data import RobustImageFolder
+    from discover.embedders import Embedder, ImageTransform
+
+    class MeanColour(Embedder):
+        """Images -> mean RGB; texts 'red'/'green'/'blue' -> that axis."""
+
+        name = "mean-colour"
+        image_transform = ImageTransform(size=8)
+
+        @property
+        def id(self):
+            return "mean-colour:v1"
+
+        def encode_preprocessed(self, pixels):
+            return torch.nn.functional.normalize(pixels.mean(dim=(2, 3)), dim=1)
+
+        def encode_texts(self, texts):
+            return torch.eye(3)[[["red", "green", "blue"].index(t) for t in texts]]
+
+    for label, rgb in (("r", (255, 0, 0)), ("g", (0, 255, 0))):
+        (tmp_path / label).mkdir()
+        for i in range(6):
+            Image.new("RGB", (8, 8), rgb).save(tmp_path / label / f"{i}.png")
+    (tmp_path / "r" / "bad.png").write_bytes(b"not an image")
+    with pytest.warns(UserWarning, match="skipped 1"):
+        probe = RobustImageFolder(tmp_path)
+
+    class Redness(nn.Module):
+        def forward(self, x):
+            return torch.stack([x[:, 0].mean((1, 2)), x[:, 1].mean((1, 2))], dim=1)
+
+    model = nn.Sequential(Redness())
+    result = dissect(
+        model,
+        ["0"],
+        probe,
+        concept_set_from_lines(["red", "green", "blue"], name="rgb"),
+        MeanColour(),
+        "cos",
+        transform=lambda x: x.float() / 255,
+        progress=False,
+    )
+    assert result.labels("0") == ["red", "green"]
+    assert list(result.meta["probe"]["skipped_unreadable"]) == [str(tmp_path / "r" / "bad.png")]

@@ -212,6 +212,13 @@ def _concept_matrix(
     return P, {"file": str(path), "hit": False}
 
 
+def _skipped(probe: Dataset) -> dict[str, str]:
+    """Probe files that could not be decoded and were skipped (path -> reason)."""
+    while isinstance(probe, torch.utils.data.Subset):
+        probe = probe.dataset
+    return {str(k): str(v) for k, v in (getattr(probe, "skipped", None) or {}).items()}
+
+
 def dissect(
     model: nn.Module,
     layers: Sequence[str],
@@ -300,7 +307,8 @@ def dissect(
         active = wins.mean(0) if wins is not None else None
         for unit in range(S.shape[0]):
             top = [
-                (concept_set.concepts[j], float(s)) for s, j in zip(top_scores[unit], top_idx[unit], strict=True)
+                (concept_set.concepts[j], float(s))
+                for s, j in zip(top_scores[unit], top_idx[unit], strict=True)
             ]
             units.append(
                 UnitDescription(
@@ -328,6 +336,7 @@ def dissect(
         "embedder": emb.metadata(),
         "probe": {
             "images": len(probe),
+            "skipped_unreadable": _skipped(probe),
             "fingerprint": dataset_fingerprint(probe),
             "type": type(probe).__name__,
         },

@@ -58,13 +58,38 @@ def _perturbed(h: torch.Tensor) -> torch.Tensor:
     return torch.sub(h, noise, out=noise)
 
 
+def _block_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over the block axis of ``(P, U, Q)``, keepdim.
+
+    With ``Q = 1`` (units on the last axis) this is a matrix-vector product: on CPU a
+    reduction over a short innermost axis is several times slower.
+    """
+    P, U, Q = t.shape
+    if Q == 1 and t.is_contiguous():
+        return (t.view(P, U) @ t.new_ones(U, 1)).view(P, 1, 1)
+    return t.sum(dim=1, keepdim=True)
+
+
+def _winner_mask(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mask, top)``: a bool mask with exactly one winner per block (dim 1), and the max.
+
+    ``logits == max`` is cheap; an exact float tie (rare with Gumbel noise, possible for the
+    deterministic policy) falls back to the first index, so no block ever has two winners.
+    """
+    top = logits.amax(dim=1, keepdim=True)
+    mask = logits == top
+    if torch.count_nonzero(mask) != top.numel():
+        mask = torch.zeros_like(mask).scatter_(1, logits.argmax(dim=1, keepdim=True), True)
+    return mask, top
+
+
 class _STGumbelLWTA(torch.autograd.Function):
     """Hard one-hot forward, Gumbel-softmax straight-through backward, fused.
 
     Works on blocks laid out as ``(P, U, Q)`` (competition over dim 1). Equivalent to
     ``h * (hard - soft.detach() + soft)`` with ``soft = softmax((h + g) / tau)`` (gradient
     through both the product and the softmax logits), but the forward value is exactly
-    ``h`` at the winner and exactly 0 elsewhere, only ``h``, ``soft`` and the winner indices
+    ``h`` at the winner and exactly 0 elsewhere, only ``h``, ``soft`` and a bool winner mask
     are kept for backward, and buffers are reused (on CPU, fresh large allocations cost as
     much as the arithmetic). ``torch.softmax`` is written out: over a short dimension it is
     slow on CPU.
@@ -73,24 +98,22 @@ class _STGumbelLWTA(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, tau: float):  # noqa: D401
         logits = _perturbed(h)
-        top, winners = logits.max(dim=1, keepdim=True)
+        hard, top = _winner_mask(logits)
         soft = logits.sub_(top).mul_(1.0 / tau).exp_()  # the logits buffer becomes `soft`
-        soft.div_(soft.sum(dim=1, keepdim=True))
-        out = torch.zeros_like(h).scatter_(1, winners, h.gather(1, winners))
-        ctx.save_for_backward(h, soft, winners)
+        soft.div_(_block_sum(soft))
+        ctx.save_for_backward(h, soft, hard)
         ctx.tau = tau
-        ctx.mark_non_differentiable(winners)
-        return out, winners
+        ctx.mark_non_differentiable(hard)
+        return h * hard, hard
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor, _grad_winners):
-        h, soft, winners = ctx.saved_tensors
+    def backward(ctx, grad_out: torch.Tensor, _grad_hard):
+        h, soft, hard = ctx.saved_tensors
         # Through the soft sample: d out / d soft = grad_out * h, softmax backward, / tau.
         grad_h = grad_out * h
-        dot = (grad_h * soft).sum(dim=1, keepdim=True)
-        grad_h.sub_(dot).mul_(soft).mul_(1.0 / ctx.tau)
+        grad_h.sub_(_block_sum(grad_h * soft)).mul_(soft).mul_(1.0 / ctx.tau)
         # Through the product: the mask is 1 at the winner, so grad_out passes there.
-        return grad_h.scatter_add_(1, winners, grad_out.gather(1, winners)), None
+        return grad_h.addcmul_(grad_out, hard), None
 
 
 class LWTA(nn.Module):
@@ -146,7 +169,7 @@ class LWTA(nn.Module):
         self.dim = dim
         self.name = name
         self.capture = False
-        self.last_winners: torch.Tensor | None = None
+        self._last_hard: torch.Tensor | None = None  # (P, U, Q) bool, when capturing
         self._last_shape: tuple[tuple[int, ...], int] | None = None
 
     # -- configuration ------------------------------------------------------------------
@@ -199,7 +222,9 @@ class LWTA(nn.Module):
         unit_dim = self._unit_dim(x)
         if self.U == 1:
             if self.capture:  # every unit is a block of one and always wins
-                self._keep(torch.zeros_like(x, dtype=torch.long), tuple(x.shape), unit_dim)
+                hard = torch.ones_like(x, dtype=torch.bool)
+                self._keep(hard.reshape(-1, 1, math.prod(x.shape[unit_dim + 1 :])),
+                           tuple(x.shape), unit_dim)
             return self.activation(x) if self.activation is not None else x
         width = x.shape[unit_dim]
         if width % self.U:
@@ -216,39 +241,44 @@ class LWTA(nn.Module):
         outer = math.prod(shape[:unit_dim]) * (width // self.U)
         blocks = x.reshape(outer, self.U, math.prod(shape[unit_dim + 1 :]))
         if self.training and torch.is_grad_enabled() and blocks.requires_grad:
-            out, winners = _STGumbelLWTA.apply(blocks, self.tau)
+            out, hard = _STGumbelLWTA.apply(blocks, self.tau)
         else:
             with torch.no_grad():  # winners are not differentiable; the values below are
-                logits = _perturbed(blocks.detach()) if self.stochastic else blocks
-                winners = logits.max(dim=1, keepdim=True).indices
-            out = torch.zeros_like(blocks).scatter_(1, winners, blocks.gather(1, winners))
+                hard, _ = _winner_mask(_perturbed(blocks.detach()) if self.stochastic else blocks)
+            out = blocks * hard
         if self.capture:
-            self._keep(winners, shape, unit_dim)
+            self._keep(hard, shape, unit_dim)
         return out.reshape(shape)
 
-    def _keep(self, winners: torch.Tensor, shape: tuple[int, ...], unit_dim: int) -> None:
-        """Store winner indices shaped like the input with its unit dim cut to ``K / U``."""
-        block_shape = (*shape[:unit_dim], shape[unit_dim] // self.U, *shape[unit_dim + 1 :])
-        self.last_winners = winners.detach().reshape(block_shape)
-        self._last_shape = (shape, unit_dim + 1)
+    def _keep(self, hard: torch.Tensor, shape: tuple[int, ...], unit_dim: int) -> None:
+        """Keep the ``(P, U, Q)`` winner mask of the last forward (no copy)."""
+        self._last_hard = hard.detach()
+        self._last_shape = (shape, unit_dim)
 
     # -- captured winners ---------------------------------------------------------------
     @property
     def last_mask(self) -> torch.Tensor | None:
         """Boolean mask (input-shaped) of the units that won in the last captured forward."""
-        if self.last_winners is None or self._last_shape is None:
+        if self._last_hard is None:
             return None
-        shape, dim = self._last_shape
-        idx = self.last_winners.unsqueeze(dim)
-        block_shape = list(idx.shape)
-        block_shape[dim] = self.U
-        mask = torch.zeros(block_shape, dtype=torch.bool, device=idx.device)
-        mask.scatter_(dim, idx, True)
-        return mask.reshape(shape)
+        return self._last_hard.reshape(self._last_shape[0])
+
+    @property
+    def last_winners(self) -> torch.Tensor | None:
+        """Winner index (0..U-1) of every block in the last captured forward.
+
+        Shaped like the input with its unit dimension cut to ``K / U`` blocks, e.g.
+        ``(N, T, K/U)`` for tokens and ``(N, C/U, H, W)`` for conv maps.
+        """
+        if self._last_hard is None:
+            return None
+        shape, unit_dim = self._last_shape
+        winners = self._last_hard.to(torch.uint8).argmax(dim=1)
+        return winners.reshape(*shape[:unit_dim], shape[unit_dim] // self.U, *shape[unit_dim + 1 :])
 
     def clear_capture(self) -> None:
         """Forget the last captured winners."""
-        self.last_winners = None
+        self._last_hard = None
         self._last_shape = None
 
 

@@ -455,7 +455,6 @@ def _dissect(args: argparse.Namespace) -> int:
     if args.run:
         model, _ = load_run(args.run, args.weights)
     else:
-        args.model_arg = args.model_arg or []
         model = _build_model(args)
     probe = build_dataset(
         args.probe, args.probe_split, root=args.probe_root, **parse_overrides(args.probe_arg)

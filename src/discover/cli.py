@@ -49,17 +49,19 @@ def command(
     return decorator
 
 
-def _parse_model_kwargs(pairs: Sequence[str]) -> dict:
-    kwargs = {}
+def _key_values(pairs: Sequence[str], flag: str) -> dict:
+    """``["n=2000", "widths=[8,16]"]`` -> ``{"n": 2000, "widths": [8, 16]}`` (JSON values,
+    plain strings otherwise)."""
+    values = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"--model-arg expects KEY=VALUE, got {pair!r}")
+        if not sep or not key:
+            raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
         try:
-            kwargs[key] = json.loads(value)
+            values[key] = json.loads(value)
         except json.JSONDecodeError:
-            kwargs[key] = value
-    return kwargs
+            values[key] = value
+    return values
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +88,7 @@ def _build_model(args: argparse.Namespace):
         U=args.U,
         num_classes=args.num_classes,
         checkpoint=args.checkpoint,
-        **_parse_model_kwargs(args.model_arg),
+        **_key_values(args.model_arg, "--model-arg"),
     )
 
 
@@ -238,7 +240,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("train", arguments=_train_arguments, help="train a CVN (or its dense twin)")
 def _train(args: argparse.Namespace) -> int:
-    from .training import NonFiniteLossError, TrainConfig, parse_overrides, train
+    from .training import NonFiniteLossError, TrainConfig, train
 
     options = {
         key: getattr(args, key)
@@ -270,9 +272,9 @@ def _train(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None
     }
     if args.model_arg:
-        options["model_kwargs"] = parse_overrides(args.model_arg)
+        options["model_kwargs"] = _key_values(args.model_arg, "--model-arg")
     if args.data_arg:
-        options["dataset_kwargs"] = parse_overrides(args.data_arg)
+        options["dataset_kwargs"] = _key_values(args.data_arg, "--data-arg")
     if args.resume:
         options["resume"] = True
     config = (
@@ -450,14 +452,14 @@ def _dissect(args: argparse.Namespace) -> int:
     from .data import build_dataset
     from .dissection import dissect
     from .embedders import cache_dir
-    from .training import load_run, parse_overrides
+    from .training import load_run
 
     if args.run:
         model, _ = load_run(args.run, args.weights)
     else:
         model = _build_model(args)
     probe = build_dataset(
-        args.probe, args.probe_split, root=args.probe_root, **parse_overrides(args.probe_arg)
+        args.probe, args.probe_split, root=args.probe_root, **_key_values(args.probe_arg, "--probe-arg")
     )
     if args.probe_limit is not None:
         probe = torch.utils.data.Subset(probe, range(min(args.probe_limit, len(probe))))
@@ -473,7 +475,7 @@ def _dissect(args: argparse.Namespace) -> int:
         args.concepts,
         embedder,
         args.similarity,
-        similarity_params=parse_overrides(args.similarity_arg),
+        similarity_params=_key_values(args.similarity_arg, "--similarity-arg"),
         pooling=args.pooling,
         policy=args.policy,
         seed=args.seed,

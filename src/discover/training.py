@@ -697,20 +697,6 @@ def _truncate_log(path: Path, records: int) -> None:
         path.write_text("".join(line + "\n" for line in lines))
 
 
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["n=2000", "img_size=32"]`` -> ``{"n": 2000, "img_size": 32}`` (JSON values)."""
-    result: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
-        try:
-            result[key] = json.loads(value)
-        except json.JSONDecodeError:
-            result[key] = value
-    return result
-
-
 def load_run(run: str | Path, weights: str = "best") -> tuple[nn.Module, dict[str, Any]]:
     """The model of a training run directory (``best`` or ``last`` weights) and its config.
 

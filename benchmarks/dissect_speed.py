@@ -1,0 +1,899 @@
+"""Speed and memory of dissection: similarity functions and activation recording.
+
+What is measured
+----------------
+**1. Similarity functions** (``discover.similarity``) at dissection size: ``N`` probe images,
+``K`` neurons, ``M`` concepts (default 10,000 x 768 x 20,000), on random inputs:
+
+* ``P`` (concept activations, ``N x M`` float32) like CLIP cosines: ``0.2 + 0.05 * randn``;
+* ``Q`` (neuron activations, ``N x K`` float32) like the cls-pooled output of an LWTA layer
+  with ``U = 8``: ``randn`` with exactly one nonzero unit per block of 8 per image.
+
+The vectorised functions (``cos``, ``cos3``, ``wpmi``, ``soft_wpmi``, ``rank_reorder``,
+``jsd``, default parameters) run on the full ``K``. Each runs in a fresh subprocess that
+builds the inputs, resets the kernel's peak-RSS counter (``echo 5 > /proc/self/clear_refs``;
+if that is refused, the peak after input allocation is the baseline) and reads ``VmHWM``
+from ``/proc/self/status`` after the call: *peak extra memory* = peak RSS during the calls
+minus the RSS with the inputs allocated (it includes the ``K x M`` result). A call shorter
+than ``--min-repeat-s`` is repeated, up to ``--max-repeats`` calls; the median is reported.
+``rank_reorder`` is the slow one (about seven minutes at full size on one thread); with
+``--rank-reorder-concepts M'`` (below ``M``) it runs on the first ``M'`` concepts only and
+its time is extrapolated linearly in ``M`` (every concept costs the same: the work is a
+per-(neuron, concept) sort of ``n`` values). By default it runs on all ``M``.
+
+The per-neuron loop transcriptions of ``tests/_similarity_loops.py`` (the references of the
+test suite, float64) are timed for ``wpmi``, ``soft_wpmi`` and ``rank_reorder`` on the first
+``--loop-neurons`` columns of ``Q`` at the full ``N`` and ``M``, each in its own subprocess,
+and extrapolated to ``K``. The loop is instrumented, not rewritten: the module's
+``top_images`` and ``_prior_corrected`` are wrapped with timers, which splits one call into
+
+* *setup* (start to the first ``top_images`` call: ``P.double()`` and, for the WPMIs,
+  ``softmax(a P)``), independent of ``K``;
+* *per-neuron part* (first ``top_images`` call to the prior), linear in ``K``;
+* *prior* (``_prior_corrected``, WPMIs only), a loop over ``M`` columns of ``L [K, M]``.
+
+Extrapolated loop time at ``K`` = setup + per-neuron part x ``K / k`` + prior measured once
+on a random ``L`` of the full ``[K, M]`` shape. The same subprocess then runs the
+vectorised function on the same ``k`` columns and compares the scores (max abs difference
+relative to the largest score, and whether each neuron's best concept is the same), so the
+two timed computations are the same computation. Targets: loop / vectorised >= 10x for
+``wpmi``, ``soft_wpmi`` and ``rank_reorder``; peak extra memory <= 2 GB for every function.
+
+**2. Recording overhead.** ``create_model("deit_tiny_patch16_224", U=8)`` in eval mode with
+the ``argmax`` policy; ``--record-images`` random 224 x 224 images in a ``TensorDataset``,
+batch ``--record-batch``, no grad. Variants, run round-robin (start rotated every round,
+warm-up rounds discarded):
+
+* ``plain`` -- the model's forward over the same ``DataLoader`` batches;
+* ``record`` -- ``discover.recording.record(model, <all 12 blocks.i.mlp.act>, probe,
+  pooling="cls", progress=False)`` (no ``cache_dir``);
+* ``lean`` -- a hand-written recorder for comparison only: forward hooks that keep a copy of
+  token 0 and build the winner mask of token 0 only from the captured winner indices. It
+  must produce exactly what ``record`` produces (checked).
+
+Also timed on their own: ``model_fingerprint`` and ``dataset_fingerprint`` (which ``record``
+computes for its cache key even without ``cache_dir``) and the expansion of all 12 winner
+masks to full-size float tensors (``layer.last_mask.to(float32)``) for one batch, which the
+hook does before cls pooling, and the memory a kept cls chunk pins (its storage size). The
+timed passes also count minor page faults. Peak extra RSS of one pass of each variant is
+measured as above, each in a fresh process (model and images built, counter reset, one
+pass). Target: ``record / plain <= 1.1`` (ratio of medians).
+
+Run (from the repository root)::
+
+    .venv/bin/python benchmarks/dissect_speed.py              # full size, 1 thread (~15 min)
+    .venv/bin/python benchmarks/dissect_speed.py --quick      # small sizes, smoke run (seconds)
+    .venv/bin/python benchmarks/dissect_speed.py --threads 2 --out /tmp/bench
+
+Outputs ``<out>/dissect_speed.md`` (tables, verdicts, machine details) and
+``<out>/dissect_speed.json`` (every measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib.util
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SPEEDUP_TARGET = 10.0  # loop / vectorised, for the functions in TARGETED
+MEMORY_TARGET_GB = 2.0  # peak extra memory of every vectorised function
+RECORD_TARGET = 1.1  # record / plain
+TARGETED = ("wpmi", "soft_wpmi", "rank_reorder")
+FUNCTIONS = ("cos", "cos3", "wpmi", "soft_wpmi", "rank_reorder", "jsd")
+LWTA_U = 8
+RESULT_MARK = "RESULT_JSON "
+GB = 1e9
+
+FULL = {
+    "N": 10_000,
+    "K": 768,
+    "M": 20_000,
+    "loop_neurons": 16,
+    "rank_reorder_concepts": 20_000,
+    "record_images": 128,
+    "record_batch": 32,
+    "record_rounds": 8,
+}
+QUICK = {
+    "N": 2_000,
+    "K": 64,
+    "M": 1_000,
+    "loop_neurons": 4,
+    "rank_reorder_concepts": 500,
+    "record_images": 8,
+    "record_batch": 4,
+    "record_rounds": 2,
+}
+
+
+# -- memory and machine helpers ----------------------------------------------------------------
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False if the kernel refuses."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+class PeakRSS:
+    """Peak RSS above the current RSS over a ``with`` block, in bytes (``.extra``)."""
+
+    def __enter__(self) -> PeakRSS:
+        self.reset = reset_peak_rss()
+        self.base_kb = _status_kb("VmRSS") if self.reset else _status_kb("VmHWM")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.peak_kb = _status_kb("VmHWM")
+        self.extra = max(self.peak_kb - self.base_kb, 0) * 1024
+
+    @property
+    def method(self) -> str:
+        return "VmHWM reset via clear_refs" if self.reset else "VmHWM minus peak before (no reset)"
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def machine_busy_s() -> float:
+    """Busy CPU seconds of the whole machine so far (/proc/stat, idle and iowait excluded)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def git_head() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "src"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode:
+        return None
+    return out.stdout.strip() + (" (src/ has uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+# -- inputs ------------------------------------------------------------------------------------
+def make_inputs(N: int, M: int, K: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``P [N, M]`` like CLIP cosines, ``Q [N, K]`` like a cls-pooled LWTA layer (U = 8).
+
+    Built in place so that the peak RSS after this call is the RSS of the inputs.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    P = torch.randn(N, M, generator=gen)
+    P.mul_(0.05).add_(0.2)
+    Q = torch.randn(N, K // LWTA_U, LWTA_U, generator=gen)
+    winners = torch.randint(LWTA_U, (N, K // LWTA_U, 1), generator=gen)
+    mask = torch.zeros_like(Q).scatter_(2, winners, 1.0)
+    return P, Q.mul_(mask).view(N, K)
+
+
+def load_loops() -> ModuleType:
+    """``tests/_similarity_loops.py``, loaded by path (``tests`` is not a package)."""
+    path = REPO / "tests" / "_similarity_loops.py"
+    spec = importlib.util.spec_from_file_location("_similarity_loops", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- workers (each runs in its own subprocess) ------------------------------------------------
+def worker_vectorised(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Time one vectorised similarity on ``K`` neurons and ``cfg['m_used']`` concepts."""
+    from discover.similarity import SIMILARITIES
+
+    P, Q = make_inputs(cfg["N"], cfg["M"], cfg["K"], cfg["seed"])
+    if cfg["m_used"] < cfg["M"]:
+        P = P[:, : cfg["m_used"]].contiguous()  # the old P is freed here
+    fn = SIMILARITIES[cfg["fn"]]
+    times, cpus = [], []
+    with PeakRSS() as mem:
+        while True:
+            c0, t0 = time.process_time(), time.perf_counter()
+            S = fn(P, Q)
+            t1, c1 = time.perf_counter(), time.process_time()
+            times.append(t1 - t0)
+            cpus.append(c1 - c0)
+            if len(times) >= cfg["max_repeats"] or sum(times) >= cfg["min_repeat_s"]:
+                break
+            del S
+    assert S.shape == (cfg["K"], cfg["m_used"]) and bool(torch.isfinite(S).all())
+    return {
+        "times_s": times,
+        "cpu_s": cpus,
+        "peak_extra_bytes": mem.extra,
+        "memory_method": mem.method,
+        "result_bytes": S.numel() * S.element_size(),
+    }
+
+
+def _agreement(S_vec: torch.Tensor, S_loop: torch.Tensor) -> dict[str, Any]:
+    diff = (S_vec.double() - S_loop).abs().max().item()
+    scale = S_loop.abs().max().item()
+    same_best = (S_vec.argmax(dim=1) == S_loop.argmax(dim=1)).double().mean().item()
+    rel = diff / max(scale, 1e-300)
+    return {
+        "max_abs_diff": diff,
+        "max_abs_score": scale,
+        "rel_diff": rel,
+        "same_best_concept": same_best,
+        "ok": rel <= 1e-3 and same_best == 1.0,
+    }
+
+
+def worker_loop(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Time a loop transcription on ``k`` neurons, split into setup / per neuron / prior."""
+    from discover.similarity import SIMILARITIES
+
+    loops = load_loops()
+    P, Q = make_inputs(cfg["N"], cfg["M"], cfg["K"], cfg["seed"])
+    Qk = Q[:, : cfg["k"]].contiguous()
+    del Q
+    marks: dict[str, float] = {}
+    prior_s: list[float] = []
+    top_images, prior_corrected = loops.top_images, loops._prior_corrected
+
+    def timed_top_images(column: torch.Tensor, k: int) -> list[int]:
+        marks.setdefault("first_top_images", time.perf_counter())
+        return top_images(column, k)
+
+    def timed_prior(L: torch.Tensor, lam: float) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = prior_corrected(L, lam)
+        prior_s.append(time.perf_counter() - t0)
+        return out
+
+    loops.top_images, loops._prior_corrected = timed_top_images, timed_prior
+    with PeakRSS() as mem:
+        c0, t0 = time.process_time(), time.perf_counter()
+        S_loop = loops.LOOPS[cfg["fn"]](P, Qk)
+        t1, c1 = time.perf_counter(), time.process_time()
+    loops.top_images, loops._prior_corrected = top_images, prior_corrected
+    setup = marks["first_top_images"] - t0
+    prior_k = sum(prior_s)
+    result: dict[str, Any] = {
+        "k": cfg["k"],
+        "total_s": t1 - t0,
+        "cpu_s": c1 - c0,
+        "setup_s": setup,
+        "per_neuron_part_s": t1 - t0 - setup - prior_k,
+        "prior_k_s": prior_k if prior_s else None,
+        "peak_extra_bytes": mem.extra,
+        "memory_method": mem.method,
+    }
+    if prior_s:  # the prior over all K neurons, measured once on a random L of that shape
+        L = torch.randn(
+            cfg["K"],
+            cfg["M"],
+            dtype=torch.float64,
+            generator=torch.Generator().manual_seed(cfg["seed"]),
+        )
+        t0 = time.perf_counter()
+        prior_corrected(L, 1.0)
+        result["prior_full_s"] = time.perf_counter() - t0
+        del L
+    t0 = time.perf_counter()
+    S_vec = SIMILARITIES[cfg["fn"]](P, Qk)
+    result["vectorised_on_k_s"] = time.perf_counter() - t0
+    result["agreement"] = _agreement(S_vec, S_loop)
+    return result
+
+
+def recording_module() -> ModuleType:
+    """discover's recording module: ``discover.recording`` (``discover.record`` before)."""
+    try:
+        return importlib.import_module("discover.recording")
+    except ModuleNotFoundError:
+        return importlib.import_module("discover.record")
+
+
+def _lean_hooks(
+    model: torch.nn.Module, layers: dict[str, Any], sink: dict[str, list[torch.Tensor]]
+) -> list[Any]:
+    """Forward hooks keeping token 0 (a copy) and the winner mask of token 0 only."""
+    handles = []
+    for name, layer in layers.items():
+
+        def hook(_m: Any, _i: Any, out: torch.Tensor, name: str = name, layer: Any = layer) -> None:
+            sink[name].append(out[:, 0].clone())
+            idx = layer.last_winners[:, 0]  # (B, K / U) winner index per block, token 0
+            wins = torch.zeros(*idx.shape, layer.U).scatter_(2, idx.unsqueeze(2), 1.0)
+            sink[name + "#wins"].append(wins.view(idx.shape[0], -1))
+
+        handles.append(layer.register_forward_hook(hook))
+    return handles
+
+
+def worker_record(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Round-robin timing of plain inference, ``record`` and a lean recorder on DeiT-Tiny."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from discover import create_model, lwta_layers
+    from discover.lwta import capture_winners, eval_policy
+
+    recording = recording_module()
+    dataset_fingerprint, model_fingerprint = (
+        recording.dataset_fingerprint,
+        recording.model_fingerprint,
+    )
+    pool, record = recording.pool, recording.record
+
+    torch.manual_seed(cfg["seed"])
+    model = create_model("deit_tiny_patch16_224", U=LWTA_U).eval()
+    layers = lwta_layers(model)
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    images = torch.randn(cfg["images"], 3, 224, 224, generator=gen)
+    probe = TensorDataset(images, torch.zeros(cfg["images"], dtype=torch.long))
+    batch = cfg["batch"]
+
+    def loader() -> DataLoader:
+        return DataLoader(probe, batch_size=batch, shuffle=False)
+
+    @torch.no_grad()
+    def plain() -> None:
+        with eval_policy(model, "argmax"):
+            for x, _ in loader():
+                model(x)
+
+    def recorded() -> Any:
+        return record(
+            model,
+            list(layers),
+            probe,
+            pooling="cls",
+            batch_size=batch,
+            policy="argmax",
+            progress=False,
+        )
+
+    @torch.no_grad()
+    def lean() -> dict[str, torch.Tensor]:
+        sink: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+        sink.update({n + "#wins": [] for n in layers})
+        with eval_policy(model, "argmax"), capture_winners(model):
+            handles = _lean_hooks(model, layers, sink)
+            try:
+                for x, _ in loader():
+                    model(x)
+            finally:
+                for h in handles:
+                    h.remove()
+        return {n: torch.cat(v) for n, v in sink.items()}
+
+    variants: dict[str, Callable[[], Any]] = {"plain": plain, "record": recorded, "lean": lean}
+    if cfg.get("memory_of"):  # memory mode: one pass of one variant in this fresh process
+        with PeakRSS() as mem:
+            variants[cfg["memory_of"]]()
+        return {"peak_extra_bytes": mem.extra, "memory_method": mem.method}
+
+    # Same output check: the lean recorder must reproduce record's activations and wins.
+    rec, mine = recorded(), lean()
+    same = all(
+        torch.equal(rec.activations[n], mine[n]) and torch.equal(rec.wins[n], mine[n + "#wins"])
+        for n in layers
+    )
+    del rec, mine
+
+    times: dict[str, list[float]] = {n: [] for n in variants}
+    cpus: dict[str, list[float]] = {n: [] for n in variants}
+    faults: dict[str, list[int]] = {n: [] for n in variants}  # minor page faults per pass
+    names = list(variants)
+    for r in range(cfg["warmup"] + cfg["rounds"]):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            c0, t0 = time.process_time(), time.perf_counter()
+            variants[name]()
+            t1, c1 = time.perf_counter(), time.process_time()
+            if r >= cfg["warmup"]:
+                times[name].append(t1 - t0)
+                cpus[name].append(c1 - c0)
+                faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+
+    def median_of(fn: Callable[[], Any], n: int = 3) -> float:
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+        return statistics.median(out)
+
+    # Cost of expanding every layer's winner mask for one batch, as record's hook does.
+    # And how much memory each kept chunk pins: record's hook appends
+    # ``pool(output.detach(), "cls").float().cpu()`` (and the same of the float mask); the
+    # storage behind such a chunk is compared with the chunk's own size.
+    x = images[:batch]
+    first = next(iter(layers.values()))
+    kept: dict[str, int] = {}
+
+    def storage_probe(_m: Any, _i: Any, out: torch.Tensor) -> None:
+        chunk = pool(out.detach(), "cls").float().cpu()
+        kept["chunk_bytes"] = chunk.numel() * chunk.element_size()
+        kept["chunk_storage_bytes"] = chunk.untyped_storage().nbytes()
+
+    handle = first.register_forward_hook(storage_probe)
+    with torch.no_grad(), eval_policy(model, "argmax"), capture_winners(model):
+        model(x)
+        mask_s = median_of(lambda: [lay.last_mask.to(torch.float32) for lay in layers.values()])
+        mask_bytes = sum(lay.last_mask.numel() * 4 for lay in layers.values())
+    handle.remove()
+
+    return {
+        "times_s": times,
+        "cpu_s": cpus,
+        "minor_faults": faults,
+        "same_output_lean_vs_record": same,
+        "model_fingerprint_s": median_of(lambda: model_fingerprint(model)),
+        "dataset_fingerprint_s": median_of(lambda: dataset_fingerprint(probe)),
+        "mask_expansion_per_batch_s": mask_s,
+        "mask_bytes_per_batch": mask_bytes,
+        "batches": -(-cfg["images"] // batch),
+        **kept,
+        "layers": list(layers),
+        "module": recording.__name__,
+    }
+
+
+WORKERS = {"vectorised": worker_vectorised, "loop": worker_loop, "record": worker_record}
+
+
+def run_worker(kind: str, cfg: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Run ``kind`` in a fresh Python process and return its JSON result."""
+    payload = json.dumps({"kind": kind, "threads": threads, **cfg})
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", payload], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARK)]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"worker {kind} {cfg} failed with exit code {proc.returncode}")
+    return json.loads(lines[-1][len(RESULT_MARK) :])
+
+
+def worker_main(payload: str) -> int:
+    cfg = json.loads(payload)
+    torch.set_num_threads(cfg["threads"])
+    result = WORKERS[cfg["kind"]](cfg)
+    print(RESULT_MARK + json.dumps(result), flush=True)
+    return 0
+
+
+# -- orchestration -----------------------------------------------------------------------------
+def _log(msg: str) -> None:
+    print(f"[{_dt.datetime.now(_dt.timezone.utc):%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+
+
+def similarity_rows(sizes: dict[str, int], args: argparse.Namespace) -> list[dict[str, Any]]:
+    N, K, M = sizes["N"], sizes["K"], sizes["M"]
+    rows = []
+    for fn in FUNCTIONS:
+        m_used = min(sizes["rank_reorder_concepts"], M) if fn == "rank_reorder" else M
+        _log(f"vectorised {fn}: N={N} K={K} M={m_used}")
+        vec = run_worker(
+            "vectorised",
+            {
+                "fn": fn,
+                "N": N,
+                "K": K,
+                "M": M,
+                "m_used": m_used,
+                "seed": args.seed,
+                "max_repeats": args.max_repeats,
+                "min_repeat_s": args.min_repeat_s,
+            },
+            args.threads,
+        )
+        measured = statistics.median(vec["times_s"])
+        row: dict[str, Any] = {
+            "fn": fn,
+            "vectorised": vec,
+            "m_used": m_used,
+            "vectorised_s": measured * M / m_used,
+            "vectorised_extrapolated": m_used < M,
+            "peak_extra_gb": vec["peak_extra_bytes"] / GB,
+        }
+        row["memory_pass"] = row["peak_extra_gb"] <= MEMORY_TARGET_GB
+        _log(
+            f"  {measured:.2f} s (calls: {', '.join(f'{t:.2f}' for t in vec['times_s'])}), "
+            f"peak extra {row['peak_extra_gb']:.2f} GB"
+        )
+        if fn in TARGETED:
+            k = min(sizes["loop_neurons"], K)
+            _log(f"loop {fn}: N={N} k={k} M={M}")
+            loop = run_worker(
+                "loop", {"fn": fn, "N": N, "K": K, "M": M, "k": k, "seed": args.seed}, args.threads
+            )
+            extrapolated = loop["setup_s"] + loop["per_neuron_part_s"] * K / k
+            extrapolated += loop.get("prior_full_s") or 0.0
+            row.update(loop=loop, loop_s=extrapolated, speedup=extrapolated / row["vectorised_s"])
+            row["speed_pass"] = row["speedup"] >= SPEEDUP_TARGET
+            _log(
+                f"  loop on {k} neurons {loop['total_s']:.1f} s -> {extrapolated:.1f} s at K={K};"
+                f" speedup {row['speedup']:.1f}x; agreement {loop['agreement']}"
+            )
+        rows.append(row)
+    return rows
+
+
+def record_result(sizes: dict[str, int], args: argparse.Namespace) -> dict[str, Any]:
+    _log(f"recording: {sizes['record_images']} images, batch {sizes['record_batch']}")
+    res = run_worker(
+        "record",
+        {
+            "images": sizes["record_images"],
+            "batch": sizes["record_batch"],
+            "rounds": sizes["record_rounds"],
+            "warmup": 1,
+            "seed": args.seed,
+        },
+        args.threads,
+    )
+    cfg = {"images": sizes["record_images"], "batch": sizes["record_batch"], "seed": args.seed}
+    res["peak_extra_bytes"], res["memory_method"] = {}, None
+    for variant in res["times_s"]:  # peak memory: one pass per variant, each in a new process
+        mem = run_worker("record", {**cfg, "memory_of": variant}, args.threads)
+        res["peak_extra_bytes"][variant] = mem["peak_extra_bytes"]
+        res["memory_method"] = mem["memory_method"]
+    med = {n: statistics.median(t) for n, t in res["times_s"].items()}
+    res["median_s"] = med
+    res["ratio"] = med["record"] / med["plain"]
+    res["lean_ratio"] = med["lean"] / med["plain"]
+    res["paired_ratios"] = [
+        r / p for r, p in zip(res["times_s"]["record"], res["times_s"]["plain"], strict=True)
+    ]
+    res["pass"] = res["ratio"] <= RECORD_TARGET
+    _log(
+        f"  plain {med['plain']:.2f} s, record {med['record']:.2f} s, lean {med['lean']:.2f} s"
+        f" -> record / plain {res['ratio']:.3f}"
+    )
+    return res
+
+
+# -- report ------------------------------------------------------------------------------------
+def _fmt_s(seconds: float) -> str:
+    return f"{seconds:,.1f}" if seconds >= 10 else f"{seconds:.2f}"
+
+
+def _pf(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def render_markdown(rec: dict[str, Any]) -> str:
+    s, m = rec["sizes"], rec["machine"]
+    N, K, M = s["N"], s["K"], s["M"]
+    out = [
+        "# Dissection speed benchmark",
+        "",
+        "Similarity functions (vectorised vs the per-neuron loop transcriptions of "
+        "`tests/_similarity_loops.py`) and the overhead of `discover`'s `record` over plain "
+        "inference. Produced by `benchmarks/dissect_speed.py`; how each number is obtained is "
+        "in that file's docstring and summarised below each table.",
+        "",
+        f"- **Command:** `{rec['command']}` (cwd `{REPO}`)",
+        f"- **Date:** {rec['started']} (run took {rec['elapsed_s']:.0f} s)",
+        f"- **Machine:** CPU `{m['cpu']}`, {m['cores']} cores, {m['memory_gb']:.0f} GB RAM; "
+        f"torch {m['torch']} with **{rec['threads']} thread(s)**; Python {m['python']}; "
+        f"{m['platform']}; git {m['git']}",
+        f"- **Load average** (1/5/15 min) at start: {rec['load_start']}; at end: "
+        f"{rec['load_end']}. Other processes used {rec['others_cpu_share']:.0%} of the machine's "
+        f"CPU capacity during the run"
+        + (
+            f"; competing benchmark(s) running at start: `{rec['competing_at_start']}`"
+            if rec["competing_at_start"]
+            else ""
+        )
+        + ".",
+        f"- **Sizes:** N = {N:,} probe images, K = {K:,} neurons, M = {M:,} concepts"
+        + (" (**--quick**: smoke-run sizes, not the targets' sizes)" if rec["quick"] else ""),
+        "",
+        "## Similarity functions",
+        "",
+        "| function | vectorised s | loop s (K = " + f"{K:,})" + " | loop / vectorised | "
+        "speed target (>= 10x) | peak extra memory GB | memory target (<= 2 GB) | "
+        "loop = vectorised on k neurons |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rec["similarity"]:
+        vec = _fmt_s(row["vectorised_s"])
+        vec += (
+            f" (extrapolated from M = {row['m_used']:,}: measured "
+            f"{_fmt_s(statistics.median(row['vectorised']['times_s']))})"
+            if row["vectorised_extrapolated"]
+            else " (measured)"
+        )
+        if "loop" in row:
+            lp = row["loop"]
+            loop = f"{_fmt_s(row['loop_s'])} (extrapolated from k = {lp['k']})"
+            ratio = f"**{row['speedup']:.1f}x**"
+            target = _pf(row["speed_pass"])
+            ag = lp["agreement"]
+            agree = (
+                f"{'yes' if ag['ok'] else 'NO'}: rel. diff {ag['rel_diff']:.1e}, same best "
+                f"concept {ag['same_best_concept']:.0%}"
+            )
+        else:
+            loop = ratio = target = agree = "-"
+        mem = f"{row['peak_extra_gb']:.2f}" + (
+            " (at the measured M)" if row["vectorised_extrapolated"] else ""
+        )
+        out.append(
+            f"| {row['fn']} | {vec} | {loop} | {ratio} | {target} | {mem} | "
+            f"{_pf(row['memory_pass'])} | {agree} |"
+        )
+    out += [
+        "",
+        "Vectorised: float32 inputs, default parameters, full K; median of "
+        f"{rec['max_repeats']} calls at most (calls are repeated while their total is under "
+        f"{rec['min_repeat_s']:.0f} s; every call is in the JSON). "
+        + (
+            "rank_reorder's time is measured on the first M' concepts and multiplied by M / M' "
+            "(its cost is the same for every concept). "
+            if any(row["vectorised_extrapolated"] for row in rec["similarity"])
+            else ""
+        )
+        + "Peak extra memory = peak RSS during the "
+        "calls minus RSS with the inputs allocated "
+        f"(P is {N * M * 4 / GB:.2f} GB, Q {N * K * 4 / GB:.3f} GB), in a fresh process per "
+        "function; it includes the K x M result.",
+        "",
+        "Loops (float64, as written in `tests/_similarity_loops.py`): one call on the first "
+        "k columns of Q at the full N and M, in its own process, split with timers around the "
+        "module's `top_images` and `_prior_corrected` (not a rewrite):",
+        "",
+        "| function | k | measured call s | setup s (K-independent) | per-neuron part s | "
+        "prior s on k | prior s on K (measured) | extrapolated to K s | loop peak extra GB | "
+        "vectorised on the same k s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rec["similarity"]:
+        if "loop" not in row:
+            continue
+        lp = row["loop"]
+        prior_k = "-" if lp["prior_k_s"] is None else f"{lp['prior_k_s']:.2f}"
+        prior_full = "-" if lp.get("prior_full_s") is None else f"{lp['prior_full_s']:.2f}"
+        out.append(
+            f"| {row['fn']} | {lp['k']} | {lp['total_s']:.2f} | {lp['setup_s']:.2f} | "
+            f"{lp['per_neuron_part_s']:.2f} | {prior_k} | {prior_full} | "
+            f"{_fmt_s(row['loop_s'])} | {lp['peak_extra_bytes'] / GB:.2f} | "
+            f"{lp['vectorised_on_k_s']:.2f} |"
+        )
+    out += [
+        "",
+        "Extrapolated loop time at K = setup + per-neuron part x K / k + prior on K. The setup "
+        "(`P.double()`, and `softmax(a P)` for the WPMIs) runs once whatever K is; the per-neuron "
+        "part is a Python loop over neurons doing the same work for each; the WPMI prior loops "
+        "over the M columns of L [K, M] and is timed once on a random L of the full shape. "
+        "Agreement: on the same k columns, max |S_vectorised - S_loop| / max |S_loop| and the "
+        "fraction of neurons whose best concept is the same ('yes' needs <= 1e-3 and 100%; "
+        "the loops run in float64, the vectorised functions in float32).",
+        "",
+    ]
+    r = rec["record"]
+    med, times = r["median_s"], r["times_s"]
+
+    def stat(name: str) -> str:
+        q = (
+            statistics.quantiles(times[name], n=4, method="inclusive")
+            if len(times[name]) > 1
+            else [times[name][0]] * 3
+        )
+        return f"{med[name]:.2f} ({q[0]:.2f}-{q[2]:.2f})"
+
+    paired = statistics.median(r["paired_ratios"])
+    peaks = r["peak_extra_bytes"]
+    flt = {n: f"{statistics.median(v):,.0f}" for n, v in r["minor_faults"].items()}
+    out += [
+        "## Recording overhead",
+        "",
+        f"DeiT-Tiny CVN (`create_model('deit_tiny_patch16_224', U=8)`, eval, argmax policy), "
+        f"{s['record_images']} random 224 x 224 images, batch {s['record_batch']}, "
+        f"{len(r['layers'])} layers (`{r['layers'][0]}` ... `{r['layers'][-1]}`), cls pooling, "
+        f"no cache_dir. Round-robin, 1 warm-up round + {len(times['plain'])} timed rounds; "
+        "seconds per pass over all images, median (q1-q3); *paired*: median of the per-round "
+        "ratios. Peak extra memory: one pass in a fresh process. Minor page faults: median per "
+        "timed pass (fresh memory being touched).",
+        "",
+        "| variant | s per pass | / plain | peak extra memory MB (one pass) | minor page "
+        "faults per pass | target (<= 1.1x) |",
+        "|---|---|---|---|---|---|",
+        f"| plain forward | {stat('plain')} | 1.00 | {peaks['plain'] / 2**20:,.0f} | "
+        f"{flt['plain']} | |",
+        f"| `{r['module']}.record(...)` | {stat('record')} | **{r['ratio']:.3f}x** "
+        f"(paired {paired:.3f}) | {peaks['record'] / 2**20:,.0f} | {flt['record']} | "
+        f"{_pf(r['pass'])} |",
+        f"| lean recorder (benchmark-only, same output: {r['same_output_lean_vs_record']}) | "
+        f"{stat('lean')} | {r['lean_ratio']:.3f}x | {peaks['lean'] / 2**20:,.0f} | "
+        f"{flt['lean']} | |",
+        "",
+        "Parts of `record`'s work, timed on their own (median of 3):",
+        "",
+        f"- `model_fingerprint(model)` (SHA-256 of the weights, computed for the cache key even "
+        f"without cache_dir): {r['model_fingerprint_s'] * 1e3:.1f} ms per call",
+        f"- `dataset_fingerprint(probe)` (hashes the whole TensorDataset, also without "
+        f"cache_dir): {r['dataset_fingerprint_s'] * 1e3:.1f} ms per call",
+        f"- winner-mask expansion in the hook, `layer.last_mask.to(float32)` for all layers, "
+        f"before cls pooling keeps token 0: {r['mask_expansion_per_batch_s'] * 1e3:.1f} ms per "
+        f"batch ({r['mask_bytes_per_batch'] / 2**20:,.0f} MB of float masks per batch; "
+        f"{r['batches']} batches per pass = "
+        f"{r['mask_expansion_per_batch_s'] * r['batches'] * 1e3:.0f} ms per pass)",
+        f"- memory pinned by each chunk the hook keeps: `pool(output, 'cls').float().cpu()` is "
+        f"a view, so a chunk of {r['chunk_bytes'] / 2**10:,.0f} KB keeps the whole "
+        f"{r['chunk_storage_bytes'] / 2**20:,.1f} MB layer output alive until `record` "
+        f"returns (the pooled float wins mask likewise): about "
+        f"{2 * r['chunk_storage_bytes'] * len(r['layers']) * r['batches'] / 2**20:,.0f} MB "
+        f"for these {s['record_images']} images, growing linearly with the probe set",
+        "",
+        "## Verdict",
+        "",
+    ]
+    for row in rec["similarity"]:
+        if "speed_pass" in row:
+            out.append(
+                f"- {row['fn']}: loop / vectorised {row['speedup']:.1f}x >= 10x: "
+                f"**{_pf(row['speed_pass'])}**"
+            )
+    worst = max(rec["similarity"], key=lambda row: row["peak_extra_gb"])
+    out.append(
+        f"- peak extra memory <= 2 GB for every function (largest: {worst['fn']}, "
+        f"{worst['peak_extra_gb']:.2f} GB): "
+        f"**{_pf(all(row['memory_pass'] for row in rec['similarity']))}**"
+    )
+    out.append(f"- record / plain {r['ratio']:.3f}x <= 1.1x: **{_pf(r['pass'])}**")
+    out += [
+        "",
+        "Notes: wall-clock times on a shared machine; a load average above the core "
+        "count means other processes competed for the CPU (the JSON has process CPU times "
+        "next to every wall time). Memory method: " + r["memory_method"] + ".",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def competing_benchmarks() -> str:
+    try:
+        out = subprocess.run(
+            ["pgrep", "-af", r"benchmarks/[a-z_]+\.py"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    me = os.getpid()
+    return "; ".join(
+        ln.split(None, 1)[1]
+        for ln in out.splitlines()
+        if ln.split()[0] != str(me) and "dissect_speed" not in ln
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--loop-neurons", type=int, help="k, neurons the loops run on")
+    parser.add_argument(
+        "--rank-reorder-concepts",
+        type=int,
+        help="concepts the vectorised rank_reorder runs on, time extrapolated to M "
+        "(default: all M; --quick: 500)",
+    )
+    parser.add_argument("--max-repeats", type=int, default=3)
+    parser.add_argument(
+        "--min-repeat-s",
+        type=float,
+        default=20.0,
+        help="repeat a vectorised call while the calls total less than this",
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker_main(args.worker)
+
+    sizes = dict(QUICK if args.quick else FULL)
+    if args.loop_neurons:
+        sizes["loop_neurons"] = args.loop_neurons
+    if args.rank_reorder_concepts:
+        sizes["rank_reorder_concepts"] = args.rank_reorder_concepts
+    torch.set_num_threads(args.threads)
+    started = _dt.datetime.now(_dt.timezone.utc)
+    load_start, busy0, own0, t0 = (
+        load_average(),
+        machine_busy_s(),
+        _children_cpu_s(),
+        time.perf_counter(),
+    )
+    competing = competing_benchmarks()
+    _log(f"load average {load_start}; sizes {sizes}; threads {args.threads}")
+
+    similarity = similarity_rows(sizes, args)
+    recording = record_result(sizes, args)
+
+    wall = time.perf_counter() - t0
+    others = (machine_busy_s() - busy0) - (_children_cpu_s() - own0)
+    rec = {
+        "command": shlex.join([Path(sys.executable).as_posix(), *sys.argv]),
+        "started": started.isoformat(timespec="seconds"),
+        "elapsed_s": wall,
+        "quick": args.quick,
+        "threads": args.threads,
+        "max_repeats": args.max_repeats,
+        "min_repeat_s": args.min_repeat_s,
+        "load_start": load_start,
+        "load_end": load_average(),
+        "others_cpu_share": max(others, 0.0) / (wall * (os.cpu_count() or 1)),
+        "competing_at_start": competing,
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB,
+            "git": git_head(),
+        },
+        "sizes": sizes,
+        "targets": {
+            "speedup_min": SPEEDUP_TARGET,
+            "memory_max_gb": MEMORY_TARGET_GB,
+            "record_ratio_max": RECORD_TARGET,
+        },
+        "similarity": similarity,
+        "record": recording,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "dissect_speed.json").write_text(json.dumps(rec, indent=2) + "\n")
+    (args.out / "dissect_speed.md").write_text(render_markdown(rec))
+    _log(f"wrote {args.out / 'dissect_speed.md'} and .json ({wall:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -11,6 +11,7 @@ from discover.recording import (
     list_layers,
     model_fingerprint,
     pool,
+    pool_mask,
     record,
     resolve_layers,
 )
@@ -142,3 +143,43 @@ def test_recording_roundtrip(tmp_path):
     loaded = Recording.load(rec.save(tmp_path / "r.pt"))
     assert torch.equal(loaded.activations["head"], rec.activations["head"])
     assert loaded.meta == rec.meta
+
+
+@pytest.mark.parametrize(
+    "shape, pooling",
+    [
+        ((3, 8, 5, 4), "avg"),
+        ((3, 8, 5, 4), "max"),
+        ((3, 6, 8), "cls"),
+        ((3, 6, 8), "mean"),
+        ((3, 6, 8), "max"),
+        ((3, 8), "none"),
+    ],
+)
+def test_pool_mask_matches_pooling_the_float_mask(shape, pooling):
+    mask = torch.rand(shape) > 0.7
+    expected = pool(mask.float(), pooling)
+    got = pool_mask(mask, pooling)
+    assert got.dtype == torch.float32 and torch.allclose(got, expected)
+    with pytest.raises(ValueError, match="does not fit"):
+        pool_mask(mask, "cls" if mask.dim() == 4 else "avg")
+
+
+class _InPlaceAfter(nn.Module):
+    """Records ``inner``'s output, then changes it in place, as an in-place ReLU would."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.inner(x)
+        return y.mul_(0)
+
+
+def test_recorded_activations_are_copies_not_views():
+    model = _InPlaceAfter()
+    probe = TensorDataset(torch.randn(6, 4), torch.zeros(6, dtype=torch.long))
+    rec = record(model, ["inner"], probe, pooling="none", batch_size=3, progress=False)
+    expected = model.inner(probe.tensors[0]).detach()
+    assert torch.allclose(rec.activations["inner"], expected)  # not zeroed by the later mul_

@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ __all__ = [
     "POOLINGS",
     "LayerInfo",
     "Recording",
+    "pool_mask",
     "list_layers",
     "resolve_layers",
     "pool",
@@ -147,6 +149,16 @@ def resolve_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Modul
     return resolved
 
 
+def _check_pooling(output: torch.Tensor, pooling: str, layer: str) -> None:
+    allowed = POOLINGS.get(output.dim())
+    if allowed is None or pooling not in allowed:
+        expected = ", ".join(f"{r}-D: {'/'.join(p)}" for r, p in POOLINGS.items())
+        raise ValueError(
+            f"pooling {pooling!r} does not fit layer {layer!r} with output shape "
+            f"{tuple(output.shape)}; poolings by output rank: {expected}"
+        )
+
+
 def pool(output: torch.Tensor, pooling: str, layer: str = "layer") -> torch.Tensor:
     """Reduce one layer output to ``(N, K)`` with the named pooling.
 
@@ -154,14 +166,8 @@ def pool(output: torch.Tensor, pooling: str, layer: str = "layer") -> torch.Tens
         >>> pool(torch.ones(2, 8, 4, 4), "avg").shape
         torch.Size([2, 8])
     """
+    _check_pooling(output, pooling, layer)
     rank = output.dim()
-    allowed = POOLINGS.get(rank)
-    if allowed is None or pooling not in allowed:
-        expected = ", ".join(f"{r}-D: {'/'.join(p)}" for r, p in POOLINGS.items())
-        raise ValueError(
-            f"pooling {pooling!r} does not fit layer {layer!r} with output shape "
-            f"{tuple(output.shape)}; poolings by output rank: {expected}"
-        )
     if rank == 4:
         return output.mean(dim=(2, 3)) if pooling == "avg" else output.amax(dim=(2, 3))
     if rank == 3:
@@ -169,6 +175,29 @@ def pool(output: torch.Tensor, pooling: str, layer: str = "layer") -> torch.Tens
             return output[:, 0]
         return output.mean(dim=1) if pooling == "mean" else output.amax(dim=1)
     return output
+
+
+def pool_mask(mask: torch.Tensor, pooling: str, layer: str = "layer") -> torch.Tensor:
+    """Pool a boolean winner mask like :func:`pool` pools activations, as ``float32``.
+
+    ``avg``/``mean`` give the fraction of positions a unit won, ``max`` whether it won
+    anywhere, ``cls`` whether it won at the class token. The mask is never expanded to a
+    float tensor of its full size.
+
+    Example:
+        >>> pool_mask(torch.ones(2, 8, 4, 4, dtype=torch.bool), "avg")[0, 0].item()
+        1.0
+    """
+    _check_pooling(mask, pooling, layer)
+    if mask.dim() == 2 or pooling == "none":
+        return mask.float()
+    if pooling == "cls":
+        return mask[:, 0].float()
+    dims = (2, 3) if mask.dim() == 4 else (1,)
+    if pooling == "max":
+        return mask.any(dim=dims).float()
+    positions = math.prod(mask.shape[d] for d in dims)
+    return mask.sum(dim=dims, dtype=torch.float32) / positions
 
 
 @dataclass
@@ -264,10 +293,13 @@ def _pooled_hooks(
                 )
             if pooling[name] == "auto":  # resolved on the first output, then recorded
                 pooling[name] = _suggest(tuple(output.shape[1:]), model) or "none"
-            sink[name].append(pool(output.detach(), pooling[name], name).float().cpu())
+            # Copy: a view (``cls`` pooling, or no pooling) would pin the whole layer output,
+            # and a later in-place op could change the recorded values.
+            pooled = pool(output.detach(), pooling[name], name)
+            sink[name].append(pooled.to(device="cpu", dtype=torch.float32, copy=True))
             if isinstance(module, LWTA):
-                mask = module.last_mask.to(output.dtype)
-                sink[f"{name}#wins"].append(pool(mask, pooling[name], name).float().cpu())
+                wins = pool_mask(module.last_mask, pooling[name], name)
+                sink[f"{name}#wins"].append(wins.cpu())
 
         return hook
 
@@ -323,9 +355,11 @@ def record(
     if len(probe) == 0:
         raise ValueError("the probe set is empty")
 
-    probe_id = dataset_fingerprint(probe)
+    # Fingerprints (hashing every weight, statting every file) only serve the cache.
+    caching = cache_dir is not None
+    probe_id = dataset_fingerprint(probe) if caching else None
     key_parts = {
-        "model": model_fingerprint(model),
+        "model": model_fingerprint(model) if caching else None,
         "layers": list(modules),
         "pooling": pooling,
         "policy": policy,
@@ -336,7 +370,7 @@ def record(
         "version": 1,
     }
     cache_file = None
-    if cache_dir is not None and probe_id is not None:
+    if caching and probe_id is not None:
         cache_file = Path(cache_dir) / "activations" / f"{_cache_key(key_parts)}.pt"
         if cache_file.is_file():
             cached = Recording.load(cache_file)
@@ -386,8 +420,8 @@ def record(
         wins={n: torch.cat(sink[f"{n}#wins"]) for n in modules if f"{n}#wins" in sink},
         pooling=dict(pooling),
         meta={
-            **{k: v for k, v in key_parts.items() if k != "model"},
-            "model_sha256": key_parts["model"],
+            **{k: v for k, v in key_parts.items() if k != "model" and v is not None},
+            **({"model_sha256": key_parts["model"]} if caching else {}),
             "images": len(probe),
         },
     )

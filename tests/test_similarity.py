@@ -376,3 +376,20 @@ def test_info_records_effective_parameters():
     assert info["prior_over_neurons"] == 5 and info["compute_dtype"] == "float64"
     assert (info["a"], info["lam"], info["p_start"], info["p_end"]) == (10.0, 1.0, 0.998, 0.97)
     json.dumps(info)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"top_k": 13, "p_start": 1.0, "p_end": 0.9, "min_prob": 1e-30},  # tiny terms: no grouping
+        {"top_k": 16, "p_start": 0.5, "p_end": 0.0},  # exact groups of 8
+        {"top_k": 11, "a": 3.0},
+    ],
+)
+def test_soft_wpmi_product_groups_match_loop(params):
+    P, Q = _data(N=40, K=6, M=600, seed=5)  # M > 512: several concept blocks
+    got = soft_wpmi(P, Q, **params)
+    torch.testing.assert_close(got, LOOPS["soft_wpmi"](P, Q, **params), rtol=1e-9, atol=1e-9)
+    got32 = soft_wpmi(P.float(), Q.float(), **params)
+    assert torch.isfinite(got32).all()
+    torch.testing.assert_close(got32.double(), got, rtol=1e-4, atol=1e-3)

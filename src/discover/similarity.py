@@ -284,6 +284,27 @@ def cos3(
 # --------------------------------------------------------------------------- WPMI
 
 
+_SOFT_CONCEPT_BLOCK = 512  # concepts per gathered block in soft WPMI (keeps it in cache)
+_SOFT_MAX_GROUP = 8  # soft-WPMI evidence terms multiplied together before one log
+
+
+def _product_group(inclusion: Tensor, min_prob: float, dtype: torch.dtype) -> int:
+    """How many soft-WPMI terms can be multiplied before taking one log, without underflow.
+
+    Each term is ``p_j x + (1 - p_j) + min_prob`` with ``x`` in ``[0, 1]``, so it lies in
+    ``[1 - p_j + min_prob, 1 + min_prob]`` when ``0 <= p_j <= 1``; the product of ``g`` terms
+    stays a normal float when the smallest term to the power ``g`` does. Other ``p_j`` get 1.
+    """
+    p_min, p_max = float(inclusion.min()), float(inclusion.max())
+    floor = 1.0 - p_max + min_prob
+    if p_min < 0.0 or p_max > 1.0 or floor <= 0.0:
+        return 1
+    if floor >= 1.0:
+        return _SOFT_MAX_GROUP
+    safe = math.log(torch.finfo(dtype).tiny) + 20 * _LN2  # 2**20 above the smallest normal
+    return max(1, min(_SOFT_MAX_GROUP, int(safe / math.log(floor))))
+
+
 def _pmi(
     P: Tensor,
     Q: Tensor,
@@ -299,27 +320,44 @@ def _pmi(
 ) -> Tensor:
     """Shared WPMI core: ``L[k, m]`` from the top-k rows of ``softmax(a P)``, minus the prior.
 
-    ``softmax(a P)`` is never materialised: its row normalisers ``logsumexp_m(a P[n, m])``
-    are computed once (``N`` values) and the top-k rows of each neuron chunk are gathered and
-    normalised on the fly. ``inclusion`` holds soft-WPMI's ``p_j`` (``None`` for WPMI).
+    ``softmax(a P)`` is only ever computed on the *union* of the units' top images (units
+    share many), one concept chunk at a time, from row normalisers
+    ``logsumexp_m(a P[n, m])`` computed once. WPMI then sums ``log(P~ + min_prob)`` over each
+    unit's images with one ``embedding_bag``. Soft WPMI's terms depend on the rank ``j``
+    through ``inclusion`` (its ``p_j``; ``None`` for WPMI), so they are gathered per unit
+    chunk; a few terms are multiplied before each log (see :func:`_product_group`).
     """
     (_, M), K = P.shape, Q.shape[1]
     row_lse = torch.full((P.shape[0],), -math.inf, dtype=dtype, device=P.device)
     for cs in _slices(M, concept_chunk_size):
         row_lse = torch.logaddexp(row_lse, torch.logsumexp(P[:, cs].to(dtype) * a, dim=1))
+    top = torch.cat([_top_images(Q[:, ks], top_k)[1] for ks in _slices(K, chunk_size)])
+    rows, local = torch.unique(top, return_inverse=True)  # local: [K, top_k] into rows
+    lse = row_lse[rows].unsqueeze(1)
+    if inclusion is not None:
+        group = _product_group(inclusion, min_prob, dtype)
+        pad = -top_k % group  # padded terms are 0 * x + 1 = 1
+        scale = torch.nn.functional.pad(inclusion.view(top_k, 1), (0, 0, 0, pad))
+        shift = torch.nn.functional.pad(
+            (1.0 - inclusion + min_prob).view(top_k, 1), (0, 0, 0, pad), value=1.0
+        )
+        local = torch.nn.functional.pad(local, (0, pad))
     L = torch.empty(K, M, dtype=dtype, device=P.device)
-    for ks in _slices(K, chunk_size):
-        _, idx = _top_images(Q[:, ks], top_k)
-        rows = idx.reshape(-1)
-        lse = row_lse[rows].view(-1, top_k, 1)
-        for cs in _slices(M, concept_chunk_size):
-            prob = P[:, cs].index_select(0, rows).to(dtype).view(-1, top_k, cs.stop - cs.start)
-            prob.mul_(a).sub_(lse).exp_()  # P~[i, m] for the neuron's top images
-            if inclusion is None:
-                prob.add_(min_prob)
-            else:
-                prob.mul_(inclusion).add_(1.0 - inclusion + min_prob)
-            L[ks, cs] = prob.log_().sum(dim=1)
+    for cs in _slices(M, concept_chunk_size):
+        prob = P[:, cs].index_select(0, rows).to(dtype).mul_(a).sub_(lse).exp_()  # P~ rows
+        if inclusion is None:
+            L[:, cs] = torch.nn.functional.embedding_bag(
+                local, prob.add_(min_prob).log_(), mode="sum"
+            )
+            continue
+        for bs in _slices(prob.shape[1], _SOFT_CONCEPT_BLOCK):
+            block = prob[:, bs]
+            out = L[:, cs][:, bs]
+            for ks in _slices(K, chunk_size):
+                terms = block.index_select(0, local[ks].reshape(-1))
+                terms = terms.view(-1, top_k + pad, bs.stop - bs.start).mul_(scale).add_(shift)
+                terms = terms.view(terms.shape[0], -1, group, terms.shape[-1]).prod(dim=2)
+                out[ks] = terms.log_().sum(dim=1)
     prior = torch.logsumexp(L, dim=0).sub_(math.log(K))
     return L.sub_(lam * prior)
 
@@ -348,8 +386,8 @@ def wpmi(
 
     The prior runs over all ``K`` columns passed in: score a whole layer at once
     (``info["prior_over_neurons"]`` records ``K``). Scores are unbounded log-ratios; compare
-    them only within one setup. Largest temporaries: ``N x concept_chunk_size`` and
-    ``chunk_size * top_k * concept_chunk_size``.
+    them only within one setup. Largest temporary: ``N x concept_chunk_size`` (``P~`` on
+    the union of the units' top images); ``chunk_size`` only batches the top-image search.
 
     Example:
         >>> P, Q = torch.rand(50, 4), torch.randn(50, 3)
@@ -401,7 +439,7 @@ def soft_wpmi(
     p_start: float = 0.998,
     p_end: float = 0.97,
     min_prob: float = 1e-7,
-    chunk_size: int = 64,
+    chunk_size: int = 16,
     concept_chunk_size: int = 4096,
     info: dict[str, Any] | None = None,
 ) -> Tensor:
@@ -415,8 +453,9 @@ def soft_wpmi(
         prior[m] = logsumexp_k L[k, m] - log K
         S[k, m]  = L[k, m] - lam * prior[m]
 
-    ``top_k`` in ``p_j`` is the effective (clamped) value. Prior, units and memory as in
-    :func:`wpmi`.
+    ``top_k`` in ``p_j`` is the effective (clamped) value. Prior and units as in
+    :func:`wpmi`. Largest temporaries: ``N x concept_chunk_size`` and
+    ``chunk_size * top_k * 512`` (the terms of one unit chunk and concept block).
 
     Example:
         >>> P, Q = torch.rand(300, 4), torch.randn(300, 3)

@@ -35,6 +35,7 @@ from .similarity import DEFAULT_SIMILARITY, get_similarity
 __all__ = ["UnitDescription", "Dissection", "DissectConfig", "dissect", "model_view"]
 
 CSV_COLUMNS = ("layer", "unit", "block", "position", "label", "score", "top5")
+SCORES_FILE = "scores.pt"  # optional: the full score matrices (dissect(..., keep_scores=True))
 
 
 @dataclass
@@ -74,6 +75,10 @@ class Dissection:
     units: list[UnitDescription]
     config: DissectConfig
     meta: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    """``{layer: S}``, the full ``K x M`` similarity matrix per layer (``keep_scores=True``)."""
+    concepts: list[str] | None = field(default=None, repr=False)
+    """The ``M`` concept strings, the columns of :attr:`scores` (``keep_scores=True``)."""
 
     def layer(self, name: str) -> list[UnitDescription]:
         """The rows of one layer, in unit order."""
@@ -123,6 +128,13 @@ class Dissection:
             "units": [asdict(u) for u in self.units],
         }
         _atomic_write(out / "dissection.json", json.dumps(payload, indent=2, default=str))
+        scores_file = out / SCORES_FILE
+        if self.scores:
+            tmp = scores_file.with_name(f".{scores_file.name}.{os.getpid()}.tmp")
+            torch.save({"concepts": self.concepts, "scores": self.scores}, tmp)
+            tmp.replace(scores_file)
+        else:
+            scores_file.unlink(missing_ok=True)  # never leave another run's matrix beside ours
         return out
 
     @classmethod
@@ -138,7 +150,12 @@ class Dissection:
         units = [
             UnitDescription(**{**u, "top": [tuple(t) for t in u["top"]]}) for u in data["units"]
         ]
-        return cls(units, DissectConfig(**data["config"]), data["meta"])
+        result = cls(units, DissectConfig(**data["config"]), data["meta"])
+        scores_file = Path(out) / SCORES_FILE
+        if scores_file.is_file():
+            saved = torch.load(scores_file, map_location="cpu", weights_only=True)
+            result.scores, result.concepts = dict(saved["scores"]), saved["concepts"]
+        return result
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -237,6 +254,7 @@ def dissect(
     transform: Callable | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    keep_scores: bool = False,
 ) -> Dissection:
     """Describe every unit of ``layers`` with a concept (CLIP-Dissect, method.md §6-7).
 
@@ -255,6 +273,10 @@ def dissect(
         transform: the target model's preprocessing of a raw probe image (default: the
             model's evaluation transform, see :func:`model_view`).
         cache_dir: content-keyed cache of activations and of ``P``; ``None`` switches it off.
+        keep_scores: also keep every layer's full ``K x M`` score matrix (and the concept
+            list) as :attr:`Dissection.scores` / :attr:`Dissection.concepts`; ``save`` then
+            writes ``scores.pt``. Needed for exact ranks in
+            :func:`discover.description_eval.evaluate_descriptions`.
 
     Example:
         >>> from discover.data import ShapesWorld
@@ -297,10 +319,13 @@ def dissect(
     k = min(top_k, len(concept_set))
     units: list[UnitDescription] = []
     layer_meta: dict[str, Any] = {}
+    scores: dict[str, torch.Tensor] = {}
     for name, module in modules.items():
         Q = recording.activations[name]
         info: dict[str, Any] = {}
         S = score_fn(P, Q, **config.similarity_params, info=info)
+        if keep_scores:
+            scores[name] = S.detach().float().cpu()
         top_scores, top_idx = S.float().topk(k, dim=1)
         U = module.U if isinstance(module, LWTA) else None
         wins = recording.wins.get(name)
@@ -345,4 +370,6 @@ def dissect(
         "model": getattr(getattr(model, "cvn_config", None), "to_dict", dict)(),
         "seconds": time.time() - t0,
     }
-    return Dissection(units, config, meta)
+    return Dissection(
+        units, config, meta, scores, list(concept_set.concepts) if keep_scores else None
+    )

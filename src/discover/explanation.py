@@ -1,0 +1,739 @@
+"""Per-image explanations: the few units that fired, with their labels (method.md §8).
+
+:func:`explain` runs one forward pass and reads, for every LWTA layer, the units that won
+their competition (from the winner **mask**, never from an argmax over the signed outputs:
+a winner can be negative, and then an argmax lands on a loser). Each winner is listed with
+its activation, pooled the way the dissection pooled that layer, and with the dissection's
+label. For the features that feed the classifier it also gives each active unit's
+contribution ``activation x weight`` to the predicted logit, and the share of the logit
+(minus the bias) that the listed units explain.
+
+Aggregation, per layer and image (documented here because the reference code has none for
+conv maps):
+
+* a unit is a feature (vectors), a channel (conv maps) or a token feature pooled as the
+  dissection pooled it (``cls`` by default for ViTs);
+* LWTA layers: a unit is *active* if it won at least once in the pooled region (the CLS
+  token; any position of a conv map under ``avg``/``max``); its ``activation`` is the pooled
+  output, e.g. for ``avg`` the mean over positions (zero where it lost);
+* dense layers: a unit is active if ``|pooled activation| > threshold`` (the reference lists
+  ``|a| > 1e-4``, nearly every unit of a dense network: that contrast is the point);
+* ``active_fraction`` is measured on the raw output before pooling: the fraction of
+  (unit, position) entries that won (exactly ``1/U`` for LWTA), or that exceed the threshold;
+* winners are sorted by ``|activation|``, contributions by ``|contribution|``, both
+  descending, and ``top`` keeps the first ones (``active`` always counts all of them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .lwta import LWTA, capture_winners, eval_policy, lwta_layers
+from .recording import _suggest, pool, resolve_layers
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_TOP",
+    "Winner",
+    "LayerExplanation",
+    "UnitContribution",
+    "Contributions",
+    "Explanation",
+    "explain",
+    "find_classifier",
+    "read_images",
+    "print_explanations",
+    "explanations_to_json",
+]
+
+DEFAULT_THRESHOLD = 1e-4
+"""Dense layers: a unit is active when ``|activation| > DEFAULT_THRESHOLD`` (reference value)."""
+DEFAULT_TOP = 10
+"""How many winners per layer (and contributions) an explanation lists by default."""
+
+
+@dataclass
+class Winner:
+    """One active unit of one layer for one image."""
+
+    unit: int
+    block: int | None  # LWTA block (unit // U); None for dense layers
+    activation: float  # pooled like the dissection pooled the layer
+    label: str | None = None
+    score: float | None = None
+
+
+@dataclass
+class LayerExplanation:
+    """The active units of one layer for one image."""
+
+    layer: str
+    kind: str  # "lwta" or "dense"
+    units: int
+    active: int
+    active_fraction: float
+    threshold: float | None
+    winners: list[Winner] = field(default_factory=list)
+
+
+@dataclass
+class UnitContribution:
+    """``activation x weight``: one feature's part of the predicted class logit."""
+
+    unit: int
+    label: str | None
+    activation: float
+    weight: float
+    contribution: float
+
+
+@dataclass
+class Contributions:
+    """The predicted logit split over the classifier's input features."""
+
+    layer: str
+    class_index: int
+    class_label: str
+    logit: float
+    bias: float
+    explained_share: float  # sum of the listed contributions / (logit - bias)
+    units: list[UnitContribution] = field(default_factory=list)
+
+
+@dataclass
+class Explanation:
+    """Why the model predicted what it did for one image, through the units that fired.
+
+    ``to_dict()`` gives the JSON schema the report reads; ``str()`` a plain-text table; in a
+    ``rich`` console it renders as tables.
+    """
+
+    image: str
+    model: str
+    prediction: dict[str, Any]  # {"index", "label", "probability"}
+    target: dict[str, Any] | None
+    policy: str | None
+    layers: list[LayerExplanation]
+    contributions: Contributions | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (see the module docstring for the meaning of the fields)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Explanation:
+        """Inverse of :meth:`to_dict`."""
+        layers = [
+            LayerExplanation(**{**l, "winners": [Winner(**w) for w in l["winners"]]})
+            for l in data["layers"]  # noqa: E741
+        ]
+        contributions = data.get("contributions")
+        if contributions is not None:
+            contributions = Contributions(
+                **{
+                    **contributions,
+                    "units": [UnitContribution(**u) for u in contributions["units"]],
+                }
+            )
+        return cls(**{**data, "layers": layers, "contributions": contributions})
+
+    def layer(self, name: str) -> LayerExplanation:
+        """The explanation of layer ``name``."""
+        for row in self.layers:
+            if row.layer == name:
+                return row
+        raise ValueError(
+            f"no layer {name!r} in this explanation; it has "
+            f"{', '.join(r.layer for r in self.layers) or 'no layers'}"
+        )
+
+    def headline(self) -> str:
+        p = self.prediction
+        target = f"  (true: {self.target['label']})" if self.target else ""
+        policy = f", LWTA policy {self.policy}" if self.policy else ""
+        return (
+            f"{self.image}: {self.model} predicts {p['label']!r} "
+            f"({100 * p['probability']:.1f} %){target}{policy}"
+        )
+
+    def to_text(self) -> str:
+        """A plain-text rendering: one block of rows per layer, then the contributions."""
+        lines = [self.headline()]
+        for row in self.layers:
+            lines.append(_layer_title(row))
+            for w in row.winners:
+                block = "" if w.block is None else f"block {w.block:>4}  "
+                score = "" if w.score is None else f"  ({w.score:.3g})"
+                lines.append(
+                    f"    unit {w.unit:>5}  {block}{w.activation:>+10.4f}  {w.label or '-'}{score}"
+                )
+        c = self.contributions
+        if c is not None:
+            lines.append(_contributions_title(c))
+            for u in c.units:
+                lines.append(
+                    f"    unit {u.unit:>5}  {u.activation:>+9.4f} x {u.weight:>+8.4f} = "
+                    f"{u.contribution:>+9.4f}  {u.label or '-'}"
+                )
+        return "\n".join(lines)
+
+    __str__ = to_text
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+
+        parts: list[Any] = [f"[bold]{_escape(self.headline())}[/bold]"]
+        for row in self.layers:
+            table = Table(title=_escape(_layer_title(row).strip()), title_justify="left")
+            for name in ("unit", "block", "activation", "label", "score"):
+                table.add_column(name, justify="left" if name == "label" else "right")
+            for w in row.winners:
+                table.add_row(
+                    str(w.unit),
+                    "-" if w.block is None else str(w.block),
+                    f"{w.activation:+.4f}",
+                    _escape(w.label or "-"),
+                    "-" if w.score is None else f"{w.score:.3g}",
+                )
+            parts.append(table)
+        c = self.contributions
+        if c is not None:
+            table = Table(title=_escape(_contributions_title(c).strip()), title_justify="left")
+            for name in ("unit", "activation", "weight", "contribution", "label"):
+                table.add_column(name, justify="left" if name == "label" else "right")
+            for u in c.units:
+                table.add_row(
+                    str(u.unit),
+                    f"{u.activation:+.4f}",
+                    f"{u.weight:+.4f}",
+                    f"{u.contribution:+.4f}",
+                    _escape(u.label or "-"),
+                )
+            parts.append(table)
+        return Group(*parts)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _layer_title(row: LayerExplanation) -> str:
+    if row.kind == "lwta":
+        what = f"{row.active} of {row.units} units won"
+    else:
+        what = f"{row.active} of {row.units} units above |a| > {row.threshold:g}"
+    shown = f", top {len(row.winners)} by |activation|" if len(row.winners) < row.active else ""
+    return (
+        f"  {row.layer} [{row.kind}]: {what}{shown}; active fraction "
+        f"{100 * row.active_fraction:.2f} %"
+    )
+
+
+def _contributions_title(c: Contributions) -> str:
+    return (
+        f"  contributions of {c.layer} to the logit of {c.class_label!r}: logit "
+        f"{c.logit:+.4f} = bias {c.bias:+.4f} + units; the {len(c.units)} listed explain "
+        f"{100 * c.explained_share:.1f} % of logit - bias"
+    )
+
+
+def print_explanations(explanations: Sequence[Explanation], file: Any = None) -> None:
+    """Print explanations as tables (``rich``; plain text when rich is unavailable).
+
+    Example:
+        >>> print_explanations(explain(model, images, dissection))  # doctest: +SKIP
+    """
+    try:
+        from rich.console import Console
+    except ImportError:  # pragma: no cover - rich is a dependency; plain text otherwise
+        for e in explanations:
+            print(e.to_text() + "\n", file=file)
+        return
+    console = Console(file=file, highlight=False, soft_wrap=True)
+    for e in explanations:
+        console.print(e)
+        console.print()
+
+
+# -- inputs -----------------------------------------------------------------------------------
+def read_images(
+    paths: Sequence[str | os.PathLike[str]],
+) -> tuple[list[Any], list[str], dict[str, str]]:
+    """Open image files with PIL: ``(images, names, failures)``.
+
+    A file that cannot be read is reported in ``failures`` (path -> reason) and left out;
+    the other images are still returned.
+
+    Example:
+        >>> images, names, failures = read_images(["a.png", "broken.jpg"])  # doctest: +SKIP
+        >>> failures  # doctest: +SKIP
+        {'broken.jpg': 'cannot identify image file'}
+    """
+    from PIL import Image
+
+    images, names, failures = [], [], {}
+    for path in paths:
+        name = os.fspath(path)
+        try:
+            with Image.open(name) as image:
+                image.load()
+                images.append(image.copy())
+            names.append(name)
+        except FileNotFoundError:
+            failures[name] = "no such file"
+        except IsADirectoryError:
+            failures[name] = "is a directory"
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            failures[name] = str(exc).replace(f"{name!r}", "").strip() or type(exc).__name__
+    return images, names, failures
+
+
+def _eval_transform(model: nn.Module) -> Callable:
+    from .data import DataConfig, build_transforms
+
+    config = getattr(model, "data_config", None)
+    if config is None:
+        try:
+            config = DataConfig.from_model(model)
+        except ValueError as exc:
+            raise ValueError(
+                f"explain: raw images need a transform and {exc}; pass transform= or "
+                "preprocessed float tensors"
+            ) from None
+    return build_transforms(config, train=False)
+
+
+def _as_batch(
+    model: nn.Module,
+    images: Any,
+    names: Sequence[str] | None,
+    transform: Callable | None,
+) -> tuple[torch.Tensor, list[str]]:
+    """Model inputs ``(N, C, H, W)`` and a name per image."""
+    if isinstance(images, torch.Tensor) and images.is_floating_point():
+        batch = images.unsqueeze(0) if images.dim() == 3 else images
+        if batch.dim() != 4:
+            raise ValueError(
+                f"explain: a float tensor of images must be (C, H, W) or (N, C, H, W) model "
+                f"inputs, got shape {tuple(images.shape)}"
+            )
+        default = [f"image[{i}]" for i in range(len(batch))]
+    else:
+        if isinstance(images, torch.Tensor):  # uint8 raw images
+            items = [images] if images.dim() == 3 else list(images)
+        elif isinstance(images, (str, os.PathLike)) or not isinstance(images, Sequence):
+            items = [images]
+        else:
+            items = list(images)
+        if not items:
+            raise ValueError("explain: no images given")
+        tf = transform or _eval_transform(model)
+        loaded, default = [], []
+        for i, item in enumerate(items):
+            if isinstance(item, (str, os.PathLike)):
+                read, _, failures = read_images([item])
+                if failures:
+                    raise ValueError(
+                        f"cannot read image {os.fspath(item)}: {failures[os.fspath(item)]}"
+                    )
+                item, label = read[0], os.fspath(item)
+            else:
+                label = f"image[{i}]"
+            try:
+                loaded.append(tf(item))
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise ValueError(
+                    f"explain: cannot preprocess {label} ({type(item).__name__}): {exc}"
+                ) from None
+            default.append(label)
+        batch = torch.stack(loaded)
+    if names is None:
+        names = default
+    if len(names) != len(batch):
+        raise ValueError(f"explain: {len(names)} names for {len(batch)} images")
+    return batch, list(names)
+
+
+# -- the model's classifier -------------------------------------------------------------------
+def find_classifier(model: nn.Module) -> tuple[str, nn.Linear] | None:
+    """The final ``nn.Linear`` (dotted name, module), or ``None``.
+
+    timm models name it through ``get_classifier()``; otherwise the last ``nn.Linear`` in
+    module order is taken. :func:`explain` checks that its output is the model's output
+    before it splits a logit into contributions.
+
+    Example:
+        >>> find_classifier(create_model("small_resnet"))[0]  # doctest: +SKIP
+        'fc'
+    """
+    get = getattr(model, "get_classifier", None)
+    if callable(get):
+        with contextlib.suppress(Exception):
+            head = get()
+            if isinstance(head, nn.Linear):
+                for name, module in model.named_modules():
+                    if module is head:
+                        return name, head
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+# -- explain ------------------------------------------------------------------------------------
+def _model_name(model: nn.Module) -> str:
+    config = getattr(model, "cvn_config", None)
+    if config is None:
+        return type(model).__name__
+    return f"{config.name} (U={config.U})" if config.U > 1 else config.name
+
+
+def _dissection_index(dissection: Any) -> dict[str, dict[int, Any]]:
+    index: dict[str, dict[int, Any]] = {}
+    if dissection is not None:
+        for u in dissection.units:
+            index.setdefault(u.layer, {})[u.unit] = u
+    return index
+
+
+def _pooling(dissection: Any, name: str, output: torch.Tensor, model: nn.Module) -> str:
+    """The pooling the dissection used for ``name`` (or the suggested one)."""
+    if dissection is not None:
+        meta = (dissection.meta or {}).get("layers", {}).get(name)
+        if meta and meta.get("pooling"):
+            return meta["pooling"]
+        configured = dissection.config.pooling
+        if isinstance(configured, dict) and name in configured:
+            configured = configured[name]
+        if isinstance(configured, str) and configured != "auto":
+            return configured
+    return _suggest(tuple(output.shape[1:]), model) or "none"
+
+
+def _default_layers(
+    model: nn.Module, lwta: dict[str, LWTA], dissection: Any, classifier: str | None
+) -> list[str]:
+    if lwta:
+        return list(lwta)
+    if dissection is not None:
+        names = [n for n in dict.fromkeys(u.layer for u in dissection.units) if n != classifier]
+        if names:
+            return names
+    from .models import activation_sites
+
+    sites = activation_sites(model)
+    if not sites:
+        raise ValueError(
+            "explain: the model has no LWTA layers and no activation modules; pass layers="
+        )
+    return sites
+
+
+@contextlib.contextmanager
+def _capture(
+    modules: dict[str, nn.Module], classifier: tuple[str, nn.Linear] | None
+) -> Iterator[dict[str, list]]:
+    """Forward hooks keeping every output of ``modules`` and the classifier's input/output."""
+    store: dict[str, list] = {name: [] for name in modules}
+    store["#classifier"] = []
+    handles = []
+    try:
+        for name, module in modules.items():
+            handles.append(
+                module.register_forward_hook(
+                    lambda _m, _i, out, name=name: (
+                        store[name].append(out.detach()) if isinstance(out, torch.Tensor) else None
+                    )
+                )
+            )
+        if classifier is not None:
+            handles.append(
+                classifier[1].register_forward_hook(
+                    lambda _m, inputs, out: store["#classifier"].append(
+                        (inputs[0].detach(), out.detach())
+                    )
+                )
+            )
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def explain(
+    model: nn.Module,
+    images: Any,
+    dissection: Any = None,
+    *,
+    policy: str = "argmax",
+    threshold: float = DEFAULT_THRESHOLD,
+    top: int | None = DEFAULT_TOP,
+    class_names: Sequence[str] | None = None,
+    layers: Sequence[str] | None = None,
+    names: Sequence[str] | None = None,
+    targets: Sequence[int] | None = None,
+    transform: Callable | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> list[Explanation]:
+    """Explain each image's prediction through the units that fired (one forward pass).
+
+    Args:
+        model: a CVN (LWTA layers) or a dense model.
+        images: preprocessed float inputs ``(N, C, H, W)``/``(C, H, W)``, or raw images (file
+            paths, PIL images, ``uint8`` tensors) that go through ``transform`` (default: the
+            model's evaluation transform, ``model.data_config``).
+        dissection: a :class:`~discover.dissection.Dissection` of this model; its labels and
+            poolings are used for the layers it covers.
+        policy: LWTA evaluation policy (``argmax`` is reproducible; ``sample`` draws the
+            winners, seeded with ``seed``).
+        threshold: dense layers: a unit is active when ``|activation| > threshold``.
+        top: winners (and contributions) listed per layer; ``None`` lists all.
+        class_names: label of each class index (default: ``class <i>``).
+        layers: layers to explain (default: every LWTA layer; for a dense model the layers
+            the dissection covers, else its activation modules).
+        names: a name per image (default: the file path or ``image[i]``).
+        targets: true class index per image, if known.
+
+    Returns:
+        one :class:`Explanation` per image.
+
+    Example:
+        >>> model, config = discover.load_run("runs/shapes-u4")  # doctest: +SKIP
+        >>> dissection = discover.Dissection.load("runs/shapes-u4/dissection")  # doctest: +SKIP
+        >>> [e] = explain(model, ["star.png"], dissection, class_names=config["class_names"])  # doctest: +SKIP
+        >>> print(e)  # doctest: +SKIP
+    """
+    if top is not None and top < 0:
+        raise ValueError(f"explain: top must be >= 0 or None, got {top}")
+    if not threshold >= 0:
+        raise ValueError(f"explain: threshold must be >= 0, got {threshold}")
+    batch, names = _as_batch(model, images, names, transform)
+    if targets is not None and len(targets) != len(batch):
+        raise ValueError(f"explain: {len(targets)} targets for {len(batch)} images")
+    lwta = lwta_layers(model)
+    classifier = find_classifier(model)
+    layer_names = (
+        list(layers)
+        if layers is not None
+        else _default_layers(model, lwta, dissection, classifier[0] if classifier else None)
+    )
+    modules = resolve_layers(model, layer_names)
+    index = _dissection_index(dissection)
+
+    device = torch.device(device)
+    was_training = model.training
+    model.to(device).eval()
+    policy_ctx = eval_policy(model, policy) if lwta else contextlib.nullcontext()
+    torch.manual_seed(seed)
+    try:
+        with policy_ctx, capture_winners(model) as captured, _capture(modules, classifier) as store:
+            logits = model(batch.to(device)).float()
+            masks = {n: captured[n].last_mask.clone() for n in modules if n in captured}
+    finally:
+        model.train(was_training)
+    if logits.dim() != 2:
+        raise ValueError(
+            f"explain: the model returned shape {tuple(logits.shape)}, expected (N, classes)"
+        )
+    num_classes = logits.shape[1]
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(
+            f"explain: {len(class_names)} class names for a model with {num_classes} outputs"
+        )
+    class_names = (
+        list(class_names) if class_names is not None else [f"class {i}" for i in range(num_classes)]
+    )
+    probs = logits.softmax(dim=1)
+
+    per_layer: dict[str, dict[str, torch.Tensor]] = {}
+    for name in modules:
+        outputs = store[name]
+        if not outputs:
+            raise ValueError(
+                f"explain: layer {name!r} produced no tensor output in the forward pass "
+                "(not used by this model's forward, or it returns a tuple?)"
+            )
+        if len(outputs) != 1:
+            raise ValueError(
+                f"explain: layer {name!r} ran {len(outputs)} times in one forward pass; "
+                "choose a layer that runs once (e.g. a SharedActivation's numbered children)"
+            )
+        out = outputs[0].float()
+        pooling = _pooling(dissection, name, out, model)
+        pooled = pool(out, pooling, name)
+        if name in index and len(index[name]) != pooled.shape[1]:
+            raise ValueError(
+                f"explain: the dissection describes {len(index[name])} units of {name!r}, the "
+                f"model's output has {pooled.shape[1]}: was it made for another model?"
+            )
+        if name in masks:
+            mask = masks[name]
+            active = pool(mask.float(), pooling, name) > 0
+            raw_active = mask
+        else:
+            active = pooled.abs() > threshold
+            raw_active = out.abs() > threshold
+        per_layer[name] = {
+            "pooled": pooled,
+            "active": active,
+            "fraction": raw_active.reshape(len(batch), -1).float().mean(dim=1),
+        }
+
+    head = _classifier_features(store, logits, classifier, per_layer, threshold)
+    explanations = []
+    for i in range(len(batch)):
+        rows = []
+        for name, module in modules.items():
+            data = per_layer[name]
+            kind = "lwta" if name in masks else "dense"
+            U = module.U if isinstance(module, LWTA) and module.U > 1 else None
+            winners = [
+                _winner(unit, float(data["pooled"][i, unit]), U, index.get(name))
+                for unit in data["active"][i].nonzero().flatten().tolist()
+            ]
+            winners.sort(key=lambda w: (-abs(w.activation), w.unit))
+            rows.append(
+                LayerExplanation(
+                    layer=name,
+                    kind=kind,
+                    units=int(data["pooled"].shape[1]),
+                    active=len(winners),
+                    active_fraction=float(data["fraction"][i]),
+                    threshold=None if kind == "lwta" else float(threshold),
+                    winners=winners[:top] if top is not None else winners,
+                )
+            )
+        predicted = int(logits[i].argmax())
+        explanations.append(
+            Explanation(
+                image=names[i],
+                model=_model_name(model),
+                prediction={
+                    "index": predicted,
+                    "label": class_names[predicted],
+                    "probability": float(probs[i, predicted]),
+                },
+                target=None
+                if targets is None
+                else {"index": int(targets[i]), "label": class_names[int(targets[i])]},
+                policy=policy if lwta else None,
+                layers=rows,
+                contributions=None
+                if head is None
+                else _contributions(head, i, predicted, class_names, index, top),
+            )
+        )
+    return explanations
+
+
+def _winner(unit: int, activation: float, U: int | None, labels: dict[int, Any] | None) -> Winner:
+    described = labels.get(unit) if labels else None
+    return Winner(
+        unit=unit,
+        block=unit // U if U else None,
+        activation=activation,
+        label=described.label if described is not None else None,
+        score=float(described.score) if described is not None else None,
+    )
+
+
+def _classifier_features(
+    store: dict[str, list],
+    logits: torch.Tensor,
+    classifier: tuple[str, nn.Linear] | None,
+    per_layer: dict[str, dict[str, torch.Tensor]],
+    threshold: float,
+) -> dict[str, Any] | None:
+    """The classifier's input features, the layer they come from, and which are active.
+
+    ``None`` when the model has no final ``nn.Linear`` whose output is the model's output.
+    """
+    calls = store["#classifier"]
+    if classifier is None or len(calls) != 1:
+        return None
+    features, output = calls[0]
+    if features.dim() != 2 or output.shape != logits.shape:
+        return None
+    if not torch.allclose(output.float(), logits, rtol=1e-4, atol=1e-5):
+        return None
+    features = features.float()
+    source, active = f"{classifier[0]} input", features.abs() > threshold
+    for name, data in per_layer.items():  # e.g. the last LWTA layer, average-pooled
+        pooled = data["pooled"]
+        if pooled.shape == features.shape and torch.allclose(
+            pooled, features, rtol=1e-4, atol=1e-6
+        ):
+            source, active = name, data["active"]
+            break
+    linear = classifier[1]
+    return {
+        "layer": source,
+        "features": features,
+        "active": active,
+        "weight": linear.weight.detach().float().cpu(),
+        "bias": None if linear.bias is None else linear.bias.detach().float().cpu(),
+        "logits": logits,
+    }
+
+
+def _contributions(
+    head: dict[str, Any],
+    i: int,
+    cls: int,
+    class_names: Sequence[str],
+    index: dict[str, dict[int, Any]],
+    top: int | None,
+) -> Contributions:
+    x = head["features"][i].cpu()
+    w = head["weight"][cls]
+    bias = float(head["bias"][cls]) if head["bias"] is not None else 0.0
+    logit = float(head["logits"][i, cls])
+    labels = index.get(head["layer"], {})
+    units = [
+        UnitContribution(
+            unit=unit,
+            label=labels[unit].label if unit in labels else None,
+            activation=float(x[unit]),
+            weight=float(w[unit]),
+            contribution=float(x[unit] * w[unit]),
+        )
+        for unit in head["active"][i].nonzero().flatten().tolist()
+    ]
+    units.sort(key=lambda u: (-abs(u.contribution), u.unit))
+    listed = units[:top] if top is not None else units
+    explained = math.fsum(u.contribution for u in listed)
+    denominator = logit - bias
+    share = explained / denominator if abs(denominator) > 1e-12 else float(abs(explained) < 1e-12)
+    return Contributions(
+        layer=head["layer"],
+        class_index=cls,
+        class_label=class_names[cls],
+        logit=logit,
+        bias=bias,
+        explained_share=share,
+        units=listed,
+    )
+
+
+def explanations_to_json(explanations: Sequence[Explanation], path: str | Path) -> Path:
+    """Write ``[e.to_dict(), ...]`` as JSON, atomically."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps([e.to_dict() for e in explanations], indent=2))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,376 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import discover
+from discover.dissection import DissectConfig, Dissection, UnitDescription
+from discover.explanation import (
+    Explanation,
+    explain,
+    find_classifier,
+    print_explanations,
+    read_images,
+)
+from discover.lwta import capture_winners, eval_policy, lwta_layers
+from discover.models import activation_sites
+from discover.recording import pool
+
+RESNET = dict(img_size=16, widths=[8, 16, 32], depths=[1, 1, 1])
+VIT = dict(img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2)
+
+
+def _resnet(U, classes=5):
+    return discover.create_model("small_resnet", U=U, num_classes=classes, **RESNET).eval()
+
+
+def _vit(U, classes=5):
+    return discover.create_model("small_vit", U=U, num_classes=classes, **VIT).eval()
+
+
+def _fake_dissection(model, layers, pooling="auto", resolved=None):
+    """Labels 'L<layer>-<unit>' with score = unit, pooling recorded as a dissection does."""
+    sizes = {}
+    for name in layers:
+        info = next(i for i in discover.list_layers(model) if i.name == name)
+        sizes[name] = info.output_shape[0] if len(info.output_shape) != 2 else info.output_shape[1]
+    units = [
+        UnitDescription(name, k, f"{name}-{k}", float(k), [(f"{name}-{k}", float(k))])
+        for name in layers
+        for k in range(sizes[name])
+    ]
+    meta = {"layers": {n: {"pooling": (resolved or {}).get(n)} for n in layers}}
+    return Dissection(units, DissectConfig(list(layers), "test", "test", pooling=pooling), meta)
+
+
+def _reference_masks(model, x, policy="argmax"):
+    with eval_policy(model, policy), capture_winners(model) as layers, torch.no_grad():
+        model(x)
+        return {name: layer.last_mask.clone() for name, layer in layers.items()}
+
+
+def test_conv_cvn_winners_come_from_the_mask():
+    model = _resnet(U=4)
+    x = torch.randn(3, 3, 16, 16)
+    explanations = explain(model, x, top=None)
+    masks = _reference_masks(model, x)
+    assert len(explanations) == 3 and set(masks) == set(lwta_layers(model))
+    for i, e in enumerate(explanations):
+        assert e.policy == "argmax" and e.model == "small_resnet (U=4)"
+        assert [row.layer for row in e.layers] == list(lwta_layers(model))
+        for row in e.layers:
+            mask = masks[row.layer][i]  # (C, H, W)
+            assert row.kind == "lwta" and row.threshold is None
+            assert row.active_fraction == pytest.approx(0.25, abs=0)  # exactly 1/U
+            won = set(mask.flatten(1).any(dim=1).nonzero().flatten().tolist())
+            assert {w.unit for w in row.winners} == won and row.active == len(won)
+            assert all(w.block == w.unit // 4 for w in row.winners)
+            values = [abs(w.activation) for w in row.winners]
+            assert values == sorted(values, reverse=True)
+
+
+def test_token_cvn_lists_exactly_one_winner_per_block_including_negative_ones():
+    model = _vit(U=4)
+    with torch.no_grad():  # every unit of block 0 below zero: its winner is negative
+        model.blocks[1].mlp.fc1.bias[:4] -= 100.0
+    x = torch.randn(4, 3, 16, 16)
+    [e, *_] = explain(model, x, top=None)
+    masks = _reference_masks(model, x)
+    out = {}
+    hook = model.blocks[1].mlp.act.register_forward_hook(lambda m, i, o: out.update(y=o))
+    with eval_policy(model, "argmax"), torch.no_grad():
+        model(x)
+    hook.remove()
+    row = e.layer("blocks.1.mlp.act")
+    cls_mask = masks["blocks.1.mlp.act"][0, 0]  # image 0, CLS token: (64,)
+    assert row.units == 64 and row.active == 16  # K / U winners at the pooled CLS token
+    assert sorted(w.unit for w in row.winners) == cls_mask.nonzero().flatten().tolist()
+    assert sorted(w.block for w in row.winners) == list(range(16))  # one per block
+    for w in row.winners:
+        assert w.activation == pytest.approx(float(out["y"][0, 0, w.unit]))
+    # a negative winner is listed (an argmax over the signed outputs would pick a loser, 0)
+    [first] = [w for w in row.winners if w.block == 0]
+    assert first.activation < -50 and cls_mask[first.unit]
+
+
+def test_sampled_winners_are_seeded_and_recorded():
+    model = _vit(U=4)
+    x = torch.randn(2, 3, 16, 16)
+    a = explain(model, x, policy="sample", seed=3, top=None)
+    b = explain(model, x, policy="sample", seed=3, top=None)
+    assert a[0].policy == "sample" and a[0].to_dict() == b[0].to_dict()
+    for row in a[0].layers:
+        assert row.active_fraction == pytest.approx(0.25, abs=0)
+
+
+@pytest.mark.parametrize("make,U", [(_resnet, 4), (_resnet, 1), (_vit, 4), (_vit, 1)])
+def test_contributions_add_up_to_the_logit(make, U):
+    model = make(U)
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad(), eval_policy(model, "argmax"):
+        logits = model(x)
+    for i, e in enumerate(explain(model, x, top=None, threshold=0.0)):
+        c = e.contributions
+        assert c is not None and c.class_index == int(logits[i].argmax())
+        assert c.logit == pytest.approx(float(logits[i, c.class_index]), abs=1e-5)
+        total = sum(u.contribution for u in c.units) + c.bias
+        assert total == pytest.approx(c.logit, abs=1e-4)
+        assert c.explained_share == pytest.approx(1.0, abs=1e-4)
+        for u in c.units:
+            assert u.contribution == pytest.approx(u.activation * u.weight)
+        magnitudes = [abs(u.contribution) for u in c.units]
+        assert magnitudes == sorted(magnitudes, reverse=True)
+
+
+def test_contributions_come_from_the_layer_that_feeds_the_classifier():
+    model = _resnet(U=4)
+    dissection = _fake_dissection(model, ["layer3.0.act2", "fc"], resolved={"layer3.0.act2": "avg"})
+    [e] = explain(model, torch.randn(1, 3, 16, 16), dissection, top=3)
+    c = e.contributions
+    # the average-pooled last LWTA layer *is* the classifier's input: its labels are used
+    assert c.layer == "layer3.0.act2" and len(c.units) == 3
+    assert all(u.label == f"layer3.0.act2-{u.unit}" for u in c.units)
+    assert 0 < len(c.units) < e.layer("layer3.0.act2").active
+    listed = sum(u.contribution for u in c.units)
+    assert c.explained_share == pytest.approx(listed / (c.logit - c.bias))
+    # a ViT's head reads the final LayerNorm of the CLS token: no dissected layer matches
+    [v] = explain(_vit(U=4), torch.randn(1, 3, 16, 16))
+    assert v.contributions.layer == "head input"
+    assert all(u.label is None for u in v.contributions.units)
+
+
+def test_labels_and_pooling_come_from_the_dissection():
+    model = _resnet(U=4)
+    x = torch.randn(2, 3, 16, 16)
+    layers = ["layer2.0.act1", "layer3.0.act2"]
+    dissection = _fake_dissection(
+        model, layers, pooling="max", resolved=dict.fromkeys(layers, "max")
+    )
+    out = {}
+    handle = model.layer2[0].act1.register_forward_hook(lambda m, i, o: out.update(y=o))
+    explanations = explain(model, x, dissection, top=None)
+    handle.remove()
+    row = explanations[1].layer("layer2.0.act1")
+    expected = pool(out["y"], "max")[1]
+    for w in row.winners:
+        assert w.label == f"layer2.0.act1-{w.unit}" and w.score == float(w.unit)
+        assert w.activation == pytest.approx(float(expected[w.unit]))
+    # LWTA layers the dissection does not cover are still explained, without labels
+    assert all(w.label is None for w in explanations[0].layer("act1").winners)
+
+
+def test_dense_model_lists_units_above_the_threshold_and_counts_them():
+    model = _resnet(U=1)
+    x = torch.randn(2, 3, 16, 16)
+    explanations = explain(model, x, top=4)
+    assert [row.layer for row in explanations[0].layers] == activation_sites(model)
+    outputs = {}
+    handles = [
+        dict(model.named_modules())[n].register_forward_hook(
+            lambda m, i, o, n=n: outputs.update({n: o})
+        )
+        for n in activation_sites(model)
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    for i, e in enumerate(explanations):
+        assert e.policy is None
+        for row in e.layers:
+            y = outputs[row.layer][i]
+            pooled = y.mean(dim=(1, 2))
+            assert row.kind == "dense" and row.threshold == 1e-4 and len(row.winners) == 4
+            assert row.active == int((pooled.abs() > 1e-4).sum())
+            assert row.active_fraction == pytest.approx(float((y.abs() > 1e-4).float().mean()))
+            assert all(abs(w.activation) > 1e-4 and w.block is None for w in row.winners)
+    # the ReLU twin keeps roughly half its units active, where a U=4 CVN keeps exactly 1/4
+    fractions = [row.active_fraction for row in explanations[0].layers]
+    assert all(f > 0.3 for f in fractions)
+    high = explain(model, x, threshold=1e6)[0]
+    assert all(row.active == 0 and row.winners == [] for row in high.layers)
+
+
+def test_dense_model_explains_the_layers_the_dissection_covers():
+    model = _resnet(U=1)
+    dissection = _fake_dissection(model, ["layer3.0.act2", "fc"])
+    [e] = explain(model, torch.randn(1, 3, 16, 16), dissection)
+    assert [row.layer for row in e.layers] == ["layer3.0.act2"]  # not the classifier
+    assert all(w.label == f"layer3.0.act2-{w.unit}" for w in e.layer("layer3.0.act2").winners)
+    assert e.contributions.layer == "layer3.0.act2"
+
+
+def test_to_dict_follows_the_report_schema_and_round_trips():
+    model = _resnet(U=4, classes=3)
+    [e] = explain(
+        model,
+        torch.randn(1, 3, 16, 16),
+        _fake_dissection(model, ["layer3.0.act2"]),
+        class_names=["circle", "square", "star"],
+        names=["shapes[7]"],
+        targets=[2],
+    )
+    data = json.loads(json.dumps(e.to_dict()))
+    assert set(data) == {
+        "image", "model", "prediction", "target", "policy", "layers", "contributions"
+    }  # fmt: skip
+    assert data["image"] == "shapes[7]" and data["target"] == {"index": 2, "label": "star"}
+    assert set(data["prediction"]) == {"index", "label", "probability"}
+    assert data["prediction"]["label"] in ("circle", "square", "star")
+    layer = data["layers"][0]
+    assert set(layer) == {
+        "layer", "kind", "units", "active", "active_fraction", "threshold", "winners"
+    }  # fmt: skip
+    assert set(layer["winners"][0]) == {"unit", "block", "activation", "label", "score"}
+    assert set(data["contributions"]) == {
+        "layer", "class_index", "class_label", "logit", "bias", "explained_share", "units"
+    }  # fmt: skip
+    assert set(data["contributions"]["units"][0]) == {
+        "unit", "label", "activation", "weight", "contribution"
+    }  # fmt: skip
+    assert Explanation.from_dict(data) == e
+
+
+def test_text_and_rich_tables(capsys):
+    model = _resnet(U=4)
+    [e] = explain(model, torch.randn(1, 3, 16, 16), _fake_dissection(model, ["act1"]), top=2)
+    text = str(e)
+    assert "act1 [lwta]: " in text and "units won" in text and "act1-" in text
+    assert "contributions of layer3.0.act2" in text
+    print_explanations([e])
+    out = capsys.readouterr().out
+    assert "act1-" in out and "contribution" in out and "predicts" in out
+
+
+def test_raw_images_go_through_the_eval_transform(tmp_path):
+    model = _resnet(U=2)
+    model.data_config = discover.data.DataConfig(input_size=(3, 16, 16))
+    image = torch.randint(0, 256, (3, 24, 24), dtype=torch.uint8)
+    path = tmp_path / "a.png"
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
+    from_tensor = explain(model, [image])[0]
+    from_file = explain(model, [str(path)])[0]
+    assert from_file.image == str(path) and from_tensor.image == "image[0]"
+    assert from_file.prediction == from_tensor.prediction
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="cannot read image .*broken.png"):
+        explain(model, [str(path), str(broken)])
+
+
+def test_read_images_reports_failures_and_keeps_the_rest(tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (8, 8), "red").save(good)
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
+    images, names, failures = read_images([good, tmp_path / "bad.jpg", tmp_path / "missing.png"])
+    assert names == [str(good)] and images[0].size == (8, 8)
+    assert set(failures) == {str(tmp_path / "bad.jpg"), str(tmp_path / "missing.png")}
+    assert failures[str(tmp_path / "missing.png")] == "no such file"
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = _resnet(U=4)
+    x = torch.randn(2, 3, 16, 16)
+    with pytest.raises(ValueError, match="3 class names for a model with 5 outputs"):
+        explain(model, x, class_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match="1 targets for 2 images"):
+        explain(model, x, targets=[0])
+    with pytest.raises(ValueError, match="unknown layer 'layer9'"):
+        explain(model, x, layers=["layer9"])
+    with pytest.raises(ValueError, match="must be .* model inputs"):
+        explain(model, torch.randn(16, 16))
+    other = _fake_dissection(_resnet(U=4, classes=5), ["fc"])
+    other.units = other.units[:3]
+    with pytest.raises(ValueError, match="describes 3 units of 'fc', the model's output has 5"):
+        explain(model, x, other, layers=["fc"])
+
+
+def test_find_classifier():
+    assert find_classifier(_resnet(U=2))[0] == "fc"
+    assert find_classifier(_vit(U=2))[0] == "head"
+    assert find_classifier(torch.nn.Conv2d(3, 3, 1)) is None
+
+
+# -- discover explain ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from discover.data import ShapesWorld
+    from discover.embedders import AnnotationEmbedder
+    from discover.training import TrainConfig, train
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("explain")
+    run = train(
+        TrainConfig(
+            model="small_resnet",
+            U=4,
+            dataset="shapes",
+            epochs=1,
+            batch_size=32,
+            dataset_kwargs={"n": 64, "image_size": 16},
+            eval_samples=1,
+            model_kwargs={"img_size": 16, "widths": [8, 16], "depths": [1, 1]},
+            out=str(root / "run"),
+        ),
+        progress=False,
+    ).out
+    model, _ = discover.load_run(run)
+    probe = ShapesWorld(n=120, image_size=16, split="val")
+    layers = [*lwta_layers(model), "fc"]
+    discover.dissect(model, layers, probe, "shapes", AnnotationEmbedder(), progress=False).save(
+        root / "dissection"
+    )
+    images = []
+    for i in range(2):
+        image, _ = ShapesWorld(n=2, image_size=16, split="test")[i]
+        path = root / f"shape{i}.png"
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
+        images.append(str(path))
+    broken = root / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return {"run": run, "dissection": root / "dissection", "images": images, "broken": broken}
+
+
+def test_cli_explain_skips_an_unreadable_image_and_explains_the_others(tiny_run, capsys):
+    from discover.cli import main
+
+    good, broken = tiny_run["images"], str(tiny_run["broken"])
+    argv = ["explain", good[0], broken, good[1], "--run", str(tiny_run["run"])]
+    code = main([*argv, "--dissection", str(tiny_run["dissection"]), "--json"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert f"error: cannot read image {broken}" in captured.err
+    assert "1 of 3 image(s) could not be read; explained the other 2" in captured.err
+    assert "Traceback" not in captured.err
+    data = json.loads(captured.out)
+    assert [d["image"] for d in data] == good
+    layer = next(row for row in data[0]["layers"] if row["layer"] == "layer2.0.act2")
+    assert layer["kind"] == "lwta" and layer["active_fraction"] == 0.25
+    assert all(w["label"] for w in layer["winners"])  # labelled by the dissection
+    assert data[0]["prediction"]["label"] in discover.load_concepts("shapes_classes").concepts
+
+
+def test_cli_explain_prints_tables(tiny_run, capsys, monkeypatch, tmp_path):
+    import shutil
+
+    from discover.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], run)
+    shutil.copytree(tiny_run["dissection"], run / "dissection")  # the default place
+    assert main(["explain", tiny_run["images"][0], "--run", str(run), "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "layer2.0.act2 [lwta]" in out and "units won" in out and "predicts" in out
+
+
+def test_cli_explain_without_a_dissection_says_how_to_make_one(tiny_run, capsys):
+    from discover.cli import main
+
+    run = str(tiny_run["run"])
+    assert main(["explain", tiny_run["images"][0], "--run", run]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: run ") and "has no dissection" in err
+    assert f"discover dissect --run {run} --layers act1" in err and " fc --probe shapes" in err
+    assert main(["explain", "x.png", "--run", run, "--dissection", run + "/nowhere"]) == 2
+    assert "no dissection in" in capsys.readouterr().err

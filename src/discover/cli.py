@@ -496,6 +496,135 @@ def _dissect(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- discover eval-descriptions -------------------------------------------------------------
+def _eval_descriptions_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dissection", help="dissection directory (`discover dissect --out`)")
+    parser.add_argument(
+        "--classes",
+        required=True,
+        help="class names in class order: a concept set (shapes_classes, imagenet_labels), "
+        "a text file (one per line) or a data set name (fashion-mnist)",
+    )
+    parser.add_argument("--layer", help="the classifier layer (default: the last dissected)")
+    parser.add_argument(
+        "--embedder",
+        help="embedder whose text space scores the matched cosine (the one used to dissect, "
+        "e.g. conse); default: that figure is reported as n/a",
+    )
+    parser.add_argument(
+        "--sentence-model",
+        default="auto",
+        help="auto (mpnet if installed, else MiniLM), mpnet, minilm, a folder, or none",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of both baselines")
+    parser.add_argument("--null-repeats", type=int, default=200, help="draws per baseline")
+    parser.add_argument("--out", help="where to write the results (default: DISSECTION)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+@command(
+    "eval-descriptions",
+    arguments=_eval_descriptions_arguments,
+    help="final-layer protocol: score a classifier layer's descriptions against its classes",
+)
+def _eval_descriptions(args: argparse.Namespace) -> int:
+    from .description_eval import evaluate_descriptions
+
+    scores = evaluate_descriptions(
+        args.dissection,
+        args.classes,
+        layer=args.layer,
+        embedder=args.embedder,
+        sentence_model=args.sentence_model,
+        seed=args.seed,
+        null_repeats=args.null_repeats,
+    )
+    path = scores.save(args.out or args.dissection)
+    if args.json:
+        print(json.dumps(scores.to_dict(), indent=2))
+    else:
+        print(scores.summary())
+        print(f"\nwritten: {path} (+ .csv tables)")
+    return 0
+
+
+# -- discover planted -----------------------------------------------------------------------
+def _planted_arguments(parser: argparse.ArgumentParser) -> None:
+    from .planted import VARIANTS, PlantedConfig
+
+    defaults = PlantedConfig()
+    parser.add_argument("--probe", default="shapes", help="probe data set (for P)")
+    parser.add_argument("--probe-split", default="val")
+    parser.add_argument("--probe-root", help="folder of the probe data set, where it needs one")
+    parser.add_argument("--probe-arg", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--probe-limit", type=int, help="use the first N probe images")
+    parser.add_argument("--concepts", default="shapes", help="concept set name or file")
+    parser.add_argument(
+        "--embedder", default="annotations", help="annotations, conse, open_clip:ARCH:WEIGHTS"
+    )
+    parser.add_argument(
+        "--similarities", nargs="+", help="similarity functions (default: all registered)"
+    )
+    parser.add_argument("--similarity-arg", action="append", default=[], metavar="SIM.KEY=VALUE")
+    parser.add_argument("--noise", nargs="+", type=float, default=list(defaults.noise))
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), default=list(defaults.variants)
+    )
+    parser.add_argument("--units", type=int, default=defaults.units, help="units per cell")
+    parser.add_argument("-U", type=int, default=defaults.U, help="signed_sparse block size")
+    parser.add_argument("--active-fraction", type=float, default=defaults.active_fraction)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--out", help="write planted.csv, planted_ranking.csv, planted.json here")
+
+
+@command(
+    "planted",
+    arguments=_planted_arguments,
+    help="rank the similarity functions by how often they recover concepts planted in "
+    "synthetic neurons",
+)
+def _planted(args: argparse.Namespace) -> int:
+    from .concepts import load_concepts
+    from .data import build_dataset
+    from .embedders import build_embedder
+    from .planted import PlantedConfig, planted_recovery
+
+    params: dict[str, dict] = {}
+    for key, value in _key_values(args.similarity_arg, "--similarity-arg").items():
+        sim, dot, param = key.partition(".")
+        if not dot or not param:
+            raise ValueError(f"--similarity-arg expects SIMILARITY.KEY=VALUE, got {key!r}")
+        params.setdefault(sim, {})[param] = value
+    config = PlantedConfig(
+        noise=tuple(args.noise),
+        variants=tuple(args.variants),
+        units=args.units,
+        active_fraction=args.active_fraction,
+        U=args.U,
+        similarities=tuple(args.similarities or ()),
+        similarity_params=params,
+        seed=args.seed,
+    )
+    probe = build_dataset(
+        args.probe,
+        args.probe_split,
+        root=args.probe_root,
+        **_key_values(args.probe_arg, "--probe-arg"),
+    )
+    if args.probe_limit is not None:
+        probe = torch.utils.data.Subset(probe, range(min(args.probe_limit, len(probe))))
+    concepts = load_concepts(args.concepts)
+    embedder = build_embedder(args.embedder)
+    P = embedder.concept_matrix(probe, concepts.concepts, batch_size=args.batch_size)
+    result = planted_recovery(P, concepts.concepts, config)
+    result.meta.update(probe=args.probe, concept_set=concepts.name, embedder=embedder.name)
+    print(result.table())
+    if args.out:
+        print(f"\nwritten: {result.save(args.out)} (+ planted.csv, planted_ranking.csv)")
+    return 0
+
+
 # -- entry point -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

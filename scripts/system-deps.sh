@@ -4,6 +4,9 @@
 set -u
 want=()
 [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || want+=(dataset-fashion-mnist)
+# headless Chromium and its matching WebDriver for the HTML report's browser test
+command -v chromium >/dev/null 2>&1 || want+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || want+=(chromium-driver)
 [ ${#want[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "note: not root or no apt-get; skipping system packages: ${want[*]}" >&2

@@ -1,0 +1,863 @@
+"""A static HTML report of dissected models: overview, unit galleries and explanations.
+
+:func:`write_report` writes a folder that opens from disk (no server, no JavaScript):
+
+* ``index.html``: for every :class:`ReportSection` (one model) its settings, accuracy,
+  per-layer sparsity with a bar chart (and the ``1/U`` line of LWTA layers), the dissection
+  settings and description scores, with links to
+* ``<section>/<layer>.html``: a card per unit with its label, score, runner-up concepts, top
+  activating probe images, an activation histogram and, for LWTA layers, how often the unit
+  wins its block;
+* ``explanations/<i>.html``: one page per explained image (the dictionaries of
+  :meth:`discover.explanation.Explanation.to_dict`);
+* ``report.json``: the settings and a summary of every page.
+
+Every text is escaped by Jinja2's autoescaping (concept files and file names are untrusted
+input) and every page forbids scripts through its Content-Security-Policy. The report is
+written to a sibling folder and swapped in with renames: an existing report is replaced
+whole or not at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from PIL import Image, ImageDraw
+from torch import nn
+from torch.utils.data import Dataset
+
+from .dissection import Dissection, UnitDescription, model_view
+from .lwta import lwta_layers
+from .recording import record
+
+__all__ = ["ReportSection", "ReportConfig", "write_report"]
+
+GENERATOR = "discover.report"
+"""The ``generator`` key of ``report.json``: only folders that carry it are ever replaced."""
+
+_EXPLANATION_KEYS = ("image", "model", "prediction", "layers")
+_PREDICTION_KEYS = ("index", "label", "probability")
+_LAYER_KEYS = ("layer", "kind", "units", "active", "active_fraction", "winners")
+_WINNER_KEYS = ("unit", "activation")
+_CONTRIBUTION_KEYS = ("layer", "class_label", "logit", "bias", "explained_share", "units")
+
+
+@dataclass
+class ReportSection:
+    """One model of the report, with its dissection and what was measured on it.
+
+    Args:
+        name: shown as the section title, e.g. ``"CVN (U=4)"`` or ``"dense twin"``.
+        model: the dissected model.
+        dissection: its :class:`~discover.dissection.Dissection`.
+        probe: the dissection's probe set of raw ``(image, label, ...)`` items; an image is a
+            PIL image, a ``uint8`` tensor or a float ``(C, H, W)`` tensor in ``[0, 1]``.
+        accuracy: e.g. ``{"top1": 0.83, "top5": 0.99}``.
+        sparsity: measured active fraction per layer.
+        settings: model, training and dissection settings shown on the overview.
+        description_scores: final-layer description figures shown on the overview.
+        activations: ``{layer: (N, K)}`` pooled probe activations when already recorded;
+            otherwise the report records them with :func:`discover.recording.record`.
+        transform: the model's evaluation transform for the probe images (used only when
+            recording; default: the model's own, see :func:`discover.dissection.model_view`).
+    """
+
+    name: str
+    model: nn.Module
+    dissection: Dissection
+    probe: Dataset
+    accuracy: dict[str, float] | None = None
+    sparsity: dict[str, float] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    description_scores: dict[str, Any] | None = None
+    activations: dict[str, torch.Tensor] | None = None
+    transform: Callable | None = None
+
+
+@dataclass
+class ReportConfig:
+    """How much the report shows; saved in ``report.json``.
+
+    Args:
+        top_images: top activating probe images per unit.
+        max_units: units shown per layer gallery, best scores first (``None``: all of them);
+            the page says how many it leaves out.
+        max_winners: winners listed per layer on an explanation page.
+        histogram_bins: bins of each unit's activation histogram.
+        thumbnail_size: probe images larger than this (pixels) are downscaled to fit.
+        title: the report's title.
+        batch_size: batch size when the report records activations itself.
+        device: device for that recording.
+    """
+
+    top_images: int = 5
+    max_units: int | None = 128
+    max_winners: int = 64
+    histogram_bins: int = 40
+    thumbnail_size: int = 128
+    title: str = "DISCOVER report"
+    batch_size: int = 64
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "top_images": self.top_images >= 1,
+            "max_units": self.max_units is None or self.max_units >= 1,
+            "max_winners": self.max_winners >= 1,
+            "histogram_bins": self.histogram_bins >= 2,
+            "thumbnail_size": self.thumbnail_size >= 8,
+            "batch_size": self.batch_size >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(
+                    f"ReportConfig: {name}={getattr(self, name)!r} is out of range "
+                    "(top_images, max_units, max_winners, batch_size >= 1; "
+                    "histogram_bins >= 2; thumbnail_size >= 8)"
+                )
+
+
+def write_report(
+    out: str | Path,
+    sections: Sequence[ReportSection],
+    *,
+    explanations: Iterable[tuple[Mapping[str, Any], Any]] = (),
+    meta: Mapping[str, Any] | None = None,
+    config: ReportConfig | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write the static HTML report into the folder ``out``; returns ``out/index.html``.
+
+    Args:
+        out: the report folder. An existing report there is replaced atomically (the new one
+            is written next to it and swapped in); any other existing, non-empty folder is
+            refused, so nothing else is ever deleted.
+        sections: one :class:`ReportSection` per model.
+        explanations: ``(explanation_dict, image)`` pairs, the dictionary as returned by
+            :meth:`discover.explanation.Explanation.to_dict` (or an object with ``to_dict``)
+            and the image as a PIL image or a ``(C, H, W)`` tensor.
+        meta: run metadata shown on the overview and saved in ``report.json``.
+        config: what to show (:class:`ReportConfig`).
+        progress: show tqdm progress bars.
+
+    Example:
+        >>> section = ReportSection("CVN (U=4)", model, dissection, probe,
+        ...                         accuracy={"top1": 0.91})  # doctest: +SKIP
+        >>> write_report("runs/demo/report", [section])  # doctest: +SKIP
+        PosixPath('runs/demo/report/index.html')
+    """
+    config = config or ReportConfig()
+    sections = _check_sections(sections)
+    explanations = _check_explanations(explanations)
+    out = Path(out)
+    _check_destination(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:12]}")
+    staging.mkdir()
+    try:
+        _Writer(staging, config, progress).write(sections, explanations, dict(meta or {}))
+        _swap_in(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out / "index.html"
+
+
+# -- validation ---------------------------------------------------------------------------------
+def _check_sections(sections: Sequence[ReportSection]) -> list[ReportSection]:
+    sections = list(sections)
+    if not sections:
+        raise ValueError("write_report: no sections given (need at least one ReportSection)")
+    for i, section in enumerate(sections):
+        if not isinstance(section, ReportSection):
+            raise ValueError(
+                f"write_report: section {i} is a {type(section).__name__}, expected a "
+                "discover.report.ReportSection"
+            )
+        if not isinstance(section.dissection, Dissection):
+            raise ValueError(
+                f"section {section.name!r}: dissection is a {type(section.dissection).__name__}, "
+                "expected a discover.dissection.Dissection"
+            )
+        if len(section.probe) == 0:
+            raise ValueError(f"section {section.name!r}: the probe set is empty")
+        if not section.dissection.units:
+            raise ValueError(f"section {section.name!r}: the dissection has no units")
+    return sections
+
+
+def _check_explanations(
+    explanations: Iterable[tuple[Mapping[str, Any], Any]],
+) -> list[tuple[dict[str, Any], Any]]:
+    checked = []
+    for i, pair in enumerate(explanations):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(
+                f"explanation {i}: expected an (explanation_dict, image) pair, got "
+                f"{type(pair).__name__}"
+            )
+        data, image = pair
+        if callable(getattr(data, "to_dict", None)):
+            data = data.to_dict()
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"explanation {i}: expected a dict from Explanation.to_dict(), got "
+                f"{type(data).__name__}"
+            )
+        missing = [k for k in _EXPLANATION_KEYS if k not in data]
+        missing += [
+            f"prediction.{k}"
+            for k in _PREDICTION_KEYS
+            if isinstance(data.get("prediction"), Mapping) and k not in data["prediction"]
+        ]
+        if not isinstance(data.get("prediction", {}), Mapping):
+            missing.append("prediction (a dict)")
+        for j, layer in enumerate(data.get("layers") or []):
+            if not isinstance(layer, Mapping):
+                missing.append(f"layers[{j}] (a dict)")
+                continue
+            missing += [f"layers[{j}].{k}" for k in _LAYER_KEYS if k not in layer]
+            for w, winner in enumerate(layer.get("winners") or []):
+                if not isinstance(winner, Mapping) or not all(k in winner for k in _WINNER_KEYS):
+                    missing.append(f"layers[{j}].winners[{w}].unit/activation")
+                    break
+        contributions = data.get("contributions")
+        if contributions is not None:
+            if not isinstance(contributions, Mapping):
+                missing.append("contributions (a dict or None)")
+            else:
+                missing += [
+                    f"contributions.{k}" for k in _CONTRIBUTION_KEYS if k not in contributions
+                ]
+                if not all(
+                    isinstance(u, Mapping) and "unit" in u and "contribution" in u
+                    for u in contributions.get("units") or []
+                ):
+                    missing.append("contributions.units[].unit/contribution")
+        if missing:
+            raise ValueError(
+                f"explanation {i} ({data.get('image', '?')}): missing {', '.join(missing)}; "
+                "see discover.explanation.Explanation.to_dict for the expected keys"
+            )
+        data = {"target": None, "policy": None, "contributions": None, **data}
+        data["layers"] = [
+            {
+                "threshold": None,
+                **layer,
+                "winners": [
+                    {"block": None, "label": None, "score": None, **w}
+                    for w in layer.get("winners") or []
+                ],
+            }
+            for layer in data["layers"]
+        ]
+        checked.append((data, image))
+    return checked
+
+
+def _check_destination(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"report destination {out} is a file, expected a folder")
+    if out.is_dir() and any(out.iterdir()):
+        marker = out / "report.json"
+        try:
+            generator = json.loads(marker.read_text()).get("generator")
+        except (OSError, ValueError, AttributeError):
+            generator = None
+        if generator != GENERATOR:
+            raise ValueError(
+                f"report destination {out} exists and is not a discover report (no "
+                f"{marker.name} written by {GENERATOR}); refusing to replace it. Choose an "
+                "empty or new folder"
+            )
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Replace ``out`` by the complete ``staging`` folder with renames."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:12]}")
+        out.rename(old)
+    try:
+        staging.rename(out)
+    except BaseException:
+        if old is not None:
+            old.rename(out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# -- small helpers ------------------------------------------------------------------------------
+def _slug(text: str, fallback: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:60]
+    return slug or fallback
+
+
+def _unique(slug: str, taken: set[str]) -> str:
+    candidate, n = slug, 2
+    while candidate.lower() in taken:
+        candidate, n = f"{slug}-{n}", n + 1
+    taken.add(candidate.lower())
+    return candidate
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    """Numbers with ``digits`` significant digits, containers as compact JSON."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return f"{value:.{digits}g}" if math.isfinite(value) else str(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return _fmt(value.item(), digits)
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * float(value):.1f} %"
+
+
+def _rows(mapping: Mapping[str, Any] | None, prefix: str = "") -> list[tuple[str, str]]:
+    """Flatten nested dicts into ``(dotted key, formatted value)`` rows."""
+    rows: list[tuple[str, str]] = []
+    for key, value in (mapping or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            rows += _rows(value, f"{name}.")
+        else:
+            rows.append((name, _fmt(value)))
+    return rows
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def to_pil(image: Any, what: str = "image") -> Image.Image:
+    """A PIL image from a PIL image, a ``(C, H, W)``/``(H, W)`` tensor or an ``(H, W, C)`` array.
+
+    ``uint8`` data is taken as is; float data must lie in ``[0, 1]``.
+
+    Example:
+        >>> to_pil(torch.zeros(3, 8, 8)).size
+        (8, 8)
+    """
+    if isinstance(image, Image.Image):
+        return image if image.mode in ("L", "RGB", "RGBA") else image.convert("RGB")
+    if isinstance(image, torch.Tensor):
+        array = image.detach().cpu()
+        if array.dim() == 2:
+            array = array[None]
+        if array.dim() != 3 or array.shape[0] not in (1, 3, 4):
+            raise ValueError(
+                f"{what}: a tensor image must be (C, H, W) with C in 1, 3, 4 or (H, W); "
+                f"got shape {tuple(image.shape)}"
+            )
+        array = array.permute(1, 2, 0).numpy()
+    elif isinstance(image, np.ndarray):
+        array = image[..., None] if image.ndim == 2 else image
+        if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+            raise ValueError(
+                f"{what}: an array image must be (H, W, C) with C in 1, 3, 4 or (H, W); "
+                f"got shape {image.shape}"
+            )
+    else:
+        raise ValueError(
+            f"{what}: expected a PIL image, a (C, H, W) tensor or an (H, W, C) array, got "
+            f"{type(image).__name__}"
+        )
+    if array.dtype != np.uint8:
+        array = array.astype(np.float32)
+        lo, hi = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(
+                f"{what}: float pixel values span [{lo:.3g}, {hi:.3g}], expected [0, 1]; "
+                "pass raw images (the probe set without the model's normalisation)"
+            )
+        array = np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)
+    if array.shape[2] == 1:
+        return Image.fromarray(array[:, :, 0], "L")
+    return Image.fromarray(np.ascontiguousarray(array), "RGB" if array.shape[2] == 3 else "RGBA")
+
+
+def _probe_image(probe: Dataset, index: int) -> Any:
+    item = probe[index]
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+def _histogram_png(values: np.ndarray, path: Path, bins: int, size=(168, 44)) -> dict[str, Any]:
+    """A small activation histogram drawn straight into a PNG (a few hundred per second).
+
+    Heights are square-root scaled so that a spike at 0 (losing LWTA units) does not hide the
+    rest; negative bins are orange, positive ones blue, and a grey line marks 0.
+    """
+    width, height = size
+    finite = values[np.isfinite(values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    span = hi - lo if hi > lo else 1.0
+    counts, edges = np.histogram(finite, bins=bins, range=(lo, lo + span))
+    image = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    peak = max(int(counts.max()) if counts.size else 0, 1)
+    for i, count in enumerate(counts):
+        if not count:
+            continue
+        x0 = round(i * width / bins)
+        x1 = max(x0, round((i + 1) * width / bins) - 1)
+        bar = max(1, round(math.sqrt(count / peak) * (height - 3)))
+        colour = (235, 130, 40) if edges[i + 1] <= 0 else (55, 110, 200)
+        draw.rectangle([x0, height - 1 - bar, x1, height - 1], fill=colour)
+    if lo < 0 < hi:
+        x = round((0 - lo) / span * (width - 1))
+        draw.line([x, 0, x, height - 1], fill=(120, 120, 120))
+    image.save(path)
+    return {
+        "min": lo,
+        "max": hi,
+        "zero": float((values == 0).mean()) if values.size else 0.0,
+    }
+
+
+def _mpl_text(text: str) -> str:
+    """Keep matplotlib from reading ``$...$`` in layer names as mathtext."""
+    return text.replace("$", r"\$")
+
+
+def _sparsity_plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Horizontal bars of the active fraction per layer; a red tick at ``1/U`` for LWTA."""
+    from matplotlib.figure import Figure
+
+    height = 1.2 + 0.28 * len(rows)
+    fig = Figure(figsize=(7.0, height), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(rows))
+    ax.barh(y, [r["fraction"] for r in rows], color="#3b6fc4", height=0.7)
+    marked = False
+    for i, r in enumerate(rows):
+        if r["U"] and r["U"] > 1:
+            ax.plot(
+                [1 / r["U"]] * 2,
+                [i - 0.45, i + 0.45],
+                color="#d62728",
+                linewidth=2,
+                label="1/U" if not marked else None,
+            )
+            marked = True
+    ax.set_yticks(y, [_mpl_text(r["layer"]) for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("active fraction")
+    ax.grid(axis="x", alpha=0.3)
+    if marked:
+        ax.legend(loc="lower right", fontsize=8)
+    fig.savefig(path)
+
+
+# -- writing ------------------------------------------------------------------------------------
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("discover", "templates"),
+        autoescape=True,  # every template is HTML; concept strings are untrusted
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["fmt"] = _fmt
+    env.filters["pct"] = _pct
+    return env
+
+
+class _Writer:
+    """Writes every page of one report into ``root`` (a fresh staging folder)."""
+
+    def __init__(self, root: Path, config: ReportConfig, progress: bool) -> None:
+        self.root, self.config, self.progress = root, config, progress
+        self.env = _environment()
+
+    def _render(self, template: str, path: Path, depth: int, **context: Any) -> None:
+        from . import __version__
+
+        html = self.env.get_template(template).render(
+            title=self.config.title, base="../" * depth, version=__version__, **context
+        )
+        path.write_text(html, encoding="utf-8")
+
+    def _bar(self, items: Iterable[Any], desc: str, total: int | None = None) -> Iterable[Any]:
+        if not self.progress:
+            return items
+        from tqdm.auto import tqdm
+
+        return tqdm(items, desc=desc, total=total, leave=False, dynamic_ncols=True)
+
+    def write(
+        self,
+        sections: list[ReportSection],
+        explanations: list[tuple[dict[str, Any], Any]],
+        meta: dict[str, Any],
+    ) -> None:
+        t0 = time.time()
+        (self.root / "style.css").write_text(
+            self.env.loader.get_source(self.env, "style.css")[0], encoding="utf-8"
+        )
+        taken: set[str] = {"explanations"}
+        views = [
+            self._section(i, s, _unique(_slug(s.name, f"section-{i}"), taken))
+            for i, s in enumerate(sections)
+        ]
+        pages = self._explanations(explanations)
+        self._render(
+            "index.html",
+            self.root / "index.html",
+            0,
+            sections=views,
+            explanations=pages,
+            meta=_rows(meta),
+        )
+        from . import __version__
+
+        summary = {
+            "generator": GENERATOR,
+            "version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": round(time.time() - t0, 3),
+            "config": dataclasses.asdict(self.config),
+            "meta": _jsonable(meta),
+            "sections": [v["summary"] for v in views],
+            "explanations": [
+                {
+                    "page": p["page"],
+                    "image": p["data"]["image"],
+                    "prediction": p["data"]["prediction"],
+                }
+                for p in pages
+            ],
+        }
+        (self.root / "report.json").write_text(
+            json.dumps(_jsonable(summary), indent=2), encoding="utf-8"
+        )
+
+    # -- sections ---------------------------------------------------------------------------
+    def _section(self, index: int, section: ReportSection, slug: str) -> dict[str, Any]:
+        folder = self.root / slug
+        (folder / "images").mkdir(parents=True)
+        dissection = section.dissection
+        layers = list(dict.fromkeys(u.layer for u in dissection.units))
+        activations = self._activations(section, layers)
+        lwta = {name: m.U for name, m in lwta_layers(section.model).items()}
+        layer_meta = dissection.meta.get("layers", {}) if isinstance(dissection.meta, dict) else {}
+
+        saved: dict[int, str] = {}  # probe index -> image path relative to the section folder
+        layer_views = []
+        taken: set[str] = {"images"}
+        for name in self._bar(layers, f"report {section.name}"):
+            page = _unique(_slug(name, "layer"), taken)
+            view = self._gallery(
+                section,
+                folder,
+                name,
+                activations[name],
+                lwta.get(name),
+                page,
+                saved,
+                layer_meta.get(name, {}),
+            )
+            layer_views.append(view)
+
+        sparsity_rows = [
+            {
+                "layer": name,
+                "fraction": float(frac),
+                "U": lwta.get(name),
+                "page": f"{slug}/{_page_of(layer_views, name)}"
+                if _page_of(layer_views, name)
+                else None,
+            }
+            for name, frac in (section.sparsity or {}).items()
+        ]
+        plot = None
+        if sparsity_rows:
+            plot = f"{slug}/sparsity.png"
+            _sparsity_plot(sparsity_rows, self.root / plot)
+
+        model = section.model
+        cvn = getattr(model, "cvn_config", None)
+        model_rows = [
+            ("class", type(model).__name__),
+            ("parameters", f"{sum(p.numel() for p in model.parameters()):,}"),
+            ("LWTA layers", str(len(lwta))),
+        ]
+        if lwta:
+            model_rows.append(("U", ", ".join(map(str, sorted(set(lwta.values()))))))
+        if cvn is not None and callable(getattr(cvn, "to_dict", None)):
+            model_rows += _rows(cvn.to_dict(), "cvn.")
+        dissect_rows = _rows(dataclasses.asdict(dissection.config))
+        info = dissection.meta if isinstance(dissection.meta, dict) else {}
+        for key, value in (
+            ("embedder", _get(info, "embedder", "name")),
+            ("concept set", _get(info, "concept_set")),
+            ("probe images", _get(info, "probe", "images") or len(section.probe)),
+            ("seconds", _get(info, "seconds")),
+        ):
+            if value is not None:
+                dissect_rows.append((key, _fmt(value)))
+        view = {
+            "index": index,
+            "name": section.name,
+            "slug": slug,
+            "model": model_rows,
+            "settings": _rows(section.settings),
+            "accuracy": [
+                (k, _pct(v) if isinstance(v, (int, float)) else _fmt(v))
+                for k, v in (section.accuracy or {}).items()
+            ],
+            "sparsity": sparsity_rows,
+            "sparsity_plot": plot,
+            "dissection": dissect_rows,
+            "scores": _rows(section.description_scores),
+            "layers": layer_views,
+        }
+        view["summary"] = {
+            "name": section.name,
+            "folder": slug,
+            "accuracy": section.accuracy,
+            "sparsity": section.sparsity,
+            "settings": section.settings,
+            "description_scores": section.description_scores,
+            "dissection": dataclasses.asdict(dissection.config),
+            "layers": [
+                {k: v[k] for k in ("layer", "page", "units", "shown", "U", "pooling", "dead")}
+                for v in layer_views
+            ],
+        }
+        return view
+
+    def _activations(self, section: ReportSection, layers: list[str]) -> dict[str, torch.Tensor]:
+        n = len(section.probe)
+        if section.activations is not None:
+            missing = [name for name in layers if name not in section.activations]
+            if missing:
+                raise ValueError(
+                    f"section {section.name!r}: activations lack layer(s) {', '.join(missing)} "
+                    f"of the dissection (have {', '.join(section.activations) or 'none'})"
+                )
+            acts = {name: torch.as_tensor(section.activations[name]) for name in layers}
+        else:
+            config = section.dissection.config
+            layer_meta = section.dissection.meta.get("layers", {})
+            pooling = {
+                name: layer_meta.get(name, {}).get("pooling")
+                or (
+                    config.pooling
+                    if isinstance(config.pooling, str)
+                    else config.pooling.get(name, "auto")
+                )
+                for name in layers
+            }
+            try:
+                view = model_view(section.model, section.probe, section.transform)
+            except ValueError as err:
+                raise ValueError(
+                    f"section {section.name!r}: no activations given and no evaluation transform "
+                    f"to record them ({err}); pass ReportSection(transform=...) or activations="
+                ) from err
+            acts = record(
+                section.model,
+                layers,
+                view,
+                pooling,
+                batch_size=self.config.batch_size,
+                device=self.config.device,
+                policy=config.policy,
+                seed=config.seed,
+                progress=self.progress,
+            ).activations
+        for name in layers:
+            units = len(section.dissection.layer(name))
+            shape = tuple(acts[name].shape)
+            if len(shape) != 2 or shape[0] != n or shape[1] < units:
+                raise ValueError(
+                    f"section {section.name!r}: activations of layer {name!r} have shape {shape}, "
+                    f"expected ({n}, {units}) = (probe images, units)"
+                )
+        return acts
+
+    def _gallery(
+        self,
+        section: ReportSection,
+        folder: Path,
+        name: str,
+        Q: torch.Tensor,
+        U: int | None,
+        page: str,
+        saved: dict[int, str],
+        layer_meta: dict[str, Any],
+    ) -> dict[str, Any]:
+        cfg = self.config
+        rows: list[UnitDescription] = section.dissection.layer(name)
+        Q = Q.detach().float().cpu()
+        dead = (Q.abs().sum(0) == 0).numpy()
+        order = sorted(rows, key=lambda u: (bool(dead[u.unit]), -_finite(u.score), u.unit))
+        shown = order if cfg.max_units is None else order[: cfg.max_units]
+        k = min(cfg.top_images, Q.shape[0])
+        top_values, top_index = Q.topk(k, dim=0)
+        hist_dir = folder / "hist" / page
+        hist_dir.mkdir(parents=True)
+        cards = []
+        for u in self._bar(shown, f"units {name}"):
+            column = Q[:, u.unit].numpy()
+            hist = _histogram_png(column, hist_dir / f"{u.unit}.png", cfg.histogram_bins)
+            images = []
+            if not dead[u.unit]:
+                for value, idx in zip(
+                    top_values[:, u.unit].tolist(), top_index[:, u.unit].tolist(), strict=True
+                ):
+                    images.append(
+                        {
+                            "src": self._save_probe(section, folder, idx, saved),
+                            "index": idx,
+                            "activation": value,
+                        }
+                    )
+            cards.append(
+                {
+                    "unit": u.unit,
+                    "label": u.label,
+                    "score": u.score,
+                    "top": [(c, s) for c, s in u.top],
+                    "block": u.block,
+                    "position": u.position,
+                    "active_fraction": u.active_fraction,
+                    "dead": bool(dead[u.unit]),
+                    "images": images,
+                    "hist": f"hist/{page}/{u.unit}.png",
+                    "hist_info": hist,
+                }
+            )
+        view = {
+            "layer": name,
+            "page": f"{page}.html",
+            "units": len(rows),
+            "shown": len(cards),
+            "U": U,
+            "pooling": layer_meta.get("pooling"),
+            "dead": int(dead[[u.unit for u in rows]].sum()),
+            "mean_score": float(np.mean([_finite(u.score) for u in rows])),
+        }
+        self._render(
+            "layer.html",
+            folder / f"{page}.html",
+            1,
+            section=section.name,
+            layer=view,
+            cards=cards,
+            probe_images=Q.shape[0],
+        )
+        return view
+
+    def _save_probe(
+        self, section: ReportSection, folder: Path, index: int, saved: dict[int, str]
+    ) -> str:
+        if index not in saved:
+            image = to_pil(
+                _probe_image(section.probe, index), f"section {section.name!r}: probe image {index}"
+            )
+            image.thumbnail((self.config.thumbnail_size,) * 2)
+            rel = f"images/{index}.png"
+            image.save(folder / rel)
+            saved[index] = rel
+        return saved[index]
+
+    # -- explanations -----------------------------------------------------------------------
+    def _explanations(self, explanations: list[tuple[dict[str, Any], Any]]) -> list[dict[str, Any]]:
+        if not explanations:
+            return []
+        folder = self.root / "explanations"
+        folder.mkdir()
+        pages = []
+        for i, (data, image) in enumerate(self._bar(explanations, "explanations")):
+            src = None
+            if image is not None:
+                src = f"{i}.png"
+                to_pil(image, f"explanation {i}: image").save(folder / src)
+            layers = []
+            for layer in data["layers"]:
+                winners = list(layer.get("winners") or [])
+                layers.append(
+                    {
+                        **layer,
+                        "winners": winners[: self.config.max_winners],
+                        "total_winners": len(winners),
+                    }
+                )
+            contributions = data.get("contributions")
+            if contributions:
+                units = list(contributions.get("units") or [])
+                peak = max((abs(float(u.get("contribution", 0.0))) for u in units), default=0.0)
+                contributions = {
+                    **contributions,
+                    "units": [
+                        {
+                            "label": None,
+                            "activation": None,
+                            "weight": None,
+                            **u,
+                            "bar": 100 * abs(float(u.get("contribution", 0.0))) / peak
+                            if peak
+                            else 0,
+                        }
+                        for u in units
+                    ],
+                }
+            page = {
+                "page": f"explanations/{i}.html",
+                "src": f"explanations/{src}" if src else None,
+                "data": data,
+            }
+            self._render(
+                "explanation.html",
+                folder / f"{i}.html",
+                1,
+                data=data,
+                src=src,
+                layers=layers,
+                contributions=contributions,
+                number=i,
+                total=len(explanations),
+            )
+            pages.append(page)
+        return pages
+
+
+def _get(mapping: Any, *keys: str) -> Any:
+    """``mapping[k1][k2]...``, or ``None`` where a level is missing or not a dict."""
+    for key in keys:
+        if not isinstance(mapping, Mapping):
+            return None
+        mapping = mapping.get(key)
+    return mapping
+
+
+def _finite(score: float) -> float:
+    return float(score) if math.isfinite(float(score)) else -math.inf
+
+
+def _page_of(views: list[dict[str, Any]], layer: str) -> str | None:
+    return next((v["page"] for v in views if v["layer"] == layer), None)

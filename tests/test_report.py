@@ -1,0 +1,270 @@
+import html
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from _report_data import SCRIPT, build_sections
+from discover import report as report_module
+from discover.report import ReportConfig, ReportSection, to_pil, write_report
+
+
+@pytest.fixture(scope="module")
+def built():
+    return build_sections(with_activations=True)
+
+
+@pytest.fixture(scope="module")
+def report_dir(built, tmp_path_factory):
+    sections, explanations, _ = built
+    out = tmp_path_factory.mktemp("r") / "report"
+    index = write_report(
+        out, sections, explanations=explanations, meta={"command": "pytest"}, progress=False
+    )
+    assert index == out / "index.html"
+    return out
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+        self.scripts = 0
+
+    def handle_starttag(self, tag, attrs):
+        self.scripts += tag == "script"
+        for key, value in attrs:
+            if key in ("href", "src") and value:
+                self.links.append(value)
+
+
+def _pages(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.html"))
+
+
+def test_pages_exist_and_every_link_resolves(report_dir):
+    pages = _pages(report_dir)
+    names = {p.relative_to(report_dir).as_posix() for p in pages}
+    # overview + a gallery per (section, layer) + a page per explained image
+    assert "index.html" in names
+    assert sum(n.endswith(("/act1.html", "/act2.html")) for n in names) == 4
+    assert {f"explanations/{i}.html" for i in range(4)} <= names
+    checked = 0
+    for page in pages:
+        parser = _Links()
+        parser.feed(page.read_text())
+        assert parser.scripts == 0, page
+        for link in parser.links:
+            if link.startswith(("data:", "#")):
+                continue
+            target = (page.parent / link.split("#")[0]).resolve()
+            assert target.is_file(), f"{page.name}: broken link {link}"
+            assert report_dir.resolve() in target.parents
+            checked += 1
+    assert checked > 50
+    for png in report_dir.rglob("*.png"):
+        with Image.open(png) as im:
+            im.verify()
+    meta = json.loads((report_dir / "report.json").read_text())
+    assert meta["generator"] == "discover.report"
+    assert meta["meta"] == {"command": "pytest"}
+    assert [s["name"] for s in meta["sections"]][1] == "dense twin"
+    assert meta["config"]["top_images"] == 5
+
+
+def test_untrusted_text_is_escaped(report_dir):
+    escaped_script = html.escape(SCRIPT)
+    seen = {"script": 0, "quotes": 0}
+    for page in _pages(report_dir):
+        text = page.read_text()
+        assert SCRIPT not in text and "<b>bold</b>" not in text, page
+        seen["script"] += escaped_script in text
+        seen["quotes"] += "&#34;&amp;&#39; &lt;b&gt;bold&lt;/b&gt;" in text
+    assert seen["script"] >= 3  # section title, a label somewhere, the explanation's file name
+    assert seen["quotes"] >= 1
+    index = (report_dir / "index.html").read_text()
+    assert "Content-Security-Policy" in index and "script-src 'none'" in index
+
+
+def test_overview_shows_settings_accuracy_sparsity_and_dissection(report_dir):
+    index = (report_dir / "index.html").read_text()
+    for text in (
+        "10.0 %",
+        "50.0 %",
+        "train.epochs",
+        "final layer.accuracy",
+        "soft_wpmi",
+        "dense",
+        "sparsity.png",
+        "act2.html",
+        "explanations/0.html",
+    ):
+        assert text in index, text
+    with Image.open(next(report_dir.glob("*/sparsity.png"))) as im:
+        assert im.size[0] >= 600 and im.size[1] >= 150
+
+
+def _cards(page: Path) -> list[tuple[int, list[int]]]:
+    """(unit, probe images shown) for every card of a gallery page, in page order."""
+    text = page.read_text()
+    cards = re.split(r'<article class="card[^"]*" id="unit-', text)[1:]
+    return [
+        (int(c.split('"', 1)[0]), [int(i) for i in re.findall(r'title="probe image (\d+)"', c)])
+        for c in cards
+    ]
+
+
+def test_gallery_lists_units_by_score_with_their_top_images(built, report_dir):
+    sections, _, _ = built
+    section = sections[0]
+    page = next(p for p in report_dir.glob("*/act2.html") if "CVN" in p.parent.name)
+    cards = _cards(page)
+    rows = {u.unit: u for u in section.dissection.layer("act2")}
+    Q = section.activations["act2"]
+    live = [u for u, _ in cards if Q[:, u].abs().sum() > 0]
+    assert sorted(u for u, _ in cards) == sorted(rows)
+    scores = [rows[u].score for u in live]
+    assert scores == sorted(scores, reverse=True)
+    for unit, shown in cards:
+        if unit in live:
+            assert shown == Q[:, unit].topk(5).indices.tolist()
+    text = page.read_text()
+    assert "wins its block" in text and "U = 2" in text
+    assert "All 8 units" in text
+
+
+def test_unit_cap_says_how_many_are_shown(built, tmp_path):
+    sections, _, _ = built
+    write_report(tmp_path / "r", sections[:1], config=ReportConfig(max_units=3), progress=False)
+    page = next((tmp_path / "r").glob("*/act1.html"))
+    assert len(_cards(page)) == 3
+    assert "Showing 3 of 8 units" in page.read_text()
+
+
+def test_records_activations_when_none_are_given(built, tmp_path, monkeypatch):
+    sections, _, _ = built
+    given = sections[0]
+    calls = []
+    real = report_module.record
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(report_module, "record", spy)
+    section = ReportSection(
+        given.name, given.model, given.dissection, given.probe, transform=given.transform
+    )
+    write_report(tmp_path / "a", [section], progress=False)
+    assert len(calls) == 1 and calls[0]["policy"] == given.dissection.config.policy
+    write_report(tmp_path / "b", [given], progress=False)
+    assert len(calls) == 1  # given activations are used as they are
+    for layer in ("act1", "act2"):
+        (a,) = (tmp_path / "a").glob(f"*/{layer}.html")
+        (b,) = (tmp_path / "b").glob(f"*/{layer}.html")
+        assert _cards(a) == _cards(b)
+
+
+def test_existing_report_is_replaced_whole(built, tmp_path):
+    sections, _, _ = built
+    out = tmp_path / "report"
+    write_report(out, sections[:1], config=ReportConfig(title="first"), progress=False)
+    (out / "stale.txt").write_text("from the old report")
+    write_report(out, sections[1:], config=ReportConfig(title="second"), progress=False)
+    assert "second" in (out / "index.html").read_text()
+    assert not (out / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+def test_a_failure_while_writing_leaves_the_old_report_intact(built, tmp_path, monkeypatch):
+    sections, explanations, _ = built
+    out = tmp_path / "report"
+    write_report(out, sections, explanations=explanations[:1], progress=False)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def boom(self, *_args, **_kwargs):
+        (self.root / "index.html").write_text("half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(report_module._Writer, "_explanations", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_report(out, sections, explanations=explanations, progress=False)
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no staging left
+
+
+def test_refuses_to_replace_a_folder_that_is_not_a_report(built, tmp_path):
+    sections, _, _ = built
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "best.safetensors").write_text("weights")
+    with pytest.raises(ValueError, match="not a discover report"):
+        write_report(tmp_path / "run", sections, progress=False)
+    assert (tmp_path / "run" / "best.safetensors").read_text() == "weights"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        write_report(tmp_path / "file", sections, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "run"]
+
+
+def test_bad_inputs_have_clear_messages(built, tmp_path):
+    sections, explanations, _ = built
+    s = sections[0]
+    with pytest.raises(ValueError, match="no sections"):
+        write_report(tmp_path / "r", [])
+    with pytest.raises(ValueError, match="section 0 is a dict"):
+        write_report(tmp_path / "r", [{}])
+    short = ReportSection(
+        s.name,
+        s.model,
+        s.dissection,
+        s.probe,
+        activations={"act1": torch.zeros(3, 8), "act2": torch.zeros(3, 8)},
+    )
+    with pytest.raises(ValueError, match=r"layer 'act1' have shape \(3, 8\), expected \(48, 8\)"):
+        write_report(tmp_path / "r", [short], progress=False)
+    partial = ReportSection(
+        s.name, s.model, s.dissection, s.probe, activations={"act1": s.activations["act1"]}
+    )
+    with pytest.raises(ValueError, match="lack layer.*act2"):
+        write_report(tmp_path / "r", [partial], progress=False)
+    data, image = explanations[0]
+    broken = {k: v for k, v in data.items() if k != "prediction"}
+    with pytest.raises(ValueError, match="explanation 0 .*missing prediction"):
+        write_report(tmp_path / "r", sections, explanations=[(broken, image)])
+    no_unit = {**data, "layers": [{**data["layers"][0], "winners": [{"label": "x"}]}]}
+    with pytest.raises(ValueError, match=r"layers\[0\].winners\[0\]"):
+        write_report(tmp_path / "r", sections, explanations=[(no_unit, image)])
+    with pytest.raises(ValueError, match="top_images=0"):
+        ReportConfig(top_images=0)
+    assert not (tmp_path / "r").exists()  # nothing was written for any of them
+
+
+def test_to_pil_accepts_raw_images_and_rejects_normalised_ones():
+    assert to_pil(torch.zeros(3, 5, 7, dtype=torch.uint8)).size == (7, 5)
+    assert to_pil(torch.ones(1, 4, 4)).mode == "L"
+    assert to_pil(np.zeros((4, 4, 3), np.uint8)).mode == "RGB"
+    assert to_pil(Image.new("P", (3, 3))).mode == "RGB"
+    with pytest.raises(ValueError, match=r"span \[-2, 2\], expected \[0, 1\]"):
+        to_pil(torch.linspace(-2, 2, 48).reshape(3, 4, 4), "probe image 3")
+    with pytest.raises(ValueError, match="probe image 3: a tensor image must be"):
+        to_pil(torch.zeros(5, 4, 4), "probe image 3")
+    with pytest.raises(ValueError, match="got str"):
+        to_pil("cat.png")
+
+
+def test_histogram_colours_signs_and_reports_zeros(tmp_path):
+    values = np.array([-1.0, -0.5, 0, 0, 0, 0, 0.5, 1.0, 2.0, 0])
+    info = report_module._histogram_png(values, tmp_path / "h.png", bins=10)
+    assert info == {"min": -1.0, "max": 2.0, "zero": 0.5}
+    pixels = np.asarray(Image.open(tmp_path / "h.png"))
+    assert pixels.shape == (44, 168, 3)
+    colours = {tuple(p) for p in pixels.reshape(-1, 3)}
+    assert (235, 130, 40) in colours and (55, 110, 200) in colours  # negative and positive bars
+    flat = report_module._histogram_png(np.zeros(5), tmp_path / "z.png", bins=10)
+    assert flat == {"min": 0.0, "max": 0.0, "zero": 1.0}

@@ -19,6 +19,7 @@ from .concepts import ConceptSet, load_concepts
 from .dissection import Dissection, dissect
 from .embedders import build_embedder, register_embedder
 from .evaluation import evaluate, evaluate_run
+from .explanation import Explanation, explain
 from .lwta import (
     EVAL_POLICIES,
     LWTA,
@@ -75,6 +76,8 @@ __all__ = [
     "register_embedder",
     "evaluate",
     "evaluate_run",
+    "Explanation",
+    "explain",
     "list_layers",
     "record",
     "SIMILARITIES",

@@ -618,9 +618,17 @@ class _Writer:
         ):
             if value is not None:
                 dissect_rows.append((key, _fmt(value)))
+        fractions = [float(v) for v in (section.sparsity or {}).values()]
         view = {
             "index": index,
             "name": section.name,
+            "glance": {
+                "top1": _get(section.accuracy, "top1"),
+                "top5": _get(section.accuracy, "top5"),
+                "active": sum(fractions) / len(fractions) if fractions else None,
+                "U": ", ".join(map(str, sorted(set(lwta.values())))) if lwta else "dense",
+                "units": len(dissection.units),
+            },
             "slug": slug,
             "model": model_rows,
             "settings": _rows(section.settings),
@@ -721,7 +729,7 @@ class _Writer:
         hist_dir = folder / "hist" / page
         hist_dir.mkdir(parents=True)
         cards = []
-        for u in self._bar(shown, f"units {name}"):
+        for u in shown:
             column = Q[:, u.unit].numpy()
             hist = _histogram_png(column, hist_dir / f"{u.unit}.png", cfg.histogram_bins)
             images = []

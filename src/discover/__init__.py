@@ -44,6 +44,7 @@ from .models import (
     to_cvn,
 )
 from .recording import list_layers, record
+from .report import ReportSection, write_report
 from .similarity import SIMILARITIES, register_similarity
 from .training import TrainConfig, load_run, train
 
@@ -80,6 +81,8 @@ __all__ = [
     "explain",
     "list_layers",
     "record",
+    "ReportSection",
+    "write_report",
     "SIMILARITIES",
     "register_similarity",
     "TrainConfig",

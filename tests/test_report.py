@@ -254,8 +254,18 @@ def test_to_pil_accepts_raw_images_and_rejects_normalised_ones():
         to_pil(torch.linspace(-2, 2, 48).reshape(3, 4, 4), "probe image 3")
     with pytest.raises(ValueError, match="probe image 3: a tensor image must be"):
         to_pil(torch.zeros(5, 4, 4), "probe image 3")
-    with pytest.raises(ValueError, match="got str"):
-        to_pil("cat.png")
+    with pytest.raises(ValueError, match="got list"):
+        to_pil([1, 2])
+
+
+def test_to_pil_reads_image_files(tmp_path):
+    Image.new("RGB", (6, 4), "red").save(tmp_path / "red.png")
+    assert to_pil(tmp_path / "red.png").getpixel((0, 0)) == (255, 0, 0)
+    with pytest.raises(FileNotFoundError, match="explanation 2: no image file"):
+        to_pil(tmp_path / "missing.png", "explanation 2")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read image file"):
+        to_pil(str(tmp_path / "broken.png"))
 
 
 def test_histogram_colours_signs_and_reports_zeros(tmp_path):

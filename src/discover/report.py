@@ -148,7 +148,7 @@ def write_report(
         sections: one :class:`ReportSection` per model.
         explanations: ``(explanation_dict, image)`` pairs, the dictionary as returned by
             :meth:`discover.explanation.Explanation.to_dict` (or an object with ``to_dict``)
-            and the image as a PIL image or a ``(C, H, W)`` tensor.
+            and the image as a PIL image, an image file or a ``(C, H, W)`` tensor (``None``: none).
         meta: run metadata shown on the overview and saved in ``report.json``.
         config: what to show (:class:`ReportConfig`).
         progress: show tqdm progress bars.
@@ -352,7 +352,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def to_pil(image: Any, what: str = "image") -> Image.Image:
-    """A PIL image from a PIL image, a ``(C, H, W)``/``(H, W)`` tensor or an ``(H, W, C)`` array.
+    """A PIL image from a PIL image or image file, a ``(C, H, W)`` tensor or an ``(H, W, C)`` array.
 
     ``uint8`` data is taken as is; float data must lie in ``[0, 1]``.
 
@@ -360,6 +360,15 @@ def to_pil(image: Any, what: str = "image") -> Image.Image:
         >>> to_pil(torch.zeros(3, 8, 8)).size
         (8, 8)
     """
+    if isinstance(image, (str, Path)):
+        if not Path(image).is_file():
+            raise FileNotFoundError(f"{what}: no image file {image}")
+        try:
+            with Image.open(image) as opened:
+                opened.load()
+                image = opened.copy()
+        except OSError as err:
+            raise ValueError(f"{what}: cannot read image file {image}: {err}") from err
     if isinstance(image, Image.Image):
         return image if image.mode in ("L", "RGB", "RGBA") else image.convert("RGB")
     if isinstance(image, torch.Tensor):
@@ -381,7 +390,8 @@ def to_pil(image: Any, what: str = "image") -> Image.Image:
             )
     else:
         raise ValueError(
-            f"{what}: expected a PIL image, a (C, H, W) tensor or an (H, W, C) array, got "
+            f"{what}: expected a PIL image, an image file, a (C, H, W) tensor or an (H, W, C) "
+            "array, got "
             f"{type(image).__name__}"
         )
     if array.dtype != np.uint8:

@@ -51,6 +51,24 @@ def test_unknown_layer_lists_closest_names():
         resolve_layers(_vit(), ["blocks.1.mlp.ac"])
 
 
+def test_layers_by_pattern_and_lwta_keyword():
+    model = _vit()
+    acts = ["blocks.0.mlp.act", "blocks.1.mlp.act"]
+    assert list(resolve_layers(model, ["lwta"])) == acts
+    assert list(resolve_layers(model, ["blocks.*.mlp.act"])) == acts
+    assert list(resolve_layers(model, ["head", "blocks.1.mlp.act", "lwta"])) == [
+        "head",
+        *acts[::-1],
+    ]
+    with pytest.raises(ValueError, match="matches no layer"):
+        resolve_layers(model, ["blocks.*.nothing"])
+    with pytest.raises(ValueError, match="has none"):
+        resolve_layers(nn.Sequential(nn.Linear(2, 2)), ["lwta"])
+    named = nn.Sequential()
+    named.add_module("lwta", nn.ReLU())  # a module called "lwta" is that module
+    assert list(resolve_layers(named, ["lwta"])) == ["lwta"]
+
+
 def test_pooling_choices_and_errors():
     x = torch.arange(24.0).reshape(1, 3, 8)
     assert torch.equal(pool(x, "cls"), x[:, 0])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import fnmatch
 import hashlib
 import json
 import math
@@ -128,24 +129,44 @@ def _default_input_size(model: nn.Module) -> tuple[int, int, int]:
 
 
 def resolve_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
-    """Modules by dotted name; an unknown name is an error listing the closest names.
+    """Modules by dotted name, glob pattern, or ``"lwta"`` for every LWTA layer.
+
+    A name that is a module's dotted name is that module (also when it is ``"lwta"``); a name
+    with ``*``, ``?`` or ``[`` is a pattern over all dotted names (``blocks.*.mlp.act``);
+    ``"lwta"`` is every :class:`~discover.LWTA` layer, in model order. Duplicates are dropped.
+    An unknown name, or a pattern or ``"lwta"`` that matches nothing, is an error listing
+    the closest names.
 
     Example:
         >>> list(resolve_layers(create_model("small_resnet"), ["layer3.1"]))  # doctest: +SKIP
         ['layer3.1']
+        >>> len(resolve_layers(create_model("deit_tiny_patch16_224", U=8), ["lwta"]))  # doctest: +SKIP
+        12
     """
-    modules = dict(model.named_modules())
+    modules = {n: m for n, m in model.named_modules() if n}
     if not names:
         raise ValueError("no layers given; see `discover layers MODEL` for the names")
-    resolved = {}
+    resolved: dict[str, nn.Module] = {}
     for name in names:
-        if name not in modules or not name:
-            close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.5)
+        if name in modules:
+            matches = [name]
+        elif name == "lwta":
+            matches = [n for n, m in modules.items() if isinstance(m, LWTA)]
+            if not matches:
+                raise ValueError("'lwta' selects every LWTA layer, but this model has none")
+        elif any(c in name for c in "*?["):
+            matches = fnmatch.filter(modules, name)
+            if not matches:
+                raise ValueError(
+                    f"layer pattern {name!r} matches no layer (list them with `discover layers MODEL`)"
+                )
+        else:
+            close = difflib.get_close_matches(name, list(modules), n=5, cutoff=0.5)
             raise ValueError(
                 f"unknown layer {name!r}. Closest names: {', '.join(close) or 'none'}"
                 " (list them all with `discover layers MODEL`)"
             )
-        resolved[name] = modules[name]
+        resolved.update((n, modules[n]) for n in matches)
     return resolved
 
 

@@ -7,6 +7,8 @@ SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
 PYTHON ?= python3
 VENV ?= .venv
+# make demo DEMO_ARGS="--fast" (CI size) or DEMO_ARGS="--data fashion-mnist --embedder conse"
+DEMO_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.discover-installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
@@ -35,9 +37,9 @@ test: venv system-deps
 test-fast: venv
 	$(BIN)/python -m pytest -m "not slow"
 
+# the main job: train, dissect and explain a CVN and its dense twin, write runs/demo/report
 demo: venv system-deps
-	$(BIN)/discover sparsity deit_tiny_patch16_224 -U 24
-	$(BIN)/discover sparsity small_resnet -U 4 --policy argmax
+	$(BIN)/discover demo $(DEMO_ARGS)
 
 bench: venv
 	$(BIN)/python benchmarks/lwta_speed.py

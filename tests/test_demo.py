@@ -1,0 +1,77 @@
+import json
+
+import pytest
+
+from discover.cli import main
+from discover.demo import DEMO_DATA, DemoConfig, run_demo
+
+
+def test_presets_and_config_round_trip():
+    full = DemoConfig.preset("shapes")
+    fast = DemoConfig.preset("shapes", fast=True, out="x", seed=None)
+    assert full.embedder == "annotations" and full.U == 4 and full.policy == "sample"
+    assert fast.fast and fast.train_images < full.train_images and fast.out == "x"
+    assert fast.seed == 0  # None overrides are ignored
+    assert DemoConfig.preset("fashion-mnist").embedder == "conse"
+    assert DemoConfig.from_dict(json.loads(json.dumps(fast.to_dict()))) == fast
+    assert set(DEMO_DATA) >= {"shapes", "fashion-mnist"}
+    with pytest.raises(ValueError, match="unknown demo option"):
+        DemoConfig.from_dict({"epoch": 3})
+    with pytest.raises(ValueError, match="unknown demo data 'mnist'"):
+        DemoConfig.preset("mnist")
+
+
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        (
+            DemoConfig.preset("fashion-mnist", embedder="annotations"),
+            "Fashion-MNIST has no ground-truth concept annotations; use --embedder conse",
+        ),
+        (DemoConfig.preset("shapes", embedder="clip"), "embedder 'clip' does not work here"),
+        (DemoConfig.preset("shapes", U=1), "U must be >= 2"),
+    ],
+)
+def test_bad_settings_fail_before_any_work(tmp_path, config, message):
+    config.out = str(tmp_path / "out")
+    with pytest.raises(ValueError, match=message):
+        run_demo(config, progress=False, log=lambda _: None)
+    assert not (tmp_path / "out" / "cvn").exists()
+
+
+def test_missing_fashion_mnist_names_the_debian_package(tmp_path, monkeypatch, capsys):
+    import discover.data
+
+    monkeypatch.setattr(discover.data, "FASHION_MNIST_DIR", tmp_path / "nowhere")
+    code = main(["demo", "--data", "fashion-mnist", "--out", str(tmp_path / "o"), "--fast"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: Fashion-MNIST not found")
+    assert "apt-get install dataset-fashion-mnist" in err
+
+
+@pytest.mark.slow
+def test_demo_fast_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--fast", "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    summary = printed[printed.rindex("final-layer descriptions") :].splitlines()
+    cvn = next(line for line in summary if line.startswith("CVN (U=4) "))
+    dense = next(line for line in summary if line.startswith("dense twin (U=1) "))
+    assert cvn.split()[6:9] == ["25.0", "%", "top-1"]  # exactly 1/U, measured from the masks
+    assert "top-5" in dense and "CVN (U=4) final-layer labels (" in printed
+    assert summary[-1] == f"report: {out / 'report' / 'index.html'}"
+    assert (out / "report" / "index.html").is_file()
+    saved = json.loads((out / "demo.json").read_text())
+    assert saved["config"]["fast"] is True and saved["config"]["threads"] == 1
+    result = saved["result"]
+    assert set(result["accuracy"]) == {"CVN (U=4)", "dense twin (U=1)"}
+    assert len(result["final_labels"]["CVN (U=4)"]) == 10
+    explanations = json.loads((out / "explanations.json").read_text())
+    assert len(explanations) == 2 * 3  # 3 held-out images, both models
+    cvn = explanations[0]
+    assert cvn["policy"] == "sample" and cvn["target"] is not None
+    assert all(row["kind"] == "lwta" for row in cvn["layers"])
+    assert all(row["kind"] == "dense" for row in explanations[3]["layers"])
+    for run in ("cvn", "dense"):
+        assert (out / run / "dissection" / "descriptions.csv").is_file()
+        assert (out / run / "dissection-final" / "dissection.json").is_file()

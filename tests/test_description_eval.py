@@ -335,3 +335,60 @@ def test_cli_eval_descriptions(tmp_path, capsys):
     assert code == 2 and "6 units but 10 class names" in captured.err
     assert main(["eval-descriptions", str(tmp_path / "nowhere"), "--classes", str(classes)]) == 2
     assert "no dissection in" in capsys.readouterr().err
+
+
+def test_cli_dissect_keep_scores_then_eval_descriptions(tmp_path, capsys):
+    out = tmp_path / "fc"
+    code = main(
+        ["dissect", "--model", "small_resnet", "--num-classes", "10", "--model-arg",
+         "img_size=32", "--layers", "fc", "--probe-arg", "n=60", "--probe-arg",
+         "image_size=32", "--concepts", "shapes_classes", "--embedder", "annotations",
+         "--no-cache", "--keep-scores", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0 and (out / SCORES_FILE).is_file()
+    capsys.readouterr()
+    code = main(
+        ["eval-descriptions", str(out), "--classes", "shapes-classes", "--sentence-model",
+         "none", "--null-repeats", "10", "--json"]
+    )  # fmt: skip
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and data["settings"]["ranks"].startswith("exact")
+    assert 1 <= data["metrics"]["mean_rank"]["value"] <= 10
+    assert data["metrics"]["embedder_cos"]["value"] is None
+
+
+@pytest.mark.slow
+def test_readme_evaluation_example_runs(tmp_path, monkeypatch, capsys):
+    """The README's "Evaluating descriptions" example, on a tiny training run."""
+    import re
+    from pathlib import Path
+
+    from discover.training import TrainConfig, train
+
+    monkeypatch.chdir(tmp_path)
+    train(
+        TrainConfig(
+            model="small_resnet",
+            U=8,
+            dataset="shapes",
+            epochs=1,
+            batch_size=32,
+            dataset_kwargs={"n": 64, "image_size": 32},
+            eval_samples=1,
+            model_kwargs={"img_size": 32},
+            out="runs/shapes-u8",
+        ),
+        progress=False,
+    )
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (block,) = [
+        b
+        for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+        if b.startswith("# Evaluating descriptions")
+    ]
+    code = block.replace("n=2000", "n=150").replace("units=20", "units=4")
+    exec(compile(code, "README.md[evaluating descriptions]", "exec"), {})
+    out = capsys.readouterr().out
+    assert "final-layer protocol" in out and "simulation score" in out
+    assert "planted-concept recovery" in out
+    assert (tmp_path / "runs/shapes-u8/fc/description_scores.json").is_file()

@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 from . import networks as _networks  # noqa: E402,F401  (registers small_resnet, small_vit)
 from .concepts import ConceptSet, load_concepts
+from .description_eval import evaluate_descriptions, simulation_score
 from .dissection import Dissection, dissect
 from .embedders import build_embedder, register_embedder
 from .evaluation import evaluate, evaluate_run
@@ -73,6 +74,8 @@ __all__ = [
     "load_concepts",
     "Dissection",
     "dissect",
+    "evaluate_descriptions",
+    "simulation_score",
     "build_embedder",
     "register_embedder",
     "evaluate",

@@ -440,6 +440,12 @@ def _dissect_arguments(parser: argparse.ArgumentParser) -> None:
         "--cache-dir", help="cache folder (default: $DISCOVER_CACHE or ~/.cache/discover)"
     )
     parser.add_argument("--no-cache", action="store_true", help="switch the cache off")
+    parser.add_argument(
+        "--keep-scores",
+        action="store_true",
+        help="also save the full unit x concept score matrices (scores.pt), for exact ranks "
+        "in `discover eval-descriptions`",
+    )
     parser.add_argument("--out", required=True, help="output directory")
 
 
@@ -482,6 +488,7 @@ def _dissect(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         cache_dir=None if args.no_cache else (args.cache_dir or cache_dir()),
+        keep_scores=args.keep_scores,
     )
     out = result.save(args.out)
     for layer in result.config.layers:

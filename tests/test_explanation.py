@@ -253,6 +253,10 @@ def test_raw_images_go_through_the_eval_transform(tmp_path):
     from_file = explain(model, [str(path)])[0]
     assert from_file.image == str(path) and from_tensor.image == "image[0]"
     assert from_file.prediction == from_tensor.prediction
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(image.permute(1, 2, 0).numpy()).convert("RGBA").save(rgba)
+    assert explain(model, [str(rgba)])[0].prediction == from_tensor.prediction
+    assert explain(model, [Image.open(rgba)])[0].prediction == from_tensor.prediction
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     with pytest.raises(ValueError, match="cannot read image .*broken.png"):

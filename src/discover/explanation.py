@@ -289,7 +289,7 @@ def read_images(
         try:
             with Image.open(name) as image:
                 image.load()
-                images.append(image.copy())
+                images.append(_rgb_or_grey(image))
             names.append(name)
         except FileNotFoundError:
             failures[name] = "no such file"
@@ -298,6 +298,13 @@ def read_images(
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             failures[name] = str(exc).replace(f"{name!r}", "").strip() or type(exc).__name__
     return images, names, failures
+
+
+def _rgb_or_grey(image: Any) -> Any:
+    """A PIL image in mode ``RGB`` or ``L`` (alpha dropped, palettes and CMYK converted)."""
+    if image.mode in ("RGB", "L"):
+        return image.copy()
+    return image.convert("L" if image.mode in ("LA", "La", "I", "I;16", "F") else "RGB")
 
 
 def _eval_transform(model: nn.Module) -> Callable:
@@ -351,6 +358,8 @@ def _as_batch(
                 item, label = read[0], os.fspath(item)
             else:
                 label = f"image[{i}]"
+                if hasattr(item, "mode") and hasattr(item, "convert"):  # a PIL image
+                    item = _rgb_or_grey(item)
             try:
                 loaded.append(tf(item))
             except (TypeError, ValueError, RuntimeError) as exc:

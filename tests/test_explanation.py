@@ -280,6 +280,8 @@ def test_bad_inputs_raise_clear_errors():
         explain(model, x, class_names=["a", "b", "c"])
     with pytest.raises(ValueError, match="1 targets for 2 images"):
         explain(model, x, targets=[0])
+    with pytest.raises(ValueError, match=r"targets must be class indices in \[0, 5\)"):
+        explain(model, x, targets=[0, 5])
     with pytest.raises(ValueError, match="unknown layer 'layer9'"):
         explain(model, x, layers=["layer9"])
     with pytest.raises(ValueError, match="must be .* model inputs"):

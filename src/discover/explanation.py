@@ -564,6 +564,8 @@ def explain(
     class_names = (
         list(class_names) if class_names is not None else [f"class {i}" for i in range(num_classes)]
     )
+    if targets is not None and any(not 0 <= int(t) < num_classes for t in targets):
+        raise ValueError(f"explain: targets must be class indices in [0, {num_classes})")
     probs = logits.softmax(dim=1)
 
     per_layer: dict[str, dict[str, torch.Tensor]] = {}

@@ -6,6 +6,7 @@ artifact in ``build/test-artifacts/report.png``.
 """
 
 import base64
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -31,8 +32,9 @@ def _executable(env: str, *names: str) -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def browser():
+@contextlib.contextmanager
+def chromium():
+    """A headless Chromium WebDriver session; fails (never skips) when Chromium is missing."""
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -57,8 +59,10 @@ def browser():
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +87,12 @@ IMAGES = """return Array.from(document.images).map(
     im => [im.getAttribute('src'), im.complete, im.naturalWidth, im.naturalHeight]);"""
 
 
-def test_every_page_loads_cleanly_and_renders_its_images(browser, report, tmp_path):
+def test_every_page_loads_cleanly_and_renders_its_images(report, tmp_path):
+    with chromium() as browser:
+        _check_pages(browser, report, tmp_path)
+
+
+def _check_pages(browser, report, tmp_path):
     from selenium.common.exceptions import NoAlertPresentException
 
     pages = sorted(report.rglob("*.html"))

@@ -233,6 +233,9 @@ def test_bad_inputs_have_clear_messages(built, tmp_path):
     )
     with pytest.raises(ValueError, match="lack layer.*act2"):
         write_report(tmp_path / "r", [partial], progress=False)
+    odd = ReportSection(s.name, s.model, s.dissection, s.probe, sparsity={"act1": "25 %"})
+    with pytest.raises(ValueError, match="sparsity values must be numbers; 'act1'"):
+        write_report(tmp_path / "r", [odd], progress=False)
     data, image = explanations[0]
     broken = {k: v for k, v in data.items() if k != "prediction"}
     with pytest.raises(ValueError, match="explanation 0 .*missing prediction"):

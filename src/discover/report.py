@@ -39,6 +39,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 from torch.utils.data import Dataset
 
+from . import __version__
 from .dissection import Dissection, UnitDescription, model_view
 from .lwta import lwta_layers
 from .recording import record
@@ -65,7 +66,7 @@ class ReportSection:
         dissection: its :class:`~discover.dissection.Dissection`.
         probe: the dissection's probe set of raw ``(image, label, ...)`` items; an image is a
             PIL image, a ``uint8`` tensor or a float ``(C, H, W)`` tensor in ``[0, 1]``.
-        accuracy: e.g. ``{"top1": 0.83, "top5": 0.99}``.
+        accuracy: fractions in ``[0, 1]``, e.g. ``{"top1": 0.83, "top5": 0.99}``.
         sparsity: measured active fraction per layer.
         settings: model, training and dissection settings shown on the overview.
         description_scores: final-layer description figures shown on the overview.
@@ -196,6 +197,14 @@ def _check_sections(sections: Sequence[ReportSection]) -> list[ReportSection]:
             raise ValueError(f"section {section.name!r}: the probe set is empty")
         if not section.dissection.units:
             raise ValueError(f"section {section.name!r}: the dissection has no units")
+        for field_name in ("accuracy", "sparsity"):
+            values = getattr(section, field_name) or {}
+            bad = [k for k, v in values.items() if not _is_number(v)]
+            if bad:
+                raise ValueError(
+                    f"section {section.name!r}: {field_name} values must be numbers; "
+                    f"{', '.join(map(repr, bad))} are not"
+                )
     return sections
 
 
@@ -503,19 +512,17 @@ class _Writer:
         self.env = _environment()
 
     def _render(self, template: str, path: Path, depth: int, **context: Any) -> None:
-        from . import __version__
-
         html = self.env.get_template(template).render(
             title=self.config.title, base="../" * depth, version=__version__, **context
         )
         path.write_text(html, encoding="utf-8")
 
-    def _bar(self, items: Iterable[Any], desc: str, total: int | None = None) -> Iterable[Any]:
+    def _bar(self, items: Iterable[Any], desc: str) -> Iterable[Any]:
         if not self.progress:
             return items
         from tqdm.auto import tqdm
 
-        return tqdm(items, desc=desc, total=total, leave=False, dynamic_ncols=True)
+        return tqdm(items, desc=desc, leave=False, dynamic_ncols=True)
 
     def write(
         self,
@@ -541,8 +548,6 @@ class _Writer:
             explanations=pages,
             meta=_rows(meta),
         )
-        from . import __version__
-
         summary = {
             "generator": GENERATOR,
             "version": __version__,
@@ -591,15 +596,9 @@ class _Writer:
             )
             layer_views.append(view)
 
+        pages = {v["layer"]: f"{slug}/{v['page']}" for v in layer_views}
         sparsity_rows = [
-            {
-                "layer": name,
-                "fraction": float(frac),
-                "U": lwta.get(name),
-                "page": f"{slug}/{_page_of(layer_views, name)}"
-                if _page_of(layer_views, name)
-                else None,
-            }
+            {"layer": name, "fraction": float(frac), "U": lwta.get(name), "page": pages.get(name)}
             for name, frac in (section.sparsity or {}).items()
         ]
         plot = None
@@ -642,10 +641,7 @@ class _Writer:
             "slug": slug,
             "model": model_rows,
             "settings": _rows(section.settings),
-            "accuracy": [
-                (k, _pct(v) if isinstance(v, (int, float)) else _fmt(v))
-                for k, v in (section.accuracy or {}).items()
-            ],
+            "accuracy": [(k, _pct(v)) for k, v in (section.accuracy or {}).items()],
             "sparsity": sparsity_rows,
             "sparsity_plot": plot,
             "dissection": dissect_rows,
@@ -864,6 +860,12 @@ class _Writer:
         return pages
 
 
+def _is_number(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 def _get(mapping: Any, *keys: str) -> Any:
     """``mapping[k1][k2]...``, or ``None`` where a level is missing or not a dict."""
     for key in keys:
@@ -875,7 +877,3 @@ def _get(mapping: Any, *keys: str) -> Any:
 
 def _finite(score: float) -> float:
     return float(score) if math.isfinite(float(score)) else -math.inf
-
-
-def _page_of(views: list[dict[str, Any]], layer: str) -> str | None:
-    return next((v["page"] for v in views if v["layer"] == layer), None)

@@ -2,12 +2,11 @@ import json
 
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from discover import LWTA, create_model, eval_policy
+from discover import create_model
 from discover.cli import main
-from discover.evaluation import evaluate, evaluate_run, recalibrate_batchnorm
+from discover.evaluation import evaluate, evaluate_run
 from discover.training import TrainConfig, train
 
 TINY = dict(
@@ -143,46 +142,3 @@ def test_cli_train_and_evaluate_on_fashion_mnist(tmp_path, capsys):
                  "--samples", "3"]) == 0
     text = capsys.readouterr().out
     assert "images: 64" in text and "layer2.0.act2" in text and "0.5000" in text
-
-
-def _bn_model():
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3), LWTA(U=2), nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4), nn.Flatten()
-    )
-
-
-def test_recalibrate_batchnorm_estimates_statistics_under_the_policy():
-    model = _bn_model()
-    images = torch.randn(24, 3, 6, 6)
-    loader = DataLoader(TensorDataset(images, torch.zeros(24)), batch_size=8)
-    before = model[3].running_mean.clone()
-    assert recalibrate_batchnorm(model, loader, "argmax") == 24
-    with torch.no_grad(), eval_policy(model, "argmax"):
-        features = model[:3].eval()(images)  # what the BatchNorm sees under argmax
-    expected_mean = features.mean(dim=(0, 2, 3))
-    expected_var = torch.stack(
-        [chunk.transpose(0, 1).reshape(4, -1).var(dim=1) for chunk in features.split(8)]
-    ).mean(dim=0)  # cumulative average of the unbiased batch variances
-    assert not torch.allclose(before, expected_mean)
-    torch.testing.assert_close(model[3].running_mean, expected_mean)
-    torch.testing.assert_close(model[3].running_var, expected_var)
-    assert model[3].momentum == 0.1 and model[3].training  # restored (fresh modules train)
-    assert model[1].eval_policy == "sample"  # the policy context is left
-
-
-def test_recalibrate_batchnorm_restores_statistics_on_error():
-    model = _bn_model()
-    model[3].running_mean.fill_(3.0)
-
-    def broken():
-        yield torch.randn(4, 3, 6, 6), torch.zeros(4)
-        raise OSError("disk went away")
-
-    with pytest.raises(OSError, match="disk went away"):
-        recalibrate_batchnorm(model, broken())
-    assert torch.equal(model[3].running_mean, torch.full((4,), 3.0))
-    with pytest.raises(ValueError, match="no BatchNorm"):
-        recalibrate_batchnorm(nn.Sequential(nn.Linear(2, 2)), [])
-    with pytest.raises(ValueError, match="no images"):
-        recalibrate_batchnorm(model, [])

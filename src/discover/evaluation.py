@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from .lwta import EVAL_POLICIES, average_logits, eval_policy, lwta_layers
 from .sparsity import LayerSparsity, SparsityMeter, format_sparsity
 
-__all__ = ["EvalResult", "evaluate", "evaluate_run", "recalibrate_batchnorm"]
+__all__ = ["EvalResult", "evaluate", "evaluate_run"]
 
 
 @dataclass
@@ -119,75 +119,6 @@ def evaluate(
         seed=seed,
         sparsity=meter.results(),
     )
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(
-    model: nn.Module,
-    loader: DataLoader,
-    policy: str = "argmax",
-    *,
-    max_batches: int | None = None,
-    device: str | torch.device = "cpu",
-    progress: bool = False,
-) -> int:
-    """Re-estimate every BatchNorm's running statistics with LWTA layers under ``policy``.
-
-    A CVN trains with sampled winners, so its BatchNorm statistics describe sampled
-    activations. Evaluating with ``policy="argmax"`` changes that distribution (the largest
-    pre-activation always wins) and the stale statistics can cost much accuracy. This runs
-    ``loader`` (training images, no labels needed) through the model in eval mode, with only
-    the BatchNorm layers updating their statistics as a cumulative average, and returns the
-    number of images used. On any error the previous statistics are put back.
-
-    Example:
-        >>> used = recalibrate_batchnorm(model, train_loader, "argmax", max_batches=50)  # doctest: +SKIP
-    """
-    if policy not in EVAL_POLICIES:
-        raise ValueError(
-            f"unknown eval policy {policy!r}; expected one of {', '.join(EVAL_POLICIES)}"
-        )
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        raise ValueError("the model has no BatchNorm layers; there is nothing to recalibrate")
-    if any(not m.track_running_stats for m in norms):
-        raise ValueError("some BatchNorm layers do not track running statistics")
-    device = torch.device(device)
-    model = model.to(device)
-    saved = [({k: v.clone() for k, v in m.state_dict().items()}, m.momentum) for m in norms]
-    modes = {m: m.training for m in model.modules()}
-    images_seen = 0
-    batches = loader
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(loader, desc="recalibrate BN", leave=False, dynamic_ncols=True)
-    try:
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative moving average over all batches
-        model.eval()
-        for m in norms:
-            m.train()
-        with eval_policy(model, policy):
-            for i, batch in enumerate(batches):
-                if max_batches is not None and i >= max_batches:
-                    break
-                images = batch[0] if isinstance(batch, (list, tuple)) else batch
-                model(images.to(device))
-                images_seen += len(images)
-        if images_seen == 0:
-            raise ValueError("recalibrate_batchnorm: the data loader yielded no images")
-    except BaseException:
-        for m, (state, _) in zip(norms, saved, strict=True):
-            m.load_state_dict(state)
-        raise
-    finally:
-        for m, (_, momentum) in zip(norms, saved, strict=True):
-            m.momentum = momentum
-        for m, training in modes.items():
-            m.train(training)
-    return images_seen
 
 
 def evaluate_run(

@@ -8,8 +8,9 @@ writes an HTML report. Everything lands in ``OUT``::
 
     OUT/demo.json            the DemoConfig and the figures of the summary
     OUT/cvn/, OUT/dense/     training runs (config.json, weights, log.jsonl, eval-*.json)
-    OUT/*/dissection/        hidden layers + classifier, data-set concepts
-    OUT/*/dissection-final/  classifier only, concepts = the class names
+    OUT/*/dissection/        the LWTA layers (the twin: the same layers), data-set concepts
+    OUT/*/dissection-final/  the classifier, concepts = the class names, and its
+                             description_scores.json/.csv (the final-layer protocol)
     OUT/explanations.json    the explained images (Explanation.to_dict())
     OUT/report/index.html    the report
     OUT/cache/               recorded activations and concept matrices (reruns reuse them)
@@ -282,6 +283,7 @@ class DemoResult:
             f"(LWTA policy {self.policy}; {self.test_images} held-out test images; "
             f"{total / 60:.1f} min)"
         )
+        lines.append(f"explained images: {self.out / 'explanations.json'}")
         lines.append(f"report: {self.report}")
         return "\n".join(lines)
 
@@ -442,7 +444,6 @@ def run_demo(
         for key, model in models.items():
             log(f"dissecting the {names[key]} ...")
             done = step("dissect")
-            layers = [*hidden, classifier[0]]
             common = dict(
                 similarity=config.similarity,
                 policy=config.policy,
@@ -450,18 +451,8 @@ def run_demo(
                 cache_dir=cache,
                 progress=progress,
             )
-            dissections[key] = dissect(model, layers, probe, spec.concepts, emb, **common)
-            dissections[key].save(runs[key] / "dissection")
-            # the same recording, from the cache: the report needs no second pass
-            activations[key] = record(
-                model,
-                layers,
-                model_view(model, probe),
-                policy=config.policy,
-                seed=config.seed,
-                cache_dir=cache,
-                progress=False,
-            ).activations
+            hidden_dissection = dissect(model, hidden, probe, spec.concepts, emb, **common)
+            hidden_dissection.save(runs[key] / "dissection")
             final = dissect(
                 model,
                 [classifier[0]],
@@ -472,6 +463,20 @@ def run_demo(
                 **common,
             )
             final.save(runs[key] / "dissection-final")
+            dissections[key] = _with_classifier(hidden_dissection, final)
+            activations[key] = {}
+            for part in (hidden_dissection, final):  # the same recordings, from the cache
+                activations[key].update(
+                    record(
+                        model,
+                        part.config.layers,
+                        model_view(model, probe),
+                        policy=config.policy,
+                        seed=config.seed,
+                        cache_dir=cache,
+                        progress=False,
+                    ).activations
+                )
             final_labels[key] = final.labels(classifier[0])
             from .description_eval import evaluate_descriptions
 
@@ -560,6 +565,21 @@ def run_demo(
     )
     _atomic_json(out / "demo.json", {"config": config.to_dict(), "result": result.to_dict()})
     return result
+
+
+def _with_classifier(hidden: Any, final: Any) -> Any:
+    """One dissection for the report and the explanations: the hidden layers labelled with
+    the data set's concepts, the classifier with the class names (method.md §9)."""
+    from .dissection import Dissection
+
+    config = dataclasses.replace(
+        hidden.config,
+        layers=[*hidden.config.layers, *final.config.layers],
+        concepts=f"{hidden.config.concepts}; {', '.join(final.config.layers)}: "
+        f"{final.config.concepts}",
+    )
+    meta = {**hidden.meta, "layers": {**hidden.meta["layers"], **final.meta["layers"]}}
+    return Dissection([*hidden.units, *final.units], config, meta)
 
 
 def _compact_scores(scores: Any, labels: list[str]) -> dict[str, Any]:

@@ -1,6 +1,9 @@
 import json
+import re
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from discover.cli import main
 from discover.demo import DEMO_DATA, DemoConfig, run_demo
@@ -50,8 +53,9 @@ def test_missing_fashion_mnist_names_the_debian_package(tmp_path, monkeypatch, c
 
 
 @pytest.mark.slow
-def test_demo_fast_end_to_end(tmp_path, capsys):
-    out = tmp_path / "demo"
+def test_demo_fast_end_to_end(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = Path("runs/demo")  # where the README's examples expect it
     assert main(["demo", "--fast", "--out", str(out), "--quiet", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     summary = printed[printed.rindex("final-layer descriptions") :].splitlines()
@@ -75,3 +79,14 @@ def test_demo_fast_end_to_end(tmp_path, capsys):
     for run in ("cvn", "dense"):
         assert (out / run / "dissection" / "descriptions.csv").is_file()
         assert (out / run / "dissection-final" / "dissection.json").is_file()
+
+    # the README's explain example runs on the demo's output
+    from discover.data import ShapesWorld
+
+    image, _ = ShapesWorld(n=1, image_size=32, split="test")[0]
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save("star.png")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "runs/demo/cvn" in b]
+    capsys.readouterr()
+    exec(compile(block, "README.md[explain]", "exec"), {})
+    assert "layer3.0.act2 [lwta]" in capsys.readouterr().out

@@ -503,6 +503,131 @@ def _dissect(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- discover explain -----------------------------------------------------------------------
+def _explain_arguments(parser: argparse.ArgumentParser) -> None:
+    from .explanation import DEFAULT_THRESHOLD, DEFAULT_TOP
+
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files to explain")
+    parser.add_argument("--run", required=True, help="training run directory (`discover train`)")
+    parser.add_argument(
+        "--dissection", help="dissection directory (default: RUN/dissection, `discover dissect`)"
+    )
+    parser.add_argument("--weights", choices=["best", "last"], default="best")
+    parser.add_argument(
+        "--policy", choices=["argmax", "sample"], default="argmax", help="LWTA evaluation policy"
+    )
+    parser.add_argument(
+        "--top", type=int, default=DEFAULT_TOP, help="winners listed per layer (0: counts only)"
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="dense layers: a unit is active when |activation| > threshold",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampled winners")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
+@command(
+    "explain",
+    arguments=_explain_arguments,
+    help="explain predictions through the labelled units that fired",
+)
+def _explain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .dissection import Dissection
+    from .explanation import explain, find_classifier, print_explanations, read_images
+    from .lwta import lwta_layers
+    from .models import activation_sites
+    from .training import load_run
+
+    model, config = load_run(args.run, args.weights)
+    folder = Path(args.dissection) if args.dissection else Path(args.run) / "dissection"
+    if args.dissection is None and not (folder / "dissection.json").is_file():
+        layers = list(lwta_layers(model)) or activation_sites(model)
+        classifier = find_classifier(model)
+        layers += [classifier[0]] if classifier else []
+        raise FileNotFoundError(
+            f"run {args.run} has no dissection (looked for {folder / 'dissection.json'}); "
+            f"create one with `discover dissect --run {args.run} --layers {' '.join(layers)} "
+            f"--probe {config['train']['dataset']} --out {folder}` (choose --concepts and "
+            "--embedder for your data, see `discover dissect --help`), or pass --dissection DIR"
+        )
+    dissection = Dissection.load(folder)
+    images, names, failures = read_images(args.images)
+    for path, reason in failures.items():
+        print(f"error: cannot read image {path}: {reason}", file=sys.stderr)
+    if images:
+        explanations = explain(
+            model,
+            images,
+            dissection,
+            policy=args.policy,
+            threshold=args.threshold,
+            top=args.top,
+            class_names=config["class_names"],
+            names=names,
+            seed=args.seed,
+        )
+        if args.json:
+            print(json.dumps([e.to_dict() for e in explanations], indent=2))
+        else:
+            print_explanations(explanations)
+    if failures:
+        print(
+            f"error: {len(failures)} of {len(args.images)} image(s) could not be read"
+            + (f"; explained the other {len(images)}" if images else ""),
+            file=sys.stderr,
+        )
+        return 2
+    return 0
+
+
+# -- discover demo --------------------------------------------------------------------------
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from .demo import DEMO_DATA
+
+    parser.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    parser.add_argument("--fast", action="store_true", help="CI size: about a minute, rough labels")
+    parser.add_argument("--data", choices=list(DEMO_DATA), default="shapes")
+    parser.add_argument(
+        "--embedder",
+        choices=["annotations", "conse"],
+        help="concept matrix: ground truth (shapes, the default there) or ConSE (offline)",
+    )
+    parser.add_argument(
+        "--policy", choices=["sample", "argmax"], help="LWTA evaluation policy (default sample)"
+    )
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--threads", type=int, help="torch threads (default 2)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+@command(
+    "demo",
+    arguments=_demo_arguments,
+    help="train, dissect and explain a CVN and its dense twin on built-in data; HTML report",
+)
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+
+    config = DemoConfig.preset(
+        args.data,
+        fast=args.fast,
+        out=args.out,
+        embedder=args.embedder,
+        policy=args.policy,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    result = run_demo(config, progress=not args.quiet, log=lambda line: print(line, flush=True))
+    print()
+    print(result.summary())
+    return 0
+
+
 # -- discover eval-descriptions -------------------------------------------------------------
 def _eval_descriptions_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dissection", help="dissection directory (`discover dissect --out`)")
@@ -629,131 +754,6 @@ def _planted(args: argparse.Namespace) -> int:
     print(result.table())
     if args.out:
         print(f"\nwritten: {result.save(args.out)} (+ planted.csv, planted_ranking.csv)")
-    return 0
-
-
-# -- discover explain -----------------------------------------------------------------------
-def _explain_arguments(parser: argparse.ArgumentParser) -> None:
-    from .explanation import DEFAULT_THRESHOLD, DEFAULT_TOP
-
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files to explain")
-    parser.add_argument("--run", required=True, help="training run directory (`discover train`)")
-    parser.add_argument(
-        "--dissection", help="dissection directory (default: RUN/dissection, `discover dissect`)"
-    )
-    parser.add_argument("--weights", choices=["best", "last"], default="best")
-    parser.add_argument(
-        "--policy", choices=["argmax", "sample"], default="argmax", help="LWTA evaluation policy"
-    )
-    parser.add_argument(
-        "--top", type=int, default=DEFAULT_TOP, help="winners listed per layer (0: counts only)"
-    )
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=DEFAULT_THRESHOLD,
-        help="dense layers: a unit is active when |activation| > threshold",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampled winners")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-
-
-@command(
-    "explain",
-    arguments=_explain_arguments,
-    help="explain predictions through the labelled units that fired",
-)
-def _explain(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .dissection import Dissection
-    from .explanation import explain, find_classifier, print_explanations, read_images
-    from .lwta import lwta_layers
-    from .models import activation_sites
-    from .training import load_run
-
-    model, config = load_run(args.run, args.weights)
-    folder = Path(args.dissection) if args.dissection else Path(args.run) / "dissection"
-    if args.dissection is None and not (folder / "dissection.json").is_file():
-        layers = list(lwta_layers(model)) or activation_sites(model)
-        classifier = find_classifier(model)
-        layers += [classifier[0]] if classifier else []
-        raise FileNotFoundError(
-            f"run {args.run} has no dissection (looked for {folder / 'dissection.json'}); "
-            f"create one with `discover dissect --run {args.run} --layers {' '.join(layers)} "
-            f"--probe {config['train']['dataset']} --out {folder}` (choose --concepts and "
-            "--embedder for your data, see `discover dissect --help`), or pass --dissection DIR"
-        )
-    dissection = Dissection.load(folder)
-    images, names, failures = read_images(args.images)
-    for path, reason in failures.items():
-        print(f"error: cannot read image {path}: {reason}", file=sys.stderr)
-    if images:
-        explanations = explain(
-            model,
-            images,
-            dissection,
-            policy=args.policy,
-            threshold=args.threshold,
-            top=args.top,
-            class_names=config["class_names"],
-            names=names,
-            seed=args.seed,
-        )
-        if args.json:
-            print(json.dumps([e.to_dict() for e in explanations], indent=2))
-        else:
-            print_explanations(explanations)
-    if failures:
-        print(
-            f"error: {len(failures)} of {len(args.images)} image(s) could not be read"
-            + (f"; explained the other {len(images)}" if images else ""),
-            file=sys.stderr,
-        )
-        return 2
-    return 0
-
-
-# -- discover demo --------------------------------------------------------------------------
-def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    from .demo import DEMO_DATA
-
-    parser.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
-    parser.add_argument("--fast", action="store_true", help="CI size: about a minute, rough labels")
-    parser.add_argument("--data", choices=list(DEMO_DATA), default="shapes")
-    parser.add_argument(
-        "--embedder",
-        choices=["annotations", "conse"],
-        help="concept matrix: ground truth (shapes, the default there) or ConSE (offline)",
-    )
-    parser.add_argument(
-        "--policy", choices=["sample", "argmax"], help="LWTA evaluation policy (default sample)"
-    )
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--threads", type=int, help="torch threads (default 2)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-@command(
-    "demo",
-    arguments=_demo_arguments,
-    help="train, dissect and explain a CVN and its dense twin on built-in data; HTML report",
-)
-def _demo(args: argparse.Namespace) -> int:
-    from .demo import DemoConfig, run_demo
-
-    config = DemoConfig.preset(
-        args.data,
-        fast=args.fast,
-        out=args.out,
-        embedder=args.embedder,
-        policy=args.policy,
-        seed=args.seed,
-        threads=args.threads,
-    )
-    result = run_demo(config, progress=not args.quiet, log=lambda line: print(line, flush=True))
-    print()
-    print(result.summary())
     return 0
 
 

@@ -402,7 +402,12 @@ def _dissect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weights", choices=["best", "last"], default="best", help="which weights of --run"
     )
-    parser.add_argument("--layers", nargs="+", required=True, help="dotted layer names")
+    parser.add_argument(
+        "--layers",
+        nargs="+",
+        required=True,
+        help="dotted layer names, glob patterns (blocks.*.mlp.act), or lwta (every LWTA layer)",
+    )
     parser.add_argument(
         "--probe",
         default="shapes",
@@ -465,7 +470,10 @@ def _dissect(args: argparse.Namespace) -> int:
     else:
         model = _build_model(args)
     probe = build_dataset(
-        args.probe, args.probe_split, root=args.probe_root, **_key_values(args.probe_arg, "--probe-arg")
+        args.probe,
+        args.probe_split,
+        root=args.probe_root,
+        **_key_values(args.probe_arg, "--probe-arg"),
     )
     if args.probe_limit is not None:
         probe = torch.utils.data.Subset(probe, range(min(args.probe_limit, len(probe))))

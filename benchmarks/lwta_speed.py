@@ -176,7 +176,8 @@ def _lwta_pair(
                 y = LWTA(U, tau=TAU).train()(xi)
         elif align == "patched":
             view = (
-                (x.shape[0], x.shape[1] // U, U, *x.shape[2:]) if x.dim() == 4
+                (x.shape[0], x.shape[1] // U, U, *x.shape[2:])
+                if x.dim() == 4
                 else (*x.shape[:-1], x.shape[-1] // U, U)
             )
             y = reference_lwta(xi, U, noise=value_keyed_gumbel(x.view(view)))
@@ -280,8 +281,14 @@ def summary(times: list[float]) -> dict[str, float]:
         q1, q2, q3 = statistics.quantiles(ms, n=4, method="inclusive")
     else:
         q1 = q2 = q3 = ms[0]
-    return {"median_ms": q2, "q1_ms": q1, "q3_ms": q3, "iqr_ms": q3 - q1, "min_ms": ms[0],
-            "n": len(ms)}
+    return {
+        "median_ms": q2,
+        "q1_ms": q1,
+        "q3_ms": q3,
+        "iqr_ms": q3 - q1,
+        "min_ms": ms[0],
+        "n": len(ms),
+    }
 
 
 def paired_ratio(num: Variant, den: Variant) -> dict[str, float]:
@@ -386,8 +393,10 @@ def provenance() -> dict[str, Any]:
         "lwta_blob": blob,
         "git_head": head,
         "lwta_matches_head": None if head_blob is None else blob == head_blob,
-        "lwta_first_commit": (_git("log", "--all", "--reverse", "--format=%h",
-                                   f"--find-object={blob}", cwd=repo) or "").split("\n")[0]
+        "lwta_first_commit": (
+            _git("log", "--all", "--reverse", "--format=%h", f"--find-object={blob}", cwd=repo)
+            or ""
+        ).split("\n")[0]
         or None,
         "pythonpath": os.environ.get("PYTHONPATH"),
     }
@@ -427,20 +436,38 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Time discover's LWTA against the reference code path and plain activations."
     )
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed rounds per case "
-                        "(default: 16 layers / 14 models; 3 with --quick)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed rounds per case (default 2; 1 with --quick)")
-    parser.add_argument("--quick", action="store_true",
-                        help="small shapes and few rounds: a smoke run, not a measurement")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed rounds per case (default: 16 layers / 14 models; 3 with --quick)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed rounds per case (default 2; 1 with --quick)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small shapes and few rounds: a smoke run, not a measurement",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
-                        help="output folder for lwta_speed.md and lwta_speed.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("benchmarks/results"),
+        help="output folder for lwta_speed.md and lwta_speed.json",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-models", action="store_true", help="layer cases only")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads(N); default: leave torch's default alone")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads(N); default: leave torch's default alone",
+    )
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -457,8 +484,10 @@ def main(argv: list[str] | None = None) -> int:
     batch, size = (2, 224) if quick else (8, 224)
     us = (2, 8)
 
-    command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(
-        [sys.executable, sys.argv[0], *argv]
+    command = (
+        shlex.join([sys.executable, *sys.argv])
+        if argv is None
+        else shlex.join([sys.executable, sys.argv[0], *argv])
     )
     started = _dt.datetime.now().astimezone()
     load_start = load_average()
@@ -467,44 +496,71 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
 
     prov = provenance()
-    print(f"measuring {prov['discover_file']} (lwta.py blob {prov['lwta_blob'][:10]}, "
-          f"matches git HEAD: {prov['lwta_matches_head']})", flush=True)
+    print(
+        f"measuring {prov['discover_file']} (lwta.py blob {prov['lwta_blob'][:10]}, "
+        f"matches git HEAD: {prov['lwta_matches_head']})",
+        flush=True,
+    )
     print(f"cross-check (float64, same noise) on {device} ...", flush=True)
     checks = cross_check(device, args.seed)
     for row in checks:
         status = "ok" if row["ok"] else "NOT OK"
-        print(f"  {row['case']:<32} {status} (noise aligned by {row['noise_aligned_by']}) "
-              f"grad diff {row['max_abs_grad_diff']:.1e}", flush=True)
+        print(
+            f"  {row['case']:<32} {status} (noise aligned by {row['noise_aligned_by']}) "
+            f"grad diff {row['max_abs_grad_diff']:.1e}",
+            flush=True,
+        )
 
     layer_results: list[dict[str, Any]] = []
     for kind, shape in (("tokens", token_shape), ("conv", conv_shape)):
         variants = layer_variants(kind, shape, us, device, args.seed)
         for v in variants:
             v.saved_mb = saved_for_backward_mb(v.step)
-        print(f"timing {kind} {shape}: {len(variants)} variants x {warmup}+{layer_repeats} rounds",
-              flush=True)
+        print(
+            f"timing {kind} {shape}: {len(variants)} variants x {warmup}+{layer_repeats} rounds",
+            flush=True,
+        )
         round_robin(variants, warmup, layer_repeats, device)
         by_name = {v.name: v for v in variants}
         plain = variants[-1]
         for U in us:
             d, r = by_name[f"discover U={U}"], by_name[f"reference U={U}"]
             sd, sr, sp = summary(d.times_s), summary(r.times_s), summary(plain.times_s)
-            layer_results.append({
-                "kind": kind, "shape": list(shape), "U": U,
-                "discover": {**sd, "saved_mb": d.saved_mb, "cpu": summary(d.cpu_s),
-                             "times_ms": [t * 1e3 for t in d.times_s]},
-                "reference": {**sr, "saved_mb": r.saved_mb, "cpu": summary(r.cpu_s),
-                              "times_ms": [t * 1e3 for t in r.times_s]},
-                "plain": {"name": plain.name, **sp, "saved_mb": plain.saved_mb,
-                          "cpu": summary(plain.cpu_s),
-                          "times_ms": [t * 1e3 for t in plain.times_s]},
-                "ratio_vs_reference": sd["median_ms"] / sr["median_ms"],
-                "ratio_of_mins_vs_reference": sd["min_ms"] / sr["min_ms"],
-                "paired_ratio_vs_reference": paired_ratio(d, r),
-                "ratio_vs_plain": sd["median_ms"] / sp["median_ms"],
-            })
-            print(f"  U={U}: discover {fmt_stat(sd)} ms, reference {fmt_stat(sr)} ms, "
-                  f"{plain.name} {fmt_stat(sp)} ms", flush=True)
+            layer_results.append(
+                {
+                    "kind": kind,
+                    "shape": list(shape),
+                    "U": U,
+                    "discover": {
+                        **sd,
+                        "saved_mb": d.saved_mb,
+                        "cpu": summary(d.cpu_s),
+                        "times_ms": [t * 1e3 for t in d.times_s],
+                    },
+                    "reference": {
+                        **sr,
+                        "saved_mb": r.saved_mb,
+                        "cpu": summary(r.cpu_s),
+                        "times_ms": [t * 1e3 for t in r.times_s],
+                    },
+                    "plain": {
+                        "name": plain.name,
+                        **sp,
+                        "saved_mb": plain.saved_mb,
+                        "cpu": summary(plain.cpu_s),
+                        "times_ms": [t * 1e3 for t in plain.times_s],
+                    },
+                    "ratio_vs_reference": sd["median_ms"] / sr["median_ms"],
+                    "ratio_of_mins_vs_reference": sd["min_ms"] / sr["min_ms"],
+                    "paired_ratio_vs_reference": paired_ratio(d, r),
+                    "ratio_vs_plain": sd["median_ms"] / sp["median_ms"],
+                }
+            )
+            print(
+                f"  U={U}: discover {fmt_stat(sd)} ms, reference {fmt_stat(sr)} ms, "
+                f"{plain.name} {fmt_stat(sp)} ms",
+                flush=True,
+            )
 
     model_results: list[dict[str, Any]] = []
     if not args.skip_models:
@@ -512,21 +568,38 @@ def main(argv: list[str] | None = None) -> int:
             variants, info = model_variants(name, U, batch, size, device, args.seed)
             for v in variants:
                 v.saved_mb = saved_for_backward_mb(v.step)
-            print(f"timing {name} U={U} vs U=1, batch {batch}, {size} px: "
-                  f"{warmup}+{model_repeats} rounds", flush=True)
+            print(
+                f"timing {name} U={U} vs U=1, batch {batch}, {size} px: "
+                f"{warmup}+{model_repeats} rounds",
+                flush=True,
+            )
             round_robin(variants, warmup, model_repeats, device)
             cvn, dense = variants
             sc, sd = summary(cvn.times_s), summary(dense.times_s)
-            model_results.append({
-                "model": name, "U": U, "batch": batch, "size": size, **info,
-                "lwta": {**sc, "saved_mb": cvn.saved_mb, "cpu": summary(cvn.cpu_s),
-                         "times_ms": [t * 1e3 for t in cvn.times_s]},
-                "dense": {**sd, "saved_mb": dense.saved_mb, "cpu": summary(dense.cpu_s),
-                          "times_ms": [t * 1e3 for t in dense.times_s]},
-                "ratio_vs_dense": sc["median_ms"] / sd["median_ms"],
-                "ratio_of_mins_vs_dense": sc["min_ms"] / sd["min_ms"],
-                "paired_ratio_vs_dense": paired_ratio(cvn, dense),
-            })
+            model_results.append(
+                {
+                    "model": name,
+                    "U": U,
+                    "batch": batch,
+                    "size": size,
+                    **info,
+                    "lwta": {
+                        **sc,
+                        "saved_mb": cvn.saved_mb,
+                        "cpu": summary(cvn.cpu_s),
+                        "times_ms": [t * 1e3 for t in cvn.times_s],
+                    },
+                    "dense": {
+                        **sd,
+                        "saved_mb": dense.saved_mb,
+                        "cpu": summary(dense.cpu_s),
+                        "times_ms": [t * 1e3 for t in dense.times_s],
+                    },
+                    "ratio_vs_dense": sc["median_ms"] / sd["median_ms"],
+                    "ratio_of_mins_vs_dense": sc["min_ms"] / sd["min_ms"],
+                    "paired_ratio_vs_dense": paired_ratio(cvn, dense),
+                }
+            )
             print(f"  LWTA {fmt_stat(sc)} ms, dense {fmt_stat(sd)} ms", flush=True)
 
     elapsed = time.perf_counter() - wall0
@@ -539,29 +612,45 @@ def main(argv: list[str] | None = None) -> int:
         "discover": discover.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})"
-                                 if device.type == "cuda" else ""),
+        "device": str(device)
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "load_average_start": load_start,
         "load_average_end": load_average(),
         "other_processes_cpu_share": other_cpu_share(cpu0),
     }
     settings = {
-        "quick": quick, "threads": args.threads, "warmup": warmup, "layer_repeats": layer_repeats,
-        "model_repeats": model_repeats, "seed": args.seed, "tau": TAU, "reference_eps": REF_EPS,
-        "token_shape": list(token_shape), "conv_shape": list(conv_shape),
-        "model_batch": batch, "model_size": size,
+        "quick": quick,
+        "threads": args.threads,
+        "warmup": warmup,
+        "layer_repeats": layer_repeats,
+        "model_repeats": model_repeats,
+        "seed": args.seed,
+        "tau": TAU,
+        "reference_eps": REF_EPS,
+        "token_shape": list(token_shape),
+        "conv_shape": list(conv_shape),
+        "model_batch": batch,
+        "model_size": size,
     }
     record = {
-        "command": command, "cwd": os.getcwd(), "date": started.isoformat(timespec="seconds"),
-        "elapsed_s": elapsed, "machine": machine, "provenance": prov, "settings": settings,
-        "cross_check": checks, "layers": layer_results, "models": model_results,
+        "command": command,
+        "cwd": os.getcwd(),
+        "date": started.isoformat(timespec="seconds"),
+        "elapsed_s": elapsed,
+        "machine": machine,
+        "provenance": prov,
+        "settings": settings,
+        "cross_check": checks,
+        "layers": layer_results,
+        "models": model_results,
         "targets": {"discover_over_reference": LAYER_TARGET, "lwta_model_over_dense": MODEL_TARGET},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "lwta_speed.json").write_text(json.dumps(record, indent=2) + "\n")
     (args.out / "lwta_speed.md").write_text(render_markdown(record))
-    print(f"wrote {args.out / 'lwta_speed.md'} and {args.out / 'lwta_speed.json'} "
-          f"({elapsed:.0f} s)")
+    print(
+        f"wrote {args.out / 'lwta_speed.md'} and {args.out / 'lwta_speed.json'} ({elapsed:.0f} s)"
+    )
     return 0 if all(row["ok"] for row in checks) else 1
 
 
@@ -614,13 +703,17 @@ def render_markdown(rec: dict[str, Any]) -> str:
     ]
     p = rec["provenance"]
     match = {True: "identical to", False: "**different from**", None: "not compared with"}[
-        p["lwta_matches_head"]]
+        p["lwta_matches_head"]
+    ]
     lines.append(
         f"- **Code measured:** `{p['discover_file']}`; its `lwta.py` (git blob "
         f"`{p['lwta_blob'][:12]}`) is {match} `src/discover/lwta.py` at git HEAD "
         f"`{(p['git_head'] or 'n/a')[:12]}`"
-        + (f" (this lwta.py was committed in `{p['lwta_first_commit']}`)"
-           if p.get("lwta_first_commit") else " (uncommitted lwta.py)")
+        + (
+            f" (this lwta.py was committed in `{p['lwta_first_commit']}`)"
+            if p.get("lwta_first_commit")
+            else " (uncommitted lwta.py)"
+        )
         + (f"; PYTHONPATH=`{p['pythonpath']}`" if p["pythonpath"] else "")
     )
     if s["quick"]:

@@ -134,11 +134,12 @@ def test_cli_train_writes_a_run(tmp_path, capsys):
 
 def test_cli_train_and_evaluate_on_fashion_mnist(tmp_path, capsys):
     out = tmp_path / "fm"
-    assert main(["train", "--dataset", "fashion-mnist", "--train-subset", "128", "--model",
-                 "small_resnet", "-U", "2", "--model-arg", "img_size=28", "--model-arg",
-                 "in_chans=1", "--model-arg", "widths=[8,16]", "--model-arg", "depths=[1,1]",
-                 "--epochs", "1", "--batch-size", "32", "--out", str(out), "--quiet"]) == 0
-    assert main(["evaluate", str(out), "--limit", "64", "--policy", "sample",
-                 "--samples", "3"]) == 0
+    train_args = (
+        "train --dataset fashion-mnist --train-subset 128 --model small_resnet -U 2 "
+        "--model-arg img_size=28 --model-arg in_chans=1 --model-arg widths=[8,16] "
+        "--model-arg depths=[1,1] --epochs 1 --batch-size 32 --quiet --out"
+    )
+    assert main([*train_args.split(), str(out)]) == 0
+    assert main(["evaluate", str(out), *"--limit 64 --policy sample --samples 3".split()]) == 0
     text = capsys.readouterr().out
     assert "images: 64" in text and "layer2.0.act2" in text and "0.5000" in text

@@ -223,8 +223,11 @@ class LWTA(nn.Module):
         if self.U == 1:
             if self.capture:  # every unit is a block of one and always wins
                 hard = torch.ones_like(x, dtype=torch.bool)
-                self._keep(hard.reshape(-1, 1, math.prod(x.shape[unit_dim + 1 :])),
-                           tuple(x.shape), unit_dim)
+                self._keep(
+                    hard.reshape(-1, 1, math.prod(x.shape[unit_dim + 1 :])),
+                    tuple(x.shape),
+                    unit_dim,
+                )
             return self.activation(x) if self.activation is not None else x
         width = x.shape[unit_dim]
         if width % self.U:

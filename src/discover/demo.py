@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,12 +222,33 @@ class _FashionMNIST(DemoData):
         return FashionMNIST(split="test", download=False)
 
     def probe(self, config: DemoConfig) -> Dataset:
-        return Subset(self._test(), range(config.probe_images))
+        return _Slice(self._test(), range(config.probe_images))
 
     def held_out(self, config: DemoConfig) -> Dataset:
         test = self._test()
         start = max(config.probe_images, len(test) - 500)  # disjoint from the probe images
         return Subset(test, range(start, len(test)))
+
+
+class _Slice(Dataset):
+    """``dataset[indices[i]]`` with a content fingerprint, so that the recorded activations
+    and the (ConSE) concept matrix of a tensor-backed probe set are cached and computed once."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.dataset[self.indices[index]]
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(type(self.dataset).__name__.encode())
+        for tensor in (self.dataset.data, self.dataset.targets):
+            digest.update(tensor.contiguous().numpy().tobytes())
+        digest.update(json.dumps(self.indices).encode())
+        return digest.hexdigest()
 
 
 register_demo_data(_Shapes())

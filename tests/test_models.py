@@ -221,6 +221,14 @@ def test_checkpoint_roundtrip(tmp_path):
     assert torch.equal(model.eval()(x), loaded.eval()(x))
 
 
+def test_checkpoint_path_with_home_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model = create_model("small_resnet", U=4, num_classes=5)
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    loaded = create_model("small_resnet", U=4, num_classes=5, checkpoint="~/m.safetensors")
+    assert torch.equal(loaded.fc.weight, model.fc.weight)
+
+
 def test_checkpoint_mismatches_are_explained(tmp_path):
     path = save_checkpoint(
         create_model("small_resnet", U=4, num_classes=5), tmp_path / "m.safetensors"

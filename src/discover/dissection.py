@@ -290,7 +290,7 @@ def dissect(
     emb = build_embedder(embedder)
     score_fn = get_similarity(similarity)
     modules = resolve_layers(model, layers)
-    cache = Path(cache_dir) if cache_dir is not None else None
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     config = DissectConfig(
         layers=list(modules),
         concepts=concept_set.name,

@@ -612,7 +612,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
     Example:
         >>> load_checkpoint(create_model("small_resnet", U=4), "run/model.safetensors")  # doctest: +SKIP
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     state, metadata = _read_state_dict(path)
     problems: list[str] = []
     config = getattr(model, "cvn_config", None)

@@ -392,7 +392,7 @@ def record(
     }
     cache_file = None
     if caching and probe_id is not None:
-        cache_file = Path(cache_dir) / "activations" / f"{_cache_key(key_parts)}.pt"
+        cache_file = Path(cache_dir).expanduser() / "activations" / f"{_cache_key(key_parts)}.pt"
         if cache_file.is_file():
             cached = Recording.load(cache_file)
             cached.meta["cache"] = {"file": str(cache_file), "hit": True}

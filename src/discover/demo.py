@@ -22,6 +22,7 @@ ones), so nothing already computed is lost.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -87,7 +88,7 @@ class DemoConfig:
         if fast:
             values.update(spec.fast)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(values)
+        return cls.from_dict(copy.deepcopy(values))  # presets are shared class data
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -150,19 +151,23 @@ def get_demo_data(name: str) -> DemoData:
     return DEMO_DATA[name]
 
 
+# ``--fast``: the CI size, the same for every built-in data set (about a minute, rough labels).
+_FAST: dict[str, Any] = {
+    "model_kwargs": {"widths": [8, 16, 32], "depths": [1, 1, 1]},
+    "epochs": 1,
+    "train_images": 1_500,
+    "probe_images": 300,
+    "test_images": 200,
+    "explain_images": 3,
+    "eval_samples": 2,
+}
+
+
 class _Shapes(DemoData):
     name = dataset = "shapes"
     embedders = ("annotations", "conse")
     concepts = "shapes"
-    fast = {
-        "model_kwargs": {"widths": [8, 16, 32], "depths": [1, 1, 1]},
-        "epochs": 1,
-        "train_images": 1_500,
-        "probe_images": 300,
-        "test_images": 200,
-        "explain_images": 3,
-        "eval_samples": 2,
-    }
+    fast = _FAST
 
     def train_options(self, config: DemoConfig) -> dict[str, Any]:
         return {
@@ -188,15 +193,7 @@ class _FashionMNIST(DemoData):
     embedders = ("conse",)
     concepts = "broden"
     defaults = {"embedder": "conse", "train_images": 12_000}
-    fast = {
-        "model_kwargs": {"widths": [8, 16, 32], "depths": [1, 1, 1]},
-        "epochs": 1,
-        "train_images": 1_500,
-        "probe_images": 300,
-        "test_images": 200,
-        "explain_images": 3,
-        "eval_samples": 2,
-    }
+    fast = _FAST
 
     def check(self, config: DemoConfig) -> None:
         if config.embedder == "annotations":

@@ -20,8 +20,7 @@ shuffled-neuron baselines.
   AdamW ``deit_small`` recipe at lr 1.5e-3, no warm-up, 4 epochs) at U in {1, 2, 4, 8} for
   each seed, then dissects it with soft-WPMI under the ``sample`` LWTA policy (one seeded
   stochastic pass: the accuracy benchmark shows ``argmax`` winners lose most of the CVN
-  ResNets' accuracy; re-estimating BatchNorm statistics under ``argmax`` did not
-  recover it on a trial run, so the networks rely on sampled winners). Figures:
+  ResNets' accuracy: the networks rely on sampled winners). Figures:
 
   - the final-layer protocol (:func:`discover.description_eval.evaluate_descriptions`) on
     ``fc`` with the concept set = the class names: top-1/top-5, mean rank, AUC, matched

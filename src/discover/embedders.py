@@ -917,7 +917,9 @@ class ConSEEmbedder(Embedder):
     How good it is (offline-assets.md §4.2, full sum): on the scikit-image photos it matches
     coffee, cat, rocket and motorcycle to the right prompt among 8 (the astronaut fails: no
     ImageNet class covers it); Fashion-MNIST zero-shot top-1 is about 25 % (21-27 % depending
-    on sentence model, template and colour inversion; chance 10 %). Speed is the classifier's:
+    on sentence model, template and colour inversion; chance 10 %). This class, with the
+    raw class names as texts, gets 13.4 % on the Fashion-MNIST probe of
+    ``benchmarks/claims.py`` (``benchmarks/results/claims.md``). Speed is the classifier's:
     about 45-50 s per 1,000 images on 2 CPU cores.
 
     Limits (§4.3):

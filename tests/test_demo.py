@@ -1,10 +1,10 @@
 import json
-import re
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from _helpers import readme_python_block
 from discover.cli import main
 from discover.demo import DEMO_DATA, DemoConfig, run_demo
 
@@ -85,8 +85,7 @@ def test_demo_fast_end_to_end(tmp_path, capsys, monkeypatch):
 
     image, _ = ShapesWorld(n=1, image_size=32, split="test")[0]
     Image.fromarray(image.permute(1, 2, 0).numpy()).save("star.png")
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    [block] = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "runs/demo/cvn" in b]
+    block = readme_python_block('load_run("runs/demo/cvn")')
     capsys.readouterr()
     exec(compile(block, "README.md[explain]", "exec"), {})
     assert "layer3.0.act2 [lwta]" in capsys.readouterr().out

@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 import discover
+from _helpers import train_tiny_shapes
 from discover.dissection import DissectConfig, Dissection, UnitDescription
 from discover.explanation import (
     Explanation,
@@ -303,24 +304,10 @@ def test_find_classifier():
 def tiny_run(tmp_path_factory):
     from discover.data import ShapesWorld
     from discover.embedders import AnnotationEmbedder
-    from discover.training import TrainConfig, train
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("explain")
-    run = train(
-        TrainConfig(
-            model="small_resnet",
-            U=4,
-            dataset="shapes",
-            epochs=1,
-            batch_size=32,
-            dataset_kwargs={"n": 64, "image_size": 16},
-            eval_samples=1,
-            model_kwargs={"img_size": 16, "widths": [8, 16], "depths": [1, 1]},
-            out=str(root / "run"),
-        ),
-        progress=False,
-    ).out
+    run = train_tiny_shapes(root / "run", U=4, image_size=16, widths=[8, 16], depths=[1, 1]).out
     model, _ = discover.load_run(run)
     probe = ShapesWorld(n=120, image_size=16, split="val")
     layers = [*lwta_layers(model), "fc"]

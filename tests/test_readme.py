@@ -1,49 +1,47 @@
 """The README's Python examples run as written."""
 
-import re
-from pathlib import Path
-
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def _python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+from _helpers import readme_python_block, train_tiny_shapes
 
 
 @pytest.mark.slow
 def test_readme_cvn_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    exec(compile(_python_blocks()[0], "README.md[python 0]", "exec"), {})
+    code = readme_python_block('create_model("deit_tiny_patch16_224"')
+    exec(compile(code, "README.md[cvn]", "exec"), {})
     out = capsys.readouterr().out
     assert "tensor(0.0417)" in out and "layer1.0.relu.0" in out
 
 
 @pytest.mark.slow
-def test_readme_dissection_example_runs(tmp_path, monkeypatch, capsys):
-    """The dissection example, on a tiny training run made where the README expects it."""
-    from discover.training import TrainConfig, train
-
+def test_readme_dissection_and_report_examples_run(tmp_path, monkeypatch, capsys):
+    """The dissection example, then the report example that continues it, on a tiny run."""
     monkeypatch.chdir(tmp_path)
-    train(
-        TrainConfig(
-            model="small_resnet",
-            U=8,
-            dataset="shapes",
-            epochs=1,
-            batch_size=32,
-            dataset_kwargs={"n": 64, "image_size": 32},
-            eval_samples=1,
-            model_kwargs={"img_size": 32},
-            out="runs/shapes-u8",
-        ),
-        progress=False,
-    )
-    code = _python_blocks()[1].replace("n=2000", "n=120")
-    exec(compile(code, "README.md[python 1]", "exec"), {})
+    train_tiny_shapes("runs/shapes-u8")
+    namespace: dict = {}
+    code = readme_python_block('result.save("runs/shapes-u8/dissection")')
+    exec(compile(code.replace("n=2000", "n=120"), "README.md[dissection]", "exec"), namespace)
     out = capsys.readouterr().out
     assert (
         "layer3.1.act2" in out
         and (tmp_path / "runs/shapes-u8/dissection/descriptions.csv").is_file()
     )
+    code = readme_python_block("write_report(")
+    exec(compile(code, "README.md[report]", "exec"), namespace)
+    assert capsys.readouterr().out.strip().endswith("runs/shapes-u8/report/index.html")
+    assert len(list((tmp_path / "runs/shapes-u8/report/explanations").glob("*.html"))) == 4
+
+
+@pytest.mark.slow
+def test_readme_evaluation_example_runs(tmp_path, monkeypatch, capsys):
+    """The README's "Evaluating descriptions" example, on a tiny training run."""
+    monkeypatch.chdir(tmp_path)
+    train_tiny_shapes("runs/shapes-u8")
+    code = readme_python_block("evaluate_descriptions(fc")
+    code = code.replace("n=2000", "n=150").replace("units=20", "units=4")
+    exec(compile(code, "README.md[evaluating descriptions]", "exec"), {})
+    out = capsys.readouterr().out
+    assert "final-layer protocol" in out and "simulation score" in out
+    assert "planted-concept recovery" in out
+    assert (tmp_path / "runs/shapes-u8/fc/description_scores.json").is_file()

@@ -283,6 +283,8 @@ def test_simulation_scores_save(tmp_path):
 def test_resolve_class_names(tmp_path):
     assert resolve_class_names("shapes-classes") == resolve_class_names("shapes_classes")
     assert len(resolve_class_names("shapes_classes")) == 10
+    # a data set's name means its classes, not the concept vocabulary of the same name
+    assert resolve_class_names("shapes") == resolve_class_names("shapes_classes")
     good = tmp_path / "classes.txt"
     good.write_text("cat\ndog\n")
     assert resolve_class_names(good) == ["cat", "dog"]

@@ -79,8 +79,9 @@ def test_seeded_and_ranked(tmp_path):
     tops = [(r["top1"], r["topk"]) for r in a.ranking]
     assert tops == sorted(tops, reverse=True)
     assert [r["place"] for r in a.ranking] == [1, 2, 3]
-    table = a.table()
-    assert table.index(a.ranking[0]["similarity"]) < table.index(a.ranking[-1]["similarity"])
+    rows = [line.split()[0] for line in a.table().splitlines() if line.split()]
+    first, last = a.ranking[0]["similarity"], a.ranking[-1]["similarity"]
+    assert rows.index(first) < rows.index(last)  # whole first column, not a substring
     a.save(tmp_path)
     assert len(list(csv.DictReader((tmp_path / "planted.csv").open()))) == 18
     ranking = list(csv.DictReader((tmp_path / "planted_ranking.csv").open()))
@@ -115,3 +116,12 @@ def test_cli_planted_on_shapes_annotations(tmp_path, capsys):
     assert (tmp_path / "planted.csv").is_file()
     assert main(["planted", "--similarities", "cosine", "--units", "2"]) == 2
     assert "unknown similarity" in capsys.readouterr().err
+
+
+def test_sparse_units_stay_alive_on_binary_concepts_without_noise():
+    P = _annotations(n=200, m=6)  # binary, each concept on 10-40 % of the images
+    result = planted_recovery(P, units=12, noise=(0.0,), variants=("sparse",), progress=False)
+    by_name = {r["similarity"]: r for r in result.rows}
+    assert by_name["cos"]["top1"] > 0.5  # dead units (all zeros) would score 0 everywhere
+    with pytest.raises(ValueError, match="no planted variants"):
+        planted_recovery(P, units=4, variants=(), progress=False)

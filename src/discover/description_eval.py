@@ -311,9 +311,9 @@ class SimulationScores(_Saveable):
 def resolve_class_names(classes: str | os.PathLike[str] | Sequence[str] | ConceptSet) -> list[str]:
     """Class names in class-index order from a list, a concept set, a file or a data set name.
 
-    A string is tried as a registered concept set (``shapes_classes``; ``-`` and ``_`` are
-    interchangeable), then as a text file with one class per line, then as a registered data
-    set (its ``class_names``, e.g. ``fashion-mnist``).
+    A string is tried as a registered data set (its ``class_names``, e.g. ``fashion-mnist``
+    or ``shapes``), then as a registered concept set (``shapes_classes``; ``-`` and ``_``
+    are interchangeable), then as a text file with one class per line.
 
     Raises:
         ValueError: unknown name, an empty list, or a file with repeated lines (the class
@@ -340,6 +340,9 @@ def _class_names_from_spec(spec: str) -> list[str]:
     from .concepts import CONCEPT_SETS
     from .data import DATASETS, build_dataset
 
+    key = spec.lower().replace("_", "-")
+    if key in DATASETS:  # before concept sets: "shapes" or "cifar100" name a vocabulary too
+        return list(build_dataset(key, "test").class_names)
     for name in dict.fromkeys([spec, spec.replace("-", "_")]):
         if name in CONCEPT_SETS:
             return list(load_concepts(name).concepts)
@@ -353,9 +356,6 @@ def _class_names_from_spec(spec: str) -> list[str]:
                 "unique"
             )
         return list(cs.concepts)
-    key = spec.lower().replace("_", "-")
-    if key in DATASETS:
-        return list(build_dataset(key, "test").class_names)
     if path.suffix or "/" in spec or os.sep in spec:
         raise FileNotFoundError(f"class name file not found: {path}")
     raise ValueError(
@@ -587,6 +587,8 @@ def evaluate_descriptions(
         dissection = Dissection.load(dissection)
     if null_repeats < 1:
         raise ValueError(f"null_repeats must be >= 1, got {null_repeats}")
+    if max_random_concepts < 1:
+        raise ValueError(f"max_random_concepts must be >= 1, got {max_random_concepts}")
     classes = resolve_class_names(class_names)
     layer = layer or dissection.config.layers[-1]
     rows = dissection.layer(layer)

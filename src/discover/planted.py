@@ -36,8 +36,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import time
@@ -50,7 +48,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .description_eval import _ranks_from_scores
+from .description_eval import _ranks_from_scores, _rows_csv
 from .dissection import _atomic_write
 from .similarity import SIMILARITIES, get_similarity
 
@@ -102,8 +100,15 @@ def _dense(y: Tensor, config: PlantedConfig, generator: torch.Generator) -> Tens
 
 @register_variant("sparse")
 def _sparse(y: Tensor, config: PlantedConfig, generator: torch.Generator) -> Tensor:
-    threshold = torch.quantile(y, 1 - config.active_fraction, dim=0, keepdim=True)
-    return (y - threshold).clamp_min(0)
+    # Active on the top ``active_fraction`` of images by rank, ties broken at random (a
+    # value threshold would silence every image of a binary concept present more often);
+    # there the activation is ``y`` above the column's minimum, elsewhere 0.
+    N = y.shape[0]
+    active = max(1, round(config.active_fraction * N))
+    shuffle = torch.randperm(N, generator=generator)
+    order = torch.argsort(y[shuffle], dim=0, descending=True, stable=True)[:active]
+    mask = torch.zeros_like(y, dtype=torch.bool).scatter_(0, shuffle[order], True)
+    return torch.where(mask, y - y.amin(dim=0, keepdim=True), torch.zeros_like(y))
 
 
 @register_variant("signed_sparse")
@@ -156,6 +161,8 @@ class PlantedConfig:
             )
         for name in self.similarities:
             get_similarity(name)  # raises with suggestions
+        if not self.variants:
+            raise ValueError(f"no planted variants given; known: {', '.join(VARIANTS)}")
         if any(s < 0 or not math.isfinite(s) for s in self.noise) or not self.noise:
             raise ValueError(f"noise levels must be finite and >= 0, got {self.noise}")
         if self.units < 1 or self.top_k < 1 or self.U < 2:
@@ -226,11 +233,7 @@ class PlantedResult:
 
     def to_csv(self) -> str:
         """One row per (similarity, variant, noise)."""
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(self.rows[0]))
-        writer.writeheader()
-        writer.writerows(self.rows)
-        return buffer.getvalue()
+        return _rows_csv(self.rows)
 
     def table(self) -> str:
         """Top-1 / top-k recovery (%) per similarity (rows, best first) and cell (columns)."""
@@ -260,11 +263,7 @@ class PlantedResult:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         _atomic_write(out / "planted.csv", self.to_csv())
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(self.ranking[0]))
-        writer.writeheader()
-        writer.writerows(self.ranking)
-        _atomic_write(out / "planted_ranking.csv", buffer.getvalue())
+        _atomic_write(out / "planted_ranking.csv", _rows_csv(self.ranking))
         path = out / "planted.json"
         _atomic_write(path, json.dumps(self.to_dict(), indent=2))
         return path

@@ -33,6 +33,8 @@ def test_presets_and_config_round_trip():
         ),
         (DemoConfig.preset("shapes", embedder="clip"), "embedder 'clip' does not work here"),
         (DemoConfig.preset("shapes", U=1), "U must be >= 2"),
+        (DemoConfig.preset("shapes", threads=0), "threads must be an integer >= 1, got 0"),
+        (DemoConfig.preset("shapes", explain_images=-1), "explain_images must be .* >= 0"),
     ],
 )
 def test_bad_settings_fail_before_any_work(tmp_path, config, message):

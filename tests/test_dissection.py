@@ -8,7 +8,7 @@ from torch.utils.data import TensorDataset
 
 from discover import LWTA
 from discover.concepts import concept_set_from_lines
-from discover.dissection import Dissection, dissect
+from discover.dissection import DissectConfig, Dissection, dissect
 from discover.embedders import AnnotationEmbedder
 
 NAMES = ["red", "star", "striped background", "small", "top left", "circle"]
@@ -283,3 +283,11 @@ def test_user_embedder_and_unreadable_probe_images(tmp_path):
     )
     assert result.labels("0") == ["red", "green"]
     assert list(result.meta["probe"]["skipped_unreadable"]) == [str(tmp_path / "r" / "bad.png")]
+
+
+def test_pooling_per_layer_recorded_then_configured():
+    config = DissectConfig(["a", "b", "c"], "x", "y", pooling={"a": "max", "b": "auto"})
+    d = Dissection([], config, {"layers": {"b": {"pooling": "cls"}}})
+    assert (d.pooling("a"), d.pooling("b"), d.pooling("c")) == ("max", "cls", None)
+    d = Dissection([], DissectConfig(["a"], "x", "y", pooling="avg"), {})
+    assert d.pooling("a") == "avg" and d.pooling("zzz") == "avg"

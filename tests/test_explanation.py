@@ -291,6 +291,22 @@ def test_bad_inputs_raise_clear_errors():
     other.units = other.units[:3]
     with pytest.raises(ValueError, match="describes 3 units of 'fc', the model's output has 5"):
         explain(model, x, other, layers=["fc"])
+    with pytest.raises(TypeError, match="dissection must be a Dissection, the folder"):
+        explain(model, x, {"fc": "labels"})
+    with pytest.raises(FileNotFoundError, match="no-dissection-here"):
+        explain(model, x, "no-dissection-here")
+
+
+def test_dissection_given_as_its_folder(tmp_path):
+    model = _resnet(U=4)
+    x = torch.randn(2, 3, 16, 16)
+    dissection = _fake_dissection(model, ["layer3.0.act2"], pooling="max")
+    dissection.save(tmp_path / "d")
+    from_folder = explain(model, x, tmp_path / "d")
+    assert [e.to_dict() for e in from_folder] == [
+        e.to_dict() for e in explain(model, x, dissection)
+    ]
+    assert from_folder[0].layer("layer3.0.act2").winners[0].label.startswith("layer3.0.act2-")
 
 
 def test_find_classifier():

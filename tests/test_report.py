@@ -99,7 +99,7 @@ def test_overview_shows_settings_accuracy_sparsity_and_dissection(report_dir):
         "train.epochs",
         "final layer.accuracy",
         "soft_wpmi",
-        "dense",
+        '<td class="num">dense</td>',  # the dense twin's U column
         "sparsity.png",
         "act2.html",
         "explanations/0.html",

@@ -26,7 +26,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -103,6 +102,18 @@ class DemoConfig:
 
 
 # -- data sets --------------------------------------------------------------------------------
+# ``--fast``: the CI size, the same for every built-in data set (about a minute, rough labels).
+_FAST: dict[str, Any] = {
+    "model_kwargs": {"widths": [8, 16, 32], "depths": [1, 1, 1]},
+    "epochs": 1,
+    "train_images": 1_500,
+    "probe_images": 300,
+    "test_images": 200,
+    "explain_images": 3,
+    "eval_samples": 2,
+}
+
+
 class DemoData(ABC):
     """How the demo uses one data set: training data, probe set, held-out images, concepts."""
 
@@ -111,7 +122,7 @@ class DemoData(ABC):
     embedders: tuple[str, ...]  # embedders that work on it (the first is the default)
     concepts: str  # concept set for the hidden layers
     defaults: dict[str, Any] = {}
-    fast: dict[str, Any] = {}
+    fast: dict[str, Any] = _FAST  # the --fast overrides
 
     def check(self, config: DemoConfig) -> None:
         """Raise a clear error when the data (or the embedder) cannot be used."""
@@ -151,23 +162,10 @@ def get_demo_data(name: str) -> DemoData:
     return DEMO_DATA[name]
 
 
-# ``--fast``: the CI size, the same for every built-in data set (about a minute, rough labels).
-_FAST: dict[str, Any] = {
-    "model_kwargs": {"widths": [8, 16, 32], "depths": [1, 1, 1]},
-    "epochs": 1,
-    "train_images": 1_500,
-    "probe_images": 300,
-    "test_images": 200,
-    "explain_images": 3,
-    "eval_samples": 2,
-}
-
-
 class _Shapes(DemoData):
     name = dataset = "shapes"
     embedders = ("annotations", "conse")
     concepts = "shapes"
-    fast = _FAST
 
     def train_options(self, config: DemoConfig) -> dict[str, Any]:
         return {
@@ -193,7 +191,6 @@ class _FashionMNIST(DemoData):
     embedders = ("conse",)
     concepts = "broden"
     defaults = {"embedder": "conse", "train_images": 12_000}
-    fast = _FAST
 
     def check(self, config: DemoConfig) -> None:
         if config.embedder == "annotations":
@@ -356,6 +353,8 @@ def _train(options: dict[str, Any], progress: bool, log: Callable[[str], None]) 
 
 def _pick_images(dataset: Dataset, count: int) -> list[int]:
     """Indices of ``count`` images, one class after the other (first image of each class)."""
+    if count <= 0:
+        return []
     chosen, seen = [], set()
     for index in range(len(dataset)):
         label = int(dataset[index][1])
@@ -390,6 +389,11 @@ def run_demo(
     spec.check(config)
     if config.U < 2:
         raise ValueError(f"discover demo: U must be >= 2 for the CVN, got {config.U}")
+    counts = ("threads", "epochs", "batch_size", "train_images", "probe_images", "test_images")
+    for name, least in [*((n, 1) for n in counts), ("eval_samples", 1), ("explain_images", 0)]:
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < least:
+            raise ValueError(f"discover demo: {name} must be an integer >= {least}, got {value!r}")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     _atomic_json(out / "demo.json", {"config": config.to_dict()})
@@ -634,6 +638,6 @@ def _settings(config: DemoConfig, run: dict[str, Any], evaluation: Any) -> dict[
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+    from .dissection import _atomic_write
+
+    _atomic_write(path, json.dumps(data, indent=2, default=str))

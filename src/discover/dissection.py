@@ -90,6 +90,17 @@ class Dissection:
             )
         return rows
 
+    def pooling(self, name: str) -> str | None:
+        """The pooling used for layer ``name``: as recorded, else as configured (``None``
+        when neither says, e.g. ``"auto"`` for a layer this dissection does not cover)."""
+        recorded = self.meta.get("layers", {}).get(name, {}).get("pooling")
+        if recorded:
+            return recorded
+        configured = self.config.pooling
+        if isinstance(configured, dict):
+            configured = configured.get(name, "auto")
+        return None if configured == "auto" else configured
+
     def labels(self, name: str) -> list[str]:
         """The label of every unit of layer ``name``."""
         return [u.label for u in self.layer(name)]

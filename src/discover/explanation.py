@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .lwta import LWTA, capture_winners, eval_policy, lwta_layers
-from .recording import _suggest, pool, resolve_layers
+from .recording import _suggest, pool, pool_mask, resolve_layers
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -417,16 +417,8 @@ def _dissection_index(dissection: Any) -> dict[str, dict[int, Any]]:
 
 def _pooling(dissection: Any, name: str, output: torch.Tensor, model: nn.Module) -> str:
     """The pooling the dissection used for ``name`` (or the suggested one)."""
-    if dissection is not None:
-        meta = (dissection.meta or {}).get("layers", {}).get(name)
-        if meta and meta.get("pooling"):
-            return meta["pooling"]
-        configured = dissection.config.pooling
-        if isinstance(configured, dict) and name in configured:
-            configured = configured[name]
-        if isinstance(configured, str) and configured != "auto":
-            return configured
-    return _suggest(tuple(output.shape[1:]), model) or "none"
+    chosen = dissection.pooling(name) if dissection is not None else None
+    return chosen or _suggest(tuple(output.shape[1:]), model) or "none"
 
 
 def _default_layers(
@@ -503,8 +495,8 @@ def explain(
         images: preprocessed float inputs ``(N, C, H, W)``/``(C, H, W)``, or raw images (file
             paths, PIL images, ``uint8`` tensors) that go through ``transform`` (default: the
             model's evaluation transform, ``model.data_config``).
-        dissection: a :class:`~discover.dissection.Dissection` of this model; its labels and
-            poolings are used for the layers it covers.
+        dissection: a :class:`~discover.dissection.Dissection` of this model, or the folder
+            it was saved to; its labels and poolings are used for the layers it covers.
         policy: LWTA evaluation policy (``argmax`` is reproducible; ``sample`` draws the
             winners, seeded with ``seed``).
         threshold: dense layers: a unit is active when ``|activation| > threshold``.
@@ -528,6 +520,15 @@ def explain(
         raise ValueError(f"explain: top must be >= 0 or None, got {top}")
     if not threshold >= 0:
         raise ValueError(f"explain: threshold must be >= 0, got {threshold}")
+    if isinstance(dissection, (str, os.PathLike)):
+        from .dissection import Dissection
+
+        dissection = Dissection.load(dissection)
+    elif dissection is not None and not hasattr(dissection, "units"):
+        raise TypeError(
+            "explain: dissection must be a Dissection, the folder one was saved to, or None; "
+            f"got {type(dissection).__name__}"
+        )
     batch, names = _as_batch(model, images, names, transform)
     if targets is not None and len(targets) != len(batch):
         raise ValueError(f"explain: {len(targets)} targets for {len(batch)} images")
@@ -591,7 +592,7 @@ def explain(
             )
         if name in masks:
             mask = masks[name]
-            active = pool(mask.float(), pooling, name) > 0
+            active = pool_mask(mask, pooling, name) > 0
             raw_active = mask
         else:
             active = pooled.abs() > threshold
@@ -742,9 +743,9 @@ def explanations_to_json(explanations: Sequence[Explanation], path: str | Path) 
     """Write ``[e.to_dict(), ...]`` as JSON, atomically."""
     import json
 
+    from .dissection import _atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps([e.to_dict() for e in explanations], indent=2))
-    tmp.replace(path)
+    _atomic_write(path, json.dumps([e.to_dict() for e in explanations], indent=2))
     return path

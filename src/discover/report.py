@@ -42,6 +42,7 @@ from torch.utils.data import Dataset
 from . import __version__
 from .dissection import Dissection, UnitDescription, model_view
 from .lwta import lwta_layers
+from .models import count_parameters
 from .recording import record
 
 __all__ = ["ReportSection", "ReportConfig", "write_report"]
@@ -610,7 +611,7 @@ class _Writer:
         cvn = getattr(model, "cvn_config", None)
         model_rows = [
             ("class", type(model).__name__),
-            ("parameters", f"{sum(p.numel() for p in model.parameters()):,}"),
+            ("parameters", f"{count_parameters(model):,}"),
             ("LWTA layers", str(len(lwta))),
         ]
         if lwta:
@@ -674,17 +675,7 @@ class _Writer:
                 )
             acts = {name: torch.as_tensor(section.activations[name]) for name in layers}
         else:
-            config = section.dissection.config
-            layer_meta = section.dissection.meta.get("layers", {})
-            pooling = {
-                name: layer_meta.get(name, {}).get("pooling")
-                or (
-                    config.pooling
-                    if isinstance(config.pooling, str)
-                    else config.pooling.get(name, "auto")
-                )
-                for name in layers
-            }
+            pooling = {name: section.dissection.pooling(name) or "auto" for name in layers}
             try:
                 view = model_view(section.model, section.probe, section.transform)
             except ValueError as err:
@@ -699,8 +690,8 @@ class _Writer:
                 pooling,
                 batch_size=self.config.batch_size,
                 device=self.config.device,
-                policy=config.policy,
-                seed=config.seed,
+                policy=section.dissection.config.policy,
+                seed=section.dissection.config.seed,
                 progress=self.progress,
             ).activations
         for name in layers:

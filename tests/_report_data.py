@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from discover import LWTA, capture_winners, eval_policy
+from discover import LWTA, explain
 from discover.concepts import concept_set_from_lines
 from discover.data import ShapesWorld
 from discover.dissection import dissect
@@ -48,89 +48,20 @@ def probe_and_concepts(n: int = 48):
     return probe, concept_set_from_lines(names, name="hostile"), embedder
 
 
-def explanation_dict(model: nn.Module, probe, index: int, labels: dict) -> dict:
-    """An explanation in the shared contract's shape, from one real forward pass."""
-    image, target = probe[index][:2]
-    x = to_input(image)[None]
-    model.eval()
-    with torch.no_grad(), eval_policy(model, "argmax"), capture_winners(model) as layers:
-        feats = {}
-        hooks = [
-            m.register_forward_hook(lambda _m, _i, out, n=n: feats.__setitem__(n, out))
-            for n, m in model.named_modules()
-            if n in ("act1", "act2")
-        ]
-        logits = model(x)
-        for h in hooks:
-            h.remove()
-        masks = {n: layer.last_mask for n, layer in layers.items()}
-    probs = logits.softmax(-1)[0]
-    pred = int(probs.argmax())
-    rows = []
-    for name in ("act1", "act2"):
-        act = feats[name][0]
-        if act.dim() == 3:  # conv: pool over space, winners = channels that won anywhere
-            mask = masks[name][0].any(-1).any(-1) if name in masks else act.abs().amax((1, 2)) > 0
-            act = act.mean((1, 2))
-        else:
-            mask = masks[name][0] if name in masks else act.abs() > 1e-6
-        units = mask.nonzero().flatten().tolist()
-        units.sort(key=lambda k: -abs(float(act[k])))
-        rows.append(
-            {
-                "layer": name,
-                "kind": "lwta" if name in masks else "dense",
-                "units": act.numel(),
-                "active": len(units),
-                "active_fraction": len(units) / act.numel(),
-                "threshold": None if name in masks else 1e-6,
-                "winners": [
-                    {
-                        "unit": k,
-                        "block": k // 2 if name in masks else None,
-                        "activation": float(act[k]),
-                        "label": labels[name][k],
-                        "score": 0.5,
-                    }
-                    for k in units
-                ],
-            }
-        )
-    act2 = feats["act2"][0]
-    weight = model.fc.weight[pred].detach()
-    contrib = [(k, float(act2[k] * weight[k])) for k in range(act2.numel()) if act2[k] != 0]
-    contrib.sort(key=lambda t: -abs(t[1]))
-    logit = float(logits[0, pred])
-    return {
-        "image": f"ShapesWorld[{index}] {SCRIPT}",
-        "model": "TinyNet",
-        "prediction": {
-            "index": pred,
-            "label": probe.class_names[pred],
-            "probability": float(probs[pred]),
-        },
-        "target": {"index": int(target), "label": probe.class_names[int(target)]},
-        "policy": "argmax" if masks else None,
-        "layers": rows,
-        "contributions": {
-            "layer": "act2",
-            "class_index": pred,
-            "class_label": probe.class_names[pred],
-            "logit": logit,
-            "bias": float(model.fc.bias[pred].detach()),
-            "explained_share": sum(c for _, c in contrib) / logit if logit else 0.0,
-            "units": [
-                {
-                    "unit": k,
-                    "label": labels["act2"][k],
-                    "activation": float(act2[k]),
-                    "weight": float(weight[k]),
-                    "contribution": c,
-                }
-                for k, c in contrib
-            ],
-        },
-    }
+def explanations_for(model: nn.Module, dissection, probe, indices=(0, 1)) -> list[tuple]:
+    """``(Explanation.to_dict(), image)`` pairs from :func:`discover.explain` itself."""
+    images = [probe[i][0] for i in indices]
+    found = explain(
+        model,
+        images,
+        dissection,
+        transform=to_input,
+        class_names=probe.class_names,
+        names=[f"ShapesWorld[{i}] {SCRIPT}" for i in indices],
+        targets=[int(probe[i][1]) for i in indices],
+        top=None,
+    )
+    return [(e.to_dict(), image) for e, image in zip(found, images, strict=True)]
 
 
 def build_sections(n: int = 48, with_activations: bool = False) -> tuple[list, list, object]:
@@ -173,7 +104,5 @@ def build_sections(n: int = 48, with_activations: bool = False) -> tuple[list, l
                 transform=to_input,
             )
         )
-        labels = {layer: dissection.labels(layer) for layer in ("act1", "act2")}
-        for index in (0, 1):
-            explanations.append((explanation_dict(model, probe, index, labels), probe[index][0]))
+        explanations += explanations_for(model, dissection, probe)
     return sections, explanations, probe

@@ -291,6 +291,15 @@ def planted_job(key: str, probe_n: int, workdir: Path, units: int) -> dict[str, 
     return result.to_dict()
 
 
+def write_planted_csv(out: Path, key: str, result: dict[str, Any]) -> Path:
+    """``claims-planted-KEY.csv``: one row per (similarity, variant, noise) cell."""
+    columns = ["similarity", "variant", "noise", "units", "top1", "topk", "mean_rank", "seconds"]
+    lines = [",".join(columns), *(",".join(str(r[c]) for c in columns) for r in result["rows"])]
+    path = out / f"claims-planted-{key}.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def planted_only(args: argparse.Namespace) -> int:
     """Recompute the planted-concept section of an existing ``claims.json`` and re-render."""
     path = Path(args.out) / "claims.json"
@@ -305,9 +314,9 @@ def planted_only(args: argparse.Namespace) -> int:
             state["planted"]["shapes"] = planted_job("shapes", 2000, workdir, args.planted_units)
         if "fashion-mnist" in args.datasets:
             conse_job(args.probe, workdir)
-            state["planted"]["fashion-mnist"] = planted_job(
-                "fm", 0, workdir, args.planted_units
-            )
+            state["planted"]["fashion-mnist"] = planted_job("fm", 0, workdir, args.planted_units)
+    for key, result in state["planted"].items():
+        write_planted_csv(Path(args.out), key, result)
     state["planted_rerun"] = {
         "command": "python benchmarks/claims.py --planted-only",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -873,11 +882,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{best['similarity']} ({100 * best['top1']:.1f} % top-1)",
                         flush=True,
                     )
-                    csv_rows = ["similarity,variant,noise,units,top1,topk,mean_rank,seconds"]
-                    csv_rows += [
-                        ",".join(str(r[c]) for c in csv_rows[0].split(",")) for r in result["rows"]
-                    ]
-                    (out / f"claims-planted-{key[0]}.csv").write_text("\n".join(csv_rows) + "\n")
+                    write_planted_csv(out, key[0], result)
                 elif kind == "train":
                     state["trained"].append(result)
                     print(

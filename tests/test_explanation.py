@@ -291,6 +291,11 @@ def test_bad_inputs_raise_clear_errors():
     other.units = other.units[:3]
     with pytest.raises(ValueError, match="describes 3 units of 'fc', the model's output has 5"):
         explain(model, x, other, layers=["fc"])
+    with pytest.raises(ValueError, match="takes 3-channel inputs .* images are \\(1, 16, 16\\)"):
+        explain(model, torch.randn(2, 1, 16, 16))
+    vit = _vit(U=4)
+    with pytest.raises(ValueError, match="cannot run on inputs of shape \\(3, 20, 20\\)"):
+        explain(vit, torch.randn(1, 3, 20, 20))
     with pytest.raises(TypeError, match="dissection must be a Dissection, the folder"):
         explain(model, x, {"fc": "labels"})
     with pytest.raises(FileNotFoundError, match="no-dissection-here"):

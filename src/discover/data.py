@@ -60,6 +60,7 @@ __all__ = [
     "build_dataset",
     "DataConfig",
     "build_transforms",
+    "eval_transform",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -1115,6 +1116,17 @@ class DataConfig:
             )
         keys = ("input_size", "mean", "std", "interpolation", "crop_pct")
         return cls(**{**{k: cfg[k] for k in keys if cfg.get(k) is not None}, **overrides})
+
+
+def eval_transform(model: torch.nn.Module) -> v2.Compose:
+    """The evaluation transform of ``model``: from ``model.data_config`` (set by training runs
+    and kept in their checkpoints), else from its ``pretrained_cfg``.
+
+    Example:
+        >>> tf = eval_transform(create_model("small_resnet", img_size=32))  # doctest: +SKIP
+    """
+    config = getattr(model, "data_config", None) or DataConfig.from_model(model)
+    return build_transforms(config, train=False)
 
 
 def build_transforms(config: DataConfig, train: bool = False) -> v2.Compose:

@@ -202,12 +202,9 @@ def model_view(model: nn.Module, probe: Dataset, transform: Callable | None = No
     The transform is ``transform`` when given, else it comes from ``model.data_config`` (set
     by training runs and kept in their checkpoints) or the model's ``pretrained_cfg``.
     """
-    from .data import DataConfig, build_transforms
+    from .data import eval_transform
 
-    if transform is None:
-        config = getattr(model, "data_config", None) or DataConfig.from_model(model)
-        transform = build_transforms(config, train=False)
-    return _ModelView(probe, transform)
+    return _ModelView(probe, transform or eval_transform(model))
 
 
 def _concept_matrix(

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .lwta import LWTA, capture_winners, eval_policy, lwta_layers
-from .recording import _suggest, pool, pool_mask, resolve_layers
+from .recording import _default_input_size, _suggest, pool, pool_mask, resolve_layers
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -308,18 +308,32 @@ def _rgb_or_grey(image: Any) -> Any:
 
 
 def _eval_transform(model: nn.Module) -> Callable:
-    from .data import DataConfig, build_transforms
+    from .data import eval_transform
 
-    config = getattr(model, "data_config", None)
-    if config is None:
-        try:
-            config = DataConfig.from_model(model)
-        except ValueError as exc:
-            raise ValueError(
-                f"explain: raw images need a transform and {exc}; pass transform= or "
-                "preprocessed float tensors"
-            ) from None
-    return build_transforms(config, train=False)
+    try:
+        return eval_transform(model)
+    except ValueError as exc:
+        raise ValueError(
+            f"explain: raw images need a transform and {exc}; pass transform= or "
+            "preprocessed float tensors"
+        ) from None
+
+
+def _forward(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """``model(batch)`` as float logits; inputs the model cannot take are a clear error."""
+    expected = _default_input_size(model)
+    if batch.shape[1] != expected[0]:
+        raise ValueError(
+            f"explain: the model takes {expected[0]}-channel inputs (input size "
+            f"{tuple(expected)}), the images are {tuple(batch.shape[1:])}"
+        )
+    try:
+        return model(batch).float()
+    except (RuntimeError, AssertionError) as exc:  # e.g. a timm ViT given another image size
+        raise ValueError(
+            f"explain: the model cannot run on inputs of shape {tuple(batch.shape[1:])} "
+            f"(its input size is {tuple(expected)}): {exc}"
+        ) from exc
 
 
 def _as_batch(
@@ -549,7 +563,7 @@ def explain(
     torch.manual_seed(seed)
     try:
         with policy_ctx, capture_winners(model) as captured, _capture(modules, classifier) as store:
-            logits = model(batch.to(device)).float()
+            logits = _forward(model, batch.to(device))
             masks = {n: captured[n].last_mask.clone() for n in modules if n in captured}
     finally:
         model.train(was_training)

@@ -56,7 +56,7 @@ def test_conv_cvn_winners_come_from_the_mask():
     x = torch.randn(3, 3, 16, 16)
     explanations = explain(model, x, top=None)
     masks = _reference_masks(model, x)
-    assert len(explanations) == 3 and set(masks) == set(lwta_layers(model))
+    assert len(explanations) == 3 and len(masks) == 7  # the small ResNet's LWTA layers
     for i, e in enumerate(explanations):
         assert e.policy == "argmax" and e.model == "small_resnet (U=4)"
         assert [row.layer for row in e.layers] == list(lwta_layers(model))
@@ -103,6 +103,14 @@ def test_sampled_winners_are_seeded_and_recorded():
     assert a[0].policy == "sample" and a[0].to_dict() == b[0].to_dict()
     for row in a[0].layers:
         assert row.active_fraction == pytest.approx(0.25, abs=0)
+    # the winners really are drawn: they follow the seed's draw, not the argmax
+    torch.manual_seed(3)
+    sampled = _reference_masks(model, x, policy="sample")
+    argmax = _reference_masks(model, x, policy="argmax")
+    winners = lambda e, m: [{w.unit for w in r.winners} for r in e.layers if r.layer in m]  # noqa: E731
+    drawn = [set(sampled[r.layer][0, 0].nonzero().flatten().tolist()) for r in a[0].layers]
+    assert winners(a[0], sampled) == drawn
+    assert any(not torch.equal(sampled[n], argmax[n]) for n in sampled)
 
 
 @pytest.mark.parametrize("make,U", [(_resnet, 4), (_resnet, 1), (_vit, 4), (_vit, 1)])

@@ -78,6 +78,9 @@ def test_seeded_and_ranked(tmp_path):
     assert len(a.rows) == 3 * 3 * 2
     tops = [(r["top1"], r["topk"]) for r in a.ranking]
     assert tops == sorted(tops, reverse=True)
+    for entry in a.ranking:  # each place is the mean over that function's 6 cells
+        cells = [r["top1"] for r in a.rows if r["similarity"] == entry["similarity"]]
+        assert len(cells) == 6 and entry["top1"] == pytest.approx(sum(cells) / 6)
     assert [r["place"] for r in a.ranking] == [1, 2, 3]
     rows = [line.split()[0] for line in a.table().splitlines() if line.split()]
     first, last = a.ranking[0]["similarity"], a.ranking[-1]["similarity"]

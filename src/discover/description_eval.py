@@ -932,13 +932,13 @@ def evaluate_simulation(
         ...                            AnnotationEmbedder())  # doctest: +SKIP
         >>> print(sims["layer3"].summary())  # doctest: +SKIP
     """
+    from .dissection import _concept_matrix
     from .recording import record
 
     concept_set = load_concepts(concepts)
-    if concept_matrix is None:
-        emb = build_embedder(embedder)
-        concept_matrix = emb.concept_matrix(
-            probe, concept_set.concepts, batch_size=batch_size, progress=progress
+    if concept_matrix is None:  # the same cached, shape-checked P a dissection would use
+        concept_matrix, _ = _concept_matrix(
+            build_embedder(embedder), probe, concept_set, batch_size, cache_dir, progress
         )
     recording = record(
         model,

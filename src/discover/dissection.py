@@ -212,9 +212,11 @@ def _concept_matrix(
     probe: Dataset,
     concepts: ConceptSet,
     batch_size: int,
-    cache_dir: Path | None,
+    cache_dir: str | Path | None,
     progress: bool,
 ) -> tuple[torch.Tensor, dict]:
+    """``P`` for the probe and concepts, from the content-keyed cache when it is there."""
+    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
     probe_id = dataset_fingerprint(probe)
     key = hashlib.sha256(
         json.dumps([embedder.id, probe_id, len(probe), concepts.sha256]).encode()
@@ -298,7 +300,7 @@ def dissect(
     emb = build_embedder(embedder)
     score_fn = get_similarity(similarity)
     modules = resolve_layers(model, layers)
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else None
+    cache = Path(cache_dir) if cache_dir is not None else None  # P and record expand "~"
     config = DissectConfig(
         layers=list(modules),
         concepts=concept_set.name,

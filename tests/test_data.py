@@ -228,6 +228,22 @@ def test_fashion_mnist_reads_idx_files(tiny_fmnist, monkeypatch):
     assert FashionMNIST(root, split="test", transform=tf, download=False)[0][0].shape == (3, 32, 32)
 
 
+def test_fashion_mnist_fingerprint_follows_content(tiny_fmnist, monkeypatch):
+    from torch.utils.data import Subset
+
+    from discover.recording import dataset_fingerprint
+
+    root, _ = tiny_fmnist
+    monkeypatch.setattr(data, "FASHION_MNIST_DIR", root / "absent")
+    test = FashionMNIST(root, split="test", download=False)
+    key = dataset_fingerprint(Subset(test, range(2)))  # a probe subset caches too
+    assert key == dataset_fingerprint(Subset(FashionMNIST(root, "test", download=False), [0, 1]))
+    assert key != dataset_fingerprint(Subset(test, [1, 2]))
+    test.data[0, 0, 0] ^= 1
+    assert key != dataset_fingerprint(Subset(test, range(2)))
+    assert test.fingerprint() != FashionMNIST(root, split="train", download=False).fingerprint()
+
+
 def test_fashion_mnist_missing_gives_install_hint(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path / "debian")
     with pytest.raises(FileNotFoundError) as err:

@@ -91,30 +91,3 @@ def test_demo_fast_end_to_end(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     exec(compile(block, "README.md[explain]", "exec"), {})
     assert "layer3.0.act2 [lwta]" in capsys.readouterr().out
-
-
-def test_tensor_probe_sets_get_a_content_fingerprint_so_their_concept_matrix_caches():
-    import torch
-
-    from discover.demo import _Slice
-    from discover.recording import dataset_fingerprint
-
-    class Images(torch.utils.data.Dataset):  # shaped like discover.data.FashionMNIST
-        def __init__(self, data):
-            self.data, self.targets = data, torch.arange(len(data)) % 10
-
-        def __len__(self):
-            return len(self.data)
-
-        def __getitem__(self, i):
-            return self.data[i].unsqueeze(0), int(self.targets[i])
-
-    data = torch.randint(0, 256, (30, 28, 28), dtype=torch.uint8)
-    probe = _Slice(Images(data), range(20))
-    assert len(probe) == 20 and torch.equal(probe[3][0][0], data[3])
-    key = dataset_fingerprint(probe)
-    assert key is not None and key == dataset_fingerprint(_Slice(Images(data.clone()), range(20)))
-    assert key != dataset_fingerprint(_Slice(Images(data), range(1, 21)))
-    changed = data.clone()
-    changed[0, 0, 0] ^= 1
-    assert key != dataset_fingerprint(_Slice(Images(changed), range(20)))

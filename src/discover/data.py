@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import functools
 import gzip
+import hashlib
 import math
 import operator
 import struct
@@ -670,6 +671,13 @@ class FashionMNIST(Dataset):
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the images and labels (content, not paths): caches key on it."""
+        digest = hashlib.sha256(b"FashionMNIST")
+        for tensor in (self.data, self.targets):
+            digest.update(tensor.contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image = self.data[index].unsqueeze(0).clone()

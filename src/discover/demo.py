@@ -24,11 +24,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
+import functools
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,39 +210,19 @@ class _FashionMNIST(DemoData):
             "model_kwargs": {**config.model_kwargs, "img_size": 28, "in_chans": 1},
         }
 
+    @functools.lru_cache(maxsize=1)  # noqa: B019 (one registered instance; read the files once)
     def _test(self) -> Dataset:
         from .data import FashionMNIST
 
         return FashionMNIST(split="test", download=False)
 
     def probe(self, config: DemoConfig) -> Dataset:
-        return _Slice(self._test(), range(config.probe_images))
+        return Subset(self._test(), range(config.probe_images))  # fingerprinted
 
     def held_out(self, config: DemoConfig) -> Dataset:
         test = self._test()
         start = max(config.probe_images, len(test) - 500)  # disjoint from the probe images
         return Subset(test, range(start, len(test)))
-
-
-class _Slice(Dataset):
-    """``dataset[indices[i]]`` with a content fingerprint, so that the recorded activations
-    and the (ConSE) concept matrix of a tensor-backed probe set are cached and computed once."""
-
-    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
-        self.dataset, self.indices = dataset, list(indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int):
-        return self.dataset[self.indices[index]]
-
-    def fingerprint(self) -> str:
-        digest = hashlib.sha256(type(self.dataset).__name__.encode())
-        for tensor in (self.dataset.data, self.dataset.targets):
-            digest.update(tensor.contiguous().numpy().tobytes())
-        digest.update(json.dumps(self.indices).encode())
-        return digest.hexdigest()
 
 
 register_demo_data(_Shapes())

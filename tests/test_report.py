@@ -1,3 +1,4 @@
+import copy
 import html
 import json
 import re
@@ -9,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from _report_data import SCRIPT, build_sections
+from _report_data import SCRIPT, build_sections, probe_and_concepts, to_input
 from discover import report as report_module
 from discover.report import ReportConfig, ReportSection, to_pil, write_report
 
@@ -168,6 +169,35 @@ def test_records_activations_when_none_are_given(built, tmp_path, monkeypatch):
         (a,) = (tmp_path / "a").glob(f"*/{layer}.html")
         (b,) = (tmp_path / "b").glob(f"*/{layer}.html")
         assert _cards(a) == _cards(b)
+
+
+def test_reuses_the_activations_the_dissection_cached(built, tmp_path, monkeypatch):
+    from discover.dissection import dissect
+
+    sections, _, _ = built
+    given = sections[0]
+    probe, concepts, embedder = probe_and_concepts()
+    cached = dissect(
+        given.model, ["act1", "act2"], probe, concepts, embedder, transform=to_input,
+        similarity_params={"top_k": 10}, progress=False, batch_size=16,
+        cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    calls = []
+    real = report_module.record
+    monkeypatch.setattr(report_module, "record", lambda *a, **k: calls.append(k) or real(*a, **k))
+    section = ReportSection(given.name, given.model, cached, probe, transform=to_input)
+    write_report(tmp_path / "a", [section], progress=False)
+    assert calls == []  # read from the dissection's cache file, not recorded again
+    write_report(tmp_path / "b", [given], progress=False)
+    for layer in ("act1", "act2"):
+        (a,) = (tmp_path / "a").glob(f"*/{layer}.html")
+        (b,) = (tmp_path / "b").glob(f"*/{layer}.html")
+        assert _cards(a) == _cards(b)
+    other = copy.deepcopy(given.model)
+    torch.nn.init.zeros_(other.fc1.weight)  # another model: the cache no longer applies
+    section = ReportSection(given.name, other, cached, probe, transform=to_input)
+    write_report(tmp_path / "c", [section], progress=False)
+    assert len(calls) == 1
 
 
 def test_existing_report_is_replaced_whole(built, tmp_path):

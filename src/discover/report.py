@@ -43,7 +43,7 @@ from . import __version__
 from .dissection import Dissection, UnitDescription, model_view
 from .lwta import lwta_layers
 from .models import count_parameters
-from .recording import record
+from .recording import Recording, model_fingerprint, record
 
 __all__ = ["ReportSection", "ReportConfig", "write_report"]
 
@@ -674,6 +674,8 @@ class _Writer:
                     f"of the dissection (have {', '.join(section.activations) or 'none'})"
                 )
             acts = {name: torch.as_tensor(section.activations[name]) for name in layers}
+        elif (cached := _dissection_recording(section, layers)) is not None:
+            acts = cached
         else:
             pooling = {name: section.dissection.pooling(name) or "auto" for name in layers}
             try:
@@ -849,6 +851,23 @@ class _Writer:
             )
             pages.append(page)
         return pages
+
+
+def _dissection_recording(
+    section: ReportSection, layers: list[str]
+) -> dict[str, torch.Tensor] | None:
+    """The activations the dissection recorded, from its cache file, when they are still
+    those of this model and cover ``layers`` (else ``None``: record them again)."""
+    meta = section.dissection.meta.get("recording", {})
+    file = (meta.get("cache") or {}).get("file")
+    if not file or not Path(file).is_file():
+        return None
+    if meta.get("model_sha256") != model_fingerprint(section.model):
+        return None
+    recording = Recording.load(file)
+    if any(name not in recording.activations for name in layers):
+        return None
+    return {name: recording.activations[name] for name in layers}
 
 
 def _is_number(value: Any) -> bool:

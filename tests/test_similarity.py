@@ -393,3 +393,53 @@ def test_soft_wpmi_product_groups_match_loop(params):
     got32 = soft_wpmi(P.float(), Q.float(), **params)
     assert torch.isfinite(got32).all()
     torch.testing.assert_close(got32.double(), got, rtol=1e-4, atol=1e-3)
+
+
+# --------------------------------------------------------------------------- rank_reorder internals
+
+
+def _tied(x, step):
+    return (x / step).round() * step
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_min_ranks_packed_sort_matches_float_sort_with_ties(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = _tied(torch.randn(6, 300, generator=g, dtype=dtype), 0.25)  # many ties, negatives
+    x[0, :5] = torch.tensor([0.0, -0.0, 0.0, -0.0, 1.0], dtype=dtype)  # signed zeros tie
+    x[1] = 2.0  # a constant row
+    expected = (x[:, None, :] < x[:, :, None]).sum(dim=2).to(torch.int32)  # strictly smaller
+    assert torch.equal(sim._min_ranks(x, packed=False), expected)
+    if dtype == torch.float32:
+        assert torch.equal(sim._min_ranks(x, packed=True), expected)
+        assert torch.equal(sim._min_ranks(x), expected)
+
+
+@pytest.mark.parametrize("p", [3.0, 2.0])
+def test_reorder_errors_numpy_and_torch_paths_match_stable_argsort(p):
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = torch.Generator().manual_seed(1)
+    N, K, n, mc = 60, 5, 9, 7
+    c = _tied(torch.rand(N, mc, generator=g), 0.2)  # ties: stable order must be kept
+    acts, top = sim._top_images(torch.randn(N, K, generator=g), n)
+    ranks = sim._min_ranks(c.T.contiguous())
+    # The definition: sort each unit's concept scores with a stable float argsort.
+    order = c[top].transpose(1, 2).argsort(dim=-1, stable=True)  # [K, mc, n]
+    moved = acts[:, None, :].expand_as(order).gather(-1, order)
+    expected = (moved - acts.flip(1)[:, None, :]).abs().pow(p).mean(dim=-1)
+    with ThreadPoolExecutor(2) as pool:
+        got_numpy = sim._reorder_errors(ranks, top, acts, p, chunk_size=2, pool=pool)
+    got_torch = sim._reorder_errors(ranks, top, acts, p, chunk_size=2, pool=None)
+    torch.testing.assert_close(got_numpy, expected)
+    torch.testing.assert_close(got_torch, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rank_reorder_matches_loop_with_tied_concept_scores(dtype):
+    P, Q = _data(N=80, K=6, M=13, dtype=dtype, seed=2)
+    P = _tied(P, 0.05)  # most concept scores tie within a unit's top images
+    got = rank_reorder(P, Q, top_fraction=0.2, chunk_size=4, concept_chunk_size=5)
+    expected = rank_reorder_loop(P, Q, top_fraction=0.2)
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(got, expected.to(dtype), rtol=tol, atol=tol)

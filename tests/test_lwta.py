@@ -235,3 +235,143 @@ def test_eval_mode_is_differentiable_for_attribution(policy):
     x = torch.randn(6, 16, requires_grad=True)
     layer(x).sum().backward()
     assert torch.equal(x.grad, layer.last_mask.float())
+
+
+# -- the fused kernel and the competition temperature ---------------------------------------
+from discover import _lwta_kernel  # noqa: E402
+from discover.lwta import TemperatureSchedule, set_temperature  # noqa: E402
+
+needs_kernel = pytest.mark.skipif(
+    not _lwta_kernel.available(), reason="no C compiler: the fused kernel cannot be built"
+)
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "shape",
+    [(257, 4, 1), (33, 3, 1), (7, 8, 50), (2, 2, 5000), (40, 24, 1), (5, 16, 3)],
+    ids=["tokens-U4", "tokens-U3", "conv-U8", "big-map", "tokens-U24", "conv-U16"],
+)
+@pytest.mark.parametrize("temperature", [1.0, 0.3, 0.0])
+def test_fused_kernel_matches_the_unfused_code_with_the_same_noise(shape, temperature):
+    tau = 1.67
+    h = torch.randn(shape)
+    noise = gumbel_noise(h)
+    out, hard, soft = _lwta_kernel.forward(h, temperature, tau, noise=noise)
+    logits = h + temperature * noise
+    expected_hard = torch.zeros_like(h, dtype=torch.bool).scatter_(
+        1, logits.argmax(1, keepdim=True), True
+    )
+    assert torch.equal(hard, expected_hard)
+    assert torch.equal(hard.sum(1), torch.ones(shape[0], shape[2], dtype=torch.long))
+    assert torch.equal(out, h * expected_hard)
+    expected_soft = torch.softmax(logits / tau, dim=1)
+    assert torch.allclose(soft, expected_soft, atol=1e-6)
+
+    grad_out = torch.randn(shape)
+    x = h.clone().requires_grad_()
+    y = x * (
+        expected_hard.float()
+        - expected_soft.detach()
+        + torch.softmax((x + temperature * noise) / tau, 1)
+    )
+    y.backward(grad_out)
+    grad = _lwta_kernel.backward(grad_out, h, soft, hard, tau)
+    assert torch.allclose(grad, x.grad, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", ["tokens", "conv"])
+def test_fused_layer_trains_with_one_winner_per_block(kind):
+    """The layer takes the fused path for float32 inputs: exact winners, finite gradients."""
+    shape = (4, 6, 32) if kind == "tokens" else (3, 32, 4, 5)
+    x = torch.randn(shape, requires_grad=True)
+    upstream = torch.randn(shape)
+    layer = LWTA(4, temperature=0.5).train()
+    layer.capture = True
+    y = layer(x)
+    assert _lwta_kernel.supports(x)
+    (y * upstream).sum().backward()
+    mask = layer.last_mask
+    assert torch.equal(y, x.detach() * mask)
+    assert torch.equal(_blocks(mask, 4), torch.ones_like(_blocks(mask, 4)))
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_winners_are_drawn_from_softmax_over_temperature(fused, temperature):
+    """Chi-square style check: winner frequencies match softmax(h_b / T)."""
+    if fused and not _lwta_kernel.available():
+        pytest.skip("no C compiler")
+    logits = torch.tensor([0.0, 1.0, 2.0, -1.0])
+    x = logits.repeat(50_000, 1)
+    layer = LWTA(4, temperature=temperature).eval()
+    layer.capture = True
+    torch.manual_seed(0)
+    with _lwta_kernel.enabled(fused):
+        layer(x)
+    counts = layer.last_mask.sum(0).double()
+    expected = torch.softmax(logits / temperature, 0).double() * len(x)
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2 < 16.3  # 3 degrees of freedom, p = 0.001
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_temperature_zero_is_argmax_also_in_training(fused):
+    if fused and not _lwta_kernel.available():
+        pytest.skip("no C compiler")
+    x = torch.randn(64, 48, requires_grad=True)
+    layer = LWTA(4, temperature=0.0).train()
+    with _lwta_kernel.enabled(fused):
+        y = layer(x)
+    blocks = x.detach().reshape(64, 12, 4)
+    expected = torch.where(blocks == blocks.max(-1, keepdim=True).values, blocks, 0)
+    assert torch.equal(y.detach(), expected.reshape(64, 48))
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_fused_sampling_is_seeded_and_thread_count_independent():
+    if not _lwta_kernel.available():
+        pytest.skip("no C compiler")
+    layer = LWTA(4).eval()
+    x = torch.randn(256, 64)
+    threads = torch.get_num_threads()
+    torch.manual_seed(5)
+    a = layer(x)
+    try:
+        torch.set_num_threads(1)
+        torch.manual_seed(5)
+        b = layer(x)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(a, b)
+
+
+def test_temperature_validation_and_set_temperature():
+    with pytest.raises(ValueError, match="temperature must be a number >= 0"):
+        LWTA(4, temperature=-0.1)
+    net = nn.Sequential(nn.Linear(4, 8), LWTA(2), LWTA(4))
+    assert set_temperature(net, 0.25) == 2
+    assert net[1].temperature == net[2].temperature == 0.25
+    assert "temperature=0.25" in repr(net[1])
+
+
+@pytest.mark.parametrize("shape", ["cosine", "linear", "exp"])
+def test_temperature_schedule_reaches_its_final_value(shape):
+    schedule = TemperatureSchedule(start=1.0, final=0.05, anneal=0.6, shape=shape)
+    values = [schedule.at(i / 100) for i in range(101)]
+    assert values[0] == pytest.approx(1.0)
+    assert all(a >= b - 1e-12 for a, b in zip(values, values[1:], strict=False))  # monotone
+    assert values[60] == pytest.approx(0.05) and values[-1] == pytest.approx(0.05)
+    assert TemperatureSchedule(start=1.0, final=1.0).at(0.5) == 1.0
+
+
+def test_temperature_schedule_rejects_bad_values():
+    with pytest.raises(ValueError, match="anneal must be a fraction"):
+        TemperatureSchedule(anneal=0)
+    with pytest.raises(ValueError, match="shape 'exp' needs"):
+        TemperatureSchedule(start=1.0, final=0.0, shape="exp")
+    with pytest.raises(ValueError, match="unknown shape"):
+        TemperatureSchedule(shape="step")

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from ._utils import cache_root
 from .concepts import ConceptSet
 
 __all__ = [
@@ -84,7 +85,7 @@ Concepts = Sequence[str] | ConceptSet
 
 def cache_dir() -> Path:
     """discover's cache root: ``$DISCOVER_CACHE``, default ``~/.cache/discover``."""
-    return Path(os.environ.get("DISCOVER_CACHE") or "~/.cache/discover").expanduser()
+    return cache_root()
 
 
 def module_sha256(module: nn.Module) -> str:

@@ -14,12 +14,15 @@ the largest pre-activation (``"argmax"``). See ``method.md`` §2 of the project 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator
 from typing import Literal
 
 import torch
 from torch import nn
+
+from . import _lwta_kernel
 
 __all__ = [
     "LWTA",
@@ -31,6 +34,8 @@ __all__ = [
     "capture_winners",
     "average_logits",
     "gumbel_noise",
+    "set_temperature",
+    "TemperatureSchedule",
 ]
 
 EvalPolicy = Literal["sample", "argmax"]
@@ -52,9 +57,14 @@ def _neg_gumbel_(buffer: torch.Tensor, generator: torch.Generator | None = None)
     return buffer.log_().neg_().log_()
 
 
-def _perturbed(h: torch.Tensor) -> torch.Tensor:
-    """``h + g`` with Gumbel noise ``g``, in one new buffer."""
+def _perturbed(h: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``h + T g`` with Gumbel noise ``g`` (argmax = a draw from ``softmax(h / T)``), in one
+    new buffer; ``T = 0`` copies ``h``."""
+    if temperature == 0:
+        return h.clone()
     noise = _neg_gumbel_(torch.empty_like(h))
+    if temperature != 1:
+        noise.mul_(temperature)
     return torch.sub(h, noise, out=noise)
 
 
@@ -96,8 +106,8 @@ class _STGumbelLWTA(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, tau: float):  # noqa: D401
-        logits = _perturbed(h)
+    def forward(ctx, h: torch.Tensor, tau: float, temperature: float = 1.0):  # noqa: D401
+        logits = _perturbed(h, temperature)
         hard, top = _winner_mask(logits)
         soft = logits.sub_(top).mul_(1.0 / tau).exp_()  # the logits buffer becomes `soft`
         soft.div_(_block_sum(soft))
@@ -113,7 +123,24 @@ class _STGumbelLWTA(torch.autograd.Function):
         grad_h = grad_out * h
         grad_h.sub_(_block_sum(grad_h * soft)).mul_(soft).mul_(1.0 / ctx.tau)
         # Through the product: the mask is 1 at the winner, so grad_out passes there.
-        return grad_h.addcmul_(grad_out, hard), None
+        return grad_h.addcmul_(grad_out, hard), None, None
+
+
+class _FusedLWTA(torch.autograd.Function):
+    """:class:`_STGumbelLWTA` in one pass over memory each way (``csrc/lwta.c``)."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, tau: float, temperature: float):  # noqa: D401
+        out, hard, soft = _lwta_kernel.forward(h, temperature, tau)
+        ctx.save_for_backward(h, soft, hard)
+        ctx.tau = tau
+        ctx.mark_non_differentiable(hard)
+        return out, hard
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor, _grad_hard):
+        h, soft, hard = ctx.saved_tensors
+        return _lwta_kernel.backward(grad_out, h, soft, hard, ctx.tau), None, None
 
 
 class LWTA(nn.Module):
@@ -121,9 +148,15 @@ class LWTA(nn.Module):
 
     Args:
         U: competitors per block. ``U = 1`` means no competition and applies ``activation``.
-        tau: Gumbel-softmax temperature used in training (shapes gradients only; the
-            temperature never changes which unit wins).
-        eval_policy: ``"sample"`` draws the winner from ``softmax(h_b)`` at evaluation
+        tau: Gumbel-softmax relaxation temperature used in training (shapes gradients only;
+            it never changes which unit wins).
+        temperature: the *competition* temperature ``T``: winners are drawn from
+            ``softmax(h_b / T)``, in training and under the ``"sample"`` policy. ``T = 1`` is
+            the reference method; a smaller ``T`` makes the competition sharper and ``T = 0``
+            picks the largest pre-activation. Annealing ``T`` towards 0 during training
+            (:class:`TemperatureSchedule`) trains a network whose deterministic
+            (``"argmax"``) winners are the ones it learned with.
+        eval_policy: ``"sample"`` draws the winner from ``softmax(h_b / T)`` at evaluation
             (reference behaviour, seed it); ``"argmax"`` takes the largest pre-activation.
         activation: the activation this layer replaced. Used only when ``U == 1``;
             ``None`` means identity (a block of one always wins).
@@ -152,6 +185,7 @@ class LWTA(nn.Module):
         U: int = 2,
         *,
         tau: float = 1.67,
+        temperature: float = 1.0,
         eval_policy: EvalPolicy = "sample",
         activation: nn.Module | None = None,
         dim: int | None = None,
@@ -164,6 +198,7 @@ class LWTA(nn.Module):
             raise ValueError(f"LWTA: tau must be > 0, got {tau!r}")
         self.U = U
         self.tau = float(tau)
+        self.temperature = temperature  # validated by the property setter
         self.eval_policy = eval_policy  # validated by the property setter
         self.activation = activation if U == 1 else None
         self.dim = dim
@@ -187,6 +222,19 @@ class LWTA(nn.Module):
         self._eval_policy = policy
 
     @property
+    def temperature(self) -> float:
+        """The competition temperature ``T`` (winners ~ ``softmax(h_b / T)``)."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(
+                f"LWTA {self._label()}: temperature must be a number >= 0, got {value!r}"
+            )
+        self._temperature = float(value)
+
+    @property
     def stochastic(self) -> bool:
         """Whether the current forward pass samples winners (training, or ``"sample"``)."""
         return self.U > 1 and (self.training or self._eval_policy == "sample")
@@ -196,6 +244,8 @@ class LWTA(nn.Module):
 
     def extra_repr(self) -> str:
         parts = [f"U={self.U}", f"tau={self.tau}", f"eval_policy={self._eval_policy!r}"]
+        if self._temperature != 1.0:
+            parts.insert(2, f"temperature={self._temperature:g}")
         if self.dim is not None:
             parts.append(f"dim={self.dim}")
         if self.name:
@@ -243,11 +293,18 @@ class LWTA(nn.Module):
         # (M, U, 1) when the units are the last dim.
         outer = math.prod(shape[:unit_dim]) * (width // self.U)
         blocks = x.reshape(outer, self.U, math.prod(shape[unit_dim + 1 :]))
+        temperature = self._temperature if self.stochastic else 0.0
+        fused = _lwta_kernel.supports(blocks)
         if self.training and torch.is_grad_enabled() and blocks.requires_grad:
-            out, hard = _STGumbelLWTA.apply(blocks, self.tau)
+            train_fn = _FusedLWTA if fused else _STGumbelLWTA
+            out, hard = train_fn.apply(blocks, self.tau, temperature)
+        elif fused:
+            out, hard, _ = _lwta_kernel.forward(blocks.detach(), temperature, None)
+            if torch.is_grad_enabled() and blocks.requires_grad:
+                out = blocks * hard  # differentiable in the values, as below
         else:
             with torch.no_grad():  # winners are not differentiable; the values below are
-                hard, _ = _winner_mask(_perturbed(blocks.detach()) if self.stochastic else blocks)
+                hard, _ = _winner_mask(_perturbed(blocks.detach(), temperature))
             out = blocks * hard
         if self.capture:
             self._keep(hard, shape, unit_dim)
@@ -312,6 +369,84 @@ def set_eval_policy(model: nn.Module, policy: EvalPolicy) -> int:
     for layer in layers:
         layer.eval_policy = policy
     return len(layers)
+
+
+def set_temperature(model: nn.Module, temperature: float) -> int:
+    """Set the competition temperature of every LWTA layer of ``model``; returns how many.
+
+    Example:
+        >>> set_temperature(create_model("small_vit", U=4), 0.1)  # doctest: +SKIP
+        6
+    """
+    layers = lwta_layers(model).values()
+    for layer in layers:
+        layer.temperature = temperature
+    return len(layers)
+
+
+SCHEDULE_SHAPES: tuple[str, ...] = ("cosine", "exp", "linear")
+
+
+@dataclasses.dataclass(frozen=True)
+class TemperatureSchedule:
+    """The competition temperature over a training run: ``start`` -> ``final``.
+
+    ``T`` moves from ``start`` to ``final`` over the first ``anneal`` fraction of the
+    training steps (``shape``: ``"cosine"``, ``"linear"``, or ``"exp"`` = geometric, which
+    needs ``final > 0``) and then stays at ``final``, so the last part of training runs
+    with the winners the model will be deployed with. ``start == final`` is a constant
+    temperature (the reference method: ``T = 1`` throughout).
+
+    Example:
+        >>> schedule = TemperatureSchedule(start=1.0, final=0.0, anneal=0.5)
+        >>> schedule.at(0.0), schedule.at(0.25), schedule.at(0.75)
+        (1.0, 0.5, 0.0)
+    """
+
+    start: float = 1.0
+    final: float = 1.0
+    anneal: float = 0.75
+    shape: str = "cosine"
+
+    def __post_init__(self) -> None:
+        for name in ("start", "final"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(
+                    f"TemperatureSchedule: {name} must be a number >= 0, got {value!r}"
+                )
+        if not 0 < self.anneal <= 1:
+            raise ValueError(
+                f"TemperatureSchedule: anneal must be a fraction in (0, 1], got {self.anneal!r}"
+            )
+        if self.shape not in SCHEDULE_SHAPES:
+            raise ValueError(
+                f"TemperatureSchedule: unknown shape {self.shape!r}; expected one of "
+                f"{', '.join(SCHEDULE_SHAPES)}"
+            )
+        if self.shape == "exp" and self.start != self.final and min(self.start, self.final) == 0:
+            raise ValueError(
+                "TemperatureSchedule: shape 'exp' needs start and final > 0; use 'cosine' or "
+                "'linear' to reach 0"
+            )
+
+    @property
+    def constant(self) -> bool:
+        return self.start == self.final
+
+    def at(self, progress: float) -> float:
+        """The temperature after ``progress`` (0..1) of the training steps."""
+        if self.constant:
+            return float(self.final)
+        p = min(max(progress / self.anneal, 0.0), 1.0)
+        if self.shape == "cosine":
+            return self.final + (self.start - self.final) * 0.5 * (1 + math.cos(math.pi * p))
+        if self.shape == "linear":
+            return self.start + (self.final - self.start) * p
+        return self.start * (self.final / self.start) ** p
+
+    def to_dict(self) -> dict[str, float | str]:
+        return dataclasses.asdict(self)
 
 
 @contextlib.contextmanager

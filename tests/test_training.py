@@ -326,3 +326,59 @@ def test_fashion_mnist_from_the_debian_package(tmp_path):
     config = json.loads((result.out / "config.json").read_text())
     assert config["class_names"][0] == "T-shirt/top" and config["data"]["input_size"] == [1, 28, 28]
     assert result.history[0]["val_top1"] >= 0
+
+
+def test_annealed_temperature_trains_saves_reloads_and_reaches_its_final_value(
+    tmp_path, monkeypatch
+):
+    from discover.lwta import lwta_layers
+    from discover.training import load_run
+
+    anneal = dict(U=4, temperature=1.0, temperature_final=0.05, temperature_anneal=0.5, epochs=3)
+    result = train(_config(tmp_path, "annealed", **anneal), progress=False)
+    config = json.loads((result.out / "config.json").read_text())
+    assert config["train"]["temperature_final"] == 0.05
+    assert config["temperature_schedule"] == {
+        "start": 1.0,
+        "final": 0.05,
+        "anneal": 0.5,
+        "shape": "cosine",
+    }
+    temperatures = [record["temperature"] for record in result.history]
+    assert temperatures[0] < 1.0 and temperatures[1:] == [pytest.approx(0.05)] * 2
+    model, _ = load_run(result.out, "last")
+    layers = lwta_layers(model).values()
+    assert layers and all(layer.temperature == pytest.approx(0.05) for layer in layers)
+    # deterministic deployment: one winner per block, active fraction exactly 1/U
+    from discover.lwta import capture_winners, set_eval_policy
+
+    set_eval_policy(model.eval(), "argmax")
+    with capture_winners(model) as captured:
+        model(torch.randn(2, 3, 16, 16))
+        for layer in captured.values():
+            assert layer.last_mask.float().mean().item() == pytest.approx(0.25)
+    # a run interrupted mid-schedule resumes with the same temperatures and weights
+    from discover import data as data_module
+
+    original = data_module.ShapesWorld.__getitem__
+    calls = {"n": 0}
+
+    def interrupting(self, index):
+        calls["n"] += 1
+        if calls["n"] == 200:  # in epoch 2, while T is still annealing
+            raise KeyboardInterrupt
+        return original(self, index)
+
+    monkeypatch.setattr(data_module.ShapesWorld, "__getitem__", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path, "cut", **anneal), progress=False)
+    monkeypatch.setattr(data_module.ShapesWorld, "__getitem__", original)
+    resumed = train(_config(tmp_path, "cut", **anneal, resume=True), progress=False)
+    _assert_same_weights(_weights(result.out), _weights(resumed.out))
+    assert _strip(resumed.history) == _strip(result.history)
+
+
+def test_bad_temperature_options_are_rejected_before_training(tmp_path):
+    with pytest.raises(ValueError, match="anneal must be a fraction"):
+        train(_config(tmp_path, temperature_final=0.1, temperature_anneal=0.0), progress=False)
+    assert not (tmp_path / "run").exists()

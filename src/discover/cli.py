@@ -221,6 +221,20 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--holdout", type=float, help="fraction of train held out for selection")
     parser.add_argument("--train-subset", type=int, help="train on a random subset of N images")
     parser.add_argument("--tau", type=float, help="Gumbel-softmax temperature (default 1.67)")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        help="LWTA competition temperature T, winners ~ softmax(h/T) (default 1: the reference)",
+    )
+    parser.add_argument(
+        "--temperature-final",
+        type=float,
+        help="anneal T to this value (e.g. 0.05) so deterministic winners lose nothing",
+    )
+    parser.add_argument(
+        "--temperature-anneal", type=float, help="fraction of training spent annealing (0.75)"
+    )
+    parser.add_argument("--temperature-shape", choices=["cosine", "linear", "exp"])
     parser.add_argument("--eval-policy", choices=["sample", "argmax"])
     parser.add_argument("--eval-samples", type=int, help="passes averaged at validation")
     parser.add_argument("--seed", type=int)
@@ -260,6 +274,10 @@ def _train(args: argparse.Namespace) -> int:
             "holdout",
             "train_subset",
             "tau",
+            "temperature",
+            "temperature_final",
+            "temperature_anneal",
+            "temperature_shape",
             "eval_policy",
             "eval_samples",
             "seed",

@@ -235,6 +235,7 @@ def to_cvn(
     exclude: Sequence[str] | None = None,
     *,
     tau: float = 1.67,
+    temperature: float = 1.0,
     eval_policy: EvalPolicy = "sample",
     example_input: torch.Tensor | None = None,
 ) -> ConversionReport:
@@ -244,6 +245,9 @@ def to_cvn(
     name matches ``include`` (default: all) and not ``exclude`` is replaced by an
     :class:`LWTA` with ``U`` competitors per block. An activation module that its owner calls
     at several sites (torchvision's ResNet blocks) is split into one LWTA per site.
+
+    ``tau`` is the Gumbel-softmax relaxation temperature, ``temperature`` the competition
+    temperature ``T`` (winners ~ ``softmax(h_b / T)``; see :class:`LWTA`).
 
     With ``example_input`` a dry run counts the call sites and checks that ``U`` divides every
     layer's width *before* anything is changed; without it, call sites come from a torch.fx
@@ -313,7 +317,14 @@ def to_cvn(
         shared_by_names = owners[id(original)] > 1
         if n_calls and n_calls > 1 and not shared_by_names:
             sites = [
-                LWTA(U, tau=tau, eval_policy=eval_policy, activation=act, name=f"{n}.{i}")
+                LWTA(
+                    U,
+                    tau=tau,
+                    temperature=temperature,
+                    eval_policy=eval_policy,
+                    activation=act,
+                    name=f"{n}.{i}",
+                )
                 for i in range(n_calls)
             ]
             shared = SharedActivation(sites)
@@ -325,7 +336,9 @@ def to_cvn(
                 ReplacedSite(f"{n}.{i}", type(original).__name__, 1, width) for i in range(n_calls)
             ]
         else:
-            layer = LWTA(U, tau=tau, eval_policy=eval_policy, activation=act, name=n)
+            layer = LWTA(
+                U, tau=tau, temperature=temperature, eval_policy=eval_policy, activation=act, name=n
+            )
             _set_submodule(model, n, layer)
             report.replaced.append(ReplacedSite(n, type(original).__name__, n_calls, width))
     return report
@@ -407,6 +420,7 @@ class CVNConfig:
     num_classes: int | None = None
     tau: float = 1.67
     eval_policy: str = "sample"
+    temperature: float = 1.0
     include: list[str] | None = None
     exclude: list[str] | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -475,6 +489,7 @@ def create_model(
     checkpoint: str | Path | None = None,
     *,
     tau: float = 1.67,
+    temperature: float = 1.0,
     eval_policy: EvalPolicy = "sample",
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
@@ -486,7 +501,8 @@ def create_model(
     architecture (random init; nothing is downloaded) or ``torchvision:<name>``. LWTA goes
     where the paper puts it: every activation of a ResNet (including the one after the
     residual add), the MLP activation of a ViT/DeiT; ``include``/``exclude`` override that.
-    ``U=1`` gives the standard network. ``checkpoint`` loads weights from a local
+    ``U=1`` gives the standard network. ``temperature`` is the LWTA competition temperature
+    (1 = the reference method; see :class:`LWTA`). ``checkpoint`` loads weights from a local
     ``.safetensors``/``.pt``/``.pth`` file. The build settings are kept as
     ``model.cvn_config`` (a :class:`CVNConfig`).
 
@@ -509,6 +525,7 @@ def create_model(
             include,
             exclude,
             tau=tau,
+            temperature=temperature,
             eval_policy=eval_policy,
             example_input=torch.zeros(1, *input_size),
         )
@@ -520,6 +537,7 @@ def create_model(
         num_classes=num_classes,
         tau=tau,
         eval_policy=eval_policy,
+        temperature=temperature,
         include=include,
         exclude=exclude,
         model_kwargs=dict(kwargs),

@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .data import DataConfig, build_dataset, build_transforms
+from .lwta import TemperatureSchedule, set_temperature
 from .models import create_model, load_checkpoint, save_checkpoint
 from .recipes import Recipe, build_optimizer, build_scheduler, get_recipe
 
@@ -78,6 +79,12 @@ class TrainConfig:
     step_size: int | None = None
     augment: str | None = None
     tau: float = 1.67
+    # Competition temperature T (winners ~ softmax(h/T)): from `temperature` to
+    # `temperature_final` over the first `temperature_anneal` of the steps (None: constant).
+    temperature: float = 1.0
+    temperature_final: float | None = None
+    temperature_anneal: float = 0.75
+    temperature_shape: str = "cosine"
     eval_policy: str = "sample"
     eval_samples: int = 3  # stochastic passes averaged at validation (reference: 3)
     seed: int = 0
@@ -98,6 +105,16 @@ class TrainConfig:
             warmup_epochs=self.warmup_epochs,
             step_size=self.step_size,
             augment=self.augment,
+        )
+
+    def temperature_schedule(self) -> TemperatureSchedule:
+        """The competition-temperature schedule of the run (constant unless annealed)."""
+        final = self.temperature if self.temperature_final is None else self.temperature_final
+        return TemperatureSchedule(
+            start=self.temperature,
+            final=final,
+            anneal=self.temperature_anneal,
+            shape=self.temperature_shape,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -374,6 +391,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         >>> result.best_top1  # doctest: +SKIP
     """
     recipe = config.resolved_recipe()
+    schedule = config.temperature_schedule()  # validates the temperature options
     device = _resolve_device(config.device)
     ctx = _init_distributed(device)
     amp = config.amp if config.amp is not None else device.type == "cuda"
@@ -395,6 +413,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         U=config.U,
         num_classes=len(class_names),
         tau=config.tau,
+        temperature=config.temperature,
         eval_policy=config.eval_policy,
         **config.model_kwargs,
     )
@@ -456,6 +475,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                 "recipe": recipe.to_dict(),
                 "data": data_config.to_dict(),
                 "model": _unwrap(model).cvn_config.to_dict(),
+                "temperature_schedule": schedule.to_dict(),
                 "class_names": class_names,
                 "world_size": ctx.world,
                 "device": str(device),
@@ -491,6 +511,9 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             for images, labels in train_loader:
                 if step >= steps_per_epoch:
                     break
+                if not schedule.constant:  # a function of the step: resumes exactly
+                    progress = (epoch * steps_per_epoch + step) / (recipe.epochs * steps_per_epoch)
+                    set_temperature(model, schedule.at(progress))
                 images, labels = (
                     images.to(device, non_blocking=True),
                     labels.to(device, non_blocking=True),
@@ -533,6 +556,10 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                 "seconds": time.time() - t0,
             }
             scheduler.step()
+            if not schedule.constant:  # validate and save with the temperature reached
+                progress = (epoch + 1) / recipe.epochs
+                set_temperature(model, schedule.at(progress))
+            record["temperature"] = _temperature(_unwrap(model))
             if val_loader is not None:
                 record.update(_validate(model, val_loader, device, config.eval_samples, amp, ctx))
             history.append(record)
@@ -584,6 +611,14 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     return TrainResult(out, len(history), best, history, len(_skipped(train_set)))
 
 
+def _temperature(model: nn.Module) -> float | None:
+    """The competition temperature of ``model``'s LWTA layers (``None`` without any)."""
+    from .lwta import lwta_layers
+
+    layers = list(lwta_layers(model).values())
+    return layers[0].temperature if layers else None
+
+
 def _all_finite(loss: torch.Tensor, ctx: _Dist) -> bool:
     """Whether the loss is finite on every process (all of them stop together)."""
     finite = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
@@ -629,7 +664,13 @@ def _save_state(
         state_dir / f"rng-rank{ctx.rank}.pt", {**(rng or _rng_state()), "partial": partial}
     )
     if ctx.main:
-        meta = {"epoch": epoch, "step": step, "best_top1": best, "history": history}
+        meta = {
+            "epoch": epoch,
+            "step": step,
+            "best_top1": best,
+            "history": history,
+            "temperature": _temperature(model),
+        }
         save_checkpoint(model, out / "last.safetensors")
         _atomic_torch_save(
             state_dir / "trainer.pt",
@@ -643,7 +684,10 @@ def _save_state(
         _atomic_json(out / "last.json", meta)
         if improved:
             save_checkpoint(model, out / "best.safetensors")
-            _atomic_json(out / "best.json", {"epoch": epoch, **(record or {})})
+            _atomic_json(
+                out / "best.json",
+                {"epoch": epoch, **(record or {}), "temperature": _temperature(model)},
+            )
         if record is not None:
             with open(out / "log.jsonl", "a") as log:
                 log.write(json.dumps(record) + "\n")
@@ -719,12 +763,17 @@ def load_run(run: str | Path, weights: str = "best") -> tuple[nn.Module, dict[st
     if not weights_file.is_file():
         raise FileNotFoundError(f"no {weights!r} weights in {run} (looked for {weights_file})")
     spec = config["model"]
+    # an annealed run's weights go with the temperature they were saved at
+    meta_file = run / f"{weights}.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    temperature = meta.get("temperature")
     model = create_model(
         spec["name"],
         U=spec["U"],
         num_classes=spec["num_classes"],
         checkpoint=weights_file,
         tau=spec["tau"],
+        temperature=spec.get("temperature", 1.0) if temperature is None else temperature,
         eval_policy=spec["eval_policy"],
         **spec["model_kwargs"],
     )

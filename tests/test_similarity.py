@@ -443,3 +443,21 @@ def test_rank_reorder_matches_loop_with_tied_concept_scores(dtype):
     expected = rank_reorder_loop(P, Q, top_fraction=0.2)
     tol = 1e-10 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(got, expected.to(dtype), rtol=tol, atol=tol)
+
+
+def test_top_images_packed_sort_matches_stable_float_sort():
+    g = torch.Generator().manual_seed(4)
+    x = _tied(torch.randn(200, 7, generator=g), 0.5)  # many ties, negatives
+    x[:4, 0] = torch.tensor([-0.0, 0.0, -0.0, 0.0])  # signed zeros tie
+    x[:, 1] = 0.0  # a dead unit
+    values, indices = torch.sort(x.T, dim=1, descending=True, stable=True)
+    got_values, got_indices = sim._top_images(x, 30)
+    assert torch.equal(got_indices, indices[:, :30])
+    assert torch.equal(got_values, values[:, :30])
+
+
+def test_column_norms_match_vector_norm():
+    x = torch.randn(300, 9, dtype=torch.float64)
+    expected = torch.linalg.vector_norm(x, dim=0)
+    for rows in (1, 7, 64, 1000):
+        torch.testing.assert_close(sim._column_norms(x, rows=rows), expected)

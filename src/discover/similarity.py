@@ -163,12 +163,44 @@ def _slices(total: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, total))
 
 
+def _packed_sort(rows: Tensor, descending: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Sort every row of a contiguous CPU ``float32`` ``[r, N]`` tensor as 64-bit integer keys.
+
+    Each key packs the order-preserving integer image of a float (``-0.0`` as ``+0.0``;
+    complemented for ``descending``) above the column index, so ties keep index order (a
+    stable sort) and numpy's SIMD integer sort does the work, several times faster than a
+    float argsort. Returns the sorted integer images and the column order, each ``[r, N]``.
+    """
+    shift = max(1, (rows.shape[1] - 1).bit_length())
+    bits = (rows + 0.0).numpy().view(np.int32)
+    keys = np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits)
+    if descending:
+        np.invert(keys, out=keys)
+    keys = keys.astype(np.int64)
+    keys <<= shift
+    keys |= np.arange(rows.shape[1], dtype=np.int64)
+    keys.sort(axis=1)
+    order = keys & ((1 << shift) - 1)
+    keys >>= shift
+    return keys, order
+
+
+def _packable(x: Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[-1] < 2**31
+
+
 def _top_images(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top-``k`` rows of every column of ``x`` ``[N, c]``: values and indices, each ``[c, k]``.
 
     Descending order, ties broken by the lower row index (stable sort).
     """
-    values, indices = torch.sort(x.T, dim=1, descending=True, stable=True)
+    rows = x.T.contiguous()
+    if _packable(rows):
+        order = torch.from_numpy(
+            np.ascontiguousarray(_packed_sort(rows, descending=True)[1][:, :k])
+        )
+        return rows.gather(1, order), order
+    values, indices = torch.sort(rows, dim=1, descending=True, stable=True)
     return values[:, :k], indices[:, :k]
 
 
@@ -193,6 +225,26 @@ def _fill_info(
     )
 
 
+def _column_norms(x: Tensor, rows: int = 64) -> Tensor:
+    """L2 norm of every column of ``x`` ``[N, c]``, accumulated over blocks of ``rows`` rows.
+
+    Much faster than ``vector_norm(x, dim=0)``, which reduces across rows one column at a time.
+    """
+    total = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
+    square = torch.empty(min(rows, x.shape[0]), x.shape[1], dtype=x.dtype, device=x.device)
+    for rs in _slices(x.shape[0], rows):
+        total += torch.mul(x[rs], x[rs], out=square[: rs.stop - rs.start]).sum(dim=0)
+    return total.sqrt_()
+
+
+def _filled(
+    out: Tensor, info: dict[str, Any] | None, name: str, *args: Any, **params: Any
+) -> Tensor:
+    """:func:`_fill_info`, then return ``out``."""
+    _fill_info(info, name, *args, **params)
+    return out
+
+
 # --------------------------------------------------------------------------- cosine
 
 
@@ -213,7 +265,10 @@ def cos(
 
     The reference has no ``min_norm`` and returns NaN for an all-zero column; here such a
     unit scores 0 against every concept. ``min_norm`` is tiny so that it changes nothing else.
-    Largest temporary: ``N x concept_chunk_size`` (plus ``N x chunk_size`` for fp16 inputs).
+    When ``P`` has the compute dtype, the scores are one GEMM per ``chunk_size`` units straight
+    from ``P`` (no copy), then divided by the concepts' norms; otherwise ``P`` is cast one
+    concept chunk at a time. Largest temporaries: ``N x K`` (the normalised ``Q``) and, for
+    a cast, ``N x concept_chunk_size``.
 
     Example:
         >>> P = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -225,16 +280,18 @@ def cos(
     chunk_size = _positive_int("chunk_size", chunk_size)
     concept_chunk_size = _positive_int("concept_chunk_size", concept_chunk_size)
     (_, M), K = P.shape, Q.shape[1]
-    q_norm = torch.cat(
-        [torch.linalg.vector_norm(Q[:, ks].to(dtype), dim=0) for ks in _slices(K, chunk_size)]
-    ).clamp_min_(min_norm)
+    q = Q.to(dtype)
+    q = q / _column_norms(q).clamp_min_(min_norm)
     out = torch.empty(K, M, dtype=dtype, device=P.device)
-    for cs in _slices(M, concept_chunk_size):
-        p = P[:, cs].to(dtype)
-        p_norm = torch.linalg.vector_norm(p, dim=0).clamp_min_(min_norm)
+    if P.dtype == dtype:  # one GEMM per unit chunk straight from P, then scale the columns
+        p_norm = _column_norms(P).clamp_min_(min_norm)
         for ks in _slices(K, chunk_size):
-            block = Q[:, ks].to(dtype).T @ p
-            out[ks, cs] = block.div_(q_norm[ks, None]).div_(p_norm)
+            torch.matmul(q[:, ks].T, P, out=out[ks])
+        return _filled(out.div_(p_norm), info, "cos", P, Q, dtype, min_norm=min_norm)
+    for cs in _slices(M, concept_chunk_size):  # P needs a cast: one concept chunk at a time
+        p = P[:, cs].to(dtype)
+        p_norm = _column_norms(p).clamp_min_(min_norm)
+        out[:, cs] = (q.T @ p).div_(p_norm)
     _fill_info(info, "cos", P, Q, dtype, min_norm=min_norm)
     return out
 
@@ -243,7 +300,7 @@ def _centred_cubed_unit(x: Tensor, min_norm: float) -> Tensor:
     """``(x - mean)^3`` per column, divided by ``max(||.||_2, min_norm)``; a new tensor."""
     x = x - x.mean(dim=0, keepdim=True)
     x.pow_(3)
-    return x.div_(torch.linalg.vector_norm(x, dim=0).clamp_min_(min_norm))
+    return x.div_(_column_norms(x).clamp_min_(min_norm))
 
 
 @register_similarity("cos3")
@@ -263,7 +320,9 @@ def cos3(
     ``S[k, m] = <Q'[:, k], P'[:, m]> / (max(||Q'[:, k]||, min_norm) * max(||P'[:, m]||, min_norm))``
 
     Cubing emphasises the most activating images. A constant (e.g. dead) unit scores 0.
-    Largest temporaries: ``N x concept_chunk_size`` and ``N x chunk_size``.
+    ``Q'`` is computed once; each chunk of ``P'`` is written into one reused
+    ``N x concept_chunk_size`` buffer, multiplied by ``chunk_size`` units at a time, and the
+    product is divided by the chunk's norms. Largest temporaries: that buffer and ``N x K``.
 
     Example:
         >>> P = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
@@ -275,11 +334,16 @@ def cos3(
     chunk_size = _positive_int("chunk_size", chunk_size)
     concept_chunk_size = _positive_int("concept_chunk_size", concept_chunk_size)
     (_, M), K = P.shape, Q.shape[1]
+    q = _centred_cubed_unit(Q.to(dtype), min_norm)
     out = torch.empty(K, M, dtype=dtype, device=P.device)
+    width = min(M, concept_chunk_size)
+    buffer = torch.empty(P.shape[0], width, dtype=dtype, device=P.device)
     for cs in _slices(M, concept_chunk_size):
-        p = _centred_cubed_unit(P[:, cs].to(dtype), min_norm)
+        p = P[:, cs].to(dtype)
+        p = torch.sub(p, p.mean(dim=0), out=buffer[:, : cs.stop - cs.start]).pow_(3)
+        p_norm = _column_norms(p).clamp_min_(min_norm)
         for ks in _slices(K, chunk_size):
-            out[ks, cs] = _centred_cubed_unit(Q[:, ks].to(dtype), min_norm).T @ p
+            out[ks, cs] = (q[:, ks].T @ p).div_(p_norm)
     _fill_info(info, "cos3", P, Q, dtype, min_norm=min_norm)
     return out
 
@@ -289,6 +353,7 @@ def cos3(
 
 _SOFT_CONCEPT_BLOCK = 512  # concepts per gathered block in soft WPMI (keeps it in cache)
 _SOFT_MAX_GROUP = 8  # soft-WPMI evidence terms multiplied together before one log
+_LSE_BLOCK = 2**19  # entries of P per row block of the WPMI row normalisers
 
 
 def _product_group(inclusion: Tensor, min_prob: float, dtype: torch.dtype) -> int:
@@ -308,6 +373,28 @@ def _product_group(inclusion: Tensor, min_prob: float, dtype: torch.dtype) -> in
     return max(1, min(_SOFT_MAX_GROUP, int(safe / math.log(floor))))
 
 
+def _rows_of(P: Tensor, rows: Tensor, dtype: torch.dtype, out: Tensor) -> Tensor:
+    """``P[rows]`` in ``dtype``, written into ``out`` (contiguous)."""
+    if P.dtype == dtype:
+        return torch.index_select(P, 0, rows, out=out)
+    return out.copy_(P.index_select(0, rows))
+
+
+def _row_logsumexp(P: Tensor, rows: Tensor, a: float, dtype: torch.dtype) -> Tensor:
+    """``logsumexp_m(a P[n, m])`` for the images ``rows``, in cache-sized row blocks."""
+    lse = torch.empty(len(rows), dtype=dtype, device=P.device)
+    block = max(1, min(len(rows), _LSE_BLOCK // P.shape[1]))
+    buffer = torch.empty(block * P.shape[1], dtype=dtype, device=P.device)
+    for rs in _slices(len(rows), block):
+        x = _rows_of(
+            P, rows[rs], dtype, buffer[: (rs.stop - rs.start) * P.shape[1]].view(-1, P.shape[1])
+        )
+        x.mul_(a)
+        top = x.amax(dim=1, keepdim=True)
+        lse[rs] = x.sub_(top).exp_().sum(dim=1).log_().add_(top[:, 0])
+    return lse
+
+
 def _pmi(
     P: Tensor,
     Q: Tensor,
@@ -324,20 +411,20 @@ def _pmi(
     """Shared WPMI core: ``L[k, m]`` from the top-k rows of ``softmax(a P)``, minus the prior.
 
     ``softmax(a P)`` is only ever computed on the *union* of the units' top images (units
-    share many), one concept chunk at a time, from row normalisers
-    ``logsumexp_m(a P[n, m])`` computed once. WPMI then sums ``log(P~ + min_prob)`` over each
-    unit's images with one ``embedding_bag``. Soft WPMI's terms depend on the rank ``j``
-    through ``inclusion`` (its ``p_j``; ``None`` for WPMI), so they are gathered per unit
-    chunk; a few terms are multiplied before each log (see :func:`_product_group`).
+    share many): row normalisers ``logsumexp_m(a P[n, m])`` first, in cache-sized row
+    blocks, then ``P~`` one concept chunk at a time in one reused buffer. WPMI sums
+    ``log(P~ + min_prob)`` over each unit's images with one ``embedding_bag``. Soft WPMI's
+    terms depend on the rank ``j`` through ``inclusion`` (its ``p_j``; ``None`` for WPMI), so
+    they are gathered per unit chunk; a few terms are multiplied before each log (see
+    :func:`_product_group`). The prior of a concept chunk is taken as soon as its ``L`` is
+    complete.
     """
     (_, M), K = P.shape, Q.shape[1]
-    row_lse = torch.full((P.shape[0],), -math.inf, dtype=dtype, device=P.device)
-    for cs in _slices(M, concept_chunk_size):
-        row_lse = torch.logaddexp(row_lse, torch.logsumexp(P[:, cs].to(dtype) * a, dim=1))
     top = torch.cat([_top_images(Q[:, ks], top_k)[1] for ks in _slices(K, chunk_size)])
     rows, local = torch.unique(top, return_inverse=True)  # local: [K, top_k] into rows
-    lse = row_lse[rows].unsqueeze(1)
+    lse = _row_logsumexp(P, rows, a, dtype).unsqueeze(1)
     if inclusion is not None:
+        concept_chunk_size = min(concept_chunk_size, _SOFT_CONCEPT_BLOCK)
         group = _product_group(inclusion, min_prob, dtype)
         pad = -top_k % group  # padded terms are 0 * x + 1 = 1
         scale = torch.nn.functional.pad(inclusion.view(top_k, 1), (0, 0, 0, pad))
@@ -345,24 +432,25 @@ def _pmi(
             (1.0 - inclusion + min_prob).view(top_k, 1), (0, 0, 0, pad), value=1.0
         )
         local = torch.nn.functional.pad(local, (0, pad))
-    L = torch.empty(K, M, dtype=dtype, device=P.device)
-    for cs in _slices(M, concept_chunk_size):
-        prob = P[:, cs].index_select(0, rows).to(dtype).mul_(a).sub_(lse).exp_()  # P~ rows
+    width = min(M, concept_chunk_size)
+    buffer = torch.empty(len(rows) * width, dtype=dtype, device=P.device)
+    out = torch.empty(K, M, dtype=dtype, device=P.device)
+    for cs in _slices(M, width):
+        mc = cs.stop - cs.start
+        prob = _rows_of(P[:, cs], rows, dtype, buffer[: len(rows) * mc].view(-1, mc))
+        prob.mul_(a).sub_(lse).exp_()  # P~ on the union rows
         if inclusion is None:
-            L[:, cs] = torch.nn.functional.embedding_bag(
-                local, prob.add_(min_prob).log_(), mode="sum"
-            )
-            continue
-        for bs in _slices(prob.shape[1], _SOFT_CONCEPT_BLOCK):
-            block = prob[:, bs]
-            out = L[:, cs][:, bs]
+            L = torch.nn.functional.embedding_bag(local, prob.add_(min_prob).log_(), mode="sum")
+        else:
+            L = torch.empty(K, mc, dtype=dtype, device=P.device)
             for ks in _slices(K, chunk_size):
-                terms = block.index_select(0, local[ks].reshape(-1))
-                terms = terms.view(-1, top_k + pad, bs.stop - bs.start).mul_(scale).add_(shift)
-                terms = terms.view(terms.shape[0], -1, group, terms.shape[-1]).prod(dim=2)
-                out[ks] = terms.log_().sum(dim=1)
-    prior = torch.logsumexp(L, dim=0).sub_(math.log(K))
-    return L.sub_(lam * prior)
+                terms = prob.index_select(0, local[ks].reshape(-1))
+                terms = terms.view(-1, top_k + pad, mc).mul_(scale).add_(shift)
+                terms = terms.view(terms.shape[0], -1, group, mc).prod(dim=2)
+                L[ks] = terms.log_().sum(dim=1)
+        prior = torch.logsumexp(L, dim=0).sub_(math.log(K))
+        out[:, cs] = L.sub_(lam * prior)
+    return out
 
 
 @register_similarity("wpmi")
@@ -509,23 +597,14 @@ def _min_ranks(x: Tensor, packed: bool | None = None) -> Tensor:
     """Rank of every entry of each row of ``x`` ``[r, N]`` in its row, as ``int32``.
 
     The rank is the number of strictly smaller entries, so equal values share the lowest
-    rank and the order of ranks is the order of values. On the CPU, ``float32`` rows are
-    sorted as 64-bit integer keys (the order-preserving integer image of each float, then
-    the column index), which numpy sorts with SIMD much faster than a float argsort
-    (``packed``; default: wherever it applies).
+    rank and the order of ranks is the order of values. ``packed``: sort with
+    :func:`_packed_sort` (default: wherever it applies, CPU ``float32``).
     """
     r, N = x.shape
-    shift = max(1, (N - 1).bit_length())
     if packed is None:
-        packed = x.device.type == "cpu" and x.dtype == torch.float32 and shift <= 32
+        packed = _packable(x)
     if packed:
-        bits = (x + 0.0).numpy().view(np.int32)  # + 0.0: -0.0 becomes +0.0
-        keys = np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits).astype(np.int64)
-        keys <<= shift
-        keys |= np.arange(N, dtype=np.int64)
-        keys.sort(axis=1)
-        order = keys & ((1 << shift) - 1)
-        keys >>= shift
+        keys, order = _packed_sort(x)
         new = np.ones((r, N), dtype=bool)
         np.not_equal(keys[:, 1:], keys[:, :-1], out=new[:, 1:])
         first = np.where(new, np.arange(N, dtype=np.int32), np.int32(0))

@@ -375,3 +375,11 @@ def test_temperature_schedule_rejects_bad_values():
         TemperatureSchedule(start=1.0, final=0.0, shape="exp")
     with pytest.raises(ValueError, match="unknown shape"):
         TemperatureSchedule(shape="step")
+
+
+@needs_kernel
+def test_fused_kernel_noise_is_finite_at_the_extreme_random_bits():
+    """u = 1 would give -log(u) = 0 and infinite noise (a NaN loss in training)."""
+    values = [_lwta_kernel.gumbel_of(bits) for bits in (0, 1, 2**31, 2**32 - 2, 2**32 - 1)]
+    assert all(math.isfinite(v) for v in values)
+    assert values[0] < -2.5 and values[-1] > 15  # the tails of the Gumbel distribution

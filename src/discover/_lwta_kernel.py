@@ -7,8 +7,8 @@ so a changed source or another machine never loads a stale build. Without a comp
 with ``DISCOVER_LWTA_KERNEL=0``, :func:`available` is false and ``LWTA`` uses its unfused
 torch code, which draws from the same distribution.
 
-The kernel draws its Gumbel noise from a counter-based generator (SplitMix64 of the
-element's index) seeded by one 63-bit draw from torch's default generator per call, so
+The kernel draws its Gumbel noise from a counter-based generator (a keyed 32-bit hash of
+the element's index) seeded by one 63-bit draw from torch's default generator per call, so
 ``torch.manual_seed`` makes runs reproducible, independent of the number of threads.
 """
 
@@ -30,7 +30,7 @@ import torch
 
 from ._utils import cache_root
 
-__all__ = ["available", "backward", "enabled", "forward", "supports"]
+__all__ = ["available", "backward", "enabled", "forward", "gumbel_of", "supports"]
 
 _FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]
 _LOCK = threading.Lock()
@@ -100,6 +100,8 @@ def _build() -> ctypes.CDLL | None:
     lib.lwta_forward.restype = None
     lib.lwta_backward.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, f32, c_int]
     lib.lwta_backward.restype = None
+    lib.lwta_gumbel_of.argtypes = [ctypes.c_uint32]
+    lib.lwta_gumbel_of.restype = ctypes.c_float
     return lib
 
 
@@ -194,6 +196,13 @@ def forward(
         torch.get_num_threads(),
     )
     return out, hard, soft
+
+
+def gumbel_of(bits: int) -> float:
+    """The kernel's Gumbel noise for 32 random bits (to check the extremes)."""
+    lib = _library()
+    assert lib is not None
+    return float(lib.lwta_gumbel_of(bits))
 
 
 def backward(

@@ -8,7 +8,7 @@
  * Training also writes the Gumbel-softmax surrogate soft = softmax((h + T g) / tau) that
  * the straight-through backward needs.
  *
- * Noise: g = -log(-log(u)), u = (top 24 bits of hash32(hash32(i ^ k0) + k1) + 0.5) / 2^24
+ * Noise: g = -log(-log(u)), u = (top 23 bits of hash32(hash32(i ^ k0) + k1) + 0.5) / 2^23
  * for the element's flat index i and a 64-bit seed (k0, k1), so u lies strictly inside (0, 1) and the draw of
  * an element does not depend on the thread that computes it. `noise`, when not NULL,
  * supplies g instead (used to check the kernel against the unfused code).
@@ -30,10 +30,19 @@ static inline uint32_t hash32(uint32_t x) {
     return x;
 }
 
-static inline float gumbel(uint32_t k0, uint32_t k1, uint32_t i) {
-    uint32_t x = hash32(hash32(i ^ k0) + k1);
-    float u = ((float)(int32_t)(x >> 8) + 0.5f) * (1.0f / 16777216.0f);
+/* Gumbel noise from 32 random bits: u = (top 23 bits + 0.5) / 2^23 lies on a grid strictly
+ * inside (0, 1) that float32 represents exactly (1 - 2^-24 is the largest), so -log(u) > 0
+ * and the noise is always finite. */
+static inline float gumbel_of(uint32_t x) {
+    float u = ((float)(int32_t)(x >> 9) + 0.5f) * (1.0f / 8388608.0f);
     return -logf(-logf(u));
+}
+
+/* exported for the tests: the noise of the extreme bit patterns */
+float lwta_gumbel_of(uint32_t x) { return gumbel_of(x); }
+
+static inline float gumbel(uint32_t k0, uint32_t k1, uint32_t i) {
+    return gumbel_of(hash32(hash32(i ^ k0) + k1));
 }
 
 /* Block maxima and first-index winners of z[0 .. nb*U*Q) laid out as (nb, U, Q). */

@@ -382,3 +382,90 @@ def test_bad_temperature_options_are_rejected_before_training(tmp_path):
     with pytest.raises(ValueError, match="anneal must be a fraction"):
         train(_config(tmp_path, temperature_final=0.1, temperature_anneal=0.0), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_training_into_an_existing_run_needs_resume_or_overwrite(tmp_path):
+    first = train(_config(tmp_path, U=2, epochs=1), progress=False)
+    before = _weights(first.out)
+    config_before = (first.out / "config.json").read_text()
+    with pytest.raises(ValueError, match="already holds a training run"):
+        train(_config(tmp_path, model="small_vit", model_kwargs={"img_size": 16}), progress=False)
+    assert (first.out / "config.json").read_text() == config_before
+    _assert_same_weights(before, _weights(first.out))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"epochs": 0}, "epochs must be an integer >= 1"),
+        ({"lr": -1.0}, "lr must be a number >= 0"),
+        ({"holdout": 1.5}, r"holdout must be a number in \[0.0, 1.0\)"),
+        ({"device": "banana"}, "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        ({"eval_policy": "mean"}, "eval_policy must be one of"),
+        ({"overwrite": True, "resume": True}, "resume and overwrite exclude each other"),
+    ],
+)
+def test_bad_options_fail_before_an_existing_run_is_touched(tmp_path, change, message):
+    first = train(_config(tmp_path, epochs=1), progress=False)
+    files = {p: p.read_bytes() for p in first.out.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=message):
+        train(_config(tmp_path, **{"overwrite": True, **change}), progress=False)
+    assert {p: p.read_bytes() for p in first.out.rglob("*") if p.is_file()} == files
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(tmp_path, monkeypatch):
+    old = train(_config(tmp_path, U=2, epochs=1), progress=False)
+    before = _weights(old.out)
+
+    from discover import data as data_module
+
+    original = data_module.ShapesWorld.__getitem__
+
+    def failing(self, index):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(data_module.ShapesWorld, "__getitem__", failing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        train(_config(tmp_path, U=4, epochs=1, overwrite=True), progress=False)
+    monkeypatch.setattr(data_module.ShapesWorld, "__getitem__", original)
+    _assert_same_weights(before, _weights(old.out))  # the old run is intact and loadable
+    assert json.loads((old.out / "config.json").read_text())["train"]["U"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging left
+
+    new = train(_config(tmp_path, U=4, epochs=1, overwrite=True), progress=False)
+    assert new.out == old.out
+    assert json.loads((new.out / "config.json").read_text())["train"]["U"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_ctrl_c_inside_a_forward_pass_resumes_exactly(tmp_path, monkeypatch):
+    """The cut batch already moved BatchNorm statistics: the checkpoint must not keep that."""
+    full = train(_config(tmp_path, "full", U=2, epochs=3), progress=False)
+
+    from discover.networks import SmallResNet
+
+    original = SmallResNet.forward_head
+    calls = {"n": 0}
+
+    def interrupting(self, x, pre_logits=False):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 6:  # epoch 2, second batch: after every BatchNorm layer ran
+                raise KeyboardInterrupt
+        return original(self, x, pre_logits)
+
+    monkeypatch.setattr(SmallResNet, "forward_head", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path, "cut", U=2, epochs=3), progress=False)
+    monkeypatch.setattr(SmallResNet, "forward_head", original)
+    state = torch.load(tmp_path / "cut" / "state" / "trainer.pt", weights_only=False)
+    assert (state["epoch"], state["step"]) == (1, 1)
+    resumed = train(_config(tmp_path, "cut", U=2, epochs=3, resume=True), progress=False)
+    _assert_same_weights(_weights(full.out), _weights(resumed.out))  # BN buffers included
+    _assert_same_weights(_weights(full.out, "best"), _weights(resumed.out, "best"))
+    assert (
+        json.loads((full.out / "best.json").read_text())["epoch"]
+        == json.loads((resumed.out / "best.json").read_text())["epoch"]
+    )
+    assert _strip(resumed.history) == _strip(full.history)

@@ -249,6 +249,11 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps-per-epoch", type=int, help="cap steps (smoke runs)")
     parser.add_argument("--out", help="run directory (default runs/train)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out (the old run stays until the new one has a checkpoint)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -295,6 +300,8 @@ def _train(args: argparse.Namespace) -> int:
         options["dataset_kwargs"] = _key_values(args.data_arg, "--data-arg")
     if args.resume:
         options["resume"] = True
+    if args.overwrite:
+        options["overwrite"] = True
     config = (
         TrainConfig.from_yaml(args.config, **options)
         if args.config

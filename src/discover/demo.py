@@ -327,7 +327,7 @@ def _train(options: dict[str, Any], progress: bool, log: Callable[[str], None]) 
             return out
         except ValueError as exc:  # different settings: start over
             log(f"  {out} holds a run with other settings; training anew ({exc})")
-    train(TrainConfig(**options), progress=progress)
+    train(TrainConfig(**options, overwrite=True), progress=progress)  # the demo owns `out`
     return out
 
 

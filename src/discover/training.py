@@ -18,11 +18,15 @@ trains its slice of each *global* batch with DistributedDataParallel.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import random
+import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -94,6 +98,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # cap for smoke runs
     out: str = "runs/train"
     resume: bool = False
+    overwrite: bool = False  # replace an existing run in `out` (after the first new checkpoint)
 
     def resolved_recipe(self) -> Recipe:
         return get_recipe(self.recipe).replace(
@@ -106,6 +111,58 @@ class TrainConfig:
             step_size=self.step_size,
             augment=self.augment,
         )
+
+    def validate(self) -> Recipe:
+        """Check every option before anything runs; returns the resolved recipe.
+
+        Raises:
+            ValueError: naming the option and what it expects.
+        """
+        from .lwta import EVAL_POLICIES
+
+        recipe = self.resolved_recipe()
+
+        def positive_int(name: str, value: Any, minimum: int = 1) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+        def number(name: str, value: Any, low: float, high: float | None = None) -> None:
+            ok = not isinstance(value, bool) and isinstance(value, (int, float))
+            if not ok or not value >= low or (high is not None and not value < high):
+                bound = f">= {low}" if high is None else f"in [{low}, {high})"
+                raise ValueError(f"{name} must be a number {bound}, got {value!r}")
+
+        positive_int("U", self.U)
+        positive_int("epochs", recipe.epochs)
+        positive_int("batch_size", recipe.batch_size)
+        positive_int("eval_samples", self.eval_samples)
+        positive_int("workers", self.workers, minimum=0)
+        positive_int("seed", self.seed, minimum=0)
+        positive_int("warmup_epochs", recipe.warmup_epochs, minimum=0)
+        for name in ("train_subset", "max_steps_per_epoch"):
+            if getattr(self, name) is not None:
+                positive_int(name, getattr(self, name))
+        number("lr", recipe.lr, 0.0)
+        if recipe.lr == 0:
+            raise ValueError("lr must be > 0, got 0")
+        number("weight_decay", recipe.weight_decay, 0.0)
+        number("label_smoothing", recipe.label_smoothing, 0.0, 1.0)
+        number("holdout", self.holdout, 0.0, 1.0)
+        number("tau", self.tau, 0.0)
+        if self.tau == 0:
+            raise ValueError("tau must be > 0, got 0")
+        if self.eval_policy not in EVAL_POLICIES:
+            raise ValueError(
+                f"eval_policy must be one of {', '.join(EVAL_POLICIES)}, got {self.eval_policy!r}"
+            )
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue or replace a run")
+        for name in ("model_kwargs", "dataset_kwargs"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
+        self.temperature_schedule()
+        _resolve_device(self.device)
+        return recipe
 
     def temperature_schedule(self) -> TemperatureSchedule:
         """The competition-temperature schedule of the run (constant unless annealed)."""
@@ -188,7 +245,12 @@ def _init_distributed(device: torch.device) -> _Dist:
 def _resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r} ({error})"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {spec!r} requested but CUDA is not available here")
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
@@ -390,12 +452,27 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         ...                            dataset_kwargs={"n": 2000}, epochs=2, out="runs/demo"))  # doctest: +SKIP
         >>> result.best_top1  # doctest: +SKIP
     """
-    recipe = config.resolved_recipe()
-    schedule = config.temperature_schedule()  # validates the temperature options
+    recipe = config.validate()  # every option is checked before anything is touched
+    schedule = config.temperature_schedule()
     device = _resolve_device(config.device)
+    final_out = Path(config.out).expanduser()
+    if not config.resume and _holds_run(final_out) and not config.overwrite:
+        raise ValueError(
+            f"{final_out} already holds a training run; continue it with resume=True "
+            "(--resume) or replace it with overwrite=True (--overwrite), or choose another out"
+        )
     ctx = _init_distributed(device)
     amp = config.amp if config.amp is not None else device.type == "cuda"
-    out = Path(config.out)
+    # Overwriting trains into a staging folder and swaps it in after the first checkpoint:
+    # until then the old run stays complete and loadable.
+    staging = (
+        final_out.with_name(final_out.name + ".overwrite-staging")
+        if config.overwrite and _holds_run(final_out)
+        else None
+    )
+    out = staging or final_out
+    if staging is not None and ctx.main and staging.exists():
+        shutil.rmtree(staging)  # left by an earlier failed overwrite
     state_dir = out / "state"
     torch.manual_seed(config.seed + ctx.rank)  # LWTA noise differs per process, as it should
     np.random.seed(config.seed + ctx.rank)
@@ -497,6 +574,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     epoch, step, sums, rng_at_step = start_epoch, start_step, partial, _rng_state()
+    buffers_at_step = _buffers(model)
     try:
         for epoch in range(start_epoch, recipe.epochs):
             sampler.set_epoch(epoch, start=step)
@@ -529,18 +607,20 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                     )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
-                rng_at_step = _rng_state()  # what a resume from this step must restore
-                sums += torch.tensor(
-                    [
-                        loss.item() * labels.numel(),
-                        (logits.argmax(1) == labels).sum().item(),
-                        labels.numel(),
-                    ],
-                    dtype=torch.float64,
-                )
+                with _held_interrupts():  # the update and its bookkeeping happen together
+                    scaler.step(optimizer)
+                    scaler.update()
+                    step += 1
+                    rng_at_step = _rng_state()  # what a resume from this step must restore
+                    buffers_at_step = _buffers(model)
+                    sums += torch.tensor(
+                        [
+                            loss.item() * labels.numel(),
+                            (logits.argmax(1) == labels).sum().item(),
+                            labels.numel(),
+                        ],
+                        dtype=torch.float64,
+                    )
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}")
@@ -581,7 +661,18 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                 record,
                 partial,
             )
+            if staging is not None:
+                _swap_in(staging, final_out, ctx)
+                out, state_dir, staging = final_out, final_out / "state", None
     except KeyboardInterrupt:
+        if staging is not None:  # nothing of the new run is worth keeping yet
+            if ctx.main:
+                print(f"\ninterrupted before the first checkpoint: {final_out} is unchanged")
+            raise
+        # The cut batch's forward may have moved BatchNorm statistics: roll them back to the
+        # last finished step, so the checkpoint is exactly a batch boundary.
+        if buffers_at_step is not None:
+            _restore_buffers(model, buffers_at_step)
         _save_state(
             out,
             _unwrap(model),
@@ -606,9 +697,58 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             )
         raise
     finally:
+        if staging is not None and ctx.main and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
         if ctx.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
     return TrainResult(out, len(history), best, history, len(_skipped(train_set)))
+
+
+def _holds_run(folder: Path) -> bool:
+    """Whether ``folder`` holds (part of) a training run."""
+    return folder.is_dir() and any(
+        (folder / name).exists() for name in ("config.json", "last.safetensors", "state")
+    )
+
+
+def _swap_in(staging: Path, final: Path, ctx: _Dist) -> None:
+    """Replace the run in ``final`` by the one in ``staging`` (rank 0; all ranks wait)."""
+    if ctx.world > 1:
+        dist.barrier()
+    if ctx.main:
+        aside = final.with_name(final.name + f".replaced-{os.getpid()}")
+        os.replace(final, aside)
+        os.replace(staging, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    if ctx.world > 1:
+        dist.barrier()
+
+
+def _buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's buffers (BatchNorm statistics: small next to the weights)."""
+    return {name: b.detach().clone() for name, b in model.named_buffers()}
+
+
+def _restore_buffers(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            b.copy_(saved[name])
+
+
+@contextlib.contextmanager
+def _held_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) during the block and raise it when the block has finished."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def _temperature(model: nn.Module) -> float | None:
@@ -697,7 +837,7 @@ def _save_state(
 
 # Options a resumed run may change; everything else must match the saved run.
 _RESUME_MAY_CHANGE = frozenset(
-    {"resume", "epochs", "out", "workers", "device", "max_steps_per_epoch"}
+    {"resume", "overwrite", "epochs", "out", "workers", "device", "max_steps_per_epoch"}
 )
 
 

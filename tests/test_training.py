@@ -89,7 +89,7 @@ def test_ctrl_c_leaves_a_resumable_mid_epoch_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(_config(tmp_path, "cut", U=2), progress=False)
     monkeypatch.setattr(data_module.ShapesWorld, "__getitem__", original)
-    state = torch.load(tmp_path / "cut" / "state" / "trainer.pt", weights_only=False)
+    state = torch.load(tmp_path / "cut" / "state" / "trainer.pt", weights_only=True)
     assert (state["epoch"], state["step"]) == (0, 3)
     resumed = train(_config(tmp_path, "cut", U=2, resume=True), progress=False)
     _assert_same_weights(_weights(full.out), _weights(resumed.out))
@@ -459,7 +459,7 @@ def test_ctrl_c_inside_a_forward_pass_resumes_exactly(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(_config(tmp_path, "cut", U=2, epochs=3), progress=False)
     monkeypatch.setattr(SmallResNet, "forward_head", original)
-    state = torch.load(tmp_path / "cut" / "state" / "trainer.pt", weights_only=False)
+    state = torch.load(tmp_path / "cut" / "state" / "trainer.pt", weights_only=True)
     assert (state["epoch"], state["step"]) == (1, 1)
     resumed = train(_config(tmp_path, "cut", U=2, epochs=3, resume=True), progress=False)
     _assert_same_weights(_weights(full.out), _weights(resumed.out))  # BN buffers included

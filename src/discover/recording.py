@@ -241,7 +241,7 @@ class Recording:
 
     @classmethod
     def load(cls, path: str | Path) -> Recording:
-        return cls(**torch.load(path, map_location="cpu", weights_only=False))
+        return cls(**torch.load(path, map_location="cpu", weights_only=True))
 
 
 # -- fingerprints for the cache key ------------------------------------------------------------

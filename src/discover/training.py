@@ -378,10 +378,19 @@ def _skipped(dataset: Dataset) -> dict[str, str]:
 
 # -- state ----------------------------------------------------------------------------------
 def _rng_state() -> dict[str, Any]:
+    """Every RNG state as tensors and plain values (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -390,8 +399,18 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(
+        (
+            n["kind"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -861,18 +880,29 @@ def _load_state(
             f"--resume: the configuration differs from the run in {out}: " + "; ".join(differs)
         )
     load_checkpoint(model, out / "last.safetensors")
-    state = torch.load(trainer_file, map_location="cpu", weights_only=False)
+    state = _load_tensors(trainer_file)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     rng_file = out / "state" / f"rng-rank{ctx.rank}.pt"
     partial = torch.zeros(3, dtype=torch.float64)
     if rng_file.is_file():
-        rng = torch.load(rng_file, map_location="cpu", weights_only=False)
+        rng = _load_tensors(rng_file)
         _set_rng_state(rng)
         partial = rng["partial"]
     _truncate_log(out / "log.jsonl", len(state["history"]))
     return state["epoch"], state["step"], list(state["history"]), state["best_top1"], partial
+
+
+def _load_tensors(path: Path) -> dict[str, Any]:
+    """A training-state file: tensors and plain values only, never arbitrary objects."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, corrupted or not ours: name the file
+        raise ValueError(
+            f"cannot read the training state {path}: {type(error).__name__}: {error}. "
+            "The run cannot be resumed from it; start it again with --overwrite"
+        ) from None
 
 
 def _truncate_log(path: Path, records: int) -> None:

@@ -1,11 +1,47 @@
-"""Helpers shared by several stages: the cache root."""
+"""Helpers shared by several stages: the cache root, atomic files and folders, cache warnings.
+
+Every result discover writes goes through :func:`atomic_path` (one file), :func:`write_files`
+(several files of one folder) or :func:`staged_dir` (a whole folder): the new content is
+written under a temporary name, flushed to disk and renamed into place, and the temporary
+is removed on any failure (disk full included), so a reader sees the old complete result or
+the new complete result, never a mix.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import difflib
+import errno
+import inspect
+import json
 import os
+import shutil
+import sys
+import typing
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-__all__ = ["cache_root"]
+__all__ = [
+    "CacheWarning",
+    "atomic_path",
+    "cache_root",
+    "cache_warning",
+    "check_options",
+    "read_json",
+    "resolve_device",
+    "replace_dir",
+    "staged_dir",
+    "write_atomic",
+    "write_files",
+]
+
+
+class CacheWarning(UserWarning):
+    """A cache entry could not be read (it is recomputed) or written (discover carries on)."""
 
 
 def cache_root() -> Path:
@@ -16,3 +52,292 @@ def cache_root() -> Path:
         'discover'
     """
     return Path(os.environ.get("DISCOVER_CACHE") or "~/.cache/discover").expanduser()
+
+
+def cache_warning(message: str) -> None:
+    """Warn about a cache entry (once per message, i.e. per file and problem)."""
+    warnings.warn(message, CacheWarning, stacklevel=3)
+
+
+def _temp_name(path: Path, tag: str = "tmp") -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.{tag}")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system syncs folders
+        _fsync(path)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path beside ``path`` that replaces ``path`` when the block succeeds.
+
+    Write the new content to the yielded path; it is flushed to disk and renamed over
+    ``path`` (``os.replace``) at the end of the block. On any failure, disk full included,
+    the temporary file is removed and ``path`` is unchanged.
+
+    Example:
+        >>> with atomic_path("out/P.pt") as tmp:  # doctest: +SKIP
+        ...     torch.save(P, tmp)
+    """
+    path = Path(path)
+    tmp = _temp_name(path)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8) to ``path`` atomically; see :func:`atomic_path`."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+    return path
+
+
+Writer = Callable[[Path], None]
+"""Writes one file's content to the path it is given."""
+
+
+def _write_one(path: Path, content: str | bytes | Writer) -> None:
+    if isinstance(content, str):
+        path.write_text(content, encoding="utf-8")
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        content(path)
+
+
+def write_files(folder: str | os.PathLike[str], files: Mapping[str, str | bytes | Writer]) -> Path:
+    """Write several files of ``folder`` as one unit, as far as a shared folder allows.
+
+    Every file is first written completely under a temporary name (text, bytes, or a
+    callable that writes to the path it gets); only when all of them are on disk are they
+    renamed into place, in the given order. A failure while writing (disk full) leaves every
+    old file unchanged and no temporary behind. Use :func:`staged_dir` where the whole
+    folder may be replaced.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    temps: dict[str, Path] = {}
+    try:
+        for name, content in files.items():
+            temps[name] = _temp_name(folder / name)
+            _write_one(temps[name], content)
+            _fsync(temps[name])
+        for name, tmp in temps.items():
+            os.replace(tmp, folder / name)
+    finally:
+        for tmp in temps.values():
+            _unlink(tmp)
+    _fsync_dir(folder)
+    return folder
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns ``False`` where the system or file system cannot (the caller then renames twice).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    renameat2.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def replace_dir(new: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+    """Put the folder ``new`` in place of ``out`` (which may be missing); the old one is deleted.
+
+    On Linux both are exchanged in one step, so a reader always finds a complete ``out``;
+    elsewhere ``out`` is renamed aside first and restored if ``new`` cannot take its place.
+    """
+    new, out = Path(new), Path(out)
+    if not out.exists():
+        os.rename(new, out)
+    elif _exchange(new, out):
+        shutil.rmtree(new, ignore_errors=True)  # now the old folder
+    else:
+        old = _temp_name(out, "old")
+        os.rename(out, old)
+        try:
+            os.rename(new, out)
+        except BaseException:
+            os.rename(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(out.parent)
+
+
+@contextlib.contextmanager
+def staged_dir(out: str | os.PathLike[str]) -> Iterator[Path]:
+    """A fresh staging folder beside ``out`` that replaces ``out`` when the block succeeds.
+
+    Write the complete new folder into the yielded path; at the end of the block its files
+    are flushed to disk and it is swapped in with :func:`replace_dir`. On any failure the
+    staging folder is deleted and ``out`` is unchanged.
+
+    Example:
+        >>> with staged_dir("runs/u8/dissection") as folder:  # doctest: +SKIP
+        ...     (folder / "dissection.json").write_text(text)
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = _temp_name(out)
+    staging.mkdir()
+    try:
+        yield staging
+        for file in staging.rglob("*"):
+            if file.is_file():
+                _fsync(file)
+        replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+# -- devices, JSON files and option checks (shared by the API and the command line) ---------
+def resolve_device(spec: Any = "cpu") -> Any:
+    """A ``torch.device`` for ``spec`` (``"auto"``: CUDA when present), checked to exist.
+
+    Raises:
+        ValueError: an unknown device string, or CUDA asked for where there is none.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    import torch
+
+    if isinstance(spec, torch.device):
+        device = spec
+    else:
+        if spec == "auto":
+            spec = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            device = torch.device(spec)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(
+                f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r} ({error})"
+            ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(spec)!r} requested but CUDA is not available here")
+    return device
+
+
+def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
+    """Parse a JSON file; a missing or broken file is an error naming it.
+
+    Example:
+        >>> read_json("runs/demo/cvn/config.json", "run configuration")  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{what} {path} is not valid JSON ({error}); was it cut short?") from None
+
+
+_SIMPLE_TYPES: dict[Any, tuple[type, ...]] = {
+    int: (int,),
+    float: (int, float),
+    str: (str,),
+    bool: (bool,),
+}
+
+
+def _accepts(hint: Any, value: Any) -> bool:
+    """Whether ``value`` fits a simple type hint (unknown hints accept anything)."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        return any(_accepts(arg, value) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint in _SIMPLE_TYPES:
+        if isinstance(value, bool) and hint is not bool:
+            return False
+        return isinstance(value, _SIMPLE_TYPES[hint])
+    if origin in (list, tuple) or hint in (list, tuple):
+        return isinstance(value, (list, tuple))
+    return True
+
+
+def check_options(fn: Callable[..., Any], options: Mapping[str, Any], what: str) -> None:
+    """Check keyword ``options`` against ``fn``'s signature before anything runs.
+
+    Unknown names (for a function without ``**kwargs``) and values that do not fit a simple
+    annotation (``int``, ``float``, ``str``, ``bool``, lists, optionals) are a ValueError that
+    names ``what``, the option and what it expects.
+
+    Example:
+        >>> def pool(x, top_k: int = 5): ...
+        >>> check_options(pool, {"top_k": "abc"}, "similarity 'pool'")
+        Traceback (most recent call last):
+        ValueError: similarity 'pool': option top_k expects int, got 'abc'
+    """
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    params = signature.parameters
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    named = [
+        n
+        for n, p in params.items()
+        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001  (unresolvable annotations: skip the type check)
+        hints = {}
+    for key, value in options.items():
+        if key not in params or params[key].kind is inspect.Parameter.VAR_KEYWORD:
+            if open_ended:
+                continue
+            close = difflib.get_close_matches(key, named, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(
+                f"{what}: unknown option {key!r}{hint}; it takes: {', '.join(named) or 'none'}"
+            )
+        if key in hints and not _accepts(hints[key], value):
+            expected = getattr(hints[key], "__name__", None) or str(hints[key])
+            raise ValueError(f"{what}: option {key} expects {expected}, got {value!r}")

@@ -560,6 +560,11 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampled winners")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument(
+        "--allow-stale-dissection",
+        action="store_true",
+        help="use a dissection made for other weights, layers or U (warns instead of refusing)",
+    )
 
 
 @command(
@@ -589,6 +594,7 @@ def _explain(args: argparse.Namespace) -> int:
             "--embedder for your data, see `discover dissect --help`), or pass --dissection DIR"
         )
     dissection = Dissection.load(folder)
+    dissection.check_model(model, allow_mismatch=args.allow_stale_dissection, run=args.run)
     images, names, failures = read_images(args.images)
     for path, reason in failures.items():
         print(f"error: cannot read image {path}: {reason}", file=sys.stderr)
@@ -603,6 +609,7 @@ def _explain(args: argparse.Namespace) -> int:
             class_names=config["class_names"],
             names=names,
             seed=args.seed,
+            allow_mismatch=args.allow_stale_dissection,
         )
         if args.json:
             print(json.dumps([e.to_dict() for e in explanations], indent=2))
@@ -797,6 +804,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Competitive Vision Networks (stochastic LWTA) and neuron dissection.",
     )
     parser.add_argument("--version", action="version", version=f"discover {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error (also: DISCOVER_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cmd in _COMMANDS.values():
         sub_parser = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
@@ -814,16 +826,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
+    debug = args.debug or bool(os.environ.get("DISCOVER_DEBUG"))
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as exc:
-        if os.environ.get("DISCOVER_DEBUG"):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the one error boundary of the command line
+        if debug:
+            raise
+        message = _user_error(exc)
+        if message is not None:
+            print(f"error: {message}", file=sys.stderr)
+            return 2
+        print(
+            f"internal error: {type(exc).__name__}: {exc}\n"
+            "This is a bug in discover, not a mistake of yours; rerun with --debug for the "
+            "traceback and report it.",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _user_error(exc: BaseException) -> str | None:
+    """The one-line message for a mistake or a condition the user can fix; ``None`` for bugs."""
+    import errno
+
+    if isinstance(exc, (ValueError, LookupError)) and not isinstance(exc, UnicodeError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        if exc.errno == errno.ENOSPC:
+            return f"no space left on the device{where}; free some space and run again"
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"{exc.strerror or exc}{where}: not allowed to write or read there"
+        if isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+            return (
+                str(exc)
+                if not exc.filename or str(exc.filename) in str(exc)
+                else (f"{exc.strerror}: {exc.filename}")
+            )
+        return f"{exc.strerror or exc}{where}"
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -236,6 +236,11 @@ def load_concepts(spec: str | os.PathLike[str] | ConceptSet) -> ConceptSet:
     path = Path(spec).expanduser()
     if path.is_file():
         return _read_file(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"concept file {path} is a folder; expected a text file with one concept per line "
+            "or a concept set name"
+        )
     text = os.fspath(spec)
     if not isinstance(spec, str) or path.suffix or os.sep in text or "/" in text:
         raise FileNotFoundError(f"concept file not found: {path}")

@@ -930,7 +930,10 @@ def build_dataset(
         raise ValueError(f"unknown dataset {name!r}.{hint} Known: {', '.join(list_datasets())}")
     if split not in SPLITS:
         raise ValueError(f"build_dataset: split must be one of {SPLITS}, got {split!r}")
-    return DATASETS[key](split=split, root=root, transform=transform, **kwargs)
+    try:
+        return DATASETS[key](split=split, root=root, transform=transform, **kwargs)
+    except TypeError as error:  # an option the data set does not take, or of the wrong type
+        raise ValueError(f"dataset {name!r} rejected its options {kwargs}: {error}") from None
 
 
 @register_dataset("shapes")

@@ -15,8 +15,9 @@ import csv
 import hashlib
 import io
 import json
-import os
 import time
+import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,16 +27,40 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ._utils import (
+    atomic_path,
+    cache_warning,
+    check_options,
+    resolve_device,
+    staged_dir,
+    write_atomic,
+    write_files,
+)
 from .concepts import ConceptSet, load_concepts
 from .embedders import Embedder, build_embedder
 from .lwta import LWTA
-from .recording import dataset_fingerprint, record, resolve_layers
+from .recording import dataset_fingerprint, model_fingerprint, record, resolve_layers
 from .similarity import DEFAULT_SIMILARITY, get_similarity
 
-__all__ = ["UnitDescription", "Dissection", "DissectConfig", "dissect", "model_view"]
+__all__ = [
+    "UnitDescription",
+    "Dissection",
+    "DissectConfig",
+    "StaleDissectionError",
+    "cached_concept_matrix",
+    "dissect",
+    "model_view",
+]
 
 CSV_COLUMNS = ("layer", "unit", "block", "position", "label", "score", "top5")
 SCORES_FILE = "scores.pt"  # optional: the full score matrices (dissect(..., keep_scores=True))
+DISSECTION_FILES = ("descriptions.csv", "dissection.json", SCORES_FILE)
+# Results computed from a dissection and saved beside it: they go when it is replaced.
+_DERIVED_PREFIXES = ("description_scores", "simulation_scores-")
+
+
+class StaleDissectionError(ValueError):
+    """A dissection is used with a model it does not describe (other weights, layers or U)."""
 
 
 @dataclass
@@ -79,6 +104,8 @@ class Dissection:
     """``{layer: S}``, the full ``K x M`` similarity matrix per layer (``keep_scores=True``)."""
     concepts: list[str] | None = field(default=None, repr=False)
     """The ``M`` concept strings, the columns of :attr:`scores` (``keep_scores=True``)."""
+    folder: Path | None = field(default=None, repr=False, compare=False)
+    """The folder it was saved to or loaded from, if any."""
 
     def layer(self, name: str) -> list[UnitDescription]:
         """The rows of one layer, in unit order."""
@@ -125,54 +152,173 @@ class Dissection:
         return buffer.getvalue()
 
     def save(self, out: str | Path) -> Path:
-        """Write ``descriptions.csv`` and ``dissection.json`` into ``out`` (overwriting both).
+        """Write ``descriptions.csv`` and ``dissection.json`` (and ``scores.pt`` when the
+        scores were kept) into ``out``, as one unit.
 
-        Each file is written to a temporary name and renamed, so a rerun never appends and
-        an interrupted write never leaves half a file.
+        A new folder, or one that holds only an earlier dissection (and results computed from
+        it, which no longer apply), is written beside ``out`` and swapped in whole. In a folder
+        that holds other files, every file is first written in full under a temporary name and
+        then renamed into place. Either way a rerun overwrites, never appends, and a failure
+        (disk full included) leaves the previous result unchanged and no temporary file.
         """
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / "descriptions.csv", self.to_csv())
+        stamp = uuid.uuid4().hex  # pairs scores.pt with its dissection.json
         payload = {
+            "id": stamp,
             "config": asdict(self.config),
             "meta": self.meta,
             "units": [asdict(u) for u in self.units],
         }
-        _atomic_write(out / "dissection.json", json.dumps(payload, indent=2, default=str))
-        scores_file = out / SCORES_FILE
+        files: dict[str, Any] = {}
         if self.scores:
-            tmp = scores_file.with_name(f".{scores_file.name}.{os.getpid()}.tmp")
-            torch.save({"concepts": self.concepts, "scores": self.scores}, tmp)
-            tmp.replace(scores_file)
-        else:
-            scores_file.unlink(missing_ok=True)  # never leave another run's matrix beside ours
+            saved = {"id": stamp, "concepts": self.concepts, "scores": self.scores}
+            files[SCORES_FILE] = lambda path: _torch_save(saved, path)
+        files["descriptions.csv"] = self.to_csv()
+        files["dissection.json"] = json.dumps(payload, indent=2, default=str)  # last: the index
+        try:
+            if _replaceable(out):
+                with staged_dir(out) as staging:
+                    write_files(staging, files)
+            else:
+                write_files(out, files)
+                if not self.scores:  # never leave another run's matrix beside ours
+                    (out / SCORES_FILE).unlink(missing_ok=True)
+        except OSError as error:
+            raise OSError(
+                error.errno,
+                f"could not write the dissection to {out} ({error.strerror or error}); "
+                "the previous result there is unchanged",
+            ) from error
+        self.folder = out
         return out
 
     @classmethod
     def load(cls, out: str | Path) -> Dissection:
-        """Read a saved dissection directory back."""
-        path = Path(out) / "dissection.json"
+        """Read a saved dissection directory back.
+
+        A ``scores.pt`` that cannot be read or belongs to another ``dissection.json`` is
+        ignored with a warning (the ranks then come from the top-5 lists).
+        """
+        out = Path(out)
+        path = out / "dissection.json"
         if not path.is_file():
             raise FileNotFoundError(
                 f"no dissection in {out} (looked for {path}); create one "
                 "with `discover dissect ... --out DIR`"
             )
-        data = json.loads(path.read_text())
-        units = [
-            UnitDescription(**{**u, "top": [tuple(t) for t in u["top"]]}) for u in data["units"]
-        ]
-        result = cls(units, DissectConfig(**data["config"]), data["meta"])
-        scores_file = Path(out) / SCORES_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            units = [
+                UnitDescription(**{**u, "top": [tuple(t) for t in u["top"]]}) for u in data["units"]
+            ]
+            config = DissectConfig(**data["config"])
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(
+                f"dissection {path} cannot be read ({type(error).__name__}: {error}): the file "
+                f"is damaged or not a dissection; redissect with `discover dissect ... --out {out}`"
+            ) from None
+        result = cls(units, config, data.get("meta") or {}, folder=out)
+        scores_file = out / SCORES_FILE
         if scores_file.is_file():
-            saved = torch.load(scores_file, map_location="cpu", weights_only=True)
-            result.scores, result.concepts = dict(saved["scores"]), saved["concepts"]
+            try:
+                saved = torch.load(scores_file, map_location="cpu", weights_only=True)
+                problem = None if saved.get("id") == data.get("id") else "another dissection's"
+            except Exception as error:  # noqa: BLE001  (torch.load raises many types)
+                problem = f"unreadable ({type(error).__name__}: {error})"
+            if problem is None:
+                result.scores, result.concepts = dict(saved["scores"]), saved["concepts"]
+            else:
+                warnings.warn(
+                    f"ignoring {scores_file}: {problem} score matrices; redissect with "
+                    "--keep-scores for exact ranks",
+                    UserWarning,
+                    stacklevel=2,
+                )
         return result
+
+    def check_model(
+        self, model: nn.Module, *, allow_mismatch: bool = False, run: str | None = None
+    ) -> list[str]:
+        """Check that this dissection describes ``model``; returns what differs.
+
+        Compares the weights hash recorded at dissection time (older dissections without one
+        skip that check), that every dissected layer exists, and each layer's ``U``.
+
+        Args:
+            model: the model the dissection is about to be used with.
+            allow_mismatch: warn instead of raising.
+            run: the model's training run, for the redissect command in the message.
+
+        Raises:
+            StaleDissectionError: something differs and ``allow_mismatch`` is false.
+        """
+        problems = []
+        recorded = self.meta.get("model_sha256") or (self.meta.get("recording") or {}).get(
+            "model_sha256"
+        )
+        if recorded:
+            current = model_fingerprint(model)
+            if current != recorded:
+                problems.append(
+                    f"the weights differ (dissected sha256 {recorded[:12]}, this model "
+                    f"{current[:12]}: retrained or replaced since?)"
+                )
+        modules = dict(model.named_modules())
+        layer_meta = self.meta.get("layers") or {}
+        for name in dict.fromkeys([*self.config.layers, *(u.layer for u in self.units)]):
+            if name not in modules:
+                problems.append(f"it has no layer {name!r}")
+            elif "U" in layer_meta.get(name, {}):
+                was = layer_meta[name]["U"]
+                now = modules[name].U if isinstance(modules[name], LWTA) else None
+                if was != now:
+                    problems.append(f"layer {name!r} has U={now}, the dissection U={was}")
+        if not problems:
+            return []
+        where = f" in {self.folder}" if self.folder else ""
+        message = (
+            f"the dissection{where} does not describe this model: {'; '.join(problems)}. "
+            f"Redissect it: `discover dissect --run {run or 'RUN'} --layers "
+            f"{' '.join(self.config.layers)} --out {self.folder or 'DIR'}` with the probe, "
+            "--concepts and --embedder used before (see its dissection.json), or "
+            "discover.dissect(model, ...); --allow-stale-dissection (allow_mismatch=True) "
+            "uses it anyway"
+        )
+        if not allow_mismatch:
+            raise StaleDissectionError(message)
+        warned = self.__dict__.setdefault("_warned", set())
+        if tuple(problems) not in warned:  # once per dissection and mismatch
+            warned.add(tuple(problems))
+            warnings.warn(message, UserWarning, stacklevel=2)
+        return problems
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through a Python file, so a full disk is an ``OSError``."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def _replaceable(out: Path) -> bool:
+    """Whether ``out`` is missing or holds nothing but a dissection and its derived results."""
+    if not out.exists():
+        return True
+    if not out.is_dir():
+        raise ValueError(f"dissection destination {out} is a file, expected a folder")
+    return all(
+        entry.is_file()
+        and (
+            entry.name in DISSECTION_FILES
+            or entry.name.startswith(_DERIVED_PREFIXES)
+            or (entry.name.startswith(".") and entry.name.endswith(".tmp"))
+        )
+        for entry in out.iterdir()
+    )
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    """Kept for callers of the old name; see :func:`discover._utils.write_atomic`."""
+    write_atomic(path, text)
 
 
 class _ModelView(Dataset):
@@ -207,36 +353,71 @@ def model_view(model: nn.Module, probe: Dataset, transform: Callable | None = No
     return _ModelView(probe, transform or eval_transform(model))
 
 
-def _concept_matrix(
+def cached_concept_matrix(
     embedder: Embedder,
     probe: Dataset,
     concepts: ConceptSet,
-    batch_size: int,
-    cache_dir: str | Path | None,
-    progress: bool,
+    batch_size: int = 64,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
 ) -> tuple[torch.Tensor, dict]:
-    """``P`` for the probe and concepts, from the content-keyed cache when it is there."""
+    """``P`` for the probe and concepts, from the content-keyed cache when it is there.
+
+    The key hashes the embedder's id, the probe set's content and the concept set. An entry
+    that cannot be read, or holds another key or shape, is a miss: it warns once, naming the
+    file, and is recomputed and replaced. A write that fails (disk full, read-only) warns and
+    carries on without caching. Returns ``P`` and ``{"file": ..., "hit": ...}``.
+    """
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
     probe_id = dataset_fingerprint(probe)
+    shape = (len(probe), len(concepts))
     key = hashlib.sha256(
-        json.dumps([embedder.id, probe_id, len(probe), concepts.sha256]).encode()
+        json.dumps([embedder.id, probe_id, len(probe), concepts.sha256, 2]).encode()
     ).hexdigest()
     path = cache_dir / "concepts" / f"{key}.pt" if cache_dir is not None and probe_id else None
     if path is not None and path.is_file():
-        return torch.load(path, map_location="cpu"), {"file": str(path), "hit": True}
+        P = _read_concept_matrix(path, key, shape)
+        if P is not None:
+            return P, {"file": str(path), "hit": True}
     P = embedder.concept_matrix(probe, concepts.concepts, batch_size=batch_size, progress=progress)
-    if P.shape != (len(probe), len(concepts)):
+    if P.shape != shape:
         raise ValueError(
-            f"embedder {embedder.id!r} returned P of shape {tuple(P.shape)}, "
-            f"expected ({len(probe)}, {len(concepts)})"
+            f"embedder {embedder.id!r} returned P of shape {tuple(P.shape)}, expected {shape}"
         )
     if path is None:
         return P, {"file": None, "hit": False}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(P, tmp)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            _torch_save({"key": key, "P": P}, tmp)
+    except (OSError, RuntimeError) as error:
+        cache_warning(
+            f"could not write concept-matrix cache entry {path} ({type(error).__name__}: "
+            f"{error}); carrying on without caching"
+        )
+        return P, {"file": None, "hit": False}
     return P, {"file": str(path), "hit": False}
+
+
+_concept_matrix = cached_concept_matrix  # the old name
+
+
+def _read_concept_matrix(path: Path, key: str, shape: tuple[int, int]) -> torch.Tensor | None:
+    """The cached ``P`` at ``path``, or ``None`` (a miss, with a warning naming the file)."""
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+        P = entry.get("P") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict) or entry.get("key") != key:
+            problem = "it holds another key"
+        elif not isinstance(P, torch.Tensor) or tuple(P.shape) != shape:
+            found = tuple(P.shape) if isinstance(P, torch.Tensor) else type(P).__name__
+            problem = f"it holds {found}, expected shape {shape}"
+        else:
+            return P
+    except Exception as error:  # noqa: BLE001  (torch.load raises many types on damaged files)
+        problem = f"{type(error).__name__}: {error}"
+    cache_warning(f"concept-matrix cache entry {path} cannot be used ({problem}); recomputing it")
+    return None
 
 
 def _skipped(probe: Dataset) -> dict[str, str]:
@@ -299,6 +480,9 @@ def dissect(
     concept_set = load_concepts(concepts)
     emb = build_embedder(embedder)
     score_fn = get_similarity(similarity)
+    # checked before the (long) recording, not after it
+    check_options(score_fn, dict(similarity_params or {}), f"similarity {similarity!r}")
+    resolve_device(device)
     modules = resolve_layers(model, layers)
     cache = Path(cache_dir) if cache_dir is not None else None  # P and record expand "~"
     config = DissectConfig(
@@ -325,7 +509,7 @@ def dissect(
         cache_dir=cache,
         progress=progress,
     )
-    P, p_cache = _concept_matrix(emb, probe, concept_set, batch_size, cache, progress)
+    P, p_cache = cached_concept_matrix(emb, probe, concept_set, batch_size, cache, progress)
     k = min(top_k, len(concept_set))
     units: list[UnitDescription] = []
     layer_meta: dict[str, Any] = {}
@@ -378,6 +562,7 @@ def dissect(
         "recording": recording.meta,
         "concept_matrix_cache": p_cache,
         "model": getattr(getattr(model, "cvn_config", None), "to_dict", dict)(),
+        "model_sha256": recording.meta.get("model_sha256") or model_fingerprint(model),
         "seconds": time.time() - t0,
     }
     return Dissection(

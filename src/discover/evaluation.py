@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ._utils import resolve_device
 from .lwta import EVAL_POLICIES, average_logits, eval_policy, lwta_layers
 from .sparsity import LayerSparsity, SparsityMeter, format_sparsity
 
@@ -84,7 +85,7 @@ def evaluate(
         )
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    device = torch.device(device)
+    device = resolve_device(device)
     model = model.to(device).eval()
     torch.manual_seed(seed)
     correct1 = correct5 = count = 0

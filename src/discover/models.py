@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._utils import check_options
 from .lwta import LWTA, EvalPolicy, lwta_layers
 
 __all__ = [
@@ -442,7 +443,7 @@ def _build_dense(name: str, num_classes: int | None, kwargs: dict[str, Any]) -> 
     _ensure_builtin_models()
     extra = {} if num_classes is None else {"num_classes": num_classes}
     if name in _MODELS:
-        return _MODELS[name](**extra, **kwargs)
+        return _call_builder(f"model {name!r}", _MODELS[name], {**extra, **kwargs})
     if name.startswith("torchvision:"):
         import torchvision
 
@@ -454,11 +455,19 @@ def _build_dense(name: str, num_classes: int | None, kwargs: dict[str, Any]) -> 
                 f"unknown torchvision model {tv_name!r}. Closest names: "
                 f"{', '.join('torchvision:' + c for c in close) or 'none'}"
             )
-        return torchvision.models.get_model(tv_name, weights=None, **extra, **kwargs)
+        return _call_builder(
+            f"model {name!r}",
+            torchvision.models.get_model,
+            {"name": tv_name, "weights": None, **extra, **kwargs},
+        )
     import timm
 
     if timm.is_model(name):
-        return timm.create_model(name, pretrained=False, **extra, **kwargs)
+        return _call_builder(
+            f"model {name!r}",
+            timm.create_model,
+            {"model_name": name, "pretrained": False, **extra, **kwargs},
+        )
     candidates = list(_MODELS) + timm.list_models()
     close = difflib.get_close_matches(name, candidates, n=6, cutoff=0.55)
     raise ValueError(
@@ -466,6 +475,20 @@ def _build_dense(name: str, num_classes: int | None, kwargs: dict[str, Any]) -> 
         "See `discover models` (or discover.list_models()); torchvision models take the "
         "prefix 'torchvision:'."
     )
+
+
+def _call_builder(
+    what: str, builder: Callable[..., nn.Module], kwargs: dict[str, Any]
+) -> nn.Module:
+    """``builder(**kwargs)``; arguments it rejects are a ValueError naming them."""
+    check_options(builder, kwargs, what)
+    try:
+        return builder(**kwargs)
+    except (TypeError, ValueError, AssertionError) as error:
+        shown = {k: v for k, v in kwargs.items() if k not in ("name", "model_name", "weights")}
+        raise ValueError(
+            f"{what} rejected its arguments {shown}: {type(error).__name__}: {error}"
+        ) from None
 
 
 def _input_size(model: nn.Module, kwargs: dict[str, Any]) -> tuple[int, int, int]:
@@ -601,9 +624,16 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        return load_file(str(path)), metadata
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+            return load_file(str(path)), metadata
+        except Exception as exc:  # noqa: BLE001  (SafetensorError, OSError: a damaged file)
+            raise CheckpointMismatchError(
+                f"could not read checkpoint {path}: {type(exc).__name__}: {exc}. The file is "
+                "damaged or cut short; use another checkpoint (e.g. last instead of best) or "
+                "retrain"
+            ) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001

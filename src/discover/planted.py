@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ._utils import check_options
 from .description_eval import _ranks_from_scores, _rows_csv
 from .dissection import _atomic_write
 from .similarity import SIMILARITIES, get_similarity
@@ -161,6 +162,13 @@ class PlantedConfig:
             )
         for name in self.similarities:
             get_similarity(name)  # raises with suggestions
+        for name, params in self.similarity_params.items():
+            if name not in self.similarities:
+                raise ValueError(
+                    f"similarity_params names {name!r}, which is not among the similarities "
+                    f"scored ({', '.join(self.similarities)})"
+                )
+            check_options(get_similarity(name), params, f"similarity {name!r}")
         if not self.variants:
             raise ValueError(f"no planted variants given; known: {', '.join(VARIANTS)}")
         if any(s < 0 or not math.isfinite(s) for s in self.noise) or not self.noise:

@@ -39,6 +39,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ._utils import read_json, resolve_device
 from .data import DataConfig, build_dataset, build_transforms
 from .lwta import TemperatureSchedule, set_temperature
 from .models import create_model, load_checkpoint, save_checkpoint
@@ -201,7 +202,11 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"training config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            detail = " ".join(str(error).split())
+            raise ValueError(f"training config {path} is not valid YAML: {detail}") from None
         if not isinstance(data, dict):
             raise ValueError(
                 f"{path}: expected a mapping of training options, got {type(data).__name__}"
@@ -243,16 +248,7 @@ def _init_distributed(device: torch.device) -> _Dist:
 
 
 def _resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(
-            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r} ({error})"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} requested but CUDA is not available here")
+    device = resolve_device(spec)
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return device
@@ -869,7 +865,7 @@ def _load_state(
             f"--resume: no training state in {out} (looked for {trainer_file}); start the run "
             "without --resume first"
         )
-    saved_config = json.loads((out / "config.json").read_text())
+    saved_config = read_json(out / "config.json", "run configuration")
     differs = [
         f"{k}: run has {saved_config['train'].get(k)!r}, now {getattr(config, k)!r}"
         for k in config.to_dict()
@@ -928,14 +924,14 @@ def load_run(run: str | Path, weights: str = "best") -> tuple[nn.Module, dict[st
             f"{run} is not a training run: {config_file} is missing "
             "(create one with `discover train`)"
         )
-    config = json.loads(config_file.read_text())
+    config = read_json(config_file, "run configuration")
     weights_file = run / f"{weights}.safetensors"
     if not weights_file.is_file():
         raise FileNotFoundError(f"no {weights!r} weights in {run} (looked for {weights_file})")
     spec = config["model"]
     # an annealed run's weights go with the temperature they were saved at
     meta_file = run / f"{weights}.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    meta = read_json(meta_file, "checkpoint metadata") if meta_file.is_file() else {}
     temperature = meta.get("temperature")
     model = create_model(
         spec["name"],

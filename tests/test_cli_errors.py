@@ -1,0 +1,165 @@
+"""One error boundary in the command line (issue: no tracebacks for user mistakes).
+
+Every user mistake is one line on stderr that names the thing and what was expected, exit
+status 2, before any expensive work; an internal error says it is one and points to --debug.
+"""
+
+import pytest
+
+from discover.cli import main
+from discover.training import TrainConfig, train
+
+TINY_MODEL = [
+    "--model-arg",
+    "img_size=16",
+    "--model-arg",
+    "widths=[8,16]",
+    "--model-arg",
+    "depths=[1,1]",
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli-errors") / "run"
+    return train(
+        TrainConfig(
+            model="small_resnet",
+            U=4,
+            dataset="shapes",
+            epochs=1,
+            batch_size=32,
+            dataset_kwargs={"n": 64, "image_size": 16},
+            eval_samples=1,
+            model_kwargs={"img_size": 16, "widths": [8, 16], "depths": [1, 1]},
+            out=str(out),
+        ),
+        progress=False,
+    ).out
+
+
+def _fails(capsys, argv: list[str], *expected: str) -> str:
+    code = main(argv)
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert code == 2, (code, err)
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+def _dissect(run, tmp_path, *extra: str) -> list[str]:
+    return [
+        "dissect",
+        "--run",
+        str(run),
+        "--layers",
+        "fc",
+        "--probe",
+        "shapes",
+        "--probe-arg",
+        "image_size=16",
+        "--probe-arg",
+        "n=40",
+        "--concepts",
+        "shapes",
+        "--embedder",
+        "annotations",
+        "--no-cache",
+        "--out",
+        str(tmp_path / "d"),
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--batch-size", "0"], "batch_size must be an integer >= 1"),
+        (["--epochs", "0"], "epochs must be an integer >= 1"),
+        (["--device", "banana"], "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        (["--device", "cuda"], "CUDA is not available"),
+        (["--model", "small_vit", "--model-arg", "img_size=abc"], "model 'small_vit' rejected"),
+        (["--model-arg", "nonsense=1", *TINY_MODEL], "nonsense"),
+    ],
+)
+def test_train_mistakes_are_one_line(capsys, tmp_path, argv, expected):
+    _fails(capsys, ["train", "--out", str(tmp_path / "r"), *argv], expected)
+    assert not (tmp_path / "r").exists()
+
+
+def test_invalid_yaml_and_broken_json_name_the_file(capsys, tmp_path, run):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    _fails(capsys, ["train", "--config", str(bad), "--out", str(tmp_path / "r")], str(bad), "YAML")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"train": {')
+    (broken / "best.safetensors").write_bytes(b"")
+    _fails(capsys, ["evaluate", str(broken)], str(broken / "config.json"), "not valid JSON")
+
+
+def test_truncated_checkpoint_is_named(capsys, tmp_path, run):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    data = (copy / "best.safetensors").read_bytes()
+    (copy / "best.safetensors").write_bytes(data[: len(data) // 2])
+    _fails(capsys, ["evaluate", str(copy)], str(copy / "best.safetensors"), "damaged")
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--similarity-arg", "bogus=1"], "similarity 'soft_wpmi': unknown option 'bogus'"),
+        (["--similarity-arg", "top_k=abc"], "option top_k expects int"),
+        (["--probe-arg", "nonsense=1"], "nonsense"),
+        (["--device", "banana"], "device must be"),
+    ],
+)
+def test_dissect_mistakes_fail_before_recording(
+    capsys, tmp_path, run, monkeypatch, extra, expected
+):
+    import discover.dissection as dissection
+
+    def no_recording(*args, **kwargs):  # the check must come before the expensive part
+        raise AssertionError("recording started before the arguments were checked")
+
+    monkeypatch.setattr(dissection, "record", no_recording)
+    _fails(capsys, _dissect(run, tmp_path, *extra), expected)
+
+
+def test_concept_file_that_is_a_folder(capsys, tmp_path, run):
+    err = _fails(
+        capsys,
+        [*_dissect(run, tmp_path)[:-2], "--concepts", str(tmp_path), "--out", str(tmp_path / "d")],
+    )
+    assert "folder" in err or "directory" in err
+
+
+def test_internal_errors_point_to_debug(capsys, monkeypatch):
+    import discover.cli as cli
+
+    def broken(args):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(cli, "build_parser", _parser_with(cli.build_parser, broken))
+    assert main(["sparsity", "small_vit"]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: ZeroDivisionError: boom" in err and "--debug" in err
+    with pytest.raises(ZeroDivisionError):
+        main(["--debug", "sparsity", "small_vit"])
+
+
+def _parser_with(build, handler):
+    def build_broken():
+        parser = build()
+        parser.set_defaults(_run=None)
+        for action in parser._subparsers._group_actions:
+            for sub in action.choices.values():
+                sub.set_defaults(_run=handler)
+        return parser
+
+    return build_broken

@@ -383,3 +383,16 @@ def test_fused_kernel_noise_is_finite_at_the_extreme_random_bits():
     values = [_lwta_kernel.gumbel_of(bits) for bits in (0, 1, 2**31, 2**32 - 2, 2**32 - 1)]
     assert all(math.isfinite(v) for v in values)
     assert values[0] < -2.5 and values[-1] > 15  # the tails of the Gumbel distribution
+
+
+def test_winner_peakedness_measures_the_top_probability():
+    from discover.lwta import winner_peakedness
+
+    net = nn.Sequential(nn.Identity(), LWTA(2), nn.Identity()).eval()
+    x = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]])  # top probabilities 3/4 and 1/2
+    assert winner_peakedness(net, x) == {"1": pytest.approx(0.625)}
+    net[1].temperature = 0.5  # softmax(h / 0.5): 9/10 and 1/2
+    assert winner_peakedness(net, x) == {"1": pytest.approx(0.7)}
+    net[1].temperature = 0.0
+    assert winner_peakedness(net, x) == {"1": 1.0}
+    assert not net[1]._forward_pre_hooks  # hooks removed

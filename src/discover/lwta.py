@@ -36,6 +36,7 @@ __all__ = [
     "gumbel_noise",
     "set_temperature",
     "TemperatureSchedule",
+    "winner_peakedness",
 ]
 
 EvalPolicy = Literal["sample", "argmax"]
@@ -490,6 +491,57 @@ def capture_winners(model: nn.Module) -> Iterator[dict[str, LWTA]]:
             layer.capture = previous[name]
             if not layer.capture:
                 layer.clear_capture()
+
+
+@torch.no_grad()
+def winner_peakedness(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """How peaked each LWTA layer's winner distribution is on inputs ``x``.
+
+    For every block (and token or position) the probability of its most likely unit under
+    ``softmax(h_b / T)``, with the layer's own competition temperature ``T``, averaged per
+    layer: ``1 / U`` means a uniform draw, ``1`` a deterministic winner (``T = 0`` gives 1).
+    When it is near 1, the ``"argmax"`` policy picks the winners the network was trained
+    with; when it is low, argmax winners differ from the sampled ones.
+
+    Example:
+        >>> model = create_model("small_vit", U=4).eval()  # doctest: +SKIP
+        >>> winner_peakedness(model, torch.randn(8, 3, 64, 64))  # doctest: +SKIP
+        {'blocks.0.mlp.act': 0.61, ...}
+    """
+    sums: dict[str, list[float]] = {}
+    hooks = []
+
+    def hook(layer: LWTA, args: tuple[torch.Tensor, ...], name: str) -> None:
+        h = args[0].detach().float()
+        if layer.U == 1:
+            return
+        unit_dim = layer._unit_dim(h)
+        shape = h.shape
+        blocks = h.reshape(
+            math.prod(shape[:unit_dim]) * (shape[unit_dim] // layer.U),
+            layer.U,
+            math.prod(shape[unit_dim + 1 :]),
+        )
+        if layer.temperature == 0:
+            top = torch.ones(())
+        else:
+            top = torch.softmax(blocks / layer.temperature, dim=1).amax(dim=1).mean()
+        entry = sums.setdefault(name, [0.0, 0.0])
+        entry[0] += float(top) * blocks.shape[0]
+        entry[1] += blocks.shape[0]
+
+    try:
+        for name, layer in lwta_layers(model).items():
+            hooks.append(
+                layer.register_forward_pre_hook(
+                    lambda module, args, name=name: hook(module, args, name)
+                )
+            )
+        model(x)
+    finally:
+        for handle in hooks:
+            handle.remove()
+    return {name: total / count for name, (total, count) in sums.items()}
 
 
 @torch.no_grad()

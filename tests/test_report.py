@@ -196,7 +196,10 @@ def test_reuses_the_activations_the_dissection_cached(built, tmp_path, monkeypat
     other = copy.deepcopy(given.model)
     torch.nn.init.zeros_(other.fc1.weight)  # another model: the cache no longer applies
     section = ReportSection(given.name, other, cached, probe, transform=to_input)
-    write_report(tmp_path / "c", [section], progress=False)
+    with pytest.raises(ValueError, match="weights differ"):  # a stale dissection is refused
+        write_report(tmp_path / "c", [section], progress=False)
+    with pytest.warns(UserWarning, match="does not describe this model"):
+        write_report(tmp_path / "c", [section], progress=False, allow_mismatch=True)
     assert len(calls) == 1
 
 

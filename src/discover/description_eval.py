@@ -46,11 +46,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ._utils import write_files
 from .concepts import ConceptSet, load_concepts
-from .dissection import Dissection, UnitDescription, _atomic_write, model_view
+from .dissection import Dissection, UnitDescription, cached_concept_matrix, model_view
 from .embedders import AnnotationEmbedder, Embedder, build_embedder, load_sentence_model
 from .similarity import DEFAULT_SIMILARITY, get_similarity
 
@@ -198,14 +199,16 @@ class _Saveable:
     def save(self, out: str | Path) -> Path:
         """Write ``<stem>.json`` (everything), ``<stem>.csv`` (one row per figure, with both
         baselines) and ``<stem>_units.csv`` (one row per unit) into ``out``; returns the JSON
-        path. Each file is written atomically and overwritten, never appended."""
+        path. The three are written as one unit (all in full under temporary names, then
+        renamed) and overwritten, never appended; a failure leaves the old ones unchanged."""
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / f"{self._stem}.csv", _metrics_csv(self.metrics))  # type: ignore[attr-defined]
-        _atomic_write(out / f"{self._stem}_units.csv", _rows_csv(self.per_unit))  # type: ignore[attr-defined]
-        path = out / f"{self._stem}.json"
-        _atomic_write(path, json.dumps(self.to_dict(), indent=2))
-        return path
+        files = {
+            f"{self._stem}.csv": _metrics_csv(self.metrics),  # type: ignore[attr-defined]
+            f"{self._stem}_units.csv": _rows_csv(self.per_unit),  # type: ignore[attr-defined]
+            f"{self._stem}.json": json.dumps(self.to_dict(), indent=2),
+        }
+        write_files(out, files)
+        return out / f"{self._stem}.json"
 
 
 def _json_safe(data: Any) -> Any:
@@ -545,6 +548,8 @@ def evaluate_descriptions(
     seed: int = 0,
     null_repeats: int = 200,
     max_random_concepts: int = 2000,
+    model: nn.Module | None = None,
+    allow_mismatch: bool = False,
 ) -> DescriptionScores:
     """Score a classifier layer's descriptions against its class names (method.md §9).
 
@@ -568,10 +573,15 @@ def evaluate_descriptions(
         null_repeats: draws per baseline.
         max_random_concepts: at most this many concepts (a seeded sample) are encoded for the
             random-concept baseline of the cosine figures.
+        model: the model the figures are reported for; when given, the dissection must
+            describe it (see :meth:`~discover.dissection.Dissection.check_model`).
+        allow_mismatch: with ``model``, warn instead of refusing a dissection of other
+            weights, layers or ``U``.
 
     Raises:
         ValueError: the layer's unit count differs from the number of class names, an
             unknown layer, or a concept set that cannot be recovered.
+        StaleDissectionError: ``model`` is not the dissected model.
 
     Class names missing from the concept set are listed in ``missing_classes`` and warned
     about; the rank figures cover the other units only.
@@ -585,6 +595,8 @@ def evaluate_descriptions(
     """
     if not isinstance(dissection, Dissection):
         dissection = Dissection.load(dissection)
+    if model is not None:
+        dissection.check_model(model, allow_mismatch=allow_mismatch)
     if null_repeats < 1:
         raise ValueError(f"null_repeats must be >= 1, got {null_repeats}")
     if max_random_concepts < 1:
@@ -932,12 +944,11 @@ def evaluate_simulation(
         ...                            AnnotationEmbedder())  # doctest: +SKIP
         >>> print(sims["layer3"].summary())  # doctest: +SKIP
     """
-    from .dissection import _concept_matrix
     from .recording import record
 
     concept_set = load_concepts(concepts)
     if concept_matrix is None:  # the same cached, shape-checked P a dissection would use
-        concept_matrix, _ = _concept_matrix(
+        concept_matrix, _ = cached_concept_matrix(
             build_embedder(embedder), probe, concept_set, batch_size, cache_dir, progress
         )
     recording = record(

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._utils import write_atomic
 from .lwta import LWTA, capture_winners, eval_policy, lwta_layers
 from .recording import _default_input_size, _suggest, pool, pool_mask, resolve_layers
 
@@ -501,6 +502,7 @@ def explain(
     transform: Callable | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    allow_mismatch: bool = False,
 ) -> list[Explanation]:
     """Explain each image's prediction through the units that fired (one forward pass).
 
@@ -520,9 +522,15 @@ def explain(
             the dissection covers, else its activation modules).
         names: a name per image (default: the file path or ``image[i]``).
         targets: true class index per image, if known.
+        allow_mismatch: use a dissection that does not describe ``model`` (other weights,
+            layers or ``U``, see :meth:`~discover.dissection.Dissection.check_model`) with a
+            warning instead of refusing it.
 
     Returns:
         one :class:`Explanation` per image.
+
+    Raises:
+        StaleDissectionError: the dissection was made for other weights, layers or ``U``.
 
     Example:
         >>> model, config = discover.load_run("runs/shapes-u4")  # doctest: +SKIP
@@ -543,6 +551,8 @@ def explain(
             "explain: dissection must be a Dissection, the folder one was saved to, or None; "
             f"got {type(dissection).__name__}"
         )
+    if callable(getattr(dissection, "check_model", None)):
+        dissection.check_model(model, allow_mismatch=allow_mismatch)
     batch, names = _as_batch(model, images, names, transform)
     if targets is not None and len(targets) != len(batch):
         raise ValueError(f"explain: {len(targets)} targets for {len(batch)} images")
@@ -757,9 +767,6 @@ def explanations_to_json(explanations: Sequence[Explanation], path: str | Path) 
     """Write ``[e.to_dict(), ...]`` as JSON, atomically."""
     import json
 
-    from .dissection import _atomic_write
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, json.dumps([e.to_dict() for e in explanations], indent=2))
-    return path
+    return write_atomic(path, json.dumps([e.to_dict() for e in explanations], indent=2))

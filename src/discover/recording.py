@@ -7,7 +7,9 @@
   the pooled winner mask (how often each unit won, per image).
 * Results are cached under a key that hashes everything they depend on (weights, layers,
   pooling, eval policy and seed, the probe set's content fingerprint and transform), so a
-  changed input never reuses a stale entry; writes are atomic.
+  changed input never reuses a stale entry. Writes are atomic; an entry that cannot be read
+  (cut short, damaged, another key or shape) is a miss that warns, naming the file, and is
+  recomputed and replaced; a write that fails (disk full, read-only) warns and carries on.
 
 Pooling is explicit and recorded: conv maps ``(N, C, H, W)`` use ``avg`` or ``max`` over
 space, token sequences ``(N, T, D)`` use ``cls`` (token 0), ``mean`` or ``max`` over tokens,
@@ -33,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ._utils import atomic_path, cache_warning
 from .lwta import LWTA, capture_winners, eval_policy
 
 __all__ = [
@@ -231,12 +234,11 @@ class Recording:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically (temporary file, then rename)."""
+        """Write atomically (temporary file, then rename; nothing is left on failure)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(dataclasses.asdict(self), tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save(dataclasses.asdict(self), tmp)
         return path
 
     @classmethod
@@ -337,6 +339,41 @@ def _cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _read_cached(path: Path, key: str, layers: Sequence[str], n: int) -> Recording | None:
+    """The cache entry at ``path`` if it holds this key's recording, else ``None`` (a miss).
+
+    An entry that cannot be read (cut short, damaged) or holds another key, other layers or
+    other shapes warns once, naming the file; the caller recomputes and replaces it.
+    """
+    try:
+        cached = Recording.load(path)
+        if cached.meta.get("cache_key") != key:
+            problem = "it holds another key"
+        elif sorted(cached.activations) != sorted(layers) or any(
+            t.dim() != 2 or len(t) != n for t in cached.activations.values()
+        ):
+            problem = f"it does not hold {n} rows of layers {', '.join(layers)}"
+        else:
+            return cached
+    except Exception as error:  # noqa: BLE001  (torch.load raises many types on damaged files)
+        problem = f"{type(error).__name__}: {error}"
+    cache_warning(f"activation cache entry {path} cannot be used ({problem}); recomputing it")
+    return None
+
+
+def _write_cached(recording: Recording, path: Path) -> bool:
+    """Save a cache entry; a failed write (disk full, read-only) warns and returns False."""
+    try:
+        recording.save(path)
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError
+        cache_warning(
+            f"could not write activation cache entry {path} ({type(error).__name__}: {error}); "
+            "carrying on without caching"
+        )
+        return False
+    return True
+
+
 @torch.no_grad()
 def record(
     model: nn.Module,
@@ -388,15 +425,17 @@ def record(
         "probe": probe_id,
         "n": len(probe),
         "transform": repr(getattr(probe, "transform", None)),
-        "version": 1,
+        "version": 2,
     }
     cache_file = None
+    key = _cache_key(key_parts)
     if caching and probe_id is not None:
-        cache_file = Path(cache_dir).expanduser() / "activations" / f"{_cache_key(key_parts)}.pt"
+        cache_file = Path(cache_dir).expanduser() / "activations" / f"{key}.pt"
         if cache_file.is_file():
-            cached = Recording.load(cache_file)
-            cached.meta["cache"] = {"file": str(cache_file), "hit": True}
-            return cached
+            cached = _read_cached(cache_file, key, list(modules), len(probe))
+            if cached is not None:
+                cached.meta["cache"] = {"file": str(cache_file), "hit": True}
+                return cached
 
     device = torch.device(device)
     was_training = model.training
@@ -444,9 +483,10 @@ def record(
             **{k: v for k, v in key_parts.items() if k != "model" and v is not None},
             **({"model_sha256": key_parts["model"]} if caching else {}),
             "images": len(probe),
+            **({"cache_key": key} if cache_file is not None else {}),
         },
     )
     if cache_file is not None:
-        result.save(cache_file)
-        result.meta["cache"] = {"file": str(cache_file), "hit": False}
+        written = _write_cached(result, cache_file)
+        result.meta["cache"] = {"file": str(cache_file) if written else None, "hit": False}
     return result

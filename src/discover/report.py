@@ -24,9 +24,7 @@ import dataclasses
 import json
 import math
 import re
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from . import __version__
+from ._utils import cache_warning, staged_dir
 from .dissection import Dissection, UnitDescription, model_view
 from .lwta import lwta_layers
 from .models import count_parameters
@@ -140,6 +139,7 @@ def write_report(
     meta: Mapping[str, Any] | None = None,
     config: ReportConfig | None = None,
     progress: bool = True,
+    allow_mismatch: bool = False,
 ) -> Path:
     """Write the static HTML report into the folder ``out``; returns ``out/index.html``.
 
@@ -154,6 +154,10 @@ def write_report(
         meta: run metadata shown on the overview and saved in ``report.json``.
         config: what to show (:class:`ReportConfig`).
         progress: show tqdm progress bars.
+        allow_mismatch: report a section whose dissection does not describe its model
+            (other weights, layers or ``U``, see
+            :meth:`~discover.dissection.Dissection.check_model`) with a warning instead of
+            refusing it.
 
     Example:
         >>> section = ReportSection("CVN (U=4)", model, dissection, probe,
@@ -166,15 +170,10 @@ def write_report(
     explanations = _check_explanations(explanations)
     out = Path(out)
     _check_destination(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:12]}")
-    staging.mkdir()
-    try:
+    for section in sections:
+        section.dissection.check_model(section.model, allow_mismatch=allow_mismatch)
+    with staged_dir(out) as staging:  # a failure (disk full too) leaves the old report intact
         _Writer(staging, config, progress).write(sections, explanations, dict(meta or {}))
-        _swap_in(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out / "index.html"
 
 
@@ -293,22 +292,6 @@ def _check_destination(out: Path) -> None:
                 f"{marker.name} written by {GENERATOR}); refusing to replace it. Choose an "
                 "empty or new folder"
             )
-
-
-def _swap_in(staging: Path, out: Path) -> None:
-    """Replace ``out`` by the complete ``staging`` folder with renames."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:12]}")
-        out.rename(old)
-    try:
-        staging.rename(out)
-    except BaseException:
-        if old is not None:
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # -- small helpers ------------------------------------------------------------------------------
@@ -624,6 +607,7 @@ class _Writer:
             ("embedder", _get(info, "embedder", "name")),
             ("concept set", _get(info, "concept_set")),
             ("probe images", _get(info, "probe", "images") or len(section.probe)),
+            ("skipped unreadable", len(_get(info, "probe", "skipped_unreadable") or {})),
             ("seconds", _get(info, "seconds")),
         ):
             if value is not None:
@@ -864,7 +848,14 @@ def _dissection_recording(
         return None
     if meta.get("model_sha256") != model_fingerprint(section.model):
         return None
-    recording = Recording.load(file)
+    try:
+        recording = Recording.load(file)
+    except Exception as error:  # noqa: BLE001  (a damaged entry: record the activations again)
+        cache_warning(
+            f"activation cache entry {file} cannot be read ({type(error).__name__}: {error}); "
+            "recording the activations again"
+        )
+        return None
     if any(name not in recording.activations for name in layers):
         return None
     return {name: recording.activations[name] for name in layers}

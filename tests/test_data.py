@@ -286,18 +286,19 @@ def test_imagefolder_skips_and_counts_corrupt_files(tmp_path: Path):
     jpeg = (tmp_path / "full.jpg").read_bytes()
     (tmp_path / "dog" / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
 
-    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
-        ds = RobustImageFolder(tmp_path)  # header check catches the garbage file
-    assert ds.class_names == ["cat", "dog"] and len(ds) == 4
-    assert list(ds.skipped) == [str(tmp_path / "dog" / "garbage.png")]
-    with pytest.warns(UserWarning, match="truncated.jpg"):
-        items = [ds[i] for i in range(len(ds))]  # the truncated JPEG fails only when decoded
-    assert len(ds.skipped) == 2
+    with pytest.warns(UserWarning, match="skipped 2 unreadable"):
+        ds = RobustImageFolder(tmp_path)  # every file decoded once, up front
+    assert ds.class_names == ["cat", "dog"] and len(ds) == 3
+    assert list(ds.skipped) == [str(tmp_path / "dog" / n) for n in ("garbage.png", "truncated.jpg")]
+    items = [ds[i] for i in range(len(ds))]
     assert all(img.dtype == torch.uint8 and img.shape == (3, 10, 12) for img, _ in items)
 
-    with pytest.warns(UserWarning):
-        full = RobustImageFolder(tmp_path, verify="full")
-    assert len(full) == 3 and len(full.skipped) == 2
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        header = RobustImageFolder(tmp_path, verify="header")  # the truncated JPEG passes
+    assert len(header) == 4
+    with pytest.raises(data.UnreadableImageError, match="truncated.jpg.*verify='full'"):
+        [header[i] for i in range(len(header))]  # never replaced by a neighbour
+    assert len(header.skipped) == 1
 
 
 def test_imagefolder_missing_or_empty_paths(tmp_path: Path):

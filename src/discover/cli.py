@@ -532,6 +532,10 @@ def _dissect(args: argparse.Namespace) -> int:
             f"{layer} ({meta['units']} units, pooling {meta['pooling']}, "
             f"{meta['dead_units']} never active): {shown}"
         )
+    probe_meta = result.meta["probe"]
+    skipped = len(probe_meta["skipped_unreadable"])
+    listed = f", skipped {skipped} unreadable image(s) (listed in dissection.json)"
+    print(f"probe: {probe_meta['images']} images{listed if skipped else ''}")
     print(f"written: {out / 'descriptions.csv'} and {out / 'dissection.json'}")
     return 0
 

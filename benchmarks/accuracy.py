@@ -1,46 +1,73 @@
 """Claim table: "CVNs retain or improve accuracy" (DISCOVER's first claim), on our data.
 
 For each data set (Shapes, Fashion-MNIST) and each model (the small ResNet and the small
-ViT), the dense baseline and its CVNs at U in {2, 4, 8} (plus 16 for the ViT) are trained with
-the *same* recipe, epochs and data, for several seeds, then evaluated on the test split:
+ViT), the dense baseline and its CVNs are trained with the *same* recipe, epochs and data,
+for several seeds, then evaluated on the test split:
 
-* top-1 with the reference evaluation (logits averaged over 6 stochastic passes) and with
-  deterministic ``argmax`` winners;
+* top-1 under three policies: ``sample6`` (logits averaged over 6 stochastic passes, the
+  reference evaluation), ``sample1`` (one stochastic pass) and ``argmax`` (deterministic
+  winners);
 * the active fraction of every LWTA layer, measured from the winner masks (dense models:
-  fraction of units with ``|a| > 1e-6`` at the same places).
+  fraction of units with ``|a| > 1e-6`` at the same places);
+* the *peakedness* of every LWTA layer: the mean over blocks of the top probability of
+  ``softmax(h_b / T)`` (1: the winner is certain; 1/U: a uniform draw), on 512 test images;
+* training speed (images per second) and the per-epoch validation curve, with a plateau
+  check.
 
 Model selection uses the held-out 10 % of the training split, never the test split.
 
-Settings:
+Settings (values in ``SETTINGS``, one place):
   ``--setting reduced`` (default) fits a 2-core CPU in about an hour (two runs at a time,
   one thread each): 32 px Shapes (16,000 generated images) / 28 px Fashion-MNIST (6,000
-  training images), narrow networks (ResNet widths 16/32/64; ViT dim 64, depth 4), 4 epochs
-  at lr 1.5e-3, the first 1,000 test images. Both families use the AdamW ``deit_small``
-  recipe here, without warm-up (the schedule steps per epoch, so one warm-up epoch of four
-  would run at lr 1e-5): with SGD (``resnet_small``) the small ResNet was still near chance
-  on Shapes after this budget (14-27 % top-1 after 675 steps).
+  training images), narrow networks, 4 epochs at lr 1.5e-3, the first 1,000 test images.
+  Both families use the AdamW ``deit_small`` recipe, without warm-up (the schedule steps
+  per epoch, so one warm-up epoch of four would run at lr 1e-5).
   ``--setting full`` is for a GPU: full-size networks, 64 px Shapes with 50,000 images, all
   60,000 Fashion-MNIST training images, 30 epochs.
+  ``--setting converged`` (issue 10) trains every model until its validation accuracy has
+  plateaued: all 60,000 Fashion-MNIST training images, 30,000 32 px Shapes images, 15
+  epochs of AdamW at lr 2e-3 with a cosine schedule, whole test splits, CVN variants
+  ``t1`` (competition temperature 1 throughout) and ``anneal`` (T annealed 1 -> 0.05).
+
+Runs live in a persistent work folder (``benchmarks/runs/<setting>/`` by default), one
+folder per run, ``<dataset>-<family>-u<U>[-<variant>]-s<seed>/``. A run whose
+``record.json`` exists is finished and skipped; one with training state is resumed
+(``TrainConfig(resume=True)``); any other one starts afresh. An interrupted benchmark
+therefore continues where it stopped when the same command is run again.
 
 Run:
     python benchmarks/accuracy.py                      # reduced setting, 3 seeds
-    python benchmarks/accuracy.py --setting full --device cuda
-    python benchmarks/accuracy.py --seeds 0 --datasets shapes --models resnet   # a slice
-Results: ``benchmarks/results/accuracy[-SETTING].md`` and ``.json``.
+    python benchmarks/accuracy.py --setting converged --device cuda --jobs 4
+    python benchmarks/accuracy.py --setting converged --datasets shapes --models resnet \\
+        --variants t1 --seeds 0                         # a slice
+    python benchmarks/accuracy.py --setting converged --datasets shapes --models resnet \\
+        --U 1 2 --seeds 0 --epochs 1 --limit-train 512 --limit-test 256 \\
+        --workdir /tmp/acc-runs --out /tmp/acc-out --jobs 1 --threads 1   # plumbing check
+
+``--epochs``, ``--limit-train`` (a training subset on every data set), ``--limit-test``
+(first N test images, also for peakedness), ``--U`` and ``--variants`` override the
+setting; the overrides are part of each run's configuration, so use a separate
+``--workdir`` for them (a work folder holding runs of another configuration is refused).
+Ctrl-C stops the study after every running run has saved a resumable checkpoint.
+Results: ``benchmarks/results/accuracy[-SETTING].md`` and ``.json``, learning curves in
+``accuracy[-SETTING]-curves-<dataset>.png`` (``accuracy-curves-<dataset>.png`` for
+``converged``).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +78,32 @@ import torch
 from discover.evaluation import evaluate_run
 from discover.training import TrainConfig, train
 
+# Evaluation policies: name -> (evaluate_run policy, stochastic passes).
+POLICIES: dict[str, tuple[str, int]] = {
+    "sample6": ("sample", 6),
+    "sample1": ("sample", 1),
+    "argmax": ("argmax", 1),
+}
+
+# CVN variants: name -> TrainConfig fields. Dense runs (U = 1) have no variant.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "t1": {},  # reference: competition temperature 1 throughout
+    "anneal": {"temperature": 1.0, "temperature_final": 0.05, "temperature_anneal": 0.75},
+}
+
+# Plateau: the best validation top-1 of the last WINDOW epochs is within GAP of the best of
+# the run, and those epochs gained less than GAIN in total.
+PLATEAU_WINDOW = 3
+PLATEAU_GAP = 0.003
+PLATEAU_GAIN = 0.005
+
+# Verdicts: a CVN "keeps" its accuracy if its mean top-1 is at most TOLERANCE below.
+TOLERANCE = 0.01
+CURVE_U = (8, 16, 24)  # the accuracy-against-active-fraction table
+
+RECORD = "record.json"  # written last: a run folder with it is finished
+_VOLATILE = ("out", "device", "resume", "overwrite", "workers")  # may differ between invocations
+
 
 @dataclass(frozen=True)
 class Arm:
@@ -59,6 +112,11 @@ class Arm:
     dataset: str
     family: str  # "resnet" or "vit"
     U: int
+    variant: str | None = None  # None for dense models
+
+    def name(self, seed: int) -> str:
+        variant = f"-{self.variant}" if self.variant else ""
+        return f"{self.dataset}-{self.family}-u{self.U}{variant}-s{seed}"
 
 
 @dataclass
@@ -67,7 +125,7 @@ class Setting:
     batch_size: int
     lr: float | None  # None: the recipe's
     warmup_epochs: int
-    train_subset: int | None
+    train_subset: int | None  # Fashion-MNIST only (Shapes: set data n)
     test_limit: int | None
     data: dict[str, dict[str, Any]]  # dataset -> dataset kwargs
     models: dict[str, dict[str, dict[str, Any]]]  # dataset -> family -> {name, kwargs}
@@ -77,6 +135,14 @@ class Setting:
     U: dict[str, tuple[int, ...]] = field(
         default_factory=lambda: {"resnet": (1, 2, 4, 8), "vit": (1, 2, 4, 8, 16)}
     )
+    variants: tuple[str, ...] = ("t1",)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    # The cosine schedule steps once per epoch, so warm-up epochs run at warmup_lr; None
+    # keeps the recipe's (1e-5 for deit_small, which makes a warm-up epoch a lost one).
+    warmup_lr: float | None = None
+    label_smoothing: float | None = None  # None: the recipe's
+    peak_images: int = 512  # test images for the peakedness measurement
+    limit_train: int | None = None  # --limit-train: a training subset on every data set
 
 
 def _models(size: int, channels: int, full: bool) -> dict[str, dict[str, Any]]:
@@ -104,6 +170,32 @@ def _models(size: int, channels: int, full: bool) -> dict[str, dict[str, Any]]:
     }
 
 
+def _converged_models(size: int, channels: int, patch: int) -> dict[str, dict[str, Any]]:
+    """ResNet widths 32/64/128 (U | 16), ViT dim 96, depth 6 (MLP width 384: U | 24)."""
+    return {
+        "resnet": {
+            "name": "small_resnet",
+            "kwargs": {
+                "img_size": size,
+                "in_chans": channels,
+                "widths": [32, 64, 128],
+                "depths": [1, 1, 1],
+            },
+        },
+        "vit": {
+            "name": "small_vit",
+            "kwargs": {
+                "img_size": size,
+                "in_chans": channels,
+                "patch_size": patch,
+                "embed_dim": 96,
+                "depth": 6,
+                "num_heads": 3,
+            },
+        },
+    }
+
+
 SETTINGS: dict[str, Setting] = {
     "reduced": Setting(
         epochs=4,
@@ -126,9 +218,29 @@ SETTINGS: dict[str, Setting] = {
         data={"shapes": {"n": 50_000, "image_size": 64}, "fashion-mnist": {}},
         models={"shapes": _models(64, 3, True), "fashion-mnist": _models(28, 1, True)},
     ),
+    "converged": Setting(
+        epochs=15,
+        batch_size=128,
+        lr=2e-3,
+        warmup_epochs=1,
+        warmup_lr=2e-4,  # the first epoch at lr / 10, then cosine from 2e-3 to min_lr
+        label_smoothing=0.1,
+        train_subset=None,
+        test_limit=None,
+        data={"shapes": {"n": 30_000, "image_size": 32}, "fashion-mnist": {}},
+        models={
+            "shapes": _converged_models(32, 3, 8),
+            "fashion-mnist": _converged_models(28, 1, 7),
+        },
+        recipes={"resnet": "deit_small", "vit": "deit_small"},
+        U={"resnet": (1, 2, 4, 8, 16), "vit": (1, 2, 4, 8, 16, 24)},
+        variants=("t1", "anneal"),
+        seeds=(0, 1),
+    ),
 }
 
 
+# -- runs -----------------------------------------------------------------------------------
 def _machine(device: str, threads: int, jobs: int) -> str:
     cpu = "unknown CPU"
     try:
@@ -151,40 +263,244 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_arm(arm: Arm, seed: int, setting: Setting, device: str, workdir: Path) -> dict[str, Any]:
+def _recipe(setting: Setting, family: str) -> str:
+    """The family's recipe name; a copy with the setting's ``warmup_lr``, registered here
+    (each worker process registers its own: recipes live in a per-process registry)."""
+    from discover.recipes import RECIPES, get_recipe, register_recipe
+
+    base = setting.recipes[family]
+    if setting.warmup_lr is None:
+        return base
+    name = f"{base}+warmup_lr={setting.warmup_lr:g}"
+    if name not in RECIPES:
+        register_recipe(
+            get_recipe(base).replace(
+                name=name,
+                warmup_lr=setting.warmup_lr,
+                description=f"{base} with warm-up epochs at lr {setting.warmup_lr:g} "
+                "(benchmarks/accuracy.py)",
+            )
+        )
+    return name
+
+
+def train_config(arm: Arm, seed: int, setting: Setting, device: str, out: Path) -> TrainConfig:
+    """The training configuration of one run."""
     spec = setting.models[arm.dataset][arm.family]
-    out = workdir / f"{arm.dataset}-{arm.family}-u{arm.U}-s{seed}"
-    config = TrainConfig(
+    recipe = _recipe(setting, arm.family)
+    return TrainConfig(
         model=spec["name"],
         U=arm.U,
         model_kwargs=spec["kwargs"],
         dataset=arm.dataset,
         dataset_kwargs=setting.data[arm.dataset],
-        recipe=setting.recipes[arm.family],
+        recipe=recipe,
         epochs=setting.epochs,
         batch_size=setting.batch_size,
         lr=setting.lr,
+        label_smoothing=setting.label_smoothing,
         seed=seed,
         device=device,
         out=str(out),
         warmup_epochs=setting.warmup_epochs
         if setting.recipes[arm.family].startswith("deit")
         else None,
-        train_subset=setting.train_subset if arm.dataset != "shapes" else None,
+        train_subset=setting.limit_train
+        or (setting.train_subset if arm.dataset != "shapes" else None),
         eval_samples=1,
+        **(VARIANTS[arm.variant] if arm.variant else {}),
     )
+
+
+def run_spec(config: TrainConfig, setting: Setting) -> dict[str, Any]:
+    """What makes a run (training + evaluation), to check a stored run against."""
+    train_cfg = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE}
+    return json.loads(
+        json.dumps(
+            {
+                "train": train_cfg,
+                "test_limit": setting.test_limit,
+                "peak_images": setting.peak_images,
+            }
+        )
+    )
+
+
+def check_run(out: Path, spec: dict[str, Any]) -> str:
+    """``"finished"``, ``"resume"`` or ``"fresh"``; raises if ``out`` holds another run."""
+    record_file, config_file = out / RECORD, out / "config.json"
+    if record_file.is_file():
+        stored = json.loads(record_file.read_text()).get("spec")
+        if stored != spec:
+            raise ValueError(
+                f"{out} holds a finished run of another configuration: {_diff(stored, spec)}"
+            )
+        return "finished"
+    if config_file.is_file() and (out / "state" / "trainer.pt").is_file():
+        saved = json.loads(config_file.read_text())["train"]
+        stored = {"train": {k: v for k, v in saved.items() if k not in _VOLATILE}}
+        if stored["train"] != spec["train"]:
+            raise ValueError(f"{out} holds a run of another configuration: {_diff(stored, spec)}")
+        return "resume"
+    return "fresh"
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _diff(stored: dict[str, Any] | None, spec: dict[str, Any]) -> str:
+    if not stored:
+        return "no configuration stored; delete the folder or use another --workdir"
+    a, b = _flatten(stored), _flatten(spec)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    changes = "; ".join(f"{k}: run has {a.get(k)!r}, now {b.get(k)!r}" for k in keys)
+    return f"{changes} (delete the folder or use another --workdir)"
+
+
+def plateau(val_top1: list[float]) -> dict[str, Any]:
+    """The plateau check on a run's per-epoch validation top-1 (fractions)."""
+    if len(val_top1) <= PLATEAU_WINDOW:
+        return {"plateaued": False, "reason": f"{len(val_top1)} epoch(s), need > {PLATEAU_WINDOW}"}
+    best, last = max(val_top1), val_top1[-PLATEAU_WINDOW:]
+    gap = best - max(last)
+    gain = val_top1[-1] - val_top1[-PLATEAU_WINDOW - 1]
+    ok = gap <= PLATEAU_GAP and gain < PLATEAU_GAIN
+    reasons = []
+    if gap > PLATEAU_GAP:
+        reasons.append(f"last {PLATEAU_WINDOW} epochs {100 * gap:.2f} points below the best")
+    if gain >= PLATEAU_GAIN:
+        reasons.append(
+            f"still gaining ({100 * gain:+.2f} points in the last {PLATEAU_WINDOW} epochs)"
+        )
+    return {"plateaued": ok, "best": best, "gap": gap, "gain": gain, "reason": "; ".join(reasons)}
+
+
+@torch.no_grad()
+def peakedness(run: Path, images: int, device: str, seed: int) -> dict[str, float]:
+    """Per LWTA layer (U > 1): mean over blocks of the top probability of ``softmax(h_b / T)``
+    with the layer's own ``T``, on the first ``images`` test images (``{}``: dense model)."""
+    from torch.utils.data import DataLoader, Subset
+
+    from discover.data import build_dataset, build_transforms
+    from discover.lwta import lwta_layers
+    from discover.training import load_run
+
+    model, config = load_run(run)
+    layers = {name: layer for name, layer in lwta_layers(model).items() if layer.U > 1}
+    if not layers:
+        return {}
+    cfg = config["train"]
+    dataset = build_dataset(
+        cfg["dataset"],
+        "test",
+        root=cfg["data_root"],
+        transform=build_transforms(model.data_config, train=False),
+        **cfg["dataset_kwargs"],
+    )
+    loader = DataLoader(Subset(dataset, range(min(images, len(dataset)))), batch_size=256)
+    sums = dict.fromkeys(layers, 0.0)
+    counts = dict.fromkeys(layers, 0)
+
+    def hook(name: str):
+        def fn(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0].detach().float()
+            dim = (
+                module.dim % x.dim()
+                if module.dim is not None
+                else (1 if x.dim() == 4 else x.dim() - 1)
+            )
+            x = x.movedim(dim, -1)
+            blocks = x.reshape(*x.shape[:-1], x.shape[-1] // module.U, module.U)
+            T = module.temperature
+            top = (blocks / T).softmax(-1).amax(-1) if T > 0 else torch.ones_like(blocks[..., 0])
+            sums[name] += top.sum().item()
+            counts[name] += top.numel()
+
+        return fn
+
+    model = model.to(device).eval()
+    torch.manual_seed(seed)
+    handles = [layer.register_forward_pre_hook(hook(name)) for name, layer in layers.items()]
+    try:
+        for batch in loader:
+            model(batch[0].to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: sums[name] / max(counts[name], 1) for name in layers}
+
+
+def _train_images(config: TrainConfig, batch_size: int) -> tuple[int, int]:
+    """(images in the training part after the hold-out, images trained on per epoch)."""
+    from discover.data import build_dataset
+
+    n = config.train_subset or len(
+        build_dataset(config.dataset, "train", root=config.data_root, **config.dataset_kwargs)
+    )
+    n_val = max(1, int(round(n * config.holdout))) if config.holdout else 0
+    fit = n - n_val
+    return fit, (fit // batch_size) * batch_size  # the sampler drops the last partial batch
+
+
+def run_arm(arm: Arm, seed: int, setting: Setting, device: str, workdir: Path) -> dict[str, Any]:
+    """Train (or resume) one run, evaluate it, and write its ``record.json``.
+
+    Ctrl-C (SIGINT to the process group) ends the worker process after ``train`` has saved a
+    resumable checkpoint, so the pool starts no further run.
+    """
+    try:
+        return _run_arm(arm, seed, setting, device, workdir)
+    except KeyboardInterrupt:
+        print(f"interrupted: {arm.name(seed)} continues on the next call", flush=True)
+        os._exit(130)
+
+
+def _run_arm(arm: Arm, seed: int, setting: Setting, device: str, workdir: Path) -> dict[str, Any]:
+    out = workdir / arm.name(seed)
+    config = train_config(arm, seed, setting, device, out)
+    spec = run_spec(config, setting)
+    state = check_run(out, spec)
+    if state == "finished":
+        return json.loads((out / RECORD).read_text())
+    if state == "resume":
+        done = len(json.loads((out / "last.json").read_text()).get("history", []))
+        print(f"resuming {out.name} after epoch {done}/{setting.epochs}", flush=True)
+    elif out.exists():  # a run cut before its first checkpoint: start it again
+        shutil.rmtree(out)
+    config.resume = state == "resume"
     t0 = time.time()
     result = train(config, progress=False)
     seconds = time.time() - t0
+    history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line]
+    fit, per_epoch = _train_images(config, setting.batch_size)
+    rates = [per_epoch / h["seconds"] for h in history if h.get("seconds")]
     record: dict[str, Any] = {
         "dataset": arm.dataset,
         "family": arm.family,
         "U": arm.U,
+        "variant": arm.variant,
         "seed": seed,
-        "train_seconds": seconds,
+        "run": str(out),
+        "epochs": len(history),
+        "train_images": fit,
+        "train_seconds": sum(h["seconds"] for h in history),
+        "wall_seconds_this_call": seconds,
+        "resumed": state == "resume",
+        # median over epochs: robust to a resumed (partial) epoch and to first-epoch set-up
+        "train_img_per_s": statistics.median(rates) if rates else None,
         "best_val_top1": result.best_top1,
+        "val_top1": [h.get("val_top1") for h in history],
+        "history": history,
+        "plateau": plateau([h["val_top1"] for h in history if "val_top1" in h]),
     }
-    for policy, samples in (("sample", 6), ("argmax", 1)):
+    for name, (policy, samples) in POLICIES.items():
         ev = evaluate_run(
             out,
             split="test",
@@ -194,139 +510,447 @@ def run_arm(arm: Arm, seed: int, setting: Setting, device: str, workdir: Path) -
             limit=setting.test_limit,
             device=device,
         )
-        record[f"top1_{policy}"] = ev.top1
-        record[f"top5_{policy}"] = ev.top5
-        if policy == "argmax":
+        record[f"top1_{name}"] = ev.top1
+        record[f"top5_{name}"] = ev.top5
+        if name == "argmax":
             record["active_fraction"] = statistics.fmean(r.fraction for r in ev.sparsity)
+            record["active_fraction_layers"] = {r.layer: r.fraction for r in ev.sparsity}
             record["layers"] = len(ev.sparsity)
             record["test_images"] = ev.images
+    record["top1_sample"] = record["top1_sample6"]  # the reduced setting's key (claims.py)
+    layers = peakedness(out, setting.peak_images, device, seed)
+    record["peakedness_layers"] = layers
+    record["peakedness"] = statistics.fmean(layers.values()) if layers else None
     record["threads"] = torch.get_num_threads()
+    record["spec"] = spec
+    tmp = out / (RECORD + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    tmp.replace(out / RECORD)  # written last and atomically: the run is finished
     return record
 
 
+# -- report ---------------------------------------------------------------------------------
 def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{100 * values[0]:.2f}"
     return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
+def _fmean(values: list[float | None]) -> float | None:
+    v = [x for x in values if x is not None]
+    return statistics.fmean(v) if v else None
+
+
+def _key(r: dict[str, Any]) -> tuple[str, str, int, str]:
+    return (r["dataset"], r["family"], r["U"], r["variant"] or "")
+
+
+def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (dataset, model, U, variant, policy), with the verdicts."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault(_key(r), []).append(r)
+    rows = []
+    for key, recs in sorted(groups.items()):
+        recs = sorted(recs, key=lambda r: r["seed"])
+        dataset, family, U, variant = key
+        dense = groups.get((dataset, family, 1, ""))
+        sample6 = statistics.fmean(r["top1_sample6"] for r in recs)
+        for policy in POLICIES:
+            values = [r[f"top1_{policy}"] for r in recs]
+            mean = statistics.fmean(values)
+            row: dict[str, Any] = {
+                "dataset": dataset,
+                "model": family,
+                "U": U,
+                "variant": variant or None,
+                "policy": policy,
+                "top1_mean": mean,
+                "top1_std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "seeds": [r["seed"] for r in recs],
+                "epochs": max(r["epochs"] for r in recs),
+                "train_images": recs[0]["train_images"],
+                "test_images": recs[0]["test_images"],
+                "active_fraction": statistics.fmean(r["active_fraction"] for r in recs),
+                "peakedness": _fmean([r["peakedness"] for r in recs]),
+                "train_img_per_s": _fmean([r["train_img_per_s"] for r in recs]),
+                "plateaued": sum(r["plateau"]["plateaued"] for r in recs),
+                "runs": [
+                    {
+                        "seed": r["seed"],
+                        "run": r["run"],
+                        "top1": r[f"top1_{policy}"],
+                        "best_val_top1": r["best_val_top1"],
+                        "plateaued": r["plateau"]["plateaued"],
+                    }
+                    for r in recs
+                ],
+            }
+            if U > 1 and dense and policy == "sample6":
+                base = statistics.fmean(r["top1_sample6"] for r in dense)
+                row["dense_top1_mean"] = base
+                row["claim"] = "holds" if mean >= base - TOLERANCE else "does NOT hold"
+            if U > 1 and policy == "argmax":
+                row["sample6_top1_mean"] = sample6
+                row["deterministic"] = "holds" if mean >= sample6 - TOLERANCE else "does NOT hold"
+            rows.append(row)
+    return rows
+
+
+def _curves_path(out: Path, setting: str, dataset: str) -> Path:
+    prefix = "accuracy" if setting == "converged" else f"accuracy-{setting}"
+    return out / f"{prefix}-curves-{dataset}.png"
+
+
+def plot_curves(records: list[dict[str, Any]], setting: str, out: Path) -> list[Path]:
+    """Validation top-1 per epoch of every run: a panel per family, colour per U, line style
+    per variant, one thin line per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    all_U = sorted({r["U"] for r in records})
+    colours = {U: plt.get_cmap("tab10")(i % 10) for i, U in enumerate(all_U)}
+    styles = {"": "-", "t1": "--", "anneal": ":"}
+    paths = []
+    for dataset in sorted({r["dataset"] for r in records}):
+        recs = [r for r in records if r["dataset"] == dataset]
+        families = sorted({r["family"] for r in recs})
+        fig, axes = plt.subplots(
+            1, len(families), figsize=(6.5 * len(families), 4.5), squeeze=False
+        )
+        for ax, family in zip(axes[0], families, strict=True):
+            for r in sorted((r for r in recs if r["family"] == family), key=_key):
+                y = [100 * v for v in r["val_top1"] if v is not None]
+                ax.plot(
+                    range(1, len(y) + 1),
+                    y,
+                    color=colours[r["U"]],
+                    linestyle=styles.get(r["variant"] or "", "-."),
+                    linewidth=0.9,
+                    marker="." if len(y) == 1 else None,
+                )
+            ax.set(
+                title=f"{dataset}: {family}", xlabel="epoch", ylabel="held-out validation top-1 (%)"
+            )
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        variants = sorted({r["variant"] or "" for r in recs})
+        handles = [Line2D([], [], color=colours[U], label=f"U={U}") for U in all_U] + [
+            Line2D([], [], color="grey", linestyle=styles.get(v, "-."), label=v or "dense")
+            for v in variants
+        ]
+        axes[0][-1].legend(handles=handles, fontsize=8, loc="lower right")
+        fig.tight_layout()
+        path = _curves_path(out, setting, dataset)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _pm(mean: float, std: float, n: int) -> str:
+    return f"{100 * mean:.2f}" if n == 1 else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
 def write_report(
-    records: list[dict], args: argparse.Namespace, machine: str, out: Path, seconds: float
+    records: list[dict[str, Any]],
+    args: argparse.Namespace,
+    setting: Setting,
+    machine: str,
+    out: Path,
+    seconds: float,
 ) -> Path:
     suffix = "" if args.setting == "reduced" else f"-{args.setting}"
+    rows = summarize(records)
     (out / f"accuracy{suffix}.json").write_text(
-        json.dumps({"command": args.command, "machine": machine, "records": records}, indent=2)
+        json.dumps(
+            {
+                "machine": machine,
+                "command": args.command,
+                "wall_seconds": seconds,
+                "setting": {
+                    "name": args.setting,
+                    **dataclasses.asdict(setting),
+                    "variant_specs": VARIANTS,
+                },
+                "rows": rows,
+                "records": sorted(records, key=lambda r: (*_key(r), r["seed"])),
+            },
+            indent=2,
+            default=str,
+        )
     )
+    curves = plot_curves(records, args.setting, out) if records else []
+    by = {(r["dataset"], r["model"], r["U"], r["variant"] or "", r["policy"]): r for r in rows}
+    test_images = sorted({(r["dataset"], r["test_images"]) for r in records})
+    train_images = sorted({(r["dataset"], r["train_images"]) for r in records})
     lines = [
         f"# CVN accuracy vs. dense baseline ({args.setting} setting)",
         "",
         f"Command: `{args.command}`  ",
         f"Machine: {machine}  ",
-        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; wall time {seconds / 60:.1f} min  ",
-        f"Seeds: {', '.join(map(str, args.seeds))}. Test split: "
-        f"{records[0]['test_images'] if records else '?'} images per data set.",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; wall time {seconds / 60:.1f} min "
+        f"(this invocation; finished runs are reused)  ",
+        f"Runs: {len(records)} finished. Seeds: {', '.join(map(str, args.seeds))}. Epochs: "
+        f"{setting.epochs}, batch {setting.batch_size}, lr {setting.lr or 'recipe'}, warm-up "
+        f"{setting.warmup_epochs} epoch(s) at lr {setting.warmup_lr or 'recipe warmup_lr'}, cosine "
+        f"schedule (stepped per epoch) to min_lr. Training images (after the 10 % hold-out): "
+        + ", ".join(f"{d} {n:,}" for d, n in train_images)
+        + ". Test images: "
+        + ", ".join(f"{d} {n:,}" for d, n in test_images)
+        + ".",
         "",
-        "Top-1 (%) on the test split, mean ± std over seeds. *sample×6*: logits averaged over "
-        "6 stochastic passes (reference evaluation); *argmax*: deterministic winners. "
-        "Active fraction: mean over the LWTA layers of the measured winner fraction (dense "
-        "rows: units with |a| > 1e-6 at the activation sites). Δ: argmax top-1 minus the "
-        "dense baseline's. Verdict: *retained* if the CVN's mean is within one baseline std "
-        "(or 1 point with one seed) of the baseline or above it.",
+        "Top-1 (%) on the test split, mean ± std over seeds. *sample6*: logits averaged over 6 "
+        "stochastic passes (reference evaluation); *sample1*: one stochastic pass; *argmax*: "
+        "deterministic winners. Active fraction: mean over the LWTA layers of the measured "
+        "winner fraction (dense rows: units with |a| > 1e-6 at the activation sites). "
+        "Peakedness: mean top probability of softmax(h_b / T) over blocks, layers and "
+        f"{setting.peak_images} test images (1/U: uniform draw, 1: certain winner). "
+        f"*Claim*: the CVN's sample6 top-1 is at most {100 * TOLERANCE:.0f} point below its "
+        f"dense twin's. *Deterministic*: argmax top-1 at most {100 * TOLERANCE:.0f} point below "
+        "the same model's sample6. Variants: *t1* competition temperature 1 throughout; "
+        "*anneal* T from 1 to 0.05 over the first 75 % of the steps.",
         "",
-        "| data set | model | U | active fraction | top-1 sample×6 | top-1 argmax | Δ argmax | verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        "| data set | model | U | variant | active fraction | peakedness | sample6 | sample1 | "
+        "argmax | Δ sample6 vs dense | claim | Δ argmax vs sample6 | deterministic | plateaued |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    groups: dict[tuple, list[dict]] = {}
-    for r in records:
-        groups.setdefault((r["dataset"], r["family"], r["U"]), []).append(r)
-    verdicts = []
-    for (dataset, family, U), rows in sorted(groups.items()):
-        base = groups.get((dataset, family, 1))
-        argmax = [r["top1_argmax"] for r in rows]
-        sample = [r["top1_sample"] for r in rows]
-        frac = statistics.fmean(r["active_fraction"] for r in rows)
-        delta, verdict = "", "baseline"
-        if U > 1 and base:
-            base_vals = [r["top1_argmax"] for r in base]
-            base_mean = statistics.fmean(base_vals)
-            tol = statistics.stdev(base_vals) if len(base_vals) > 1 else 0.01
-            d = statistics.fmean(argmax) - base_mean
-            delta = f"{100 * d:+.2f}"
-            verdict = "improved" if d > tol else "retained" if d >= -tol else "**lower**"
-            verdicts.append(verdict)
-        lines.append(
-            f"| {dataset} | {family} | {U} | {frac:.4f} | {_mean_std(sample)} | "
-            f"{_mean_std(argmax)} | {delta} | {verdict} |"
+    claims, determ = [], []
+    for (dataset, family, U, variant, policy), row in sorted(by.items()):
+        if policy != "sample6":
+            continue
+        s1, am = (
+            by[(dataset, family, U, variant, "sample1")],
+            by[(dataset, family, U, variant, "argmax")],
         )
-    lower = verdicts.count("**lower**")
+        n = len(row["seeds"])
+        d_dense = d_arg = claim = det = ""
+        if "claim" in row:
+            d_dense = f"{100 * (row['top1_mean'] - row['dense_top1_mean']):+.2f}"
+            claim = row["claim"]
+            claims.append((f"{dataset} {family} U={U} {variant}", claim, d_dense))
+        if "deterministic" in am:
+            d_arg = f"{100 * (am['top1_mean'] - row['top1_mean']):+.2f}"
+            det = am["deterministic"]
+            determ.append((f"{dataset} {family} U={U} {variant}", det, d_arg))
+        peak = f"{row['peakedness']:.3f}" if row["peakedness"] is not None else ""
+        lines.append(
+            f"| {dataset} | {family} | {U} | {variant or 'dense'} | {row['active_fraction']:.4f} | "
+            f"{peak} | {_pm(row['top1_mean'], row['top1_std'], n)} | "
+            f"{_pm(s1['top1_mean'], s1['top1_std'], n)} | {_pm(am['top1_mean'], am['top1_std'], n)} | "
+            f"{d_dense} | {claim} | {d_arg} | {det} | {row['plateaued']}/{n} |"
+        )
+    for title, verdicts in (
+        (f"Claim (CVN sample6 within {100 * TOLERANCE:.0f} point of its dense twin)", claims),
+        (f"Deterministic mode (argmax within {100 * TOLERANCE:.0f} point of sample6)", determ),
+    ):
+        held = [v for v in verdicts if v[1] == "holds"]
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            f"Holds for {len(held)} of {len(verdicts)} CVN configurations.",
+        ]
+        lines += [f"* {name}: {verdict} (Δ {delta} points)" for name, verdict, delta in verdicts]
+
     lines += [
         "",
-        f"Claim check: {len(verdicts) - lower} of {len(verdicts)} CVN configurations retain or "
-        f"improve the dense baseline's top-1; {lower} are lower."
-        + (" The claim does not hold for those rows on our data." if lower else ""),
+        "## Accuracy against active fraction",
         "",
-        "Every LWTA layer's measured active fraction equals 1/U exactly (from the masks).",
+        "Top-1 (%) sample6 / argmax at the measured active fraction, dense model first.",
+        "",
+        "| data set | model | variant | U | active fraction | sample6 | argmax |",
+        "|---|---|---|---|---|---|---|",
     ]
+    for (dataset, family, U, variant, policy), row in sorted(by.items()):
+        if policy != "sample6" or U not in (1, *CURVE_U):
+            continue
+        am, n = by[(dataset, family, U, variant, "argmax")], len(row["seeds"])
+        lines.append(
+            f"| {dataset} | {family} | {variant or 'dense'} | {U} | {row['active_fraction']:.4f} | "
+            f"{_pm(row['top1_mean'], row['top1_std'], n)} | {_pm(am['top1_mean'], am['top1_std'], n)} |"
+        )
+
+    lines += [
+        "",
+        "## Training speed",
+        "",
+        "Training images per second (median over epochs of one run, mean over seeds; the "
+        "training loop only, without validation); ratio: CVN / dense twin.",
+        "",
+        "| data set | model | U | variant | img/s | CVN / dense |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (dataset, family, U, variant, policy), row in sorted(by.items()):
+        if policy != "sample6" or row["train_img_per_s"] is None:
+            continue
+        dense = by.get((dataset, family, 1, "", "sample6"))
+        ratio = (
+            f"{row['train_img_per_s'] / dense['train_img_per_s']:.2f}"
+            if U > 1 and dense and dense["train_img_per_s"]
+            else ""
+        )
+        lines.append(
+            f"| {dataset} | {family} | {U} | {variant or 'dense'} | {row['train_img_per_s']:.0f} | {ratio} |"
+        )
+
+    flat = [r for r in records if not r["plateau"]["plateaued"]]
+    lines += [
+        "",
+        "## Convergence",
+        "",
+        f"Plateaued: the best held-out top-1 of the last {PLATEAU_WINDOW} epochs is within "
+        f"{100 * PLATEAU_GAP:.1f} points of the run's best, and the last {PLATEAU_WINDOW} epochs "
+        f"gained less than {100 * PLATEAU_GAIN:.1f} points in total.",
+        "",
+    ]
+    if flat:
+        lines.append(f"{len(flat)} of {len(records)} runs did NOT plateau:")
+        lines += [
+            f"* {Path(r['run']).name}: {r['plateau'].get('reason') or 'not plateaued'}"
+            for r in sorted(flat, key=lambda r: (*_key(r), r["seed"]))
+        ]
+    else:
+        lines.append(f"All {len(records)} runs plateaued.")
+    if curves:
+        lines += ["", "Learning curves: " + ", ".join(f"`{p.name}`" for p in curves) + "."]
     exact = all(abs(r["active_fraction"] - 1 / r["U"]) < 1e-12 for r in records if r["U"] > 1)
-    if not exact:
-        lines[-1] = "WARNING: some LWTA layer's measured active fraction differs from 1/U."
+    lines += [
+        "",
+        "Every LWTA layer's measured active fraction equals 1/U exactly (from the masks)."
+        if exact
+        else "WARNING: some LWTA layer's measured active fraction differs from 1/U.",
+    ]
     path = out / f"accuracy{suffix}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
+# -- command line ---------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="reduced")
     parser.add_argument("--datasets", nargs="+", default=["shapes", "fashion-mnist"])
     parser.add_argument("--models", nargs="+", choices=["resnet", "vit"], default=["resnet", "vit"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=sorted(VARIANTS),
+        help="CVN variants (default: the setting's)",
+    )
+    parser.add_argument("--U", nargs="+", type=int, help="only these U values (of the setting's)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="default: the setting's")
     parser.add_argument("--epochs", type=int, help="override the setting's epochs")
+    parser.add_argument(
+        "--limit-train", type=int, help="override: a random subset of this many training images"
+    )
+    parser.add_argument(
+        "--limit-test", type=int, help="override: evaluate on the first N test images"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--workdir", help="where runs go (default: a temporary folder)")
+    parser.add_argument("--workdir", help="where runs go (default: benchmarks/runs/SETTING)")
     args = parser.parse_args(argv)
     args.command = "python " + " ".join(
         shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]
     )
-    setting = SETTINGS[args.setting]
+    setting = dataclasses.replace(SETTINGS[args.setting])
     if args.epochs:
         setting.epochs = args.epochs
+        setting.warmup_epochs = min(setting.warmup_epochs, args.epochs - 1)
+    if args.limit_train:
+        setting.limit_train = args.limit_train
+    if args.limit_test:
+        setting.test_limit = args.limit_test
+        setting.peak_images = min(setting.peak_images, args.limit_test)
+    if args.variants:
+        setting.variants = tuple(args.variants)
+    if args.U:
+        setting.U = {f: tuple(U for U in us if U in args.U) for f, us in setting.U.items()}
+    args.seeds = args.seeds or list(setting.seeds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    arms = [Arm(d, f, U) for d in args.datasets for f in args.models for U in setting.U[f]]
-    machine = _machine(args.device, args.threads, args.jobs)
-    records: list[dict] = []
-    t0 = time.time()
+    workdir = Path(args.workdir or f"benchmarks/runs/{args.setting}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    arms = [
+        Arm(d, f, U, None if U == 1 else v)
+        for d in args.datasets
+        for f in args.models
+        for U in setting.U[f]
+        for v in ((None,) if U == 1 else setting.variants)
+    ]
     jobs = [(arm, seed) for arm in arms for seed in args.seeds]
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        concurrent.futures.ProcessPoolExecutor(
-            max_workers=args.jobs,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(args.threads,),
-        ) as pool,
-    ):
-        workdir = Path(args.workdir or tmp)
-        futures = [
-            pool.submit(run_arm, arm, seed, setting, args.device, workdir) for arm, seed in jobs
-        ]
-        for i, future in enumerate(concurrent.futures.as_completed(futures), start=1):
-            record = future.result()
-            records.append(record)
+    # Check every run folder before training anything: a stale folder fails now, not hours in.
+    states = {}
+    for arm, seed in jobs:
+        path = workdir / arm.name(seed)
+        config = train_config(arm, seed, setting, args.device, path)
+        states[arm, seed] = check_run(path, run_spec(config, setting))
+    counts = {s: list(states.values()).count(s) for s in ("finished", "resume", "fresh")}
+    print(
+        f"{len(jobs)} runs in {workdir}: {counts['finished']} finished (skipped), "
+        f"{counts['resume']} to resume, {counts['fresh']} to start",
+        flush=True,
+    )
+    machine = _machine(args.device, args.threads, args.jobs)
+    records = [
+        json.loads((workdir / arm.name(seed) / RECORD).read_text())
+        for (arm, seed), state in states.items()
+        if state == "finished"
+    ]
+    t0 = time.time()
+    if records:
+        write_report(records, args, setting, machine, out, time.time() - t0)
+    todo = [job for job in jobs if states[job] != "finished"]
+    failed: list[str] = []
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=args.jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(args.threads,),
+    ) as pool:
+        futures = {
+            pool.submit(run_arm, arm, seed, setting, args.device, workdir): arm.name(seed)
+            for arm, seed in todo
+        }
+        try:
+            for i, future in enumerate(concurrent.futures.as_completed(futures), start=1):
+                try:
+                    r = future.result()
+                except Exception as e:  # one failed run (e.g. a non-finite loss) stops no other
+                    failed.append(f"{futures[future]}: {type(e).__name__}: {e}")
+                    print(f"[{i}/{len(todo)}] {futures[future]} FAILED: {e}", flush=True)
+                    continue
+                records.append(r)
+                print(
+                    f"[{i}/{len(todo)}] {Path(r['run']).name}: sample6 "
+                    f"{100 * r['top1_sample6']:.2f} %  argmax {100 * r['top1_argmax']:.2f} %  "
+                    f"active {r['active_fraction']:.4f}  "
+                    f"{r['train_img_per_s'] or math.nan:.0f} img/s  "
+                    f"{'plateaued' if r['plateau']['plateaued'] else 'NOT plateaued'}",
+                    flush=True,
+                )
+                # partial results survive an interrupted study
+                write_report(records, args, setting, machine, out, time.time() - t0)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
             print(
-                f"[{i}/{len(jobs)}] {record['dataset']:13s} {record['family']:6s} "
-                f"U={record['U']:<2d} seed={record['seed']}: argmax "
-                f"{100 * record['top1_argmax']:.2f} %  sample×6 {100 * record['top1_sample']:.2f} %  "
-                f"active {record['active_fraction']:.4f}  ({record['train_seconds']:.0f} s)",
+                f"interrupted after {len(records)} finished run(s); run the same command again "
+                "to continue (finished runs are skipped, unfinished ones resume)",
                 flush=True,
             )
-            write_report(records, args, machine, out, time.time() - t0)  # partial results survive
-    path = write_report(records, args, machine, out, time.time() - t0)
+            return 130
+    path = write_report(records, args, setting, machine, out, time.time() - t0)
     print(f"written: {path}")
+    if failed:
+        print(f"{len(failed)} run(s) failed (rerun to retry them):", *failed, sep="\n  ")
+        return 1
     return 0
 
 

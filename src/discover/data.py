@@ -811,7 +811,11 @@ class _DigestIndex:
 
     def get(self, path: str, stat: os.stat_result) -> dict[str, Any] | None:
         entry = self.entries.get(path)
-        return entry if entry is not None and entry.get("stat") == _stat_key(stat) else None
+        if entry is None or entry.get("stat") != _stat_key(stat):
+            return None
+        sha, error = entry.get("sha256"), entry.get("error")
+        valid = isinstance(sha, str) and len(sha) == 64 and isinstance(error, (str, type(None)))
+        return entry if valid else None
 
     def put(self, path: str, stat: os.stat_result, **values: Any) -> None:
         key = _stat_key(stat)
@@ -849,7 +853,10 @@ def _examine(path: str, decode: bool) -> dict[str, Any]:
     from PIL import Image
 
     with open(path, "rb") as file:
-        result: dict[str, Any] = {"sha256": hashlib.file_digest(file, "sha256").hexdigest()}
+        digest = hashlib.sha256()
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+        result: dict[str, Any] = {"sha256": digest.hexdigest()}
         if decode:
             file.seek(0)
             try:

@@ -41,7 +41,7 @@ Run:
     python benchmarks/accuracy.py --setting converged --datasets shapes --models resnet \\
         --variants t1 --seeds 0                         # a slice
     python benchmarks/accuracy.py --setting converged --datasets shapes --models resnet \\
-        --U 1 2 --seeds 0 --epochs 1 --limit-train 512 --limit-test 256 \\
+        --U 1 2 --seeds 0 --epochs 1 --limit-train 256 --limit-test 128 \\
         --workdir /tmp/acc-runs --out /tmp/acc-out --jobs 1 --threads 1   # plumbing check
 
 ``--epochs``, ``--limit-train`` (a training subset on every data set), ``--limit-test``

@@ -172,11 +172,12 @@ def _packed_sort(rows: Tensor, descending: bool = False) -> tuple[np.ndarray, np
     float argsort. Returns the sorted integer images and the column order, each ``[r, N]``.
     """
     shift = max(1, (rows.shape[1] - 1).bit_length())
-    bits = (rows + 0.0).numpy().view(np.int32)
-    keys = np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits)
+    keys = np.add(rows.numpy(), np.float32(0.0)).view(np.int32).astype(np.int64)  # -0.0 -> 0.0
+    flip = keys >> 63  # all ones where negative: flip the magnitude bits there
+    flip &= 0x7FFFFFFF
+    keys ^= flip
     if descending:
         np.invert(keys, out=keys)
-    keys = keys.astype(np.int64)
     keys <<= shift
     keys |= np.arange(rows.shape[1], dtype=np.int64)
     keys.sort(axis=1)
@@ -353,6 +354,7 @@ def cos3(
 
 _SOFT_CONCEPT_BLOCK = 512  # concepts per gathered block in soft WPMI (keeps it in cache)
 _SOFT_MAX_GROUP = 8  # soft-WPMI evidence terms multiplied together before one log
+_RANK_ROWS = 16  # rows per block in _min_ranks
 _LSE_BLOCK = 2**19  # entries of P per row block of the WPMI row normalisers
 
 
@@ -432,6 +434,8 @@ def _pmi(
             (1.0 - inclusion + min_prob).view(top_k, 1), (0, 0, 0, pad), value=1.0
         )
         local = torch.nn.functional.pad(local, (0, pad))
+        size = min(K, chunk_size) * (top_k + pad) * min(M, concept_chunk_size)
+        scratch = torch.empty(size, dtype=dtype, device=P.device)  # gathered terms
     width = min(M, concept_chunk_size)
     buffer = torch.empty(len(rows) * width, dtype=dtype, device=P.device)
     out = torch.empty(K, M, dtype=dtype, device=P.device)
@@ -444,8 +448,11 @@ def _pmi(
         else:
             L = torch.empty(K, mc, dtype=dtype, device=P.device)
             for ks in _slices(K, chunk_size):
-                terms = prob.index_select(0, local[ks].reshape(-1))
-                terms = terms.view(-1, top_k + pad, mc).mul_(scale).add_(shift)
+                used = (ks.stop - ks.start) * (top_k + pad) * mc
+                terms = torch.index_select(
+                    prob, 0, local[ks].reshape(-1), out=scratch[:used].view(-1, mc)
+                ).view(-1, top_k + pad, mc)
+                terms = terms.mul_(scale).add_(shift)  # p_j x + 1 - p_j + min_prob
                 terms = terms.view(terms.shape[0], -1, group, mc).prod(dim=2)
                 L[ks] = terms.log_().sum(dim=1)
         prior = torch.logsumexp(L, dim=0).sub_(math.log(K))
@@ -603,15 +610,19 @@ def _min_ranks(x: Tensor, packed: bool | None = None) -> Tensor:
     r, N = x.shape
     if packed is None:
         packed = _packable(x)
-    if packed:
-        keys, order = _packed_sort(x)
-        new = np.ones((r, N), dtype=bool)
-        np.not_equal(keys[:, 1:], keys[:, :-1], out=new[:, 1:])
-        first = np.where(new, np.arange(N, dtype=np.int32), np.int32(0))
-        np.maximum.accumulate(first, axis=1, out=first)
-        ranks = np.empty((r, N), dtype=np.int32)
-        np.put_along_axis(ranks, order, first, axis=1)
-        return torch.from_numpy(ranks)
+    if packed:  # in blocks of rows: small temporaries are reused, not paged in afresh
+        ranks = torch.empty(r, N, dtype=torch.int32)
+        positions = np.arange(N, dtype=np.int32)
+        for rs in _slices(r, _RANK_ROWS):
+            keys, order = _packed_sort(x[rs])
+            new = keys[:, 1:] != keys[:, :-1]
+            if new.all():  # no ties: the rank is the sorted position
+                first = torch.from_numpy(positions).expand(keys.shape)
+            else:  # ties take the position of the first of their run
+                run = positions * np.concatenate([np.ones_like(new[:, :1]), new], axis=1)
+                first = torch.from_numpy(np.maximum.accumulate(run, axis=1))
+            ranks[rs].scatter_(1, torch.from_numpy(order), first)
+        return ranks
     values, order = torch.sort(x, dim=1)
     new = torch.ones(r, N, dtype=torch.bool, device=x.device)
     torch.ne(values[:, 1:], values[:, :-1], out=new[:, 1:])

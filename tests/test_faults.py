@@ -1,0 +1,340 @@
+"""Faults: nothing lost, nothing stale, no tracebacks (issue 12).
+
+Sections: disk full while writing results; damaged and unwritable caches; stale dissections;
+concurrent cache writers. A full disk is simulated by making the write paths discover uses
+(``torch.save``, ``Path.write_text``/``write_bytes``) write part of the file and then raise
+``OSError(ENOSPC)``, as a real full disk does.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import discover
+from discover._utils import CacheWarning
+from discover.concepts import concept_set_from_lines
+from discover.dissection import Dissection, StaleDissectionError, dissect
+from discover.embedders import AnnotationEmbedder
+from discover.recording import Recording
+
+NAMES = ["red", "star", "striped background", "small", "top left", "circle"]
+
+
+def _world(n: int = 60, seed: int = 0) -> tuple[TensorDataset, torch.Tensor]:
+    """Images are the multi-hot concept vectors themselves (exact ground truth)."""
+    g = torch.Generator().manual_seed(seed)
+    table = (torch.rand(n, len(NAMES), generator=g) < 0.3).float()
+    return TensorDataset(table.reshape(n, 1, 1, len(NAMES)), torch.zeros(n)), table
+
+
+class Oracle(nn.Module):
+    """Unit k of ``fc`` responds to concept k; ``act`` is an LWTA layer over them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(len(NAMES), len(NAMES))
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.eye(len(NAMES)) * 3)
+            self.fc.bias.fill_(-1.0)
+        self.act = discover.LWTA(2, name="act")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.fc(x.flatten(1)))
+
+
+def _dissect(layers=("fc",), cache: Path | None = None, **kwargs) -> Dissection:
+    probe, table = _world()
+    return dissect(
+        Oracle(),
+        list(layers),
+        probe,
+        concept_set_from_lines(NAMES, name="toy"),
+        AnnotationEmbedder(table, NAMES),
+        transform=nn.Identity(),  # a stable repr: part of the cache key
+        similarity_params={"top_k": 20},
+        cache_dir=cache,
+        progress=False,
+        **kwargs,
+    )
+
+
+def _rows(d: Dissection) -> list[tuple]:
+    return [(u.layer, u.unit, u.label, round(u.score, 5)) for u in d.units]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _leftovers(*folders: Path) -> list[Path]:
+    """Temporary files or staging folders: hidden names anywhere below ``folders``."""
+    return [p for f in folders if f.exists() for p in f.rglob(".*")]
+
+
+def _disk_full(monkeypatch: pytest.MonkeyPatch, when: Callable[[Path], bool]) -> list[Path]:
+    """Writes to paths for which ``when`` holds write half and fail with ENOSPC."""
+    failed: list[Path] = []
+    real_save, real_text, real_bytes = torch.save, Path.write_text, Path.write_bytes
+
+    def full(path: Path) -> None:
+        failed.append(path)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    def save(obj, f, *args, **kwargs):
+        path = Path(getattr(f, "name", f))
+        if when(path):
+            if isinstance(f, (str, os.PathLike)):
+                real_bytes(Path(f), b"PK\x03\x04 cut short")
+            else:
+                f.write(b"PK\x03\x04 cut short")
+            full(path)
+        return real_save(obj, f, *args, **kwargs)
+
+    def write_text(self, data, *args, **kwargs):
+        if when(self):
+            real_text(self, data[: len(data) // 2], *args, **kwargs)
+            full(self)
+        return real_text(self, data, *args, **kwargs)
+
+    def write_bytes(self, data):
+        if when(self):
+            real_bytes(self, data[: len(data) // 2])
+            full(self)
+        return real_bytes(self, data)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.setattr(Path, "write_text", write_text)
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    return failed
+
+
+# -- disk full while writing results -----------------------------------------------------------
+@pytest.mark.parametrize("foreign", [False, True], ids=["own-folder", "shared-folder"])
+@pytest.mark.parametrize("failing", ["dissection.json", "descriptions.csv", "scores.pt"])
+def test_disk_full_while_saving_keeps_the_previous_dissection(
+    tmp_path, monkeypatch, failing, foreign
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    if foreign:  # e.g. a run folder: the dissection's files are replaced one by one
+        (out / "notes.txt").write_text("mine")
+    _dissect(["fc"]).save(out)
+    before = _snapshot(out)
+    new = _dissect(["fc", "act"], keep_scores=True)  # other layers: a mix would show
+    failed = _disk_full(monkeypatch, lambda p: p.name.startswith((failing, f".{failing}")))
+    with pytest.raises(OSError, match="previous result there is unchanged") as caught:
+        new.save(out)
+    assert failed and caught.value.errno == errno.ENOSPC
+    assert _snapshot(out) == before
+    assert _leftovers(tmp_path) == []
+    monkeypatch.undo()
+    new.save(out)
+    loaded = Dissection.load(out)
+    assert loaded.config.layers == ["fc", "act"] and set(loaded.scores) == {"fc", "act"}
+    assert (out / "notes.txt").exists() == foreign
+
+
+def test_full_cache_disk_dissection_completes_without_caching(tmp_path, monkeypatch):
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    _dissect(["fc"]).save(out)
+    before = _snapshot(out)
+    fresh = _dissect(["fc", "act"])
+    _disk_full(monkeypatch, lambda p: True)  # the whole disk is full
+    with pytest.warns(CacheWarning, match="carrying on without caching") as record:
+        result = _dissect(["fc", "act"], cache=cache)
+    assert {str(cache / "activations"), str(cache / "concepts")} <= {
+        str(Path(str(w.message).split("entry ")[1].split(" (")[0]).parent)
+        for w in record
+        if w.category is CacheWarning
+    }
+    assert _rows(result) == _rows(fresh)
+    assert result.meta["recording"]["cache"] == {"file": None, "hit": False}
+    with pytest.raises(OSError, match="could not write the dissection"):
+        result.save(out)
+    assert _snapshot(out) == before
+    assert [p for p in cache.rglob("*") if p.is_file()] == []
+    assert _leftovers(tmp_path) == []
+
+
+def test_disk_full_while_writing_a_report_leaves_no_staging(tmp_path, monkeypatch):
+    from discover.report import ReportSection, write_report
+
+    probe, _ = _world()
+    d = _dissect(["fc"])
+    section = ReportSection("oracle", Oracle(), d, probe, transform=nn.Identity())
+    out = tmp_path / "report"
+    write_report(out, [section], progress=False)
+    before = _snapshot(out)
+    _disk_full(monkeypatch, lambda p: p.suffix == ".html")
+    with pytest.raises(OSError):
+        write_report(out, [section], progress=False)
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+# -- damaged caches -----------------------------------------------------------------------------
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if how == "truncated" else b"")
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty"])
+def test_damaged_activation_cache_entry_is_recomputed(tmp_path, how):
+    first = _dissect(["fc", "act"], cache=tmp_path)
+    (entry,) = (tmp_path / "activations").glob("*.pt")
+    _damage(entry, how)
+    with pytest.warns(CacheWarning, match=f"entry {entry} cannot be used"):
+        again = _dissect(["fc", "act"], cache=tmp_path)
+    assert _rows(again) == _rows(first) == _rows(_dissect(["fc", "act"]))
+    assert again.meta["recording"]["cache"] == {"file": str(entry), "hit": False}
+    assert set(Recording.load(entry).activations) == {"fc", "act"}  # replaced
+    assert _dissect(["fc", "act"], cache=tmp_path).meta["recording"]["cache"]["hit"] is True
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "wrong-shape"])
+def test_damaged_concept_matrix_entry_is_recomputed(tmp_path, how):
+    first = _dissect(["fc"], cache=tmp_path)
+    (entry,) = (tmp_path / "concepts").glob("*.pt")
+    if how == "wrong-shape":  # the right key, but P of another probe size
+        saved = torch.load(entry, weights_only=True)
+        saved["P"] = saved["P"][:3, :2]
+        torch.save(saved, entry)
+    else:
+        _damage(entry, how)
+    with pytest.warns(CacheWarning, match=f"entry {entry} cannot be used"):
+        again = _dissect(["fc"], cache=tmp_path)
+    assert _rows(again) == _rows(first) == _rows(_dissect(["fc"]))
+    assert again.meta["concept_matrix_cache"] == {"file": str(entry), "hit": False}
+    assert torch.load(entry, weights_only=True)["P"].shape == (60, len(NAMES))  # replaced
+    assert _dissect(["fc"], cache=tmp_path).meta["concept_matrix_cache"]["hit"] is True
+
+
+def test_damaged_scores_file_is_ignored_with_a_warning(tmp_path):
+    _dissect(["fc"], keep_scores=True).save(tmp_path)
+    _damage(tmp_path / "scores.pt", "truncated")
+    with pytest.warns(UserWarning, match="ignoring .*scores.pt: unreadable"):
+        loaded = Dissection.load(tmp_path)
+    assert loaded.scores == {} and loaded.labels("fc")
+    (tmp_path / "dissection.json").write_text('{"units": [')
+    with pytest.raises(ValueError, match="dissection.json cannot be read"):
+        Dissection.load(tmp_path)
+
+
+# -- stale dissections --------------------------------------------------------------------------
+def _train(out: Path, seed: int, overwrite: bool = False) -> Path:
+    from discover.training import TrainConfig, train
+
+    config = TrainConfig(
+        model="small_resnet",
+        U=4,
+        dataset="shapes",
+        epochs=1,
+        batch_size=32,
+        seed=seed,
+        dataset_kwargs={"n": 64, "image_size": 16},
+        eval_samples=1,
+        model_kwargs={"img_size": 16, "widths": [8, 16], "depths": [1, 1]},
+        out=str(out),
+        overwrite=overwrite,
+    )
+    return Path(train(config, progress=False).out)
+
+
+def test_explain_refuses_a_dissection_of_a_retrained_run(tmp_path, capsys):
+    from discover.cli import main
+    from discover.data import ShapesWorld
+
+    run = _train(tmp_path / "run", seed=0)
+    model, _ = discover.load_run(run)
+    probe = ShapesWorld(n=40, image_size=16, split="val")
+    layers = [*discover.lwta_layers(model), "fc"]
+    folder = tmp_path / "dissection"
+    discover.dissect(model, layers, probe, "shapes", AnnotationEmbedder(), progress=False).save(
+        folder
+    )
+    image, _ = ShapesWorld(n=1, image_size=16, split="test")[0]
+    png = tmp_path / "shape.png"
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(png)
+    argv = ["explain", str(png), "--run", str(run), "--dissection", str(folder), "--json"]
+    assert main(argv) == 0  # the dissection describes this run
+    capsys.readouterr()
+
+    _train(run, seed=1, overwrite=True)  # retrained in place
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "does not describe this model" in err and "weights differ" in err
+    assert f"discover dissect --run {run} --layers {' '.join(layers)} --out {folder}" in err
+    assert "Traceback" not in err
+    with pytest.warns(UserWarning, match="does not describe this model"):
+        assert main([*argv, "--allow-stale-dissection"]) == 0
+
+    retrained, _ = discover.load_run(run)
+    with pytest.raises(StaleDissectionError, match="allow_mismatch=True"):
+        discover.explain(retrained, [str(png)], Dissection.load(folder))
+    with pytest.warns(UserWarning, match="weights differ"):
+        (e,) = discover.explain(retrained, [str(png)], folder, allow_mismatch=True)
+    assert e.layers
+
+
+def test_a_dissection_of_other_layers_or_U_is_refused():
+    d = _dissect(["fc", "act"])
+    assert d.check_model(Oracle()) == []
+    other = Oracle()
+    other.act = discover.LWTA(3, name="act")
+    with pytest.raises(StaleDissectionError, match="layer 'act' has U=3, the dissection U=2"):
+        d.check_model(other)
+    with pytest.raises(StaleDissectionError, match="no layer 'act'"):
+        d.check_model(nn.Sequential(nn.Linear(6, 6)))
+
+
+# -- concurrent cache writers -------------------------------------------------------------------
+_WRITER = textwrap.dedent(
+    """
+    import os, sys, time, warnings, torch
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[2])
+    torch.set_num_threads(1)
+    from discover._utils import CacheWarning
+    from test_faults import _dissect
+    warnings.simplefilter("error", CacheWarning)  # a half-written entry read would show
+    cache = Path(sys.argv[1])
+    (cache / f"ready-{os.getpid()}").touch()
+    while len(list(cache.glob("ready-*"))) < 2:  # both start together, after the imports
+        time.sleep(0.01)
+    d = _dissect(["fc", "act"], cache=cache)
+    print(d.meta["recording"]["cache"]["hit"], d.labels("fc"))
+    """
+)
+
+
+def test_two_processes_writing_one_cache_entry_leave_one_valid_entry(tmp_path):
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(tmp_path), str(Path(__file__).parent)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outputs]
+    (entry,) = (tmp_path / "activations").glob("*.pt")
+    (matrix,) = (tmp_path / "concepts").glob("*.pt")
+    assert set(Recording.load(entry).activations) == {"fc", "act"}
+    assert torch.load(matrix, weights_only=True)["P"].shape == (60, len(NAMES))
+    assert _leftovers(tmp_path) == []
+    assert _dissect(["fc", "act"], cache=tmp_path).meta["recording"]["cache"]["hit"] is True

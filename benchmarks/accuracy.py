@@ -263,31 +263,10 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _recipe(setting: Setting, family: str) -> str:
-    """The family's recipe name; a copy with the setting's ``warmup_lr``, registered here
-    (each worker process registers its own: recipes live in a per-process registry)."""
-    from discover.recipes import RECIPES, get_recipe, register_recipe
-
-    base = setting.recipes[family]
-    if setting.warmup_lr is None:
-        return base
-    name = f"{base}+warmup_lr={setting.warmup_lr:g}"
-    if name not in RECIPES:
-        register_recipe(
-            get_recipe(base).replace(
-                name=name,
-                warmup_lr=setting.warmup_lr,
-                description=f"{base} with warm-up epochs at lr {setting.warmup_lr:g} "
-                "(benchmarks/accuracy.py)",
-            )
-        )
-    return name
-
-
 def train_config(arm: Arm, seed: int, setting: Setting, device: str, out: Path) -> TrainConfig:
     """The training configuration of one run."""
     spec = setting.models[arm.dataset][arm.family]
-    recipe = _recipe(setting, arm.family)
+    recipe = setting.recipes[arm.family]
     return TrainConfig(
         model=spec["name"],
         U=arm.U,
@@ -305,6 +284,7 @@ def train_config(arm: Arm, seed: int, setting: Setting, device: str, out: Path) 
         warmup_epochs=setting.warmup_epochs
         if setting.recipes[arm.family].startswith("deit")
         else None,
+        warmup_lr=setting.warmup_lr,
         train_subset=setting.limit_train
         or (setting.train_subset if arm.dataset != "shapes" else None),
         eval_samples=1,

@@ -217,6 +217,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--label-smoothing", type=float)
     parser.add_argument("--warmup-epochs", type=int)
+    parser.add_argument("--warmup-lr", type=float, help="lr of the warm-up epochs")
     parser.add_argument("--augment", choices=["basic", "randaugment", "none"])
     parser.add_argument("--holdout", type=float, help="fraction of train held out for selection")
     parser.add_argument("--train-subset", type=int, help="train on a random subset of N images")
@@ -275,6 +276,7 @@ def _train(args: argparse.Namespace) -> int:
             "weight_decay",
             "label_smoothing",
             "warmup_epochs",
+            "warmup_lr",
             "augment",
             "holdout",
             "train_subset",

@@ -81,6 +81,7 @@ class TrainConfig:
     weight_decay: float | None = None
     label_smoothing: float | None = None
     warmup_epochs: int | None = None
+    warmup_lr: float | None = None  # lr of the warm-up epochs (the schedule steps per epoch)
     step_size: int | None = None
     augment: str | None = None
     tau: float = 1.67
@@ -109,6 +110,7 @@ class TrainConfig:
             weight_decay=self.weight_decay,
             label_smoothing=self.label_smoothing,
             warmup_epochs=self.warmup_epochs,
+            warmup_lr=self.warmup_lr,
             step_size=self.step_size,
             augment=self.augment,
         )
@@ -149,6 +151,7 @@ class TrainConfig:
         number("weight_decay", recipe.weight_decay, 0.0)
         number("label_smoothing", recipe.label_smoothing, 0.0, 1.0)
         number("holdout", self.holdout, 0.0, 1.0)
+        number("warmup_lr", recipe.warmup_lr, 0.0)
         number("tau", self.tau, 0.0)
         if self.tau == 0:
             raise ValueError("tau must be > 0, got 0")

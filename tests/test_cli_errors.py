@@ -6,8 +6,8 @@ status 2, before any expensive work; an internal error says it is one and points
 
 import pytest
 
+from _helpers import train_tiny_shapes
 from discover.cli import main
-from discover.training import TrainConfig, train
 
 TINY_MODEL = [
     "--model-arg",
@@ -22,20 +22,7 @@ TINY_MODEL = [
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli-errors") / "run"
-    return train(
-        TrainConfig(
-            model="small_resnet",
-            U=4,
-            dataset="shapes",
-            epochs=1,
-            batch_size=32,
-            dataset_kwargs={"n": 64, "image_size": 16},
-            eval_samples=1,
-            model_kwargs={"img_size": 16, "widths": [8, 16], "depths": [1, 1]},
-            out=str(out),
-        ),
-        progress=False,
-    ).out
+    return train_tiny_shapes(out, U=4, image_size=16, widths=[8, 16], depths=[1, 1]).out
 
 
 def _fails(capsys, argv: list[str], *expected: str) -> str:

@@ -850,14 +850,22 @@ def render_markdown(rec: dict[str, Any]) -> str:
             if row["reference_extrapolated"]
             else ""
         )
-        ratio = f"**{row['reference_ratio']:.1f}x**"
+        best = {v: min(t) for v, t in cmp["times_s"].items()}
+        ratio = f"**{row['reference_ratio']:.1f}x**" + (
+            f" (best of rounds {best['reference'] * K / cmp['k_ref'] / best['discover']:.1f}x)"
+            if len(cmp["times_s"]["discover"]) > 1
+            else ""
+        )
         target = (
             f">= {row['reference_target']:.0f}x: {_pf(row['reference_pass'])}"
             if "reference_pass" in row
             else "-"
         )
         if "matmul_ratio" in row:
-            mm = f"**{row['matmul_ratio']:.3f}** (matmul {_fmt_s(row['matmul_s'])} s)"
+            mm = (
+                f"**{row['matmul_ratio']:.3f}** (matmul {_fmt_s(row['matmul_s'])} s; best of "
+                f"rounds {best['discover'] / best['matmul']:.3f})"
+            )
             mm_target = f"<= {MATMUL_TARGET:.2f}: {_pf(row['matmul_pass'])}"
         else:
             mm = mm_target = "-"
@@ -1091,10 +1099,17 @@ def main(argv: list[str] | None = None) -> int:
         default=20.0,
         help="repeat a vectorised call while the calls total less than this",
     )
+    parser.add_argument(
+        "--render", type=Path, help="only rewrite the markdown of this dissect_speed.json"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker_main(args.worker)
+    if args.render:
+        rendered = render_markdown(json.loads(args.render.read_text()))
+        args.render.with_suffix(".md").write_text(rendered)
+        return 0
 
     sizes = dict(QUICK if args.quick else FULL)
     if args.loop_neurons:

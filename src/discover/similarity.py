@@ -226,11 +226,13 @@ def _fill_info(
     )
 
 
-def _column_norms(x: Tensor, rows: int = 64) -> Tensor:
+def _column_norms(x: Tensor, rows: int | None = None) -> Tensor:
     """L2 norm of every column of ``x`` ``[N, c]``, accumulated over blocks of ``rows`` rows.
 
     Much faster than ``vector_norm(x, dim=0)``, which reduces across rows one column at a time.
+    Default blocks hold about ``2**23`` entries: few parallel regions, one reused buffer.
     """
+    rows = rows or max(1, _BLOCK // max(1, x.shape[1]))
     total = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
     square = torch.empty(min(rows, x.shape[0]), x.shape[1], dtype=x.dtype, device=x.device)
     for rs in _slices(x.shape[0], rows):
@@ -352,10 +354,10 @@ def cos3(
 # --------------------------------------------------------------------------- WPMI
 
 
-_SOFT_CONCEPT_BLOCK = 512  # concepts per gathered block in soft WPMI (keeps it in cache)
+_SOFT_CONCEPT_BLOCK = 1024  # concepts per gathered block in soft WPMI
 _SOFT_MAX_GROUP = 8  # soft-WPMI evidence terms multiplied together before one log
 _RANK_ROWS = 16  # rows per block in _min_ranks
-_LSE_BLOCK = 2**19  # entries of P per row block of the WPMI row normalisers
+_BLOCK = 2**23  # entries per row block of column norms and WPMI row normalisers
 
 
 def _product_group(inclusion: Tensor, min_prob: float, dtype: torch.dtype) -> int:
@@ -385,7 +387,7 @@ def _rows_of(P: Tensor, rows: Tensor, dtype: torch.dtype, out: Tensor) -> Tensor
 def _row_logsumexp(P: Tensor, rows: Tensor, a: float, dtype: torch.dtype) -> Tensor:
     """``logsumexp_m(a P[n, m])`` for the images ``rows``, in cache-sized row blocks."""
     lse = torch.empty(len(rows), dtype=dtype, device=P.device)
-    block = max(1, min(len(rows), _LSE_BLOCK // P.shape[1]))
+    block = max(1, min(len(rows), _BLOCK // P.shape[1]))
     buffer = torch.empty(block * P.shape[1], dtype=dtype, device=P.device)
     for rs in _slices(len(rows), block):
         x = _rows_of(
@@ -537,7 +539,7 @@ def soft_wpmi(
     p_start: float = 0.998,
     p_end: float = 0.97,
     min_prob: float = 1e-7,
-    chunk_size: int = 16,
+    chunk_size: int = 64,
     concept_chunk_size: int = 4096,
     info: dict[str, Any] | None = None,
 ) -> Tensor:
@@ -553,7 +555,7 @@ def soft_wpmi(
 
     ``top_k`` in ``p_j`` is the effective (clamped) value. Prior and units as in
     :func:`wpmi`. Largest temporaries: ``N x concept_chunk_size`` and
-    ``chunk_size * top_k * 512`` (the terms of one unit chunk and concept block).
+    ``chunk_size * top_k * 1024`` (the terms of one unit chunk and concept block).
 
     Example:
         >>> P, Q = torch.rand(300, 4), torch.randn(300, 3)
@@ -612,16 +614,20 @@ def _min_ranks(x: Tensor, packed: bool | None = None) -> Tensor:
         packed = _packable(x)
     if packed:  # in blocks of rows: small temporaries are reused, not paged in afresh
         ranks = torch.empty(r, N, dtype=torch.int32)
+        ranks_np = ranks.numpy()
         positions = np.arange(N, dtype=np.int32)
         for rs in _slices(r, _RANK_ROWS):
             keys, order = _packed_sort(x[rs])
             new = keys[:, 1:] != keys[:, :-1]
             if new.all():  # no ties: the rank is the sorted position
-                first = torch.from_numpy(positions).expand(keys.shape)
+                first = np.broadcast_to(positions, keys.shape)
             else:  # ties take the position of the first of their run
                 run = positions * np.concatenate([np.ones_like(new[:, :1]), new], axis=1)
-                first = torch.from_numpy(np.maximum.accumulate(run, axis=1))
-            ranks[rs].scatter_(1, torch.from_numpy(order), first)
+                first = np.maximum.accumulate(run, axis=1)
+            # Scatter with numpy: this runs on pool threads, where torch ops would start
+            # parallel regions of their own.
+            order += (np.arange(rs.stop - rs.start) * N)[:, None]
+            ranks_np[rs].reshape(-1)[order.reshape(-1)] = first.reshape(-1)
         return ranks
     values, order = torch.sort(x, dim=1)
     new = torch.ones(r, N, dtype=torch.bool, device=x.device)
@@ -718,7 +724,7 @@ def rank_reorder(
     seed: int = 0,
     min_avg: float = 1e-6,
     chunk_size: int = 8,
-    concept_chunk_size: int = 128,
+    concept_chunk_size: int = 256,
     info: dict[str, Any] | None = None,
 ) -> Tensor:
     """Rank-reorder score (CLIP-Dissect ``rank_reorder``), ``method.md`` §7.5.

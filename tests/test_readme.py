@@ -45,3 +45,10 @@ def test_readme_evaluation_example_runs(tmp_path, monkeypatch, capsys):
     assert "final-layer protocol" in out and "simulation score" in out
     assert "planted-concept recovery" in out
     assert (tmp_path / "runs/shapes-u8/fc/description_scores.json").is_file()
+
+
+def test_readme_deterministic_deployment_example_runs(capsys):
+    code = readme_python_block('create_model("small_resnet", U=4, temperature=0.05)')
+    exec(compile(code, "README.md[deterministic]", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert 0.25 <= float(out[0]) <= 1.0 and out[1] == "tensor(0.2500)"

@@ -24,11 +24,14 @@ from .explanation import Explanation, explain
 from .lwta import (
     EVAL_POLICIES,
     LWTA,
+    TemperatureSchedule,
     average_logits,
     capture_winners,
     eval_policy,
     lwta_layers,
     set_eval_policy,
+    set_temperature,
+    winner_peakedness,
 )
 from .models import (
     ConversionReport,
@@ -58,6 +61,9 @@ __all__ = [
     "eval_policy",
     "lwta_layers",
     "set_eval_policy",
+    "set_temperature",
+    "TemperatureSchedule",
+    "winner_peakedness",
     "ConversionReport",
     "CVNConfig",
     "activation_sites",

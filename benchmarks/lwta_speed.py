@@ -4,15 +4,24 @@ What is measured
 ----------------
 Training-mode forward + backward wall-clock time, on the same inputs, of
 
-* ``discover`` -- :class:`discover.LWTA` in ``train()`` mode (the fused straight-through
-  Gumbel-softmax autograd Function);
+* ``fused`` -- :class:`discover.LWTA` in ``train()`` mode as it runs by default on float32
+  contiguous CPU tensors: the fused C kernel (``src/discover/csrc/lwta.c``, autograd Function
+  ``_FusedLWTA``);
+* ``unfused`` -- the same layer inside ``discover._lwta_kernel.enabled(False)``: the torch
+  code ``_STGumbelLWTA`` (shown for context; it is what runs without a C compiler);
 * ``reference`` -- a transcription, written for this benchmark, of the reference code path
   described in ``method.md`` §2.4: Gumbel noise ``-log(-log(r + eps) + eps)`` with
   ``r ~ U(0, 1)`` and ``eps = 1e-8``, redrawn if ``torch.isnan(g).any() or
   torch.isinf(g).any()``; ``soft = softmax((h + g) / tau)`` over the U axis; a one-hot
   ``torch.zeros_like(soft).scatter_(dim, argmax, 1.0)``; the straight-through
-  ``mask = hard - soft.detach() + soft``; output ``h * mask``, all through plain autograd;
-* ``plain`` -- the activation LWTA replaces (GELU for tokens, ReLU for conv maps).
+  ``mask = hard - soft.detach() + soft``; output ``h * mask``, all through plain autograd, in
+  the input's precision (float32);
+* ``plain`` -- the activation LWTA replaces (GELU for tokens, ReLU for conv maps);
+* ``floor`` -- no LWTA at all: allocating and writing once the four buffers the fused path
+  returns (output, bool winner mask and soft sample in the forward, input gradient in the
+  backward). On a fresh allocation every page is faulted in by the kernel, and glibc serves
+  buffers over 32 MB with a fresh ``mmap`` every time, so this is the time the fused path
+  cannot go below without reusing memory.
 
 Layer cases: a ``(64, 197, 768)`` token tensor (competition over the last dim) and a
 ``(32, 256, 28, 28)`` conv tensor (competition over ``U`` consecutive channels at every
@@ -20,7 +29,25 @@ position), ``U`` in {2, 8}; the input requires grad and the backward pass gets a
 upstream gradient. Model cases: timm ``deit_tiny_patch16_224`` (``U=8`` vs ``U=1``) and
 ``resnet18`` (``U=4`` vs ``U=1``), built with :func:`discover.create_model` (random init,
 nothing is downloaded), batch 8 at 224 px, ``train()`` mode, one cross-entropy forward +
-backward. Both twins of a model get the same weights and the same batch.
+backward, the LWTA model with the fused kernel and with the unfused code. Both twins of a
+model get the same weights and the same batch.
+
+Correctness cross-checks (before timing)
+----------------------------------------
+1. float64, unfused vs reference: both draw their uniforms from the same RNG state (the
+   reference with ``eps = 0`` for this check), same winners, outputs and input gradients.
+2. float32, fused vs unfused vs reference on the same Gumbel noise ``g``: ``g`` is drawn with
+   :func:`discover.lwta.gumbel_noise` from a seeded RNG state that the unfused code then
+   replays; the fused kernel gets ``g`` through ``_lwta_kernel.forward(..., noise=g)`` and
+   its backward through ``_lwta_kernel.backward`` (what ``_FusedLWTA`` calls), the reference
+   gets ``T g``. Same winners, equal outputs, input gradients equal to float32 tolerance,
+   at competition temperatures ``T = 1`` (the reference method) and ``T = 0.5``. The layer
+   itself (its own noise) is also checked to return exactly what the kernel returns for the
+   same torch seed.
+3. Winner distribution of the fused kernel (its own counter-based noise): 200k draws of a
+   fixed block of ``U = 8`` values ``h`` in four kernel calls, units on the last axis and
+   conv layout, chi-square test of the winner counts against ``softmax(h / T)`` for
+   ``T = 1`` and ``T = 0.5``.
 
 How it is timed
 ---------------
@@ -29,23 +56,20 @@ rotating every round), so machine noise hits them alike. Warm-up rounds are disc
 table reports the median and the interquartile range (IQR, q1-q3) of the timed rounds, and the
 ratios of medians, per-round (paired) ratios and ratios of the fastest rounds. ``torch`` runs
 with its default thread count unless ``--threads`` says otherwise. The report also records how
-much CPU other processes used during the run (from /proc/stat), since a shared machine skews
-multi-threaded timings. Before timing, a correctness check feeds identical Gumbel noise to
-``discover`` and ``reference`` (float64; aligned by a shared RNG seed, or failing that by
-replacing ``discover.lwta.gumbel_noise``) and requires the same winners, outputs and input
-gradients. "saved MB" is the size of the tensors autograd
-keeps for backward (unique storages, input included), measured with
-``torch.autograd.graph.saved_tensors_hooks``: a cheap, deterministic stand-in for the
-activation memory a variant adds in training. It is not a peak-RSS measurement.
+much CPU other processes used during the run (from /proc/stat), and the minor page faults per
+call (``getrusage``). "saved MB" is the size of the tensors autograd keeps for backward (unique
+storages, input included), measured with ``torch.autograd.graph.saved_tensors_hooks``: a
+cheap, deterministic stand-in for the activation memory a variant adds in training. It is not
+a peak-RSS measurement.
 
-Targets: ``discover / reference <= 0.5`` on every layer case and
-``discover model / dense twin <= 1.25`` on every model case.
+Targets: ``fused / reference <= 0.25`` on every layer case and
+``LWTA model (fused) / dense twin <= 1.25`` on every model case.
 
 Run (from the repository root)::
 
     .venv/bin/python benchmarks/lwta_speed.py                 # full run, writes benchmarks/results/
     .venv/bin/python benchmarks/lwta_speed.py --quick         # small shapes, smoke run
-    .venv/bin/python benchmarks/lwta_speed.py --repeats 30 --device cuda --out /tmp/bench
+    .venv/bin/python benchmarks/lwta_speed.py --repeats 30 --threads 1 --out /tmp/bench
 
 Outputs ``<out>/lwta_speed.md`` (table and machine details) and ``<out>/lwta_speed.json``
 (every timed round).
@@ -58,14 +82,16 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import platform
+import resource
 import shlex
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,12 +102,14 @@ from torch import nn
 
 import discover
 import discover.lwta as discover_lwta
-from discover import LWTA
+from discover import LWTA, _lwta_kernel
 
 TAU = 1.67  # method.md §2.4 training temperature (discover's default too)
 REF_EPS = 1e-8  # the DeiT copy of the reference code
-LAYER_TARGET = 0.5  # discover / reference
-MODEL_TARGET = 1.25  # discover model / dense twin
+LAYER_TARGET = 0.25  # fused / reference
+MODEL_TARGET = 1.25  # LWTA model (fused) / dense twin
+CHI2_ALPHA = 1e-3  # a chi-square check fails below this p-value
+GRAD_RTOL32 = 1e-5  # float32 gradient tolerance, relative to the largest |gradient|
 
 Step = Callable[[], None]
 
@@ -127,89 +155,57 @@ def reference_lwta(
     return (h * mask).view(x.shape)
 
 
-# -- correctness cross-check -------------------------------------------------------------------
-def value_keyed_gumbel(like: torch.Tensor) -> torch.Tensor:
-    """Deterministic Gumbel-like noise computed from each element's own value.
-
-    Both implementations get the noise of a unit from that unit's pre-activation, so they see
-    the same noise whatever internal layout (view, transpose) discover uses for its blocks.
-    """
-    u = torch.frac(torch.sin(like.detach() * 12.9898).abs() * 43758.5453).clamp(1e-12, 1 - 1e-12)
-    return -torch.log(-torch.log(u))
+# -- correctness cross-checks --------------------------------------------------------------------
+def _reference_view(shape: tuple[int, ...], U: int) -> tuple[int, ...]:
+    """The reference's ``(N, C/U, U, H, W)`` or ``(..., K/U, U)`` view of an input shape."""
+    if len(shape) == 4:
+        return (shape[0], shape[1] // U, U, *shape[2:])
+    return (*shape[:-1], shape[-1] // U, U)
 
 
-@contextlib.contextmanager
-def keyed_discover_noise(calls: list[int]) -> Iterator[None]:
-    """Make ``discover.lwta.gumbel_noise`` return :func:`value_keyed_gumbel`; count calls."""
-    original = discover_lwta.gumbel_noise
-
-    def patched(like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        calls.append(1)
-        return value_keyed_gumbel(like)
-
-    discover_lwta.gumbel_noise = patched  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        discover_lwta.gumbel_noise = original
+def _blocks(x: torch.Tensor, U: int) -> torch.Tensor:
+    """discover's ``(P, U, Q)`` block view (same memory as the reference view)."""
+    if x.dim() == 4:
+        n, c, hh, ww = x.shape
+        return x.reshape(n * c // U, U, hh * ww)
+    return x.reshape(-1, U, 1)
 
 
-def _lwta_pair(
-    x: torch.Tensor, grad_out: torch.Tensor, U: int, align: str, seed: int
-) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], bool]:
-    """Forward + backward of discover and reference with noise aligned by ``align``.
+def _unfused_pair(
+    x: torch.Tensor, grad_out: torch.Tensor, U: int, seed: int
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Forward + backward of the unfused layer and the reference, uniforms from one RNG state.
 
-    ``"seeded"``: both draw their uniforms from the same RNG state (the reference with
-    ``eps = 0`` so that its noise is exactly ``-log(-log(r))``); this works when discover draws
-    one uniform tensor in memory order. ``"patched"``: ``discover.lwta.gumbel_noise`` is
-    replaced by :func:`value_keyed_gumbel` and the reference gets the same noise. Returns
-    ((y, grad) discover, (y, grad) reference, whether the noise could be injected).
+    The reference runs with ``eps = 0`` so that its noise is exactly ``-log(-log(r))``; this
+    aligns the two when discover draws one uniform tensor in memory order.
     """
     results = []
-    calls: list[int] = []
-    for impl in ("discover", "reference"):
+    for impl in ("unfused", "reference"):
         xi = x.clone().requires_grad_(True)
         torch.manual_seed(seed)
-        if impl == "discover":
-            ctx = keyed_discover_noise(calls) if align == "patched" else contextlib.nullcontext()
-            with ctx:
+        if impl == "unfused":
+            with _lwta_kernel.enabled(False):
                 y = LWTA(U, tau=TAU).train()(xi)
-        elif align == "patched":
-            view = (
-                (x.shape[0], x.shape[1] // U, U, *x.shape[2:])
-                if x.dim() == 4
-                else (*x.shape[:-1], x.shape[-1] // U, U)
-            )
-            y = reference_lwta(xi, U, noise=value_keyed_gumbel(x.view(view)))
         else:
             y = reference_lwta(xi, U, eps=0.0)
         y.backward(grad_out)
         results.append((y.detach(), xi.grad))
-    return results[0], results[1], align == "seeded" or bool(calls)
+    return results[0], results[1]
 
 
-def cross_check(device: torch.device, seed: int) -> list[dict[str, Any]]:
-    """Same noise into discover and reference: same winners, outputs and input gradients.
-
-    Aligning the noise of two implementations needs a way in. Two are tried, in order:
-    seeded RNG replay, then replacing ``discover.lwta.gumbel_noise`` (see :func:`_lwta_pair`).
-    The first that gives identical winners is reported; if neither does, the row says the
-    noise could not be aligned (``ok: False``).
-    """
+def cross_check_unfused64(device: torch.device, seed: int) -> list[dict[str, Any]]:
+    """float64, unfused vs reference on replayed uniforms: same winners, outputs, gradients."""
     rows = []
     gen = torch.Generator().manual_seed(seed)
     for kind, shape in (("tokens", (2, 197, 768)), ("conv", (2, 256, 14, 14))):
         for U in (2, 8):
             x = torch.randn(shape, generator=gen, dtype=torch.float64).to(device)
             grad_out = torch.randn(shape, generator=gen, dtype=torch.float64).to(device)
-            for align in ("seeded", "patched"):
-                (y_d, g_d), (y_r, g_r), injected = _lwta_pair(x, grad_out, U, align, seed)
-                same = bool(torch.equal(y_d != 0, y_r != 0))
-                if injected and same:
-                    break
+            (y_d, g_d), (y_r, g_r) = _unfused_pair(x, grad_out, U, seed)
+            same = bool(torch.equal(y_d != 0, y_r != 0))
             row = {
                 "case": f"{kind} {tuple(shape)} U={U}",
-                "noise_aligned_by": align if injected and same else "none (could not align)",
+                "noise_aligned_by": "seeded" if same else "none (could not align)",
                 "same_winners": same,
                 "active_fraction": (y_d != 0).double().mean().item(),
                 "max_abs_out_diff": (y_d - y_r).abs().max().item(),
@@ -218,12 +214,153 @@ def cross_check(device: torch.device, seed: int) -> list[dict[str, Any]]:
             }
             row["ok"] = (
                 same
-                and injected
                 and abs(row["active_fraction"] - 1 / U) < 1e-12
                 and torch.allclose(y_d, y_r, rtol=1e-12, atol=1e-12)
                 and torch.allclose(g_d, g_r, rtol=1e-9, atol=1e-12)
             )
             rows.append(row)
+    torch.manual_seed(seed)
+    return rows
+
+
+def _winners(hard_or_out: torch.Tensor) -> torch.Tensor:
+    return hard_or_out != 0
+
+
+def cross_check_fused32(seed: int) -> list[dict[str, Any]]:
+    """float32 (CPU), fused vs unfused vs reference on the same Gumbel noise.
+
+    ``g = gumbel_noise(blocks)`` is drawn right after ``torch.manual_seed(s)``; the unfused
+    layer, run after the same ``manual_seed(s)``, replays exactly these uniforms (checked: the
+    winners must agree). The fused kernel gets ``g`` explicitly; the reference gets ``T g``.
+    """
+    rows = []
+    gen = torch.Generator().manual_seed(seed + 1)
+    for kind, shape in (("tokens", (2, 197, 768)), ("conv", (2, 256, 14, 14))):
+        for U in (2, 8):
+            for T in (1.0, 0.5):
+                x = torch.randn(shape, generator=gen)
+                grad_out = torch.randn(shape, generator=gen)
+                s = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+                blocks = _blocks(x, U)
+                torch.manual_seed(s)
+                g = discover_lwta.gumbel_noise(blocks)
+
+                # fused: what _FusedLWTA.forward/backward call, with the noise supplied
+                out_f, hard_f, soft_f = _lwta_kernel.forward(blocks, T, TAU, noise=g)
+                grad_f = _lwta_kernel.backward(_blocks(grad_out, U), blocks, soft_f, hard_f, TAU)
+                y_f, g_f = out_f.reshape(shape), grad_f.reshape(shape)
+
+                # unfused: the layer's torch code, replaying the uniforms of g
+                xu = x.clone().requires_grad_(True)
+                layer = LWTA(U, tau=TAU, temperature=T).train()
+                torch.manual_seed(s)
+                with _lwta_kernel.enabled(False):
+                    y_u = layer(xu)
+                y_u.backward(grad_out)
+                y_u, g_u = y_u.detach(), xu.grad
+
+                # reference transcription, given T g as its noise
+                xr = x.clone().requires_grad_(True)
+                y_r = reference_lwta(xr, U, noise=(T * g).view(_reference_view(shape, U)))
+                y_r.backward(grad_out)
+                y_r, g_r = y_r.detach(), xr.grad
+
+                # the layer's own fused path returns what the kernel returns for a seed
+                xl = x.clone().requires_grad_(True)
+                torch.manual_seed(s)
+                y_l = layer(xl)
+                y_l.backward(grad_out)
+                torch.manual_seed(s)
+                out_k, hard_k, soft_k = _lwta_kernel.forward(blocks, T, TAU)
+                grad_k = _lwta_kernel.backward(_blocks(grad_out, U), blocks, soft_k, hard_k, TAU)
+                layer_is_kernel = bool(
+                    torch.equal(y_l.detach(), out_k.reshape(shape))
+                    and torch.equal(xl.grad, grad_k.reshape(shape))
+                )
+
+                w_f, w_u, w_r = _winners(y_f), _winners(y_u), _winners(y_r)
+                scale = g_r.abs().max().item()
+                row = {
+                    "case": f"{kind} {tuple(shape)} U={U}",
+                    "temperature": T,
+                    "same_winners_fused_unfused": bool(torch.equal(w_f, w_u)),
+                    "same_winners_fused_reference": bool(torch.equal(w_f, w_r)),
+                    "active_fraction": hard_f.float().mean().item(),
+                    "max_abs_out_diff_fused_unfused": (y_f - y_u).abs().max().item(),
+                    "max_abs_out_diff_fused_reference": (y_f - y_r).abs().max().item(),
+                    "max_abs_grad": scale,
+                    "max_abs_grad_diff_fused_unfused": (g_f - g_u).abs().max().item(),
+                    "max_abs_grad_diff_fused_reference": (g_f - g_r).abs().max().item(),
+                    "max_abs_grad_diff_unfused_reference": (g_u - g_r).abs().max().item(),
+                    "layer_equals_kernel": layer_is_kernel,
+                }
+                tol = GRAD_RTOL32 * scale
+                row["ok"] = (
+                    row["same_winners_fused_unfused"]
+                    and row["same_winners_fused_reference"]
+                    and abs(row["active_fraction"] - 1 / U) < 1e-9
+                    and bool(torch.equal(y_f, y_u))
+                    and bool(torch.equal(y_f, y_r))
+                    and row["max_abs_grad_diff_fused_unfused"] <= tol
+                    and row["max_abs_grad_diff_fused_reference"] <= tol
+                    and row["max_abs_grad_diff_unfused_reference"] <= tol
+                    and layer_is_kernel
+                )
+                rows.append(row)
+    torch.manual_seed(seed)
+    return rows
+
+
+def chi2_sf(stat: float, dof: int) -> float:
+    """P(X >= stat) for a chi-square variable with ``dof`` degrees of freedom."""
+    return float(
+        torch.special.gammaincc(
+            torch.tensor(dof / 2, dtype=torch.float64), torch.tensor(stat / 2, dtype=torch.float64)
+        )
+    )
+
+
+CHI2_LOGITS = (0.0, 1.0, 2.0, -1.0, 0.5, -0.5, 1.5, -2.0)  # one block of U = 8
+
+
+def chi_square_fused(seed: int, draws: int = 200_000, calls: int = 4) -> list[dict[str, Any]]:
+    """Winner counts of the fused kernel (its own noise) vs ``softmax(h / T)``.
+
+    One fixed block ``h`` repeated ``draws`` times, split over ``calls`` kernel calls (each
+    call reseeds the kernel's generator from torch's RNG), training forward (``tau`` set).
+    """
+    h = torch.tensor(CHI2_LOGITS)
+    U = h.numel()
+    rows = []
+    torch.manual_seed(seed)
+    for layout, Q in (("units on the last axis (Q=1)", 1), ("conv layout (Q=50)", 50)):
+        for T in (1.0, 0.5):
+            per_call = draws // calls
+            blocks = h.view(1, U, 1).expand(per_call // Q, U, Q).contiguous()
+            counts = torch.zeros(U, dtype=torch.float64)
+            for _ in range(calls):
+                _, hard, _ = _lwta_kernel.forward(blocks, T, TAU)
+                counts += hard.sum(dim=(0, 2)).double()
+            n = int(counts.sum().item())
+            probs = torch.softmax(h.double() / T, 0)
+            expected = probs * n
+            stat = float(((counts - expected) ** 2 / expected).sum())
+            p = chi2_sf(stat, U - 1)
+            rows.append(
+                {
+                    "layout": layout,
+                    "temperature": T,
+                    "draws": n,
+                    "kernel_calls": calls,
+                    "chi2": stat,
+                    "dof": U - 1,
+                    "p_value": p,
+                    "max_abs_freq_diff": float((counts / n - probs).abs().max()),
+                    "min_expected": float(expected.min()),
+                    "ok": n == (draws // calls // Q) * Q * calls and p >= CHI2_ALPHA,
+                }
+            )
     torch.manual_seed(seed)
     return rows
 
@@ -237,6 +374,7 @@ class Variant:
     step: Step
     times_s: list[float] = field(default_factory=list)
     cpu_s: list[float] = field(default_factory=list)
+    faults: list[int] = field(default_factory=list)
     saved_mb: float | None = None
 
 
@@ -245,19 +383,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _minflt() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def round_robin(variants: list[Variant], warmup: int, repeats: int, device: torch.device) -> None:
     """Run every variant once per round, rotating the start; keep the timed rounds only."""
     for r in range(warmup + repeats):
         k = r % len(variants)
         for v in variants[k:] + variants[:k]:
             _sync(device)
-            c0, t0 = time.process_time(), time.perf_counter()
+            f0, c0, t0 = _minflt(), time.process_time(), time.perf_counter()
             v.step()
             _sync(device)
-            t1, c1 = time.perf_counter(), time.process_time()
+            t1, c1, f1 = time.perf_counter(), time.process_time(), _minflt()
             if r >= warmup:
                 v.times_s.append(t1 - t0)
                 v.cpu_s.append(c1 - c0)
+                v.faults.append(f1 - f0)
 
 
 def saved_for_backward_mb(step: Step) -> float:
@@ -298,36 +441,68 @@ def paired_ratio(num: Variant, den: Variant) -> dict[str, float]:
     return {"median": s["median_ms"], "q1": s["q1_ms"], "q3": s["q3_ms"]}
 
 
+def variant_record(v: Variant) -> dict[str, Any]:
+    return {
+        "name": v.name,
+        **summary(v.times_s),
+        "saved_mb": v.saved_mb,
+        "cpu": summary(v.cpu_s),
+        "minor_faults_median": statistics.median(v.faults),
+        "times_ms": [t * 1e3 for t in v.times_s],
+    }
+
+
+def ratios(num: Variant, den: Variant) -> dict[str, Any]:
+    a, b = summary(num.times_s), summary(den.times_s)
+    return {
+        "median": a["median_ms"] / b["median_ms"],
+        "of_mins": a["min_ms"] / b["min_ms"],
+        "paired": paired_ratio(num, den),
+    }
+
+
 # -- cases -------------------------------------------------------------------------------------
 def layer_variants(
     kind: str, shape: tuple[int, ...], us: tuple[int, ...], device: torch.device, seed: int
 ) -> list[Variant]:
-    """discover and reference at every U, and the plain activation, on one shared input."""
+    """fused, unfused and reference at every U, the plain activation and the buffer floor."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=gen).to(device).requires_grad_(True)
     grad_out = torch.randn(shape, generator=gen).to(device)
     plain: nn.Module = nn.GELU() if kind == "tokens" else nn.ReLU()
 
-    def make(fn: Callable[[torch.Tensor], torch.Tensor]) -> Step:
+    def make(fn: Callable[[torch.Tensor], torch.Tensor], fused: bool = True) -> Step:
         def step() -> None:
             x.grad = None
-            fn(x).backward(grad_out)
+            with contextlib.nullcontext() if fused else _lwta_kernel.enabled(False):
+                fn(x).backward(grad_out)
 
         return step
+
+    def floor() -> None:
+        # the fused path's fresh buffers: out, hard, soft (forward), grad (backward)
+        x.grad = None
+        out = torch.empty_like(x).fill_(0.0)
+        hard = torch.empty(x.shape, dtype=torch.bool, device=x.device).fill_(False)
+        soft = torch.empty_like(x).fill_(0.0)
+        x.grad = torch.empty_like(x).fill_(0.0)
+        del out, hard, soft
 
     variants = []
     for U in us:
         layer = LWTA(U, tau=TAU).train().to(device)
-        variants.append(Variant(f"discover U={U}", make(layer)))
+        variants.append(Variant(f"fused U={U}", make(layer)))
+        variants.append(Variant(f"unfused U={U}", make(layer, fused=False)))
         variants.append(Variant(f"reference U={U}", make(lambda t, U=U: reference_lwta(t, U))))
     variants.append(Variant(f"plain {type(plain).__name__}", make(plain)))
+    variants.append(Variant("floor", floor))
     return variants
 
 
 def model_variants(
     name: str, U: int, batch: int, size: int, device: torch.device, seed: int
 ) -> tuple[list[Variant], dict[str, Any]]:
-    """The LWTA model and its dense twin (same weights, same batch), one training step each."""
+    """The LWTA model (fused, unfused) and its dense twin (same weights, same batch)."""
     torch.manual_seed(seed)
     dense = discover.create_model(name, U=1)
     cvn = discover.create_model(name, U=U)
@@ -342,16 +517,22 @@ def model_variants(
     num_classes = dense.num_classes if hasattr(dense, "num_classes") else 1000
     labels = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
 
-    def make(model: nn.Module) -> Step:
+    def make(model: nn.Module, fused: bool = True) -> Step:
         model.to(device).train()
 
         def step() -> None:
             model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), labels).backward()
+            with contextlib.nullcontext() if fused else _lwta_kernel.enabled(False):
+                F.cross_entropy(model(x), labels).backward()
 
         return step
 
-    return [Variant(f"{name} U={U}", make(cvn)), Variant(f"{name} U=1 (dense)", make(dense))], info
+    variants = [
+        Variant(f"{name} U={U} fused", make(cvn)),
+        Variant(f"{name} U={U} unfused", make(cvn, fused=False)),
+        Variant(f"{name} U=1 (dense)", make(dense)),
+    ]
+    return variants, info
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -380,24 +561,38 @@ def _git(*args: str, cwd: Path) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+MEASURED_FILES = ("lwta.py", "_lwta_kernel.py", "csrc/lwta.c")
+
+
 def provenance() -> dict[str, Any]:
-    """Which discover code was measured: the imported lwta.py and how it relates to git HEAD."""
-    lwta_file = Path(discover_lwta.__file__).resolve()
-    data = lwta_file.read_bytes()
-    blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's blob id
+    """Which discover code was measured: the imported LWTA files and how they relate to HEAD."""
+    package = Path(discover.__file__).resolve().parent
     repo = Path(__file__).resolve().parent.parent
     head = _git("rev-parse", "HEAD", cwd=repo)
-    head_blob = _git("rev-parse", "HEAD:src/discover/lwta.py", cwd=repo)
-    return {
-        "discover_file": str(Path(discover.__file__).resolve()),
-        "lwta_blob": blob,
-        "git_head": head,
-        "lwta_matches_head": None if head_blob is None else blob == head_blob,
-        "lwta_first_commit": (
+    files = []
+    for rel in MEASURED_FILES:
+        data = (package / rel).read_bytes()
+        blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's blob id
+        head_blob = _git("rev-parse", f"HEAD:src/discover/{rel}", cwd=repo)
+        first = (
             _git("log", "--all", "--reverse", "--format=%h", f"--find-object={blob}", cwd=repo)
             or ""
         ).split("\n")[0]
-        or None,
+        files.append(
+            {
+                "file": rel,
+                "blob": blob,
+                "matches_head": None if head_blob is None else blob == head_blob,
+                "first_commit": first or None,
+            }
+        )
+    lib = _lwta_kernel._library()
+    return {
+        "discover_file": str(Path(discover.__file__).resolve()),
+        "git_head": head,
+        "files": files,
+        "kernel_available": _lwta_kernel.available(),
+        "kernel_library": getattr(lib, "_name", None),
         "pythonpath": os.environ.get("PYTHONPATH"),
     }
 
@@ -428,6 +623,11 @@ def fmt_stat(s: dict[str, float]) -> str:
     return f"{s['median_ms']:.1f} ({s['q1_ms']:.1f}-{s['q3_ms']:.1f})"
 
 
+def fmt_ratio(r: dict[str, Any]) -> str:
+    p = r["paired"]
+    return f"{p['median']:.2f} ({p['q1']:.2f}-{p['q3']:.2f})"
+
+
 def verdict(ratio: float, target: float) -> str:
     return "PASS" if ratio <= target else "FAIL"
 
@@ -453,7 +653,6 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="small shapes and few rounds: a smoke run, not a measurement",
     )
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument(
         "--out",
         type=Path,
@@ -470,9 +669,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda requested but CUDA is not available")
+    device = torch.device("cpu")  # the fused kernel is a CPU kernel
+    if not _lwta_kernel.available():
+        parser.error(
+            "the fused LWTA kernel is not available (no C compiler, or DISCOVER_LWTA_KERNEL=0)"
+        )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     quick = args.quick
@@ -483,6 +684,7 @@ def main(argv: list[str] | None = None) -> int:
     conv_shape = (4, 256, 28, 28) if quick else (32, 256, 28, 28)
     batch, size = (2, 224) if quick else (8, 224)
     us = (2, 8)
+    chi2_draws = 40_000 if quick else 200_000
 
     command = (
         shlex.join([sys.executable, *sys.argv])
@@ -497,17 +699,35 @@ def main(argv: list[str] | None = None) -> int:
 
     prov = provenance()
     print(
-        f"measuring {prov['discover_file']} (lwta.py blob {prov['lwta_blob'][:10]}, "
-        f"matches git HEAD: {prov['lwta_matches_head']})",
+        f"measuring {prov['discover_file']} ("
+        + ", ".join(f"{f['file']} matches HEAD: {f['matches_head']}" for f in prov["files"])
+        + ")",
         flush=True,
     )
-    print(f"cross-check (float64, same noise) on {device} ...", flush=True)
-    checks = cross_check(device, args.seed)
-    for row in checks:
-        status = "ok" if row["ok"] else "NOT OK"
+    print("cross-check 1 (float64, unfused vs reference, same noise) ...", flush=True)
+    checks64 = cross_check_unfused64(device, args.seed)
+    for row in checks64:
         print(
-            f"  {row['case']:<32} {status} (noise aligned by {row['noise_aligned_by']}) "
+            f"  {row['case']:<32} {'ok' if row['ok'] else 'NOT OK'} "
             f"grad diff {row['max_abs_grad_diff']:.1e}",
+            flush=True,
+        )
+    print("cross-check 2 (float32, fused vs unfused vs reference, same noise) ...", flush=True)
+    checks32 = cross_check_fused32(args.seed)
+    for row in checks32:
+        print(
+            f"  {row['case']:<32} T={row['temperature']:g} {'ok' if row['ok'] else 'NOT OK'} "
+            f"grad diff f-u {row['max_abs_grad_diff_fused_unfused']:.1e} "
+            f"f-r {row['max_abs_grad_diff_fused_reference']:.1e} "
+            f"(max |grad| {row['max_abs_grad']:.1e})",
+            flush=True,
+        )
+    print(f"cross-check 3 (fused winner frequencies, {chi2_draws} draws) ...", flush=True)
+    chi2_rows = chi_square_fused(args.seed, draws=chi2_draws)
+    for row in chi2_rows:
+        print(
+            f"  {row['layout']:<30} T={row['temperature']:g} chi2 {row['chi2']:.2f} "
+            f"p {row['p_value']:.3f} {'ok' if row['ok'] else 'NOT OK'}",
             flush=True,
         )
 
@@ -522,43 +742,32 @@ def main(argv: list[str] | None = None) -> int:
         )
         round_robin(variants, warmup, layer_repeats, device)
         by_name = {v.name: v for v in variants}
-        plain = variants[-1]
+        plain, floor = variants[-2], variants[-1]
         for U in us:
-            d, r = by_name[f"discover U={U}"], by_name[f"reference U={U}"]
-            sd, sr, sp = summary(d.times_s), summary(r.times_s), summary(plain.times_s)
+            fu, un, ref = (by_name[f"{n} U={U}"] for n in ("fused", "unfused", "reference"))
             layer_results.append(
                 {
                     "kind": kind,
                     "shape": list(shape),
+                    "buffer_mb": math.prod(shape) * 4 / 2**20,
                     "U": U,
-                    "discover": {
-                        **sd,
-                        "saved_mb": d.saved_mb,
-                        "cpu": summary(d.cpu_s),
-                        "times_ms": [t * 1e3 for t in d.times_s],
-                    },
-                    "reference": {
-                        **sr,
-                        "saved_mb": r.saved_mb,
-                        "cpu": summary(r.cpu_s),
-                        "times_ms": [t * 1e3 for t in r.times_s],
-                    },
-                    "plain": {
-                        "name": plain.name,
-                        **sp,
-                        "saved_mb": plain.saved_mb,
-                        "cpu": summary(plain.cpu_s),
-                        "times_ms": [t * 1e3 for t in plain.times_s],
-                    },
-                    "ratio_vs_reference": sd["median_ms"] / sr["median_ms"],
-                    "ratio_of_mins_vs_reference": sd["min_ms"] / sr["min_ms"],
-                    "paired_ratio_vs_reference": paired_ratio(d, r),
-                    "ratio_vs_plain": sd["median_ms"] / sp["median_ms"],
+                    "fused": variant_record(fu),
+                    "unfused": variant_record(un),
+                    "reference": variant_record(ref),
+                    "plain": variant_record(plain),
+                    "floor": variant_record(floor),
+                    "fused_over_reference": ratios(fu, ref),
+                    "unfused_over_reference": ratios(un, ref),
+                    "fused_over_plain": ratios(fu, plain),
+                    "floor_over_reference": ratios(floor, ref),
+                    "fused_over_floor": ratios(fu, floor),
                 }
             )
             print(
-                f"  U={U}: discover {fmt_stat(sd)} ms, reference {fmt_stat(sr)} ms, "
-                f"{plain.name} {fmt_stat(sp)} ms",
+                f"  U={U}: fused {fmt_stat(summary(fu.times_s))} ms, unfused "
+                f"{fmt_stat(summary(un.times_s))} ms, reference {fmt_stat(summary(ref.times_s))}"
+                f" ms, {plain.name} {fmt_stat(summary(plain.times_s))} ms, floor "
+                f"{fmt_stat(summary(floor.times_s))} ms",
                 flush=True,
             )
 
@@ -569,13 +778,12 @@ def main(argv: list[str] | None = None) -> int:
             for v in variants:
                 v.saved_mb = saved_for_backward_mb(v.step)
             print(
-                f"timing {name} U={U} vs U=1, batch {batch}, {size} px: "
+                f"timing {name} U={U} (fused, unfused) vs U=1, batch {batch}, {size} px: "
                 f"{warmup}+{model_repeats} rounds",
                 flush=True,
             )
             round_robin(variants, warmup, model_repeats, device)
-            cvn, dense = variants
-            sc, sd = summary(cvn.times_s), summary(dense.times_s)
+            fu, un, dense = variants
             model_results.append(
                 {
                     "model": name,
@@ -583,24 +791,18 @@ def main(argv: list[str] | None = None) -> int:
                     "batch": batch,
                     "size": size,
                     **info,
-                    "lwta": {
-                        **sc,
-                        "saved_mb": cvn.saved_mb,
-                        "cpu": summary(cvn.cpu_s),
-                        "times_ms": [t * 1e3 for t in cvn.times_s],
-                    },
-                    "dense": {
-                        **sd,
-                        "saved_mb": dense.saved_mb,
-                        "cpu": summary(dense.cpu_s),
-                        "times_ms": [t * 1e3 for t in dense.times_s],
-                    },
-                    "ratio_vs_dense": sc["median_ms"] / sd["median_ms"],
-                    "ratio_of_mins_vs_dense": sc["min_ms"] / sd["min_ms"],
-                    "paired_ratio_vs_dense": paired_ratio(cvn, dense),
+                    "fused": variant_record(fu),
+                    "unfused": variant_record(un),
+                    "dense": variant_record(dense),
+                    "fused_over_dense": ratios(fu, dense),
+                    "unfused_over_dense": ratios(un, dense),
                 }
             )
-            print(f"  LWTA {fmt_stat(sc)} ms, dense {fmt_stat(sd)} ms", flush=True)
+            print(
+                f"  fused {fmt_stat(summary(fu.times_s))} ms, unfused "
+                f"{fmt_stat(summary(un.times_s))} ms, dense {fmt_stat(summary(dense.times_s))} ms",
+                flush=True,
+            )
 
     elapsed = time.perf_counter() - wall0
     machine = {
@@ -612,8 +814,7 @@ def main(argv: list[str] | None = None) -> int:
         "discover": discover.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "device": str(device)
-        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "device": str(device),
         "load_average_start": load_start,
         "load_average_end": load_average(),
         "other_processes_cpu_share": other_cpu_share(cpu0),
@@ -631,6 +832,10 @@ def main(argv: list[str] | None = None) -> int:
         "conv_shape": list(conv_shape),
         "model_batch": batch,
         "model_size": size,
+        "chi2_draws": chi2_draws,
+        "chi2_logits": list(CHI2_LOGITS),
+        "chi2_alpha": CHI2_ALPHA,
+        "grad_rtol_float32": GRAD_RTOL32,
     }
     record = {
         "command": command,
@@ -640,10 +845,12 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "provenance": prov,
         "settings": settings,
-        "cross_check": checks,
+        "cross_check_unfused_float64": checks64,
+        "cross_check_fused_float32": checks32,
+        "chi_square_fused": chi2_rows,
         "layers": layer_results,
         "models": model_results,
-        "targets": {"discover_over_reference": LAYER_TARGET, "lwta_model_over_dense": MODEL_TARGET},
+        "targets": {"fused_over_reference": LAYER_TARGET, "fused_model_over_dense": MODEL_TARGET},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "lwta_speed.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -651,7 +858,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"wrote {args.out / 'lwta_speed.md'} and {args.out / 'lwta_speed.json'} ({elapsed:.0f} s)"
     )
-    return 0 if all(row["ok"] for row in checks) else 1
+    return 0 if all(row["ok"] for row in checks64 + checks32 + chi2_rows) else 1
 
 
 def _version(module: str) -> str:
@@ -661,17 +868,10 @@ def _version(module: str) -> str:
         return "n/a"
 
 
-def render_markdown(rec: dict[str, Any]) -> str:
-    """The human-readable report."""
-    m, s = rec["machine"], rec["settings"]
+def _machine_lines(rec: dict[str, Any]) -> list[str]:
+    m, s, p = rec["machine"], rec["settings"], rec["provenance"]
     threads_note = ", set by --threads" if s.get("threads") is not None else ", the default"
     lines = [
-        "# LWTA speed benchmark",
-        "",
-        "Training-mode forward + backward time of discover's `LWTA` against a transcription of "
-        "the reference code path (method.md §2.4) and the plain activation, and of LWTA models "
-        "against their dense twins. Produced by `benchmarks/lwta_speed.py`.",
-        "",
         f"- **Command:** `{rec['command']}` (cwd `{rec['cwd']}`)",
         f"- **Date:** {rec['date']} (run took {rec['elapsed_s']:.0f} s)",
         f"- **Machine:** CPU `{m['cpu_model']}`, {m['cpu_count']} cores "
@@ -696,120 +896,267 @@ def render_markdown(rec: dict[str, Any]) -> str:
             "medians include contended rounds. Compare the *of mins* column, or rerun on an idle "
             "machine or with `--threads 1`."
         )
-    lines += [
+    lines.append(
         f"- **Rounds:** {s['warmup']} warm-up + {s['layer_repeats']} timed (layers), "
         f"{s['warmup']} + {s['model_repeats']} timed (models); variants of a case run "
-        "round-robin, starting variant rotated each round.",
-    ]
-    p = rec["provenance"]
-    match = {True: "identical to", False: "**different from**", None: "not compared with"}[
-        p["lwta_matches_head"]
-    ]
+        "round-robin, starting variant rotated each round."
+    )
+    match = {True: "identical to", False: "**different from**", None: "not compared with"}
+    files = "; ".join(
+        f"`{f['file']}` (git blob `{f['blob'][:12]}`) {match[f['matches_head']]} HEAD"
+        + (f", committed in `{f['first_commit']}`" if f["first_commit"] else ", uncommitted")
+        for f in p["files"]
+    )
     lines.append(
-        f"- **Code measured:** `{p['discover_file']}`; its `lwta.py` (git blob "
-        f"`{p['lwta_blob'][:12]}`) is {match} `src/discover/lwta.py` at git HEAD "
-        f"`{(p['git_head'] or 'n/a')[:12]}`"
-        + (
-            f" (this lwta.py was committed in `{p['lwta_first_commit']}`)"
-            if p.get("lwta_first_commit")
-            else " (uncommitted lwta.py)"
-        )
+        f"- **Code measured:** `{p['discover_file']}` at git HEAD `{(p['git_head'] or 'n/a')[:12]}`:"
+        f" {files}; fused kernel loaded from `{p['kernel_library']}`"
         + (f"; PYTHONPATH=`{p['pythonpath']}`" if p["pythonpath"] else "")
     )
     if s["quick"]:
         lines.append(
             "- **--quick run: small shapes and few rounds. A smoke test, not a measurement.**"
         )
-    lines += [
+    return lines
+
+
+def _check_tables(rec: dict[str, Any]) -> list[str]:
+    s = rec["settings"]
+    lines = [
+        "## Correctness cross-checks (before timing)",
         "",
-        "Times are milliseconds per forward + backward: median (q1-q3 over the timed rounds). "
-        "The bold ratio is the ratio of medians (the one judged against the target); *paired* is "
-        "the median (q1-q3) of the per-round ratios; *of mins* is the ratio of the fastest rounds "
-        "(least disturbed by other processes). "
-        "*saved MB* is what autograd keeps for backward (unique storages, input included).",
+        "### 1. Unfused code vs reference, float64, same noise",
         "",
-        "## Correctness cross-check (before timing)",
-        "",
-        "Same Gumbel noise fed to both implementations (float64). *seeded*: both draw their "
-        "uniforms from the same RNG state (reference with eps = 0 for this check only); "
-        "*patched*: `discover.lwta.gumbel_noise` is replaced by a deterministic noise computed "
-        "from each unit's own value, and the reference gets the same noise.",
+        "Both draw their uniforms from the same RNG state (the reference with eps = 0 for this "
+        "check only). Required: same winners, active fraction 1/U, outputs and input gradients "
+        "equal to 1e-12 / 1e-9.",
         "",
         "| case | noise aligned by | same winners | active fraction | max abs output diff | "
         "max abs grad diff | ok |",
         "|---|---|---|---|---|---|---|",
     ]
-    for c in rec["cross_check"]:
+    for c in rec["cross_check_unfused_float64"]:
         lines.append(
             f"| {c['case']} | {c['noise_aligned_by']} | {c['same_winners']} | "
-            f"{c['active_fraction']:.4f} | "
-            f"{c['max_abs_out_diff']:.1e} | {c['max_abs_grad_diff']:.1e} | "
-            f"{'yes' if c['ok'] else '**NO**'} |"
+            f"{c['active_fraction']:.4f} | {c['max_abs_out_diff']:.1e} | "
+            f"{c['max_abs_grad_diff']:.1e} | {'yes' if c['ok'] else '**NO**'} |"
         )
     lines += [
         "",
-        f"## Layer level: discover vs reference (target ratio <= {LAYER_TARGET})",
+        "### 2. Fused kernel vs unfused code vs reference, float32, same noise",
         "",
-        "| input | U | discover ms | reference ms | plain ms | discover / reference | paired | "
-        "of mins | discover / plain | saved MB d / r / p | target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "Gumbel noise g drawn once; the fused kernel gets it through "
+        "`_lwta_kernel.forward(..., noise=g)` (backward: `_lwta_kernel.backward`, as "
+        "`_FusedLWTA` calls them), the unfused layer replays the same uniforms from the same "
+        "seed, the reference gets T·g. Required: identical winners and outputs (bit-equal), "
+        f"input-gradient differences <= {s['grad_rtol_float32']:g} x max |grad| for every pair. "
+        "*layer = kernel*: the `LWTA` layer's own fused training path (its own noise) returns "
+        "bit-identical outputs and gradients to direct kernel calls under the same torch seed.",
+        "",
+        "| case | T | same winners f=u / f=r | active fraction | max abs out diff f-u / f-r | "
+        "max abs grad diff f-u / f-r / u-r | max abs grad | layer = kernel | ok |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in rec["cross_check_fused_float32"]:
+        lines.append(
+            f"| {c['case']} | {c['temperature']:g} | {c['same_winners_fused_unfused']} / "
+            f"{c['same_winners_fused_reference']} | {c['active_fraction']:.4f} | "
+            f"{c['max_abs_out_diff_fused_unfused']:.1e} / "
+            f"{c['max_abs_out_diff_fused_reference']:.1e} | "
+            f"{c['max_abs_grad_diff_fused_unfused']:.1e} / "
+            f"{c['max_abs_grad_diff_fused_reference']:.1e} / "
+            f"{c['max_abs_grad_diff_unfused_reference']:.1e} | {c['max_abs_grad']:.1e} | "
+            f"{c['layer_equals_kernel']} | {'yes' if c['ok'] else '**NO**'} |"
+        )
+    logits = ", ".join(f"{v:g}" for v in s["chi2_logits"])
+    lines += [
+        "",
+        "### 3. Fused kernel winner distribution vs softmax(h / T)",
+        "",
+        f"One block h = ({logits}) (U = {len(s['chi2_logits'])}) repeated, the kernel's own "
+        "noise (seeded from torch's RNG on every call), training forward. Chi-square statistic "
+        f"of the winner counts against softmax(h / T); required p >= {s['chi2_alpha']:g}.",
+        "",
+        "| layout | T | draws (calls) | chi-square | dof | p-value | max abs freq diff | "
+        "min expected count | ok |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in rec["chi_square_fused"]:
+        lines.append(
+            f"| {c['layout']} | {c['temperature']:g} | {c['draws']:,} ({c['kernel_calls']}) | "
+            f"{c['chi2']:.2f} | {c['dof']} | {c['p_value']:.3f} | "
+            f"{c['max_abs_freq_diff']:.1e} | {c['min_expected']:.0f} | "
+            f"{'yes' if c['ok'] else '**NO**'} |"
+        )
+    return lines
+
+
+def render_markdown(rec: dict[str, Any]) -> str:
+    """The human-readable report."""
+    lines = [
+        "# LWTA speed benchmark",
+        "",
+        "Training-mode forward + backward time of discover's `LWTA` (fused C kernel, and the "
+        "unfused torch code for context) against a transcription of the reference code path "
+        "(method.md §2.4), the plain activation and a fresh-buffer floor, and of LWTA models "
+        "against their dense twins. Produced by `benchmarks/lwta_speed.py`.",
+        "",
+        *_machine_lines(rec),
+        "",
+        "Times are milliseconds per forward + backward: median (q1-q3 over the timed rounds). "
+        "The bold ratio is the ratio of medians (the one judged against the target); *paired* is "
+        "the median (q1-q3) of the per-round ratios; *of mins* is the ratio of the fastest rounds "
+        "(least disturbed by other processes). *saved MB* is what autograd keeps for backward "
+        "(unique storages, input included); *faults* is the median number of minor page faults "
+        "per call.",
+        "",
+        *_check_tables(rec),
+        "",
+        f"## Layer level: fused vs reference (target ratio <= {LAYER_TARGET})",
+        "",
+        "*floor*: allocate and write once the four buffers the fused path returns (output, "
+        "winner mask, soft sample, input gradient), nothing else; the same for every U.",
+        "",
+        "| input | U | fused ms | unfused ms | reference ms | plain ms | floor ms | "
+        "**fused / reference** | paired | of mins | unfused / reference | fused / plain | "
+        "floor / reference | faults fused / floor | saved MB f / u / r / p | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rec["layers"]:
-        p = r["paired_ratio_vs_reference"]
+        fr = r["fused_over_reference"]
         lines.append(
-            f"| {r['kind']} {tuple(r['shape'])} | {r['U']} | {fmt_stat(r['discover'])} | "
-            f"{fmt_stat(r['reference'])} | {r['plain']['name'].split()[-1]} "
-            f"{fmt_stat(r['plain'])} | **{r['ratio_vs_reference']:.2f}x** | "
-            f"{p['median']:.2f} ({p['q1']:.2f}-{p['q3']:.2f}) | "
-            f"{r['ratio_of_mins_vs_reference']:.2f} | {r['ratio_vs_plain']:.1f}x | "
-            f"{r['discover']['saved_mb']:.0f} / {r['reference']['saved_mb']:.0f} / "
-            f"{r['plain']['saved_mb']:.0f} | {verdict(r['ratio_vs_reference'], LAYER_TARGET)} |"
+            f"| {r['kind']} {tuple(r['shape'])} | {r['U']} | {fmt_stat(r['fused'])} | "
+            f"{fmt_stat(r['unfused'])} | {fmt_stat(r['reference'])} | "
+            f"{r['plain']['name'].split()[-1]} {fmt_stat(r['plain'])} | {fmt_stat(r['floor'])} | "
+            f"**{fr['median']:.2f}x** | {fmt_ratio(fr)} | {fr['of_mins']:.2f} | "
+            f"{r['unfused_over_reference']['median']:.2f}x | "
+            f"{r['fused_over_plain']['median']:.1f}x | "
+            f"{r['floor_over_reference']['median']:.2f}x | "
+            f"{r['fused']['minor_faults_median']:.0f} / {r['floor']['minor_faults_median']:.0f} | "
+            f"{r['fused']['saved_mb']:.0f} / {r['unfused']['saved_mb']:.0f} / "
+            f"{r['reference']['saved_mb']:.0f} / {r['plain']['saved_mb']:.0f} | "
+            f"{verdict(fr['median'], LAYER_TARGET)} |"
         )
     if rec["models"]:
         lines += [
             "",
             f"## Model level: LWTA model vs dense twin (target ratio <= {MODEL_TARGET})",
             "",
-            "| model | U | batch, px | LWTA ms | dense ms | LWTA / dense | paired | of mins | "
-            "saved MB LWTA / dense | params LWTA / dense | target |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| model | U | batch, px | fused ms | unfused ms | dense ms | **fused / dense** | "
+            "paired | of mins | unfused / dense | saved MB LWTA / dense | params LWTA / dense | "
+            "target |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rec["models"]:
-            p = r["paired_ratio_vs_dense"]
+            fd = r["fused_over_dense"]
             lines.append(
                 f"| {r['model']} ({r['lwta_layers']} LWTA layers) | {r['U']} | {r['batch']}, "
-                f"{r['size']} | {fmt_stat(r['lwta'])} | {fmt_stat(r['dense'])} | "
-                f"**{r['ratio_vs_dense']:.2f}x** | "
-                f"{p['median']:.2f} ({p['q1']:.2f}-{p['q3']:.2f}) | "
-                f"{r['ratio_of_mins_vs_dense']:.2f} | "
-                f"{r['lwta']['saved_mb']:.0f} / {r['dense']['saved_mb']:.0f} | "
+                f"{r['size']} | {fmt_stat(r['fused'])} | {fmt_stat(r['unfused'])} | "
+                f"{fmt_stat(r['dense'])} | **{fd['median']:.2f}x** | {fmt_ratio(fd)} | "
+                f"{fd['of_mins']:.2f} | {r['unfused_over_dense']['median']:.2f}x | "
+                f"{r['fused']['saved_mb']:.0f} / {r['dense']['saved_mb']:.0f} | "
                 f"{r['params_lwta']:,} / {r['params_dense']:,} | "
-                f"{verdict(r['ratio_vs_dense'], MODEL_TARGET)} |"
+                f"{verdict(fd['median'], MODEL_TARGET)} |"
             )
-    layer_pass = all(r["ratio_vs_reference"] <= LAYER_TARGET for r in rec["layers"])
-    model_pass = all(r["ratio_vs_dense"] <= MODEL_TARGET for r in rec["models"])
-    lines += [
-        "",
-        "## Verdict",
-        "",
-        f"- discover / reference <= {LAYER_TARGET} on every layer case: "
-        f"**{'PASS' if layer_pass else 'FAIL'}**",
-    ]
-    if rec["models"]:
-        lines.append(
-            f"- LWTA model / dense twin <= {MODEL_TARGET} on every model case: "
-            f"**{'PASS' if model_pass else 'FAIL'}**"
-        )
+    lines += ["", "## Verdict", "", *_verdict_lines(rec)]
     lines += [
         "",
         "Notes: the timings are wall-clock. The load average counts this benchmark's own "
         "threads too; the *other processes* line above is the measure of outside load. "
         "Round-robin interleaving spreads outside noise over all variants, and the paired "
-        "ratios compare variants within the same round. Process CPU time per call is in the "
-        "JSON file (`cpu`).",
+        "ratios compare variants within the same round. Process CPU time and page faults per "
+        "call are in the JSON file (`cpu`, `minor_faults_median`).",
         "",
     ]
     return "\n".join(lines)
+
+
+def _verdict_lines(rec: dict[str, Any]) -> list[str]:
+    checks = (
+        rec["cross_check_unfused_float64"]
+        + rec["cross_check_fused_float32"]
+        + rec["chi_square_fused"]
+    )
+    n_ok = sum(c["ok"] for c in checks)
+    lines = [
+        f"- Correctness cross-checks (float64 unfused = reference; float32 fused = unfused = "
+        f"reference; fused winner frequencies = softmax(h / T)): {n_ok} of {len(checks)} "
+        f"passed: **{'PASS' if n_ok == len(checks) else 'FAIL'}**",
+    ]
+    layers = rec["layers"]
+    layer_pass = all(r["fused_over_reference"]["median"] <= LAYER_TARGET for r in layers)
+    lines.append(
+        f"- fused / reference <= {LAYER_TARGET} on every layer case: "
+        f"**{'PASS' if layer_pass else 'FAIL'}** ("
+        + ", ".join(
+            f"{r['kind']} U={r['U']} {r['fused_over_reference']['median']:.2f}x" for r in layers
+        )
+        + ")"
+    )
+    for r in layers:
+        ratio = r["fused_over_reference"]["median"]
+        if ratio <= LAYER_TARGET:
+            continue
+        ref, fused, floor = (r[k]["median_ms"] for k in ("reference", "fused", "floor"))
+        lines.append(
+            f"  - {r['kind']} {tuple(r['shape'])} U={r['U']} misses by "
+            f"{ratio - LAYER_TARGET:.2f} ({ratio / LAYER_TARGET:.2f}x the target): the target "
+            f"needs <= {LAYER_TARGET * ref:.1f} ms, the fused path takes {fused:.1f} ms. "
+            f"Allocating and writing its output buffers alone (three float32 buffers of "
+            f"{r['buffer_mb']:.1f} MB and a bool mask of {r['buffer_mb'] / 4:.1f} MB: the floor) "
+            f"takes {floor:.1f} ms = {floor / ref:.2f}x the reference "
+            f"({r['floor']['minor_faults_median']:.0f} page faults per call"
+            + (
+                "; buffers over 32 MB are mmap'd fresh by glibc on every allocation"
+                if r["buffer_mb"] > 32
+                else ""
+            )
+            + f"), leaving {fused - floor:.1f} ms of compute."
+        )
+    models = rec["models"]
+    if models:
+        model_pass = all(r["fused_over_dense"]["median"] <= MODEL_TARGET for r in models)
+        lines.append(
+            f"- LWTA model (fused) / dense twin <= {MODEL_TARGET} on every model case: "
+            f"**{'PASS' if model_pass else 'FAIL'}** ("
+            + ", ".join(
+                f"{r['model']} U={r['U']} {r['fused_over_dense']['median']:.2f}x" for r in models
+            )
+            + ")"
+        )
+        for r in models:
+            ratio = r["fused_over_dense"]["median"]
+            if ratio > MODEL_TARGET:
+                lines.append(
+                    f"  - {r['model']} misses by {ratio - MODEL_TARGET:.2f}: the target needs "
+                    f"<= {MODEL_TARGET * r['dense']['median_ms']:.1f} ms, the fused model takes "
+                    f"{r['fused']['median_ms']:.1f} ms."
+                )
+    share = rec["machine"].get("other_processes_cpu_share")
+    if share is not None and share > 0.10:
+        over = [
+            f"{r['kind']} U={r['U']} {r['fused_over_reference']['of_mins']:.2f}"
+            for r in layers
+            if r["fused_over_reference"]["of_mins"] > LAYER_TARGET
+        ] + [
+            f"{r['model']} {r['fused_over_dense']['of_mins']:.2f}"
+            for r in models
+            if r["fused_over_dense"]["of_mins"] > MODEL_TARGET
+        ]
+        lines.append(
+            f"- **Caveat:** other processes used {100 * share:.0f}% of the CPU during this run, "
+            "so every time above is inflated and the model ratios in particular are compressed "
+            "towards 1 (the dense twin suffers the same contention). Ratios of the fastest "
+            "rounds above their target: "
+            + (", ".join(over) if over else "none")
+            + ". A run on an idle machine is the firmer measurement."
+        )
+    return lines
+
+
+def rerender(json_path: Path) -> None:
+    """Rewrite the Markdown next to a results JSON from that JSON (no new measurement)."""
+    record = json.loads(json_path.read_text())
+    json_path.with_suffix(".md").write_text(render_markdown(record))
 
 
 if __name__ == "__main__":

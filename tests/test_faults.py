@@ -338,3 +338,111 @@ def test_two_processes_writing_one_cache_entry_leave_one_valid_entry(tmp_path):
     assert torch.load(matrix, weights_only=True)["P"].shape == (60, len(NAMES))
     assert _leftovers(tmp_path) == []
     assert _dissect(["fc", "act"], cache=tmp_path).meta["recording"]["cache"]["hit"] is True
+
+
+# -- training interrupted by real signals (Ctrl-C, kill -9), in subprocesses ---------------------
+# The child pauses at a chosen point and says so through a file; the test waits for that file
+# (never for a time), signals the child, then resumes the run and compares it with an
+# uninterrupted one: weights, BatchNorm buffers, the best checkpoint and the log.
+_TRAIN_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from discover.networks import SmallResNet
+    from discover.training import TrainConfig, train
+
+    out, pause_at, ready = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+    original, calls = SmallResNet.forward_head, {"n": 0}
+
+    def pausing(self, x, pre_logits=False):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == pause_at:  # every BatchNorm of this batch has already run
+                ready.touch()
+                while True:
+                    time.sleep(0.01)
+        return original(self, x, pre_logits)
+
+    SmallResNet.forward_head = pausing
+    train(TrainConfig(**{CONFIG}, out=out, resume=Path(out, "state").is_dir()), progress=False)
+    """
+)
+_TRAIN_CONFIG = dict(
+    model="small_resnet",
+    U=2,
+    model_kwargs={"img_size": 16, "widths": [8, 16], "depths": [1, 1]},
+    dataset="shapes",
+    dataset_kwargs={"n": 160, "image_size": 16},
+    batch_size=32,
+    epochs=3,
+    eval_samples=1,
+)
+
+
+def _child(out: Path, pause_at: int, ready: Path) -> subprocess.Popen:
+    code = _TRAIN_CHILD.replace("{CONFIG}", repr(_TRAIN_CONFIG))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(out), str(pause_at), str(ready)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(path: Path, child: subprocess.Popen) -> None:
+    while not path.exists():
+        if child.poll() is not None:
+            raise AssertionError(f"the child ended before pausing:\n{child.stderr.read()[-3000:]}")
+        os.sched_yield()  # no sleeps tuned to the machine: poll the file and the child
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGKILL"])
+def test_training_resumes_exactly_after_ctrl_c_or_kill_9(tmp_path, signal_name):
+    import signal
+
+    from safetensors.torch import load_file
+
+    from discover.training import TrainConfig, train
+
+    full = train(TrainConfig(**_TRAIN_CONFIG, out=str(tmp_path / "full")), progress=False).out
+    cut, ready = tmp_path / "cut", tmp_path / "ready"
+    child = _child(cut, pause_at=6, ready=ready)  # epoch 2, second batch (4 batches an epoch)
+    _wait_for(ready, child)
+    child.send_signal(getattr(signal, signal_name))
+    assert child.wait() != 0
+    if signal_name == "SIGINT":  # the interrupt checkpoint is taken at the batch boundary
+        assert "interrupted: resumable checkpoint written" in child.stdout.read()
+    # no pause this time: the resumed child trains to the end
+    resumed = _child(cut, pause_at=10**9, ready=tmp_path / "unused")
+    assert resumed.wait() == 0, resumed.stderr.read()[-3000:]
+    for which in ("last", "best"):
+        a, b = (
+            load_file(str(full / f"{which}.safetensors")),
+            load_file(str(cut / f"{which}.safetensors")),
+        )
+        assert a.keys() == b.keys()
+        for key in a:  # BatchNorm running statistics and num_batches_tracked included
+            assert torch.equal(a[key], b[key]), (which, key)
+    strip = lambda line: {k: v for k, v in __import__("json").loads(line).items() if k != "seconds"}  # noqa: E731
+    full_log = [strip(x) for x in (full / "log.jsonl").read_text().splitlines()]
+    cut_log = [strip(x) for x in (cut / "log.jsonl").read_text().splitlines()]
+    assert cut_log == full_log
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty"])
+@pytest.mark.parametrize("name", ["trainer.pt", "rng-rank0.pt"])
+def test_damaged_training_state_is_a_clear_error(tmp_path, name, how):
+    from discover.training import TrainConfig, train
+
+    config = TrainConfig(**{**_TRAIN_CONFIG, "epochs": 1}, out=str(tmp_path / "run"))
+    train(config, progress=False)
+    state = tmp_path / "run" / "state" / name
+    data = state.read_bytes()
+    state.write_bytes(data[: len(data) // 2] if how == "truncated" else b"")
+    weights = (tmp_path / "run" / "last.safetensors").read_bytes()
+    with pytest.raises(ValueError, match=rf"cannot read the training state .*{name}"):
+        train(TrainConfig(**{**_TRAIN_CONFIG, "epochs": 2}, out=str(tmp_path / "run"), resume=True))
+    assert (tmp_path / "run" / "last.safetensors").read_bytes() == weights  # nothing lost

@@ -500,14 +500,21 @@ class OpenCLIPEmbedder(Embedder):
             label = arch
         if force_quick_gelu and not arch.endswith("-quickgelu"):
             label = label.replace(arch, f"{arch}+quickgelu", 1)
-        model = open_clip.create_model(
-            arch,
-            pretrained=str(checkpoint),
-            device=device,
-            force_quick_gelu=force_quick_gelu,
-            force_preprocess_cfg=preprocess,
-            cache_dir=cache_dir,
-        )
+        try:
+            model = open_clip.create_model(
+                arch,
+                pretrained=str(checkpoint),
+                device=device,
+                force_quick_gelu=force_quick_gelu,
+                force_preprocess_cfg=preprocess,
+                cache_dir=cache_dir,
+            )
+        except Exception as error:  # noqa: BLE001  (a text file, a truncated or foreign file)
+            raise ValueError(
+                f"open_clip: cannot load {arch!r} weights from {checkpoint}: "
+                f"{type(error).__name__}: {str(error).split('. ')[0].splitlines()[0][:160]}. "
+                "Expected an open_clip checkpoint (.pt/.bin/.safetensors) of that architecture"
+            ) from None
         try:
             tokenizer = open_clip.get_tokenizer(arch)
         except Exception as err:  # HF tokenizers of some archs need a download

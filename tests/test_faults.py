@@ -340,6 +340,43 @@ def test_two_processes_writing_one_cache_entry_leave_one_valid_entry(tmp_path):
     assert _dissect(["fc", "act"], cache=tmp_path).meta["recording"]["cache"]["hit"] is True
 
 
+_FOLDER_WRITER = textwrap.dedent(
+    """
+    import os, sys, time, torch
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[2])
+    torch.set_num_threads(1)
+    from test_faults import _dissect
+    out, layer = Path(sys.argv[1]), sys.argv[3]
+    (out.parent / f"ready-{layer}").touch()
+    while len(list(out.parent.glob("ready-*"))) < 2:  # both start together, after the imports
+        time.sleep(0.01)
+    for _ in range(5):  # several overlapping saves of different results into one folder
+        _dissect([layer]).save(out)
+    """
+)
+
+
+def test_two_processes_saving_into_one_output_folder_leave_one_complete_result(tmp_path):
+    out = tmp_path / "dissection"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _FOLDER_WRITER, str(out), str(Path(__file__).parent), layer],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for layer in ("fc", "act")
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outputs]
+    result = Dissection.load(out)  # one writer's complete result, never a mix of both
+    (layer,) = result.config.layers
+    assert {u.layer for u in result.units} == {layer}
+    assert _rows(result) == _rows(_dissect([layer]))
+    assert _leftovers(tmp_path) == []
+
+
 # -- training interrupted by real signals (Ctrl-C, kill -9), in subprocesses ---------------------
 # The child pauses at a chosen point and says so through a file; the test waits for that file
 # (never for a time), signals the child, then resumes the run and compares it with an

@@ -470,8 +470,8 @@ def test_training_resumes_exactly_after_ctrl_c_or_kill_9(tmp_path, signal_name):
 
 
 @pytest.mark.parametrize("how", ["truncated", "empty"])
-@pytest.mark.parametrize("name", ["trainer.pt", "rng-rank0.pt"])
-def test_damaged_training_state_is_a_clear_error(tmp_path, name, how):
+def test_damaged_training_state_is_a_clear_error(tmp_path, how):
+    name = "trainer.pt"  # the whole resume point of a single process
     from discover.training import TrainConfig, train
 
     config = TrainConfig(**{**_TRAIN_CONFIG, "epochs": 1}, out=str(tmp_path / "run"))

@@ -52,7 +52,7 @@ def test_run_directory_contents(tmp_path):
     lines = (run / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert {"train_loss", "train_top1", "val_top1", "lr"} <= set(json.loads(lines[-1]))
-    for name in ("last.safetensors", "best.safetensors", "state/trainer.pt", "state/rng-rank0.pt"):
+    for name in ("last.safetensors", "best.safetensors", "state/trainer.pt"):
         assert (run / name).is_file(), name
     from safetensors import safe_open
 

@@ -810,35 +810,44 @@ def _save_state(
     partial: torch.Tensor,
     rng: dict | None = None,
 ) -> None:
-    """Weights + optimizer/scheduler state on rank 0; RNG state and partial sums on every rank.
+    """Save the resume point and the user-facing checkpoints.
 
-    ``rng`` is the RNG state to resume from (default: now); a mid-epoch save passes the state
-    right after the last optimizer step, before any of the cut batch was loaded.
+    Rank 0's resume point is one file, ``state/trainer.pt`` (weights, optimizer, scheduler,
+    scaler, its RNG state and partial sums, the position), written atomically: a kill at any
+    moment leaves the old or the new point, never a mix. Other ranks keep their RNG state in
+    ``state/rng-rank{r}.pt``, tagged with the position so a resume can check it. ``rng`` is
+    the RNG state to resume from (default: now); a mid-epoch save passes the state right
+    after the last optimizer step, before any of the cut batch was loaded.
     """
     state_dir = out / "state"
+    position = {"epoch": epoch, "step": step}
+    rng_state = {**(rng or _rng_state()), "partial": partial, **position}
     if ctx.world > 1:
         dist.barrier()
-    _atomic_torch_save(
-        state_dir / f"rng-rank{ctx.rank}.pt", {**(rng or _rng_state()), "partial": partial}
-    )
+    if not ctx.main:
+        _atomic_torch_save(state_dir / f"rng-rank{ctx.rank}.pt", rng_state)
+    if ctx.world > 1:
+        dist.barrier()
     if ctx.main:
         meta = {
-            "epoch": epoch,
-            "step": step,
+            **position,
             "best_top1": best,
             "history": history,
             "temperature": _temperature(model),
         }
-        save_checkpoint(model, out / "last.safetensors")
+        weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         _atomic_torch_save(
             state_dir / "trainer.pt",
             {
+                "model": weights,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
+                "rng": rng_state,
                 **meta,
             },
         )
+        save_checkpoint(model, out / "last.safetensors")
         _atomic_json(out / "last.json", meta)
         if improved:
             save_checkpoint(model, out / "best.safetensors")
@@ -878,15 +887,29 @@ def _load_state(
         raise ValueError(
             f"--resume: the configuration differs from the run in {out}: " + "; ".join(differs)
         )
-    load_checkpoint(model, out / "last.safetensors")
     state = _load_tensors(trainer_file)
+    if "model" in state:  # the weights of the resume point itself
+        model.load_state_dict(state["model"])
+    else:  # a run saved before the weights moved into the resume point
+        load_checkpoint(model, out / "last.safetensors")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     rng_file = out / "state" / f"rng-rank{ctx.rank}.pt"
-    partial = torch.zeros(3, dtype=torch.float64)
-    if rng_file.is_file():
+    rng = state.get("rng") if ctx.main else None
+    if rng is None and rng_file.is_file():
         rng = _load_tensors(rng_file)
+    partial = torch.zeros(3, dtype=torch.float64)
+    if rng is not None:
+        if (rng.get("epoch", state["epoch"]), rng.get("step", state["step"])) != (
+            state["epoch"],
+            state["step"],
+        ):
+            raise ValueError(
+                f"--resume: {rng_file} (epoch {rng.get('epoch')}, step {rng.get('step')}) does "
+                f"not match {trainer_file} (epoch {state['epoch']}, step {state['step']}): the "
+                "run was stopped while saving; start it again with --overwrite"
+            )
         _set_rng_state(rng)
         partial = rng["partial"]
     _truncate_log(out / "log.jsonl", len(state["history"]))
@@ -930,7 +953,11 @@ def load_run(run: str | Path, weights: str = "best") -> tuple[nn.Module, dict[st
     config = read_json(config_file, "run configuration")
     weights_file = run / f"{weights}.safetensors"
     if not weights_file.is_file():
-        raise FileNotFoundError(f"no {weights!r} weights in {run} (looked for {weights_file})")
+        raise FileNotFoundError(
+            f"run {run} is incomplete: no {weights!r} checkpoint yet ({weights_file} is "
+            "missing: its first epoch has not finished); continue it with "
+            f"`discover train --resume --out {run}` and the same options"
+        )
     spec = config["model"]
     # an annealed run's weights go with the temperature they were saved at
     meta_file = run / f"{weights}.json"

@@ -157,7 +157,7 @@ def conse_job(n: int, workdir: Path) -> dict[str, Any]:
 
 
 def _load_conse(workdir: Path) -> dict[str, Any]:
-    return torch.load(workdir / "conse.pt", weights_only=False)
+    return torch.load(workdir / "conse.pt", weights_only=True)  # tensors, strings, numbers
 
 
 # --------------------------------------------------------------------------------------------

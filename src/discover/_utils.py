@@ -27,6 +27,7 @@ from typing import Any
 
 __all__ = [
     "CacheWarning",
+    "csv_text",
     "atomic_path",
     "cache_root",
     "cache_warning",
@@ -341,3 +342,22 @@ def check_options(fn: Callable[..., Any], options: Mapping[str, Any], what: str)
         if key in hints and not _accepts(hints[key], value):
             expected = getattr(hints[key], "__name__", None) or str(hints[key])
             raise ValueError(f"{what}: option {key} expects {expected}, got {value!r}")
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """Rows of one shape as CSV text with a header (``None`` becomes an empty cell).
+
+    Example:
+        >>> csv_text([{"unit": 0, "label": "circle"}]).splitlines()
+        ['unit,label', '0,circle']
+    """
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return buffer.getvalue()

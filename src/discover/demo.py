@@ -618,6 +618,6 @@ def _settings(config: DemoConfig, run: dict[str, Any], evaluation: Any) -> dict[
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    from .dissection import _atomic_write
+    from ._utils import write_atomic
 
-    _atomic_write(path, json.dumps(data, indent=2, default=str))
+    write_atomic(path, json.dumps(data, indent=2, default=str))

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ._utils import write_files
+from ._utils import csv_text, write_files
 from .concepts import ConceptSet, load_concepts
 from .dissection import Dissection, UnitDescription, cached_concept_matrix, model_view
 from .embedders import AnnotationEmbedder, Embedder, build_embedder, load_sentence_model
@@ -177,16 +177,6 @@ def _metrics_csv(metrics: dict[str, Metric]) -> str:
     return buffer.getvalue()
 
 
-def _rows_csv(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    return buffer.getvalue()
-
-
 class _Saveable:
     """``to_dict`` / ``save`` shared by the result types (JSON + two CSV tables)."""
 
@@ -204,7 +194,7 @@ class _Saveable:
         out = Path(out)
         files = {
             f"{self._stem}.csv": _metrics_csv(self.metrics),  # type: ignore[attr-defined]
-            f"{self._stem}_units.csv": _rows_csv(self.per_unit),  # type: ignore[attr-defined]
+            f"{self._stem}_units.csv": csv_text(self.per_unit),  # type: ignore[attr-defined]
             f"{self._stem}.json": json.dumps(self.to_dict(), indent=2),
         }
         write_files(out, files)
@@ -468,7 +458,7 @@ def _concept_list(dissection: Dissection) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _ranks_from_scores(S: Tensor, columns: Tensor) -> Tensor:
+def ranks_from_scores(S: Tensor, columns: Tensor) -> Tensor:
     """``R[k, j]``: pessimistic 1-based rank of concept ``columns[j]`` among ``S[k, :]``."""
     if not torch.isfinite(S).all():
         raise ValueError("the dissection's score matrix holds NaN or Inf values")
@@ -638,7 +628,7 @@ def evaluate_descriptions(
                 f"the stored score matrix of {layer!r} is {tuple(S.shape)}, expected ({K}, {M})"
             )
         columns = torch.tensor([index[classes[k]] for k in present], dtype=torch.long)
-        R = _ranks_from_scores(S[present], columns) if present else torch.empty(0, 0)
+        R = ranks_from_scores(S[present], columns) if present else torch.empty(0, 0)
         rank_source = "exact (full score matrix)"
     else:
         R = _ranks_from_top([rows[k] for k in present], [classes[k] for k in present])

@@ -33,7 +33,6 @@ from ._utils import (
     check_options,
     resolve_device,
     staged_dir,
-    write_atomic,
     write_files,
 )
 from .concepts import ConceptSet, load_concepts
@@ -314,11 +313,6 @@ def _replaceable(out: Path) -> bool:
         )
         for entry in out.iterdir()
     )
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Kept for callers of the old name; see :func:`discover._utils.write_atomic`."""
-    write_atomic(path, text)
 
 
 class _ModelView(Dataset):

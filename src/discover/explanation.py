@@ -39,7 +39,7 @@ from torch import nn
 
 from ._utils import write_atomic
 from .lwta import LWTA, capture_winners, eval_policy, lwta_layers
-from .recording import _default_input_size, _suggest, pool, pool_mask, resolve_layers
+from .recording import default_input_size, pool, pool_mask, resolve_layers, suggested_pooling
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -322,7 +322,7 @@ def _eval_transform(model: nn.Module) -> Callable:
 
 def _forward(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """``model(batch)`` as float logits; inputs the model cannot take are a clear error."""
-    expected = _default_input_size(model)
+    expected = default_input_size(model)
     if batch.shape[1] != expected[0]:
         raise ValueError(
             f"explain: the model takes {expected[0]}-channel inputs (input size "
@@ -433,7 +433,7 @@ def _dissection_index(dissection: Any) -> dict[str, dict[int, Any]]:
 def _pooling(dissection: Any, name: str, output: torch.Tensor, model: nn.Module) -> str:
     """The pooling the dissection used for ``name`` (or the suggested one)."""
     chosen = dissection.pooling(name) if dissection is not None else None
-    return chosen or _suggest(tuple(output.shape[1:]), model) or "none"
+    return chosen or suggested_pooling(tuple(output.shape[1:]), model) or "none"
 
 
 def _default_layers(

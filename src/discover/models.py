@@ -399,17 +399,12 @@ def list_models(pattern: str = "*", include_timm: bool = True) -> list[str]:
         >>> list_models("small_*")
         ['small_resnet', 'small_vit']
     """
-    _ensure_builtin_models()
     names = sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
     if include_timm:
         import timm
 
         names += [n for n in timm.list_models(pattern) if n not in _MODELS]
     return names
-
-
-def _ensure_builtin_models() -> None:
-    from . import networks  # noqa: F401  (registers the built-in small networks)
 
 
 @dataclass
@@ -440,7 +435,6 @@ class CVNConfig:
 
 
 def _build_dense(name: str, num_classes: int | None, kwargs: dict[str, Any]) -> nn.Module:
-    _ensure_builtin_models()
     extra = {} if num_classes is None else {"num_classes": num_classes}
     if name in _MODELS:
         return _call_builder(f"model {name!r}", _MODELS[name], {**extra, **kwargs})

@@ -48,9 +48,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._utils import check_options
-from .description_eval import _ranks_from_scores, _rows_csv
-from .dissection import _atomic_write
+from ._utils import check_options, csv_text, write_atomic
+from .description_eval import ranks_from_scores
 from .similarity import SIMILARITIES, get_similarity
 
 __all__ = [
@@ -241,7 +240,7 @@ class PlantedResult:
 
     def to_csv(self) -> str:
         """One row per (similarity, variant, noise)."""
-        return _rows_csv(self.rows)
+        return csv_text(self.rows)
 
     def table(self) -> str:
         """Top-1 / top-k recovery (%) per similarity (rows, best first) and cell (columns)."""
@@ -270,10 +269,10 @@ class PlantedResult:
         """Write ``planted.csv`` (cells), ``planted_ranking.csv`` and ``planted.json``."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / "planted.csv", self.to_csv())
-        _atomic_write(out / "planted_ranking.csv", _rows_csv(self.ranking))
+        write_atomic(out / "planted.csv", self.to_csv())
+        write_atomic(out / "planted_ranking.csv", csv_text(self.ranking))
         path = out / "planted.json"
-        _atomic_write(path, json.dumps(self.to_dict(), indent=2))
+        write_atomic(path, json.dumps(self.to_dict(), indent=2))
         return path
 
 
@@ -346,7 +345,7 @@ def planted_recovery(
             t0 = time.perf_counter()
             S = fn(P, Q, **params)
             seconds = time.perf_counter() - t0
-            ranks = _ranks_from_scores(S, ids).diagonal()
+            ranks = ranks_from_scores(S, ids).diagonal()
             rows.append(
                 {
                     "similarity": name,

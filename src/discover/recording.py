@@ -71,7 +71,8 @@ class LayerInfo:
         return f"{self.name:<36} {self.type:<22} {shape:<16} {self.suggested_pooling or '-'}{lwta}"
 
 
-def _suggest(shape: tuple[int, ...] | None, model: nn.Module) -> str | None:
+def suggested_pooling(shape: tuple[int, ...] | None, model: nn.Module) -> str | None:
+    """The default pooling for a layer output of ``shape`` (batch dim excluded), or ``None``."""
     if shape is None or len(shape) + 1 not in POOLINGS:
         return None
     rank = len(shape) + 1
@@ -89,7 +90,7 @@ def list_layers(model: nn.Module, input_size: Sequence[int] | None = None) -> li
         >>> [str(info).split()[0] for info in list_layers(create_model("small_vit"))][:3]  # doctest: +SKIP
         ['patch_embed', 'patch_embed.proj', 'patch_embed.norm']
     """
-    input_size = tuple(input_size or _default_input_size(model))
+    input_size = tuple(input_size or default_input_size(model))
     shapes: dict[str, tuple[int, ...] | None] = {}
     handles = []
     for name, module in model.named_modules():
@@ -115,7 +116,7 @@ def list_layers(model: nn.Module, input_size: Sequence[int] | None = None) -> li
             name,
             type(module).__name__,
             shapes.get(name),
-            _suggest(shapes.get(name), model),
+            suggested_pooling(shapes.get(name), model),
             module.U if isinstance(module, LWTA) else None,
         )
         for name, module in model.named_modules()
@@ -123,7 +124,8 @@ def list_layers(model: nn.Module, input_size: Sequence[int] | None = None) -> li
     ]
 
 
-def _default_input_size(model: nn.Module) -> tuple[int, int, int]:
+def default_input_size(model: nn.Module) -> tuple[int, int, int]:
+    """The ``(C, H, W)`` input a model expects (its build config, else its timm config)."""
     config = getattr(model, "cvn_config", None)
     if config is not None and config.input_size:
         return tuple(config.input_size)
@@ -315,7 +317,7 @@ def _pooled_hooks(
                     "tensor; choose a layer that outputs one (see `discover layers`)"
                 )
             if pooling[name] == "auto":  # resolved on the first output, then recorded
-                pooling[name] = _suggest(tuple(output.shape[1:]), model) or "none"
+                pooling[name] = suggested_pooling(tuple(output.shape[1:]), model) or "none"
             # Copy: a view (``cls`` pooling, or no pooling) would pin the whole layer output,
             # and a later in-place op could change the recorded values.
             pooled = pool(output.detach(), pooling[name], name)

@@ -1,0 +1,104 @@
+"""The code's own rules, checked by reading the source (no import side effects).
+
+* no module imports another module's private (underscore) name; private *modules* of the
+  package (``_utils``, ``_lwta_kernel``) are shared helpers and may be imported;
+* the package's modules import each other without cycles (module-level and function-level
+  imports both count);
+* nothing loads with ``weights_only=False`` and nothing uses pickle: a run folder or cache
+  from someone else must not be able to execute code.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "discover"
+
+
+def _modules() -> dict[str, ast.Module]:
+    modules = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = ast.parse(path.read_text(), filename=str(path))
+    return modules
+
+
+def _resolve(module: str, node: ast.ImportFrom, is_package: bool) -> str:
+    if node.level == 0:
+        return node.module or ""
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _imports(modules: dict[str, ast.Module]):
+    """(importer, imported module, imported names) for every discover-internal import."""
+    for name, tree in modules.items():
+        is_package = (PACKAGE / Path(*name.split(".")[1:]) / "__init__.py").is_file()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                target = _resolve(name, node, is_package)
+                if target == "discover" or target.startswith("discover."):
+                    yield name, target, [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("discover"):
+                        yield name, alias.name, []
+
+
+def test_no_private_name_is_imported_across_modules():
+    modules = _modules()
+    offences = []
+    for importer, target, names in _imports(modules):
+        for imported in names:
+            is_module = f"{target}.{imported}" in modules
+            if imported.startswith("_") and not imported.startswith("__") and not is_module:
+                offences.append(f"{importer} imports {target}.{imported}")
+    assert not offences, "private names imported across modules:\n" + "\n".join(offences)
+
+
+def test_no_import_cycles_between_modules():
+    modules = _modules()
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for importer, target, names in _imports(modules):
+        for imported in names or [""]:
+            full = f"{target}.{imported}" if imported else target
+            dependency = full if full in modules else target
+            if dependency in modules and dependency != importer and dependency != "discover":
+                graph[importer].add(dependency)
+    cycles = []
+
+    def visit(node: str, stack: list[str], seen: set[str]) -> None:
+        for nxt in sorted(graph[node]):
+            if nxt in stack:
+                cycles.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
+            elif nxt not in seen:
+                seen.add(nxt)
+                visit(nxt, stack + [nxt], seen)
+
+    for start in sorted(graph):
+        visit(start, [start], {start})
+    assert not cycles, "import cycles:\n" + "\n".join(sorted(set(cycles)))
+
+
+def test_nothing_unpickles():
+    offences = []
+    for folder in ("src", "benchmarks", "scripts"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if isinstance(node, ast.keyword) and node.arg == "weights_only":
+                    if not (isinstance(node.value, ast.Constant) and node.value.value is True):
+                        offences.append(f"{path.relative_to(ROOT)}:{node.lineno} weights_only")
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                    if any(n.split(".")[0] in ("pickle", "dill", "cloudpickle") for n in names):
+                        offences.append(f"{path.relative_to(ROOT)}:{node.lineno} pickle import")
+                if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "load":
+                    owner = getattr(node.func.value, "id", "")
+                    keywords = {k.arg for k in node.keywords}
+                    if owner == "torch" and "weights_only" not in keywords:
+                        offences.append(f"{path.relative_to(ROOT)}:{node.lineno} torch.load")
+    assert not offences, "code that can unpickle:\n" + "\n".join(offences)

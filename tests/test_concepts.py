@@ -162,7 +162,7 @@ def test_register_concept_set() -> None:
         with pytest.raises(ValueError, match="already registered"):
             register_concept_set(name)(colours)
     finally:
-        CONCEPT_SETS.pop(name, None)
+        CONCEPT_SETS.unregister(name)
 
 
 def test_concept_set_passes_through_and_behaves_like_a_list() -> None:

@@ -506,7 +506,7 @@ def test_user_registered_embedder() -> None:
         with pytest.raises(ValueError, match="already registered"):
             register_embedder("test-mean-colour")(build)
     finally:
-        EMBEDDERS.pop("test-mean-colour", None)
+        EMBEDDERS.unregister("test-mean-colour")
 
     red = torch.zeros(3, 10, 12, dtype=torch.uint8)
     red[0] = 255

@@ -129,7 +129,7 @@ def test_cli_train_writes_a_run(tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["recipe"]["optimizer"] == "adamw" and config["model"]["U"] == 8
     assert main(["train", "--recipe", "resnt", "--out", str(tmp_path / "x")]) == 2
-    assert "Close matches: resnet" in capsys.readouterr().err
+    assert "Did you mean 'resnet'" in capsys.readouterr().err
 
 
 def test_cli_train_and_evaluate_on_fashion_mnist(tmp_path, capsys):

@@ -63,11 +63,11 @@ def test_registry_names_and_default():
 def test_unknown_name_lists_close_matches(typo, suggestion):
     with pytest.raises(ValueError, match=f"Did you mean.*'{suggestion}'") as err:
         get_similarity(typo)
-    assert "Available:" in str(err.value)
+    assert "Known:" in str(err.value)
 
 
 def test_register_custom_function_and_duplicates_raise(monkeypatch):
-    monkeypatch.setattr(sim, "SIMILARITIES", dict(SIMILARITIES))
+    monkeypatch.setattr(sim, "SIMILARITIES", SIMILARITIES.copy())
 
     @register_similarity("neg_l2")
     def neg_l2(concept_acts, neuron_acts, **params):

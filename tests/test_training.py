@@ -152,7 +152,7 @@ def test_recipes_follow_method_md():
         0.1,
         300,
     )
-    with pytest.raises(ValueError, match=r"unknown recipe 'resnt'. Close matches: resnet"):
+    with pytest.raises(ValueError, match=r"unknown recipe 'resnt'. Did you mean 'resnet'"):
         get_recipe("resnt")
 
 

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from ._utils import Registry
+
 __all__ = [
     "ConceptSet",
     "CONCEPT_SETS",
@@ -182,7 +184,7 @@ def _read_resource(filename: str, name: str, *, keep_duplicates: bool = False) -
 # --------------------------------------------------------------------------------------------
 
 ConceptLoader = Callable[[], ConceptSet]
-CONCEPT_SETS: dict[str, ConceptLoader] = {}
+CONCEPT_SETS: Registry[ConceptLoader] = Registry("concept set")
 """Concept-set loaders by name; :func:`load_concepts` looks names up here."""
 
 
@@ -198,18 +200,12 @@ def register_concept_set(name: str) -> Callable[[ConceptLoader], ConceptLoader]:
         ...     return concept_set_from_lines(["red", "green"], name="colours")
     """
 
-    def decorator(fn: ConceptLoader) -> ConceptLoader:
-        if name in CONCEPT_SETS:
-            raise ValueError(f"register_concept_set: {name!r} is already registered")
-        CONCEPT_SETS[name] = fn
-        return fn
-
-    return decorator
+    return CONCEPT_SETS.register(name)
 
 
 def list_concept_sets() -> list[str]:
     """Registered concept-set names, sorted."""
-    return sorted(CONCEPT_SETS)
+    return CONCEPT_SETS.list()
 
 
 def load_concepts(spec: str | os.PathLike[str] | ConceptSet) -> ConceptSet:

@@ -17,7 +17,6 @@ models with different input sizes, channel counts and normalisations.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import gzip
 import hashlib
@@ -43,7 +42,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from ._utils import cache_root
+from ._utils import Registry, cache_root
 
 __all__ = [
     "SPLITS",
@@ -1159,7 +1158,9 @@ def _open_torchvision(
 # --------------------------------------------------------------------------------------------
 
 DatasetBuilder = Callable[..., Dataset]
-DATASETS: dict[str, DatasetBuilder] = {}
+DATASETS: Registry[DatasetBuilder] = Registry(
+    "dataset", normalize=lambda name: name.lower().replace("_", "-")
+)
 """Dataset builders by name: ``builder(split, root, transform, **kwargs) -> Dataset``."""
 
 
@@ -1172,18 +1173,12 @@ def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
         ...     return ShapesWorld(split=split, transform=transform, image_size=32, **kw)
     """
 
-    def decorator(fn: DatasetBuilder) -> DatasetBuilder:
-        if name in DATASETS:
-            raise ValueError(f"register_dataset: a dataset named {name!r} is already registered")
-        DATASETS[name] = fn
-        return fn
-
-    return decorator
+    return DATASETS.register(name)
 
 
 def list_datasets() -> list[str]:
     """Registered dataset names, sorted."""
-    return sorted(DATASETS)
+    return DATASETS.list()
 
 
 def build_dataset(
@@ -1205,15 +1200,11 @@ def build_dataset(
         >>> len(ds), len(ds.class_names)
         (100, 10)
     """
-    key = name.lower().replace("_", "-")
-    if key not in DATASETS:
-        close = difflib.get_close_matches(key, list(DATASETS), n=3, cutoff=0.4)
-        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"unknown dataset {name!r}.{hint} Known: {', '.join(list_datasets())}")
+    builder = DATASETS.get(name)
     if split not in SPLITS:
         raise ValueError(f"build_dataset: split must be one of {SPLITS}, got {split!r}")
     try:
-        return DATASETS[key](split=split, root=root, transform=transform, **kwargs)
+        return builder(split=split, root=root, transform=transform, **kwargs)
     except TypeError as error:  # an option the data set does not take, or of the wrong type
         raise ValueError(f"dataset {name!r} rejected its options {kwargs}: {error}") from None
 

@@ -37,6 +37,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from ._utils import Registry
+
 __all__ = ["DemoConfig", "DemoResult", "DemoData", "DEMO_DATA", "register_demo_data", "run_demo"]
 
 
@@ -145,21 +147,17 @@ class DemoData(ABC):
         """Raw held-out images (``uint8`` tensors) to explain, never seen in training."""
 
 
-DEMO_DATA: dict[str, DemoData] = {}
+DEMO_DATA: Registry[DemoData] = Registry("demo data")
 
 
 def register_demo_data(spec: DemoData) -> DemoData:
     """Make ``discover demo --data NAME`` available (``spec.name``)."""
-    if spec.name in DEMO_DATA:
-        raise ValueError(f"demo data {spec.name!r} is already registered")
-    DEMO_DATA[spec.name] = spec
-    return spec
+    return DEMO_DATA.register(spec.name, spec)
 
 
 def get_demo_data(name: str) -> DemoData:
-    if name not in DEMO_DATA:
-        raise ValueError(f"unknown demo data {name!r}; choose one of {', '.join(DEMO_DATA)}")
-    return DEMO_DATA[name]
+    """The registered demo data ``name`` (unknown names list the closest ones)."""
+    return DEMO_DATA.get(name)
 
 
 class _Shapes(DemoData):

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from ._utils import cache_root
+from ._utils import Registry, cache_root
 from .concepts import ConceptSet
 
 __all__ = [
@@ -1210,7 +1210,7 @@ def _probe_annotations(probe: Any) -> tuple[Tensor, list[str]]:
 # --------------------------------------------------------------------------------------------
 
 EmbedderBuilder = Callable[..., Embedder]
-EMBEDDERS: dict[str, EmbedderBuilder] = {}
+EMBEDDERS: Registry[EmbedderBuilder] = Registry("embedder")
 """Embedder builders by spec prefix: ``builder(argument, **kwargs)``, where ``argument`` is
 the text after ``"<prefix>:"`` (``None`` without a colon)."""
 _USAGE: dict[str, str] = {}
@@ -1233,9 +1233,7 @@ def register_embedder(
         raise ValueError(f"register_embedder: prefix {prefix!r} must not contain ':'")
 
     def decorator(fn: EmbedderBuilder) -> EmbedderBuilder:
-        if prefix in EMBEDDERS:
-            raise ValueError(f"register_embedder: {prefix!r} is already registered")
-        EMBEDDERS[prefix] = fn
+        EMBEDDERS.register(prefix, fn)
         _USAGE[prefix] = usage or prefix
         return fn
 
@@ -1244,7 +1242,7 @@ def register_embedder(
 
 def list_embedders() -> list[str]:
     """Registered spec prefixes, sorted."""
-    return sorted(EMBEDDERS)
+    return EMBEDDERS.list()
 
 
 def build_embedder(spec: str | Embedder, **kwargs: Any) -> Embedder:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._utils import check_options
+from ._utils import Registry, check_options
 from .lwta import LWTA, EvalPolicy, lwta_layers
 
 __all__ = [
@@ -346,7 +346,7 @@ def to_cvn(
 
 
 # -- model registry --------------------------------------------------------------------------
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 _PLACEMENTS: dict[str, tuple[list[str] | None, list[str] | None]] = {}
 
 
@@ -363,14 +363,7 @@ def register_model(name: str | None = None) -> Callable:
         ...                          nn.Linear(64, num_classes))
     """
 
-    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        key = name or fn.__name__
-        if key in _MODELS:
-            raise ValueError(f"register_model: a model named {key!r} is already registered")
-        _MODELS[key] = fn
-        return fn
-
-    return decorator
+    return MODELS.register(name)
 
 
 def register_placement(
@@ -399,11 +392,11 @@ def list_models(pattern: str = "*", include_timm: bool = True) -> list[str]:
         >>> list_models("small_*")
         ['small_resnet', 'small_vit']
     """
-    names = sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
+    names = MODELS.list(pattern)
     if include_timm:
         import timm
 
-        names += [n for n in timm.list_models(pattern) if n not in _MODELS]
+        names += [n for n in timm.list_models(pattern) if n not in MODELS]
     return names
 
 
@@ -436,8 +429,8 @@ class CVNConfig:
 
 def _build_dense(name: str, num_classes: int | None, kwargs: dict[str, Any]) -> nn.Module:
     extra = {} if num_classes is None else {"num_classes": num_classes}
-    if name in _MODELS:
-        return _call_builder(f"model {name!r}", _MODELS[name], {**extra, **kwargs})
+    if name in MODELS:
+        return _call_builder(f"model {name!r}", MODELS[name], {**extra, **kwargs})
     if name.startswith("torchvision:"):
         import torchvision
 
@@ -462,7 +455,7 @@ def _build_dense(name: str, num_classes: int | None, kwargs: dict[str, Any]) -> 
             timm.create_model,
             {"model_name": name, "pretrained": False, **extra, **kwargs},
         )
-    candidates = list(_MODELS) + timm.list_models()
+    candidates = list(MODELS) + timm.list_models()
     close = difflib.get_close_matches(name, candidates, n=6, cutoff=0.55)
     raise ValueError(
         f"unknown model name {name!r}. Closest names: {', '.join(close) or 'none'}. "

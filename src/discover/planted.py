@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._utils import check_options, csv_text, write_atomic
+from ._utils import Registry, check_options, csv_text, write_atomic
 from .description_eval import ranks_from_scores
 from .similarity import SIMILARITIES, get_similarity
 
@@ -72,7 +72,7 @@ TRANSFERS: dict[str, Callable[[Tensor], Tensor]] = {
 VariantFn = Callable[[Tensor, "PlantedConfig", torch.Generator], Tensor]
 """``(y [N, n], config, generator) -> activations [N, n]``, ``y`` the noisy monotone signal."""
 
-VARIANTS: dict[str, VariantFn] = {}
+VARIANTS: Registry[VariantFn] = Registry("planted variant")
 
 
 def register_variant(name: str) -> Callable[[VariantFn], VariantFn]:
@@ -84,13 +84,7 @@ def register_variant(name: str) -> Callable[[VariantFn], VariantFn]:
         ...     return y.clamp_min(0)
     """
 
-    def decorator(fn: VariantFn) -> VariantFn:
-        if name in VARIANTS:
-            raise ValueError(f"planted variant {name!r} is already registered")
-        VARIANTS[name] = fn
-        return fn
-
-    return decorator
+    return VARIANTS.register(name)
 
 
 @register_variant("dense")

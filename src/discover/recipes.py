@@ -8,12 +8,13 @@ smoothing) at a size that trains on small data sets and CPUs.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from ._utils import Registry
 
 __all__ = [
     "Recipe",
@@ -56,7 +57,7 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-RECIPES: dict[str, Recipe] = {}
+RECIPES: Registry[Recipe] = Registry("recipe")
 
 
 def register_recipe(recipe: Recipe) -> Recipe:
@@ -66,21 +67,12 @@ def register_recipe(recipe: Recipe) -> Recipe:
         >>> register_recipe(Recipe("sgd_fast", "sgd", lr=0.2, batch_size=512, epochs=5,
         ...                        weight_decay=5e-4, schedule="step", step_size=2))  # doctest: +SKIP
     """
-    if recipe.name in RECIPES:
-        raise ValueError(f"a recipe named {recipe.name!r} is already registered")
-    RECIPES[recipe.name] = recipe
-    return recipe
+    return RECIPES.register(recipe.name, recipe)
 
 
 def get_recipe(name: str) -> Recipe:
     """The registered recipe ``name``; unknown names list the close matches."""
-    if name not in RECIPES:
-        close = difflib.get_close_matches(name, list(RECIPES), n=4, cutoff=0.4)
-        raise ValueError(
-            f"unknown recipe {name!r}. Close matches: {', '.join(close) or 'none'}; "
-            f"available: {', '.join(RECIPES)}"
-        )
-    return RECIPES[name]
+    return RECIPES.get(name)
 
 
 register_recipe(

@@ -35,7 +35,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import math
 import threading
 import warnings
@@ -46,6 +45,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor
+
+from ._utils import Registry
 
 __all__ = [
     "SIMILARITIES",
@@ -65,7 +66,7 @@ __all__ = [
 SimilarityFn = Callable[..., Tensor]
 """``(concept_acts [N, M], neuron_acts [N, K], **params) -> scores [K, M]``."""
 
-SIMILARITIES: dict[str, SimilarityFn] = {}
+SIMILARITIES: Registry[SimilarityFn] = Registry("similarity")
 DEFAULT_SIMILARITY = "soft_wpmi"
 
 Transform = Literal["identity", "zscore"]
@@ -87,13 +88,7 @@ def register_similarity(name: str) -> Callable[[SimilarityFn], SimilarityFn]:
         ...     return -torch.cdist(neuron_acts.T, concept_acts.T)
     """
 
-    def decorator(fn: SimilarityFn) -> SimilarityFn:
-        if name in SIMILARITIES:
-            raise ValueError(f"similarity {name!r} is already registered")
-        SIMILARITIES[name] = fn
-        return fn
-
-    return decorator
+    return SIMILARITIES.register(name)
 
 
 def get_similarity(name: str) -> SimilarityFn:
@@ -106,14 +101,7 @@ def get_similarity(name: str) -> SimilarityFn:
         >>> get_similarity("cos3").__name__
         'cos3'
     """
-    try:
-        return SIMILARITIES[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(SIMILARITIES), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(
-            f"unknown similarity {name!r}.{hint} Available: {', '.join(sorted(SIMILARITIES))}"
-        ) from None
+    return SIMILARITIES.get(name)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -265,6 +265,8 @@ def test_fused_kernel_matches_the_unfused_code_with_the_same_noise(shape, temper
     assert torch.equal(hard, expected_hard)
     assert torch.equal(hard.sum(1), torch.ones(shape[0], shape[2], dtype=torch.long))
     assert torch.equal(out, h * expected_hard)
+    out_eval, hard_eval, soft_eval = _lwta_kernel.forward(h, temperature, None, noise=noise)
+    assert soft_eval is None and torch.equal(hard_eval, hard) and torch.equal(out_eval, out)
     expected_soft = torch.softmax(logits / tau, dim=1)
     assert torch.allclose(soft, expected_soft, atol=1e-6)
 

@@ -483,3 +483,39 @@ def test_damaged_training_state_is_a_clear_error(tmp_path, how):
     with pytest.raises(ValueError, match=rf"cannot read the training state .*{name}"):
         train(TrainConfig(**{**_TRAIN_CONFIG, "epochs": 2}, out=str(tmp_path / "run"), resume=True))
     assert (tmp_path / "run" / "last.safetensors").read_bytes() == weights  # nothing lost
+
+
+def test_disk_full_while_training_keeps_the_last_checkpoint_and_no_temp_files(
+    tmp_path, monkeypatch, capsys
+):
+    """A full disk at the second epoch's save: one-line CLI error, epoch 1 still resumable."""
+    from discover.cli import main
+    from discover.training import TrainConfig, train
+
+    config = dict(_TRAIN_CONFIG, epochs=2)
+    run = tmp_path / "run"
+    original = torch.save
+    saves = {"n": 0}
+
+    def full_disk(obj, f, *args, **kwargs):
+        saves["n"] += 1
+        if saves["n"] == 2:  # the trainer state of epoch 2
+            with open(f, "wb") as handle:
+                handle.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        return original(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    argv = ["train", "--model", "small_resnet", "-U", "2", "--epochs", "2", "--batch-size", "32"]
+    argv += ["--model-arg", "img_size=16", "--model-arg", "widths=[8,16]"]
+    argv += ["--model-arg", "depths=[1,1]", "--data-arg", "n=160", "--data-arg", "image_size=16"]
+    argv += ["--eval-samples", "1", "--quiet", "--out", str(run)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no space left on the device") and len(err.splitlines()) == 1
+    assert _leftovers(run) == [] and not list(run.rglob("*.tmp"))
+    monkeypatch.setattr(torch, "save", original)
+    state = torch.load(run / "state" / "trainer.pt", weights_only=True)
+    assert state["epoch"] == 1  # the last complete checkpoint survived
+    resumed = train(TrainConfig(**config, out=str(run), resume=True), progress=False)
+    assert resumed.epochs_run == 2

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._utils import Registry, check_options
+from ._utils import Registry, atomic_path, check_options
 from .lwta import LWTA, EvalPolicy, lwta_layers
 
 __all__ = [
@@ -587,9 +587,8 @@ def save_checkpoint(
         if config is not None:
             metadata[key] = json.dumps(config.to_dict())
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(_untie(state), str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:  # no temporary file survives a failure (disk full)
+        save_file(_untie(state), str(tmp), metadata=metadata)
     return path
 
 

@@ -39,7 +39,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ._utils import read_json, resolve_device
+from ._utils import atomic_path, read_json, resolve_device, write_atomic
 from .data import DataConfig, build_dataset, build_transforms
 from .lwta import TemperatureSchedule, set_temperature
 from .models import create_model, load_checkpoint, save_checkpoint
@@ -415,15 +415,12 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def _atomic_torch_save(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(data, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:  # no temporary file survives a failure (disk full)
+        torch.save(data, tmp)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -383,8 +384,10 @@ def test_two_processes_saving_into_one_output_folder_leave_one_complete_result(t
 # uninterrupted one: weights, BatchNorm buffers, the best checkpoint and the log.
 _TRAIN_CHILD = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     from pathlib import Path
+    # A child of a background job inherits SIGINT as ignored: take Ctrl-C as Python does.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from discover.networks import SmallResNet
     from discover.training import TrainConfig, train
 
@@ -432,7 +435,7 @@ def _wait_for(path: Path, child: subprocess.Popen) -> None:
     while not path.exists():
         if child.poll() is not None:
             raise AssertionError(f"the child ended before pausing:\n{child.stderr.read()[-3000:]}")
-        os.sched_yield()  # no sleeps tuned to the machine: poll the file and the child
+        time.sleep(0.01)  # polling interval only: the test waits for the file, not a time
 
 
 @pytest.mark.slow
@@ -449,12 +452,12 @@ def test_training_resumes_exactly_after_ctrl_c_or_kill_9(tmp_path, signal_name):
     child = _child(cut, pause_at=6, ready=ready)  # epoch 2, second batch (4 batches an epoch)
     _wait_for(ready, child)
     child.send_signal(getattr(signal, signal_name))
-    assert child.wait() != 0
+    assert child.wait(timeout=600) != 0  # a safety net only: the signal ends it at once
     if signal_name == "SIGINT":  # the interrupt checkpoint is taken at the batch boundary
         assert "interrupted: resumable checkpoint written" in child.stdout.read()
     # no pause this time: the resumed child trains to the end
     resumed = _child(cut, pause_at=10**9, ready=tmp_path / "unused")
-    assert resumed.wait() == 0, resumed.stderr.read()[-3000:]
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
     for which in ("last", "best"):
         a, b = (
             load_file(str(full / f"{which}.safetensors")),

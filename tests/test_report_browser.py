@@ -92,6 +92,19 @@ def test_every_page_loads_cleanly_and_renders_its_images(report, tmp_path):
         _check_pages(browser, report, tmp_path)
 
 
+def _wait_until_loaded(browser) -> None:
+    """Wait for the page's load event (every image decoded or failed), not for a time.
+
+    ``browser.get`` can return while the document is still ``interactive`` on a loaded
+    machine; the timeout is only a safety net for a page that never finishes.
+    """
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, timeout=120, poll_frequency=0.05).until(
+        lambda b: b.execute_script("return document.readyState") == "complete"
+    )
+
+
 def _check_pages(browser, report, tmp_path):
     from selenium.common.exceptions import NoAlertPresentException
 
@@ -101,7 +114,7 @@ def _check_pages(browser, report, tmp_path):
     rendered = 0
     for page in pages:
         browser.get(page.as_uri())
-        assert browser.execute_script("return document.readyState") == "complete"
+        _wait_until_loaded(browser)
         with pytest.raises(NoAlertPresentException):
             _ = browser.switch_to.alert.text  # the hostile concept never ran
         errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
@@ -117,6 +130,7 @@ def _check_pages(browser, report, tmp_path):
     assert rendered > 100
 
     browser.get((report / "index.html").as_uri())
+    _wait_until_loaded(browser)
     shot = tmp_path / "report.png"
     shot.write_bytes(full_page_png(browser))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

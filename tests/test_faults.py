@@ -522,3 +522,24 @@ def test_disk_full_while_training_keeps_the_last_checkpoint_and_no_temp_files(
     assert state["epoch"] == 1  # the last complete checkpoint survived
     resumed = train(TrainConfig(**config, out=str(run), resume=True), progress=False)
     assert resumed.epochs_run == 2
+
+
+def test_disk_full_when_an_overwrite_starts_leaves_the_old_run_and_no_staging(
+    tmp_path, monkeypatch
+):
+    import discover.training as training
+    from discover.training import TrainConfig, train
+
+    old = train(TrainConfig(**{**_TRAIN_CONFIG, "epochs": 1}, out=str(tmp_path / "run")))
+    before = _snapshot(old.out)
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(training, "write_atomic", full)  # config.json of the new run
+    with pytest.raises(OSError, match="No space left"):
+        train(
+            TrainConfig(**{**_TRAIN_CONFIG, "epochs": 1, "U": 4}, out=str(old.out), overwrite=True)
+        )
+    assert _snapshot(old.out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

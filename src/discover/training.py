@@ -555,35 +555,40 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         start_epoch, start_step, history, best, partial = _load_state(
             out, config, _unwrap(model), optimizer, scheduler, scaler, ctx
         )
-    elif ctx.main:
-        out.mkdir(parents=True, exist_ok=True)
-        state_dir.mkdir(exist_ok=True)
-        (out / "log.jsonl").write_text("")
-    if ctx.main:
-        _atomic_json(
-            out / "config.json",
-            {
-                "train": config.to_dict(),
-                "recipe": recipe.to_dict(),
-                "data": data_config.to_dict(),
-                "model": _unwrap(model).cvn_config.to_dict(),
-                "temperature_schedule": schedule.to_dict(),
-                "class_names": class_names,
-                "world_size": ctx.world,
-                "device": str(device),
-                "amp": amp,
-                "torch": torch.__version__,
-                "skipped_images": _skipped(train_set),
-            },
-        )
-        if _skipped(train_set):
-            print(
-                f"note: skipped {len(_skipped(train_set))} unreadable image(s); listed in "
-                f"{out / 'config.json'}",
-                flush=True,
+    try:  # a failure here leaves no staging folder behind
+        if not config.resume and ctx.main:
+            out.mkdir(parents=True, exist_ok=True)
+            state_dir.mkdir(exist_ok=True)
+            (out / "log.jsonl").write_text("")
+        if ctx.main:
+            _atomic_json(
+                out / "config.json",
+                {
+                    "train": config.to_dict(),
+                    "recipe": recipe.to_dict(),
+                    "data": data_config.to_dict(),
+                    "model": _unwrap(model).cvn_config.to_dict(),
+                    "temperature_schedule": schedule.to_dict(),
+                    "class_names": class_names,
+                    "world_size": ctx.world,
+                    "device": str(device),
+                    "amp": amp,
+                    "torch": torch.__version__,
+                    "skipped_images": _skipped(train_set),
+                },
             )
-    if ctx.world > 1:
-        dist.barrier()
+            if _skipped(train_set):
+                print(
+                    f"note: skipped {len(_skipped(train_set))} unreadable image(s); listed in "
+                    f"{out / 'config.json'}",
+                    flush=True,
+                )
+        if ctx.world > 1:
+            dist.barrier()
+    except BaseException:
+        if staging is not None and ctx.main:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
 
     steps_per_epoch = len(sampler)
     if config.max_steps_per_epoch:

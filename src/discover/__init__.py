@@ -14,7 +14,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import networks as _networks  # noqa: E402,F401  (registers small_resnet, small_vit)
+from . import networks  # noqa: E402,F401  (registers small_resnet, small_vit)
 from .concepts import ConceptSet, load_concepts
 from .description_eval import evaluate_descriptions, simulation_score
 from .dissection import Dissection, dissect

@@ -180,6 +180,19 @@ def test_builtin_small_networks(name, kwargs, shape, U):
     assert model.cvn_config.input_size == shape[1:]
 
 
+def test_small_resnet_stem_stride_halves_every_feature_map():
+    x = torch.randn(2, 1, 28, 28)
+    full = create_model("small_resnet", U=2, in_chans=1, widths=[8, 16], depths=[1, 1])
+    strided = create_model(
+        "small_resnet", U=2, in_chans=1, widths=[8, 16], depths=[1, 1], stem_stride=2
+    )
+    assert count_parameters(full) == count_parameters(strided)
+    assert full.forward_features(x).shape == (2, 16, 14, 14)
+    assert strided.forward_features(x).shape == (2, 16, 7, 7)
+    with pytest.raises(ValueError, match="stem_stride must be 1 or 2, got 3"):
+        create_model("small_resnet", stem_stride=3)
+
+
 def test_small_vit_places_lwta_in_the_mlp_only():
     model = create_model("small_vit", U=16)
     assert sorted(lwta_layers(model)) == [f"blocks.{i}.mlp.act" for i in range(6)]

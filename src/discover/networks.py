@@ -69,6 +69,8 @@ class SmallResNet(nn.Module):
             one halves it. Widths must be divisible by the ``U`` you want to use.
         depths: BasicBlocks per stage.
         img_size: the nominal input size (recorded in ``pretrained_cfg``; any size works).
+        stem_stride: stride of the stem convolution; 2 halves every feature map (about 4x
+            less compute) for inputs that are large for the network, e.g. 28-32 px on a CPU.
     """
 
     def __init__(
@@ -79,8 +81,11 @@ class SmallResNet(nn.Module):
         depths: Sequence[int] = (2, 2, 2),
         img_size: int = 64,
         act_layer: type[nn.Module] = nn.ReLU,
+        stem_stride: int = 1,
     ) -> None:
         super().__init__()
+        if stem_stride not in (1, 2):
+            raise ValueError(f"SmallResNet: stem_stride must be 1 or 2, got {stem_stride!r}")
         if len(widths) != len(depths) or not widths:
             raise ValueError(
                 f"SmallResNet: widths {tuple(widths)} and depths {tuple(depths)} "
@@ -88,7 +93,7 @@ class SmallResNet(nn.Module):
             )
         self.num_classes = num_classes
         self.num_features = widths[-1]
-        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_chans, widths[0], 3, stem_stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.act1 = act_layer()
         in_chs = widths[0]

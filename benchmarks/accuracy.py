@@ -77,8 +77,8 @@ from typing import Any
 
 import torch
 
-from discover.evaluation import evaluate_run
-from discover.training import TrainConfig, train
+from discover.evaluation.classification import evaluate_run
+from discover.training.trainer import TrainConfig, train
 
 # Evaluation policies: name -> (evaluate_run policy, stochastic passes).
 POLICIES: dict[str, tuple[str, int]] = {
@@ -381,9 +381,9 @@ def peakedness(run: Path, images: int, device: str, seed: int) -> dict[str, floa
     with the layer's own ``T``, on the first ``images`` test images (``{}``: dense model)."""
     from torch.utils.data import DataLoader, Subset
 
-    from discover.data import build_dataset, build_transforms
-    from discover.lwta import lwta_layers
-    from discover.training import load_run
+    from discover.data.datasets import build_dataset, build_transforms
+    from discover.nn.lwta import lwta_layers
+    from discover.training.trainer import load_run
 
     model, config = load_run(run)
     layers = {name: layer for name, layer in lwta_layers(model).items() if layer.U > 1}
@@ -432,7 +432,7 @@ def peakedness(run: Path, images: int, device: str, seed: int) -> dict[str, floa
 
 def _train_images(config: TrainConfig, batch_size: int) -> tuple[int, int]:
     """(images in the training part after the hold-out, images trained on per epoch)."""
-    from discover.data import build_dataset
+    from discover.data.datasets import build_dataset
 
     n = config.train_subset or len(
         build_dataset(config.dataset, "train", root=config.data_root, **config.dataset_kwargs)

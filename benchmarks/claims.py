@@ -22,15 +22,15 @@ shuffled-neuron baselines.
   stochastic pass: the accuracy benchmark shows ``argmax`` winners lose most of the CVN
   ResNets' accuracy: the networks rely on sampled winners). Figures:
 
-  - the final-layer protocol (:func:`discover.description_eval.evaluate_descriptions`) on
+  - the final-layer protocol (:func:`discover.evaluation.descriptions.evaluate_descriptions`) on
     ``fc`` with the concept set = the class names: top-1/top-5, mean rank, AUC, matched
     cosine in the MiniLM sentence space (ConSE's own text space is MiniLM too);
-  - the simulation score (:func:`discover.description_eval.simulation_score`) of the last
+  - the simulation score (:func:`discover.evaluation.descriptions.simulation_score`) of the last
     residual block's output ``layer3.0.act2``: labels chosen on half of the probe set, then
     the held-out correlation of each unit's activation with its label's column of ``P``
     (Shapes: the 46 annotated concepts; Fashion-MNIST: ConSE over the ``3k`` word list).
 
-* Planted-concept recovery (:mod:`discover.planted`) ranks the similarity functions on both
+* Planted-concept recovery (:mod:`discover.evaluation.planted`) ranks the similarity functions on both
   concept matrices, independently of any trained network.
 
 Run (about 35 minutes on 2 CPU cores shared with other jobs, 2 processes x 1 thread):
@@ -60,19 +60,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import SETTINGS, _machine  # noqa: E402
 
-from discover.concepts import concept_set_from_lines, load_concepts  # noqa: E402
-from discover.data import FASHION_MNIST_CLASSES, ShapesWorld, build_dataset  # noqa: E402
-from discover.description_eval import (  # noqa: E402
+from discover.data.datasets import FASHION_MNIST_CLASSES, ShapesWorld, build_dataset  # noqa: E402
+from discover.dissection.concepts import concept_set_from_lines, load_concepts  # noqa: E402
+from discover.dissection.core import dissect, model_view  # noqa: E402
+from discover.dissection.embedders import AnnotationEmbedder, Embedder, build_embedder  # noqa: E402
+from discover.dissection.recording import record  # noqa: E402
+from discover.evaluation.classification import evaluate_run  # noqa: E402
+from discover.evaluation.descriptions import (  # noqa: E402
     evaluate_descriptions,
     simulation_score,
     text_encoder,
 )
-from discover.dissection import dissect, model_view  # noqa: E402
-from discover.embedders import AnnotationEmbedder, Embedder, build_embedder  # noqa: E402
-from discover.evaluation import evaluate_run  # noqa: E402
-from discover.planted import PlantedConfig, planted_recovery  # noqa: E402
-from discover.recording import record  # noqa: E402
-from discover.training import TrainConfig, load_run, train  # noqa: E402
+from discover.evaluation.planted import PlantedConfig, planted_recovery  # noqa: E402
+from discover.training.trainer import TrainConfig, load_run, train  # noqa: E402
 
 HIDDEN = "layer3.0.act2"
 FINAL = "fc"
@@ -332,7 +332,7 @@ def planted_only(args: argparse.Namespace) -> int:
 
 def measured_u24(dataset: str) -> float:
     """Measured active fraction of a small ViT (MLP width 384) with U = 24 on probe images."""
-    from discover.evaluation import evaluate
+    from discover.evaluation.classification import evaluate
 
     if dataset == "shapes":
         model_kwargs = {"img_size": 32, "in_chans": 3, "patch_size": 4}

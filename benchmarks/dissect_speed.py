@@ -2,7 +2,7 @@
 
 What is measured
 ----------------
-**1. Similarity functions** (``discover.similarity``) at dissection size: ``N`` probe images,
+**1. Similarity functions** (``discover.dissection.similarity``) at dissection size: ``N`` probe images,
 ``K`` neurons, ``M`` concepts (default 10,000 x 768 x 20,000), on random inputs:
 
 * ``P`` (concept activations, ``N x M`` float32) like CLIP cosines: ``0.2 + 0.05 * randn``;
@@ -65,7 +65,7 @@ batch ``--record-batch``, no grad. Variants, run round-robin (start rotated ever
 warm-up rounds discarded):
 
 * ``plain`` -- the model's forward over the same ``DataLoader`` batches;
-* ``record`` -- ``discover.recording.record(model, <all 12 blocks.i.mlp.act>, probe,
+* ``record`` -- ``discover.dissection.recording.record(model, <all 12 blocks.i.mlp.act>, probe,
   pooling="cls", progress=False)`` (no ``cache_dir``);
 * ``lean`` -- a hand-written recorder for comparison only: forward hooks that keep a copy of
   token 0 and build the winner mask of token 0 only from the captured winner indices. It
@@ -271,7 +271,7 @@ def load_references() -> ModuleType:
 # -- workers (each runs in its own subprocess) ------------------------------------------------
 def worker_vectorised(cfg: dict[str, Any]) -> dict[str, Any]:
     """Time one vectorised similarity on ``K`` neurons and ``cfg['m_used']`` concepts."""
-    from discover.similarity import SIMILARITIES
+    from discover.dissection.similarity import SIMILARITIES
 
     P, Q = make_inputs(cfg["N"], cfg["M"], cfg["K"], cfg["seed"])
     if cfg["m_used"] < cfg["M"]:
@@ -351,7 +351,7 @@ def worker_reference(cfg: dict[str, Any]) -> dict[str, Any]:
     too long: ``rank_reorder``); its time is then scaled by ``K / k_ref`` (its cost is a
     Python loop doing the same work for every unit). discover always runs on all ``K``.
     """
-    from discover.similarity import SIMILARITIES
+    from discover.dissection.similarity import SIMILARITIES
 
     refs = load_references()
     P, Q = make_inputs(cfg["N"], cfg["M"], cfg["K"], cfg["seed"])
@@ -399,7 +399,7 @@ def worker_reference(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def worker_loop(cfg: dict[str, Any]) -> dict[str, Any]:
     """Time a loop transcription on ``k`` neurons, split into setup / per neuron / prior."""
-    from discover.similarity import SIMILARITIES
+    from discover.dissection.similarity import SIMILARITIES
 
     loops = load_loops()
     P, Q = make_inputs(cfg["N"], cfg["M"], cfg["K"], cfg["seed"])
@@ -456,9 +456,9 @@ def worker_loop(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def recording_module() -> ModuleType:
-    """discover's recording module: ``discover.recording`` (``discover.record`` before)."""
+    """discover's recording module: ``discover.dissection.recording`` (``discover.record`` before)."""
     try:
-        return importlib.import_module("discover.recording")
+        return importlib.import_module("discover.dissection.recording")
     except ModuleNotFoundError:
         return importlib.import_module("discover.record")
 
@@ -485,7 +485,7 @@ def worker_record(cfg: dict[str, Any]) -> dict[str, Any]:
     from torch.utils.data import DataLoader, TensorDataset
 
     from discover import create_model, lwta_layers
-    from discover.lwta import capture_winners, eval_policy
+    from discover.nn.lwta import capture_winners, eval_policy
 
     recording = recording_module()
     dataset_fingerprint, model_fingerprint = (
@@ -823,7 +823,7 @@ def render_markdown(rec: dict[str, Any]) -> str:
         "",
         "## Similarity functions",
         "",
-        "discover (`discover.similarity`, float32) against **float32 transcriptions of "
+        "discover (`discover.dissection.similarity`, float32) against **float32 transcriptions of "
         "CLIP-Dissect's own `similarity.py`** (`benchmarks/reference_similarity.py`: per-unit "
         "Python loops, vectorised over images and concepts, as the reference code runs), "
         "measured side by side in one process, round-robin. For context, the last columns "

@@ -5,9 +5,9 @@ What is measured
 Training-mode forward + backward wall-clock time, on the same inputs, of
 
 * ``fused`` -- :class:`discover.LWTA` in ``train()`` mode as it runs by default on float32
-  contiguous CPU tensors: the fused C kernel (``src/discover/csrc/lwta.c``, autograd Function
+  contiguous CPU tensors: the fused C kernel (``src/discover/nn/csrc/lwta.c``, autograd Function
   ``_FusedLWTA``);
-* ``unfused`` -- the same layer inside ``discover._lwta_kernel.enabled(False)``: the torch
+* ``unfused`` -- the same layer inside ``discover.nn.lwta_kernel.enabled(False)``: the torch
   code ``_STGumbelLWTA`` (shown for context; it is what runs without a C compiler);
 * ``reference`` -- a transcription, written for this benchmark, of the reference code path
   described in ``method.md`` §2.4: Gumbel noise ``-log(-log(r + eps) + eps)`` with
@@ -37,9 +37,9 @@ Correctness cross-checks (before timing)
 1. float64, unfused vs reference: both draw their uniforms from the same RNG state (the
    reference with ``eps = 0`` for this check), same winners, outputs and input gradients.
 2. float32, fused vs unfused vs reference on the same Gumbel noise ``g``: ``g`` is drawn with
-   :func:`discover.lwta.gumbel_noise` from a seeded RNG state that the unfused code then
-   replays; the fused kernel gets ``g`` through ``_lwta_kernel.forward(..., noise=g)`` and
-   its backward through ``_lwta_kernel.backward`` (what ``_FusedLWTA`` calls), the reference
+   :func:`discover.nn.lwta.gumbel_noise` from a seeded RNG state that the unfused code then
+   replays; the fused kernel gets ``g`` through ``lwta_kernel.forward(..., noise=g)`` and
+   its backward through ``lwta_kernel.backward`` (what ``_FusedLWTA`` calls), the reference
    gets ``T g``. Same winners, equal outputs, input gradients equal to float32 tolerance,
    at competition temperatures ``T = 1`` (the reference method) and ``T = 0.5``. The layer
    itself (its own noise) is also checked to return exactly what the kernel returns for the
@@ -101,8 +101,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import discover
-import discover.lwta as discover_lwta
-from discover import LWTA, _lwta_kernel
+import discover.nn.lwta as discover_lwta
+from discover import LWTA
+from discover.nn import lwta_kernel
 
 TAU = 1.67  # method.md §2.4 training temperature (discover's default too)
 REF_EPS = 1e-8  # the DeiT copy of the reference code
@@ -184,7 +185,7 @@ def _unfused_pair(
         xi = x.clone().requires_grad_(True)
         torch.manual_seed(seed)
         if impl == "unfused":
-            with _lwta_kernel.enabled(False):
+            with lwta_kernel.enabled(False):
                 y = LWTA(U, tau=TAU).train()(xi)
         else:
             y = reference_lwta(xi, U, eps=0.0)
@@ -247,15 +248,15 @@ def cross_check_fused32(seed: int) -> list[dict[str, Any]]:
                 g = discover_lwta.gumbel_noise(blocks)
 
                 # fused: what _FusedLWTA.forward/backward call, with the noise supplied
-                out_f, hard_f, soft_f = _lwta_kernel.forward(blocks, T, TAU, noise=g)
-                grad_f = _lwta_kernel.backward(_blocks(grad_out, U), blocks, soft_f, hard_f, TAU)
+                out_f, hard_f, soft_f = lwta_kernel.forward(blocks, T, TAU, noise=g)
+                grad_f = lwta_kernel.backward(_blocks(grad_out, U), blocks, soft_f, hard_f, TAU)
                 y_f, g_f = out_f.reshape(shape), grad_f.reshape(shape)
 
                 # unfused: the layer's torch code, replaying the uniforms of g
                 xu = x.clone().requires_grad_(True)
                 layer = LWTA(U, tau=TAU, temperature=T).train()
                 torch.manual_seed(s)
-                with _lwta_kernel.enabled(False):
+                with lwta_kernel.enabled(False):
                     y_u = layer(xu)
                 y_u.backward(grad_out)
                 y_u, g_u = y_u.detach(), xu.grad
@@ -272,8 +273,8 @@ def cross_check_fused32(seed: int) -> list[dict[str, Any]]:
                 y_l = layer(xl)
                 y_l.backward(grad_out)
                 torch.manual_seed(s)
-                out_k, hard_k, soft_k = _lwta_kernel.forward(blocks, T, TAU)
-                grad_k = _lwta_kernel.backward(_blocks(grad_out, U), blocks, soft_k, hard_k, TAU)
+                out_k, hard_k, soft_k = lwta_kernel.forward(blocks, T, TAU)
+                grad_k = lwta_kernel.backward(_blocks(grad_out, U), blocks, soft_k, hard_k, TAU)
                 layer_is_kernel = bool(
                     torch.equal(y_l.detach(), out_k.reshape(shape))
                     and torch.equal(xl.grad, grad_k.reshape(shape))
@@ -340,7 +341,7 @@ def chi_square_fused(seed: int, draws: int = 200_000, calls: int = 4) -> list[di
             blocks = h.view(1, U, 1).expand(per_call // Q, U, Q).contiguous()
             counts = torch.zeros(U, dtype=torch.float64)
             for _ in range(calls):
-                _, hard, _ = _lwta_kernel.forward(blocks, T, TAU)
+                _, hard, _ = lwta_kernel.forward(blocks, T, TAU)
                 counts += hard.sum(dim=(0, 2)).double()
             n = int(counts.sum().item())
             probs = torch.softmax(h.double() / T, 0)
@@ -474,7 +475,7 @@ def layer_variants(
     def make(fn: Callable[[torch.Tensor], torch.Tensor], fused: bool = True) -> Step:
         def step() -> None:
             x.grad = None
-            with contextlib.nullcontext() if fused else _lwta_kernel.enabled(False):
+            with contextlib.nullcontext() if fused else lwta_kernel.enabled(False):
                 fn(x).backward(grad_out)
 
         return step
@@ -522,7 +523,7 @@ def model_variants(
 
         def step() -> None:
             model.zero_grad(set_to_none=True)
-            with contextlib.nullcontext() if fused else _lwta_kernel.enabled(False):
+            with contextlib.nullcontext() if fused else lwta_kernel.enabled(False):
                 F.cross_entropy(model(x), labels).backward()
 
         return step
@@ -561,7 +562,7 @@ def _git(*args: str, cwd: Path) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-MEASURED_FILES = ("lwta.py", "_lwta_kernel.py", "csrc/lwta.c")
+MEASURED_FILES = ("nn/lwta.py", "nn/lwta_kernel.py", "nn/csrc/lwta.c")
 
 
 def provenance() -> dict[str, Any]:
@@ -586,13 +587,12 @@ def provenance() -> dict[str, Any]:
                 "first_commit": first or None,
             }
         )
-    lib = _lwta_kernel._library()
     return {
         "discover_file": str(Path(discover.__file__).resolve()),
         "git_head": head,
         "files": files,
-        "kernel_available": _lwta_kernel.available(),
-        "kernel_library": getattr(lib, "_name", None),
+        "kernel_available": lwta_kernel.available(),
+        "kernel_library": lwta_kernel.library_path(),
         "pythonpath": os.environ.get("PYTHONPATH"),
     }
 
@@ -670,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     device = torch.device("cpu")  # the fused kernel is a CPU kernel
-    if not _lwta_kernel.available():
+    if not lwta_kernel.available():
         parser.error(
             "the fused LWTA kernel is not available (no C compiler, or DISCOVER_LWTA_KERNEL=0)"
         )
@@ -945,7 +945,7 @@ def _check_tables(rec: dict[str, Any]) -> list[str]:
         "### 2. Fused kernel vs unfused code vs reference, float32, same noise",
         "",
         "Gumbel noise g drawn once; the fused kernel gets it through "
-        "`_lwta_kernel.forward(..., noise=g)` (backward: `_lwta_kernel.backward`, as "
+        "`lwta_kernel.forward(..., noise=g)` (backward: `lwta_kernel.backward`, as "
         "`_FusedLWTA` calls them), the unfused layer replays the same uniforms from the same "
         "seed, the reference gets T·g. Required: identical winners and outputs (bit-equal), "
         f"input-gradient differences <= {s['grad_rtol_float32']:g} x max |grad| for every pair. "

@@ -2,7 +2,7 @@
 
 Operation-for-operation transcriptions of the functions in ``similarity.py`` of the reference
 code (Oikarinen & Weng, CLIP-Dissect), which DISCOVER reuses, on CPU tensors. They exist to
-time ``discover.similarity`` against what the reference code does with the same inputs, and
+time ``discover.dissection.similarity`` against what the reference code does with the same inputs, and
 live in ``benchmarks/`` (not in the package) for that reason. What was changed:
 
 * no ``device`` argument, ``.to(device)`` copies, ``torch.cuda.empty_cache()``, progress bars
@@ -15,7 +15,7 @@ Everything else is kept, including what makes the reference slow: one Python ite
 unit, ``gather`` with an expanded index, the ``N x M`` softmax held in memory, two argsorts
 along the image dimension of an ``n x M`` block.
 
-Notation as in ``discover.similarity``: ``P`` (``clip_feats``) is ``N x M``, ``Q``
+Notation as in ``discover.dissection.similarity``: ``P`` (``clip_feats``) is ``N x M``, ``Q``
 (``target_feats``) ``N x K``; every function returns ``K x M``.
 """
 

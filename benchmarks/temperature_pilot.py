@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 from discover import winner_peakedness
-from discover.data import build_dataset, build_transforms
-from discover.evaluation import evaluate_run
-from discover.training import TrainConfig, load_run, train
+from discover.data.datasets import build_dataset, build_transforms
+from discover.evaluation.classification import evaluate_run
+from discover.training.trainer import TrainConfig, load_run, train
 
 MODELS = {
     "resnet": ("small_resnet", {"widths": [16, 32, 64], "depths": [1, 1, 1]}),

@@ -19,7 +19,7 @@ def readme_python_block(containing: str) -> str:
 
 def train_tiny_shapes(out: str | Path, *, U: int = 8, image_size: int = 32, **model_kwargs: Any):
     """One epoch of a small ResNet on 64 Shapes images: a real run directory, in seconds."""
-    from discover.training import TrainConfig, train
+    from discover.training.trainer import TrainConfig, train
 
     return train(
         TrainConfig(

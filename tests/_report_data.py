@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from discover import LWTA, explain
-from discover.concepts import concept_set_from_lines
-from discover.data import ShapesWorld
-from discover.dissection import dissect
-from discover.embedders import AnnotationEmbedder
-from discover.report import ReportSection
+from discover.data.datasets import ShapesWorld
+from discover.dissection.concepts import concept_set_from_lines
+from discover.dissection.core import dissect
+from discover.dissection.embedders import AnnotationEmbedder
+from discover.report.writer import ReportSection
 
 SCRIPT = "<script>alert(1)</script>"
 QUOTES = "\"&' <b>bold</b>"
@@ -84,8 +84,8 @@ def build_sections(n: int = 48, with_activations: bool = False) -> tuple[list, l
         )
         activations = None
         if with_activations:
-            from discover.dissection import model_view
-            from discover.recording import record
+            from discover.dissection.core import model_view
+            from discover.dissection.recording import record
 
             activations = record(
                 model, ["act1", "act2"], model_view(model, probe, to_input), progress=False

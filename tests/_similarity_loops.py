@@ -1,4 +1,4 @@
-"""Per-neuron loop transcriptions of ``method.md`` §7, the references for ``discover.similarity``.
+"""Per-neuron loop transcriptions of ``method.md`` §7, the references for ``discover.dissection.similarity``.
 
 Each function follows the spec's formulas literally, one neuron (or one neuron-concept pair)
 at a time, in float64, with no chunking: slow, obviously correct, shared by the tests and

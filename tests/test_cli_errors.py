@@ -109,7 +109,7 @@ def test_truncated_checkpoint_is_named(capsys, tmp_path, run):
 def test_dissect_mistakes_fail_before_recording(
     capsys, tmp_path, run, monkeypatch, extra, expected
 ):
-    import discover.dissection as dissection
+    import discover.dissection.core as dissection
 
     def no_recording(*args, **kwargs):  # the check must come before the expensive part
         raise AssertionError("recording started before the arguments were checked")

@@ -1,7 +1,7 @@
 """The code's own rules, checked by reading the source (no import side effects).
 
 * no module imports another module's private (underscore) name; private *modules* of the
-  package (``_utils``, ``_lwta_kernel``) are shared helpers and may be imported;
+  package (``_utils``, ``lwta_kernel``) are shared helpers and may be imported;
 * the package's modules import each other without cycles (module-level and function-level
   imports both count);
 * nothing loads with ``weights_only=False`` and nothing uses pickle: a run folder or cache
@@ -102,3 +102,43 @@ def test_nothing_unpickles():
                     if owner == "torch" and "weights_only" not in keywords:
                         offences.append(f"{path.relative_to(ROOT)}:{node.lineno} torch.load")
     assert not offences, "code that can unpickle:\n" + "\n".join(offences)
+
+
+# The stages, in data-flow order, and what each may import (besides itself and _utils).
+# A later stage reads what an earlier one saved; an earlier stage never imports a later one.
+LAYERS: dict[str, set[str]] = {
+    "nn": set(),
+    "data": set(),
+    "training": {"nn", "data"},
+    "dissection": {"nn", "data"},
+    "evaluation": {"nn", "data", "training", "dissection"},
+    "explanation": {"nn", "data", "dissection"},
+    "report": {"nn", "data", "dissection", "evaluation", "explanation"},
+    "demo": {"nn", "data", "training", "dissection", "evaluation", "explanation", "report"},
+    "cli": {"nn", "data", "training", "dissection", "evaluation", "explanation", "report", "demo"},
+}
+
+
+def _stage(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_stages_import_only_earlier_stages():
+    modules = _modules()
+    assert {_stage(m) for m in modules} - {""} == set(LAYERS) | {"_utils", "__main__"}
+    offences = []
+    for importer, target, names in _imports(modules):
+        stage = _stage(importer)
+        if stage not in LAYERS:
+            continue
+        targets = {
+            _stage(f"{target}.{n}") if target == "discover" else _stage(target)
+            for n in names or [""]
+        }
+        for dependency in targets - {stage, "_utils", ""}:
+            if dependency == "__version__":
+                continue
+            if dependency not in LAYERS[stage]:
+                offences.append(f"{importer} ({stage}) imports {target} ({dependency})")
+    assert not offences, "a stage imports a later one:\n" + "\n".join(sorted(offences))

@@ -1,4 +1,4 @@
-"""Tests for discover.concepts: shipped concept sets, file reading rules, registry, hashing."""
+"""Tests for discover.dissection.concepts: shipped concept sets, file reading rules, registry, hashing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import warnings
 
 import pytest
 
-from discover.concepts import (
+from discover.data.datasets import ShapesWorld
+from discover.dissection.concepts import (
     CONCEPT_SETS,
     ConceptSet,
     clean_places365_category,
@@ -16,7 +17,6 @@ from discover.concepts import (
     load_concepts,
     register_concept_set,
 )
-from discover.data import ShapesWorld
 
 # size after dropping blanks and repeats; broden_labels_clean.txt repeats 44 labels
 SHIPPED = {
@@ -37,7 +37,7 @@ def test_shipped_sets(name: str, size: int) -> None:
     concepts = load_concepts(name)
     assert len(concepts) == size
     assert concepts.name == name
-    assert concepts.source.startswith("package:discover/concepts/")
+    assert concepts.source.startswith("package:discover/dissection/concept_lists/")
     assert all(c == c.strip() and c for c in concepts)
     assert len(set(concepts)) == size  # no shipped class list repeats an entry
     assert concepts.dropped_empty == 0

@@ -1,4 +1,4 @@
-"""Tests for discover.data: the Shapes world, Fashion-MNIST, image folders, registry, transforms."""
+"""Tests for discover.data.datasets: the Shapes world, Fashion-MNIST, image folders, registry, transforms."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from discover import data
-from discover.data import (
+from discover.data import datasets as data
+from discover.data.datasets import (
     COLOURS,
     FACTORS,
     POSITIONS,
@@ -231,7 +231,7 @@ def test_fashion_mnist_reads_idx_files(tiny_fmnist, monkeypatch):
 def test_fashion_mnist_fingerprint_follows_content(tiny_fmnist, monkeypatch):
     from torch.utils.data import Subset
 
-    from discover.recording import dataset_fingerprint
+    from discover.dissection.recording import dataset_fingerprint
 
     root, _ = tiny_fmnist
     monkeypatch.setattr(data, "FASHION_MNIST_DIR", root / "absent")
@@ -353,7 +353,7 @@ def test_registry_suggests_close_names():
 
 
 def test_data_config_roundtrip_and_from_model():
-    from discover.networks import SmallResNet
+    from discover.nn.networks import SmallResNet
 
     cfg = DataConfig.from_model(SmallResNet(in_chans=1, img_size=28), padding=2, hflip=0.5)
     assert cfg.input_size == (1, 28, 28) and cfg.mean == (0.5,) and cfg.std == (0.25,)
@@ -396,7 +396,7 @@ def test_transforms_normalise_and_convert_channels():
 
 
 def test_shapes_feed_a_model_through_its_transform():
-    from discover.networks import SmallResNet
+    from discover.nn.networks import SmallResNet
 
     model = SmallResNet(num_classes=10, in_chans=1, img_size=32).eval()
     tf = build_transforms(DataConfig.from_model(model))

@@ -9,15 +9,21 @@ from torch.utils.data import TensorDataset
 
 from discover import LWTA
 from discover.cli import main
-from discover.concepts import concept_set_from_lines
-from discover.description_eval import (
+from discover.dissection.concepts import concept_set_from_lines
+from discover.dissection.core import (
+    SCORES_FILE,
+    DissectConfig,
+    Dissection,
+    UnitDescription,
+    dissect,
+)
+from discover.dissection.embedders import AnnotationEmbedder
+from discover.evaluation.descriptions import (
     evaluate_descriptions,
     resolve_class_names,
     simulation_score,
     text_encoder,
 )
-from discover.dissection import SCORES_FILE, DissectConfig, Dissection, UnitDescription, dissect
-from discover.embedders import AnnotationEmbedder
 
 CLASSES = ["cat", "dog", "car", "tree", "boat", "lamp"]
 CONCEPTS = [*CLASSES, "sky", "road"]

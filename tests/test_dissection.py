@@ -7,9 +7,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from discover import LWTA
-from discover.concepts import concept_set_from_lines
-from discover.dissection import DissectConfig, Dissection, dissect
-from discover.embedders import AnnotationEmbedder
+from discover.dissection.concepts import concept_set_from_lines
+from discover.dissection.core import DissectConfig, Dissection, dissect
+from discover.dissection.embedders import AnnotationEmbedder
 
 NAMES = ["red", "star", "striped background", "small", "top left", "circle"]
 
@@ -168,7 +168,7 @@ def test_bad_inputs_are_explained():
 
 def test_cli_layers_and_dissect_a_training_run(tmp_path, capsys):
     from discover.cli import main
-    from discover.training import TrainConfig, train
+    from discover.training.trainer import TrainConfig, train
 
     run = train(
         TrainConfig(
@@ -239,8 +239,8 @@ def test_user_embedder_and_unreadable_probe_images(tmp_path):
     """A user's Embedder subclass on an image folder with one corrupt file."""
     from PIL import Image
 
-    from discover.data import RobustImageFolder
-    from discover.embedders import Embedder, ImageTransform
+    from discover.data.datasets import RobustImageFolder
+    from discover.dissection.embedders import Embedder, ImageTransform
 
     class MeanColour(Embedder):
         """Images -> mean RGB; texts 'red'/'green'/'blue' -> that axis."""

@@ -1,4 +1,4 @@
-"""Tests for discover.embedders: open_clip, transformers, ConSE and annotation embedders.
+"""Tests for discover.dissection.embedders: open_clip, transformers, ConSE and annotation embedders.
 
 CLIP code paths use tiny randomly initialised models saved to disk and loaded back through the
 same spec a user would write; nothing is downloaded (conftest sets HF_HUB_OFFLINE=1).
@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from discover.concepts import load_concepts
-from discover.data import ShapesWorld
-from discover.embedders import (
+from discover.data.datasets import ShapesWorld
+from discover.dissection.concepts import load_concepts
+from discover.dissection.embedders import (
     EMBEDDERS,
     AnnotationEmbedder,
     ConSEEmbedder,
@@ -208,7 +208,7 @@ def test_open_clip_spec_errors() -> None:
 
 
 def test_open_clip_preprocessing_of_weight_files_follows_the_tags() -> None:
-    from discover.embedders import _tag_preprocess
+    from discover.dissection.embedders import _tag_preprocess
 
     siglip = _tag_preprocess("ViT-B-16-SigLIP", None)
     assert siglip["resize_mode"] == "squash" and siglip["mean"] == (0.5, 0.5, 0.5)

@@ -6,8 +6,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from discover import create_model
 from discover.cli import main
-from discover.evaluation import evaluate, evaluate_run
-from discover.training import TrainConfig, train
+from discover.evaluation.classification import evaluate, evaluate_run
+from discover.training.trainer import TrainConfig, train
 
 TINY = dict(
     model="small_resnet",

@@ -6,7 +6,8 @@ from PIL import Image
 
 import discover
 from _helpers import train_tiny_shapes
-from discover.dissection import DissectConfig, Dissection, UnitDescription
+from discover.dissection.core import DissectConfig, Dissection, UnitDescription
+from discover.dissection.recording import pool
 from discover.explanation import (
     Explanation,
     explain,
@@ -14,9 +15,8 @@ from discover.explanation import (
     print_explanations,
     read_images,
 )
-from discover.lwta import capture_winners, eval_policy, lwta_layers
-from discover.models import activation_sites
-from discover.recording import pool
+from discover.nn.lwta import capture_winners, eval_policy, lwta_layers
+from discover.nn.models import activation_sites
 
 RESNET = dict(img_size=16, widths=[8, 16, 32], depths=[1, 1, 1])
 VIT = dict(img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2)
@@ -254,7 +254,7 @@ def test_text_and_rich_tables(capsys):
 
 def test_raw_images_go_through_the_eval_transform(tmp_path):
     model = _resnet(U=2)
-    model.data_config = discover.data.DataConfig(input_size=(3, 16, 16))
+    model.data_config = discover.data.datasets.DataConfig(input_size=(3, 16, 16))
     image = torch.randint(0, 256, (3, 24, 24), dtype=torch.uint8)
     path = tmp_path / "a.png"
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
@@ -331,8 +331,8 @@ def test_find_classifier():
 # -- discover explain ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from discover.data import ShapesWorld
-    from discover.embedders import AnnotationEmbedder
+    from discover.data.datasets import ShapesWorld
+    from discover.dissection.embedders import AnnotationEmbedder
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("explain")

@@ -25,10 +25,10 @@ from torch.utils.data import TensorDataset
 
 import discover
 from discover._utils import CacheWarning
-from discover.concepts import concept_set_from_lines
-from discover.dissection import Dissection, StaleDissectionError, dissect
-from discover.embedders import AnnotationEmbedder
-from discover.recording import Recording
+from discover.dissection.concepts import concept_set_from_lines
+from discover.dissection.core import Dissection, StaleDissectionError, dissect
+from discover.dissection.embedders import AnnotationEmbedder
+from discover.dissection.recording import Recording
 
 NAMES = ["red", "star", "striped background", "small", "top left", "circle"]
 
@@ -170,7 +170,7 @@ def test_full_cache_disk_dissection_completes_without_caching(tmp_path, monkeypa
 
 
 def test_disk_full_while_writing_a_report_leaves_no_staging(tmp_path, monkeypatch):
-    from discover.report import ReportSection, write_report
+    from discover.report.writer import ReportSection, write_report
 
     probe, _ = _world()
     d = _dissect(["fc"])
@@ -236,7 +236,7 @@ def test_damaged_scores_file_is_ignored_with_a_warning(tmp_path):
 
 # -- stale dissections --------------------------------------------------------------------------
 def _train(out: Path, seed: int, overwrite: bool = False) -> Path:
-    from discover.training import TrainConfig, train
+    from discover.training.trainer import TrainConfig, train
 
     config = TrainConfig(
         model="small_resnet",
@@ -256,7 +256,7 @@ def _train(out: Path, seed: int, overwrite: bool = False) -> Path:
 
 def test_explain_refuses_a_dissection_of_a_retrained_run(tmp_path, capsys):
     from discover.cli import main
-    from discover.data import ShapesWorld
+    from discover.data.datasets import ShapesWorld
 
     run = _train(tmp_path / "run", seed=0)
     model, _ = discover.load_run(run)
@@ -388,8 +388,8 @@ _TRAIN_CHILD = textwrap.dedent(
     from pathlib import Path
     # A child of a background job inherits SIGINT as ignored: take Ctrl-C as Python does.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    from discover.networks import SmallResNet
-    from discover.training import TrainConfig, train
+    from discover.nn.networks import SmallResNet
+    from discover.training.trainer import TrainConfig, train
 
     out, pause_at, ready = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
     original, calls = SmallResNet.forward_head, {"n": 0}
@@ -445,7 +445,7 @@ def test_training_resumes_exactly_after_ctrl_c_or_kill_9(tmp_path, signal_name):
 
     from safetensors.torch import load_file
 
-    from discover.training import TrainConfig, train
+    from discover.training.trainer import TrainConfig, train
 
     full = train(TrainConfig(**_TRAIN_CONFIG, out=str(tmp_path / "full")), progress=False).out
     cut, ready = tmp_path / "cut", tmp_path / "ready"
@@ -475,7 +475,7 @@ def test_training_resumes_exactly_after_ctrl_c_or_kill_9(tmp_path, signal_name):
 @pytest.mark.parametrize("how", ["truncated", "empty"])
 def test_damaged_training_state_is_a_clear_error(tmp_path, how):
     name = "trainer.pt"  # the whole resume point of a single process
-    from discover.training import TrainConfig, train
+    from discover.training.trainer import TrainConfig, train
 
     config = TrainConfig(**{**_TRAIN_CONFIG, "epochs": 1}, out=str(tmp_path / "run"))
     train(config, progress=False)
@@ -493,7 +493,7 @@ def test_disk_full_while_training_keeps_the_last_checkpoint_and_no_temp_files(
 ):
     """A full disk at the second epoch's save: one-line CLI error, epoch 1 still resumable."""
     from discover.cli import main
-    from discover.training import TrainConfig, train
+    from discover.training.trainer import TrainConfig, train
 
     config = dict(_TRAIN_CONFIG, epochs=2)
     run = tmp_path / "run"
@@ -527,8 +527,8 @@ def test_disk_full_while_training_keeps_the_last_checkpoint_and_no_temp_files(
 def test_disk_full_when_an_overwrite_starts_leaves_the_old_run_and_no_staging(
     tmp_path, monkeypatch
 ):
-    import discover.training as training
-    from discover.training import TrainConfig, train
+    import discover.training.trainer as training
+    from discover.training.trainer import TrainConfig, train
 
     old = train(TrainConfig(**{**_TRAIN_CONFIG, "epochs": 1}, out=str(tmp_path / "run")))
     before = _snapshot(old.out)

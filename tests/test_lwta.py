@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from discover import LWTA, average_logits, capture_winners, eval_policy, set_eval_policy
-from discover.lwta import gumbel_noise
+from discover.nn.lwta import gumbel_noise
 
 SHAPES = {"linear": (5, 24), "tokens": (3, 7, 48), "conv": (2, 24, 5, 6)}
 
@@ -238,11 +238,11 @@ def test_eval_mode_is_differentiable_for_attribution(policy):
 
 
 # -- the fused kernel and the competition temperature ---------------------------------------
-from discover import _lwta_kernel  # noqa: E402
-from discover.lwta import TemperatureSchedule, set_temperature  # noqa: E402
+from discover.nn import lwta_kernel  # noqa: E402
+from discover.nn.lwta import TemperatureSchedule, set_temperature  # noqa: E402
 
 needs_kernel = pytest.mark.skipif(
-    not _lwta_kernel.available(), reason="no C compiler: the fused kernel cannot be built"
+    not lwta_kernel.available(), reason="no C compiler: the fused kernel cannot be built"
 )
 
 
@@ -257,7 +257,7 @@ def test_fused_kernel_matches_the_unfused_code_with_the_same_noise(shape, temper
     tau = 1.67
     h = torch.randn(shape)
     noise = gumbel_noise(h)
-    out, hard, soft = _lwta_kernel.forward(h, temperature, tau, noise=noise)
+    out, hard, soft = lwta_kernel.forward(h, temperature, tau, noise=noise)
     logits = h + temperature * noise
     expected_hard = torch.zeros_like(h, dtype=torch.bool).scatter_(
         1, logits.argmax(1, keepdim=True), True
@@ -265,7 +265,7 @@ def test_fused_kernel_matches_the_unfused_code_with_the_same_noise(shape, temper
     assert torch.equal(hard, expected_hard)
     assert torch.equal(hard.sum(1), torch.ones(shape[0], shape[2], dtype=torch.long))
     assert torch.equal(out, h * expected_hard)
-    out_eval, hard_eval, soft_eval = _lwta_kernel.forward(h, temperature, None, noise=noise)
+    out_eval, hard_eval, soft_eval = lwta_kernel.forward(h, temperature, None, noise=noise)
     assert soft_eval is None and torch.equal(hard_eval, hard) and torch.equal(out_eval, out)
     expected_soft = torch.softmax(logits / tau, dim=1)
     assert torch.allclose(soft, expected_soft, atol=1e-6)
@@ -278,7 +278,7 @@ def test_fused_kernel_matches_the_unfused_code_with_the_same_noise(shape, temper
         + torch.softmax((x + temperature * noise) / tau, 1)
     )
     y.backward(grad_out)
-    grad = _lwta_kernel.backward(grad_out, h, soft, hard, tau)
+    grad = lwta_kernel.backward(grad_out, h, soft, hard, tau)
     assert torch.allclose(grad, x.grad, atol=1e-5)
 
 
@@ -292,7 +292,7 @@ def test_fused_layer_trains_with_one_winner_per_block(kind):
     layer = LWTA(4, temperature=0.5).train()
     layer.capture = True
     y = layer(x)
-    assert _lwta_kernel.supports(x)
+    assert lwta_kernel.supports(x)
     (y * upstream).sum().backward()
     mask = layer.last_mask
     assert torch.equal(y, x.detach() * mask)
@@ -304,14 +304,14 @@ def test_fused_layer_trains_with_one_winner_per_block(kind):
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
 def test_winners_are_drawn_from_softmax_over_temperature(fused, temperature):
     """Chi-square style check: winner frequencies match softmax(h_b / T)."""
-    if fused and not _lwta_kernel.available():
+    if fused and not lwta_kernel.available():
         pytest.skip("no C compiler")
     logits = torch.tensor([0.0, 1.0, 2.0, -1.0])
     x = logits.repeat(50_000, 1)
     layer = LWTA(4, temperature=temperature).eval()
     layer.capture = True
     torch.manual_seed(0)
-    with _lwta_kernel.enabled(fused):
+    with lwta_kernel.enabled(fused):
         layer(x)
     counts = layer.last_mask.sum(0).double()
     expected = torch.softmax(logits / temperature, 0).double() * len(x)
@@ -321,11 +321,11 @@ def test_winners_are_drawn_from_softmax_over_temperature(fused, temperature):
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
 def test_temperature_zero_is_argmax_also_in_training(fused):
-    if fused and not _lwta_kernel.available():
+    if fused and not lwta_kernel.available():
         pytest.skip("no C compiler")
     x = torch.randn(64, 48, requires_grad=True)
     layer = LWTA(4, temperature=0.0).train()
-    with _lwta_kernel.enabled(fused):
+    with lwta_kernel.enabled(fused):
         y = layer(x)
     blocks = x.detach().reshape(64, 12, 4)
     expected = torch.where(blocks == blocks.max(-1, keepdim=True).values, blocks, 0)
@@ -335,7 +335,7 @@ def test_temperature_zero_is_argmax_also_in_training(fused):
 
 
 def test_fused_sampling_is_seeded_and_thread_count_independent():
-    if not _lwta_kernel.available():
+    if not lwta_kernel.available():
         pytest.skip("no C compiler")
     layer = LWTA(4).eval()
     x = torch.randn(256, 64)
@@ -382,13 +382,13 @@ def test_temperature_schedule_rejects_bad_values():
 @needs_kernel
 def test_fused_kernel_noise_is_finite_at_the_extreme_random_bits():
     """u = 1 would give -log(u) = 0 and infinite noise (a NaN loss in training)."""
-    values = [_lwta_kernel.gumbel_of(bits) for bits in (0, 1, 2**31, 2**32 - 2, 2**32 - 1)]
+    values = [lwta_kernel.gumbel_of(bits) for bits in (0, 1, 2**31, 2**32 - 2, 2**32 - 1)]
     assert all(math.isfinite(v) for v in values)
     assert values[0] < -2.5 and values[-1] > 15  # the tails of the Gumbel distribution
 
 
 def test_winner_peakedness_measures_the_top_probability():
-    from discover.lwta import winner_peakedness
+    from discover.nn.lwta import winner_peakedness
 
     net = nn.Sequential(nn.Identity(), LWTA(2), nn.Identity()).eval()
     x = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]])  # top probabilities 3/4 and 1/2

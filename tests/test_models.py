@@ -19,7 +19,7 @@ from discover import (
     set_eval_policy,
     to_cvn,
 )
-from discover.models import CheckpointMismatchError, SharedActivation
+from discover.nn.models import CheckpointMismatchError, SharedActivation
 
 
 def _exactly_one_over(U, model, x):

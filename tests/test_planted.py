@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from discover.cli import main
-from discover.planted import (
+from discover.dissection.similarity import SIMILARITIES
+from discover.evaluation.planted import (
     VARIANTS,
     PlantedConfig,
     planted_neurons,
     planted_recovery,
 )
-from discover.similarity import SIMILARITIES
 
 
 def _annotations(n=400, m=20, seed=0):

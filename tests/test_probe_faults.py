@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from discover import data
-from discover.data import RobustImageFolder
-from discover.recording import dataset_fingerprint
+from discover.data import datasets as data
+from discover.data.datasets import RobustImageFolder
+from discover.dissection.recording import dataset_fingerprint
 
 
 @pytest.fixture(autouse=True)
@@ -104,9 +104,9 @@ def test_undecodable_png_is_skipped_once_and_never_replaced(tmp_path: Path):
 
 
 def test_cli_dissect_reports_the_one_skip_count(tmp_path: Path, monkeypatch, capsys):
-    from discover import dissection
     from discover.cli import main
-    from discover.embedders import Embedder, ImageTransform
+    from discover.dissection import core as dissection
+    from discover.dissection.embedders import Embedder, ImageTransform
 
     class MeanColour(Embedder):
         name = "mean-colour"

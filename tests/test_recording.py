@@ -4,8 +4,8 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 from discover import create_model, eval_policy
-from discover.data import ShapesWorld
-from discover.recording import (
+from discover.data.datasets import ShapesWorld
+from discover.dissection.recording import (
     Recording,
     dataset_fingerprint,
     list_layers,

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from _report_data import SCRIPT, build_sections, probe_and_concepts, to_input
-from discover import report as report_module
-from discover.report import ReportConfig, ReportSection, to_pil, write_report
+from discover.report import writer as report_module
+from discover.report.writer import ReportConfig, ReportSection, to_pil, write_report
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_pages_exist_and_every_link_resolves(report_dir):
         with Image.open(png) as im:
             im.verify()
     meta = json.loads((report_dir / "report.json").read_text())
-    assert meta["generator"] == "discover.report"
+    assert meta["generator"] == "discover.report.writer"
     assert meta["meta"] == {"command": "pytest"}
     assert [s["name"] for s in meta["sections"]][1] == "dense twin"
     assert meta["config"]["top_images"] == 5
@@ -172,7 +172,7 @@ def test_records_activations_when_none_are_given(built, tmp_path, monkeypatch):
 
 
 def test_reuses_the_activations_the_dissection_cached(built, tmp_path, monkeypatch):
-    from discover.dissection import dissect
+    from discover.dissection.core import dissect
 
     sections, _, _ = built
     given = sections[0]

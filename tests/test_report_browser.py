@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from _report_data import QUOTES, SCRIPT, build_sections
-from discover.report import write_report
+from discover.report.writer import write_report
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from _similarity_loops import LOOPS, rank_reorder_loop, top_images
-from discover import similarity as sim
-from discover.similarity import (
+from discover.dissection import similarity as sim
+from discover.dissection.similarity import (
     DEFAULT_SIMILARITY,
     SIMILARITIES,
     cos,

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from discover import LWTA, create_model
-from discover.sparsity import SparsityMeter, format_sparsity, measure_sparsity
+from discover.evaluation.sparsity import SparsityMeter, format_sparsity, measure_sparsity
 
 
 @pytest.mark.parametrize("policy", ["sample", "argmax"])

@@ -9,8 +9,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from discover.recipes import get_recipe
-from discover.training import GlobalBatchSampler, NonFiniteLossError, TrainConfig, train
+from discover.training.recipes import get_recipe
+from discover.training.trainer import GlobalBatchSampler, NonFiniteLossError, TrainConfig, train
 
 TINY = dict(
     model="small_resnet",
@@ -74,7 +74,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
 def test_ctrl_c_leaves_a_resumable_mid_epoch_checkpoint(tmp_path, monkeypatch):
     full = train(_config(tmp_path, "full", U=2), progress=False)
 
-    from discover import data as data_module
+    from discover.data import datasets as data_module
 
     original = data_module.ShapesWorld.__getitem__
     calls = {"n": 0}
@@ -104,7 +104,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         def forward(self, logits, labels):
             return super().forward(logits, labels) * float("inf")
 
-    monkeypatch.setattr("discover.training.nn.CrossEntropyLoss", ExplodingLoss)
+    monkeypatch.setattr("discover.training.trainer.nn.CrossEntropyLoss", ExplodingLoss)
     with pytest.raises(NonFiniteLossError, match="non-finite loss .* epoch 2"):
         train(_config(tmp_path, "run", epochs=2, resume=True), progress=False)
     _assert_same_weights(good, _weights(tmp_path / "run"))
@@ -157,7 +157,7 @@ def test_recipes_follow_method_md():
 
 
 def test_cosine_schedule_warms_up_then_decays():
-    from discover.recipes import build_optimizer, build_scheduler
+    from discover.training.recipes import build_optimizer, build_scheduler
 
     recipe = get_recipe("deit").replace(epochs=10, warmup_epochs=2)
     model = torch.nn.Linear(2, 2)
@@ -331,8 +331,8 @@ def test_fashion_mnist_from_the_debian_package(tmp_path):
 def test_annealed_temperature_trains_saves_reloads_and_reaches_its_final_value(
     tmp_path, monkeypatch
 ):
-    from discover.lwta import lwta_layers
-    from discover.training import load_run
+    from discover.nn.lwta import lwta_layers
+    from discover.training.trainer import load_run
 
     anneal = dict(U=4, temperature=1.0, temperature_final=0.05, temperature_anneal=0.5, epochs=3)
     result = train(_config(tmp_path, "annealed", **anneal), progress=False)
@@ -350,7 +350,7 @@ def test_annealed_temperature_trains_saves_reloads_and_reaches_its_final_value(
     layers = lwta_layers(model).values()
     assert layers and all(layer.temperature == pytest.approx(0.05) for layer in layers)
     # deterministic deployment: one winner per block, active fraction exactly 1/U
-    from discover.lwta import capture_winners, set_eval_policy
+    from discover.nn.lwta import capture_winners, set_eval_policy
 
     set_eval_policy(model.eval(), "argmax")
     with capture_winners(model) as captured:
@@ -358,7 +358,7 @@ def test_annealed_temperature_trains_saves_reloads_and_reaches_its_final_value(
         for layer in captured.values():
             assert layer.last_mask.float().mean().item() == pytest.approx(0.25)
     # a run interrupted mid-schedule resumes with the same temperatures and weights
-    from discover import data as data_module
+    from discover.data import datasets as data_module
 
     original = data_module.ShapesWorld.__getitem__
     calls = {"n": 0}
@@ -418,7 +418,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(tmp_path
     old = train(_config(tmp_path, U=2, epochs=1), progress=False)
     before = _weights(old.out)
 
-    from discover import data as data_module
+    from discover.data import datasets as data_module
 
     original = data_module.ShapesWorld.__getitem__
 
@@ -443,7 +443,7 @@ def test_ctrl_c_inside_a_forward_pass_resumes_exactly(tmp_path, monkeypatch):
     """The cut batch already moved BatchNorm statistics: the checkpoint must not keep that."""
     full = train(_config(tmp_path, "full", U=2, epochs=3), progress=False)
 
-    from discover.networks import SmallResNet
+    from discover.nn.networks import SmallResNet
 
     original = SmallResNet.forward_head
     calls = {"n": 0}

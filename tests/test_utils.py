@@ -23,14 +23,14 @@ def test_registry_register_get_list_and_suggestions():
 
 
 def test_every_named_choice_uses_one_registry_class():
-    from discover.concepts import CONCEPT_SETS
-    from discover.data import DATASETS
+    from discover.data.datasets import DATASETS
     from discover.demo import DEMO_DATA
-    from discover.embedders import EMBEDDERS
-    from discover.models import MODELS
-    from discover.planted import VARIANTS
-    from discover.recipes import RECIPES
-    from discover.similarity import SIMILARITIES
+    from discover.dissection.concepts import CONCEPT_SETS
+    from discover.dissection.embedders import EMBEDDERS
+    from discover.dissection.similarity import SIMILARITIES
+    from discover.evaluation.planted import VARIANTS
+    from discover.nn.models import MODELS
+    from discover.training.recipes import RECIPES
 
     for registry in (
         CONCEPT_SETS,

@@ -14,42 +14,45 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import networks  # noqa: E402,F401  (registers small_resnet, small_vit)
-from .concepts import ConceptSet, load_concepts
-from .description_eval import evaluate_descriptions, simulation_score
-from .dissection import Dissection, dissect
-from .embedders import build_embedder, register_embedder
-from .evaluation import evaluate, evaluate_run
+from .dissection import (
+    SIMILARITIES,
+    ConceptSet,
+    Dissection,
+    build_embedder,
+    dissect,
+    list_layers,
+    load_concepts,
+    record,
+    register_embedder,
+    register_similarity,
+)
+from .evaluation import evaluate, evaluate_descriptions, evaluate_run, simulation_score
 from .explanation import Explanation, explain
-from .lwta import (
+from .nn import (
     EVAL_POLICIES,
     LWTA,
-    TemperatureSchedule,
-    average_logits,
-    capture_winners,
-    eval_policy,
-    lwta_layers,
-    set_eval_policy,
-    set_temperature,
-    winner_peakedness,
-)
-from .models import (
     ConversionReport,
     CVNConfig,
+    TemperatureSchedule,
     activation_sites,
+    average_logits,
+    capture_winners,
     count_parameters,
     create_model,
+    eval_policy,
     list_models,
     load_checkpoint,
+    lwta_layers,
     register_activation,
     register_model,
     register_placement,
     save_checkpoint,
+    set_eval_policy,
+    set_temperature,
     to_cvn,
+    winner_peakedness,
 )
-from .recording import list_layers, record
 from .report import ReportSection, write_report
-from .similarity import SIMILARITIES, register_similarity
 from .training import TrainConfig, load_run, train
 
 __all__ = [

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import __version__
+from discover import __version__
 
 __all__ = ["main", "command"]
 
@@ -81,7 +81,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _build_model(args: argparse.Namespace):
-    from .models import create_model
+    from discover.nn.models import create_model
 
     return create_model(
         args.model,
@@ -102,7 +102,7 @@ def _models_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("models", arguments=_models_arguments, help="list model names that create_model accepts")
 def _models(args: argparse.Namespace) -> int:
-    from .models import list_models
+    from discover.nn.models import list_models
 
     names = list_models(args.pattern, include_timm=not args.builtin)
     print("\n".join(names) if names else f"no model matches {args.pattern!r}")
@@ -123,8 +123,8 @@ def _convert_arguments(parser: argparse.ArgumentParser) -> None:
     help="build a model as a CVN and show what LWTA replaced",
 )
 def _convert(args: argparse.Namespace) -> int:
-    from .lwta import lwta_layers
-    from .models import count_parameters
+    from discover.nn.lwta import lwta_layers
+    from discover.nn.models import count_parameters
 
     model = _build_model(args)
     layers = lwta_layers(model)
@@ -135,7 +135,7 @@ def _convert(args: argparse.Namespace) -> int:
     for name, layer in layers.items():
         print(f"  {name}  ({layer.extra_repr()})")
     if args.save:
-        from .models import save_checkpoint
+        from discover.nn.models import save_checkpoint
 
         print(f"saved {save_checkpoint(model, args.save)}")
     return 0
@@ -159,9 +159,9 @@ def _sparsity_arguments(parser: argparse.ArgumentParser) -> None:
     help="run real photos through a model and print per-layer sparsity",
 )
 def _sparsity(args: argparse.Namespace) -> int:
-    from .lwta import set_eval_policy
-    from .photos import sample_photos
-    from .sparsity import format_sparsity, measure_sparsity
+    from discover.data.photos import sample_photos
+    from discover.evaluation.sparsity import format_sparsity, measure_sparsity
+    from discover.nn.lwta import set_eval_policy
 
     torch.manual_seed(args.seed)
     model = _build_model(args).eval()
@@ -189,7 +189,7 @@ def _sparsity(args: argparse.Namespace) -> int:
 
 # -- discover train --------------------------------------------------------------------------
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
-    from .recipes import RECIPES
+    from discover.training.recipes import RECIPES
 
     parser.add_argument("--config", help="YAML file of training options (flags override it)")
     parser.add_argument("--model", help="model name (default small_resnet)")
@@ -260,7 +260,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("train", arguments=_train_arguments, help="train a CVN (or its dense twin)")
 def _train(args: argparse.Namespace) -> int:
-    from .training import NonFiniteLossError, TrainConfig, train
+    from discover.training.trainer import NonFiniteLossError, TrainConfig, train
 
     options = {
         key: getattr(args, key)
@@ -359,7 +359,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .evaluation import evaluate_run
+    from discover.evaluation.classification import evaluate_run
 
     result = evaluate_run(
         args.run,
@@ -405,7 +405,7 @@ def _layers_arguments(parser: argparse.ArgumentParser) -> None:
 def _layers(args: argparse.Namespace) -> int:
     import fnmatch
 
-    from .recording import list_layers
+    from discover.dissection.recording import list_layers
 
     infos = list_layers(_build_model(args), args.input_size)
     print(f"{'layer':<36} {'type':<22} {'output':<16} pooling")
@@ -417,7 +417,7 @@ def _layers(args: argparse.Namespace) -> int:
 
 # -- discover dissect -----------------------------------------------------------------------
 def _dissect_arguments(parser: argparse.ArgumentParser) -> None:
-    from .similarity import DEFAULT_SIMILARITY, SIMILARITIES
+    from discover.dissection.similarity import DEFAULT_SIMILARITY, SIMILARITIES
 
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="a training run directory (model, weights, preprocessing)")
@@ -487,10 +487,10 @@ def _dissect_arguments(parser: argparse.ArgumentParser) -> None:
     help="label every unit of the chosen layers with a concept",
 )
 def _dissect(args: argparse.Namespace) -> int:
-    from .data import build_dataset
-    from .dissection import dissect
-    from .embedders import cache_dir
-    from .training import load_run
+    from discover.data.datasets import build_dataset
+    from discover.dissection.core import dissect
+    from discover.dissection.embedders import cache_dir
+    from discover.training.trainer import load_run
 
     if args.run:
         model, _ = load_run(args.run, args.weights)
@@ -506,7 +506,7 @@ def _dissect(args: argparse.Namespace) -> int:
         probe = torch.utils.data.Subset(probe, range(min(args.probe_limit, len(probe))))
     embedder = args.embedder
     if embedder == "annotations":
-        from .embedders import AnnotationEmbedder
+        from discover.dissection.embedders import AnnotationEmbedder
 
         embedder = AnnotationEmbedder()
     result = dissect(
@@ -544,7 +544,7 @@ def _dissect(args: argparse.Namespace) -> int:
 
 # -- discover explain -----------------------------------------------------------------------
 def _explain_arguments(parser: argparse.ArgumentParser) -> None:
-    from .explanation import DEFAULT_THRESHOLD, DEFAULT_TOP
+    from discover.explanation import DEFAULT_THRESHOLD, DEFAULT_TOP
 
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files to explain")
     parser.add_argument("--run", required=True, help="training run directory (`discover train`)")
@@ -581,11 +581,11 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
 def _explain(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .dissection import Dissection
-    from .explanation import explain, find_classifier, print_explanations, read_images
-    from .lwta import lwta_layers
-    from .models import activation_sites
-    from .training import load_run
+    from discover.dissection.core import Dissection
+    from discover.explanation import explain, find_classifier, print_explanations, read_images
+    from discover.nn.lwta import lwta_layers
+    from discover.nn.models import activation_sites
+    from discover.training.trainer import load_run
 
     model, config = load_run(args.run, args.weights)
     folder = Path(args.dissection) if args.dissection else Path(args.run) / "dissection"
@@ -633,7 +633,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 # -- discover demo --------------------------------------------------------------------------
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    from .demo import DEMO_DATA
+    from discover.demo import DEMO_DATA
 
     parser.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     parser.add_argument("--fast", action="store_true", help="CI size: about a minute, rough labels")
@@ -657,7 +657,7 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     help="train, dissect and explain a CVN and its dense twin on built-in data; HTML report",
 )
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import DemoConfig, run_demo
+    from discover.demo import DemoConfig, run_demo
 
     config = DemoConfig.preset(
         args.data,
@@ -706,7 +706,7 @@ def _eval_descriptions_arguments(parser: argparse.ArgumentParser) -> None:
     help="final-layer protocol: score a classifier layer's descriptions against its classes",
 )
 def _eval_descriptions(args: argparse.Namespace) -> int:
-    from .description_eval import evaluate_descriptions
+    from discover.evaluation.descriptions import evaluate_descriptions
 
     scores = evaluate_descriptions(
         args.dissection,
@@ -728,7 +728,7 @@ def _eval_descriptions(args: argparse.Namespace) -> int:
 
 # -- discover planted -----------------------------------------------------------------------
 def _planted_arguments(parser: argparse.ArgumentParser) -> None:
-    from .planted import VARIANTS, PlantedConfig
+    from discover.evaluation.planted import VARIANTS, PlantedConfig
 
     defaults = PlantedConfig()
     parser.add_argument("--probe", default="shapes", help="probe data set (for P)")
@@ -763,10 +763,10 @@ def _planted_arguments(parser: argparse.ArgumentParser) -> None:
     "synthetic neurons",
 )
 def _planted(args: argparse.Namespace) -> int:
-    from .concepts import load_concepts
-    from .data import build_dataset
-    from .embedders import build_embedder
-    from .planted import PlantedConfig, planted_recovery
+    from discover.data.datasets import build_dataset
+    from discover.dissection.concepts import load_concepts
+    from discover.dissection.embedders import build_embedder
+    from discover.evaluation.planted import PlantedConfig, planted_recovery
 
     params: dict[str, dict] = {}
     for key, value in _key_values(args.similarity_arg, "--similarity-arg").items():

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from ._utils import Registry
+from discover._utils import Registry
 
 __all__ = ["DemoConfig", "DemoResult", "DemoData", "DEMO_DATA", "register_demo_data", "run_demo"]
 
@@ -120,7 +120,7 @@ class DemoData(ABC):
     """How the demo uses one data set: training data, probe set, held-out images, concepts."""
 
     name: str
-    dataset: str  # name in discover.data's registry
+    dataset: str  # name in discover.data.datasets's registry
     embedders: tuple[str, ...]  # embedders that work on it (the first is the default)
     concepts: str  # concept set for the hidden layers
     defaults: dict[str, Any] = {}
@@ -172,12 +172,12 @@ class _Shapes(DemoData):
         }
 
     def probe(self, config: DemoConfig) -> Dataset:
-        from .data import ShapesWorld
+        from discover.data.datasets import ShapesWorld
 
         return ShapesWorld(n=config.probe_images, image_size=config.image_size, split="val")
 
     def held_out(self, config: DemoConfig) -> Dataset:
-        from .data import ShapesWorld
+        from discover.data.datasets import ShapesWorld
 
         return ShapesWorld(
             n=max(200, config.explain_images), image_size=config.image_size, split="test"
@@ -197,7 +197,7 @@ class _FashionMNIST(DemoData):
                 "annotations; use --embedder conse"
             )
         super().check(config)
-        from .data import FashionMNIST
+        from discover.data.datasets import FashionMNIST
 
         FashionMNIST(split="test", download=False)  # a clear FileNotFoundError when missing
 
@@ -210,7 +210,7 @@ class _FashionMNIST(DemoData):
 
     @functools.lru_cache(maxsize=1)  # noqa: B019 (one registered instance; read the files once)
     def _test(self) -> Dataset:
-        from .data import FashionMNIST
+        from discover.data.datasets import FashionMNIST
 
         return FashionMNIST(split="test", download=False)
 
@@ -315,7 +315,7 @@ def _transformers_progress(enabled: bool) -> Iterator[None]:
 
 def _train(options: dict[str, Any], progress: bool, log: Callable[[str], None]) -> Path:
     """Train (or reuse/resume an identical run in ``options['out']``)."""
-    from .training import TrainConfig, train
+    from discover.training.trainer import TrainConfig, train
 
     out = Path(options["out"])
     if (out / "state" / "trainer.pt").is_file():
@@ -354,14 +354,14 @@ def run_demo(
         >>> result = run_demo(DemoConfig.preset("shapes", fast=True, out="runs/demo-fast"))  # doctest: +SKIP
         >>> print(result.summary())  # doctest: +SKIP
     """
-    from .concepts import concept_set_from_lines
-    from .dissection import dissect, model_view
-    from .embedders import build_embedder
-    from .evaluation import evaluate_run
-    from .explanation import explain, explanations_to_json, find_classifier
-    from .lwta import lwta_layers
-    from .recording import record
-    from .training import load_run
+    from discover.dissection.concepts import concept_set_from_lines
+    from discover.dissection.core import dissect, model_view
+    from discover.dissection.embedders import build_embedder
+    from discover.dissection.recording import record
+    from discover.evaluation.classification import evaluate_run
+    from discover.explanation import explain, explanations_to_json, find_classifier
+    from discover.nn.lwta import lwta_layers
+    from discover.training.trainer import load_run
 
     spec = get_demo_data(config.data)
     spec.check(config)
@@ -479,7 +479,7 @@ def run_demo(
                     ).activations
                 )
             final_labels[key] = final.labels(classifier[0])
-            from .description_eval import evaluate_descriptions
+            from discover.evaluation.descriptions import evaluate_descriptions
 
             scores = evaluate_descriptions(
                 final,
@@ -521,7 +521,7 @@ def run_demo(
         log("writing the report ...")
         from torchvision.transforms.functional import to_pil_image
 
-        from .report import ReportConfig, ReportSection, write_report
+        from discover.report.writer import ReportConfig, ReportSection, write_report
 
         pictures = [to_pil_image(image) for image in images] * len(models)
         sections = [
@@ -571,7 +571,7 @@ def run_demo(
 def _with_classifier(hidden: Any, final: Any) -> Any:
     """One dissection for the report and the explanations: the hidden layers labelled with
     the data set's concepts, the classifier with the class names (method.md §9)."""
-    from .dissection import Dissection
+    from discover.dissection.core import Dissection
 
     config = dataclasses.replace(
         hidden.config,
@@ -616,6 +616,6 @@ def _settings(config: DemoConfig, run: dict[str, Any], evaluation: Any) -> dict[
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    from ._utils import write_atomic
+    from discover._utils import write_atomic
 
     write_atomic(path, json.dumps(data, indent=2, default=str))

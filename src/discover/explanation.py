@@ -37,9 +37,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._utils import write_atomic
-from .lwta import LWTA, capture_winners, eval_policy, lwta_layers
-from .recording import default_input_size, pool, pool_mask, resolve_layers, suggested_pooling
+from discover._utils import write_atomic
+from discover.dissection.recording import (
+    default_input_size,
+    pool,
+    pool_mask,
+    resolve_layers,
+    suggested_pooling,
+)
+from discover.nn.lwta import LWTA, capture_winners, eval_policy, lwta_layers
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -309,7 +315,7 @@ def _rgb_or_grey(image: Any) -> Any:
 
 
 def _eval_transform(model: nn.Module) -> Callable:
-    from .data import eval_transform
+    from discover.data.datasets import eval_transform
 
     try:
         return eval_transform(model)
@@ -445,7 +451,7 @@ def _default_layers(
         names = [n for n in dict.fromkeys(u.layer for u in dissection.units) if n != classifier]
         if names:
             return names
-    from .models import activation_sites
+    from discover.nn.models import activation_sites
 
     sites = activation_sites(model)
     if not sites:
@@ -511,7 +517,7 @@ def explain(
         images: preprocessed float inputs ``(N, C, H, W)``/``(C, H, W)``, or raw images (file
             paths, PIL images, ``uint8`` tensors) that go through ``transform`` (default: the
             model's evaluation transform, ``model.data_config``).
-        dissection: a :class:`~discover.dissection.Dissection` of this model, or the folder
+        dissection: a :class:`~discover.dissection.core.Dissection` of this model, or the folder
             it was saved to; its labels and poolings are used for the layers it covers.
         policy: LWTA evaluation policy (``argmax`` is reproducible; ``sample`` draws the
             winners, seeded with ``seed``).
@@ -523,7 +529,7 @@ def explain(
         names: a name per image (default: the file path or ``image[i]``).
         targets: true class index per image, if known.
         allow_mismatch: use a dissection that does not describe ``model`` (other weights,
-            layers or ``U``, see :meth:`~discover.dissection.Dissection.check_model`) with a
+            layers or ``U``, see :meth:`~discover.dissection.core.Dissection.check_model`) with a
             warning instead of refusing it.
 
     Returns:
@@ -543,7 +549,7 @@ def explain(
     if not threshold >= 0:
         raise ValueError(f"explain: threshold must be >= 0, got {threshold}")
     if isinstance(dissection, (str, os.PathLike)):
-        from .dissection import Dissection
+        from discover.dissection.core import Dissection
 
         dissection = Dissection.load(dissection)
     elif dissection is not None and not hasattr(dissection, "units"):

@@ -1,7 +1,7 @@
 """Concept sets: the candidate descriptions a neuron is matched against.
 
 A concept set is a plain list of strings. The package ships the lists used by CLIP-Dissect and
-DISCOVER as data under ``discover/concepts/`` (provenance in ``concepts/SOURCES.md``), and
+DISCOVER as data under ``discover/dissection/concept_lists/`` (provenance in ``concept_lists/SOURCES.md``), and
 :func:`load_concepts` reads either one of them by name or any text file with one concept per
 line. Files are untrusted input: every line is kept as a plain string, nothing is evaluated.
 
@@ -17,7 +17,7 @@ Reading rules (applied to shipped and user files alike):
   so caches keyed on it notice any change of content (method.md §11, pitfall 5).
 
 Example:
-    >>> from discover.concepts import load_concepts
+    >>> from discover.dissection.concepts import load_concepts
     >>> words = load_concepts("20k")
     >>> len(words), words.concepts[:3]
     (20000, ['the', 'of', 'and'])
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ._utils import Registry
+from discover._utils import Registry
 
 __all__ = [
     "ConceptSet",
@@ -57,7 +57,7 @@ class ConceptSet:
     Attributes:
         concepts: the concepts, in file order.
         name: the registered name, or the file name for user files.
-        source: where the list came from: a file path, or ``package:discover/concepts/<file>``.
+        source: where the list came from: a file path, or ``package:discover/dissection/concept_lists/<file>``.
         dropped_empty: blank lines dropped while reading.
         dropped_duplicates: repeated concepts dropped (always 0 for class lists).
         duplicates: the concepts that occurred more than once, dropped or kept.
@@ -170,11 +170,15 @@ def _read_file(path: Path, *, keep_duplicates: bool = False) -> ConceptSet:
 
 
 def _read_resource(filename: str, name: str, *, keep_duplicates: bool = False) -> ConceptSet:
-    text = resources.files("discover").joinpath("concepts", filename).read_text(encoding="utf-8")
+    text = (
+        resources.files("discover.dissection")
+        .joinpath("concept_lists", filename)
+        .read_text(encoding="utf-8")
+    )
     return concept_set_from_lines(
         text.splitlines(),
         name=name,
-        source=f"package:discover/concepts/{filename}",
+        source=f"package:discover/dissection/concept_lists/{filename}",
         keep_duplicates=keep_duplicates,
     )
 
@@ -314,24 +318,24 @@ def _places365_categories() -> ConceptSet:
 
 @register_concept_set("shapes")
 def _shapes_concepts() -> ConceptSet:
-    """The concept names of the default :class:`~discover.data.ShapesWorld`."""
-    from .data import ShapesWorld
+    """The concept names of the default :class:`~discover.data.datasets.ShapesWorld`."""
+    from discover.data.datasets import ShapesWorld
 
     return concept_set_from_lines(
         ShapesWorld(n=1).concept_names,
         name="shapes",
-        source="discover.data.ShapesWorld.concept_names",
+        source="discover.data.datasets.ShapesWorld.concept_names",
     )
 
 
 @register_concept_set("shapes_classes")
 def _shapes_classes() -> ConceptSet:
     """The default Shapes world's class names, in label order."""
-    from .data import ShapesWorld
+    from discover.data.datasets import ShapesWorld
 
     return concept_set_from_lines(
         ShapesWorld(n=1).class_names,
         name="shapes_classes",
-        source="discover.data.ShapesWorld.class_names",
+        source="discover.data.datasets.ShapesWorld.class_names",
         keep_duplicates=True,
     )

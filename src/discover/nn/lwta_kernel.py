@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ._utils import cache_root
+from discover._utils import cache_root
 
 __all__ = ["available", "backward", "enabled", "forward", "gumbel_of", "supports"]
 
@@ -50,7 +50,7 @@ def _cpu_flags() -> str:
 
 
 def _build() -> ctypes.CDLL | None:
-    source = resources.files("discover").joinpath("csrc/lwta.c").read_bytes()
+    source = resources.files("discover.nn").joinpath("csrc/lwta.c").read_bytes()
     compiler = os.environ.get("CC", "gcc")
     if shutil.which(compiler) is None:
         return None
@@ -122,6 +122,12 @@ def _library() -> ctypes.CDLL | None:
                     _LIB = None
                 _TRIED = True
     return _LIB
+
+
+def library_path() -> str | None:
+    """The compiled shared object in use (``None`` without a compiler)."""
+    lib = _library()
+    return None if lib is None else str(lib._name)
 
 
 def available() -> bool:

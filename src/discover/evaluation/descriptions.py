@@ -26,7 +26,7 @@ Ranks are 1-based and pessimistic: a concept tied with the true class counts as 
 it, so a dead unit whose scores are all equal gets rank ``M``, never 1.
 
 Example:
-    >>> from discover.description_eval import evaluate_descriptions
+    >>> from discover.evaluation.descriptions import evaluate_descriptions
     >>> scores = evaluate_descriptions("runs/u8/dissection", "shapes_classes")  # doctest: +SKIP
     >>> print(scores.summary())  # doctest: +SKIP
     >>> scores.save("runs/u8/dissection")  # doctest: +SKIP
@@ -49,11 +49,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ._utils import csv_text, write_files
-from .concepts import ConceptSet, load_concepts
-from .dissection import Dissection, UnitDescription, cached_concept_matrix, model_view
-from .embedders import AnnotationEmbedder, Embedder, build_embedder, load_sentence_model
-from .similarity import DEFAULT_SIMILARITY, get_similarity
+from discover._utils import csv_text, write_files
+from discover.dissection.concepts import ConceptSet, load_concepts
+from discover.dissection.core import Dissection, UnitDescription, cached_concept_matrix, model_view
+from discover.dissection.embedders import (
+    AnnotationEmbedder,
+    Embedder,
+    build_embedder,
+    load_sentence_model,
+)
+from discover.dissection.similarity import DEFAULT_SIMILARITY, get_similarity
 
 __all__ = [
     "NullStats",
@@ -330,8 +335,8 @@ def resolve_class_names(classes: str | os.PathLike[str] | Sequence[str] | Concep
 
 
 def _class_names_from_spec(spec: str) -> list[str]:
-    from .concepts import CONCEPT_SETS
-    from .data import DATASETS, build_dataset
+    from discover.data.datasets import DATASETS, build_dataset
+    from discover.dissection.concepts import CONCEPT_SETS
 
     key = spec.lower().replace("_", "-")
     if key in DATASETS:  # before concept sets: "shapes" or "cifar100" name a vocabulary too
@@ -364,7 +369,7 @@ def text_encoder(spec: Any) -> tuple[str, TextEncoder] | None:
     ``"auto"``: all-mpnet-base-v2 when its pip pieces are installed, else all-MiniLM-L6-v2;
     ``"mpnet"``, ``"minilm"`` or a sentence-transformers folder; an object with
     ``encode(texts, normalize_embeddings=True)`` (a ``SentenceTransformer``); an
-    :class:`~discover.embedders.Embedder` (its text tower); a callable ``texts -> Tensor``;
+    :class:`~discover.dissection.embedders.Embedder` (its text tower); a callable ``texts -> Tensor``;
     a ``(name, encoder)`` pair as returned here (reused as is); ``None`` or ``"none"``: no
     encoder (returns ``None``).
 
@@ -550,7 +555,7 @@ def evaluate_descriptions(
     rank (top-k for ``k <= n`` stays exact; a mean rank is then reported as missing).
 
     Args:
-        dissection: a :class:`~discover.dissection.Dissection` or its saved directory.
+        dissection: a :class:`~discover.dissection.core.Dissection` or its saved directory.
         class_names: class names in class-index order, or a spec for
             :func:`resolve_class_names` (``shapes_classes``, a file, ``fashion-mnist``).
         layer: the classifier layer; default: the dissection's last layer.
@@ -564,7 +569,7 @@ def evaluate_descriptions(
         max_random_concepts: at most this many concepts (a seeded sample) are encoded for the
             random-concept baseline of the cosine figures.
         model: the model the figures are reported for; when given, the dissection must
-            describe it (see :meth:`~discover.dissection.Dissection.check_model`).
+            describe it (see :meth:`~discover.dissection.core.Dissection.check_model`).
         allow_mismatch: with ``model``, warn instead of refusing a dissection of other
             weights, layers or ``U``.
 
@@ -808,7 +813,7 @@ def simulation_score(
         neuron_acts: ``Q`` ``(N, K)``, the layer's pooled activations on the same images.
         concepts: the ``M`` concept strings.
         layer: name for the report.
-        similarity: a name in :data:`discover.similarity.SIMILARITIES`.
+        similarity: a name in :data:`discover.dissection.similarity.SIMILARITIES`.
         similarity_params: its keyword arguments.
         fit_fraction: share of images used to choose labels.
         seed: seeds the split and both baselines.
@@ -934,7 +939,7 @@ def evaluate_simulation(
         ...                            AnnotationEmbedder())  # doctest: +SKIP
         >>> print(sims["layer3"].summary())  # doctest: +SKIP
     """
-    from .recording import record
+    from discover.dissection.recording import record
 
     concept_set = load_concepts(concepts)
     if concept_matrix is None:  # the same cached, shape-checked P a dissection would use

@@ -26,7 +26,7 @@ one layer of ``units`` units (WPMI's prior is taken over the units scored togeth
 
 Example:
     >>> import torch
-    >>> from discover.planted import PlantedConfig, planted_recovery
+    >>> from discover.evaluation.planted import PlantedConfig, planted_recovery
     >>> P = (torch.rand(500, 20) < 0.2).float()
     >>> result = planted_recovery(P, config=PlantedConfig(units=10, noise=(0.5,)),
     ...                           progress=False)
@@ -48,9 +48,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._utils import Registry, check_options, csv_text, write_atomic
-from .description_eval import ranks_from_scores
-from .similarity import SIMILARITIES, get_similarity
+from discover._utils import Registry, check_options, csv_text, write_atomic
+from discover.dissection.similarity import SIMILARITIES, get_similarity
+from discover.evaluation.descriptions import ranks_from_scores
 
 __all__ = [
     "PlantedConfig",

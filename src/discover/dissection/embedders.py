@@ -21,7 +21,7 @@ and image transform, for content-addressed caches (method.md §11, pitfall 5).
 
 Example:
     >>> import torch
-    >>> from discover.embedders import build_embedder
+    >>> from discover.dissection.embedders import build_embedder
     >>> embedder = build_embedder("conse")
     >>> P = embedder.concept_matrix(torch.rand(4, 3, 64, 64), ["dog", "cat", "car"])
     >>> P.shape
@@ -53,8 +53,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from ._utils import Registry, cache_root
-from .concepts import ConceptSet
+from discover._utils import Registry, cache_root
+from discover.dissection.concepts import ConceptSet
 
 __all__ = [
     "ImageTransform",
@@ -1059,7 +1059,7 @@ class AnnotationEmbedder(Embedder):
     ``concept_matrix(probe, concepts)`` returns the probe's multi-hot annotation table
     restricted to the requested concepts: ``P[n, m] = 1`` when image ``n`` is labelled with
     concept ``m``. The table comes from ``probe.concepts_table()`` with names
-    ``probe.concept_names`` (as :class:`discover.data.ShapesWorld` provides; a
+    ``probe.concept_names`` (as :class:`discover.data.datasets.ShapesWorld` provides; a
     ``torch.utils.data.Subset`` of such a dataset works too), or from a fixed ``table`` and
     ``concept_names`` given here. There is no image or text encoder: ``encode_images`` and
     ``encode_texts`` raise.
@@ -1073,7 +1073,7 @@ class AnnotationEmbedder(Embedder):
             :meth:`restrict`'s first list.
 
     Example:
-        >>> from discover.data import ShapesWorld
+        >>> from discover.data.datasets import ShapesWorld
         >>> probe = ShapesWorld(n=50, seed=0)
         >>> P = AnnotationEmbedder().concept_matrix(probe, ["circle", "red", "top left"])
         >>> P.shape
@@ -1192,7 +1192,7 @@ def _probe_annotations(probe: Any) -> tuple[Tensor, list[str]]:
         raise TypeError(
             f"AnnotationEmbedder: {type(probe).__name__} has no ground-truth "
             "concepts: the probe must provide concepts_table() and concept_names "
-            "(like discover.data.ShapesWorld), or pass table= and concept_names= "
+            "(like discover.data.datasets.ShapesWorld), or pass table= and concept_names= "
             "to AnnotationEmbedder"
         )
     table = torch.as_tensor(probe.concepts_table(), dtype=torch.float32)

@@ -37,16 +37,16 @@ from PIL import Image, ImageDraw
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import __version__
-from ._utils import cache_warning, staged_dir
-from .dissection import Dissection, UnitDescription, model_view
-from .lwta import lwta_layers
-from .models import count_parameters
-from .recording import Recording, model_fingerprint, record
+from discover import __version__
+from discover._utils import cache_warning, staged_dir
+from discover.dissection.core import Dissection, UnitDescription, model_view
+from discover.dissection.recording import Recording, model_fingerprint, record
+from discover.nn.lwta import lwta_layers
+from discover.nn.models import count_parameters
 
 __all__ = ["ReportSection", "ReportConfig", "write_report"]
 
-GENERATOR = "discover.report"
+GENERATOR = "discover.report.writer"
 """The ``generator`` key of ``report.json``: only folders that carry it are ever replaced."""
 
 _EXPLANATION_KEYS = ("image", "model", "prediction", "layers")
@@ -63,7 +63,7 @@ class ReportSection:
     Args:
         name: shown as the section title, e.g. ``"CVN (U=4)"`` or ``"dense twin"``.
         model: the dissected model.
-        dissection: its :class:`~discover.dissection.Dissection`.
+        dissection: its :class:`~discover.dissection.core.Dissection`.
         probe: the dissection's probe set of raw ``(image, label, ...)`` items; an image is a
             PIL image, a ``uint8`` tensor or a float ``(C, H, W)`` tensor in ``[0, 1]``.
         accuracy: fractions in ``[0, 1]``, e.g. ``{"top1": 0.83, "top5": 0.99}``.
@@ -71,9 +71,9 @@ class ReportSection:
         settings: model, training and dissection settings shown on the overview.
         description_scores: final-layer description figures shown on the overview.
         activations: ``{layer: (N, K)}`` pooled probe activations when already recorded;
-            otherwise the report records them with :func:`discover.recording.record`.
+            otherwise the report records them with :func:`discover.dissection.recording.record`.
         transform: the model's evaluation transform for the probe images (used only when
-            recording; default: the model's own, see :func:`discover.dissection.model_view`).
+            recording; default: the model's own, see :func:`discover.dissection.core.model_view`).
     """
 
     name: str
@@ -156,7 +156,7 @@ def write_report(
         progress: show tqdm progress bars.
         allow_mismatch: report a section whose dissection does not describe its model
             (other weights, layers or ``U``, see
-            :meth:`~discover.dissection.Dissection.check_model`) with a warning instead of
+            :meth:`~discover.dissection.core.Dissection.check_model`) with a warning instead of
             refusing it.
 
     Example:
@@ -186,12 +186,12 @@ def _check_sections(sections: Sequence[ReportSection]) -> list[ReportSection]:
         if not isinstance(section, ReportSection):
             raise ValueError(
                 f"write_report: section {i} is a {type(section).__name__}, expected a "
-                "discover.report.ReportSection"
+                "discover.report.writer.ReportSection"
             )
         if not isinstance(section.dissection, Dissection):
             raise ValueError(
                 f"section {section.name!r}: dissection is a {type(section.dissection).__name__}, "
-                "expected a discover.dissection.Dissection"
+                "expected a discover.dissection.core.Dissection"
             )
         if len(section.probe) == 0:
             raise ValueError(f"section {section.name!r}: the probe set is empty")
@@ -477,7 +477,7 @@ def _sparsity_plot(rows: list[dict[str, Any]], path: Path) -> None:
 # -- writing ------------------------------------------------------------------------------------
 def _environment() -> Environment:
     env = Environment(
-        loader=PackageLoader("discover", "templates"),
+        loader=PackageLoader("discover.report", "templates"),
         autoescape=True,  # every template is HTML; concept strings are untrusted
         undefined=StrictUndefined,
         trim_blocks=True,

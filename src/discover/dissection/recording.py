@@ -35,8 +35,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ._utils import atomic_path, cache_warning
-from .lwta import LWTA, capture_winners, eval_policy
+from discover._utils import atomic_path, cache_warning
+from discover.nn.lwta import LWTA, capture_winners, eval_policy
 
 __all__ = [
     "POOLINGS",

@@ -25,7 +25,7 @@ Conventions shared by all built-in functions:
 
 Example:
     >>> import torch
-    >>> from discover.similarity import get_similarity
+    >>> from discover.dissection.similarity import get_similarity
     >>> P, Q = torch.rand(200, 5), torch.randn(200, 3)
     >>> info = {}
     >>> S = get_similarity("soft_wpmi")(P, Q, info=info)
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._utils import Registry
+from discover._utils import Registry
 
 __all__ = [
     "SIMILARITIES",

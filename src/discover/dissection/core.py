@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ._utils import (
+from discover._utils import (
     atomic_path,
     cache_warning,
     check_options,
@@ -35,11 +35,16 @@ from ._utils import (
     staged_dir,
     write_files,
 )
-from .concepts import ConceptSet, load_concepts
-from .embedders import Embedder, build_embedder
-from .lwta import LWTA
-from .recording import dataset_fingerprint, model_fingerprint, record, resolve_layers
-from .similarity import DEFAULT_SIMILARITY, get_similarity
+from discover.dissection.concepts import ConceptSet, load_concepts
+from discover.dissection.embedders import Embedder, build_embedder
+from discover.dissection.recording import (
+    dataset_fingerprint,
+    model_fingerprint,
+    record,
+    resolve_layers,
+)
+from discover.dissection.similarity import DEFAULT_SIMILARITY, get_similarity
+from discover.nn.lwta import LWTA
 
 __all__ = [
     "UnitDescription",
@@ -342,7 +347,7 @@ def model_view(model: nn.Module, probe: Dataset, transform: Callable | None = No
     The transform is ``transform`` when given, else it comes from ``model.data_config`` (set
     by training runs and kept in their checkpoints) or the model's ``pretrained_cfg``.
     """
-    from .data import eval_transform
+    from discover.data.datasets import eval_transform
 
     return _ModelView(probe, transform or eval_transform(model))
 
@@ -445,12 +450,12 @@ def dissect(
 
     Args:
         model: any model; LWTA layers are recorded after competition.
-        layers: dotted layer names (see :func:`discover.recording.list_layers`).
+        layers: dotted layer names (see :func:`discover.dissection.recording.list_layers`).
         probe: raw probe images (a dataset of ``(image, ...)`` items, images not normalised).
         concepts: a concept-set name (``20k``, ``broden``, ``shapes``, ...) or a file path.
         embedder: ``conse`` (offline default), ``annotations`` (ground truth),
             ``open_clip:<arch>:<weights>``, ``hf:<dir>``, or an :class:`Embedder`.
-        similarity: a name in :data:`discover.similarity.SIMILARITIES`.
+        similarity: a name in :data:`discover.dissection.similarity.SIMILARITIES`.
         similarity_params: keyword arguments for the similarity function.
         pooling: ``auto``, one pooling for all layers, or ``{layer: pooling}``.
         policy: LWTA eval policy while recording (``argmax`` or ``sample``, seeded).
@@ -461,10 +466,10 @@ def dissect(
         keep_scores: also keep every layer's full ``K x M`` score matrix (and the concept
             list) as :attr:`Dissection.scores` / :attr:`Dissection.concepts`; ``save`` then
             writes ``scores.pt``. Needed for exact ranks in
-            :func:`discover.description_eval.evaluate_descriptions`.
+            :func:`discover.evaluation.descriptions.evaluate_descriptions`.
 
     Example:
-        >>> from discover.data import ShapesWorld
+        >>> from discover.data.datasets import ShapesWorld
         >>> d = dissect(model, ["fc"], ShapesWorld(n=2000, split="val"),
         ...             concepts="shapes_classes", embedder="annotations")  # doctest: +SKIP
         >>> d.labels("fc")[:3]  # doctest: +SKIP

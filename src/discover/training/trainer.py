@@ -1,7 +1,7 @@
 """Training CVNs (and their dense twins) on one process or many (torch DDP).
 
 :func:`train` runs a :class:`TrainConfig`: it builds the model and the data, trains with a
-named recipe (:mod:`discover.recipes`), validates every epoch on a held-out part of the
+named recipe (:mod:`discover.training.recipes`), validates every epoch on a held-out part of the
 training split, and writes a run directory::
 
     OUT/config.json           the complete resolved configuration (+ recipe, data config)
@@ -39,11 +39,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ._utils import atomic_path, read_json, resolve_device, write_atomic
-from .data import DataConfig, build_dataset, build_transforms
-from .lwta import TemperatureSchedule, set_temperature
-from .models import create_model, load_checkpoint, save_checkpoint
-from .recipes import Recipe, build_optimizer, build_scheduler, get_recipe
+from discover._utils import atomic_path, read_json, resolve_device, write_atomic
+from discover.data.datasets import DataConfig, build_dataset, build_transforms
+from discover.nn.lwta import TemperatureSchedule, set_temperature
+from discover.nn.models import create_model, load_checkpoint, save_checkpoint
+from discover.training.recipes import Recipe, build_optimizer, build_scheduler, get_recipe
 
 __all__ = [
     "TrainConfig",
@@ -121,7 +121,7 @@ class TrainConfig:
         Raises:
             ValueError: naming the option and what it expects.
         """
-        from .lwta import EVAL_POLICIES
+        from discover.nn.lwta import EVAL_POLICIES
 
         recipe = self.resolved_recipe()
 
@@ -432,7 +432,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def _validate(
     model: nn.Module, loader: DataLoader, device: torch.device, samples: int, amp: bool, ctx: _Dist
 ) -> dict[str, float]:
-    from .lwta import average_logits
+    from discover.nn.lwta import average_logits
 
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
@@ -773,7 +773,7 @@ def _held_interrupts() -> Iterator[None]:
 
 def _temperature(model: nn.Module) -> float | None:
     """The competition temperature of ``model``'s LWTA layers (``None`` without any)."""
-    from .lwta import lwta_layers
+    from discover.nn.lwta import lwta_layers
 
     layers = list(lwta_layers(model).values())
     return layers[0].temperature if layers else None

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models import register_model
+from discover.nn.models import register_model
 
 __all__ = ["SmallResNet", "BasicBlock", "small_resnet", "small_vit"]
 

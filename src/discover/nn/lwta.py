@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from . import _lwta_kernel
+from discover.nn import lwta_kernel
 
 __all__ = [
     "LWTA",
@@ -132,7 +132,7 @@ class _FusedLWTA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, tau: float, temperature: float):  # noqa: D401
-        out, hard, soft = _lwta_kernel.forward(h, temperature, tau)
+        out, hard, soft = lwta_kernel.forward(h, temperature, tau)
         ctx.save_for_backward(h, soft, hard)
         ctx.tau = tau
         ctx.mark_non_differentiable(hard)
@@ -141,7 +141,7 @@ class _FusedLWTA(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor, _grad_hard):
         h, soft, hard = ctx.saved_tensors
-        return _lwta_kernel.backward(grad_out, h, soft, hard, ctx.tau), None, None
+        return lwta_kernel.backward(grad_out, h, soft, hard, ctx.tau), None, None
 
 
 class LWTA(nn.Module):
@@ -295,12 +295,12 @@ class LWTA(nn.Module):
         outer = math.prod(shape[:unit_dim]) * (width // self.U)
         blocks = x.reshape(outer, self.U, math.prod(shape[unit_dim + 1 :]))
         temperature = self._temperature if self.stochastic else 0.0
-        fused = _lwta_kernel.supports(blocks)
+        fused = lwta_kernel.supports(blocks)
         if self.training and torch.is_grad_enabled() and blocks.requires_grad:
             train_fn = _FusedLWTA if fused else _STGumbelLWTA
             out, hard = train_fn.apply(blocks, self.tau, temperature)
         elif fused:
-            out, hard, _ = _lwta_kernel.forward(blocks.detach(), temperature, None)
+            out, hard, _ = lwta_kernel.forward(blocks.detach(), temperature, None)
             if torch.is_grad_enabled() and blocks.requires_grad:
                 out = blocks * hard  # differentiable in the values, as below
         else:

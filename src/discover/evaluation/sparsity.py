@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .lwta import LWTA, capture_winners, lwta_layers
-from .models import activation_sites
+from discover.nn.lwta import LWTA, capture_winners, lwta_layers
+from discover.nn.models import activation_sites
 
 __all__ = ["LayerSparsity", "SparsityMeter", "measure_sparsity", "format_sparsity"]
 

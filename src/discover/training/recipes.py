@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._utils import Registry
+from discover._utils import Registry
 
 __all__ = [
     "Recipe",

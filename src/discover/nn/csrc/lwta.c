@@ -1,6 +1,6 @@
 /* Fused CPU kernels for discover's LWTA layer (float32, contiguous (P, U, Q) blocks).
  *
- * Built on first use by discover/_lwta_kernel.py (gcc -O3 -march=native -fopenmp) and
+ * Built on first use by discover/lwta_kernel.py (gcc -O3 -march=native -fopenmp) and
  * loaded with ctypes: no Python or torch headers, so it compiles in about a second.
  *
  * Competition over the U axis of every (p, q): winner = argmax_u (h + T * g) with Gumbel

@@ -42,7 +42,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from ._utils import Registry, cache_root
+from discover._utils import Registry, cache_root
 
 __all__ = [
     "SPLITS",

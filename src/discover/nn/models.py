@@ -1,7 +1,7 @@
 """Building Competitive Vision Networks (CVNs).
 
 * :func:`to_cvn` turns any ``nn.Module`` into a CVN in place: activation modules chosen by
-  module-name pattern are replaced by :class:`~discover.lwta.LWTA` layers.
+  module-name pattern are replaced by :class:`~discover.nn.lwta.LWTA` layers.
 * :func:`create_model` builds a model by name (discover's own small networks, any timm
   architecture, or ``torchvision:<name>``), converts it where the paper puts LWTA and
   optionally loads local weights.
@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._utils import Registry, atomic_path, check_options
-from .lwta import LWTA, EvalPolicy, lwta_layers
+from discover._utils import Registry, atomic_path, check_options
+from discover.nn.lwta import LWTA, EvalPolicy, lwta_layers
 
 __all__ = [
     "ACTIVATION_TYPES",

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ._utils import resolve_device
-from .lwta import EVAL_POLICIES, average_logits, eval_policy, lwta_layers
-from .sparsity import LayerSparsity, SparsityMeter, format_sparsity
+from discover._utils import resolve_device
+from discover.evaluation.sparsity import LayerSparsity, SparsityMeter, format_sparsity
+from discover.nn.lwta import EVAL_POLICIES, average_logits, eval_policy, lwta_layers
 
 __all__ = ["EvalResult", "evaluate", "evaluate_run"]
 
@@ -143,8 +143,8 @@ def evaluate_run(
     Example:
         >>> print(evaluate_run("runs/shapes-u4", policy="sample", samples=6).summary())  # doctest: +SKIP
     """
-    from .data import build_dataset, build_transforms
-    from .training import load_run
+    from discover.data.datasets import build_dataset, build_transforms
+    from discover.training.trainer import load_run
 
     model, config = load_run(run, weights)
     train_cfg = config["train"]

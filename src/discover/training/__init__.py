@@ -1,0 +1,38 @@
+"""Training CVNs and their dense twins: recipes, the trainer and saved runs.
+
+Imports :mod:`discover.nn` and :mod:`discover.data`.
+"""
+
+from __future__ import annotations
+
+from .recipes import (
+    RECIPES,
+    Recipe,
+    build_optimizer,
+    build_scheduler,
+    get_recipe,
+    register_recipe,
+)
+from .trainer import (
+    GlobalBatchSampler,
+    NonFiniteLossError,
+    TrainConfig,
+    TrainResult,
+    load_run,
+    train,
+)
+
+__all__ = [
+    "Recipe",
+    "RECIPES",
+    "register_recipe",
+    "get_recipe",
+    "build_optimizer",
+    "build_scheduler",
+    "TrainConfig",
+    "TrainResult",
+    "train",
+    "load_run",
+    "NonFiniteLossError",
+    "GlobalBatchSampler",
+]

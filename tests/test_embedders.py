@@ -208,7 +208,7 @@ def test_open_clip_spec_errors() -> None:
 
 
 def test_open_clip_preprocessing_of_weight_files_follows_the_tags() -> None:
-    from discover.dissection.embedders import _tag_preprocess
+    from discover.dissection.embedders.clip import _tag_preprocess
 
     siglip = _tag_preprocess("ViT-B-16-SigLIP", None)
     assert siglip["resize_mode"] == "squash" and siglip["mean"] == (0.5, 0.5, 0.5)

@@ -53,6 +53,7 @@ from discover._utils import csv_text, write_files
 from discover.dissection.concepts import ConceptSet, load_concepts
 from discover.dissection.core import Dissection, UnitDescription, cached_concept_matrix, model_view
 from discover.dissection.embedders import (
+    SENTENCE_MODELS,
     AnnotationEmbedder,
     Embedder,
     build_embedder,
@@ -389,14 +390,12 @@ def text_encoder(spec: Any) -> tuple[str, TextEncoder] | None:
     if isinstance(spec, str):
         if spec == "auto":
             try:
-                model, name = load_sentence_model("mpnet"), "all-mpnet-base-v2"
+                model, name = load_sentence_model("mpnet"), SENTENCE_MODELS["mpnet"]
             except (FileNotFoundError, ImportError):
-                model, name = load_sentence_model("minilm"), "all-MiniLM-L6-v2"
+                model, name = load_sentence_model("minilm"), SENTENCE_MODELS["minilm"]
         else:
             model = load_sentence_model(spec)
-            name = {"minilm": "all-MiniLM-L6-v2", "mpnet": "all-mpnet-base-v2"}.get(
-                spec, Path(spec).name
-            )
+            name = SENTENCE_MODELS.get(spec, Path(spec).name)
         return name, _sentence_encoder(model)
     if hasattr(spec, "encode"):
         return type(spec).__name__, _sentence_encoder(spec)

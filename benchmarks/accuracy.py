@@ -381,7 +381,7 @@ def peakedness(run: Path, images: int, device: str, seed: int) -> dict[str, floa
     with the layer's own ``T``, on the first ``images`` test images (``{}``: dense model)."""
     from torch.utils.data import DataLoader, Subset
 
-    from discover.data.datasets import build_dataset, build_transforms
+    from discover.data import build_dataset, build_transforms
     from discover.nn.lwta import lwta_layers
     from discover.training.trainer import load_run
 
@@ -432,7 +432,7 @@ def peakedness(run: Path, images: int, device: str, seed: int) -> dict[str, floa
 
 def _train_images(config: TrainConfig, batch_size: int) -> tuple[int, int]:
     """(images in the training part after the hold-out, images trained on per epoch)."""
-    from discover.data.datasets import build_dataset
+    from discover.data import build_dataset
 
     n = config.train_subset or len(
         build_dataset(config.dataset, "train", root=config.data_root, **config.dataset_kwargs)

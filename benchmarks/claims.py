@@ -60,7 +60,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import SETTINGS, _machine  # noqa: E402
 
-from discover.data.datasets import FASHION_MNIST_CLASSES, ShapesWorld, build_dataset  # noqa: E402
+from discover.data import FASHION_MNIST_CLASSES, ShapesWorld, build_dataset  # noqa: E402
 from discover.dissection.concepts import concept_set_from_lines, load_concepts  # noqa: E402
 from discover.dissection.core import dissect, model_view  # noqa: E402
 from discover.dissection.embedders import AnnotationEmbedder, Embedder, build_embedder  # noqa: E402

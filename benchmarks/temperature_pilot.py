@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from discover import winner_peakedness
-from discover.data.datasets import build_dataset, build_transforms
+from discover.data import build_dataset, build_transforms
 from discover.evaluation.classification import evaluate_run
 from discover.training.trainer import TrainConfig, load_run, train
 

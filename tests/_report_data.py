@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from discover import LWTA, explain
-from discover.data.datasets import ShapesWorld
+from discover.data import ShapesWorld
 from discover.dissection.concepts import concept_set_from_lines
 from discover.dissection.core import dissect
 from discover.dissection.embedders import AnnotationEmbedder

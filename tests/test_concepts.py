@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from discover.data.datasets import ShapesWorld
+from discover.data import ShapesWorld
 from discover.dissection.concepts import (
     CONCEPT_SETS,
     ConceptSet,

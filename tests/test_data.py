@@ -1,4 +1,4 @@
-"""Tests for discover.data.datasets: the Shapes world, Fashion-MNIST, image folders, registry, transforms."""
+"""Tests for discover.data: the Shapes world, Fashion-MNIST, image folders, registry, transforms."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from discover.data import datasets as data
-from discover.data.datasets import (
+from discover import data
+from discover.data import (
     COLOURS,
     FACTORS,
     POSITIONS,
@@ -27,6 +27,7 @@ from discover.data.datasets import (
     ShapesWorld,
     build_dataset,
     build_transforms,
+    fashion_mnist,
     read_idx,
     register_dataset,
 )
@@ -214,7 +215,7 @@ def test_read_idx_roundtrip_and_errors(tmp_path: Path):
 
 def test_fashion_mnist_reads_idx_files(tiny_fmnist, monkeypatch):
     root, arrays = tiny_fmnist
-    monkeypatch.setattr(data, "FASHION_MNIST_DIR", root / "absent")
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_DIR", root / "absent")
     train = FashionMNIST(root, split="train", download=False)
     assert len(train) == 7 and train.class_names[0] == "T-shirt/top"
     for i in range(7):
@@ -234,7 +235,7 @@ def test_fashion_mnist_fingerprint_follows_content(tiny_fmnist, monkeypatch):
     from discover.dissection.recording import dataset_fingerprint
 
     root, _ = tiny_fmnist
-    monkeypatch.setattr(data, "FASHION_MNIST_DIR", root / "absent")
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_DIR", root / "absent")
     test = FashionMNIST(root, split="test", download=False)
     key = dataset_fingerprint(Subset(test, range(2)))  # a probe subset caches too
     assert key == dataset_fingerprint(Subset(FashionMNIST(root, "test", download=False), [0, 1]))
@@ -245,7 +246,7 @@ def test_fashion_mnist_fingerprint_follows_content(tiny_fmnist, monkeypatch):
 
 
 def test_fashion_mnist_missing_gives_install_hint(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path / "debian")
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_DIR", tmp_path / "debian")
     with pytest.raises(FileNotFoundError) as err:
         FashionMNIST(tmp_path / "mine", split="train", download=False)
     message = str(err.value)

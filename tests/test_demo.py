@@ -45,9 +45,9 @@ def test_bad_settings_fail_before_any_work(tmp_path, config, message):
 
 
 def test_missing_fashion_mnist_names_the_debian_package(tmp_path, monkeypatch, capsys):
-    import discover.data.datasets
+    import discover.data.fashion_mnist
 
-    monkeypatch.setattr(discover.data.datasets, "FASHION_MNIST_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(discover.data.fashion_mnist, "FASHION_MNIST_DIR", tmp_path / "nowhere")
     code = main(["demo", "--data", "fashion-mnist", "--out", str(tmp_path / "o"), "--fast"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: Fashion-MNIST not found")
@@ -83,7 +83,7 @@ def test_demo_fast_end_to_end(tmp_path, capsys, monkeypatch):
         assert (out / run / "dissection-final" / "dissection.json").is_file()
 
     # the README's explain example runs on the demo's output
-    from discover.data.datasets import ShapesWorld
+    from discover.data import ShapesWorld
 
     image, _ = ShapesWorld(n=1, image_size=32, split="test")[0]
     Image.fromarray(image.permute(1, 2, 0).numpy()).save("star.png")

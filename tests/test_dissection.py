@@ -239,7 +239,7 @@ def test_user_embedder_and_unreadable_probe_images(tmp_path):
     """A user's Embedder subclass on an image folder with one corrupt file."""
     from PIL import Image
 
-    from discover.data.datasets import RobustImageFolder
+    from discover.data import RobustImageFolder
     from discover.dissection.embedders import Embedder, ImageTransform
 
     class MeanColour(Embedder):

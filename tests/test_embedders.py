@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from discover.data.datasets import ShapesWorld
+from discover.data import ShapesWorld
 from discover.dissection.concepts import load_concepts
 from discover.dissection.embedders import (
     EMBEDDERS,

@@ -254,7 +254,7 @@ def test_text_and_rich_tables(capsys):
 
 def test_raw_images_go_through_the_eval_transform(tmp_path):
     model = _resnet(U=2)
-    model.data_config = discover.data.datasets.DataConfig(input_size=(3, 16, 16))
+    model.data_config = discover.data.DataConfig(input_size=(3, 16, 16))
     image = torch.randint(0, 256, (3, 24, 24), dtype=torch.uint8)
     path = tmp_path / "a.png"
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
@@ -331,7 +331,7 @@ def test_find_classifier():
 # -- discover explain ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from discover.data.datasets import ShapesWorld
+    from discover.data import ShapesWorld
     from discover.dissection.embedders import AnnotationEmbedder
 
     torch.manual_seed(0)

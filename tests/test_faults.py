@@ -256,7 +256,7 @@ def _train(out: Path, seed: int, overwrite: bool = False) -> Path:
 
 def test_explain_refuses_a_dissection_of_a_retrained_run(tmp_path, capsys):
     from discover.cli import main
-    from discover.data.datasets import ShapesWorld
+    from discover.data import ShapesWorld
 
     run = _train(tmp_path / "run", seed=0)
     model, _ = discover.load_run(run)

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from discover.data import datasets as data
-from discover.data.datasets import RobustImageFolder
+from discover.data import RobustImageFolder
+from discover.data import folders as data
 from discover.dissection.recording import dataset_fingerprint
 
 

@@ -4,7 +4,7 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 from discover import create_model, eval_policy
-from discover.data.datasets import ShapesWorld
+from discover.data import ShapesWorld
 from discover.dissection.recording import (
     Recording,
     dataset_fingerprint,

@@ -74,7 +74,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
 def test_ctrl_c_leaves_a_resumable_mid_epoch_checkpoint(tmp_path, monkeypatch):
     full = train(_config(tmp_path, "full", U=2), progress=False)
 
-    from discover.data import datasets as data_module
+    from discover import data as data_module
 
     original = data_module.ShapesWorld.__getitem__
     calls = {"n": 0}
@@ -358,7 +358,7 @@ def test_annealed_temperature_trains_saves_reloads_and_reaches_its_final_value(
         for layer in captured.values():
             assert layer.last_mask.float().mean().item() == pytest.approx(0.25)
     # a run interrupted mid-schedule resumes with the same temperatures and weights
-    from discover.data import datasets as data_module
+    from discover import data as data_module
 
     original = data_module.ShapesWorld.__getitem__
     calls = {"n": 0}
@@ -418,7 +418,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(tmp_path
     old = train(_config(tmp_path, U=2, epochs=1), progress=False)
     before = _weights(old.out)
 
-    from discover.data import datasets as data_module
+    from discover import data as data_module
 
     original = data_module.ShapesWorld.__getitem__
 

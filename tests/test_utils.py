@@ -23,7 +23,7 @@ def test_registry_register_get_list_and_suggestions():
 
 
 def test_every_named_choice_uses_one_registry_class():
-    from discover.data.datasets import DATASETS
+    from discover.data import DATASETS
     from discover.demo import DEMO_DATA
     from discover.dissection.concepts import CONCEPT_SETS
     from discover.dissection.embedders import EMBEDDERS

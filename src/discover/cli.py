@@ -487,7 +487,7 @@ def _dissect_arguments(parser: argparse.ArgumentParser) -> None:
     help="label every unit of the chosen layers with a concept",
 )
 def _dissect(args: argparse.Namespace) -> int:
-    from discover.data.datasets import build_dataset
+    from discover.data.registry import build_dataset
     from discover.dissection.core import dissect
     from discover.dissection.embedders import cache_dir
     from discover.training.trainer import load_run
@@ -763,7 +763,7 @@ def _planted_arguments(parser: argparse.ArgumentParser) -> None:
     "synthetic neurons",
 )
 def _planted(args: argparse.Namespace) -> int:
-    from discover.data.datasets import build_dataset
+    from discover.data.registry import build_dataset
     from discover.dissection.concepts import load_concepts
     from discover.dissection.embedders import build_embedder
     from discover.evaluation.planted import PlantedConfig, planted_recovery

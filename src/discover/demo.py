@@ -172,12 +172,12 @@ class _Shapes(DemoData):
         }
 
     def probe(self, config: DemoConfig) -> Dataset:
-        from discover.data.datasets import ShapesWorld
+        from discover.data.shapes import ShapesWorld
 
         return ShapesWorld(n=config.probe_images, image_size=config.image_size, split="val")
 
     def held_out(self, config: DemoConfig) -> Dataset:
-        from discover.data.datasets import ShapesWorld
+        from discover.data.shapes import ShapesWorld
 
         return ShapesWorld(
             n=max(200, config.explain_images), image_size=config.image_size, split="test"
@@ -197,7 +197,7 @@ class _FashionMNIST(DemoData):
                 "annotations; use --embedder conse"
             )
         super().check(config)
-        from discover.data.datasets import FashionMNIST
+        from discover.data.fashion_mnist import FashionMNIST
 
         FashionMNIST(split="test", download=False)  # a clear FileNotFoundError when missing
 
@@ -210,7 +210,7 @@ class _FashionMNIST(DemoData):
 
     @functools.lru_cache(maxsize=1)  # noqa: B019 (one registered instance; read the files once)
     def _test(self) -> Dataset:
-        from discover.data.datasets import FashionMNIST
+        from discover.data.fashion_mnist import FashionMNIST
 
         return FashionMNIST(split="test", download=False)
 

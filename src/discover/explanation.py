@@ -315,7 +315,7 @@ def _rgb_or_grey(image: Any) -> Any:
 
 
 def _eval_transform(model: nn.Module) -> Callable:
-    from discover.data.datasets import eval_transform
+    from discover.data.transforms import eval_transform
 
     try:
         return eval_transform(model)

@@ -5,37 +5,32 @@ Imports only :mod:`discover._utils`.
 
 from __future__ import annotations
 
-from .datasets import (
-    COLOURS,
-    DATASETS,
-    FACTORS,
+from .fashion_mnist import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
-    POSITIONS,
-    SHAPES,
-    SIZES,
-    SPLITS,
-    TEXTURES,
-    DataConfig,
     FashionMNIST,
-    RobustImageFolder,
-    ShapeFactors,
-    ShapesConfig,
-    ShapesWorld,
-    TorchvisionImages,
-    UnreadableImageError,
-    build_dataset,
-    build_transforms,
-    eval_transform,
-    list_datasets,
     read_idx,
-    register_dataset,
 )
+from .folders import RobustImageFolder, TorchvisionImages, UnreadableImageError
 from .photos import (
     PHOTOS,
     load_photos,
     sample_photos,
 )
+from .registry import DATASETS, build_dataset, list_datasets, register_dataset
+from .shapes import (
+    COLOURS,
+    FACTORS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    SPLITS,
+    TEXTURES,
+    ShapeFactors,
+    ShapesConfig,
+    ShapesWorld,
+)
+from .transforms import DataConfig, build_transforms, eval_transform
 
 __all__ = [
     "SPLITS",

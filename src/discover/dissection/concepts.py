@@ -319,7 +319,7 @@ def _places365_categories() -> ConceptSet:
 @register_concept_set("shapes")
 def _shapes_concepts() -> ConceptSet:
     """The concept names of the default :class:`~discover.data.datasets.ShapesWorld`."""
-    from discover.data.datasets import ShapesWorld
+    from discover.data.shapes import ShapesWorld
 
     return concept_set_from_lines(
         ShapesWorld(n=1).concept_names,
@@ -331,7 +331,7 @@ def _shapes_concepts() -> ConceptSet:
 @register_concept_set("shapes_classes")
 def _shapes_classes() -> ConceptSet:
     """The default Shapes world's class names, in label order."""
-    from discover.data.datasets import ShapesWorld
+    from discover.data.shapes import ShapesWorld
 
     return concept_set_from_lines(
         ShapesWorld(n=1).class_names,

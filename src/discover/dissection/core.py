@@ -347,7 +347,7 @@ def model_view(model: nn.Module, probe: Dataset, transform: Callable | None = No
     The transform is ``transform`` when given, else it comes from ``model.data_config`` (set
     by training runs and kept in their checkpoints) or the model's ``pretrained_cfg``.
     """
-    from discover.data.datasets import eval_transform
+    from discover.data.transforms import eval_transform
 
     return _ModelView(probe, transform or eval_transform(model))
 
@@ -469,7 +469,7 @@ def dissect(
             :func:`discover.evaluation.descriptions.evaluate_descriptions`.
 
     Example:
-        >>> from discover.data.datasets import ShapesWorld
+        >>> from discover.data import ShapesWorld
         >>> d = dissect(model, ["fc"], ShapesWorld(n=2000, split="val"),
         ...             concepts="shapes_classes", embedder="annotations")  # doctest: +SKIP
         >>> d.labels("fc")[:3]  # doctest: +SKIP

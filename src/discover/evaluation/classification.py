@@ -143,7 +143,8 @@ def evaluate_run(
     Example:
         >>> print(evaluate_run("runs/shapes-u4", policy="sample", samples=6).summary())  # doctest: +SKIP
     """
-    from discover.data.datasets import build_dataset, build_transforms
+    from discover.data.registry import build_dataset
+    from discover.data.transforms import build_transforms
     from discover.training.trainer import load_run
 
     model, config = load_run(run, weights)

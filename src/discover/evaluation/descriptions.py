@@ -336,7 +336,7 @@ def resolve_class_names(classes: str | os.PathLike[str] | Sequence[str] | Concep
 
 
 def _class_names_from_spec(spec: str) -> list[str]:
-    from discover.data.datasets import DATASETS, build_dataset
+    from discover.data.registry import DATASETS, build_dataset
     from discover.dissection.concepts import CONCEPT_SETS
 
     key = spec.lower().replace("_", "-")

@@ -40,7 +40,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from discover._utils import atomic_path, read_json, resolve_device, write_atomic
-from discover.data.datasets import DataConfig, build_dataset, build_transforms
+from discover.data.registry import build_dataset
+from discover.data.transforms import DataConfig, build_transforms
 from discover.nn.lwta import TemperatureSchedule, set_temperature
 from discover.nn.models import create_model, load_checkpoint, save_checkpoint
 from discover.training.recipes import Recipe, build_optimizer, build_scheduler, get_recipe

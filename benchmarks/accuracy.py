@@ -65,8 +65,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
-import shlex
 import shutil
 import statistics
 import sys
@@ -76,9 +74,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import markdown_table, provenance, utc_date, write_json
 
-from discover.evaluation.classification import evaluate_run
-from discover.training.trainer import TrainConfig, train
+from discover import TrainConfig, evaluate_run, train
 
 # Evaluation policies: name -> (evaluate_run policy, stochastic passes).
 POLICIES: dict[str, tuple[str, int]] = {
@@ -254,24 +252,6 @@ SETTINGS: dict[str, Setting] = {
 
 
 # -- runs -----------------------------------------------------------------------------------
-def _machine(device: str, threads: int, jobs: int) -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name(0)}" if device.startswith("cuda") else ""
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"{cpu}, {os.cpu_count()} cores (load average at start {load}), torch "
-        f"{torch.__version__}, {jobs} run(s) at a time with {threads} thread(s) each, "
-        f"{platform.python_implementation()} {platform.python_version()}{gpu}"
-    )
-
-
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
@@ -381,9 +361,8 @@ def peakedness(run: Path, images: int, device: str, seed: int) -> dict[str, floa
     with the layer's own ``T``, on the first ``images`` test images (``{}``: dense model)."""
     from torch.utils.data import DataLoader, Subset
 
+    from discover import load_run, lwta_layers
     from discover.data import build_dataset, build_transforms
-    from discover.nn.lwta import lwta_layers
-    from discover.training.trainer import load_run
 
     model, config = load_run(run)
     layers = {name: layer for name, layer in lwta_layers(model).items() if layer.U > 1}
@@ -516,9 +495,7 @@ def _run_arm(arm: Arm, seed: int, setting: Setting, device: str, workdir: Path) 
     record["peakedness"] = statistics.fmean(layers.values()) if layers else None
     record["threads"] = torch.get_num_threads()
     record["spec"] = spec
-    tmp = out / (RECORD + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    tmp.replace(out / RECORD)  # written last and atomically: the run is finished
+    write_json(out / RECORD, record)  # written last and atomically: the run is finished
     return record
 
 
@@ -659,23 +636,20 @@ def write_report(
 ) -> Path:
     suffix = "" if args.setting == "reduced" else f"-{args.setting}"
     rows = summarize(records)
-    (out / f"accuracy{suffix}.json").write_text(
-        json.dumps(
-            {
-                "machine": machine,
-                "command": args.command,
-                "wall_seconds": seconds,
-                "setting": {
-                    "name": args.setting,
-                    **dataclasses.asdict(setting),
-                    "variant_specs": VARIANTS,
-                },
-                "rows": rows,
-                "records": sorted(records, key=lambda r: (*_key(r), r["seed"])),
+    write_json(
+        out / f"accuracy{suffix}.json",
+        {
+            "machine": machine,
+            "command": args.command,
+            "wall_seconds": seconds,
+            "setting": {
+                "name": args.setting,
+                **dataclasses.asdict(setting),
+                "variant_specs": VARIANTS,
             },
-            indent=2,
-            default=str,
-        )
+            "rows": rows,
+            "records": sorted(records, key=lambda r: (*_key(r), r["seed"])),
+        },
     )
     curves = plot_curves(records, args.setting, out) if records else []
     by = {(r["dataset"], r["model"], r["U"], r["variant"] or "", r["policy"]): r for r in rows}
@@ -686,7 +660,7 @@ def write_report(
         "",
         f"Command: `{args.command}`  ",
         f"Machine: {machine}  ",
-        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; wall time {seconds / 60:.1f} min "
+        f"Date: {utc_date()}; wall time {seconds / 60:.1f} min "
         f"(this invocation; finished runs are reused)  ",
         f"Runs: {len(records)} finished. Seeds: {', '.join(map(str, args.seeds))}. Epochs: "
         f"{setting.epochs}, batch {setting.batch_size}, lr {setting.lr or 'recipe'}, warm-up "
@@ -708,11 +682,8 @@ def write_report(
         "the same model's sample6. Variants: *t1* competition temperature 1 throughout; "
         "*anneal* T from 1 to 0.02 over the first 75 % of the steps.",
         "",
-        "| data set | model | U | variant | active fraction | peakedness | sample6 | sample1 | "
-        "argmax | Δ sample6 vs dense | claim | Δ argmax vs sample6 | deterministic | plateaued |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    claims, determ = [], []
+    claims, determ, table = [], [], []
     for (dataset, family, U, variant, policy), row in sorted(by.items()):
         if policy != "sample6":
             continue
@@ -731,12 +702,32 @@ def write_report(
             det = am["deterministic"]
             determ.append((f"{dataset} {family} U={U} {variant}", det, d_arg))
         peak = f"{row['peakedness']:.3f}" if row["peakedness"] is not None else ""
-        lines.append(
-            f"| {dataset} | {family} | {U} | {variant or 'dense'} | {row['active_fraction']:.4f} | "
-            f"{peak} | {_pm(row['top1_mean'], row['top1_std'], n)} | "
-            f"{_pm(s1['top1_mean'], s1['top1_std'], n)} | {_pm(am['top1_mean'], am['top1_std'], n)} | "
-            f"{d_dense} | {claim} | {d_arg} | {det} | {row['plateaued']}/{n} |"
+        table.append(
+            [
+                dataset,
+                family,
+                U,
+                variant or "dense",
+                f"{row['active_fraction']:.4f}",
+                peak,
+                _pm(row["top1_mean"], row["top1_std"], n),
+                _pm(s1["top1_mean"], s1["top1_std"], n),
+                _pm(am["top1_mean"], am["top1_std"], n),
+                d_dense,
+                claim,
+                d_arg,
+                det,
+                f"{row['plateaued']}/{n}",
+            ]
         )
+    lines += markdown_table(
+        [
+            "data set", "model", "U", "variant", "active fraction", "peakedness", "sample6",
+            "sample1", "argmax", "Δ sample6 vs dense", "claim", "Δ argmax vs sample6",
+            "deterministic", "plateaued",
+        ],
+        table,
+    )  # fmt: skip
     for title, verdicts in (
         (f"Claim (CVN sample6 within {100 * TOLERANCE:.0f} point of its dense twin)", claims),
         (f"Deterministic mode (argmax within {100 * TOLERANCE:.0f} point of sample6)", determ),
@@ -756,17 +747,26 @@ def write_report(
         "",
         "Top-1 (%) sample6 / argmax at the measured active fraction, dense model first.",
         "",
-        "| data set | model | variant | U | active fraction | sample6 | argmax |",
-        "|---|---|---|---|---|---|---|",
     ]
+    table = []
     for (dataset, family, U, variant, policy), row in sorted(by.items()):
         if policy != "sample6" or U not in (1, *CURVE_U):
             continue
         am, n = by[(dataset, family, U, variant, "argmax")], len(row["seeds"])
-        lines.append(
-            f"| {dataset} | {family} | {variant or 'dense'} | {U} | {row['active_fraction']:.4f} | "
-            f"{_pm(row['top1_mean'], row['top1_std'], n)} | {_pm(am['top1_mean'], am['top1_std'], n)} |"
+        table.append(
+            [
+                dataset,
+                family,
+                variant or "dense",
+                U,
+                f"{row['active_fraction']:.4f}",
+                _pm(row["top1_mean"], row["top1_std"], n),
+                _pm(am["top1_mean"], am["top1_std"], n),
+            ]
         )
+    lines += markdown_table(
+        ["data set", "model", "variant", "U", "active fraction", "sample6", "argmax"], table
+    )
 
     lines += [
         "",
@@ -775,9 +775,8 @@ def write_report(
         "Training images per second (median over epochs of one run, mean over seeds; the "
         "training loop only, without validation); ratio: CVN / dense twin.",
         "",
-        "| data set | model | U | variant | img/s | CVN / dense |",
-        "|---|---|---|---|---|---|",
     ]
+    table = []
     for (dataset, family, U, variant, policy), row in sorted(by.items()):
         if policy != "sample6" or row["train_img_per_s"] is None:
             continue
@@ -787,9 +786,10 @@ def write_report(
             if U > 1 and dense and dense["train_img_per_s"]
             else ""
         )
-        lines.append(
-            f"| {dataset} | {family} | {U} | {variant or 'dense'} | {row['train_img_per_s']:.0f} | {ratio} |"
+        table.append(
+            [dataset, family, U, variant or "dense", f"{row['train_img_per_s']:.0f}", ratio]
         )
+    lines += markdown_table(["data set", "model", "U", "variant", "img/s", "CVN / dense"], table)
 
     flat = [r for r in records if not r["plateau"]["plateaued"]]
     lines += [
@@ -850,9 +850,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--workdir", help="where runs go (default: benchmarks/runs/SETTING)")
     args = parser.parse_args(argv)
-    args.command = "python " + " ".join(
-        shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]
-    )
+    meta = provenance(argv, device=args.device, threads=args.threads, jobs=args.jobs)
+    args.command = meta["command"]
     setting = dataclasses.replace(SETTINGS[args.setting])
     if args.epochs:
         setting.epochs = args.epochs
@@ -898,7 +897,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{counts['resume']} to resume, {counts['fresh']} to start",
         flush=True,
     )
-    machine = _machine(args.device, args.threads, args.jobs)
+    machine = meta["machine"]
     records = [
         json.loads((workdir / arm.name(seed) / RECORD).read_text())
         for (arm, seed), state in states.items()

@@ -47,7 +47,6 @@ import argparse
 import concurrent.futures as cf
 import json
 import multiprocessing
-import shlex
 import statistics
 import sys
 import tempfile
@@ -56,23 +55,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accuracy import SETTINGS
+from common import markdown_table, provenance, utc_date, write_json
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import SETTINGS, _machine  # noqa: E402
-
-from discover.data import FASHION_MNIST_CLASSES, ShapesWorld, build_dataset  # noqa: E402
-from discover.dissection.concepts import concept_set_from_lines, load_concepts  # noqa: E402
-from discover.dissection.core import dissect, model_view  # noqa: E402
-from discover.dissection.embedders import AnnotationEmbedder, Embedder, build_embedder  # noqa: E402
-from discover.dissection.recording import record  # noqa: E402
-from discover.evaluation.classification import evaluate_run  # noqa: E402
-from discover.evaluation.descriptions import (  # noqa: E402
+from discover import TrainConfig, load_run, train
+from discover.data import FASHION_MNIST_CLASSES, ShapesWorld, build_dataset
+from discover.dissection import (
+    AnnotationEmbedder,
+    Embedder,
+    build_embedder,
+    concept_set_from_lines,
+    dissect,
+    load_concepts,
+    model_view,
+    record,
+)
+from discover.evaluation import (
+    PlantedConfig,
     evaluate_descriptions,
+    evaluate_run,
+    planted_recovery,
     simulation_score,
     text_encoder,
 )
-from discover.evaluation.planted import PlantedConfig, planted_recovery  # noqa: E402
-from discover.training.trainer import TrainConfig, load_run, train  # noqa: E402
 
 HIDDEN = "layer3.0.act2"
 FINAL = "fc"
@@ -319,7 +324,7 @@ def planted_only(args: argparse.Namespace) -> int:
         write_planted_csv(Path(args.out), key, result)
     state["planted_rerun"] = {
         "command": "python benchmarks/claims.py --planted-only",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "date": utc_date(),
     }
     print(f"written: {write_report(state, Path(args.out))}")  # also rewrites claims.json
     return 0
@@ -332,7 +337,7 @@ def planted_only(args: argparse.Namespace) -> int:
 
 def measured_u24(dataset: str) -> float:
     """Measured active fraction of a small ViT (MLP width 384) with U = 24 on probe images."""
-    from discover.evaluation.classification import evaluate
+    from discover import evaluate
 
     if dataset == "shapes":
         model_kwargs = {"img_size": 32, "in_chans": 3, "patch_size": 4}
@@ -482,7 +487,7 @@ def _cell(row: dict, key: str, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def write_report(state: dict[str, Any], out: Path) -> Path:
-    (out / "claims.json").write_text(json.dumps(state, indent=2, default=str))
+    write_json(out / "claims.json", state)
     acc = state.get("accuracy")
     desc = state.get("description_rows", [])
     u24 = state.get("u24", {})
@@ -510,15 +515,21 @@ def write_report(state: dict[str, Any], out: Path) -> Path:
             "Verdict: *as good* when within one baseline std (at least 1 point) of the dense "
             "baseline, *better* above it.",
             "",
-            "| data set | model | U | active fraction | top-1 sample×6 | verdict | top-1 argmax | verdict |",
-            "|---|---|---|---|---|---|---|---|",
         ]
-        for r in acc["rows"]:
-            lines.append(
-                f"| {r['dataset']} | {r['family']} | {r['U']} | {r['active_fraction']:.4f} | "
-                f"{_pm(r['top1_sample'], 100)} | {r['verdict_sample']} | "
-                f"{_pm(r['top1_argmax'], 100)} | {r['verdict_argmax']} |"
-            )
+        lines += markdown_table(
+            [
+                "data set", "model", "U", "active fraction", "top-1 sample×6", "verdict",
+                "top-1 argmax", "verdict",
+            ],
+            (
+                [
+                    r["dataset"], r["family"], r["U"], f"{r['active_fraction']:.4f}",
+                    _pm(r["top1_sample"], 100), r["verdict_sample"], _pm(r["top1_argmax"], 100),
+                    r["verdict_argmax"],
+                ]
+                for r in acc["rows"]
+            ),
+        )  # fmt: skip
     if u24:
         lines += [
             "",
@@ -553,20 +564,23 @@ def write_report(state: dict[str, Any], out: Path) -> Path:
         rows = [r for r in desc if r["dataset"] == dataset]
         if not rows:
             continue
-        lines += [
-            f"### {title}",
-            "",
-            "| U | top-1 acc. sample×6 (%) | active fraction | fc top-1 | fc top-5 | fc mean rank | fc AUC | fc MiniLM cos | "
-            f"{HIDDEN} simulation | ceiling |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in rows:
-            lines.append(
-                f"| {r['U']} | {_pm(r['top1_sample'], 100, 1)} | {_pm(r['active_fraction'], 1, 4)} | "
-                f"{_cell(r, 'final_top1')} | {_cell(r, 'final_top5')} | {_cell(r, 'final_mean_rank')} | "
-                f"{_cell(r, 'final_auc')} | {_cell(r, 'final_sentence_cos', digits=3)} | "
-                f"{_cell(r, 'hidden_correlation', digits=3)} | {_pm(r['hidden_oracle_correlation'], 1, 3)} |"
-            )
+        lines += [f"### {title}", ""]
+        lines += markdown_table(
+            [
+                "U", "top-1 acc. sample×6 (%)", "active fraction", "fc top-1", "fc top-5",
+                "fc mean rank", "fc AUC", "fc MiniLM cos", f"{HIDDEN} simulation", "ceiling",
+            ],
+            (
+                [
+                    r["U"], _pm(r["top1_sample"], 100, 1), _pm(r["active_fraction"], 1, 4),
+                    _cell(r, "final_top1"), _cell(r, "final_top5"), _cell(r, "final_mean_rank"),
+                    _cell(r, "final_auc"), _cell(r, "final_sentence_cos", digits=3),
+                    _cell(r, "hidden_correlation", digits=3),
+                    _pm(r["hidden_oracle_correlation"], 1, 3),
+                ]
+                for r in rows
+            ),
+        )  # fmt: skip
         lines.append("")
     if state.get("conse"):
         c = state["conse"]
@@ -586,14 +600,17 @@ def write_report(state: dict[str, Any], out: Path) -> Path:
             f"Mean recovery over the cells, best first; per-cell rates in "
             f"`claims-planted-{key}.csv`.",
             "",
-            "| place | similarity | top-1 (%) | top-5 (%) | mean rank | seconds |",
-            "|---|---|---|---|---|---|",
         ]
-        for e in result["ranking"]:
-            lines.append(
-                f"| {e['place']} | {e['similarity']} | {100 * e['top1']:.1f} | "
-                f"{100 * e['topk']:.1f} | {e['mean_rank']:.1f} | {e['seconds']:.2f} |"
-            )
+        lines += markdown_table(
+            ["place", "similarity", "top-1 (%)", "top-5 (%)", "mean rank", "seconds"],
+            (
+                [
+                    e["place"], e["similarity"], f"{100 * e['top1']:.1f}",
+                    f"{100 * e['topk']:.1f}", f"{e['mean_rank']:.1f}", f"{e['seconds']:.2f}",
+                ]
+                for e in result["ranking"]
+            ),
+        )  # fmt: skip
         lines.append("")
     lines += ["Notes:", ""] + [f"* {note}" for note in _notes(state)]
     path = out / "claims.md"
@@ -725,10 +742,7 @@ def _claims_table(state: dict[str, Any]) -> list[str]:
         "accuracy": "2. accuracy retained or improved",
         "descriptions": "3. descriptions at least as good as the standard network's",
     }
-    out = [
-        "| claim | paper / reference | Shapes (annotations) | Fashion-MNIST (ConSE) | holds on our data? | reproduce |",
-        "|---|---|---|---|---|---|",
-    ]
+    rows = []
     for key in titles:
         verdicts = holds[key]
         if not verdicts:
@@ -745,11 +759,23 @@ def _claims_table(state: dict[str, Any]) -> list[str]:
             )
         if key == "sparsity" and verdicts:
             verdict += " (by construction: 1/U; ≈4 % needs U = 24)"
-        out.append(
-            f"| {titles[key]} | {PAPER[key]} | {cells[key].get('shapes', 'n/a')} | "
-            f"{cells[key].get('fashion-mnist', 'n/a')} | {verdict} | {commands[key]} |"
+        rows.append(
+            [
+                titles[key],
+                PAPER[key],
+                cells[key].get("shapes", "n/a"),
+                cells[key].get("fashion-mnist", "n/a"),
+                verdict,
+                commands[key],
+            ]
         )
-    return out
+    return markdown_table(
+        [
+            "claim", "paper / reference", "Shapes (annotations)", "Fashion-MNIST (ConSE)",
+            "holds on our data?", "reproduce",
+        ],
+        rows,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -793,14 +819,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if 1 not in args.U:
         parser.error("-U must include 1 (the dense baseline)")
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    meta = provenance(argv, threads=args.threads, jobs=args.jobs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     state: dict[str, Any] = {
-        "command": command,
-        "machine": _machine("cpu", args.threads, args.jobs),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": meta["command"],
+        "machine": meta["machine"],
+        "date": meta["date"],
         "seeds": args.seeds,
         "epochs": args.epochs,
         "probe_n": args.probe,

@@ -98,7 +98,6 @@ import json
 import os
 import platform
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
@@ -112,8 +111,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import (
+    REPO,
+    command_line,
+    cpu_model,
+    cpu_snapshot,
+    git_dirty,
+    git_head,
+    load_average,
+    markdown_table,
+    memory_gb,
+    now_iso,
+    other_cpu_share,
+    write_json,
+)
 
-REPO = Path(__file__).resolve().parent.parent
 SPEEDUP_TARGET = 10.0  # old target: loop / vectorised, for the functions in TARGETED (context)
 REFERENCE_TARGETS = {"wpmi": 4.0, "soft_wpmi": 5.0, "rank_reorder": 10.0}  # reference / discover
 MATMUL_TARGET = 1.10  # discover / bare float32 matmul, for cos and cos3 (GEMM-bound)
@@ -188,51 +200,6 @@ class PeakRSS:
         return "VmHWM reset via clear_refs" if self.reset else "VmHWM minus peak before (no reset)"
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def machine_busy_s() -> float:
-    """Busy CPU seconds of the whole machine so far (/proc/stat, idle and iowait excluded)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def _children_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-def git_head() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "src"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode:
-        return None
-    return out.stdout.strip() + (" (src/ has uncommitted changes)" if dirty.stdout.strip() else "")
-
-
 # -- inputs ------------------------------------------------------------------------------------
 def make_inputs(N: int, M: int, K: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``P [N, M]`` like CLIP cosines, ``Q [N, K]`` like a cls-pooled LWTA layer (U = 8).
@@ -271,7 +238,7 @@ def load_references() -> ModuleType:
 # -- workers (each runs in its own subprocess) ------------------------------------------------
 def worker_vectorised(cfg: dict[str, Any]) -> dict[str, Any]:
     """Time one vectorised similarity on ``K`` neurons and ``cfg['m_used']`` concepts."""
-    from discover.dissection.similarity import SIMILARITIES
+    from discover import SIMILARITIES
 
     P, Q = make_inputs(cfg["N"], cfg["M"], cfg["K"], cfg["seed"])
     if cfg["m_used"] < cfg["M"]:
@@ -351,7 +318,7 @@ def worker_reference(cfg: dict[str, Any]) -> dict[str, Any]:
     too long: ``rank_reorder``); its time is then scaled by ``K / k_ref`` (its cost is a
     Python loop doing the same work for every unit). discover always runs on all ``K``.
     """
-    from discover.dissection.similarity import SIMILARITIES
+    from discover import SIMILARITIES
 
     refs = load_references()
     P, Q = make_inputs(cfg["N"], cfg["M"], cfg["K"], cfg["seed"])
@@ -399,7 +366,7 @@ def worker_reference(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def worker_loop(cfg: dict[str, Any]) -> dict[str, Any]:
     """Time a loop transcription on ``k`` neurons, split into setup / per neuron / prior."""
-    from discover.dissection.similarity import SIMILARITIES
+    from discover import SIMILARITIES
 
     loops = load_loops()
     P, Q = make_inputs(cfg["N"], cfg["M"], cfg["K"], cfg["seed"])
@@ -484,8 +451,7 @@ def worker_record(cfg: dict[str, Any]) -> dict[str, Any]:
     """Round-robin timing of plain inference, ``record`` and a lean recorder on DeiT-Tiny."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from discover import create_model, lwta_layers
-    from discover.nn.lwta import capture_winners, eval_policy
+    from discover import capture_winners, create_model, eval_policy, lwta_layers
 
     recording = recording_module()
     dataset_fingerprint, model_fingerprint = (
@@ -830,11 +796,8 @@ def render_markdown(rec: dict[str, Any]) -> str:
         "give the old comparison with the float64 per-neuron loops of "
         "`tests/_similarity_loops.py` (much slower than the reference itself).",
         "",
-        "| function | discover s | reference s | reference / discover | target | "
-        "discover / bare matmul | target | floor s | discover / floor | peak extra memory GB | "
-        "memory target (<= 2 GB) | discover = reference | old loop / discover |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    table = []
     for row in rec["similarity"]:
         mem = f"{row['peak_extra_gb']:.2f}" + (
             " (at the measured M)" if row["vectorised_extrapolated"] else ""
@@ -842,10 +805,7 @@ def render_markdown(rec: dict[str, Any]) -> str:
         old = f"{row['speedup']:.1f}x" if "speedup" in row else "-"
         if "reference" not in row:
             vec = _fmt_s(row["vectorised_s"])
-            out.append(
-                f"| {row['fn']} | {vec} | - | - | - | - | - | - | - | {mem} | "
-                f"{_pf(row['memory_pass'])} | - | {old} |"
-            )
+            table.append([row["fn"], vec, *["-"] * 7, mem, _pf(row["memory_pass"]), "-", old])
             continue
         cmp = row["reference"]
         ref = _fmt_s(row["reference_s"]) + (
@@ -891,11 +851,21 @@ def render_markdown(rec: dict[str, Any]) -> str:
             floor, over = "matmul", "see left"
         else:
             floor = over = "-"
-        out.append(
-            f"| {row['fn']} | {_fmt_s(row['discover_s'])} | {ref} | {ratio} | {target} | "
-            f"{mm} | {mm_target} | {floor} | {over} | {mem} | {_pf(row['memory_pass'])} | "
-            f"{agree} | {old} |"
-        )
+        table.append(
+            [
+                row["fn"], _fmt_s(row["discover_s"]), ref, ratio, target, mm, mm_target, floor,
+                over, mem, _pf(row["memory_pass"]), agree, old,
+            ]
+        )  # fmt: skip
+    out += markdown_table(
+        [
+            "function", "discover s", "reference s", "reference / discover", "target",
+            "discover / bare matmul", "target", "floor s", "discover / floor",
+            "peak extra memory GB", "memory target (<= 2 GB)", "discover = reference",
+            "old loop / discover",
+        ],
+        table,
+    )  # fmt: skip
     rr = next((row for row in rec["similarity"] if row["fn"] == "rank_reorder"), None)
     out += [
         "",
@@ -934,23 +904,29 @@ def render_markdown(rec: dict[str, Any]) -> str:
         "k columns of Q at the full N and M, in its own process, split with timers around the "
         "module's `top_images` and `_prior_corrected` (not a rewrite):",
         "",
-        "| function | k | measured call s | setup s (K-independent) | per-neuron part s | "
-        "prior s on k | prior s on K (measured) | extrapolated to K s | loop peak extra GB | "
-        "vectorised on the same k s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    table = []
     for row in rec["similarity"]:
         if "loop" not in row:
             continue
         lp = row["loop"]
         prior_k = "-" if lp["prior_k_s"] is None else f"{lp['prior_k_s']:.2f}"
         prior_full = "-" if lp.get("prior_full_s") is None else f"{lp['prior_full_s']:.2f}"
-        out.append(
-            f"| {row['fn']} | {lp['k']} | {lp['total_s']:.2f} | {lp['setup_s']:.2f} | "
-            f"{lp['per_neuron_part_s']:.2f} | {prior_k} | {prior_full} | "
-            f"{_fmt_s(row['loop_s'])} | {lp['peak_extra_bytes'] / GB:.2f} | "
-            f"{lp['vectorised_on_k_s']:.2f} |"
-        )
+        table.append(
+            [
+                row["fn"], lp["k"], f"{lp['total_s']:.2f}", f"{lp['setup_s']:.2f}",
+                f"{lp['per_neuron_part_s']:.2f}", prior_k, prior_full, _fmt_s(row["loop_s"]),
+                f"{lp['peak_extra_bytes'] / GB:.2f}", f"{lp['vectorised_on_k_s']:.2f}",
+            ]
+        )  # fmt: skip
+    out += markdown_table(
+        [
+            "function", "k", "measured call s", "setup s (K-independent)", "per-neuron part s",
+            "prior s on k", "prior s on K (measured)", "extrapolated to K s",
+            "loop peak extra GB", "vectorised on the same k s",
+        ],
+        table,
+    )  # fmt: skip
     out += [
         "",
         "Extrapolated loop time at K = setup + per-neuron part x K / k + prior on K. The setup "
@@ -976,6 +952,29 @@ def render_markdown(rec: dict[str, Any]) -> str:
     paired = statistics.median(r["paired_ratios"])
     peaks = r["peak_extra_bytes"]
     flt = {n: f"{statistics.median(v):,.0f}" for n, v in r["minor_faults"].items()}
+    recording_table = markdown_table(
+        [
+            "variant", "s per pass", "/ plain", "peak extra memory MB (one pass)",
+            "minor page faults per pass", "target (<= 1.1x)",
+        ],
+        [
+            [
+                "plain forward", stat("plain"), "1.00", f"{peaks['plain'] / 2**20:,.0f}",
+                flt["plain"], "",
+            ],
+            [
+                f"`{r['module']}.record(...)`", stat("record"),
+                f"**{r['ratio']:.3f}x** (paired {paired:.3f})",
+                f"{peaks['record'] / 2**20:,.0f}", flt["record"], _pf(r["pass"]),
+            ],
+            [
+                "lean recorder (benchmark-only, same output: "
+                f"{r['same_output_lean_vs_record']})",
+                stat("lean"), f"{r['lean_ratio']:.3f}x", f"{peaks['lean'] / 2**20:,.0f}",
+                flt["lean"], "",
+            ],
+        ],
+    )  # fmt: skip
     out += [
         "## Recording overhead",
         "",
@@ -987,17 +986,7 @@ def render_markdown(rec: dict[str, Any]) -> str:
         "ratios. Peak extra memory: one pass in a fresh process. Minor page faults: median per "
         "timed pass (fresh memory being touched).",
         "",
-        "| variant | s per pass | / plain | peak extra memory MB (one pass) | minor page "
-        "faults per pass | target (<= 1.1x) |",
-        "|---|---|---|---|---|---|",
-        f"| plain forward | {stat('plain')} | 1.00 | {peaks['plain'] / 2**20:,.0f} | "
-        f"{flt['plain']} | |",
-        f"| `{r['module']}.record(...)` | {stat('record')} | **{r['ratio']:.3f}x** "
-        f"(paired {paired:.3f}) | {peaks['record'] / 2**20:,.0f} | {flt['record']} | "
-        f"{_pf(r['pass'])} |",
-        f"| lean recorder (benchmark-only, same output: {r['same_output_lean_vs_record']}) | "
-        f"{stat('lean')} | {r['lean_ratio']:.3f}x | {peaks['lean'] / 2**20:,.0f} | "
-        f"{flt['lean']} | |",
+        *recording_table,
         "",
         "What `record` avoids, timed on its own (median of 3). The first run of this "
         "benchmark found these costs inside `record`; it now computes fingerprints only when "
@@ -1127,13 +1116,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.rank_reorder_concepts:
         sizes["rank_reorder_concepts"] = args.rank_reorder_concepts
     torch.set_num_threads(args.threads)
-    started = _dt.datetime.now(_dt.timezone.utc)
-    load_start, busy0, own0, t0 = (
-        load_average(),
-        machine_busy_s(),
-        _children_cpu_s(),
-        time.perf_counter(),
-    )
+    started = now_iso()
+    load_start, cpu0, t0 = load_average(), cpu_snapshot(), time.perf_counter()
     competing = competing_benchmarks()
     _log(f"load average {load_start}; sizes {sizes}; threads {args.threads}")
 
@@ -1141,10 +1125,10 @@ def main(argv: list[str] | None = None) -> int:
     recording = record_result(sizes, args)
 
     wall = time.perf_counter() - t0
-    others = (machine_busy_s() - busy0) - (_children_cpu_s() - own0)
+    head = git_head()
     rec = {
-        "command": shlex.join([Path(sys.executable).as_posix(), *sys.argv]),
-        "started": started.isoformat(timespec="seconds"),
+        "command": command_line(argv, python=sys.executable),
+        "started": started,
         "elapsed_s": wall,
         "quick": args.quick,
         "threads": args.threads,
@@ -1152,7 +1136,7 @@ def main(argv: list[str] | None = None) -> int:
         "min_repeat_s": args.min_repeat_s,
         "load_start": load_start,
         "load_end": load_average(),
-        "others_cpu_share": max(others, 0.0) / (wall * (os.cpu_count() or 1)),
+        "others_cpu_share": other_cpu_share(cpu0),
         "competing_at_start": competing,
         "machine": {
             "cpu": cpu_model(),
@@ -1160,8 +1144,8 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "python": platform.python_version(),
             "platform": platform.platform(),
-            "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB,
-            "git": git_head(),
+            "memory_gb": memory_gb(),
+            "git": head and head + (" (src/ has uncommitted changes)" if git_dirty("src") else ""),
         },
         "sizes": sizes,
         "targets": {
@@ -1173,7 +1157,7 @@ def main(argv: list[str] | None = None) -> int:
         "record": recording,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "dissect_speed.json").write_text(json.dumps(rec, indent=2) + "\n")
+    write_json(args.out / "dissect_speed.json", rec)
     (args.out / "dissect_speed.md").write_text(render_markdown(rec))
     _log(f"wrote {args.out / 'dissect_speed.md'} and .json ({wall:.0f} s)")
     return 0

@@ -79,16 +79,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as _dt
 import hashlib
 import json
 import math
 import os
 import platform
 import resource
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -98,12 +95,23 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from common import (
+    command_line,
+    cpu_model,
+    cpu_snapshot,
+    git,
+    git_head,
+    load_average,
+    markdown_table,
+    now_iso,
+    other_cpu_share,
+    write_json,
+)
 from torch import nn
 
 import discover
-import discover.nn.lwta as discover_lwta
 from discover import LWTA
-from discover.nn import lwta_kernel
+from discover.nn import gumbel_noise, lwta_kernel
 
 TAU = 1.67  # method.md §2.4 training temperature (discover's default too)
 REF_EPS = 1e-8  # the DeiT copy of the reference code
@@ -245,7 +253,7 @@ def cross_check_fused32(seed: int) -> list[dict[str, Any]]:
                 s = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
                 blocks = _blocks(x, U)
                 torch.manual_seed(s)
-                g = discover_lwta.gumbel_noise(blocks)
+                g = gumbel_noise(blocks)
 
                 # fused: what _FusedLWTA.forward/backward call, with the noise supplied
                 out_f, hard_f, soft_f = lwta_kernel.forward(blocks, T, TAU, noise=g)
@@ -537,47 +545,20 @@ def model_variants(
 
 
 # -- report ------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
-
-
-def _git(*args: str, cwd: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 MEASURED_FILES = ("nn/lwta.py", "nn/lwta_kernel.py", "nn/csrc/lwta.c")
 
 
 def provenance() -> dict[str, Any]:
     """Which discover code was measured: the imported LWTA files and how they relate to HEAD."""
     package = Path(discover.__file__).resolve().parent
-    repo = Path(__file__).resolve().parent.parent
-    head = _git("rev-parse", "HEAD", cwd=repo)
+    head = git_head(short=False)
     files = []
     for rel in MEASURED_FILES:
         data = (package / rel).read_bytes()
         blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's blob id
-        head_blob = _git("rev-parse", f"HEAD:src/discover/{rel}", cwd=repo)
+        head_blob = git("rev-parse", f"HEAD:src/discover/{rel}")
         first = (
-            _git("log", "--all", "--reverse", "--format=%h", f"--find-object={blob}", cwd=repo)
-            or ""
+            git("log", "--all", "--reverse", "--format=%h", f"--find-object={blob}") or ""
         ).split("\n")[0]
         files.append(
             {
@@ -595,28 +576,6 @@ def provenance() -> dict[str, Any]:
         "kernel_library": lwta_kernel.library_path(),
         "pythonpath": os.environ.get("PYTHONPATH"),
     }
-
-
-def cpu_snapshot() -> tuple[float, float, float] | None:
-    """(machine busy CPU seconds, this process's CPU seconds, wall time) from /proc/stat."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # up to steal, no guest
-    own = os.times()
-    return busy, own.user + own.system, time.perf_counter()
-
-
-def other_cpu_share(start: tuple[float, float, float] | None) -> float | None:
-    """Fraction of the machine's CPU capacity used by *other* processes since ``start``."""
-    end = cpu_snapshot()
-    if start is None or end is None:
-        return None
-    wall = end[2] - start[2]
-    others = (end[0] - start[0]) - (end[1] - start[1])
-    return max(others, 0.0) / (wall * (os.cpu_count() or 1))
 
 
 def fmt_stat(s: dict[str, float]) -> str:
@@ -686,12 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     us = (2, 8)
     chi2_draws = 40_000 if quick else 200_000
 
-    command = (
-        shlex.join([sys.executable, *sys.argv])
-        if argv is None
-        else shlex.join([sys.executable, sys.argv[0], *argv])
-    )
-    started = _dt.datetime.now().astimezone()
+    command = command_line(argv, python=sys.executable)
+    started = now_iso(utc=False)
     load_start = load_average()
     wall0 = time.perf_counter()
     cpu0 = cpu_snapshot()
@@ -840,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "command": command,
         "cwd": os.getcwd(),
-        "date": started.isoformat(timespec="seconds"),
+        "date": started,
         "elapsed_s": elapsed,
         "machine": machine,
         "provenance": prov,
@@ -853,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {"fused_over_reference": LAYER_TARGET, "fused_model_over_dense": MODEL_TARGET},
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "lwta_speed.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(args.out / "lwta_speed.json", record)
     (args.out / "lwta_speed.md").write_text(render_markdown(record))
     print(
         f"wrote {args.out / 'lwta_speed.md'} and {args.out / 'lwta_speed.json'} ({elapsed:.0f} s)"
@@ -930,16 +885,20 @@ def _check_tables(rec: dict[str, Any]) -> list[str]:
         "check only). Required: same winners, active fraction 1/U, outputs and input gradients "
         "equal to 1e-12 / 1e-9.",
         "",
-        "| case | noise aligned by | same winners | active fraction | max abs output diff | "
-        "max abs grad diff | ok |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for c in rec["cross_check_unfused_float64"]:
-        lines.append(
-            f"| {c['case']} | {c['noise_aligned_by']} | {c['same_winners']} | "
-            f"{c['active_fraction']:.4f} | {c['max_abs_out_diff']:.1e} | "
-            f"{c['max_abs_grad_diff']:.1e} | {'yes' if c['ok'] else '**NO**'} |"
-        )
+    lines += markdown_table(
+        [
+            "case", "noise aligned by", "same winners", "active fraction", "max abs output diff",
+            "max abs grad diff", "ok",
+        ],
+        (
+            [
+                c["case"], c["noise_aligned_by"], c["same_winners"], f"{c['active_fraction']:.4f}",
+                f"{c['max_abs_out_diff']:.1e}", f"{c['max_abs_grad_diff']:.1e}", _ok(c),
+            ]
+            for c in rec["cross_check_unfused_float64"]
+        ),
+    )  # fmt: skip
     lines += [
         "",
         "### 2. Fused kernel vs unfused code vs reference, float32, same noise",
@@ -952,21 +911,31 @@ def _check_tables(rec: dict[str, Any]) -> list[str]:
         "*layer = kernel*: the `LWTA` layer's own fused training path (its own noise) returns "
         "bit-identical outputs and gradients to direct kernel calls under the same torch seed.",
         "",
-        "| case | T | same winners f=u / f=r | active fraction | max abs out diff f-u / f-r | "
-        "max abs grad diff f-u / f-r / u-r | max abs grad | layer = kernel | ok |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for c in rec["cross_check_fused_float32"]:
-        lines.append(
-            f"| {c['case']} | {c['temperature']:g} | {c['same_winners_fused_unfused']} / "
-            f"{c['same_winners_fused_reference']} | {c['active_fraction']:.4f} | "
-            f"{c['max_abs_out_diff_fused_unfused']:.1e} / "
-            f"{c['max_abs_out_diff_fused_reference']:.1e} | "
-            f"{c['max_abs_grad_diff_fused_unfused']:.1e} / "
-            f"{c['max_abs_grad_diff_fused_reference']:.1e} / "
-            f"{c['max_abs_grad_diff_unfused_reference']:.1e} | {c['max_abs_grad']:.1e} | "
-            f"{c['layer_equals_kernel']} | {'yes' if c['ok'] else '**NO**'} |"
-        )
+    lines += markdown_table(
+        [
+            "case", "T", "same winners f=u / f=r", "active fraction",
+            "max abs out diff f-u / f-r", "max abs grad diff f-u / f-r / u-r", "max abs grad",
+            "layer = kernel", "ok",
+        ],
+        (
+            [
+                c["case"],
+                f"{c['temperature']:g}",
+                f"{c['same_winners_fused_unfused']} / {c['same_winners_fused_reference']}",
+                f"{c['active_fraction']:.4f}",
+                f"{c['max_abs_out_diff_fused_unfused']:.1e} / "
+                f"{c['max_abs_out_diff_fused_reference']:.1e}",
+                f"{c['max_abs_grad_diff_fused_unfused']:.1e} / "
+                f"{c['max_abs_grad_diff_fused_reference']:.1e} / "
+                f"{c['max_abs_grad_diff_unfused_reference']:.1e}",
+                f"{c['max_abs_grad']:.1e}",
+                c["layer_equals_kernel"],
+                _ok(c),
+            ]
+            for c in rec["cross_check_fused_float32"]
+        ),
+    )  # fmt: skip
     logits = ", ".join(f"{v:g}" for v in s["chi2_logits"])
     lines += [
         "",
@@ -976,18 +945,26 @@ def _check_tables(rec: dict[str, Any]) -> list[str]:
         "noise (seeded from torch's RNG on every call), training forward. Chi-square statistic "
         f"of the winner counts against softmax(h / T); required p >= {s['chi2_alpha']:g}.",
         "",
-        "| layout | T | draws (calls) | chi-square | dof | p-value | max abs freq diff | "
-        "min expected count | ok |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for c in rec["chi_square_fused"]:
-        lines.append(
-            f"| {c['layout']} | {c['temperature']:g} | {c['draws']:,} ({c['kernel_calls']}) | "
-            f"{c['chi2']:.2f} | {c['dof']} | {c['p_value']:.3f} | "
-            f"{c['max_abs_freq_diff']:.1e} | {c['min_expected']:.0f} | "
-            f"{'yes' if c['ok'] else '**NO**'} |"
-        )
+    lines += markdown_table(
+        [
+            "layout", "T", "draws (calls)", "chi-square", "dof", "p-value", "max abs freq diff",
+            "min expected count", "ok",
+        ],
+        (
+            [
+                c["layout"], f"{c['temperature']:g}", f"{c['draws']:,} ({c['kernel_calls']})",
+                f"{c['chi2']:.2f}", c["dof"], f"{c['p_value']:.3f}",
+                f"{c['max_abs_freq_diff']:.1e}", f"{c['min_expected']:.0f}", _ok(c),
+            ]
+            for c in rec["chi_square_fused"]
+        ),
+    )  # fmt: skip
     return lines
+
+
+def _ok(check: dict[str, Any]) -> str:
+    return "yes" if check["ok"] else "**NO**"
 
 
 def render_markdown(rec: dict[str, Any]) -> str:
@@ -1016,47 +993,15 @@ def render_markdown(rec: dict[str, Any]) -> str:
         "*floor*: allocate and write once the four buffers the fused path returns (output, "
         "winner mask, soft sample, input gradient), nothing else; the same for every U.",
         "",
-        "| input | U | fused ms | unfused ms | reference ms | plain ms | floor ms | "
-        "**fused / reference** | paired | of mins | unfused / reference | fused / plain | "
-        "floor / reference | faults fused / floor | saved MB f / u / r / p | target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *_layer_table(rec["layers"]),
     ]
-    for r in rec["layers"]:
-        fr = r["fused_over_reference"]
-        lines.append(
-            f"| {r['kind']} {tuple(r['shape'])} | {r['U']} | {fmt_stat(r['fused'])} | "
-            f"{fmt_stat(r['unfused'])} | {fmt_stat(r['reference'])} | "
-            f"{r['plain']['name'].split()[-1]} {fmt_stat(r['plain'])} | {fmt_stat(r['floor'])} | "
-            f"**{fr['median']:.2f}x** | {fmt_ratio(fr)} | {fr['of_mins']:.2f} | "
-            f"{r['unfused_over_reference']['median']:.2f}x | "
-            f"{r['fused_over_plain']['median']:.1f}x | "
-            f"{r['floor_over_reference']['median']:.2f}x | "
-            f"{r['fused']['minor_faults_median']:.0f} / {r['floor']['minor_faults_median']:.0f} | "
-            f"{r['fused']['saved_mb']:.0f} / {r['unfused']['saved_mb']:.0f} / "
-            f"{r['reference']['saved_mb']:.0f} / {r['plain']['saved_mb']:.0f} | "
-            f"{verdict(fr['median'], LAYER_TARGET)} |"
-        )
     if rec["models"]:
         lines += [
             "",
             f"## Model level: LWTA model vs dense twin (target ratio <= {MODEL_TARGET})",
             "",
-            "| model | U | batch, px | fused ms | unfused ms | dense ms | **fused / dense** | "
-            "paired | of mins | unfused / dense | saved MB LWTA / dense | params LWTA / dense | "
-            "target |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            *_model_table(rec["models"]),
         ]
-        for r in rec["models"]:
-            fd = r["fused_over_dense"]
-            lines.append(
-                f"| {r['model']} ({r['lwta_layers']} LWTA layers) | {r['U']} | {r['batch']}, "
-                f"{r['size']} | {fmt_stat(r['fused'])} | {fmt_stat(r['unfused'])} | "
-                f"{fmt_stat(r['dense'])} | **{fd['median']:.2f}x** | {fmt_ratio(fd)} | "
-                f"{fd['of_mins']:.2f} | {r['unfused_over_dense']['median']:.2f}x | "
-                f"{r['fused']['saved_mb']:.0f} / {r['dense']['saved_mb']:.0f} | "
-                f"{r['params_lwta']:,} / {r['params_dense']:,} | "
-                f"{verdict(fd['median'], MODEL_TARGET)} |"
-            )
     lines += ["", "## Verdict", "", *_verdict_lines(rec)]
     lines += [
         "",
@@ -1068,6 +1013,73 @@ def render_markdown(rec: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _layer_table(layers: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for r in layers:
+        fr = r["fused_over_reference"]
+        rows.append(
+            [
+                f"{r['kind']} {tuple(r['shape'])}",
+                r["U"],
+                fmt_stat(r["fused"]),
+                fmt_stat(r["unfused"]),
+                fmt_stat(r["reference"]),
+                f"{r['plain']['name'].split()[-1]} {fmt_stat(r['plain'])}",
+                fmt_stat(r["floor"]),
+                f"**{fr['median']:.2f}x**",
+                fmt_ratio(fr),
+                f"{fr['of_mins']:.2f}",
+                f"{r['unfused_over_reference']['median']:.2f}x",
+                f"{r['fused_over_plain']['median']:.1f}x",
+                f"{r['floor_over_reference']['median']:.2f}x",
+                f"{r['fused']['minor_faults_median']:.0f} / {r['floor']['minor_faults_median']:.0f}",
+                " / ".join(
+                    f"{r[k]['saved_mb']:.0f}" for k in ("fused", "unfused", "reference", "plain")
+                ),
+                verdict(fr["median"], LAYER_TARGET),
+            ]
+        )
+    return markdown_table(
+        [
+            "input", "U", "fused ms", "unfused ms", "reference ms", "plain ms", "floor ms",
+            "**fused / reference**", "paired", "of mins", "unfused / reference", "fused / plain",
+            "floor / reference", "faults fused / floor", "saved MB f / u / r / p", "target",
+        ],
+        rows,
+    )  # fmt: skip
+
+
+def _model_table(models: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for r in models:
+        fd = r["fused_over_dense"]
+        rows.append(
+            [
+                f"{r['model']} ({r['lwta_layers']} LWTA layers)",
+                r["U"],
+                f"{r['batch']}, {r['size']}",
+                fmt_stat(r["fused"]),
+                fmt_stat(r["unfused"]),
+                fmt_stat(r["dense"]),
+                f"**{fd['median']:.2f}x**",
+                fmt_ratio(fd),
+                f"{fd['of_mins']:.2f}",
+                f"{r['unfused_over_dense']['median']:.2f}x",
+                f"{r['fused']['saved_mb']:.0f} / {r['dense']['saved_mb']:.0f}",
+                f"{r['params_lwta']:,} / {r['params_dense']:,}",
+                verdict(fd["median"], MODEL_TARGET),
+            ]
+        )
+    return markdown_table(
+        [
+            "model", "U", "batch, px", "fused ms", "unfused ms", "dense ms", "**fused / dense**",
+            "paired", "of mins", "unfused / dense", "saved MB LWTA / dense",
+            "params LWTA / dense", "target",
+        ],
+        rows,
+    )  # fmt: skip
 
 
 def _verdict_lines(rec: dict[str, Any]) -> list[str]:

@@ -28,10 +28,8 @@ from pathlib import Path
 
 import torch
 
-from discover import winner_peakedness
+from discover import TrainConfig, evaluate_run, load_run, train, winner_peakedness
 from discover.data import build_dataset, build_transforms
-from discover.evaluation.classification import evaluate_run
-from discover.training.trainer import TrainConfig, load_run, train
 
 MODELS = {
     "resnet": ("small_resnet", {"widths": [16, 32, 64], "depths": [1, 1, 1]}),

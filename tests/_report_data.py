@@ -101,7 +101,6 @@ def build_sections(n: int = 48, with_activations: bool = False) -> tuple[list, l
                 settings={"model": "TinyNet", "U": U, "train": {"epochs": 0, "note": QUOTES}},
                 description_scores={"final layer": {"accuracy": 0.3}},
                 activations=activations,
-                transform=to_input,
             )
         )
         explanations += explanations_for(model, dissection, probe)

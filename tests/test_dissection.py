@@ -8,7 +8,7 @@ from torch.utils.data import TensorDataset
 
 from discover import LWTA
 from discover.dissection.concepts import concept_set_from_lines
-from discover.dissection.core import DissectConfig, Dissection, dissect
+from discover.dissection.core import DissectConfig, Dissection, concept_matrix, dissect
 from discover.dissection.embedders import AnnotationEmbedder
 
 NAMES = ["red", "star", "striped background", "small", "top left", "circle"]
@@ -291,3 +291,58 @@ def test_pooling_per_layer_recorded_then_configured():
     assert (d.pooling("a"), d.pooling("b"), d.pooling("c")) == ("max", "cls", None)
     d = Dissection([], DissectConfig(["a"], "x", "y", pooling="avg"), {})
     assert d.pooling("a") == "avg" and d.pooling("zzz") == "avg"
+
+
+def test_a_dissection_keeps_its_probe_activations_and_winner_fractions(tmp_path):
+    probe, table = _world(120)
+    model = Oracle([0, 1, 2, 3, 4, 5])
+    concepts = concept_set_from_lines(NAMES, name="toy")
+    embedder = AnnotationEmbedder(table, NAMES)
+    result = dissect(
+        model, ["fc", "act"], probe, concepts, embedder, transform=lambda x: x, progress=False
+    )
+    with torch.no_grad():
+        fc = model.fc(probe.tensors[0].flatten(1))
+    assert torch.allclose(result.probe_activations("fc"), fc, atol=1e-6)
+    assert result.winner_fractions.keys() == {"act"}  # LWTA layers only
+    wins = result.winner_fractions["act"]
+    assert wins.tolist() == pytest.approx([r.active_fraction for r in result.layer("act")])
+    result.save(tmp_path / "d")
+    loaded = Dissection.load(tmp_path / "d")
+    for name in ("fc", "act"):
+        assert torch.equal(loaded.probe_activations(name), result.probe_activations(name))
+    assert torch.equal(loaded.winner_fractions["act"], wins)
+    # P, the one public way: the same matrix the dissection used
+    P = concept_matrix(probe, concepts, embedder, progress=False)
+    assert torch.equal(P, table)
+    with pytest.raises(ValueError, match="no layer 'head'"):
+        loaded.probe_activations("head")
+
+
+def test_merge_joins_disjoint_layers_of_one_model(tmp_path):
+    probe, table = _world(120)
+    model = Oracle([0, 1, 2, 3, 4, 5])
+    embedder = AnnotationEmbedder(table, NAMES)
+    kw = dict(transform=lambda x: x, progress=False)
+    hidden = dissect(
+        model, ["fc"], probe, concept_set_from_lines(NAMES, name="toy"), embedder, **kw
+    )
+    final = dissect(
+        model, ["act"], probe, concept_set_from_lines(NAMES, name="toy2"), embedder, **kw
+    )
+    both = Dissection.merge(hidden, final)
+    assert both.layers == ["fc", "act"] and both.config.layers == ["fc", "act"]
+    assert both.config.concepts == "fc: toy; act: toy2"
+    assert both.labels("act") == final.labels("act") and both.labels("fc") == hidden.labels("fc")
+    assert both.activations.keys() == {"fc", "act"} and both.winner_fractions.keys() == {"act"}
+    assert both.layer_info("act")["U"] == 2 and both.layer_info("fc")["U"] is None
+    both.save(tmp_path / "both")
+    assert Dissection.load(tmp_path / "both").labels("fc") == hidden.labels("fc")
+    with pytest.raises(ValueError, match="layer 'fc' is in parts 0 and 1"):
+        Dissection.merge(hidden, hidden)
+    other = Oracle([1, 0, 2, 3, 4, 5])
+    elsewhere = dissect(
+        other, ["act"], probe, concept_set_from_lines(NAMES, name="toy"), embedder, **kw
+    )
+    with pytest.raises(ValueError, match="different models"):
+        Dissection.merge(hidden, elsewhere)

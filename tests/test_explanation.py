@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 import discover
-from _helpers import train_tiny_shapes
+from _helpers import train_tiny
 from discover.dissection.core import DissectConfig, Dissection, UnitDescription
 from discover.dissection.recording import pool
 from discover.explanation import (
@@ -169,6 +169,37 @@ def test_labels_and_pooling_come_from_the_dissection():
     assert all(w.label is None for w in explanations[0].layer("act1").winners)
 
 
+def test_probe_percentiles_come_from_the_dissections_activations(tmp_path):
+    from discover.data import ShapesWorld
+    from discover.dissection.embedders import AnnotationEmbedder
+
+    model = _resnet(U=4, classes=8)
+    probe = ShapesWorld(n=40, image_size=16, split="val")
+    model.data_config = discover.data.DataConfig.from_model(model)
+    dissection = discover.dissect(
+        model, ["layer3.0.act2"], probe, "shapes", AnnotationEmbedder(), progress=False
+    )
+    dissection.save(tmp_path / "d")
+    images = [probe[i][0] for i in range(3)]
+    [e] = explain(model, images[:1], tmp_path / "d", top=None)  # Q read back from the folder
+    Q = dissection.probe_activations("layer3.0.act2")
+    winners = e.layer("layer3.0.act2").winners
+    assert winners and all(w.probe_percentile is not None for w in winners)
+    for w in winners:
+        assert w.probe_percentile == pytest.approx(
+            float((Q[:, w.unit] < w.activation).float().mean())
+        )
+    # the image is one of the probe images: each winner's activation is one of Q's values
+    for w in winners[:5]:
+        assert float((Q[:, w.unit] - w.activation).abs().min()) < 1e-4
+    assert " p" in e.to_text()
+    # without the dissection's activations (e.g. saved by discover 0.1) there is no percentile
+    (tmp_path / "d" / "activations.safetensors").unlink()
+    [old] = explain(model, images[:1], tmp_path / "d", top=None)
+    assert all(w.probe_percentile is None for w in old.layer("layer3.0.act2").winners)
+    assert [w.label for w in old.layer("layer3.0.act2").winners] == [w.label for w in winners]
+
+
 def test_dense_model_lists_units_above_the_threshold_and_counts_them():
     model = _resnet(U=1)
     x = torch.randn(2, 3, 16, 16)
@@ -231,7 +262,9 @@ def test_to_dict_follows_the_report_schema_and_round_trips():
     assert set(layer) == {
         "layer", "kind", "units", "active", "active_fraction", "threshold", "winners"
     }  # fmt: skip
-    assert set(layer["winners"][0]) == {"unit", "block", "activation", "label", "score"}
+    assert set(layer["winners"][0]) == {
+        "unit", "block", "activation", "label", "score", "probe_percentile"
+    }  # fmt: skip
     assert set(data["contributions"]) == {
         "layer", "class_index", "class_label", "logit", "bias", "explained_share", "units"
     }  # fmt: skip
@@ -336,7 +369,7 @@ def tiny_run(tmp_path_factory):
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("explain")
-    run = train_tiny_shapes(root / "run", U=4, image_size=16, widths=[8, 16], depths=[1, 1]).out
+    run = train_tiny(root / "run", U=4).out
     model, _ = discover.load_run(run)
     probe = ShapesWorld(n=120, image_size=16, split="val")
     layers = [*lwta_layers(model), "fc"]

@@ -20,10 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
 import discover
+from _helpers import tiny_train_kwargs, train_tiny
 from discover._utils import CacheWarning
 from discover.dissection.concepts import concept_set_from_lines
 from discover.dissection.core import Dissection, StaleDissectionError, dissect
@@ -123,7 +126,10 @@ def _disk_full(monkeypatch: pytest.MonkeyPatch, when: Callable[[Path], bool]) ->
 
 # -- disk full while writing results -----------------------------------------------------------
 @pytest.mark.parametrize("foreign", [False, True], ids=["own-folder", "shared-folder"])
-@pytest.mark.parametrize("failing", ["dissection.json", "descriptions.csv", "scores.pt"])
+@pytest.mark.parametrize(
+    "failing",
+    ["dissection.json", "descriptions.csv", "scores.safetensors", "activations.safetensors"],
+)
 def test_disk_full_while_saving_keeps_the_previous_dissection(
     tmp_path, monkeypatch, failing, foreign
 ):
@@ -174,7 +180,7 @@ def test_disk_full_while_writing_a_report_leaves_no_staging(tmp_path, monkeypatc
 
     probe, _ = _world()
     d = _dissect(["fc"])
-    section = ReportSection("oracle", Oracle(), d, probe, transform=nn.Identity())
+    section = ReportSection("oracle", Oracle(), d, probe)
     out = tmp_path / "report"
     write_report(out, [section], progress=False)
     before = _snapshot(out)
@@ -208,27 +214,31 @@ def test_damaged_activation_cache_entry_is_recomputed(tmp_path, how):
 @pytest.mark.parametrize("how", ["truncated", "empty", "wrong-shape"])
 def test_damaged_concept_matrix_entry_is_recomputed(tmp_path, how):
     first = _dissect(["fc"], cache=tmp_path)
-    (entry,) = (tmp_path / "concepts").glob("*.pt")
+    (entry,) = (tmp_path / "concepts").glob("*.safetensors")
     if how == "wrong-shape":  # the right key, but P of another probe size
-        saved = torch.load(entry, weights_only=True)
-        saved["P"] = saved["P"][:3, :2]
-        torch.save(saved, entry)
+        with safe_open(entry, framework="pt") as f:
+            head, P = f.metadata(), f.get_tensor("P")
+        save_file({"P": P[:3, :2].contiguous()}, entry, metadata=head)
     else:
         _damage(entry, how)
     with pytest.warns(CacheWarning, match=f"entry {entry} cannot be used"):
         again = _dissect(["fc"], cache=tmp_path)
     assert _rows(again) == _rows(first) == _rows(_dissect(["fc"]))
     assert again.meta["concept_matrix_cache"] == {"file": str(entry), "hit": False}
-    assert torch.load(entry, weights_only=True)["P"].shape == (60, len(NAMES))  # replaced
+    with safe_open(entry, framework="pt") as f:
+        assert f.get_tensor("P").shape == (60, len(NAMES))  # replaced
     assert _dissect(["fc"], cache=tmp_path).meta["concept_matrix_cache"]["hit"] is True
 
 
-def test_damaged_scores_file_is_ignored_with_a_warning(tmp_path):
+@pytest.mark.parametrize("name", ["scores.safetensors", "activations.safetensors"])
+def test_damaged_tensor_file_of_a_dissection_is_ignored_with_a_warning(tmp_path, name):
     _dissect(["fc"], keep_scores=True).save(tmp_path)
-    _damage(tmp_path / "scores.pt", "truncated")
-    with pytest.warns(UserWarning, match="ignoring .*scores.pt: unreadable"):
+    _damage(tmp_path / name, "truncated")
+    with pytest.warns(UserWarning, match=f"ignoring .*{name}: unreadable"):
         loaded = Dissection.load(tmp_path)
-    assert loaded.scores == {} and loaded.labels("fc")
+    assert loaded.labels("fc")
+    assert (loaded.scores == {}) == (name == "scores.safetensors")
+    assert (loaded.activations == {}) == (name == "activations.safetensors")
     (tmp_path / "dissection.json").write_text('{"units": [')
     with pytest.raises(ValueError, match="dissection.json cannot be read"):
         Dissection.load(tmp_path)
@@ -236,22 +246,7 @@ def test_damaged_scores_file_is_ignored_with_a_warning(tmp_path):
 
 # -- stale dissections --------------------------------------------------------------------------
 def _train(out: Path, seed: int, overwrite: bool = False) -> Path:
-    from discover.training.trainer import TrainConfig, train
-
-    config = TrainConfig(
-        model="small_resnet",
-        U=4,
-        dataset="shapes",
-        epochs=1,
-        batch_size=32,
-        seed=seed,
-        dataset_kwargs={"n": 64, "image_size": 16},
-        eval_samples=1,
-        model_kwargs={"img_size": 16, "widths": [8, 16], "depths": [1, 1]},
-        out=str(out),
-        overwrite=overwrite,
-    )
-    return Path(train(config, progress=False).out)
+    return Path(train_tiny(out, U=4, seed=seed, overwrite=overwrite).out)
 
 
 def test_explain_refuses_a_dissection_of_a_retrained_run(tmp_path, capsys):
@@ -334,9 +329,10 @@ def test_two_processes_writing_one_cache_entry_leave_one_valid_entry(tmp_path):
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in outputs]
     (entry,) = (tmp_path / "activations").glob("*.pt")
-    (matrix,) = (tmp_path / "concepts").glob("*.pt")
+    (matrix,) = (tmp_path / "concepts").glob("*.safetensors")
     assert set(Recording.load(entry).activations) == {"fc", "act"}
-    assert torch.load(matrix, weights_only=True)["P"].shape == (60, len(NAMES))
+    with safe_open(matrix, framework="pt") as f:
+        assert f.get_tensor("P").shape == (60, len(NAMES))
     assert _leftovers(tmp_path) == []
     assert _dissect(["fc", "act"], cache=tmp_path).meta["recording"]["cache"]["hit"] is True
 
@@ -407,16 +403,7 @@ _TRAIN_CHILD = textwrap.dedent(
     train(TrainConfig(**{CONFIG}, out=out, resume=Path(out, "state").is_dir()), progress=False)
     """
 )
-_TRAIN_CONFIG = dict(
-    model="small_resnet",
-    U=2,
-    model_kwargs={"img_size": 16, "widths": [8, 16], "depths": [1, 1]},
-    dataset="shapes",
-    dataset_kwargs={"n": 160, "image_size": 16},
-    batch_size=32,
-    epochs=3,
-    eval_samples=1,
-)
+_TRAIN_CONFIG = tiny_train_kwargs(n=160, U=2, epochs=3)
 
 
 def _child(out: Path, pause_at: int, ready: Path) -> subprocess.Popen:

@@ -10,7 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from _report_data import SCRIPT, build_sections, probe_and_concepts, to_input
+from _report_data import SCRIPT, build_sections
+from discover.dissection import Dissection
+from discover.nn import count_parameters
 from discover.report import writer as report_module
 from discover.report.writer import ReportConfig, ReportSection, to_pil, write_report
 
@@ -147,60 +149,61 @@ def test_unit_cap_says_how_many_are_shown(built, tmp_path):
     assert "Showing 3 of 8 units" in page.read_text()
 
 
-def test_records_activations_when_none_are_given(built, tmp_path, monkeypatch):
+def test_report_from_a_saved_dissection_needs_no_model(built, tmp_path):
     sections, _, _ = built
     given = sections[0]
-    calls = []
-    real = report_module.record
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(report_module, "record", spy)
-    section = ReportSection(
-        given.name, given.model, given.dissection, given.probe, transform=given.transform
+    given.dissection.save(tmp_path / "dissection")
+    saved = Dissection.load(tmp_path / "dissection")
+    assert saved.activations.keys() == {"act1", "act2"}
+    assert saved.winner_fractions.keys() == {"act1", "act2"}  # TinyNet(U=2): both LWTA
+    write_report(
+        tmp_path / "a", [ReportSection(given.name, None, saved, given.probe)], progress=False
     )
-    write_report(tmp_path / "a", [section], progress=False)
-    assert len(calls) == 1 and calls[0]["policy"] == given.dissection.config.policy
-    write_report(tmp_path / "b", [given], progress=False)
-    assert len(calls) == 1  # given activations are used as they are
+    write_report(tmp_path / "b", [given], progress=False)  # activations recorded separately
     for layer in ("act1", "act2"):
         (a,) = (tmp_path / "a").glob(f"*/{layer}.html")
         (b,) = (tmp_path / "b").glob(f"*/{layer}.html")
         assert _cards(a) == _cards(b)
+    overview = (tmp_path / "a" / "index.html").read_text()
+    assert "TinyNet" in overview and f"{count_parameters(given.model):,}" in overview
 
 
-def test_reuses_the_activations_the_dissection_cached(built, tmp_path, monkeypatch):
-    from discover.dissection.core import dissect
-
+def test_report_never_runs_the_model(built, tmp_path):
     sections, _, _ = built
     given = sections[0]
-    probe, concepts, embedder = probe_and_concepts()
-    cached = dissect(
-        given.model, ["act1", "act2"], probe, concepts, embedder, transform=to_input,
-        similarity_params={"top_k": 10}, progress=False, batch_size=16,
-        cache_dir=tmp_path / "cache",
-    )  # fmt: skip
-    calls = []
-    real = report_module.record
-    monkeypatch.setattr(report_module, "record", lambda *a, **k: calls.append(k) or real(*a, **k))
-    section = ReportSection(given.name, given.model, cached, probe, transform=to_input)
-    write_report(tmp_path / "a", [section], progress=False)
-    assert calls == []  # read from the dissection's cache file, not recorded again
-    write_report(tmp_path / "b", [given], progress=False)
-    for layer in ("act1", "act2"):
-        (a,) = (tmp_path / "a").glob(f"*/{layer}.html")
-        (b,) = (tmp_path / "b").glob(f"*/{layer}.html")
-        assert _cards(a) == _cards(b)
+    model = copy.deepcopy(given.model)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report ran the model")
+
+    model.forward = refuse
+    section = ReportSection(given.name, model, given.dissection, given.probe)
+    write_report(tmp_path / "r", [section], progress=False)
+    assert (tmp_path / "r" / "index.html").is_file()
+
+
+def test_a_dissection_without_activations_asks_for_a_redissection(built, tmp_path):
+    sections, _, _ = built
+    given = sections[0]
+    given.dissection.save(tmp_path / "d")
+    (tmp_path / "d" / "activations.safetensors").unlink()  # as saved by discover 0.1
+    old = Dissection.load(tmp_path / "d")
+    section = ReportSection(given.name, None, old, given.probe)
+    with pytest.raises(ValueError, match="holds no probe activations of layer 'act1'.*redissect"):
+        write_report(tmp_path / "r", [section], progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_stale_dissection_is_refused_when_the_model_is_given(built, tmp_path):
+    sections, _, _ = built
+    given = sections[0]
     other = copy.deepcopy(given.model)
-    torch.nn.init.zeros_(other.fc1.weight)  # another model: the cache no longer applies
-    section = ReportSection(given.name, other, cached, probe, transform=to_input)
-    with pytest.raises(ValueError, match="weights differ"):  # a stale dissection is refused
+    torch.nn.init.zeros_(other.fc1.weight)
+    section = ReportSection(given.name, other, given.dissection, given.probe)
+    with pytest.raises(ValueError, match="weights differ"):
         write_report(tmp_path / "c", [section], progress=False)
     with pytest.warns(UserWarning, match="does not describe this model"):
         write_report(tmp_path / "c", [section], progress=False, allow_mismatch=True)
-    assert len(calls) == 1
 
 
 def test_existing_report_is_replaced_whole(built, tmp_path):

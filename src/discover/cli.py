@@ -475,7 +475,7 @@ def _dissect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-scores",
         action="store_true",
-        help="also save the full unit x concept score matrices (scores.pt), for exact ranks "
+        help="also save the full unit x concept score matrices (scores.safetensors), for exact ranks "
         "in `discover eval-descriptions`",
     )
     parser.add_argument("--out", required=True, help="output directory")

@@ -355,9 +355,8 @@ def run_demo(
         >>> print(result.summary())  # doctest: +SKIP
     """
     from discover.dissection.concepts import concept_set_from_lines
-    from discover.dissection.core import dissect, model_view
+    from discover.dissection.core import Dissection, dissect
     from discover.dissection.embedders import build_embedder
-    from discover.dissection.recording import record
     from discover.evaluation.classification import evaluate_run
     from discover.explanation import explain, explanations_to_json, find_classifier
     from discover.nn.lwta import lwta_layers
@@ -438,7 +437,6 @@ def run_demo(
             keep_duplicates=True,
         )
         dissections: dict[str, Any] = {}
-        activations: dict[str, dict[str, torch.Tensor]] = {}
         final_scores: dict[str, dict[str, Any]] = {}
         final_labels: dict[str, list[str]] = {}
         emb = build_embedder(config.embedder)
@@ -464,20 +462,9 @@ def run_demo(
                 **common,
             )
             final.save(runs[key] / "dissection-final")
-            dissections[key] = _with_classifier(hidden_dissection, final)
-            activations[key] = {}
-            for part in (hidden_dissection, final):  # the same recordings, from the cache
-                activations[key].update(
-                    record(
-                        model,
-                        part.config.layers,
-                        model_view(model, probe),
-                        policy=config.policy,
-                        seed=config.seed,
-                        cache_dir=cache,
-                        progress=False,
-                    ).activations
-                )
+            # one dissection for the report and the explanations: the hidden layers labelled
+            # with the data set's concepts, the classifier with the class names (method.md §9)
+            dissections[key] = Dissection.merge(hidden_dissection, final)
             final_labels[key] = final.labels(classifier[0])
             from discover.evaluation.descriptions import evaluate_descriptions
 
@@ -534,8 +521,6 @@ def run_demo(
                 sparsity={row.layer: row.fraction for row in evaluations[key].sparsity},
                 settings=_settings(config, run_configs[key], evaluations[key]),
                 description_scores=final_scores[key],
-                activations=activations[key],
-                transform=None,
             )
             for key, model in models.items()
         ]
@@ -566,21 +551,6 @@ def run_demo(
     )
     _atomic_json(out / "demo.json", {"config": config.to_dict(), "result": result.to_dict()})
     return result
-
-
-def _with_classifier(hidden: Any, final: Any) -> Any:
-    """One dissection for the report and the explanations: the hidden layers labelled with
-    the data set's concepts, the classifier with the class names (method.md §9)."""
-    from discover.dissection.core import Dissection
-
-    config = dataclasses.replace(
-        hidden.config,
-        layers=[*hidden.config.layers, *final.config.layers],
-        concepts=f"{hidden.config.concepts}; {', '.join(final.config.layers)}: "
-        f"{final.config.concepts}",
-    )
-    meta = {**hidden.meta, "layers": {**hidden.meta["layers"], **final.meta["layers"]}}
-    return Dissection([*hidden.units, *final.units], config, meta)
 
 
 def _compact_scores(scores: Any, labels: list[str]) -> dict[str, Any]:

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from discover._utils import write_atomic
+from discover.dissection.core import Dissection
 from discover.dissection.recording import (
     default_input_size,
     pool,
@@ -77,6 +78,9 @@ class Winner:
     activation: float  # pooled like the dissection pooled the layer
     label: str | None = None
     score: float | None = None
+    probe_percentile: float | None = None
+    """Share of the dissection's probe images on which this unit's pooled activation is
+    lower (from the dissection's ``Q``): 0.99 means this image drives it like the top 1 %."""
 
 
 @dataclass
@@ -180,8 +184,10 @@ class Explanation:
             for w in row.winners:
                 block = "" if w.block is None else f"block {w.block:>4}  "
                 score = "" if w.score is None else f"  ({w.score:.3g})"
+                pct = "" if w.probe_percentile is None else f"  p{100 * w.probe_percentile:.0f}"
                 lines.append(
-                    f"    unit {w.unit:>5}  {block}{w.activation:>+10.4f}  {w.label or '-'}{score}"
+                    f"    unit {w.unit:>5}  {block}{w.activation:>+10.4f}{pct}  "
+                    f"{w.label or '-'}{score}"
                 )
         c = self.contributions
         if c is not None:
@@ -202,13 +208,14 @@ class Explanation:
         parts: list[Any] = [f"[bold]{_escape(self.headline())}[/bold]"]
         for row in self.layers:
             table = Table(title=_escape(_layer_title(row).strip()), title_justify="left")
-            for name in ("unit", "block", "activation", "label", "score"):
+            for name in ("unit", "block", "activation", "probe pct", "label", "score"):
                 table.add_column(name, justify="left" if name == "label" else "right")
             for w in row.winners:
                 table.add_row(
                     str(w.unit),
                     "-" if w.block is None else str(w.block),
                     f"{w.activation:+.4f}",
+                    "-" if w.probe_percentile is None else f"{100 * w.probe_percentile:.0f}",
                     _escape(w.label or "-"),
                     "-" if w.score is None else f"{w.score:.3g}",
                 )
@@ -428,7 +435,7 @@ def _model_name(model: nn.Module) -> str:
     return f"{config.name} (U={config.U})" if config.U > 1 else config.name
 
 
-def _dissection_index(dissection: Any) -> dict[str, dict[int, Any]]:
+def _dissection_index(dissection: Dissection | None) -> dict[str, dict[int, Any]]:
     index: dict[str, dict[int, Any]] = {}
     if dissection is not None:
         for u in dissection.units:
@@ -436,14 +443,16 @@ def _dissection_index(dissection: Any) -> dict[str, dict[int, Any]]:
     return index
 
 
-def _pooling(dissection: Any, name: str, output: torch.Tensor, model: nn.Module) -> str:
+def _pooling(
+    dissection: Dissection | None, name: str, output: torch.Tensor, model: nn.Module
+) -> str:
     """The pooling the dissection used for ``name`` (or the suggested one)."""
     chosen = dissection.pooling(name) if dissection is not None else None
     return chosen or suggested_pooling(tuple(output.shape[1:]), model) or "none"
 
 
 def _default_layers(
-    model: nn.Module, lwta: dict[str, LWTA], dissection: Any, classifier: str | None
+    model: nn.Module, lwta: dict[str, LWTA], dissection: Dissection | None, classifier: str | None
 ) -> list[str]:
     if lwta:
         return list(lwta)
@@ -496,7 +505,7 @@ def _capture(
 def explain(
     model: nn.Module,
     images: Any,
-    dissection: Any = None,
+    dissection: Dissection | str | os.PathLike | None = None,
     *,
     policy: str = "argmax",
     threshold: float = DEFAULT_THRESHOLD,
@@ -549,15 +558,13 @@ def explain(
     if not threshold >= 0:
         raise ValueError(f"explain: threshold must be >= 0, got {threshold}")
     if isinstance(dissection, (str, os.PathLike)):
-        from discover.dissection.core import Dissection
-
         dissection = Dissection.load(dissection)
-    elif dissection is not None and not hasattr(dissection, "units"):
+    elif dissection is not None and not isinstance(dissection, Dissection):
         raise TypeError(
             "explain: dissection must be a Dissection, the folder one was saved to, or None; "
             f"got {type(dissection).__name__}"
         )
-    if callable(getattr(dissection, "check_model", None)):
+    if dissection is not None:
         dissection.check_model(model, allow_mismatch=allow_mismatch)
     batch, names = _as_batch(model, images, names, transform)
     if targets is not None and len(targets) != len(batch):
@@ -641,8 +648,9 @@ def explain(
             data = per_layer[name]
             kind = "lwta" if name in masks else "dense"
             U = module.U if isinstance(module, LWTA) and module.U > 1 else None
+            probe_q = dissection.activations.get(name) if dissection is not None else None
             winners = [
-                _winner(unit, float(data["pooled"][i, unit]), U, index.get(name))
+                _winner(unit, float(data["pooled"][i, unit]), U, index.get(name), probe_q)
                 for unit in data["active"][i].nonzero().flatten().tolist()
             ]
             winners.sort(key=lambda w: (-abs(w.activation), w.unit))
@@ -680,14 +688,24 @@ def explain(
     return explanations
 
 
-def _winner(unit: int, activation: float, U: int | None, labels: dict[int, Any] | None) -> Winner:
+def _winner(
+    unit: int,
+    activation: float,
+    U: int | None,
+    labels: dict[int, Any] | None,
+    probe_q: torch.Tensor | None,
+) -> Winner:
     described = labels.get(unit) if labels else None
+    percentile = None
+    if probe_q is not None and unit < probe_q.shape[1] and len(probe_q):
+        percentile = float((probe_q[:, unit] < activation).float().mean())
     return Winner(
         unit=unit,
         block=unit // U if U else None,
         activation=activation,
         label=described.label if described is not None else None,
         score=float(described.score) if described is not None else None,
+        probe_percentile=percentile,
     )
 
 

@@ -20,7 +20,7 @@ from .core import (
     Dissection,
     StaleDissectionError,
     UnitDescription,
-    cached_concept_matrix,
+    concept_matrix,
     dissect,
     model_view,
 )
@@ -123,7 +123,7 @@ __all__ = [
     "Dissection",
     "DissectConfig",
     "StaleDissectionError",
-    "cached_concept_matrix",
+    "concept_matrix",
     "dissect",
     "model_view",
 ]

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -45,20 +47,29 @@ from discover.dissection.recording import (
 )
 from discover.dissection.similarity import DEFAULT_SIMILARITY, get_similarity
 from discover.nn.lwta import LWTA
+from discover.nn.models import count_parameters
 
 __all__ = [
     "UnitDescription",
     "Dissection",
     "DissectConfig",
     "StaleDissectionError",
-    "cached_concept_matrix",
+    "concept_matrix",
     "dissect",
     "model_view",
 ]
 
 CSV_COLUMNS = ("layer", "unit", "block", "position", "label", "score", "top5")
-SCORES_FILE = "scores.pt"  # optional: the full score matrices (dissect(..., keep_scores=True))
-DISSECTION_FILES = ("descriptions.csv", "dissection.json", SCORES_FILE)
+SCORES_FILE = "scores.safetensors"  # optional: the full score matrices (keep_scores=True)
+ACTIVATIONS_FILE = "activations.safetensors"  # Q and the winner fractions per layer
+OLD_SCORES_FILE = "scores.pt"  # the score matrices as written by discover 0.1; still read
+DISSECTION_FILES = (
+    "descriptions.csv",
+    "dissection.json",
+    SCORES_FILE,
+    ACTIVATIONS_FILE,
+    OLD_SCORES_FILE,
+)
 # Results computed from a dissection and saved beside it: they go when it is replaced.
 _DERIVED_PREFIXES = ("description_scores", "simulation_scores-")
 
@@ -99,7 +110,11 @@ class DissectConfig:
 
 @dataclass
 class Dissection:
-    """One row per (layer, unit), plus the configuration and metadata that produced it."""
+    """One row per (layer, unit), plus the configuration, the metadata and the data that
+    produced it: every layer's pooled probe activations ``Q`` and, for LWTA layers, how often
+    each unit won. Later stages (evaluation, explanation, the report) read these instead of
+    running the model again.
+    """
 
     units: list[UnitDescription]
     config: DissectConfig
@@ -110,6 +125,81 @@ class Dissection:
     """The ``M`` concept strings, the columns of :attr:`scores` (``keep_scores=True``)."""
     folder: Path | None = field(default=None, repr=False, compare=False)
     """The folder it was saved to or loaded from, if any."""
+    activations: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    """``{layer: Q}``, the pooled probe activations ``(N, K)`` the labels were computed from."""
+    winner_fractions: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    """``{LWTA layer: (K,)}``, the fraction of the probe (positions included) each unit won."""
+
+    @property
+    def layers(self) -> list[str]:
+        """The dissected layers, in order."""
+        return list(dict.fromkeys(u.layer for u in self.units))
+
+    def probe_activations(self, name: str) -> torch.Tensor:
+        """``Q`` of layer ``name``: its pooled activations on the probe set, ``(N, K)``."""
+        if name not in self.activations:
+            self.layer(name)  # an unknown layer names the ones there are
+            where = f" in {self.folder}" if self.folder else ""
+            raise ValueError(
+                f"the dissection{where} holds no probe activations of layer {name!r} (saved "
+                "by an older discover, or its activations file is missing); redissect it with "
+                "`discover dissect ... --out DIR` or discover.dissect(...)"
+            )
+        return self.activations[name]
+
+    def layer_info(self, name: str) -> dict[str, Any]:
+        """What the dissection recorded about layer ``name``: ``units``, ``pooling``, ``U``
+        (``None`` for dense layers), ``dead_units`` and ``similarity_info``."""
+        self.layer(name)
+        return dict((self.meta.get("layers") or {}).get(name, {}))
+
+    @classmethod
+    def merge(cls, *parts: Dissection) -> Dissection:
+        """One dissection of the layers of ``parts`` (disjoint layers of one model and probe
+        set), e.g. hidden layers labelled with a concept vocabulary and the classifier with
+        the class names.
+
+        Example:
+            >>> both = Dissection.merge(hidden, final)  # doctest: +SKIP
+        """
+        if not parts:
+            raise ValueError("Dissection.merge: no dissections given")
+        seen: dict[str, int] = {}
+        for i, part in enumerate(parts):
+            for name in part.layers:
+                if name in seen:
+                    raise ValueError(
+                        f"Dissection.merge: layer {name!r} is in parts {seen[name]} and {i}; "
+                        "the parts must cover different layers"
+                    )
+                seen[name] = i
+        for key in ("model_sha256",):
+            values = {p.meta.get(key) for p in parts} - {None}
+            if len(values) > 1:
+                raise ValueError(
+                    "Dissection.merge: the parts describe different models (weights differ)"
+                )
+        probes = {(p.meta.get("probe") or {}).get("fingerprint") for p in parts} - {None}
+        if len(probes) > 1:
+            raise ValueError("Dissection.merge: the parts were made on different probe sets")
+        first = parts[0]
+        config = DissectConfig(
+            **{
+                **asdict(first.config),
+                "layers": [name for p in parts for name in p.config.layers],
+                "concepts": "; ".join(
+                    f"{', '.join(p.config.layers)}: {p.config.concepts}" for p in parts
+                ),
+            }
+        )
+        meta = {**first.meta, "layers": {k: v for p in parts for k, v in p.meta["layers"].items()}}
+        return cls(
+            [u for p in parts for u in p.units],
+            config,
+            meta,
+            activations={k: v for p in parts for k, v in p.activations.items()},
+            winner_fractions={k: v for p in parts for k, v in p.winner_fractions.items()},
+        )
 
     def layer(self, name: str) -> list[UnitDescription]:
         """The rows of one layer, in unit order."""
@@ -156,8 +246,9 @@ class Dissection:
         return buffer.getvalue()
 
     def save(self, out: str | Path) -> Path:
-        """Write ``descriptions.csv`` and ``dissection.json`` (and ``scores.pt`` when the
-        scores were kept) into ``out``, as one unit.
+        """Write ``descriptions.csv``, ``dissection.json``, ``activations.safetensors`` (``Q``
+        and the winner fractions) and, when the scores were kept, ``scores.safetensors`` into
+        ``out``, as one unit.
 
         A new folder, or one that holds only an earlier dissection (and results computed from
         it, which no longer apply), is written beside ``out`` and swapped in whole. In a folder
@@ -166,7 +257,7 @@ class Dissection:
         (disk full included) leaves the previous result unchanged and no temporary file.
         """
         out = Path(out)
-        stamp = uuid.uuid4().hex  # pairs scores.pt with its dissection.json
+        stamp = uuid.uuid4().hex  # pairs the tensor files with their dissection.json
         payload = {
             "id": stamp,
             "config": asdict(self.config),
@@ -175,8 +266,14 @@ class Dissection:
         }
         files: dict[str, Any] = {}
         if self.scores:
-            saved = {"id": stamp, "concepts": self.concepts, "scores": self.scores}
-            files[SCORES_FILE] = lambda path: _torch_save(saved, path)
+            scores = {name: S.detach().float().contiguous() for name, S in self.scores.items()}
+            head = {"id": stamp, "concepts": json.dumps(self.concepts)}
+            files[SCORES_FILE] = lambda path: _save_tensors(scores, path, head)
+        if self.activations or self.winner_fractions:
+            tensors = {f"Q/{k}": v for k, v in self.activations.items()}
+            tensors.update({f"wins/{k}": v for k, v in self.winner_fractions.items()})
+            tensors = {k: v.detach().float().contiguous() for k, v in tensors.items()}
+            files[ACTIVATIONS_FILE] = lambda path: _save_tensors(tensors, path, {"id": stamp})
         files["descriptions.csv"] = self.to_csv()
         files["dissection.json"] = json.dumps(payload, indent=2, default=str)  # last: the index
         try:
@@ -185,8 +282,9 @@ class Dissection:
                     write_files(staging, files)
             else:
                 write_files(out, files)
-                if not self.scores:  # never leave another run's matrix beside ours
-                    (out / SCORES_FILE).unlink(missing_ok=True)
+                for name in (SCORES_FILE, ACTIVATIONS_FILE, OLD_SCORES_FILE):
+                    if name not in files:  # never leave another dissection's data beside ours
+                        (out / name).unlink(missing_ok=True)
         except OSError as error:
             raise OSError(
                 error.errno,
@@ -200,8 +298,9 @@ class Dissection:
     def load(cls, out: str | Path) -> Dissection:
         """Read a saved dissection directory back.
 
-        A ``scores.pt`` that cannot be read or belongs to another ``dissection.json`` is
-        ignored with a warning (the ranks then come from the top-5 lists).
+        A tensor file that cannot be read or belongs to another ``dissection.json`` is ignored
+        with a warning (without scores the ranks come from the top-5 lists; without
+        activations the later stages ask for a redissection).
         """
         out = Path(out)
         path = out / "dissection.json"
@@ -222,22 +321,20 @@ class Dissection:
                 f"is damaged or not a dissection; redissect with `discover dissect ... --out {out}`"
             ) from None
         result = cls(units, config, data.get("meta") or {}, folder=out)
-        scores_file = out / SCORES_FILE
-        if scores_file.is_file():
-            try:
-                saved = torch.load(scores_file, map_location="cpu", weights_only=True)
-                problem = None if saved.get("id") == data.get("id") else "another dissection's"
-            except Exception as error:  # noqa: BLE001  (torch.load raises many types)
-                problem = f"unreadable ({type(error).__name__}: {error})"
-            if problem is None:
-                result.scores, result.concepts = dict(saved["scores"]), saved["concepts"]
-            else:
-                warnings.warn(
-                    f"ignoring {scores_file}: {problem} score matrices; redissect with "
-                    "--keep-scores for exact ranks",
-                    UserWarning,
-                    stacklevel=2,
-                )
+        stamp = data.get("id")
+        activations = _read_tensors(out / ACTIVATIONS_FILE, stamp, "probe activations")
+        if activations is not None:
+            tensors, _ = activations
+            result.activations = {k[2:]: v for k, v in tensors.items() if k.startswith("Q/")}
+            result.winner_fractions = {
+                k[5:]: v for k, v in tensors.items() if k.startswith("wins/")
+            }
+        scores = _read_tensors(out / SCORES_FILE, stamp, "score matrices")
+        if scores is not None:
+            result.scores, head = scores
+            result.concepts = json.loads(head["concepts"])
+        elif (out / OLD_SCORES_FILE).is_file():
+            result.scores, result.concepts = _read_old_scores(out / OLD_SCORES_FILE, stamp)
         return result
 
     def check_model(
@@ -297,10 +394,47 @@ class Dissection:
         return problems
 
 
-def _torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through a Python file, so a full disk is an ``OSError``."""
-    with open(path, "wb") as f:
-        torch.save(obj, f)
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, head: dict[str, Any]) -> None:
+    """safetensors bytes written through Python, so a full disk is an ``OSError``."""
+    Path(path).write_bytes(save(tensors, {k: str(v) for k, v in head.items()}))
+
+
+def _read_tensors(
+    path: Path, stamp: str | None, what: str
+) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    """The tensors and header of a dissection's safetensors file, or ``None`` (missing, or
+    ignored with a warning: unreadable or another dissection's)."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(path, framework="pt") as f:
+            head = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        problem = None if head.get("id") == stamp else f"another dissection's {what}"
+    except Exception as error:  # noqa: BLE001  (safetensors raises several types)
+        problem = f"unreadable ({type(error).__name__}: {error})"
+    if problem is None:
+        return tensors, head
+    hint = "--keep-scores for exact ranks" if what == "score matrices" else "to recreate it"
+    warnings.warn(f"ignoring {path}: {problem}; redissect with {hint}", UserWarning, stacklevel=3)
+    return None
+
+
+def _read_old_scores(path: Path, stamp: str | None) -> tuple[dict[str, torch.Tensor], Any]:
+    """``scores.pt`` of discover 0.1 (tensors and strings only: ``weights_only=True``)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        problem = None if saved.get("id") == stamp else "another dissection's"
+    except Exception as error:  # noqa: BLE001  (torch.load raises many types)
+        problem = f"unreadable ({type(error).__name__}: {error})"
+    if problem is None:
+        return dict(saved["scores"]), saved["concepts"]
+    warnings.warn(
+        f"ignoring {path}: {problem} score matrices; redissect with --keep-scores for exact ranks",
+        UserWarning,
+        stacklevel=3,
+    )
+    return {}, None
 
 
 def _replaceable(out: Path) -> bool:
@@ -352,68 +486,99 @@ def model_view(model: nn.Module, probe: Dataset, transform: Callable | None = No
     return _ModelView(probe, transform or eval_transform(model))
 
 
-def cached_concept_matrix(
-    embedder: Embedder,
+def concept_matrix(
     probe: Dataset,
-    concepts: ConceptSet,
+    concepts: str | ConceptSet = "20k",
+    embedder: str | Embedder = "conse",
+    *,
     batch_size: int = 64,
     cache_dir: str | Path | None = None,
     progress: bool = True,
-) -> tuple[torch.Tensor, dict]:
-    """``P`` for the probe and concepts, from the content-keyed cache when it is there.
+    info: dict[str, Any] | None = None,
+) -> torch.Tensor:
+    """``P`` (``N x M``): the image-concept similarities of the probe set, the one way to get
+    them (used by :func:`dissect`, the simulation score, planted recovery and the benchmarks).
 
-    The key hashes the embedder's id, the probe set's content and the concept set. An entry
-    that cannot be read, or holds another key or shape, is a miss: it warns once, naming the
-    file, and is recomputed and replaced. A write that fails (disk full, read-only) warns and
-    carries on without caching. Returns ``P`` and ``{"file": ..., "hit": ...}``.
+    With ``cache_dir``, ``P`` comes from a content-keyed cache when it is there: the key hashes
+    the embedder's id, the probe set's content and the concept set. An entry that cannot be
+    read, or holds another key or shape, is a miss: it warns, naming the file, and is
+    recomputed and replaced. A write that fails (disk full, read-only) warns and carries on
+    without caching. The result always has shape ``(len(probe), len(concepts))``.
+
+    Args:
+        probe: raw probe images.
+        concepts: a concept-set name, a file path or a :class:`ConceptSet`.
+        embedder: an embedder name (see :func:`discover.build_embedder`) or an
+            :class:`Embedder`.
+        cache_dir: the cache root (``None``: no cache).
+        info: filled with ``{"file": cache entry or None, "hit": bool}``.
+
+    Example:
+        >>> from discover.data import ShapesWorld
+        >>> P = concept_matrix(ShapesWorld(n=64, image_size=32), "shapes",
+        ...                    "annotations", progress=False)
+        >>> tuple(P.shape)
+        (64, 46)
     """
+    concept_set = load_concepts(concepts)
+    emb = build_embedder(embedder)
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
     probe_id = dataset_fingerprint(probe)
-    shape = (len(probe), len(concepts))
+    shape = (len(probe), len(concept_set))
     key = hashlib.sha256(
-        json.dumps([embedder.id, probe_id, len(probe), concepts.sha256, 2]).encode()
+        json.dumps([emb.id, probe_id, len(probe), concept_set.sha256, 3]).encode()
     ).hexdigest()
-    path = cache_dir / "concepts" / f"{key}.pt" if cache_dir is not None and probe_id else None
+    path = (
+        cache_dir / "concepts" / f"{key}.safetensors"
+        if cache_dir is not None and probe_id
+        else None
+    )
+    found = {"file": None, "hit": False}
+    if info is not None:
+        info.update(found)
     if path is not None and path.is_file():
         P = _read_concept_matrix(path, key, shape)
         if P is not None:
-            return P, {"file": str(path), "hit": True}
-    P = embedder.concept_matrix(probe, concepts.concepts, batch_size=batch_size, progress=progress)
-    if P.shape != shape:
+            if info is not None:
+                info.update(file=str(path), hit=True)
+            return P
+    P = emb.concept_matrix(probe, concept_set.concepts, batch_size=batch_size, progress=progress)
+    if tuple(P.shape) != shape:
         raise ValueError(
-            f"embedder {embedder.id!r} returned P of shape {tuple(P.shape)}, expected {shape}"
+            f"embedder {emb.id!r} returned P of shape {tuple(P.shape)}, expected {shape} "
+            "(probe images, concepts)"
         )
     if path is None:
-        return P, {"file": None, "hit": False}
+        return P
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            _torch_save({"key": key, "P": P}, tmp)
+            _save_tensors({"P": P.detach().float().contiguous()}, tmp, {"key": key})
     except (OSError, RuntimeError) as error:
         cache_warning(
             f"could not write concept-matrix cache entry {path} ({type(error).__name__}: "
             f"{error}); carrying on without caching"
         )
-        return P, {"file": None, "hit": False}
-    return P, {"file": str(path), "hit": False}
-
-
-_concept_matrix = cached_concept_matrix  # the old name
+        return P
+    if info is not None:
+        info["file"] = str(path)
+    return P
 
 
 def _read_concept_matrix(path: Path, key: str, shape: tuple[int, int]) -> torch.Tensor | None:
     """The cached ``P`` at ``path``, or ``None`` (a miss, with a warning naming the file)."""
     try:
-        entry = torch.load(path, map_location="cpu", weights_only=True)
-        P = entry.get("P") if isinstance(entry, dict) else None
-        if not isinstance(entry, dict) or entry.get("key") != key:
+        with safe_open(path, framework="pt") as f:
+            stored = (f.metadata() or {}).get("key")
+            P = f.get_tensor("P") if "P" in f.keys() else None  # noqa: SIM118
+        if stored != key:
             problem = "it holds another key"
-        elif not isinstance(P, torch.Tensor) or tuple(P.shape) != shape:
-            found = tuple(P.shape) if isinstance(P, torch.Tensor) else type(P).__name__
+        elif P is None or tuple(P.shape) != shape:
+            found = tuple(P.shape) if P is not None else "no matrix"
             problem = f"it holds {found}, expected shape {shape}"
         else:
             return P
-    except Exception as error:  # noqa: BLE001  (torch.load raises many types on damaged files)
+    except Exception as error:  # noqa: BLE001  (damaged files raise several types)
         problem = f"{type(error).__name__}: {error}"
     cache_warning(f"concept-matrix cache entry {path} cannot be used ({problem}); recomputing it")
     return None
@@ -465,7 +630,7 @@ def dissect(
         cache_dir: content-keyed cache of activations and of ``P``; ``None`` switches it off.
         keep_scores: also keep every layer's full ``K x M`` score matrix (and the concept
             list) as :attr:`Dissection.scores` / :attr:`Dissection.concepts`; ``save`` then
-            writes ``scores.pt``. Needed for exact ranks in
+            writes ``scores.safetensors``. Needed for exact ranks in
             :func:`discover.evaluation.descriptions.evaluate_descriptions`.
 
     Example:
@@ -508,11 +673,21 @@ def dissect(
         cache_dir=cache,
         progress=progress,
     )
-    P, p_cache = cached_concept_matrix(emb, probe, concept_set, batch_size, cache, progress)
+    p_cache: dict[str, Any] = {}
+    P = concept_matrix(
+        probe,
+        concept_set,
+        emb,
+        batch_size=batch_size,
+        cache_dir=cache,
+        progress=progress,
+        info=p_cache,
+    )
     k = min(top_k, len(concept_set))
     units: list[UnitDescription] = []
     layer_meta: dict[str, Any] = {}
     scores: dict[str, torch.Tensor] = {}
+    fractions: dict[str, torch.Tensor] = {}
     for name, module in modules.items():
         Q = recording.activations[name]
         info: dict[str, Any] = {}
@@ -522,7 +697,9 @@ def dissect(
         top_scores, top_idx = S.float().topk(k, dim=1)
         U = module.U if isinstance(module, LWTA) else None
         wins = recording.wins.get(name)
-        active = wins.mean(0) if wins is not None else None
+        active = wins.float().mean(0) if wins is not None else None
+        if active is not None:
+            fractions[name] = active.cpu()
         for unit in range(S.shape[0]):
             top = [
                 (concept_set.concepts[j], float(s))
@@ -561,9 +738,17 @@ def dissect(
         "recording": recording.meta,
         "concept_matrix_cache": p_cache,
         "model": getattr(getattr(model, "cvn_config", None), "to_dict", dict)(),
+        "model_class": type(model).__name__,
+        "parameters": count_parameters(model),
         "model_sha256": recording.meta.get("model_sha256") or model_fingerprint(model),
         "seconds": time.time() - t0,
     }
     return Dissection(
-        units, config, meta, scores, list(concept_set.concepts) if keep_scores else None
+        units,
+        config,
+        meta,
+        scores,
+        list(concept_set.concepts) if keep_scores else None,
+        activations={name: recording.activations[name].float().cpu() for name in modules},
+        winner_fractions=fractions,
     )

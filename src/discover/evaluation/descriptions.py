@@ -51,7 +51,7 @@ from torch.utils.data import Dataset
 
 from discover._utils import csv_text, write_files
 from discover.dissection.concepts import ConceptSet, load_concepts
-from discover.dissection.core import Dissection, UnitDescription, cached_concept_matrix, model_view
+from discover.dissection.core import Dissection, UnitDescription
 from discover.dissection.embedders import (
     SENTENCE_MODELS,
     AnnotationEmbedder,
@@ -908,66 +908,85 @@ def simulation_score(
 
 
 def evaluate_simulation(
-    model: torch.nn.Module,
-    layers: Sequence[str],
+    dissection: Dissection,
     probe: Dataset,
-    concepts: str | ConceptSet = "20k",
-    embedder: str | Embedder = "conse",
+    embedder: str | Embedder | None = None,
     *,
-    similarity: str = DEFAULT_SIMILARITY,
+    layers: Sequence[str] | None = None,
+    P: Tensor | None = None,
+    similarity: str | None = None,
     similarity_params: dict[str, Any] | None = None,
-    pooling: str | dict[str, str] = "auto",
-    policy: str = "argmax",
-    seed: int = 0,
     fit_fraction: float = 0.5,
+    seed: int = 0,
     null_repeats: int = 200,
     batch_size: int = 64,
-    device: str = "cpu",
-    transform: Callable | None = None,
-    concept_matrix: Tensor | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, SimulationScores]:
-    """:func:`simulation_score` for every layer, recording ``Q`` and computing ``P`` first.
+    """:func:`simulation_score` for the layers of a dissection, from what it saved.
 
-    Arguments are those of :func:`discover.dissect`; pass ``concept_matrix`` to reuse a
-    ``P`` already computed for this probe set and concept list.
+    ``Q`` comes from the dissection (its probe activations), ``P`` from
+    :func:`discover.dissection.concept_matrix` on the same probe set, concept set and embedder
+    (cached with ``cache_dir``), or is passed in. Nothing runs the model again.
+
+    Args:
+        dissection: the dissection (it must hold its probe activations).
+        probe: the raw probe set the dissection was made on (checked by fingerprint).
+        embedder: the dissection's embedder (name or instance; its id must match); not needed
+            with ``P``.
+        layers: the layers to score (default: all of the dissection's).
+        P: a concept matrix already computed for this probe set and concept set.
+        similarity, similarity_params: default: the dissection's.
 
     Example:
-        >>> sims = evaluate_simulation(model, ["layer3"], probe, "shapes",
-        ...                            AnnotationEmbedder())  # doctest: +SKIP
+        >>> d = discover.dissect(model, ["layer3"], probe, "shapes", "annotations")  # doctest: +SKIP
+        >>> sims = evaluate_simulation(d, probe, "annotations")  # doctest: +SKIP
         >>> print(sims["layer3"].summary())  # doctest: +SKIP
     """
-    from discover.dissection.recording import record
+    from discover.dissection.core import concept_matrix
+    from discover.dissection.recording import dataset_fingerprint
 
-    concept_set = load_concepts(concepts)
-    if concept_matrix is None:  # the same cached, shape-checked P a dissection would use
-        concept_matrix, _ = cached_concept_matrix(
-            build_embedder(embedder), probe, concept_set, batch_size, cache_dir, progress
+    names = list(layers) if layers is not None else dissection.layers
+    Qs = {name: dissection.probe_activations(name) for name in names}
+    expected = (dissection.meta.get("probe") or {}).get("fingerprint")
+    if expected and dataset_fingerprint(probe) not in (None, expected):
+        raise ValueError(
+            "evaluate_simulation: the probe set is not the one the dissection was made on "
+            "(its content fingerprint differs)"
         )
-    recording = record(
-        model,
-        list(layers),
-        model_view(model, probe, transform),
-        pooling,
-        batch_size=batch_size,
-        device=device,
-        policy=policy,
-        seed=seed,
-        cache_dir=cache_dir,
-        progress=progress,
-    )
+    concept_set = load_concepts(dissection.config.concepts)
+    if P is None:
+        if embedder is None:
+            raise ValueError(
+                "evaluate_simulation: pass the dissection's embedder (or P, the concept matrix)"
+            )
+        emb = build_embedder(embedder)
+        if emb.id != dissection.config.embedder:
+            raise ValueError(
+                f"evaluate_simulation: embedder {emb.id!r} is not the dissection's "
+                f"({dissection.config.embedder!r})"
+            )
+        P = concept_matrix(
+            probe,
+            concept_set,
+            emb,
+            batch_size=batch_size,
+            cache_dir=cache_dir,
+            progress=progress,
+        )
     return {
         name: simulation_score(
-            concept_matrix,
-            recording.activations[name],
+            P,
+            Q,
             concept_set,
             layer=name,
-            similarity=similarity,
-            similarity_params=similarity_params,
+            similarity=similarity or dissection.config.similarity,
+            similarity_params=dissection.config.similarity_params
+            if similarity_params is None and similarity is None
+            else similarity_params,
             fit_fraction=fit_fraction,
             seed=seed,
             null_repeats=null_repeats,
         )
-        for name in recording.activations
+        for name, Q in Qs.items()
     }

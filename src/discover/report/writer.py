@@ -25,7 +25,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +38,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from discover import __version__
-from discover._utils import cache_warning, staged_dir
-from discover.dissection.core import Dissection, UnitDescription, model_view
-from discover.dissection.recording import Recording, model_fingerprint, record
-from discover.nn.lwta import lwta_layers
+from discover._utils import staged_dir
+from discover.dissection.core import Dissection, UnitDescription
 from discover.nn.models import count_parameters
 
 __all__ = ["ReportSection", "ReportConfig", "write_report"]
@@ -60,9 +58,14 @@ _CONTRIBUTION_KEYS = ("layer", "class_label", "logit", "bias", "explained_share"
 class ReportSection:
     """One model of the report, with its dissection and what was measured on it.
 
+    The report is written from saved results: the probe activations come from the dissection
+    (or ``activations``), the layers' ``U`` and the model's description from its metadata.
+    No model runs.
+
     Args:
         name: shown as the section title, e.g. ``"CVN (U=4)"`` or ``"dense twin"``.
-        model: the dissected model.
+        model: the dissected model, if at hand: the dissection is then checked against it
+            (weights, layers, ``U``); ``None`` trusts the saved dissection.
         dissection: its :class:`~discover.dissection.core.Dissection`.
         probe: the dissection's probe set of raw ``(image, label, ...)`` items; an image is a
             PIL image, a ``uint8`` tensor or a float ``(C, H, W)`` tensor in ``[0, 1]``.
@@ -70,14 +73,12 @@ class ReportSection:
         sparsity: measured active fraction per layer.
         settings: model, training and dissection settings shown on the overview.
         description_scores: final-layer description figures shown on the overview.
-        activations: ``{layer: (N, K)}`` pooled probe activations when already recorded;
-            otherwise the report records them with :func:`discover.dissection.recording.record`.
-        transform: the model's evaluation transform for the probe images (used only when
-            recording; default: the model's own, see :func:`discover.dissection.core.model_view`).
+        activations: ``{layer: (N, K)}`` pooled probe activations to show instead of the
+            dissection's own.
     """
 
     name: str
-    model: nn.Module
+    model: nn.Module | None
     dissection: Dissection
     probe: Dataset
     accuracy: dict[str, float] | None = None
@@ -85,7 +86,6 @@ class ReportSection:
     settings: dict[str, Any] = field(default_factory=dict)
     description_scores: dict[str, Any] | None = None
     activations: dict[str, torch.Tensor] | None = None
-    transform: Callable | None = None
 
 
 @dataclass
@@ -100,8 +100,6 @@ class ReportConfig:
         histogram_bins: bins of each unit's activation histogram.
         thumbnail_size: probe images larger than this (pixels) are downscaled to fit.
         title: the report's title.
-        batch_size: batch size when the report records activations itself.
-        device: device for that recording.
     """
 
     top_images: int = 5
@@ -110,8 +108,6 @@ class ReportConfig:
     histogram_bins: int = 40
     thumbnail_size: int = 128
     title: str = "DISCOVER report"
-    batch_size: int = 64
-    device: str = "cpu"
 
     def __post_init__(self) -> None:
         checks = {
@@ -120,13 +116,12 @@ class ReportConfig:
             "max_winners": self.max_winners >= 1,
             "histogram_bins": self.histogram_bins >= 2,
             "thumbnail_size": self.thumbnail_size >= 8,
-            "batch_size": self.batch_size >= 1,
         }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(
                     f"ReportConfig: {name}={getattr(self, name)!r} is out of range "
-                    "(top_images, max_units, max_winners, batch_size >= 1; "
+                    "(top_images, max_units, max_winners >= 1; "
                     "histogram_bins >= 2; thumbnail_size >= 8)"
                 )
 
@@ -171,7 +166,8 @@ def write_report(
     out = Path(out)
     _check_destination(out)
     for section in sections:
-        section.dissection.check_model(section.model, allow_mismatch=allow_mismatch)
+        if section.model is not None:
+            section.dissection.check_model(section.model, allow_mismatch=allow_mismatch)
     with staged_dir(out) as staging:  # a failure (disk full too) leaves the old report intact
         _Writer(staging, config, progress).write(sections, explanations, dict(meta or {}))
     return out / "index.html"
@@ -560,7 +556,11 @@ class _Writer:
         dissection = section.dissection
         layers = list(dict.fromkeys(u.layer for u in dissection.units))
         activations = self._activations(section, layers)
-        lwta = {name: m.U for name, m in lwta_layers(section.model).items()}
+        lwta = {
+            name: info["U"]
+            for name in dissection.layers
+            if (info := dissection.layer_info(name)).get("U")
+        }
         layer_meta = dissection.meta.get("layers", {}) if isinstance(dissection.meta, dict) else {}
 
         saved: dict[int, str] = {}  # probe index -> image path relative to the section folder
@@ -590,19 +590,26 @@ class _Writer:
             plot = f"{slug}/sparsity.png"
             _sparsity_plot(sparsity_rows, self.root / plot)
 
-        model = section.model
-        cvn = getattr(model, "cvn_config", None)
+        model, info = section.model, dissection.meta if isinstance(dissection.meta, dict) else {}
+        if model is not None:
+            cvn = getattr(model, "cvn_config", None)
+            kind, parameters = type(model).__name__, count_parameters(model)
+            cvn_rows = cvn.to_dict() if callable(getattr(cvn, "to_dict", None)) else {}
+        else:  # what the dissection recorded about the model
+            kind, parameters, cvn_rows = (
+                info.get("model_class"),
+                info.get("parameters"),
+                info.get("model") or {},
+            )
         model_rows = [
-            ("class", type(model).__name__),
-            ("parameters", f"{count_parameters(model):,}"),
-            ("LWTA layers", str(len(lwta))),
+            ("class", kind or "unknown"),
+            ("parameters", f"{parameters:,}" if parameters is not None else "unknown"),
+            ("LWTA layers dissected", str(len(lwta))),
         ]
         if lwta:
             model_rows.append(("U", ", ".join(map(str, sorted(set(lwta.values()))))))
-        if cvn is not None and callable(getattr(cvn, "to_dict", None)):
-            model_rows += _rows(cvn.to_dict(), "cvn.")
+        model_rows += _rows(cvn_rows, "cvn.")
         dissect_rows = _rows(dataclasses.asdict(dissection.config))
-        info = dissection.meta if isinstance(dissection.meta, dict) else {}
         for key, value in (
             ("embedder", _get(info, "embedder", "name")),
             ("concept set", _get(info, "concept_set")),
@@ -658,28 +665,8 @@ class _Writer:
                     f"of the dissection (have {', '.join(section.activations) or 'none'})"
                 )
             acts = {name: torch.as_tensor(section.activations[name]) for name in layers}
-        elif (cached := _dissection_recording(section, layers)) is not None:
-            acts = cached
         else:
-            pooling = {name: section.dissection.pooling(name) or "auto" for name in layers}
-            try:
-                view = model_view(section.model, section.probe, section.transform)
-            except ValueError as err:
-                raise ValueError(
-                    f"section {section.name!r}: no activations given and no evaluation transform "
-                    f"to record them ({err}); pass ReportSection(transform=...) or activations="
-                ) from err
-            acts = record(
-                section.model,
-                layers,
-                view,
-                pooling,
-                batch_size=self.config.batch_size,
-                device=self.config.device,
-                policy=section.dissection.config.policy,
-                seed=section.dissection.config.seed,
-                progress=self.progress,
-            ).activations
+            acts = {name: section.dissection.probe_activations(name) for name in layers}
         for name in layers:
             units = len(section.dissection.layer(name))
             shape = tuple(acts[name].shape)
@@ -835,30 +822,6 @@ class _Writer:
             )
             pages.append(page)
         return pages
-
-
-def _dissection_recording(
-    section: ReportSection, layers: list[str]
-) -> dict[str, torch.Tensor] | None:
-    """The activations the dissection recorded, from its cache file, when they are still
-    those of this model and cover ``layers`` (else ``None``: record them again)."""
-    meta = section.dissection.meta.get("recording", {})
-    file = (meta.get("cache") or {}).get("file")
-    if not file or not Path(file).is_file():
-        return None
-    if meta.get("model_sha256") != model_fingerprint(section.model):
-        return None
-    try:
-        recording = Recording.load(file)
-    except Exception as error:  # noqa: BLE001  (a damaged entry: record the activations again)
-        cache_warning(
-            f"activation cache entry {file} cannot be read ({type(error).__name__}: {error}); "
-            "recording the activations again"
-        )
-        return None
-    if any(name not in recording.activations for name in layers):
-        return None
-    return {name: recording.activations[name] for name in layers}
 
 
 def _is_number(value: Any) -> bool:

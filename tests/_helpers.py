@@ -17,21 +17,40 @@ def readme_python_block(containing: str) -> str:
     return found[0]
 
 
-def train_tiny_shapes(out: str | Path, *, U: int = 8, image_size: int = 32, **model_kwargs: Any):
-    """One epoch of a small ResNet on 64 Shapes images: a real run directory, in seconds."""
-    from discover.training.trainer import TrainConfig, train
+def tiny_train_kwargs(*, n: int = 64, image_size: int = 16, **changes: Any) -> dict[str, Any]:
+    """``TrainConfig`` fields of the tests' tiny run: one epoch of a two-stage small ResNet
+    (8 and 16 channels, one block each) on ``n`` generated Shapes images, batches of 32, one
+    stochastic pass at validation. ``changes`` replace any field (``U``, ``epochs``, ...);
+    ``U`` is ``TrainConfig``'s default (1) unless given. A plain dict, so a test can also
+    write it to a file or into a child process's code."""
+    return {
+        "model": "small_resnet",
+        "model_kwargs": {"img_size": image_size, "widths": [8, 16], "depths": [1, 1]},
+        "dataset": "shapes",
+        "dataset_kwargs": {"n": n, "image_size": image_size},
+        "batch_size": 32,
+        "epochs": 1,
+        "eval_samples": 1,
+        **changes,
+    }
 
-    return train(
-        TrainConfig(
-            model="small_resnet",
-            U=U,
-            dataset="shapes",
-            epochs=1,
-            batch_size=32,
-            dataset_kwargs={"n": 64, "image_size": image_size},
-            eval_samples=1,
-            model_kwargs={"img_size": image_size, **model_kwargs},
-            out=str(out),
-        ),
-        progress=False,
+
+def tiny_config(out: str | Path, **kwargs: Any):
+    """The tiny run's ``TrainConfig`` writing to ``out`` (arguments: :func:`tiny_train_kwargs`)."""
+    from discover.training import TrainConfig
+
+    return TrainConfig(**tiny_train_kwargs(**kwargs), out=str(out))
+
+
+def train_tiny(out: str | Path, **kwargs: Any):
+    """Train the tiny run into ``out``: a real run directory in seconds (``TrainResult``)."""
+    from discover.training import train
+
+    return train(tiny_config(out, **kwargs), progress=False)
+
+
+def train_tiny_shapes(out: str | Path, *, U: int = 8, image_size: int = 32, **model_kwargs: Any):
+    """The README's run: the tiny run with the default small ResNet widths, 32 px."""
+    return train_tiny(
+        out, U=U, image_size=image_size, model_kwargs={"img_size": image_size, **model_kwargs}
     )

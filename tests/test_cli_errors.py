@@ -6,7 +6,7 @@ status 2, before any expensive work; an internal error says it is one and points
 
 import pytest
 
-from _helpers import train_tiny_shapes
+from _helpers import train_tiny
 from discover.cli import main
 
 TINY_MODEL = [
@@ -22,7 +22,7 @@ TINY_MODEL = [
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli-errors") / "run"
-    return train_tiny_shapes(out, U=4, image_size=16, widths=[8, 16], depths=[1, 1]).out
+    return train_tiny(out, U=4).out
 
 
 def _fails(capsys, argv: list[str], *expected: str) -> str:

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from _helpers import train_tiny
 from discover import LWTA
 from discover.dissection.concepts import concept_set_from_lines
 from discover.dissection.core import DissectConfig, Dissection, concept_matrix, dissect
@@ -168,22 +169,8 @@ def test_bad_inputs_are_explained():
 
 def test_cli_layers_and_dissect_a_training_run(tmp_path, capsys):
     from discover.cli import main
-    from discover.training.trainer import TrainConfig, train
 
-    run = train(
-        TrainConfig(
-            model="small_resnet",
-            U=4,
-            dataset="shapes",
-            epochs=1,
-            batch_size=32,
-            dataset_kwargs={"n": 64, "image_size": 16},
-            eval_samples=1,
-            model_kwargs={"img_size": 16, "widths": [8, 16], "depths": [1, 1]},
-            out=str(tmp_path / "run"),
-        ),
-        progress=False,
-    ).out
+    run = train_tiny(tmp_path / "run", U=4).out
     assert main(["layers", "small_vit", "-U", "8", "--filter", "blocks.0.mlp.*"]) == 0
     out = capsys.readouterr().out
     assert "blocks.0.mlp.act" in out and "LWTA U=8" in out and "65x384" in out

@@ -4,27 +4,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from _helpers import train_tiny
 from discover import create_model
 from discover.cli import main
 from discover.evaluation.classification import evaluate, evaluate_run
-from discover.training.trainer import TrainConfig, train
-
-TINY = dict(
-    model="small_resnet",
-    model_kwargs={"img_size": 16, "widths": [8, 16], "depths": [1, 1]},
-    dataset="shapes",
-    dataset_kwargs={"n": 96, "image_size": 16},
-    batch_size=32,
-    epochs=1,
-    eval_samples=1,
-)
 
 
 @pytest.fixture(scope="module")
 def cvn_run(tmp_path_factory):
-    return train(
-        TrainConfig(**TINY, U=4, out=str(tmp_path_factory.mktemp("runs") / "u4")), progress=False
-    ).out
+    return train_tiny(tmp_path_factory.mktemp("runs") / "u4", n=96, U=4).out
 
 
 def _loader(n=20, classes=3):

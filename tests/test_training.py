@@ -9,18 +9,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from _helpers import tiny_train_kwargs
 from discover.training.recipes import get_recipe
 from discover.training.trainer import GlobalBatchSampler, NonFiniteLossError, TrainConfig, train
 
-TINY = dict(
-    model="small_resnet",
-    model_kwargs={"img_size": 16, "widths": [8, 16], "depths": [1, 1]},
-    dataset="shapes",
-    dataset_kwargs={"n": 160, "image_size": 16},
-    batch_size=32,
-    epochs=2,
-    eval_samples=1,
-)
+TINY = tiny_train_kwargs(n=160, epochs=2)
 
 
 def _config(tmp_path: Path, name: str = "run", **changes) -> TrainConfig:

@@ -406,3 +406,73 @@ def test_shapes_feed_a_model_through_its_transform():
     assert images.shape == (8, 1, 32, 32) and labels.shape == (8,)
     with torch.no_grad():
         assert model(images).shape == (8, 10)
+
+
+# -- batched augmentation ----------------------------------------------------------------------
+def _normalised(images, cfg):
+    mean = torch.tensor(cfg.mean).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.std).view(1, -1, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def test_batch_augment_without_randomness_equals_the_per_image_pipeline():
+    from discover.data import BatchAugment
+
+    cfg = DataConfig(input_size=(3, 12, 12), mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    images = torch.randint(0, 256, (5, 3, 12, 12), dtype=torch.uint8)
+    per_image = torch.stack([build_transforms(cfg, train=True)(x) for x in images])
+    items = torch.stack([build_transforms(cfg, train=True, batch_augment=True)(x) for x in images])
+    assert items.dtype == torch.uint8 and torch.equal(items, images)
+    assert torch.allclose(BatchAugment(cfg)(items), per_image, atol=1e-6)
+
+
+def test_batch_augment_crops_are_padded_crops_with_uniform_offsets():
+    from discover.data import BatchAugment
+
+    p, size = 2, 6
+    cfg = DataConfig(input_size=(1, size, size), padding=p)
+    images = torch.randint(1, 256, (400, 1, size, size), dtype=torch.uint8)  # no zero pixels
+    torch.manual_seed(0)
+    out = BatchAugment(cfg)(images)
+    padded = torch.nn.functional.pad(_normalised(images, cfg), (p, p, p, p), value=-2.0)
+    counts = torch.zeros(2 * p + 1, 2 * p + 1)
+    for i in range(len(images)):
+        matches = [
+            (dy, dx)
+            for dy in range(2 * p + 1)
+            for dx in range(2 * p + 1)
+            if torch.allclose(out[i], padded[i, :, dy : dy + size, dx : dx + size], atol=1e-6)
+        ]
+        assert len(matches) == 1, f"image {i} is not one padded crop"
+        counts[matches[0]] += 1
+    expected = len(images) / counts.numel()
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 52.6  # chi-square, 24 degrees of freedom, p = 0.001
+    torch.manual_seed(0)
+    assert torch.equal(BatchAugment(cfg)(images), out)  # seeded: repeats
+
+
+def test_batch_augment_flips_with_the_configured_probability():
+    from discover.data import BatchAugment
+
+    cfg = DataConfig(input_size=(1, 4, 4), hflip=0.5)
+    images = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).repeat(2000, 1, 1, 1)
+    torch.manual_seed(1)
+    out = BatchAugment(cfg)(images)
+    flipped = torch.isclose(out, _normalised(images.flip(-1), cfg)).flatten(1).all(1)
+    kept = torch.isclose(out, _normalised(images, cfg)).flatten(1).all(1)
+    assert bool((flipped ^ kept).all())
+    assert 0.45 < flipped.float().mean() < 0.55
+    assert torch.equal(BatchAugment(cfg, train=False)(images), _normalised(images, cfg))
+
+
+def test_batch_augment_refuses_what_it_cannot_augment():
+    from discover.data import BatchAugment
+
+    augment = BatchAugment(DataConfig(input_size=(1, 8, 8)))
+    with pytest.raises(
+        ValueError, match=r"expected a uint8 batch \(B, 1, 8, 8\), got torch.float32"
+    ):
+        augment(torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="got torch.uint8 \\(2, 3, 8, 8\\)"):
+        augment(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))

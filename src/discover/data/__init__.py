@@ -30,7 +30,7 @@ from .shapes import (
     ShapesConfig,
     ShapesWorld,
 )
-from .transforms import DataConfig, build_transforms, eval_transform
+from .transforms import BatchAugment, DataConfig, build_transforms, eval_transform
 
 __all__ = [
     "SPLITS",
@@ -56,6 +56,7 @@ __all__ = [
     "build_dataset",
     "DataConfig",
     "build_transforms",
+    "BatchAugment",
     "eval_transform",
     "PHOTOS",
     "load_photos",

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from discover._utils import atomic_path, read_json, resolve_device, write_atomic
 from discover.data.registry import build_dataset
-from discover.data.transforms import DataConfig, build_transforms
+from discover.data.transforms import BatchAugment, DataConfig, build_transforms
 from discover.nn.lwta import TemperatureSchedule, set_temperature
 from discover.nn.models import create_model, load_checkpoint, save_checkpoint
 from discover.training.recipes import Recipe, build_optimizer, build_scheduler, get_recipe
@@ -357,7 +357,8 @@ def _data_config(model: nn.Module, recipe: Recipe) -> DataConfig:
 
 
 def _train_transform(config: DataConfig, recipe: Recipe):
-    transform = build_transforms(config, train=True)
+    """The per-image part (up to the ``uint8`` image); :class:`BatchAugment` does the rest."""
+    transform = build_transforms(config, train=True, batch_augment=True)
     if recipe.augment == "randaugment":
         from torchvision.transforms import v2
 
@@ -431,14 +432,20 @@ def _unwrap(model: nn.Module) -> nn.Module:
 # -- evaluation during training -------------------------------------------------------------
 @torch.no_grad()
 def _validate(
-    model: nn.Module, loader: DataLoader, device: torch.device, samples: int, amp: bool, ctx: _Dist
+    model: nn.Module,
+    loader: DataLoader,
+    finish: BatchAugment,
+    device: torch.device,
+    samples: int,
+    amp: bool,
+    ctx: _Dist,
 ) -> dict[str, float]:
     from discover.nn.lwta import average_logits
 
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
     for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
+        images, labels = finish(images.to(device)), labels.to(device)
         with torch.autocast(device.type, enabled=amp):
             logits = average_logits(model, images, samples=samples)
         totals += torch.tensor(
@@ -518,10 +525,16 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     )
     fit_set = _Transformed(train_set, fit_idx, _train_transform(data_config, recipe))
     val_set = (
-        _Transformed(train_set, val_idx, build_transforms(data_config, train=False))
+        _Transformed(
+            train_set, val_idx, build_transforms(data_config, train=False, batch_augment=True)
+        )
         if val_idx
         else None
     )
+    # crop, flip and normalisation on whole batches (per-image transforms cost about as much
+    # as a small network's training step on a CPU)
+    augment = BatchAugment(data_config, train=True)
+    finish = BatchAugment(data_config, train=False)
 
     model.to(device)
     if ctx.world > 1:
@@ -613,10 +626,8 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                 if not schedule.constant:  # a function of the step: resumes exactly
                     progress = (epoch * steps_per_epoch + step) / (recipe.epochs * steps_per_epoch)
                     set_temperature(model, schedule.at(progress))
-                images, labels = (
-                    images.to(device, non_blocking=True),
-                    labels.to(device, non_blocking=True),
-                )
+                images = augment(images.to(device, non_blocking=True))
+                labels = labels.to(device, non_blocking=True)
                 with torch.autocast(device.type, enabled=amp):
                     logits = model(images)
                     loss = loss_fn(logits, labels)
@@ -662,7 +673,9 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                 set_temperature(model, schedule.at(progress))
             record["temperature"] = _temperature(_unwrap(model))
             if val_loader is not None:
-                record.update(_validate(model, val_loader, device, config.eval_samples, amp, ctx))
+                record.update(
+                    _validate(model, val_loader, finish, device, config.eval_samples, amp, ctx)
+                )
             history.append(record)
             step = 0
             improved = record.get("val_top1", record["train_top1"]) > best

@@ -364,17 +364,17 @@ def peakedness(run: Path, images: int, device: str, seed: int) -> dict[str, floa
     from discover import load_run, lwta_layers
     from discover.data import build_dataset, build_transforms
 
-    model, config = load_run(run)
+    loaded = load_run(run)
+    model = loaded.model
     layers = {name: layer for name, layer in lwta_layers(model).items() if layer.U > 1}
     if not layers:
         return {}
-    cfg = config["train"]
     dataset = build_dataset(
-        cfg["dataset"],
+        loaded.dataset,
         "test",
-        root=cfg["data_root"],
-        transform=build_transforms(model.data_config, train=False),
-        **cfg["dataset_kwargs"],
+        root=loaded.train.data_root,
+        transform=build_transforms(loaded.data, train=False),
+        **loaded.train.dataset_kwargs,
     )
     loader = DataLoader(Subset(dataset, range(min(images, len(dataset)))), batch_size=256)
     sums = dict.fromkeys(layers, 0.0)

@@ -219,7 +219,7 @@ def describe_job(
 ) -> dict[str, Any]:
     """Final-layer protocol on ``fc`` and simulation score of ``layer3.0.act2``."""
     t0 = time.time()
-    model, _ = load_run(run)
+    model = load_run(run).model
     sentence = text_encoder("minilm")
     if dataset == "shapes":
         probe = shapes_probe(probe_n)

@@ -75,7 +75,7 @@ def run_arm(dataset: str, family: str, epochs: int, arm: dict, workdir: Path) ->
     for policy, samples in (("sample", 6), ("sample", 1), ("argmax", 1)):
         ev = evaluate_run(out, split="test", policy=policy, samples=samples, seed=0, limit=2000)
         record[f"{policy}{samples}"] = round(100 * ev.top1, 2)
-    net, _ = load_run(out)
+    net = load_run(out).model
     test = build_dataset(
         dataset, "test", transform=build_transforms(net.data_config, train=False), **data_kwargs
     )

@@ -370,7 +370,7 @@ def tiny_run(tmp_path_factory):
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("explain")
     run = train_tiny(root / "run", U=4).out
-    model, _ = discover.load_run(run)
+    model = discover.load_run(run).model
     probe = ShapesWorld(n=120, image_size=16, split="val")
     layers = [*lwta_layers(model), "fc"]
     discover.dissect(model, layers, probe, "shapes", AnnotationEmbedder(), progress=False).save(

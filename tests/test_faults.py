@@ -254,7 +254,7 @@ def test_explain_refuses_a_dissection_of_a_retrained_run(tmp_path, capsys):
     from discover.data import ShapesWorld
 
     run = _train(tmp_path / "run", seed=0)
-    model, _ = discover.load_run(run)
+    model = discover.load_run(run).model
     probe = ShapesWorld(n=40, image_size=16, split="val")
     layers = [*discover.lwta_layers(model), "fc"]
     folder = tmp_path / "dissection"
@@ -277,7 +277,7 @@ def test_explain_refuses_a_dissection_of_a_retrained_run(tmp_path, capsys):
     with pytest.warns(UserWarning, match="does not describe this model"):
         assert main([*argv, "--allow-stale-dissection"]) == 0
 
-    retrained, _ = discover.load_run(run)
+    retrained = discover.load_run(run).model
     with pytest.raises(StaleDissectionError, match="allow_mismatch=True"):
         discover.explain(retrained, [str(png)], Dissection.load(folder))
     with pytest.warns(UserWarning, match="weights differ"):

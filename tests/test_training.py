@@ -325,7 +325,7 @@ def test_annealed_temperature_trains_saves_reloads_and_reaches_its_final_value(
     tmp_path, monkeypatch
 ):
     from discover.nn.lwta import lwta_layers
-    from discover.training.trainer import load_run
+    from discover.training.runs import load_run
 
     anneal = dict(U=4, temperature=1.0, temperature_final=0.05, temperature_anneal=0.5, epochs=3)
     result = train(_config(tmp_path, "annealed", **anneal), progress=False)
@@ -339,7 +339,10 @@ def test_annealed_temperature_trains_saves_reloads_and_reaches_its_final_value(
     }
     temperatures = [record["temperature"] for record in result.history]
     assert temperatures[0] < 1.0 and temperatures[1:] == [pytest.approx(0.05)] * 2
-    model, _ = load_run(result.out, "last")
+    run = load_run(result.out, "last")
+    model = run.model
+    assert run.temperature == pytest.approx(0.05) and run.train.temperature_final == 0.05
+    assert [r["temperature"] for r in run.history] == temperatures
     layers = lwta_layers(model).values()
     assert layers and all(layer.temperature == pytest.approx(0.05) for layer in layers)
     # deterministic deployment: one winner per block, active fraction exactly 1/U

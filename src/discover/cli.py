@@ -490,10 +490,10 @@ def _dissect(args: argparse.Namespace) -> int:
     from discover.data.registry import build_dataset
     from discover.dissection.core import dissect
     from discover.dissection.embedders import cache_dir
-    from discover.training.trainer import load_run
+    from discover.training.runs import load_run
 
     if args.run:
-        model, _ = load_run(args.run, args.weights)
+        model = load_run(args.run, args.weights).model
     else:
         model = _build_model(args)
     probe = build_dataset(
@@ -585,9 +585,10 @@ def _explain(args: argparse.Namespace) -> int:
     from discover.explanation import explain, find_classifier, print_explanations, read_images
     from discover.nn.lwta import lwta_layers
     from discover.nn.models import activation_sites
-    from discover.training.trainer import load_run
+    from discover.training.runs import load_run
 
-    model, config = load_run(args.run, args.weights)
+    run = load_run(args.run, args.weights)
+    model = run.model
     folder = Path(args.dissection) if args.dissection else Path(args.run) / "dissection"
     if args.dissection is None and not (folder / "dissection.json").is_file():
         layers = list(lwta_layers(model)) or activation_sites(model)
@@ -596,7 +597,7 @@ def _explain(args: argparse.Namespace) -> int:
         raise FileNotFoundError(
             f"run {args.run} has no dissection (looked for {folder / 'dissection.json'}); "
             f"create one with `discover dissect --run {args.run} --layers {' '.join(layers)} "
-            f"--probe {config['train']['dataset']} --out {folder}` (choose --concepts and "
+            f"--probe {run.dataset} --out {folder}` (choose --concepts and "
             "--embedder for your data, see `discover dissect --help`), or pass --dissection DIR"
         )
     dissection = Dissection.load(folder)
@@ -612,7 +613,7 @@ def _explain(args: argparse.Namespace) -> int:
             policy=args.policy,
             threshold=args.threshold,
             top=args.top,
-            class_names=config["class_names"],
+            class_names=run.class_names,
             names=names,
             seed=args.seed,
             allow_mismatch=args.allow_stale_dissection,

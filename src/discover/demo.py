@@ -360,7 +360,7 @@ def run_demo(
     from discover.evaluation.classification import evaluate_run
     from discover.explanation import explain, explanations_to_json, find_classifier
     from discover.nn.lwta import lwta_layers
-    from discover.training.trainer import load_run
+    from discover.training.runs import load_run
 
     spec = get_demo_data(config.data)
     spec.check(config)
@@ -405,11 +405,12 @@ def run_demo(
             done()
 
         models: dict[str, nn.Module] = {}
-        run_configs: dict[str, dict[str, Any]] = {}
+        loaded: dict[str, Any] = {}
         evaluations: dict[str, Any] = {}
         for key, run in runs.items():
             done = step("evaluate")
-            models[key], run_configs[key] = load_run(run)
+            loaded[key] = load_run(run)
+            models[key] = loaded[key].model
             evaluations[key] = evaluate_run(
                 run,
                 split="test",
@@ -421,7 +422,7 @@ def run_demo(
             )
             _atomic_json(run / "eval-demo.json", evaluations[key].to_dict())
             done()
-        class_names = list(run_configs["cvn"]["class_names"])
+        class_names = loaded["cvn"].class_names
 
         # 2. dissect: hidden layers with the data set's concepts, the classifier with the
         #    class names (method.md §9)
@@ -519,7 +520,7 @@ def run_demo(
                 probe=probe,
                 accuracy={"top1": evaluations[key].top1, "top5": evaluations[key].top5},
                 sparsity={row.layer: row.fraction for row in evaluations[key].sparsity},
-                settings=_settings(config, run_configs[key], evaluations[key]),
+                settings=_settings(config, loaded[key], evaluations[key]),
                 description_scores=final_scores[key],
             )
             for key, model in models.items()
@@ -569,15 +570,15 @@ def _compact_scores(scores: Any, labels: list[str]) -> dict[str, Any]:
     return compact
 
 
-def _settings(config: DemoConfig, run: dict[str, Any], evaluation: Any) -> dict[str, Any]:
-    model = run["model"]
+def _settings(config: DemoConfig, run: Any, evaluation: Any) -> dict[str, Any]:
+    recipe = run.recipe
     return {
-        "model": model["name"],
-        "U": model["U"],
-        "model_kwargs": model["model_kwargs"],
-        "data set": run["train"]["dataset"],
+        "model": run.train.model,
+        "U": run.train.U,
+        "model_kwargs": run.train.model_kwargs,
+        "data set": run.dataset,
         "training images": config.train_images,
-        "recipe": f"{run['recipe']['name']} (lr {run['recipe']['lr']}, {run['recipe']['epochs']} epochs)",
+        "recipe": f"{recipe.name} (lr {recipe.lr}, {recipe.epochs} epochs)",
         "evaluation": f"policy {evaluation.policy}, {evaluation.samples} pass(es), "
         f"{evaluation.images} held-out images",
         "dissection": f"{config.similarity}, embedder {config.embedder}, "

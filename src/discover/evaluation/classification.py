@@ -145,16 +145,16 @@ def evaluate_run(
     """
     from discover.data.registry import build_dataset
     from discover.data.transforms import build_transforms
-    from discover.training.trainer import load_run
+    from discover.training.runs import load_run
 
-    model, config = load_run(run, weights)
-    train_cfg = config["train"]
+    loaded = load_run(run, weights)
+    model = loaded.model
     dataset = build_dataset(
-        train_cfg["dataset"],
+        loaded.train.dataset,
         split,
-        root=train_cfg["data_root"],
-        transform=build_transforms(model.data_config, train=False),
-        **train_cfg["dataset_kwargs"],
+        root=loaded.train.data_root,
+        transform=build_transforms(loaded.data, train=False),
+        **loaded.train.dataset_kwargs,
     )
     if limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
@@ -166,7 +166,7 @@ def evaluate_run(
         "run": str(run),
         "split": split,
         "weights": weights,
-        "model": config["model"],
-        "dataset": train_cfg["dataset"],
+        "model": loaded.info["model"],
+        "dataset": loaded.dataset,
     }
     return result

@@ -13,12 +13,12 @@ from .recipes import (
     get_recipe,
     register_recipe,
 )
+from .runs import Run, load_run
 from .trainer import (
     GlobalBatchSampler,
     NonFiniteLossError,
     TrainConfig,
     TrainResult,
-    load_run,
     train,
 )
 
@@ -33,6 +33,7 @@ __all__ = [
     "TrainResult",
     "train",
     "load_run",
+    "Run",
     "NonFiniteLossError",
     "GlobalBatchSampler",
 ]

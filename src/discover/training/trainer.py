@@ -50,7 +50,6 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "train",
-    "load_run",
     "NonFiniteLossError",
     "GlobalBatchSampler",
 ]
@@ -947,47 +946,3 @@ def _truncate_log(path: Path, records: int) -> None:
     if path.is_file():
         lines = path.read_text().splitlines()[:records]
         path.write_text("".join(line + "\n" for line in lines))
-
-
-def load_run(run: str | Path, weights: str = "best") -> tuple[nn.Module, dict[str, Any]]:
-    """The model of a training run directory (``best`` or ``last`` weights) and its config.
-
-    The model carries the run's preprocessing as ``model.data_config``.
-
-    Example:
-        >>> model, config = load_run("runs/shapes-u8")  # doctest: +SKIP
-        >>> config["class_names"][:2]  # doctest: +SKIP
-        ['circle', 'square']
-    """
-    run = Path(run)
-    config_file = run / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(
-            f"{run} is not a training run: {config_file} is missing "
-            "(create one with `discover train`)"
-        )
-    config = read_json(config_file, "run configuration")
-    weights_file = run / f"{weights}.safetensors"
-    if not weights_file.is_file():
-        raise FileNotFoundError(
-            f"run {run} is incomplete: no {weights!r} checkpoint yet ({weights_file} is "
-            "missing: its first epoch has not finished); continue it with "
-            f"`discover train --resume --out {run}` and the same options"
-        )
-    spec = config["model"]
-    # an annealed run's weights go with the temperature they were saved at
-    meta_file = run / f"{weights}.json"
-    meta = read_json(meta_file, "checkpoint metadata") if meta_file.is_file() else {}
-    temperature = meta.get("temperature")
-    model = create_model(
-        spec["name"],
-        U=spec["U"],
-        num_classes=spec["num_classes"],
-        checkpoint=weights_file,
-        tau=spec["tau"],
-        temperature=spec.get("temperature", 1.0) if temperature is None else temperature,
-        eval_policy=spec["eval_policy"],
-        **spec["model_kwargs"],
-    )
-    model.data_config = DataConfig.from_dict(config["data"])
-    return model, config

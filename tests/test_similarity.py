@@ -461,3 +461,24 @@ def test_column_norms_match_vector_norm():
     expected = torch.linalg.vector_norm(x, dim=0)
     for rows in (1, 7, 64, 1000):
         torch.testing.assert_close(sim._column_norms(x, rows=rows), expected)
+
+
+@pytest.mark.parametrize("top_k", [7, 16, 100])
+def test_soft_wpmi_kernel_matches_the_torch_code(top_k):
+    from discover.dissection import similarity_kernel
+
+    if not similarity_kernel.available():
+        pytest.skip("no C compiler: the similarity kernel cannot be built")
+    g = torch.Generator().manual_seed(top_k)
+    P = torch.rand(400, 700, generator=g)
+    Q = torch.randn(400, 37, generator=g)
+    fused = sim.soft_wpmi(P, Q, top_k=top_k, concept_chunk_size=300)
+    with similarity_kernel.enabled(False):
+        reference = sim.soft_wpmi(P, Q, top_k=top_k, concept_chunk_size=300)
+    assert torch.allclose(fused, reference, rtol=1e-5, atol=5e-4)  # sums of ~100 float32 logs
+    assert torch.equal(fused.argmax(dim=1), reference.argmax(dim=1))
+    # a tiny p_end makes the smallest terms small: groups of fewer terms, same answer
+    fused = sim.soft_wpmi(P, Q, top_k=top_k, p_start=0.999999, p_end=0.999)
+    with similarity_kernel.enabled(False):
+        reference = sim.soft_wpmi(P, Q, top_k=top_k, p_start=0.999999, p_end=0.999)
+    assert torch.allclose(fused, reference, rtol=1e-5, atol=5e-4)  # sums of ~100 float32 logs

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 __all__ = [
+    "C_FLAGS",
+    "load_c_library",
     "CacheWarning",
     "Registry",
     "csv_text",
@@ -458,3 +460,73 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self._entries)})"
+
+
+# -- C kernels ----------------------------------------------------------------------------------
+C_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC")
+
+
+def _cpu_flags() -> str:
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def load_c_library(package: str, source: str, what: str) -> Any:
+    """Compile ``package``'s C file ``source`` (e.g. ``"csrc/lwta.c"``) with the system C
+    compiler (``$CC``, default ``gcc``) into ``<cache root>/kernels/`` and load it with
+    :mod:`ctypes`; ``None`` without a compiler or when compilation fails (with a warning
+    naming ``what``). The shared object's name hashes the source, the flags, the compiler and
+    the CPU's feature flags, so a changed source or another machine never loads a stale build;
+    concurrent builders agree on the result (atomic rename).
+    """
+    import ctypes
+    import hashlib
+    import platform
+    import shutil
+    import subprocess
+    import tempfile
+    from importlib import resources
+
+    code = resources.files(package).joinpath(source).read_bytes()
+    compiler = os.environ.get("CC", "gcc")
+    if shutil.which(compiler) is None:
+        return None
+    try:
+        version = subprocess.run(
+            [compiler, "--version"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return None
+    parts = [code, " ".join(C_FLAGS).encode(), version.encode(), _cpu_flags().encode()]
+    key = hashlib.sha256(b"\0".join([*parts, platform.machine().encode()])).hexdigest()[:20]
+    stem = Path(source).stem
+    folder = cache_root() / "kernels"
+    target = folder / f"{stem}-{key}.so"
+    if not target.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            src = Path(tmp) / f"{stem}.c"
+            src.write_bytes(code)
+            built = Path(tmp) / target.name
+            result = subprocess.run(
+                [compiler, *C_FLAGS, "-shared", str(src), "-o", str(built), "-lm"],
+                capture_output=True,
+                text=True,
+            )
+            if result.returncode != 0:
+                warnings.warn(
+                    f"discover: could not compile the {what} ({compiler}); using the torch "
+                    f"code. Compiler output:\n{result.stderr[-2000:]}",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                return None
+            os.replace(built, target)
+    return ctypes.CDLL(str(target))

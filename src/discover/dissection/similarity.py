@@ -47,6 +47,7 @@ import torch
 from torch import Tensor
 
 from discover._utils import Registry
+from discover.dissection import similarity_kernel
 
 __all__ = [
     "SIMILARITIES",
@@ -406,23 +407,34 @@ def _pmi(
     share many): row normalisers ``logsumexp_m(a P[n, m])`` first, in cache-sized row
     blocks, then ``P~`` one concept chunk at a time in one reused buffer. WPMI sums
     ``log(P~ + min_prob)`` over each unit's images with one ``embedding_bag``. Soft WPMI's
-    terms depend on the rank ``j`` through ``inclusion`` (its ``p_j``; ``None`` for WPMI), so
-    they are gathered per unit chunk; a few terms are multiplied before each log (see
-    :func:`_product_group`). The prior of a concept chunk is taken as soon as its ``L`` is
+    terms depend on the rank ``j`` through ``inclusion`` (its ``p_j``; ``None`` for WPMI): on a
+    CPU in float32 the C kernel (:mod:`discover.dissection.similarity_kernel`) sums them in
+    one pass per unit, otherwise they are gathered per unit chunk; either way a few terms are
+    multiplied before each log, in the same groups (see :func:`_product_group`). The prior of a concept chunk is taken as soon as its ``L`` is
     complete.
     """
     (_, M), K = P.shape, Q.shape[1]
     top = torch.cat([_top_images(Q[:, ks], top_k)[1] for ks in _slices(K, chunk_size)])
     rows, local = torch.unique(top, return_inverse=True)  # local: [K, top_k] into rows
     lse = _row_logsumexp(P, rows, a, dtype).unsqueeze(1)
+    fused = (
+        inclusion is not None
+        and dtype == torch.float32
+        and P.device.type == "cpu"
+        and similarity_kernel.available()
+    )
     if inclusion is not None:
-        concept_chunk_size = min(concept_chunk_size, _SOFT_CONCEPT_BLOCK)
         group = _product_group(inclusion, min_prob, dtype)
         pad = -top_k % group  # padded terms are 0 * x + 1 = 1
         scale = torch.nn.functional.pad(inclusion.view(top_k, 1), (0, 0, 0, pad))
         shift = torch.nn.functional.pad(
             (1.0 - inclusion + min_prob).view(top_k, 1), (0, 0, 0, pad), value=1.0
         )
+    if fused:  # the kernel takes the unpadded ranks and forms the same groups
+        local_k = local.contiguous()
+        scale_k, shift_k = scale[:top_k, 0].contiguous(), shift[:top_k, 0].contiguous()
+    elif inclusion is not None:
+        concept_chunk_size = min(concept_chunk_size, _SOFT_CONCEPT_BLOCK)
         local = torch.nn.functional.pad(local, (0, pad))
         size = min(K, chunk_size) * (top_k + pad) * min(M, concept_chunk_size)
         scratch = torch.empty(size, dtype=dtype, device=P.device)  # gathered terms
@@ -435,6 +447,9 @@ def _pmi(
         prob.mul_(a).sub_(lse).exp_()  # P~ on the union rows
         if inclusion is None:
             L = torch.nn.functional.embedding_bag(local, prob.add_(min_prob).log_(), mode="sum")
+        elif fused:  # one pass per unit over its rows, products and logs in registers
+            L = torch.empty(K, mc, dtype=dtype, device=P.device)
+            similarity_kernel.soft_wpmi_sums(prob, local_k, scale_k, shift_k, group, L)
         else:
             L = torch.empty(K, mc, dtype=dtype, device=P.device)
             for ks in _slices(K, chunk_size):

@@ -15,85 +15,26 @@ the element's index) seeded by one 63-bit draw from torch's default generator pe
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 import warnings
-from importlib import resources
-from pathlib import Path
 
 import torch
 
-from discover._utils import cache_root
+from discover._utils import load_c_library
 
 __all__ = ["available", "backward", "enabled", "forward", "gumbel_of", "supports"]
 
-_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC"]
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
 _TRIED = False
 _ENABLED = True
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def _build() -> ctypes.CDLL | None:
-    source = resources.files("discover.nn").joinpath("csrc/lwta.c").read_bytes()
-    compiler = os.environ.get("CC", "gcc")
-    if shutil.which(compiler) is None:
+    lib = load_c_library("discover.nn", "csrc/lwta.c", "fused LWTA kernel")
+    if lib is None:
         return None
-    try:
-        version = subprocess.run(
-            [compiler, "--version"], capture_output=True, text=True, check=True
-        ).stdout.splitlines()[0]
-    except (OSError, subprocess.CalledProcessError, IndexError):
-        return None
-    key = hashlib.sha256(
-        b"\0".join(
-            [
-                source,
-                " ".join(_FLAGS).encode(),
-                version.encode(),
-                _cpu_flags().encode(),
-                platform.machine().encode(),
-            ]
-        )
-    ).hexdigest()[:20]
-    folder = cache_root() / "kernels"
-    target = folder / f"lwta-{key}.so"
-    if not target.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder) as tmp:
-            src = Path(tmp) / "lwta.c"
-            src.write_bytes(source)
-            built = Path(tmp) / target.name
-            result = subprocess.run(
-                [compiler, *_FLAGS, "-shared", str(src), "-o", str(built), "-lm"],
-                capture_output=True,
-                text=True,
-            )
-            if result.returncode != 0:
-                warnings.warn(
-                    f"discover: could not compile the fused LWTA kernel ({compiler}); using "
-                    f"the unfused torch code. Compiler output:\n{result.stderr[-2000:]}",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                return None
-            os.replace(built, target)  # atomic: concurrent builders agree on the result
-    lib = ctypes.CDLL(str(target))
     i64, f32, ptr, c_int = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int
     lib.lwta_forward.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, f32, f32, ctypes.c_uint64]
     lib.lwta_forward.argtypes += [ptr, c_int]

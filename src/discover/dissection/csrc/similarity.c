@@ -1,0 +1,66 @@
+/* Soft-WPMI evidence sums (discover.dissection.similarity.soft_wpmi), float32.
+ *
+ * For every unit k and concept m of a concept chunk:
+ *
+ *     L[k, m] = sum_g log( prod_{j in group g} (scale[j] * prob[local[k, j], m] + shift[j]) )
+ *
+ * where the groups are consecutive runs of `group` ranks j (the last one may be shorter):
+ * the same grouping as the torch code, so a product of at most `group` terms never leaves
+ * the normal float range (see _product_group). `prob` is the softmax of the concept chunk on
+ * the union of the units' top images, row-major with `width` columns; `local[k, j]` is the
+ * row of unit k's j-th top image. Tiles of TILE concepts are split over OpenMP threads;
+ * each thread packs its tile's columns of all rows into one contiguous buffer (it stays in
+ * L2), then every unit makes one pass over its top_k rows there, products and logs in
+ * registers. Lanes past the last concept compute on stale values and are never written.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TILE 64 /* concepts per tile: the packed tile (R x 256 bytes) stays in L2 */
+
+void soft_wpmi_sums(const float *prob, int64_t width, const int64_t *local, int64_t units,
+                    int64_t top_k, const float *scale, const float *shift, int64_t group,
+                    int64_t rows_total, float *out, int64_t out_stride, int threads) {
+    const int64_t tiles = (width + TILE - 1) / TILE;
+#pragma omp parallel num_threads(threads)
+    {
+        float *packed = (float *)malloc((size_t)rows_total * TILE * sizeof(float));
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tiles; t++) {
+            const int64_t m0 = t * TILE;
+            const int64_t n = width - m0 < TILE ? width - m0 : TILE;
+            /* the tile's columns of every row, contiguous (without memory: strided reads) */
+            const float *base = packed ? packed : prob + m0;
+            const int64_t stride = packed ? TILE : width, lanes = packed ? TILE : n;
+            if (packed)
+                for (int64_t r = 0; r < rows_total; r++)
+                    memcpy(packed + r * TILE, prob + r * width + m0, (size_t)n * sizeof(float));
+            for (int64_t k = 0; k < units; k++) {
+                const int64_t *rows = local + k * top_k;
+                float acc[TILE], sum[TILE];
+                for (int64_t i = 0; i < lanes; i++) {
+                    acc[i] = 1.0f;
+                    sum[i] = 0.0f;
+                }
+                for (int64_t j = 0; j < top_k; j++) {
+                    const float *x = base + rows[j] * stride;
+                    const float s = scale[j], c = shift[j];
+#pragma omp simd
+                    for (int64_t i = 0; i < lanes; i++) acc[i] *= s * x[i] + c;
+                    if ((j + 1) % group == 0 || j + 1 == top_k) {
+#pragma omp simd
+                        for (int64_t i = 0; i < lanes; i++) {
+                            sum[i] += logf(acc[i]);
+                            acc[i] = 1.0f;
+                        }
+                    }
+                }
+                float *row_out = out + k * out_stride + m0;
+                for (int64_t i = 0; i < n; i++) row_out[i] = sum[i];
+            }
+        }
+        free(packed);
+    }
+}

@@ -1,0 +1,118 @@
+"""The C kernel behind :func:`discover.dissection.similarity.soft_wpmi` (float32, CPU).
+
+``csrc/similarity.c`` is compiled on first use with the system C compiler into the cache
+root (see :func:`discover._utils.load_c_library`) and loaded with :mod:`ctypes`. Without a
+compiler, or with ``DISCOVER_SIMILARITY_KERNEL=0``, :func:`available` is false and the
+similarity functions use their torch code, which computes the same sums.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import warnings
+
+import torch
+
+from discover._utils import load_c_library
+
+__all__ = ["available", "enabled", "soft_wpmi_sums"]
+
+_LOCK = threading.Lock()
+_LIB: ctypes.CDLL | None = None
+_TRIED = False
+_ENABLED = True
+
+
+def _library() -> ctypes.CDLL | None:
+    global _LIB, _TRIED
+    if not _TRIED:
+        with _LOCK:
+            if not _TRIED:
+                if os.environ.get("DISCOVER_SIMILARITY_KERNEL", "1") != "0":
+                    try:
+                        _LIB = load_c_library(
+                            "discover.dissection", "csrc/similarity.c", "similarity kernel"
+                        )
+                    except OSError as error:  # unwritable cache, unloadable object
+                        warnings.warn(
+                            f"discover: similarity kernel unavailable ({error}); using torch",
+                            RuntimeWarning,
+                            stacklevel=3,
+                        )
+                if _LIB is not None:
+                    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+                    _LIB.soft_wpmi_sums.argtypes = [ptr, i64, ptr, i64, i64, ptr, ptr, i64]
+                    _LIB.soft_wpmi_sums.argtypes += [i64, ptr, i64, ctypes.c_int]
+                    _LIB.soft_wpmi_sums.restype = None
+                _TRIED = True
+    return _LIB
+
+
+def available() -> bool:
+    """Whether the kernel is compiled, loaded and switched on."""
+    return _ENABLED and _library() is not None
+
+
+class enabled:  # noqa: N801  (used like torch.no_grad)
+    """Context manager that switches the kernel on or off (benchmarks, checks).
+
+    Example:
+        >>> with enabled(False):  # doctest: +SKIP
+        ...     S = soft_wpmi(P, Q)  # the torch code
+    """
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+
+    def __enter__(self) -> None:
+        global _ENABLED
+        self.previous, _ENABLED = _ENABLED, self.on
+
+    def __exit__(self, *exc: object) -> None:
+        global _ENABLED
+        _ENABLED = self.previous
+
+
+def soft_wpmi_sums(
+    prob: torch.Tensor,
+    local: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    group: int,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """``out[k, m] = sum_g log(prod_{j in g} (scale[j] prob[local[k, j], m] + shift[j]))``
+    over consecutive groups of ``group`` ranks; ``prob`` ``[R, W]`` float32 contiguous,
+    ``local`` ``[K, top_k]`` int64, ``out`` ``[K, W]`` float32 with unit row stride."""
+    lib = _library()
+    if lib is None or not _ENABLED:
+        raise RuntimeError("the similarity kernel is not available")
+    K, top_k = local.shape
+    if not (
+        prob.dtype == scale.dtype == shift.dtype == out.dtype == torch.float32
+        and local.dtype == torch.int64
+        and prob.is_contiguous()
+        and local.is_contiguous()
+        and out.stride(1) == 1
+        and out.shape == (K, prob.shape[1])
+        and scale.numel() == shift.numel() == top_k
+    ):
+        raise ValueError("soft_wpmi_sums: unexpected dtypes, shapes or strides")
+    scale, shift = scale.contiguous(), shift.contiguous()
+    lib.soft_wpmi_sums(
+        prob.data_ptr(),
+        prob.shape[1],
+        local.data_ptr(),
+        K,
+        top_k,
+        scale.data_ptr(),
+        shift.data_ptr(),
+        int(group),
+        prob.shape[0],
+        out.data_ptr(),
+        out.stride(0),
+        torch.get_num_threads(),
+    )
+    return out

@@ -482,3 +482,20 @@ def test_soft_wpmi_kernel_matches_the_torch_code(top_k):
     with similarity_kernel.enabled(False):
         reference = sim.soft_wpmi(P, Q, top_k=top_k, p_start=0.999999, p_end=0.999)
     assert torch.allclose(fused, reference, rtol=1e-5, atol=5e-4)  # sums of ~100 float32 logs
+
+
+def test_cos3_kernel_matches_the_torch_code():
+    from discover.dissection import similarity_kernel
+
+    if not similarity_kernel.available():
+        pytest.skip("no C compiler: the similarity kernel cannot be built")
+    g = torch.Generator().manual_seed(3)
+    P = torch.rand(500, 900, generator=g) ** 3
+    P[:, 7] = 0.25  # a constant concept column
+    Q = torch.randn(500, 40, generator=g)
+    fused = sim.cos3(P, Q, concept_chunk_size=256, chunk_size=16)
+    with similarity_kernel.enabled(False):
+        reference = sim.cos3(P, Q, concept_chunk_size=256, chunk_size=16)
+    assert torch.allclose(fused, reference, atol=1e-6)
+    assert torch.equal(fused.argmax(dim=1), reference.argmax(dim=1))
+    assert torch.all(fused[:, 7] == 0)

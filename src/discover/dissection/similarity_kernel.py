@@ -17,7 +17,7 @@ import torch
 
 from discover._utils import load_c_library
 
-__all__ = ["available", "enabled", "soft_wpmi_sums"]
+__all__ = ["available", "centred_cubes", "enabled", "soft_wpmi_sums"]
 
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
@@ -46,6 +46,8 @@ def _library() -> ctypes.CDLL | None:
                     _LIB.soft_wpmi_sums.argtypes = [ptr, i64, ptr, i64, i64, ptr, ptr, i64]
                     _LIB.soft_wpmi_sums.argtypes += [i64, ptr, i64, ctypes.c_int]
                     _LIB.soft_wpmi_sums.restype = None
+                    _LIB.centred_cubes.argtypes = [ptr, i64, i64, i64, ptr, ptr, ctypes.c_int]
+                    _LIB.centred_cubes.restype = None
                 _TRIED = True
     return _LIB
 
@@ -116,3 +118,32 @@ def soft_wpmi_sums(
         torch.get_num_threads(),
     )
     return out
+
+
+def centred_cubes(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = (x - x.mean(0))**3`` (float32, columns of ``x`` may be a strided slice of a
+    wider matrix, rows contiguous); returns the squared column norms of ``out``."""
+    lib = _library()
+    if lib is None or not _ENABLED:
+        raise RuntimeError("the similarity kernel is not available")
+    rows, cols = x.shape
+    if not (
+        x.dtype == out.dtype == torch.float32
+        and x.stride(1) == 1
+        and out.is_contiguous()
+        and out.shape == x.shape
+    ):
+        raise ValueError("centred_cubes: unexpected dtypes, shapes or strides")
+    sumsq = torch.empty(cols, dtype=torch.float32)
+    lib.centred_cubes(
+        x.data_ptr(),
+        rows,
+        cols,
+        x.stride(0),
+        out.data_ptr(),
+        sumsq.data_ptr(),
+        torch.get_num_threads(),
+    )
+    if cols and float(sumsq[0]) < 0:
+        raise MemoryError("centred_cubes: out of memory for the column sums")
+    return sumsq

@@ -64,3 +64,58 @@ void soft_wpmi_sums(const float *prob, int64_t width, const int64_t *local, int6
         free(packed);
     }
 }
+
+/* cos3's concept side: out = (x - mean over rows)^3 column-wise and sumsq = its squared
+ * column norms, in two passes over x (column means, then centre, cube and square), instead
+ * of the four of the torch code. x has `rows` rows of `cols` floats with row stride `ld`;
+ * out is rows x cols, contiguous. Threads split the rows (contiguous reads) and reduce
+ * their partial sums in double. */
+void centred_cubes(const float *x, int64_t rows, int64_t cols, int64_t ld, float *out,
+                   float *sumsq, int threads) {
+    double *mean = (double *)calloc((size_t)cols, sizeof(double));
+    double *total = (double *)calloc((size_t)cols, sizeof(double));
+    float *meanf = (float *)malloc((size_t)cols * sizeof(float));
+    if (!mean || !total || !meanf) {
+        free(mean);
+        free(total);
+        free(meanf);
+        for (int64_t i = 0; i < cols; i++) sumsq[i] = -1.0f; /* tells the caller: no memory */
+        return;
+    }
+#pragma omp parallel num_threads(threads)
+    {
+        double *part = (double *)calloc((size_t)cols, sizeof(double));
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            const float *row = x + r * ld;
+#pragma omp simd
+            for (int64_t i = 0; i < cols; i++) part[i] += row[i];
+        }
+#pragma omp critical
+        for (int64_t i = 0; i < cols; i++) mean[i] += part[i];
+#pragma omp barrier
+#pragma omp single
+        for (int64_t i = 0; i < cols; i++) meanf[i] = (float)(mean[i] / (double)rows);
+        /* implicit barrier after single */
+        for (int64_t i = 0; i < cols; i++) part[i] = 0.0;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            const float *row = x + r * ld;
+            float *dst = out + r * cols;
+#pragma omp simd
+            for (int64_t i = 0; i < cols; i++) {
+                const float d = row[i] - meanf[i];
+                const float c = d * d * d;
+                dst[i] = c;
+                part[i] += (double)c * (double)c;
+            }
+        }
+#pragma omp critical
+        for (int64_t i = 0; i < cols; i++) total[i] += part[i];
+        free(part);
+    }
+    for (int64_t i = 0; i < cols; i++) sumsq[i] = (float)total[i];
+    free(mean);
+    free(total);
+    free(meanf);
+}

@@ -499,3 +499,20 @@ def test_cos3_kernel_matches_the_torch_code():
     assert torch.allclose(fused, reference, atol=1e-6)
     assert torch.equal(fused.argmax(dim=1), reference.argmax(dim=1))
     assert torch.all(fused[:, 7] == 0)
+
+
+@pytest.mark.parametrize("p", [3.0, 2.0])
+def test_rank_reorder_kernel_matches_the_numpy_code(p):
+    from discover.dissection import similarity_kernel
+
+    if not similarity_kernel.available():
+        pytest.skip("no C compiler: the similarity kernel cannot be built")
+    g = torch.Generator().manual_seed(5)
+    P = torch.rand(600, 300, generator=g)
+    P[:, 3] = P[:, 3].round(decimals=1)  # ties in a concept column
+    Q = torch.randn(600, 24, generator=g)
+    fused = sim.rank_reorder(P, Q, p=p, chunk_size=5)
+    with similarity_kernel.enabled(False):
+        reference = sim.rank_reorder(P, Q, p=p, chunk_size=5)
+    assert torch.allclose(fused, reference, rtol=1e-5, atol=1e-6)
+    assert torch.equal(fused.argmax(dim=1), reference.argmax(dim=1))

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from discover._utils import Registry
+from discover._utils import Registry, check_options
 from discover.dissection import similarity_kernel
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "SimilarityFn",
     "register_similarity",
     "get_similarity",
+    "nest_similarity_params",
     "cos",
     "cos3",
     "wpmi",
@@ -103,6 +104,42 @@ def get_similarity(name: str) -> SimilarityFn:
         'cos3'
     """
     return SIMILARITIES.get(name)
+
+
+def nest_similarity_params(options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Options for several similarity functions, one flat mapping of ``SIMILARITY.OPTION``
+    keys, grouped by similarity as ``similarity_params`` expects them (e.g.
+    :class:`~discover.evaluation.planted.PlantedConfig`), and checked against each
+    function's signature before anything runs.
+
+    Raises:
+        ValueError: naming ``similarity_params``: a key that is not ``SIMILARITY.OPTION``, an
+            unknown similarity, an option the function does not take, or a value of the
+            wrong type.
+
+    Example:
+        >>> nest_similarity_params({"soft_wpmi.top_k": 50, "cos3.min_norm": 1e-6})
+        {'soft_wpmi': {'top_k': 50}, 'cos3': {'min_norm': 1e-06}}
+        >>> nest_similarity_params({"top_k": 50})
+        Traceback (most recent call last):
+        ValueError: similarity_params: expected SIMILARITY.OPTION keys (e.g. soft_wpmi.top_k), got 'top_k'
+    """
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in options.items():
+        name, dot, option = str(key).partition(".")
+        if not (name and dot and option):
+            raise ValueError(
+                "similarity_params: expected SIMILARITY.OPTION keys (e.g. soft_wpmi.top_k), "
+                f"got {key!r}"
+            )
+        nested.setdefault(name, {})[option] = value
+    for name, params in nested.items():
+        try:
+            fn = get_similarity(name)
+        except ValueError as error:
+            raise ValueError(f"similarity_params: {error}") from None
+        check_options(fn, params, f"similarity_params: similarity {name!r}")
+    return nested
 
 
 # --------------------------------------------------------------------------- helpers
@@ -691,6 +728,26 @@ def _reorder_errors(
     size = mc * min(chunk_size, K) * n
     scratch = threading.local()  # per-thread buffers: fresh pages cost more than the work
 
+    fused = (
+        not wide
+        and acts_np.dtype == np.float32
+        and R.dtype == np.int32
+        and similarity_kernel.available()
+    )
+    if fused:  # the C kernel builds the keys and computes the errors in one pass each
+        acts_c = np.ascontiguousarray(acts_np)
+        top_c = np.ascontiguousarray(top_np, dtype=np.int32)  # < N < 2**31 (not wide)
+        R_c = np.ascontiguousarray(R)
+
+    def fused_chunk(ks: slice) -> None:
+        if not hasattr(scratch, "keys"):
+            scratch.keys = np.empty(size, dtype=np.int32)
+        kc = ks.stop - ks.start
+        keys = scratch.keys[: mc * kc * n].reshape(mc, kc, n)
+        similarity_kernel.reorder_keys(R_c, top_c[ks], local_bits, keys)
+        keys.sort(axis=-1)
+        similarity_kernel.reorder_errors(keys, local_bits, acts_c[ks], asc_np[ks], p, out_np[ks])
+
     def unit_chunk(ks: slice) -> None:
         if not hasattr(scratch, "keys"):
             scratch.keys = np.empty(size, dtype=key_dtype)
@@ -719,7 +776,7 @@ def _reorder_errors(
             np.power(moved, p, out=power)
         out_np[ks] = power.mean(axis=-1).T
 
-    list(pool.map(unit_chunk, _slices(K, chunk_size)))
+    list(pool.map(fused_chunk if fused else unit_chunk, _slices(K, chunk_size)))
     return torch.from_numpy(out_np)
 
 

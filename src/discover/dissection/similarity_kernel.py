@@ -17,7 +17,14 @@ import torch
 
 from discover._utils import load_c_library
 
-__all__ = ["available", "centred_cubes", "enabled", "soft_wpmi_sums"]
+__all__ = [
+    "available",
+    "centred_cubes",
+    "enabled",
+    "reorder_errors",
+    "reorder_keys",
+    "soft_wpmi_sums",
+]
 
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
@@ -48,6 +55,12 @@ def _library() -> ctypes.CDLL | None:
                     _LIB.soft_wpmi_sums.restype = None
                     _LIB.centred_cubes.argtypes = [ptr, i64, i64, i64, ptr, ptr, ctypes.c_int]
                     _LIB.centred_cubes.restype = None
+                    c_int, f32 = ctypes.c_int, ctypes.c_float
+                    _LIB.reorder_keys.argtypes = [ptr, i64, i64, ptr, i64, c_int, c_int, ptr]
+                    _LIB.reorder_keys.restype = None
+                    _LIB.reorder_errors.argtypes = [ptr, i64, i64, i64, c_int, ptr, ptr, f32]
+                    _LIB.reorder_errors.argtypes += [ptr, i64]
+                    _LIB.reorder_errors.restype = None
                 _TRIED = True
     return _LIB
 
@@ -147,3 +160,36 @@ def centred_cubes(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     if cols and float(sumsq[0]) < 0:
         raise MemoryError("centred_cubes: out of memory for the column sums")
     return sumsq
+
+
+def reorder_keys(ranks, top, bits: int, keys) -> None:
+    """``keys[m, k, j] = ranks[m, top[k, j]] << bits | j`` (numpy arrays: ``ranks`` int32
+    ``[mc, N]``, ``top`` int32 ``[kc, n]``, ``keys`` int32 ``[mc, kc, n]``, all C-ordered).
+    Releases the GIL (ctypes)."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the similarity kernel is not available")
+    (mc, N), (kc, n) = ranks.shape, top.shape
+    lib.reorder_keys(ranks.ctypes.data, N, mc, top.ctypes.data, kc, n, bits, keys.ctypes.data)
+
+
+def reorder_errors(keys, bits: int, acts, asc, p: float, out) -> None:
+    """``out[k, m] = mean_j |acts[k, keys[m, k, j] & mask] - asc[k, j]|^p`` with the sorted
+    ``keys`` (int32 ``[mc, kc, n]``), ``acts``/``asc`` float32 ``[kc, n]`` and ``out`` a
+    float32 ``[kc, mc']`` view with unit column stride. Releases the GIL (ctypes)."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the similarity kernel is not available")
+    mc, kc, n = keys.shape
+    lib.reorder_errors(
+        keys.ctypes.data,
+        mc,
+        kc,
+        n,
+        bits,
+        acts.ctypes.data,
+        asc.ctypes.data,
+        float(p),
+        out.ctypes.data,
+        out.strides[0] // out.itemsize,
+    )

@@ -119,3 +119,46 @@ void centred_cubes(const float *x, int64_t rows, int64_t cols, int64_t ld, float
     free(total);
     free(meanf);
 }
+
+/* rank_reorder, around numpy's sort of the packed keys (for a chunk of kc units and mc
+ * concepts; no threads of its own: it runs on the caller's pool threads, GIL released).
+ *
+ * reorder_keys:   keys[m, k, j] = (R[m, top[k, j]] << bits) | j   (one pass)
+ * reorder_errors: out[k, m] = mean_j |acts[k, keys[m, k, j] & mask] - asc[k, j]|^p
+ *                 (after the keys are sorted; one pass, instead of seven numpy passes)
+ */
+void reorder_keys(const int32_t *R, int64_t N, int64_t mc, const int32_t *top, int64_t kc,
+                  int32_t n, int bits, int32_t *keys) {
+    for (int64_t m = 0; m < mc; m++) {
+        const int32_t *r = R + m * N;
+        for (int64_t k = 0; k < kc; k++) {
+            const int32_t *t = top + k * n;
+            int32_t *dst = keys + (m * kc + k) * n;
+#pragma omp simd
+            for (int32_t j = 0; j < n; j++) dst[j] = (r[t[j]] << bits) | j;
+        }
+    }
+}
+
+void reorder_errors(const int32_t *keys, int64_t mc, int64_t kc, int64_t n, int bits,
+                    const float *acts, const float *asc, float p, float *out,
+                    int64_t out_stride) {
+    const int32_t mask = (int32_t)((1u << bits) - 1u);
+    for (int64_t m = 0; m < mc; m++) {
+        for (int64_t k = 0; k < kc; k++) {
+            const int32_t *key = keys + (m * kc + k) * n;
+            const float *a = acts + k * n, *s = asc + k * n;
+            double total = 0.0;
+            if (p == 3.0f) {
+                for (int64_t j = 0; j < n; j++) {
+                    const float d = fabsf(a[key[j] & mask] - s[j]);
+                    total += (double)(d * d * d);
+                }
+            } else {
+                for (int64_t j = 0; j < n; j++)
+                    total += (double)powf(fabsf(a[key[j] & mask] - s[j]), p);
+            }
+            out[k * out_stride + m] = (float)(total / (double)n);
+        }
+    }
+}

@@ -15,6 +15,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .dissection import (
+    SAE,
     SIMILARITIES,
     ConceptSet,
     Dissection,
@@ -26,6 +27,7 @@ from .dissection import (
     record,
     register_embedder,
     register_similarity,
+    train_sae,
 )
 from .evaluation import evaluate, evaluate_descriptions, evaluate_run, simulation_score
 from .explanation import Explanation, explain
@@ -99,6 +101,8 @@ __all__ = [
     "write_report",
     "SIMILARITIES",
     "register_similarity",
+    "SAE",
+    "train_sae",
     "TrainConfig",
     "load_run",
     "train",

@@ -1,5 +1,6 @@
 """Stages 2-4: recording activations (Q), concept sets and embedders (P), similarity
-functions and :func:`dissect`, which saves a :class:`Dissection`.
+functions and :func:`dissect`, which saves a :class:`Dissection`; sparse autoencoders on
+recorded activations (:func:`train_sae`), whose latents :func:`dissect` can label.
 
 Imports :mod:`discover.nn` and :mod:`discover.data`.
 """
@@ -55,6 +56,15 @@ from .recording import (
     pool_mask,
     record,
     resolve_layers,
+)
+from .sae import (
+    SAE,
+    SITES,
+    Replacement,
+    SAEConfig,
+    record_latents,
+    sae_replacement_accuracy,
+    train_sae,
 )
 from .similarity import (
     DEFAULT_SIMILARITY,
@@ -126,4 +136,11 @@ __all__ = [
     "concept_matrix",
     "dissect",
     "model_view",
+    "SAE",
+    "SAEConfig",
+    "SITES",
+    "Replacement",
+    "train_sae",
+    "record_latents",
+    "sae_replacement_accuracy",
 ]

@@ -20,6 +20,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from discover.dissection.recording import (
     record,
     resolve_layers,
 )
+from discover.dissection.sae import SAE, as_sae, record_latents
 from discover.dissection.similarity import DEFAULT_SIMILARITY, get_similarity
 from discover.nn.lwta import LWTA
 from discover.nn.models import count_parameters
@@ -610,6 +612,7 @@ def dissect(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     keep_scores: bool = False,
+    sae: SAE | str | Path | None = None,
 ) -> Dissection:
     """Describe every unit of ``layers`` with a concept (CLIP-Dissect, method.md §6-7).
 
@@ -632,6 +635,9 @@ def dissect(
             list) as :attr:`Dissection.scores` / :attr:`Dissection.concepts`; ``save`` then
             writes ``scores.safetensors``. Needed for exact ranks in
             :func:`discover.evaluation.descriptions.evaluate_descriptions`.
+        sae: a :class:`~discover.dissection.sae.SAE` of the one layer in ``layers`` (or
+            its folder): its latents are the units, one label per latent
+            (:func:`~discover.dissection.sae.record_latents`); ``meta["sae"]`` records it.
 
     Example:
         >>> from discover.data import ShapesWorld
@@ -648,6 +654,7 @@ def dissect(
     check_options(score_fn, dict(similarity_params or {}), f"similarity {similarity!r}")
     resolve_device(device)
     modules = resolve_layers(model, layers)
+    sae = as_sae(sae) if sae is not None else None
     cache = Path(cache_dir) if cache_dir is not None else None  # P and record expand "~"
     config = DissectConfig(
         layers=list(modules),
@@ -661,7 +668,7 @@ def dissect(
         batch_size=batch_size,
         top_k=top_k,
     )
-    recording = record(
+    recording = (record if sae is None else partial(record_latents, sae=sae))(
         model,
         list(modules),
         model_view(model, probe, transform),
@@ -712,8 +719,8 @@ def dissect(
                     label=top[0][0],
                     score=top[0][1],
                     top=top,
-                    block=unit // U if U else None,
-                    position=unit % U if U else None,
+                    block=unit // U if U and sae is None else None,
+                    position=unit % U if U and sae is None else None,
                     active_fraction=float(active[unit]) if active is not None else None,
                 )
             )
@@ -742,6 +749,7 @@ def dissect(
         "parameters": count_parameters(model),
         "model_sha256": recording.meta.get("model_sha256") or model_fingerprint(model),
         "seconds": time.time() - t0,
+        **({"sae": sae.provenance()} if sae is not None else {}),
     }
     return Dissection(
         units,

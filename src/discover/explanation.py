@@ -21,7 +21,11 @@ conv maps):
 * ``active_fraction`` is measured on the raw output before pooling: the fraction of
   (unit, position) entries that won (exactly ``1/U`` for LWTA), or that exceed the threshold;
 * winners are sorted by ``|activation|``, contributions by ``|contribution|``, both
-  descending, and ``top`` keeps the first ones (``active`` always counts all of them).
+  descending, and ``top`` keeps the first ones (``active`` always counts all of them);
+* the layer of a sparse autoencoder whose latents were dissected (``dissect(..., sae=)``) is
+  explained through its latents (kind ``sae``): a latent is active if it is nonzero after
+  pooling (:meth:`~discover.dissection.sae.SAE.image_latents`), ``active_fraction`` is the
+  share of nonzero (latent, position) entries (``k / latents`` per position).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +43,7 @@ import torch
 from torch import nn
 
 from discover._utils import write_atomic
-from discover.dissection.core import Dissection
+from discover.dissection.core import Dissection, StaleDissectionError
 from discover.dissection.recording import (
     default_input_size,
     pool,
@@ -46,6 +51,7 @@ from discover.dissection.recording import (
     resolve_layers,
     suggested_pooling,
 )
+from discover.dissection.sae import SAE, as_sae
 from discover.nn.lwta import LWTA, capture_winners, eval_policy, lwta_layers
 
 __all__ = [
@@ -88,7 +94,7 @@ class LayerExplanation:
     """The active units of one layer for one image."""
 
     layer: str
-    kind: str  # "lwta" or "dense"
+    kind: str  # "lwta", "dense" or "sae" (the latents of a dissected SAE)
     units: int
     active: int
     active_fraction: float
@@ -246,6 +252,8 @@ def _escape(text: str) -> str:
 def _layer_title(row: LayerExplanation) -> str:
     if row.kind == "lwta":
         what = f"{row.active} of {row.units} units won"
+    elif row.kind == "sae":
+        what = f"{row.active} of {row.units} SAE latents active"
     else:
         what = f"{row.active} of {row.units} units above |a| > {row.threshold:g}"
     shown = f", top {len(row.winners)} by |activation|" if len(row.winners) < row.active else ""
@@ -518,6 +526,7 @@ def explain(
     seed: int = 0,
     device: str | torch.device = "cpu",
     allow_mismatch: bool = False,
+    sae: SAE | str | os.PathLike | None = None,
 ) -> list[Explanation]:
     """Explain each image's prediction through the units that fired (one forward pass).
 
@@ -540,6 +549,8 @@ def explain(
         allow_mismatch: use a dissection that does not describe ``model`` (other weights,
             layers or ``U``, see :meth:`~discover.dissection.core.Dissection.check_model`) with a
             warning instead of refusing it.
+        sae: the SAE whose latents the dissection labels (default: the folder recorded in
+            the dissection, ``meta["sae"]``); its layer is explained through its latents.
 
     Returns:
         one :class:`Explanation` per image.
@@ -566,6 +577,7 @@ def explain(
         )
     if dissection is not None:
         dissection.check_model(model, allow_mismatch=allow_mismatch)
+    sae = _dissected_sae(dissection, sae, allow_mismatch)
     batch, names = _as_batch(model, images, names, transform)
     if targets is not None and len(targets) != len(batch):
         raise ValueError(f"explain: {len(targets)} targets for {len(batch)} images")
@@ -582,6 +594,8 @@ def explain(
     device = torch.device(device)
     was_training = model.training
     model.to(device).eval()
+    if sae is not None:
+        sae.to(device).eval()
     policy_ctx = eval_policy(model, policy) if lwta else contextlib.nullcontext()
     torch.manual_seed(seed)
     try:
@@ -621,13 +635,17 @@ def explain(
             )
         out = outputs[0].float()
         pooling = _pooling(dissection, name, out, model)
-        pooled = pool(out, pooling, name)
+        latents = sae is not None and name == sae.layer
+        pooled = sae.image_latents(out) if latents else pool(out, pooling, name)
         if name in index and len(index[name]) != pooled.shape[1]:
             raise ValueError(
                 f"explain: the dissection describes {len(index[name])} units of {name!r}, the "
                 f"model's output has {pooled.shape[1]}: was it made for another model?"
             )
-        if name in masks:
+        if latents:
+            active = pooled > 0
+            raw_active = sae.latent_map(out) > 0 if sae.config.sites == "positions" else active
+        elif name in masks:
             mask = masks[name]
             active = pool_mask(mask, pooling, name) > 0
             raw_active = mask
@@ -647,7 +665,8 @@ def explain(
         for name, module in modules.items():
             data = per_layer[name]
             kind = "lwta" if name in masks else "dense"
-            U = module.U if isinstance(module, LWTA) and module.U > 1 else None
+            kind = "sae" if sae is not None and name == sae.layer else kind
+            U = module.U if isinstance(module, LWTA) and module.U > 1 and kind != "sae" else None
             probe_q = dissection.activations.get(name) if dissection is not None else None
             winners = [
                 _winner(unit, float(data["pooled"][i, unit]), U, index.get(name), probe_q)
@@ -661,7 +680,7 @@ def explain(
                     units=int(data["pooled"].shape[1]),
                     active=len(winners),
                     active_fraction=float(data["fraction"][i]),
-                    threshold=None if kind == "lwta" else float(threshold),
+                    threshold=float(threshold) if kind == "dense" else None,
                     winners=winners[:top] if top is not None else winners,
                 )
             )
@@ -686,6 +705,35 @@ def explain(
             )
         )
     return explanations
+
+
+def _dissected_sae(
+    dissection: Dissection | None, sae: SAE | str | os.PathLike | None, allow_mismatch: bool
+) -> SAE | None:
+    """The SAE whose latents ``dissection`` labels: ``sae``, else the recorded folder."""
+    recorded = (dissection.meta.get("sae") or {}) if dissection is not None else {}
+    if sae is None and not recorded:
+        return None
+    if sae is None:
+        folder = recorded.get("folder")
+        if not folder or not (Path(folder) / "sae.json").is_file():
+            raise FileNotFoundError(
+                f"explain: the dissection labels the latents of an SAE of layer "
+                f"{recorded.get('layer')!r}, saved in {folder or 'no folder'}, which is not "
+                "there any more; pass sae= (the SAE folder)"
+            )
+        sae = folder
+    sae = as_sae(sae, "explain: sae")
+    if recorded.get("sha256") and recorded["sha256"] != sae.fingerprint():
+        message = (
+            f"explain: the SAE of {sae.layer!r} ({sae.folder or 'given'}) is not the one the "
+            "dissection labelled (other weights or settings); dissect it again with "
+            "`discover sae dissect --sae DIR ...`"
+        )
+        if not allow_mismatch:
+            raise StaleDissectionError(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return sae
 
 
 def _winner(

@@ -804,6 +804,159 @@ def _planted(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- discover sae ---------------------------------------------------------------------------
+def _sae_probe_arguments(parser: argparse.ArgumentParser, split: str) -> None:
+    parser.add_argument("--run", required=True, help="a training run directory (`discover train`)")
+    parser.add_argument("--weights", choices=["best", "last"], default="best")
+    parser.add_argument(
+        "--probe", default="shapes", help="probe data set: shapes, imagefolder, ..."
+    )
+    parser.add_argument("--probe-split", default=split)
+    parser.add_argument("--probe-root", help="folder of the probe data set, where it needs one")
+    parser.add_argument("--probe-arg", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--probe-limit", type=int, help="use the first N probe images")
+    parser.add_argument(
+        "--policy", choices=["argmax", "sample"], default="argmax", help="LWTA eval policy"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+
+
+def _sae_arguments(parser: argparse.ArgumentParser) -> None:
+    from discover.dissection.sae import SITES
+    from discover.dissection.similarity import DEFAULT_SIMILARITY, SIMILARITIES
+
+    actions = parser.add_subparsers(dest="sae_action", metavar="ACTION", required=True)
+    train = actions.add_parser(
+        "train",
+        help="train a TopK SAE on a layer's activations over a probe set",
+        description="train a TopK SAE on a layer's activations over a probe set (resumable)",
+    )
+    _sae_probe_arguments(train, "train")
+    train.add_argument("--layer", required=True, help="dotted layer name (see `discover layers`)")
+    train.add_argument("--k", type=int, required=True, help="latents kept per vector")
+    train.add_argument("--expansion", type=int, required=True, help="latents per input feature")
+    train.add_argument("--sites", choices=SITES, default="positions", help="what it trains on")
+    train.add_argument(
+        "--positions-per-image",
+        type=int,
+        default=16,
+        help="positions sampled per image with --sites positions (0: all)",
+    )
+    train.add_argument("--pooling", default="auto", help="the layer's pooling for dissection")
+    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--batch-size", type=int, default=256)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--aux-coef", type=float, default=1 / 32, help="AuxK weight (0: off)")
+    train.add_argument("--out", help="output folder (default RUN/sae/LAYER-kK-xE)")
+    train.add_argument("--resume", action="store_true", help="continue the training in --out")
+
+    dissect = actions.add_parser(
+        "dissect",
+        help="label every latent of a trained SAE with a concept",
+        description="label every latent of a trained SAE with a concept (its layer's dissection)",
+    )
+    _sae_probe_arguments(dissect, "val")
+    dissect.add_argument("--sae", required=True, help="SAE folder (`discover sae train`)")
+    dissect.add_argument("--concepts", default="20k", help="concept set name or file path")
+    dissect.add_argument(
+        "--embedder", default="conse", help="conse, annotations, open_clip:ARCH:WEIGHTS, hf:DIR"
+    )
+    dissect.add_argument(
+        "--similarity", default=DEFAULT_SIMILARITY, help=f"one of: {', '.join(SIMILARITIES)}"
+    )
+    dissect.add_argument("--similarity-arg", action="append", default=[], metavar="KEY=VALUE")
+    dissect.add_argument("--batch-size", type=int, default=64)
+    dissect.add_argument("--cache-dir", help="cache folder (default: $DISCOVER_CACHE)")
+    dissect.add_argument("--no-cache", action="store_true", help="switch the cache off")
+    dissect.add_argument("--keep-scores", action="store_true", help="also save the score matrix")
+    dissect.add_argument("--out", required=True, help="output directory")
+
+
+def _sae_probe(args: argparse.Namespace):
+    from discover.data.registry import build_dataset
+
+    probe = build_dataset(
+        args.probe,
+        args.probe_split,
+        root=args.probe_root,
+        **_key_values(args.probe_arg, "--probe-arg"),
+    )
+    if args.probe_limit is not None:
+        probe = torch.utils.data.Subset(probe, range(min(args.probe_limit, len(probe))))
+    return probe
+
+
+@command(
+    "sae",
+    arguments=_sae_arguments,
+    help="sparse autoencoders: `sae train` one on a layer, `sae dissect` its latents",
+)
+def _sae(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from discover.dissection.core import dissect
+    from discover.dissection.embedders import AnnotationEmbedder, cache_dir
+    from discover.dissection.sae import SAE, train_sae
+    from discover.training.runs import load_run
+
+    model = load_run(args.run, args.weights).model
+    if args.sae_action == "train":
+        out = args.out or Path(args.run) / "sae" / f"{args.layer}-k{args.k}-x{args.expansion}"
+        sae = train_sae(
+            model,
+            args.layer,
+            _sae_probe(args),
+            args.k,
+            args.expansion,
+            out=out,
+            sites=args.sites,
+            positions_per_image=args.positions_per_image or None,
+            pooling=args.pooling,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            aux_coef=args.aux_coef,
+            policy=args.policy,
+            seed=args.seed,
+            device=args.device,
+            resume=args.resume,
+        )
+        c, m = sae.config, sae.config.metrics
+        fve = "-" if m["fve"] is None else f"{m['fve']:.3f}"
+        print(
+            f"SAE of {c.layer}: {c.latents} latents ({c.expansion} x width {c.width}), k {c.k}, "
+            f"trained on {c.sites} ({c.training['rows_train']} vectors), pooling {c.pooling}; "
+            f"held-out variance explained {fve}, {m['dead_latents']} dead latents"
+        )
+        print(f"written: {out}")
+        return 0
+    sae = SAE.load(args.sae)
+    embedder = AnnotationEmbedder() if args.embedder == "annotations" else args.embedder
+    result = dissect(
+        model,
+        [sae.layer],
+        _sae_probe(args),
+        args.concepts,
+        embedder,
+        args.similarity,
+        similarity_params=_key_values(args.similarity_arg, "--similarity-arg"),
+        policy=args.policy,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
+        cache_dir=None if args.no_cache else (args.cache_dir or cache_dir()),
+        keep_scores=args.keep_scores,
+        sae=sae,
+    )
+    out = result.save(args.out)
+    labels = result.labels(sae.layer)
+    shown = ", ".join(labels[:8]) + (" ..." if len(labels) > 8 else "")
+    print(f"{sae.layer} SAE ({len(labels)} latents, k {sae.config.k}): {shown}")
+    print(f"written: {out / 'descriptions.csv'} and {out / 'dissection.json'}")
+    return 0
+
+
 # -- entry point -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -465,3 +465,39 @@ def test_ctrl_c_inside_a_forward_pass_resumes_exactly(tmp_path, monkeypatch):
         == json.loads((resumed.out / "best.json").read_text())["epoch"]
     )
     assert _strip(resumed.history) == _strip(full.history)
+
+
+def test_cvn_small_recipe_anneals_the_competition_temperature_by_default():
+    schedule = TrainConfig(recipe="cvn_small", U=4).temperature_schedule()
+    assert (schedule.start, schedule.final, schedule.anneal) == (1.0, 0.02, 0.75)
+    assert (
+        TrainConfig(recipe="cvn_small", temperature_final=0.1).temperature_schedule().final == 0.1
+    )
+    assert TrainConfig(recipe="deit_small").temperature_schedule().constant  # the reference
+
+
+def test_cvn_small_recipe_is_what_the_converged_accuracy_study_trains(monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # as when run as a script
+    spec = importlib.util.spec_from_file_location("accuracy_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "accuracy_bench", bench)  # for its dataclasses
+    spec.loader.exec_module(bench)
+    setting = bench.SETTINGS["converged"]
+    for family in ("resnet", "vit"):
+        arm = bench.Arm("fashion-mnist", family, 4, "anneal")
+        config = bench.train_config(arm, 0, setting, "cpu", Path("unused"))
+        studied = config.resolved_recipe()
+        recipe = get_recipe("cvn_small")
+        ignore = {"name", "description", "temperature_final"}
+        assert {k: v for k, v in studied.to_dict().items() if k not in ignore} == {
+            k: v for k, v in recipe.to_dict().items() if k not in ignore
+        }
+        assert (
+            config.temperature_schedule()
+            == TrainConfig(recipe="cvn_small", U=4).temperature_schedule()
+        )

@@ -86,7 +86,8 @@ class TrainConfig:
     augment: str | None = None
     tau: float = 1.67
     # Competition temperature T (winners ~ softmax(h/T)): from `temperature` to
-    # `temperature_final` over the first `temperature_anneal` of the steps (None: constant).
+    # `temperature_final` over the first `temperature_anneal` of the steps (None: the recipe's;
+    # constant T for the reference recipes, annealed to 0.02 for cvn_small).
     temperature: float = 1.0
     temperature_final: float | None = None
     temperature_anneal: float = 0.75
@@ -113,6 +114,7 @@ class TrainConfig:
             warmup_lr=self.warmup_lr,
             step_size=self.step_size,
             augment=self.augment,
+            temperature_final=self.temperature_final,
         )
 
     def validate(self) -> Recipe:
@@ -169,8 +171,10 @@ class TrainConfig:
         return recipe
 
     def temperature_schedule(self) -> TemperatureSchedule:
-        """The competition-temperature schedule of the run (constant unless annealed)."""
-        final = self.temperature if self.temperature_final is None else self.temperature_final
+        """The competition-temperature schedule of the run (constant unless annealed):
+        ``temperature_final`` when given, else the recipe's."""
+        final = self.resolved_recipe().temperature_final
+        final = self.temperature if final is None else final
         return TemperatureSchedule(
             start=self.temperature,
             final=final,
@@ -480,8 +484,8 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     final_out = Path(config.out).expanduser()
     if not config.resume and _holds_run(final_out) and not config.overwrite:
         raise ValueError(
-            f"{final_out} already holds a training run; continue it with resume=True "
-            "(--resume) or replace it with overwrite=True (--overwrite), or choose another out"
+            f"{final_out} already holds a training run; continue it with resume=True or "
+            "replace it with overwrite=True, or choose another out folder"
         )
     ctx = _init_distributed(device)
     amp = config.amp if config.amp is not None else device.type == "cuda"
@@ -725,7 +729,8 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         if ctx.main:
             print(
                 f"\ninterrupted: resumable checkpoint written to {state_dir} "
-                f"(epoch {epoch + 1}, step {step}); continue with --resume",
+                f"(epoch {epoch + 1}, step {step}); continue with resume=True "
+                "(`discover train --resume`)",
                 flush=True,
             )
         raise
@@ -889,8 +894,8 @@ def _load_state(
     trainer_file = out / "state" / "trainer.pt"
     if not trainer_file.is_file():
         raise FileNotFoundError(
-            f"--resume: no training state in {out} (looked for {trainer_file}); start the run "
-            "without --resume first"
+            f"resume=True: no training state in {out} (looked for {trainer_file}); start the "
+            "run without resume=True first"
         )
     saved_config = read_json(out / "config.json", "run configuration")
     differs = [
@@ -900,7 +905,8 @@ def _load_state(
     ]
     if differs:
         raise ValueError(
-            f"--resume: the configuration differs from the run in {out}: " + "; ".join(differs)
+            f"resume=True: the configuration differs from the run in {out}: "
+            + "; ".join(differs)
         )
     state = _load_tensors(trainer_file)
     if "model" in state:  # the weights of the resume point itself
@@ -921,9 +927,9 @@ def _load_state(
             state["step"],
         ):
             raise ValueError(
-                f"--resume: {rng_file} (epoch {rng.get('epoch')}, step {rng.get('step')}) does "
+                f"resume=True: {rng_file} (epoch {rng.get('epoch')}, step {rng.get('step')}) does "
                 f"not match {trainer_file} (epoch {state['epoch']}, step {state['step']}): the "
-                "run was stopped while saving; start it again with --overwrite"
+                "run was stopped while saving; start it again with overwrite=True"
             )
         _set_rng_state(rng)
         partial = rng["partial"]
@@ -938,7 +944,7 @@ def _load_tensors(path: Path) -> dict[str, Any]:
     except Exception as error:  # truncated, corrupted or not ours: name the file
         raise ValueError(
             f"cannot read the training state {path}: {type(error).__name__}: {error}. "
-            "The run cannot be resumed from it; start it again with --overwrite"
+            "The run cannot be resumed from it; start it again with overwrite=True"
         ) from None
 
 

@@ -179,7 +179,15 @@ def test_cli_sae_train_resume_and_dissect(run, tmp_path, capsys):
     )
     assert code == 0, capsys.readouterr().err
     assert len(Dissection.load(tmp_path / "d").labels(LAYER)) == 32
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), "red").save(tmp_path / "red.png")
     capsys.readouterr()
+    explained = ["explain", str(tmp_path / "red.png"), "--run", str(run), "--json"]
+    assert main([*explained, "--dissection", str(tmp_path / "d")]) == 0
+    [e] = json.loads(capsys.readouterr().out)
+    [row] = [r for r in e["layers"] if r["layer"] == LAYER]
+    assert row["kind"] == "sae" and row["units"] == 32 and row["winners"][0]["label"]
     bad = ["sae", "train", "--run", str(run), "--layer", "nope", "--k", "2", "--expansion", "2"]
     assert main([*bad, *probe, "--out", str(tmp_path / "bad")]) == 2
     assert "unknown layer 'nope'" in capsys.readouterr().err
@@ -227,3 +235,15 @@ def test_bad_arguments_name_the_parameter(model, probe):
         args = {"layer": LAYER, "k": 2, "expansion": 2, **kwargs}
         with pytest.raises(ValueError, match=message):
             train_sae(model, args.pop("layer"), probe, **args, **SMALL)
+
+
+def test_readme_sae_example_runs(tmp_path, monkeypatch, capsys):
+    from _helpers import readme_python_block, train_tiny_shapes
+
+    monkeypatch.chdir(tmp_path)
+    train_tiny_shapes("runs/shapes-u8", U=2, widths=[8, 16, 32], depths=[1, 1, 2])
+    code = readme_python_block("discover.train_sae(")
+    code = code.replace("n=2000", "n=40").replace("sae=sae)", "sae=sae, progress=False)")
+    exec(compile(code, "README.md[sae]", "exec"), {})
+    assert capsys.readouterr().out.split("\n")[-2] == str(8 * 32)
+    assert (tmp_path / "runs/shapes-u8/sae/layer3/sae.json").is_file()

@@ -34,7 +34,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(run):
-    return load_run(run).model
+    return load_run(run).model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +71,7 @@ def test_topk_sae_keeps_k_latents_and_unit_norm_decoder():
 
 def test_train_save_reload_metrics(trained, model):
     sae, out = trained
+    assert not model.training  # recording through the tap left the model's mode alone
     assert sorted(p.name for p in out.iterdir()) == [
         "sae.json",
         "sae.safetensors",

@@ -376,6 +376,7 @@ class _Tapped(nn.Module):
         self.model = model
         self.tap = tap
         self._target = (resolve_layers(model, [layer])[layer],)  # a tuple: not a submodule
+        self.training = model.training  # record restores this mode: the model keeps its own
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         def hook(_module, _inputs, output):

@@ -1,5 +1,5 @@
-"""Stage 5, measurement: classification accuracy, sparsity, description quality and
-planted-concept recovery.
+"""Stage 5, measurement: classification accuracy, sparsity, description quality,
+planted-concept recovery, ground-truth scores and similarity sanity tests.
 
 Imports the earlier stages, never :mod:`discover.report`.
 """
@@ -21,6 +21,22 @@ from .descriptions import (
     resolve_class_names,
     simulation_score,
     text_encoder,
+)
+from .groundtruth import (
+    MONOSEMANTIC_BAR,
+    SANITY_PASS_BAR,
+    GroundTruthReport,
+    LayerGroundTruth,
+    SanityConfig,
+    SanityResult,
+    UnitGroundTruth,
+    average_precision,
+    corrupt_labels,
+    groundtruth_dissection,
+    groundtruth_scores,
+    probe_split,
+    similarity_sanity,
+    threshold_metrics,
 )
 from .planted import (
     TRANSFERS,
@@ -62,4 +78,18 @@ __all__ = [
     "register_variant",
     "planted_neurons",
     "planted_recovery",
+    "MONOSEMANTIC_BAR",
+    "UnitGroundTruth",
+    "LayerGroundTruth",
+    "GroundTruthReport",
+    "probe_split",
+    "average_precision",
+    "threshold_metrics",
+    "groundtruth_scores",
+    "groundtruth_dissection",
+    "SANITY_PASS_BAR",
+    "SanityConfig",
+    "SanityResult",
+    "corrupt_labels",
+    "similarity_sanity",
 ]

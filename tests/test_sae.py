@@ -163,6 +163,15 @@ def test_dissect_and_explain_sae_latents(trained, model, tmp_path):
     assert row.winners and all(w.label and w.block is None for w in row.winners)
     assert "SAE latents active" in e.to_text()
 
+    # the report describes the latents as an SAE's, not as the layer's LWTA units
+    from discover.report import ReportSection, write_report
+
+    write_report(tmp_path / "r", [ReportSection("sae", None, loaded, probe)], progress=False)
+    (page,) = (tmp_path / "r").glob("*/*.html")
+    text = page.read_text()
+    assert f"{4 * WIDTH} latents of a TopK sparse autoencoder" in text
+    assert "k = 4 active per position" in text and "LWTA with U" not in text
+
 
 def test_cli_sae_train_resume_and_dissect(run, tmp_path, capsys):
     from discover.cli import main

@@ -556,10 +556,11 @@ class _Writer:
         dissection = section.dissection
         layers = list(dict.fromkeys(u.layer for u in dissection.units))
         activations = self._activations(section, layers)
-        lwta = {
+        sae = dissection.meta.get("sae") if isinstance(dissection.meta, dict) else None
+        lwta = {  # an SAE's latents are not LWTA units, whatever the layer under them is
             name: info["U"]
             for name in dissection.layers
-            if (info := dissection.layer_info(name)).get("U")
+            if (info := dissection.layer_info(name)).get("U") and not (sae and sae["layer"] == name)
         }
         layer_meta = dissection.meta.get("layers", {}) if isinstance(dissection.meta, dict) else {}
 
@@ -577,6 +578,7 @@ class _Writer:
                 page,
                 saved,
                 layer_meta.get(name, {}),
+                sae if sae and sae["layer"] == name else None,
             )
             layer_views.append(view)
 
@@ -687,6 +689,7 @@ class _Writer:
         page: str,
         saved: dict[int, str],
         layer_meta: dict[str, Any],
+        sae: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         cfg = self.config
         rows: list[UnitDescription] = section.dissection.layer(name)
@@ -735,6 +738,7 @@ class _Writer:
             "units": len(rows),
             "shown": len(cards),
             "U": U,
+            "sae": sae,
             "pooling": layer_meta.get("pooling"),
             "dead": int(dead[[u.unit for u in rows]].sum()),
             "mean_score": float(np.mean([_finite(u.score) for u in rows])),

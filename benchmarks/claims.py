@@ -246,6 +246,7 @@ def describe_job(
         SIMILARITY,
         policy=POLICY,
         seed=seed,
+        cache_dir=None,  # measured afresh (dissect caches under the cache root by default)
         progress=False,
         keep_scores=True,
     )

@@ -11,6 +11,19 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _dissection_cache(tmp_path_factory):
+    """dissect() caches under the cache root by default (cache_dir="auto"): the suite's
+    entries go to a temporary folder, not the user's cache (whose kernels and data sets the
+    tests still use)."""
+    import discover.dissection.core
+
+    root = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(discover.dissection.core, "cache_root", lambda: root)
+        yield root
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

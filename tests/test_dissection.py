@@ -333,3 +333,74 @@ def test_merge_joins_disjoint_layers_of_one_model(tmp_path):
     )
     with pytest.raises(ValueError, match="different models"):
         Dissection.merge(hidden, elsewhere)
+
+
+def test_dissect_caches_under_the_cache_root_by_default(tmp_path, monkeypatch):
+    import discover.dissection.core as core
+
+    monkeypatch.setattr(core, "cache_root", lambda: tmp_path / "root")
+    probe, table = _world(120)
+    model = Oracle([0, 1, 2, 3, 4, 5])
+    args = (model, ["fc"], probe, concept_set_from_lines(NAMES, name="toy"))
+    options = {"transform": nn.Identity(), "progress": False}
+    first = dissect(*args, AnnotationEmbedder(table, NAMES), **options)
+    assert first.meta["recording"]["cache"]["hit"] is False
+    assert list((tmp_path / "root" / "activations").iterdir())
+    again = dissect(*args, AnnotationEmbedder(table, NAMES), **options)
+    assert again.meta["recording"]["cache"]["hit"] is True
+    off = dissect(*args, AnnotationEmbedder(table, NAMES), cache_dir=None, **options)
+    assert "cache" not in off.meta["recording"]
+    with pytest.raises(ValueError, match=r"^similarity_params: similarity 'soft_wpmi': unknown"):
+        dissect(*args, AnnotationEmbedder(table, NAMES), similarity_params={"bogus": 1})
+
+
+def test_default_folders_of_a_run():
+    from pathlib import Path
+
+    from discover.dissection.core import default_dissection_dir
+    from discover.dissection.sae import default_sae_dir
+
+    assert default_dissection_dir("runs/u8") == Path("runs/u8/dissection")
+    assert default_sae_dir(Path("runs/u8"), "layer3.act", 8, 4) == Path(
+        "runs/u8/sae/layer3.act-k8-x4"
+    )
+
+
+def test_build_probe_takes_a_split_and_the_first_images():
+    from discover.data.registry import build_probe
+
+    probe = build_probe(n=40, image_size=16)
+    assert len(probe) == 40 and probe.split == "val"
+    first = build_probe("shapes", "test", limit=5, n=40, image_size=16)
+    assert len(first) == 5 and torch.equal(first[4][0], first.dataset[4][0])
+    assert len(build_probe(limit=100, n=40, image_size=16)) == 40
+    with pytest.raises(ValueError, match="limit must be an integer >= 1"):
+        build_probe(limit=0, n=40)
+    with pytest.raises(ValueError, match="rejected its options"):
+        build_probe(nonsense=1)
+
+
+def test_list_layers_filters_by_pattern():
+    from discover.dissection.recording import list_layers
+
+    model = Oracle([0, 1, 2, 3, 4, 5])
+    assert [i.name for i in list_layers(model, (1, 1, 6))] == ["fc", "act"]
+    assert [i.name for i in list_layers(model, (1, 1, 6), "a*")] == ["act"]
+
+
+def test_similarity_options_are_grouped_and_checked():
+    from discover.dissection.similarity import nest_similarity_params
+
+    assert nest_similarity_params({"soft_wpmi.top_k": 50, "cos3.min_norm": 0.1}) == {
+        "soft_wpmi": {"top_k": 50},
+        "cos3": {"min_norm": 0.1},
+    }
+    assert nest_similarity_params({}) == {}
+    for options, message in [
+        ({"top_k": 5}, "expected SIMILARITY.OPTION keys"),
+        ({"cosine.top_k": 5}, "unknown similarity 'cosine'"),
+        ({"soft_wpmi.bogus": 1}, "similarity 'soft_wpmi': unknown option 'bogus'"),
+        ({"soft_wpmi.top_k": "abc"}, "option top_k expects int"),
+    ]:
+        with pytest.raises(ValueError, match="^similarity_params: .*" + message):
+            nest_similarity_params(options)

@@ -17,7 +17,7 @@ from .photos import (
     load_photos,
     sample_photos,
 )
-from .registry import DATASETS, build_dataset, list_datasets, register_dataset
+from .registry import DATASETS, build_dataset, build_probe, list_datasets, register_dataset
 from .shapes import (
     COLOURS,
     FACTORS,
@@ -54,6 +54,7 @@ __all__ = [
     "register_dataset",
     "list_datasets",
     "build_dataset",
+    "build_probe",
     "DataConfig",
     "build_transforms",
     "BatchAugment",

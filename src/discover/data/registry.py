@@ -12,14 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from discover._utils import Registry
 from discover.data.fashion_mnist import FashionMNIST
 from discover.data.folders import RobustImageFolder, TorchvisionImages
 from discover.data.shapes import SPLITS, ShapesWorld
 
-__all__ = ["DATASETS", "register_dataset", "list_datasets", "build_dataset"]
+__all__ = ["DATASETS", "register_dataset", "list_datasets", "build_dataset", "build_probe"]
 
 DatasetBuilder = Callable[..., Dataset]
 DATASETS: Registry[DatasetBuilder] = Registry(
@@ -71,6 +71,33 @@ def build_dataset(
         return builder(split=split, root=root, transform=transform, **kwargs)
     except TypeError as error:  # an option the data set does not take, or of the wrong type
         raise ValueError(f"dataset {name!r} rejected its options {kwargs}: {error}") from None
+
+
+def build_probe(
+    name: str = "shapes",
+    split: str = "val",
+    root: str | Path | None = None,
+    *,
+    limit: int | None = None,
+    **kwargs: Any,
+) -> Dataset:
+    """A probe set for dissection: raw images (no transform) of one split of a registered
+    data set, never the training images by default.
+
+    Args:
+        name, split, root, kwargs: as for :func:`build_dataset`.
+        limit: keep only the first ``limit`` images (a ``Subset``, still fingerprinted by its
+            content for the caches).
+
+    Example:
+        >>> probe = build_probe("shapes", limit=50, n=200)
+        >>> len(probe)
+        50
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"build_probe: limit must be an integer >= 1, got {limit!r}")
+    probe = build_dataset(name, split, root=root, **kwargs)
+    return probe if limit is None else Subset(probe, range(min(limit, len(probe))))
 
 
 @register_dataset("shapes")

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from discover._utils import (
     atomic_path,
+    cache_root,
     cache_warning,
     check_options,
     resolve_device,
@@ -57,6 +58,7 @@ __all__ = [
     "DissectConfig",
     "StaleDissectionError",
     "concept_matrix",
+    "default_dissection_dir",
     "dissect",
     "model_view",
 ]
@@ -72,6 +74,7 @@ DISSECTION_FILES = (
     ACTIVATIONS_FILE,
     OLD_SCORES_FILE,
 )
+DISSECTION_DIR = "dissection"  # a training run's dissection: RUN/dissection
 # Results computed from a dissection and saved beside it: they go when it is replaced.
 _DERIVED_PREFIXES = ("description_scores", "simulation_scores-")
 
@@ -384,8 +387,7 @@ class Dissection:
             f"Redissect it: `discover dissect --run {run or 'RUN'} --layers "
             f"{' '.join(self.config.layers)} --out {self.folder or 'DIR'}` with the probe, "
             "--concepts and --embedder used before (see its dissection.json), or "
-            "discover.dissect(model, ...); --allow-stale-dissection (allow_mismatch=True) "
-            "uses it anyway"
+            "discover.dissect(model, ...); allow_mismatch=True uses it anyway"
         )
         if not allow_mismatch:
             raise StaleDissectionError(message)
@@ -417,7 +419,11 @@ def _read_tensors(
         problem = f"unreadable ({type(error).__name__}: {error})"
     if problem is None:
         return tensors, head
-    hint = "--keep-scores for exact ranks" if what == "score matrices" else "to recreate it"
+    hint = (
+        "keep_scores=True (`discover dissect --keep-scores`) for exact ranks"
+        if what == "score matrices"
+        else "to recreate it"
+    )
     warnings.warn(f"ignoring {path}: {problem}; redissect with {hint}", UserWarning, stacklevel=3)
     return None
 
@@ -432,11 +438,24 @@ def _read_old_scores(path: Path, stamp: str | None) -> tuple[dict[str, torch.Ten
     if problem is None:
         return dict(saved["scores"]), saved["concepts"]
     warnings.warn(
-        f"ignoring {path}: {problem} score matrices; redissect with --keep-scores for exact ranks",
+        f"ignoring {path}: {problem} score matrices; redissect with keep_scores=True "
+        "(`discover dissect --keep-scores`) for exact ranks",
         UserWarning,
         stacklevel=3,
     )
     return {}, None
+
+
+def default_dissection_dir(run: str | Path) -> Path:
+    """Where the dissection of a training run lives unless told otherwise: ``RUN/dissection``.
+
+    :func:`discover.explanation.explain_run` (``discover explain``) looks for it there.
+
+    Example:
+        >>> default_dissection_dir("runs/shapes-u8").as_posix()
+        'runs/shapes-u8/dissection'
+    """
+    return Path(run) / DISSECTION_DIR
 
 
 def _replaceable(out: Path) -> bool:
@@ -609,7 +628,7 @@ def dissect(
     top_k: int = 5,
     device: str = "cpu",
     transform: Callable | None = None,
-    cache_dir: str | Path | None = None,
+    cache_dir: str | Path | None = "auto",
     progress: bool = True,
     keep_scores: bool = False,
     sae: SAE | str | Path | None = None,
@@ -630,7 +649,9 @@ def dissect(
         top_k: runner-up concepts kept per unit.
         transform: the target model's preprocessing of a raw probe image (default: the
             model's evaluation transform, see :func:`model_view`).
-        cache_dir: content-keyed cache of activations and of ``P``; ``None`` switches it off.
+        cache_dir: content-keyed cache of activations and of ``P``: ``"auto"`` puts it under
+            :func:`discover._utils.cache_root` (``$DISCOVER_CACHE``, default
+            ``~/.cache/discover``), a folder puts it there, ``None`` switches it off.
         keep_scores: also keep every layer's full ``K x M`` score matrix (and the concept
             list) as :attr:`Dissection.scores` / :attr:`Dissection.concepts`; ``save`` then
             writes ``scores.safetensors``. Needed for exact ranks in
@@ -651,11 +672,15 @@ def dissect(
     emb = build_embedder(embedder)
     score_fn = get_similarity(similarity)
     # checked before the (long) recording, not after it
-    check_options(score_fn, dict(similarity_params or {}), f"similarity {similarity!r}")
+    check_options(
+        score_fn, dict(similarity_params or {}), f"similarity_params: similarity {similarity!r}"
+    )
     resolve_device(device)
     modules = resolve_layers(model, layers)
     sae = as_sae(sae) if sae is not None else None
-    cache = Path(cache_dir) if cache_dir is not None else None  # P and record expand "~"
+    # P and record expand "~"; only the string "auto" means the cache root
+    auto = isinstance(cache_dir, str) and cache_dir == "auto"
+    cache = cache_root() if auto else Path(cache_dir) if cache_dir is not None else None
     config = DissectConfig(
         layers=list(modules),
         concepts=concept_set.name,

@@ -81,10 +81,14 @@ def suggested_pooling(shape: tuple[int, ...] | None, model: nn.Module) -> str | 
     return POOLINGS[rank][0]
 
 
-def list_layers(model: nn.Module, input_size: Sequence[int] | None = None) -> list[LayerInfo]:
+def list_layers(
+    model: nn.Module, input_size: Sequence[int] | None = None, pattern: str = "*"
+) -> list[LayerInfo]:
     """Every named submodule with its output shape for one image of ``input_size`` (C, H, W).
 
-    ``input_size`` defaults to the model's ``cvn_config``/``pretrained_cfg`` input size.
+    ``input_size`` defaults to the model's ``cvn_config``/``pretrained_cfg`` input size;
+    ``pattern`` keeps the layers whose dotted name matches it (a glob, e.g.
+    ``blocks.*.mlp.act``).
 
     Example:
         >>> [str(info).split()[0] for info in list_layers(create_model("small_vit"))][:3]  # doctest: +SKIP
@@ -120,7 +124,7 @@ def list_layers(model: nn.Module, input_size: Sequence[int] | None = None) -> li
             module.U if isinstance(module, LWTA) else None,
         )
         for name, module in model.named_modules()
-        if name
+        if name and fnmatch.fnmatchcase(name, pattern)
     ]
 
 

@@ -73,6 +73,8 @@ __all__ = [
     "SAE",
     "Replacement",
     "train_sae",
+    "PROBE_SPLIT",
+    "default_sae_dir",
     "record_latents",
     "sae_replacement_accuracy",
 ]
@@ -556,6 +558,22 @@ def _step(
     return loss.item()
 
 
+PROBE_SPLIT = "train"
+"""The data-set split ``discover sae train`` trains an SAE on unless told otherwise (the
+probe of a dissection is the ``val`` split, :func:`discover.data.registry.build_probe`)."""
+
+
+def default_sae_dir(run: str | Path, layer: str, k: int, expansion: int) -> Path:
+    """Where ``discover sae train`` keeps an SAE of a training run unless told otherwise:
+    ``RUN/sae/LAYER-kK-xE``.
+
+    Example:
+        >>> default_sae_dir("runs/u8", "layer3.1.act2", 8, 4).as_posix()
+        'runs/u8/sae/layer3.1.act2-k8-x4'
+    """
+    return Path(run) / "sae" / f"{layer}-k{k}-x{expansion}"
+
+
 def train_sae(
     model: nn.Module,
     layer: str,
@@ -786,8 +804,8 @@ def _check_out(out: Path | None, resume: bool) -> Path | None:
         and any((out / n).exists() for n in (STATE_FILE, CONFIG_FILE))
     ):
         raise ValueError(
-            f"train_sae: {out} already holds an SAE; continue it with resume=True (--resume) "
-            "or choose another out"
+            f"train_sae: {out} already holds an SAE; continue it with resume=True "
+            "or choose another out folder"
         )
     return state_file
 

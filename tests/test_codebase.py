@@ -112,7 +112,7 @@ LAYERS: dict[str, set[str]] = {
     "training": {"nn", "data"},
     "dissection": {"nn", "data"},
     "evaluation": {"nn", "data", "training", "dissection"},
-    "explanation": {"nn", "data", "dissection"},
+    "explanation": {"nn", "data", "training", "dissection"},  # explain_run loads a run
     "report": {"nn", "data", "dissection", "evaluation", "explanation"},
     "demo": {"nn", "data", "training", "dissection", "evaluation", "explanation", "report"},
     "cli": {"nn", "data", "training", "dissection", "evaluation", "explanation", "report", "demo"},

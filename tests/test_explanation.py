@@ -429,3 +429,40 @@ def test_cli_explain_without_a_dissection_says_how_to_make_one(tiny_run, capsys)
     assert f"discover dissect --run {run} --layers act1" in err and " fc --probe shapes" in err
     assert main(["explain", "x.png", "--run", run, "--dissection", run + "/nowhere"]) == 2
     assert "no dissection in" in capsys.readouterr().err
+
+
+def test_default_layers_to_explain_and_to_dissect():
+    from discover.explanation import default_layers
+
+    cvn = _resnet(U=4)
+    assert default_layers(cvn) == list(lwta_layers(cvn))
+    assert default_layers(cvn, classifier=True) == [*lwta_layers(cvn), "fc"]
+    dense = _resnet(U=1)
+    assert default_layers(dense) == activation_sites(dense)
+    assert default_layers(dense, _fake_dissection(dense, ["layer3.0.act2", "fc"])) == [
+        "layer3.0.act2"
+    ]
+    assert default_layers(dense, classifier=True)[-1] == "fc"
+    with pytest.raises(ValueError, match="no LWTA layers and no activation modules"):
+        default_layers(torch.nn.Linear(2, 2))
+
+
+def test_explain_run_reads_the_run_and_its_dissection(tiny_run, tmp_path):
+    import shutil
+
+    from discover.explanation import explain_run
+
+    good, broken = tiny_run["images"], str(tiny_run["broken"])
+    result = explain_run(tiny_run["run"], [good[0], broken], tiny_run["dissection"], top=2)
+    assert [e.image for e in result.explanations] == [good[0]] and list(result.failures) == [broken]
+    assert result.dissection == tiny_run["dissection"]
+    names = discover.load_run(tiny_run["run"]).class_names
+    assert result.explanations[0].prediction["label"] in names
+    assert all(len(row.winners) <= 2 for row in result.explanations[0].layers)
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["run"], run)
+    with pytest.raises(FileNotFoundError, match=r"has no dissection .* or pass dissection='DIR'"):
+        explain_run(run, good)
+    shutil.copytree(tiny_run["dissection"], run / "dissection")  # the default place
+    assert len(explain_run(run, good).explanations) == 2
+    assert explain_run(run, [broken]).explanations == []

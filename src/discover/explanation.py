@@ -62,7 +62,10 @@ __all__ = [
     "UnitContribution",
     "Contributions",
     "Explanation",
+    "RunExplanations",
+    "default_layers",
     "explain",
+    "explain_run",
     "find_classifier",
     "read_images",
     "print_explanations",
@@ -459,23 +462,35 @@ def _pooling(
     return chosen or suggested_pooling(tuple(output.shape[1:]), model) or "none"
 
 
-def _default_layers(
-    model: nn.Module, lwta: dict[str, LWTA], dissection: Dissection | None, classifier: str | None
+def default_layers(
+    model: nn.Module, dissection: Dissection | None = None, *, classifier: bool = False
 ) -> list[str]:
-    if lwta:
-        return list(lwta)
-    if dissection is not None:
-        names = [n for n in dict.fromkeys(u.layer for u in dissection.units) if n != classifier]
-        if names:
-            return names
+    """The layers :func:`explain` explains by default, and so the layers to dissect.
+
+    Every LWTA layer; for a dense model the layers ``dissection`` labels (but its
+    classifier), else the model's activation modules (the places LWTA would go). With
+    ``classifier=True`` the classifier (:func:`find_classifier`) is appended: the layers a
+    dissection should cover so that explanations get labels for the winners and for the
+    features of the logit contributions.
+
+    Example:
+        >>> default_layers(create_model("small_resnet", U=4), classifier=True)[-2:]  # doctest: +SKIP
+        ['layer3.1.act2', 'fc']
+    """
     from discover.nn.models import activation_sites
 
-    sites = activation_sites(model)
-    if not sites:
+    head = find_classifier(model)
+    head_name = head[0] if head else None
+    names = list(lwta_layers(model))
+    if not names and dissection is not None:
+        names = [n for n in dict.fromkeys(u.layer for u in dissection.units) if n != head_name]
+    if not names:
+        names = activation_sites(model)
+    if not names:
         raise ValueError(
             "explain: the model has no LWTA layers and no activation modules; pass layers="
         )
-    return sites
+    return names + ([head_name] if classifier and head_name and head_name not in names else [])
 
 
 @contextlib.contextmanager
@@ -583,11 +598,7 @@ def explain(
         raise ValueError(f"explain: {len(targets)} targets for {len(batch)} images")
     lwta = lwta_layers(model)
     classifier = find_classifier(model)
-    layer_names = (
-        list(layers)
-        if layers is not None
-        else _default_layers(model, lwta, dissection, classifier[0] if classifier else None)
-    )
+    layer_names = list(layers) if layers is not None else default_layers(model, dissection)
     modules = resolve_layers(model, layer_names)
     index = _dissection_index(dissection)
 
@@ -833,6 +844,83 @@ def _contributions(
         explained_share=share,
         units=listed,
     )
+
+
+@dataclass
+class RunExplanations:
+    """What :func:`explain_run` returns."""
+
+    explanations: list[Explanation]
+    failures: dict[str, str]  # image file -> why it could not be read (left out)
+    dissection: Path | None  # the folder of the dissection used
+
+
+def explain_run(
+    run: str | os.PathLike[str],
+    images: Sequence[str | os.PathLike[str]],
+    dissection: Dissection | str | os.PathLike[str] | None = None,
+    *,
+    weights: str = "best",
+    allow_mismatch: bool = False,
+    **options: Any,
+) -> RunExplanations:
+    """Explain image files with a training run's model, labelled by the run's dissection.
+
+    The run is read with :func:`~discover.training.runs.load_run`, its dissection from
+    ``dissection`` or else from ``RUN/dissection``
+    (:func:`~discover.dissection.core.default_dissection_dir`). Files that cannot be read are
+    listed in ``failures`` and the others are explained (:func:`explain`) with the run's
+    class names.
+
+    Args:
+        run: a training run folder (``discover train``).
+        images: image files.
+        dissection: a :class:`~discover.dissection.core.Dissection` of the run's model, or its
+            folder (default ``RUN/dissection``).
+        weights: ``best`` or ``last`` (see :func:`~discover.training.runs.load_run`).
+        allow_mismatch: use a dissection made for other weights, layers or ``U`` (a warning
+            instead of :class:`~discover.dissection.core.StaleDissectionError`).
+        options: further keywords of :func:`explain` (``policy``, ``top``, ``threshold``,
+            ``seed``, ``layers``, ...).
+
+    Raises:
+        FileNotFoundError: the run has no dissection at the default place; the message gives
+            the ``discover dissect`` command that makes one (layers: :func:`default_layers`).
+        StaleDissectionError: the dissection does not describe the run's model.
+
+    Example:
+        >>> result = explain_run("runs/demo/cvn", ["star.png", "broken.jpg"])  # doctest: +SKIP
+        >>> print_explanations(result.explanations); result.failures  # doctest: +SKIP
+        {'broken.jpg': 'cannot identify image file'}
+    """
+    from discover.dissection.core import default_dissection_dir
+    from discover.training.runs import load_run
+
+    loaded = load_run(run, weights)
+    if isinstance(dissection, Dissection):
+        found = dissection
+    else:
+        folder = Path(dissection) if dissection is not None else default_dissection_dir(run)
+        if dissection is None and not (folder / "dissection.json").is_file():
+            layers = " ".join(default_layers(loaded.model, classifier=True))
+            raise FileNotFoundError(
+                f"run {run} has no dissection (looked for {folder / 'dissection.json'}); "
+                f"create one with `discover dissect --run {run} --layers {layers} "
+                f"--probe {loaded.dataset} --out {folder}` (choose --concepts and --embedder "
+                "for your data, see `discover dissect --help`), or pass dissection='DIR'"
+            )
+        found = Dissection.load(folder)
+    found.check_model(loaded.model, allow_mismatch=allow_mismatch, run=os.fspath(run))
+    pictures, names, failures = read_images(images)
+    options.setdefault("class_names", loaded.class_names)
+    explanations = (
+        explain(
+            loaded.model, pictures, found, names=names, allow_mismatch=allow_mismatch, **options
+        )
+        if pictures
+        else []
+    )
+    return RunExplanations(explanations, failures, found.folder)
 
 
 def explanations_to_json(explanations: Sequence[Explanation], path: str | Path) -> Path:

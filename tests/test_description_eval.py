@@ -364,3 +364,15 @@ def test_cli_dissect_keep_scores_then_eval_descriptions(tmp_path, capsys):
     assert code == 0 and data["settings"]["ranks"].startswith("exact")
     assert 1 <= data["metrics"]["mean_rank"]["value"] <= 10
     assert data["metrics"]["embedder_cos"]["value"] is None
+
+
+def test_scores_are_saved_beside_their_dissection_by_default(tmp_path):
+    d = _dissection(_scores([1, 1, 1, 2, 1, 1]))
+    options = {"sentence_model": None, "null_repeats": 5}
+    with pytest.raises(ValueError, match="^out: these figures come from a dissection that was"):
+        evaluate_descriptions(d, CLASSES, **options).save()
+    d.save(tmp_path / "dis")
+    scores = evaluate_descriptions(str(tmp_path / "dis"), CLASSES, **options)
+    assert scores.save() == tmp_path / "dis" / "description_scores.json"
+    assert "dissection_folder" not in scores.to_dict()
+    assert scores.save(tmp_path / "elsewhere").parent == tmp_path / "elsewhere"

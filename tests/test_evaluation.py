@@ -131,3 +131,13 @@ def test_cli_train_and_evaluate_on_fashion_mnist(tmp_path, capsys):
     assert main(["evaluate", str(out), *"--limit 64 --policy sample --samples 3".split()]) == 0
     text = capsys.readouterr().out
     assert "images: 64" in text and "layer2.0.act2" in text and "0.5000" in text
+
+
+def test_eval_result_saves_into_its_run_by_default(cvn_run, tmp_path):
+    result = evaluate_run(cvn_run, split="val", weights="last", limit=8)
+    path = result.save()
+    assert path == cvn_run / "eval-val-last-argmax.json"
+    assert json.loads(path.read_text())["images"] == 8
+    assert result.save(tmp_path / "x.json") == tmp_path / "x.json"
+    with pytest.raises(ValueError, match="^path: only a result of evaluate_run"):
+        evaluate(create_model("small_resnet", U=2, num_classes=3), _loader(4)).save()

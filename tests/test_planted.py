@@ -128,3 +128,26 @@ def test_sparse_units_stay_alive_on_binary_concepts_without_noise():
     assert by_name["cos"]["top1"] > 0.5  # dead units (all zeros) would score 0 everywhere
     with pytest.raises(ValueError, match="no planted variants"):
         planted_recovery(P, units=4, variants=(), progress=False)
+
+
+def test_planted_recovery_on_a_probe_set(monkeypatch):
+    from discover.data.registry import build_probe
+    from discover.evaluation import planted
+    from discover.evaluation.planted import planted_recovery_on_probe
+
+    probe = build_probe("shapes", limit=150, n=300, image_size=16)
+    result = planted_recovery_on_probe(
+        probe, similarities=("cos",), units=4, noise=(0.0,), progress=False
+    )
+    assert result.meta["probe"] == {"type": "ShapesWorld", "images": 150}
+    assert result.meta["concept_set"] == "shapes" and result.meta["images"] == 150
+    assert result.config["units"] == 4 and [r["similarity"] for r in result.ranking] == ["cos"]
+
+    def no_embedder(spec):
+        raise AssertionError("the embedder was built before the settings were checked")
+
+    monkeypatch.setattr(planted, "build_embedder", no_embedder)
+    with pytest.raises(ValueError, match="^similarity_params: 'soft_wpmi' is not among"):
+        planted_recovery_on_probe(
+            probe, similarities=("cos",), similarity_params={"soft_wpmi": {"top_k": 5}}
+        )

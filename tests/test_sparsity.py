@@ -39,3 +39,40 @@ def test_meter_removes_hooks_even_on_error():
             raise RuntimeError("boom")
     assert all(not m._forward_hooks for m in model.modules())
     assert all(not m.capture for m in model.modules() if isinstance(m, LWTA))
+
+
+def test_one_over_u_check_is_exact_and_names_the_layers_that_differ():
+    from discover.evaluation.sparsity import LayerSparsity, check_one_over_u
+
+    rows = [
+        LayerSparsity("a", "lwta", 4, units=400, active=100),
+        LayerSparsity("b", "lwta", 4, units=400, active=101),
+        LayerSparsity("c", "dense", None, units=10, active=7),  # ignored
+    ]
+    check = check_one_over_u(rows)
+    assert (check.layers, check.exact, check.mismatched, check.U) == (2, False, ("b",), 4)
+    assert str(check) == "2 LWTA layers; every active fraction == 1/U = 0.2500: NO"
+    assert check_one_over_u(rows[:1]).exact and check_one_over_u(rows[2:]).layers == 0
+    assert check_one_over_u(rows[2:]).exact  # nothing to check is not a failure
+    mixed = [rows[0], LayerSparsity("d", "lwta", 2, units=10, active=5)]
+    assert check_one_over_u(mixed).U is None and "1/U: yes" in str(check_one_over_u(mixed))
+
+
+def test_photo_sparsity_builds_a_seeded_model_or_measures_the_given_one():
+    from discover.evaluation.sparsity import photo_sparsity
+
+    first = photo_sparsity("small_resnet", U=4, num_classes=3, seed=1)
+    again = photo_sparsity("small_resnet", U=4, num_classes=3, seed=1)
+    assert first.check.exact and first.check.U == 4 and first.check.layers == 13
+    assert len(first.photos) == 5 and first.policy == "sample"
+    assert [r.to_dict() for r in first.rows] == [r.to_dict() for r in again.rows]
+    assert first.summary().endswith("every active fraction == 1/U = 0.2500: yes")
+    model = create_model("small_resnet", U=2, num_classes=3, eval_policy="sample").train()
+    result = photo_sparsity(model, policy="argmax")
+    assert result.check.exact and result.policy == "argmax" and result.model == "small_resnet"
+    assert model.training  # the caller's mode and policy are restored
+    assert all(m.eval_policy == "sample" for m in model.modules() if isinstance(m, LWTA))
+    dense = photo_sparsity("small_resnet", num_classes=3)
+    assert dense.check.layers == 0 and "LWTA layers" not in dense.summary()
+    with pytest.raises(ValueError, match="need a model name"):
+        photo_sparsity(model, U=4)

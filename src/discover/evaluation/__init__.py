@@ -7,6 +7,7 @@ Imports the earlier stages, never :mod:`discover.report`.
 from __future__ import annotations
 
 from .classification import (
+    EVAL_FILE,
     EvalResult,
     evaluate,
     evaluate_run,
@@ -45,13 +46,18 @@ from .planted import (
     PlantedResult,
     planted_neurons,
     planted_recovery,
+    planted_recovery_on_probe,
     register_variant,
 )
 from .sparsity import (
     LayerSparsity,
+    OneOverU,
+    PhotoSparsity,
     SparsityMeter,
+    check_one_over_u,
     format_sparsity,
     measure_sparsity,
+    photo_sparsity,
 )
 
 __all__ = [
@@ -59,6 +65,11 @@ __all__ = [
     "SparsityMeter",
     "measure_sparsity",
     "format_sparsity",
+    "OneOverU",
+    "check_one_over_u",
+    "PhotoSparsity",
+    "photo_sparsity",
+    "EVAL_FILE",
     "EvalResult",
     "evaluate",
     "evaluate_run",
@@ -78,6 +89,7 @@ __all__ = [
     "register_variant",
     "planted_neurons",
     "planted_recovery",
+    "planted_recovery_on_probe",
     "MONOSEMANTIC_BAR",
     "UnitGroundTruth",
     "LayerGroundTruth",

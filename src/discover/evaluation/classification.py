@@ -17,11 +17,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from discover._utils import resolve_device
+from discover._utils import resolve_device, write_atomic
 from discover.evaluation.sparsity import LayerSparsity, SparsityMeter, format_sparsity
 from discover.nn.lwta import EVAL_POLICIES, average_logits, eval_policy, lwta_layers
 
-__all__ = ["EvalResult", "evaluate", "evaluate_run"]
+__all__ = ["EVAL_FILE", "EvalResult", "evaluate", "evaluate_run"]
+
+EVAL_FILE = "eval-{split}-{weights}-{policy}.json"
+"""Where :meth:`EvalResult.save` writes the result of :func:`evaluate_run` in its run folder."""
 
 
 @dataclass
@@ -42,6 +45,30 @@ class EvalResult:
         data = asdict(self)
         data["sparsity"] = [row.to_dict() for row in self.sparsity]
         return data
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write :meth:`to_dict` as JSON to ``path``; returns the path.
+
+        By default, a result of :func:`evaluate_run` goes into its run folder as
+        ``eval-SPLIT-WEIGHTS-POLICY.json`` (:data:`EVAL_FILE`), so evaluations with other
+        settings do not overwrite each other.
+
+        Example:
+            >>> evaluate_run("runs/shapes-u4", policy="sample").save()  # doctest: +SKIP
+            PosixPath('runs/shapes-u4/eval-test-best-sample.json')
+        """
+        import json
+
+        if path is None:
+            if "run" not in self.meta:
+                raise ValueError("path: only a result of evaluate_run has a default file")
+            name = EVAL_FILE.format(
+                split=self.meta["split"], weights=self.meta["weights"], policy=self.policy
+            )
+            path = Path(self.meta["run"]) / name
+        path = Path(path)
+        write_atomic(path, json.dumps(self.to_dict(), indent=2))
+        return path
 
     def summary(self) -> str:
         """A readable table: accuracy first, then per-layer sparsity."""

@@ -43,7 +43,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -187,16 +187,32 @@ class _Saveable:
     """``to_dict`` / ``save`` shared by the result types (JSON + two CSV tables)."""
 
     _stem: str
+    dissection_folder: ClassVar[Path | None] = None
+    """The folder of the saved dissection the figures come from (where :meth:`save` writes
+    by default); set per result, not saved."""
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, JSON-serialisable (``float('inf')`` ranks become ``null``)."""
         return _json_safe(asdict(self))  # type: ignore[call-overload]
 
-    def save(self, out: str | Path) -> Path:
+    def save(self, out: str | Path | None = None) -> Path:
         """Write ``<stem>.json`` (everything), ``<stem>.csv`` (one row per figure, with both
-        baselines) and ``<stem>_units.csv`` (one row per unit) into ``out``; returns the JSON
-        path. The three are written as one unit (all in full under temporary names, then
-        renamed) and overwritten, never appended; a failure leaves the old ones unchanged."""
+        baselines) and ``<stem>_units.csv`` (one row per unit) into ``out``, by default the
+        folder of the dissection they were computed from; returns the JSON path. The three
+        are written as one unit (all in full under temporary names, then renamed) and
+        overwritten, never appended; a failure leaves the old ones unchanged.
+
+        Example:
+            >>> evaluate_descriptions("runs/u8/fc", "shapes_classes").save()  # doctest: +SKIP
+            PosixPath('runs/u8/fc/description_scores.json')
+        """
+        if out is None:
+            if self.dissection_folder is None:
+                raise ValueError(
+                    "out: these figures come from a dissection that was never saved; "
+                    "give the folder to write them to"
+                )
+            out = self.dissection_folder
         out = Path(out)
         files = {
             f"{self._stem}.csv": _metrics_csv(self.metrics),  # type: ignore[attr-defined]
@@ -751,7 +767,9 @@ def evaluate_descriptions(
             "(rank figures: among units whose class is in the concept set)",
         },
     }
-    return DescriptionScores(layer, K, n, M, missing, metrics, per_unit, settings)
+    scores = DescriptionScores(layer, K, n, M, missing, metrics, per_unit, settings)
+    scores.dissection_folder = dissection.folder
+    return scores
 
 
 def _embedder_text(

@@ -46,9 +46,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from discover._utils import Registry, check_options, csv_text, write_atomic
+from discover.dissection.concepts import ConceptSet, load_concepts
+from discover.dissection.embedders import Embedder, build_embedder
 from discover.dissection.similarity import SIMILARITIES, get_similarity
 from discover.evaluation.descriptions import ranks_from_scores
 
@@ -60,6 +63,7 @@ __all__ = [
     "register_variant",
     "planted_neurons",
     "planted_recovery",
+    "planted_recovery_on_probe",
 ]
 
 TRANSFERS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -158,10 +162,10 @@ class PlantedConfig:
         for name, params in self.similarity_params.items():
             if name not in self.similarities:
                 raise ValueError(
-                    f"similarity_params names {name!r}, which is not among the similarities "
-                    f"scored ({', '.join(self.similarities)})"
+                    f"similarity_params: {name!r} is not among the similarities scored "
+                    f"({', '.join(self.similarities)})"
                 )
-            check_options(get_similarity(name), params, f"similarity {name!r}")
+            check_options(get_similarity(name), params, f"similarity_params: similarity {name!r}")
         if not self.variants:
             raise ValueError(f"no planted variants given; known: {', '.join(VARIANTS)}")
         if any(s < 0 or not math.isfinite(s) for s in self.noise) or not self.noise:
@@ -382,3 +386,49 @@ def planted_recovery(
         f"{list(TRANSFERS)} per unit; variants {list(config.variants)}",
     }
     return PlantedResult(rows, ranking, config.to_dict(), meta)
+
+
+def planted_recovery_on_probe(
+    probe: Dataset,
+    concepts: str | ConceptSet = "shapes",
+    embedder: str | Embedder = "annotations",
+    config: PlantedConfig | None = None,
+    *,
+    batch_size: int = 64,
+    progress: bool = True,
+    **overrides: Any,
+) -> PlantedResult:
+    """:func:`planted_recovery` on the concept matrix ``P`` of a probe set: ``P`` is the
+    ``embedder``'s image-concept scores of ``probe`` for ``concepts``.
+
+    Args:
+        probe: raw probe images (e.g. :func:`discover.data.registry.build_probe`).
+        concepts: a concept-set name, a file path or a :class:`ConceptSet`.
+        embedder: an embedder name (:func:`discover.build_embedder`) or an :class:`Embedder`;
+            ``annotations`` (ground truth) needs a probe with concept annotations.
+        config, overrides: the :class:`PlantedConfig` (``overrides`` replace its fields).
+        batch_size: probe images per embedder batch.
+
+    Example:
+        >>> from discover.data import build_probe
+        >>> result = planted_recovery_on_probe(build_probe("shapes", n=300), units=6,
+        ...                                    progress=False)  # doctest: +SKIP
+        >>> print(result.table())  # doctest: +SKIP
+    """
+    if config is None:  # the settings are checked before any work
+        config = PlantedConfig(**overrides)
+    elif overrides:
+        config = PlantedConfig(**{**config.to_dict(), **overrides})
+    concept_set = load_concepts(concepts)
+    emb = build_embedder(embedder)
+    P = emb.concept_matrix(probe, concept_set.concepts, batch_size=batch_size, progress=progress)
+    result = planted_recovery(P, concept_set.concepts, config, progress=progress)
+    source = probe
+    while isinstance(source, Subset):
+        source = source.dataset
+    result.meta.update(
+        probe={"type": type(source).__name__, "images": len(probe)},
+        concept_set=concept_set.name,
+        embedder=emb.name,
+    )
+    return result

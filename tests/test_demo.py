@@ -29,9 +29,12 @@ def test_presets_and_config_round_trip():
     [
         (
             DemoConfig.preset("fashion-mnist", embedder="annotations"),
-            "Fashion-MNIST has no ground-truth concept annotations; use --embedder conse",
+            "Fashion-MNIST has no ground-truth concept annotations; use embedder='conse'",
         ),
-        (DemoConfig.preset("shapes", embedder="clip"), "embedder 'clip' does not work here"),
+        (
+            DemoConfig.preset("shapes", embedder="clip"),
+            "embedder: 'clip' does not work with the shapes demo data",
+        ),
         (DemoConfig.preset("shapes", U=1), "U must be >= 2"),
         (DemoConfig.preset("shapes", threads=0), "threads must be an integer >= 1, got 0"),
         (DemoConfig.preset("shapes", explain_images=-1), "explain_images must be .* >= 0"),

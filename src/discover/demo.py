@@ -130,8 +130,8 @@ class DemoData(ABC):
         """Raise a clear error when the data (or the embedder) cannot be used."""
         if config.embedder not in self.embedders:
             raise ValueError(
-                f"discover demo --data {self.name}: embedder {config.embedder!r} does not "
-                f"work here; choose one of {', '.join(self.embedders)}"
+                f"embedder: {config.embedder!r} does not work with the {self.name} demo data; "
+                f"choose one of {', '.join(self.embedders)}"
             )
 
     @abstractmethod
@@ -193,8 +193,8 @@ class _FashionMNIST(DemoData):
     def check(self, config: DemoConfig) -> None:
         if config.embedder == "annotations":
             raise ValueError(
-                "discover demo --data fashion-mnist: Fashion-MNIST has no ground-truth concept "
-                "annotations; use --embedder conse"
+                "embedder: Fashion-MNIST has no ground-truth concept annotations; "
+                "use embedder='conse'"
             )
         super().check(config)
         from discover.data.fashion_mnist import FashionMNIST

@@ -905,8 +905,7 @@ def _load_state(
     ]
     if differs:
         raise ValueError(
-            f"resume=True: the configuration differs from the run in {out}: "
-            + "; ".join(differs)
+            f"resume=True: the configuration differs from the run in {out}: " + "; ".join(differs)
         )
     state = _load_tensors(trainer_file)
     if "model" in state:  # the weights of the resume point itself

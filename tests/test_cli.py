@@ -1,3 +1,4 @@
+import ast
 import subprocess
 import sys
 
@@ -55,3 +56,113 @@ def test_user_mistakes_give_one_line_errors(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+# -- the CLI is thin: the API holds every default -----------------------------------------------
+
+# Options with no API parameter behind them, which may keep an argparse default of their own:
+# output formats of the command line itself.
+CLI_ONLY_OPTIONS = {"--json", "--debug"}
+
+
+def _add_argument_calls():
+    from pathlib import Path
+
+    import discover.cli
+
+    tree = ast.parse(Path(discover.cli.__file__).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+            names = [a.value for a in node.args if isinstance(a, ast.Constant)]
+            yield node, names, {k.arg: k.value for k in node.keywords}
+
+
+def test_cli_options_take_their_defaults_from_the_api():
+    """Parsed from the source: an option's argparse default is None (not given: the API's
+    default applies), and a store_true/store_false flag says so explicitly, since its
+    implicit default (False/True) would shadow the API's."""
+    offences, seen = [], 0
+    for node, names, keywords in _add_argument_calls():
+        seen += 1
+        if set(names) & CLI_ONLY_OPTIONS:
+            continue
+        default = keywords.get("default")
+        action = keywords.get("action")
+        flag = action is not None and getattr(action, "value", None) in (
+            "store_true",
+            "store_false",
+        )
+        if default is None:
+            if flag:
+                offences.append(f"line {node.lineno} {names}: a flag without default=None")
+        elif not (isinstance(default, ast.Constant) and default.value is None):
+            offences.append(f"line {node.lineno} {names}: default {ast.unparse(default)}")
+    assert seen > 50
+    assert not offences, "options with a default of their own:\n" + "\n".join(offences)
+
+
+def test_help_shows_the_api_defaults():
+    import inspect
+
+    from discover.cli import build_parser
+    from discover.dissection.core import dissect
+    from discover.evaluation.classification import evaluate_run
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for command, api, flag, parameter in [
+        ("evaluate", evaluate_run, "--batch-size", "batch_size"),
+        ("evaluate", evaluate_run, "--policy", "policy"),
+        ("dissect", dissect, "--batch-size", "batch_size"),
+        ("dissect", dissect, "--concepts", "concepts"),
+    ]:
+        action = next(a for a in commands[command]._actions if flag in a.option_strings)
+        default = inspect.signature(api).parameters[parameter].default
+        assert action.default is None and f"default: {default}" in action.help
+
+
+def test_options_not_given_are_not_passed(monkeypatch, capsys, tmp_path):
+    import functools
+
+    import discover.cli as cli
+
+    calls = []
+
+    class Result:
+        def save(self, path=None):
+            calls.append(("save", path))
+            return tmp_path / "eval.json"
+
+        def summary(self):
+            return "summary"
+
+    @functools.wraps(cli.evaluate_run)  # the help reads its defaults from the signature
+    def fake_evaluate_run(run, **options):
+        calls.append((run, options))
+        return Result()
+
+    monkeypatch.setattr(cli, "evaluate_run", fake_evaluate_run)
+    assert main(["evaluate", "RUN"]) == 0
+    assert calls == [("RUN", {"progress": True}), ("save", None)]
+    calls.clear()
+    assert main(["evaluate", "RUN", "--batch-size", "8", "--policy", "sample"]) == 0
+    assert calls[0] == ("RUN", {"batch_size": 8, "policy": "sample", "progress": True})
+
+
+def test_errors_name_the_commands_flags():
+    from discover.cli import _with_flags
+
+    flags = {"--similarity-arg", "--allow-stale-dissection", "--resume", "--dissection", "-U"}
+    assert (
+        _with_flags("similarity_params: similarity 'cos': unknown option 'x'", flags)
+        == "--similarity-arg: similarity 'cos': unknown option 'x'"
+    )
+    assert _with_flags("stale; allow_mismatch=True uses it anyway", flags) == (
+        "stale; --allow-stale-dissection uses it anyway"
+    )
+    assert _with_flags("resume=True: no training state", flags) == "--resume: no training state"
+    assert _with_flags("or pass dissection='DIR'", flags) == "or pass --dissection DIR"
+    assert _with_flags("U: must be >= 2", flags) == "-U: must be >= 2"
+    # a parameter the command has no flag for stays a parameter
+    assert _with_flags("keep_scores=True is needed", flags) == "keep_scores=True is needed"
+    assert _with_flags("out: give a folder", flags) == "out: give a folder"

@@ -100,7 +100,10 @@ def test_truncated_checkpoint_is_named(capsys, tmp_path, run):
 @pytest.mark.parametrize(
     "extra, expected",
     [
-        (["--similarity-arg", "bogus=1"], "similarity 'soft_wpmi': unknown option 'bogus'"),
+        (
+            ["--similarity-arg", "bogus=1"],  # the API names similarity_params, the CLI its flag
+            "--similarity-arg: similarity 'soft_wpmi': unknown option 'bogus'",
+        ),
         (["--similarity-arg", "top_k=abc"], "option top_k expects int"),
         (["--probe-arg", "nonsense=1"], "nonsense"),
         (["--device", "banana"], "device must be"),

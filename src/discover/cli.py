@@ -1,25 +1,63 @@
 """The ``discover`` command line: a thin layer over the Python API.
 
 Every subcommand is a pair of functions registered with :func:`command`: one adds its
-arguments, the other runs it by calling the public API. User mistakes (unknown names,
-bad shapes, missing files) end in a one-line ``error:`` message and exit status 2; set
-``DISCOVER_DEBUG=1`` to see the traceback instead.
+arguments, the other parses them, calls the public API and prints the result. The API holds
+every default: an option the user does not give is ``None`` and is not passed, so the API's
+default applies, and help texts read those defaults from the API's signatures
+(:func:`_default`). User mistakes (unknown names, bad shapes, missing files) end in a
+one-line ``error:`` message and exit status 2, with the API parameters it names shown as the
+command's flags (:data:`_FLAGS`); set ``DISCOVER_DEBUG=1`` to see the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
 import os
+import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-
-import torch
+from typing import Any
 
 from discover import __version__
+from discover.data.registry import build_probe
+from discover.demo import DEMO_DATA, DemoConfig, run_demo
+from discover.dissection.core import default_dissection_dir, dissect
+from discover.dissection.recording import list_layers
+from discover.dissection.sae import PROBE_SPLIT, SAE, SITES, default_sae_dir, train_sae
+from discover.dissection.similarity import (
+    SIMILARITIES,
+    nest_similarity_params,
+)
+from discover.evaluation.classification import EVAL_FILE, evaluate_run
+from discover.evaluation.descriptions import evaluate_descriptions
+from discover.evaluation.planted import VARIANTS, PlantedConfig, planted_recovery_on_probe
+from discover.evaluation.sparsity import photo_sparsity
+from discover.explanation import explain, explain_run, print_explanations
+from discover.nn.lwta import EVAL_POLICIES, lwta_layers
+from discover.nn.models import count_parameters, create_model, list_models, save_checkpoint
+from discover.training.recipes import RECIPES
+from discover.training.runs import load_run
+from discover.training.trainer import NonFiniteLossError, TrainConfig, train
 
 __all__ = ["main", "command"]
+
+# API parameter -> flag, where the flag is not ``--`` + the parameter with dashes. An error
+# message names a parameter as ``parameter: ...`` (at its start) or ``parameter=True`` /
+# ``parameter='VALUE'``; the command line shows the flag instead (see :func:`_with_flags`).
+_FLAGS = {
+    "U": "-U",
+    "model_kwargs": "--model-arg",
+    "dataset_kwargs": "--data-arg",
+    "similarity_params": "--similarity-arg",
+    "allow_mismatch": "--allow-stale-dissection",
+    "include_timm": "--builtin",
+    "pattern": "--filter",
+    "progress": "--quiet",
+}
 
 
 @dataclass
@@ -49,11 +87,31 @@ def command(
     return decorator
 
 
-def _key_values(pairs: Sequence[str], flag: str) -> dict:
+# -- parsing helpers -------------------------------------------------------------------------
+def _default(api: Callable, name: str) -> str:
+    """``"default: X"`` for a help text, ``X`` the default of ``api``'s parameter ``name``
+    read from its signature: help and behaviour cannot disagree."""
+    value = inspect.signature(api).parameters[name].default
+    if value is inspect.Parameter.empty or isinstance(value, type(dataclasses.MISSING)):
+        raise ValueError(f"{api.__qualname__}: parameter {name} has no default")
+    if isinstance(value, (list, tuple)):
+        value = " ".join(str(v) for v in value)
+    return f"default: {value}".replace("%", "%%")
+
+
+def _given(args: argparse.Namespace, *names: str, **renamed: str) -> dict[str, Any]:
+    """The options the user gave, by API parameter name: ``names`` are options whose
+    destination is the parameter's name, ``renamed`` maps parameter -> destination. An
+    option not given is ``None`` and left out, so the API's default applies."""
+    pairs = [(n, n) for n in names] + list(renamed.items())
+    return {p: getattr(args, d) for p, d in pairs if getattr(args, d, None) is not None}
+
+
+def _key_values(pairs: Sequence[str] | None, flag: str) -> dict:
     """``["n=2000", "widths=[8,16]"]`` -> ``{"n": 2000, "widths": [8, 16]}`` (JSON values,
     plain strings otherwise)."""
     values = {}
-    for pair in pairs:
+    for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
@@ -64,47 +122,160 @@ def _key_values(pairs: Sequence[str], flag: str) -> dict:
     return values
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "model", help="model name: small_resnet, small_vit, any timm name, or torchvision:<name>"
+        "-U",
+        type=int,
+        default=None,
+        help=f"competitors per LWTA block, 1 = dense ({_default(create_model, 'U')})",
     )
-    parser.add_argument("-U", type=int, default=1, help="competitors per LWTA block (1 = dense)")
     parser.add_argument("--num-classes", type=int, default=None)
     parser.add_argument("--checkpoint", default=None, help="local weights file")
     parser.add_argument(
         "--model-arg",
         action="append",
-        default=[],
+        default=None,
         metavar="KEY=VALUE",
         help="extra keyword for the model builder (JSON value), repeatable",
     )
 
 
-def _build_model(args: argparse.Namespace):
-    from discover.nn.models import create_model
-
-    return create_model(
-        args.model,
-        U=args.U,
-        num_classes=args.num_classes,
-        checkpoint=args.checkpoint,
-        **_key_values(args.model_arg, "--model-arg"),
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model", help="model name: small_resnet, small_vit, any timm name, or torchvision:<name>"
     )
+    _add_model_options(parser)
+
+
+def _model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of :func:`~discover.nn.models.create_model` the user gave."""
+    return {
+        **_given(args, "U", "num_classes", "checkpoint"),
+        **_key_values(args.model_arg, "--model-arg"),
+    }
+
+
+def _build_model(args: argparse.Namespace):
+    return create_model(args.model, **_model_options(args))
+
+
+def _add_probe_arguments(parser: argparse.ArgumentParser, split: str | None = None) -> None:
+    parser.add_argument(
+        "--probe",
+        default=None,
+        help="probe data set: shapes, fashion-mnist, imagefolder, cifar100, ... "
+        f"({_default(build_probe, 'name')})",
+    )
+    parser.add_argument(
+        "--probe-split",
+        default=None,
+        help=f"data set split ({split or _default(build_probe, 'split')})",
+    )
+    parser.add_argument("--probe-root", help="folder of the probe data set, where it needs one")
+    parser.add_argument(
+        "--probe-arg",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="probe data set keyword (JSON value), e.g. n=2000, repeatable",
+    )
+    parser.add_argument("--probe-limit", type=int, help="use the first N probe images")
+
+
+def _build_probe(args: argparse.Namespace, **unless_given: Any):
+    """:func:`~discover.data.registry.build_probe` with the probe options the user gave
+    (``unless_given``: API values for the options not given)."""
+    options = {
+        **unless_given,
+        **_given(args, name="probe", split="probe_split", root="probe_root", limit="probe_limit"),
+    }
+    return build_probe(**options, **_key_values(args.probe_arg, "--probe-arg"))
+
+
+def _add_dissect_options(parser: argparse.ArgumentParser) -> None:
+    """The options of :func:`~discover.dissection.core.dissect` (``dissect``, ``sae dissect``)."""
+    parser.add_argument(
+        "--concepts", help=f"concept set name or file path ({_default(dissect, 'concepts')})"
+    )
+    parser.add_argument(
+        "--embedder",
+        help="conse, annotations, open_clip:ARCH:WEIGHTS, hf:DIR "
+        f"({_default(dissect, 'embedder')})",
+    )
+    parser.add_argument(
+        "--similarity",
+        help=f"one of: {', '.join(SIMILARITIES)} ({_default(dissect, 'similarity')})",
+    )
+    parser.add_argument(
+        "--similarity-arg",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="keyword of the similarity function (JSON value), repeatable",
+    )
+    parser.add_argument(
+        "--policy",
+        choices=EVAL_POLICIES,
+        help=f"LWTA eval policy while recording ({_default(dissect, 'policy')})",
+    )
+    parser.add_argument("--seed", type=int, help=_default(dissect, "seed"))
+    parser.add_argument("--batch-size", type=int, help=_default(dissect, "batch_size"))
+    parser.add_argument("--device", help=_default(dissect, "device"))
+    parser.add_argument(
+        "--cache-dir",
+        help=f"cache folder ({_default(dissect, 'cache_dir')}: $DISCOVER_CACHE or "
+        "~/.cache/discover)",
+    )
+    parser.add_argument(
+        "--no-cache", action="store_true", default=None, help="switch the cache off"
+    )
+    parser.add_argument(
+        "--keep-scores",
+        action="store_true",
+        default=None,
+        help="also save the full unit x concept score matrices (scores.safetensors), for exact "
+        "ranks in `discover eval-descriptions`",
+    )
+    parser.add_argument("--out", required=True, help="output directory")
+
+
+def _dissect_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of :func:`~discover.dissection.core.dissect` the user gave."""
+    options = _given(
+        args, "concepts", "embedder", "similarity", "policy", "seed", "batch_size", "device"
+    )
+    options.update(_given(args, "pooling", "keep_scores"))
+    if args.similarity_arg:
+        options["similarity_params"] = _key_values(args.similarity_arg, "--similarity-arg")
+    if args.no_cache:
+        options["cache_dir"] = None
+    elif args.cache_dir is not None:
+        options["cache_dir"] = args.cache_dir
+    return options
 
 
 # -- discover models -------------------------------------------------------------------------
 
 
 def _models_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pattern", nargs="?", default="*", help="glob filter, e.g. 'deit_*'")
-    parser.add_argument("--builtin", action="store_true", help="only discover's own networks")
+    parser.add_argument(
+        "pattern",
+        nargs="?",
+        default=None,
+        help=f"glob filter, e.g. 'deit_*' ({_default(list_models, 'pattern')})",
+    )
+    parser.add_argument(
+        "--builtin",
+        dest="include_timm",
+        action="store_false",
+        default=None,
+        help="only discover's own networks",
+    )
 
 
 @command("models", arguments=_models_arguments, help="list model names that create_model accepts")
 def _models(args: argparse.Namespace) -> int:
-    from discover.nn.models import list_models
-
-    names = list_models(args.pattern, include_timm=not args.builtin)
+    names = list_models(**_given(args, "pattern", "include_timm"))
     print("\n".join(names) if names else f"no model matches {args.pattern!r}")
     return 0
 
@@ -123,20 +294,15 @@ def _convert_arguments(parser: argparse.ArgumentParser) -> None:
     help="build a model as a CVN and show what LWTA replaced",
 )
 def _convert(args: argparse.Namespace) -> int:
-    from discover.nn.lwta import lwta_layers
-    from discover.nn.models import count_parameters
-
     model = _build_model(args)
     layers = lwta_layers(model)
     print(
-        f"{args.model}: U={args.U}, {count_parameters(model):,} parameters, "
+        f"{args.model}: U={model.cvn_config.U}, {count_parameters(model):,} parameters, "
         f"{len(layers)} LWTA layer(s)"
     )
     for name, layer in layers.items():
         print(f"  {name}  ({layer.extra_repr()})")
     if args.save:
-        from discover.nn.models import save_checkpoint
-
         print(f"saved {save_checkpoint(model, args.save)}")
     return 0
 
@@ -147,9 +313,15 @@ def _convert(args: argparse.Namespace) -> int:
 def _sparsity_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser)
     parser.add_argument(
-        "--policy", choices=["sample", "argmax"], default="sample", help="LWTA evaluation policy"
+        "--policy",
+        choices=EVAL_POLICIES,
+        help=f"LWTA evaluation policy ({_default(photo_sparsity, 'policy')})",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help=f"seeds the model's weights and the winners ({_default(photo_sparsity, 'seed')})",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -159,58 +331,45 @@ def _sparsity_arguments(parser: argparse.ArgumentParser) -> None:
     help="run real photos through a model and print per-layer sparsity",
 )
 def _sparsity(args: argparse.Namespace) -> int:
-    from discover.data.photos import sample_photos
-    from discover.evaluation.sparsity import format_sparsity, measure_sparsity
-    from discover.nn.lwta import set_eval_policy
-
-    torch.manual_seed(args.seed)
-    model = _build_model(args).eval()
-    set_eval_policy(model, args.policy)
-    names, batch = sample_photos(model)
-    rows = measure_sparsity(model, batch)
+    result = photo_sparsity(args.model, **_given(args, "policy", "seed"), **_model_options(args))
     if args.json:
-        print(json.dumps([r.to_dict() for r in rows], indent=2))
+        print(json.dumps([r.to_dict() for r in result.rows], indent=2))
         return 0
-    print(
-        f"{args.model} (U={args.U}, eval policy {args.policy!r}, seed {args.seed}) on "
-        f"{len(names)} photos: {', '.join(names)}"
-    )
-    print(format_sparsity(rows))
-    lwta_rows = [r for r in rows if r.kind == "lwta"]
-    if lwta_rows:
-        exact = all(r.active * r.U == r.units for r in lwta_rows)
-        print(
-            f"\n{len(lwta_rows)} LWTA layers; every active fraction == 1/U = "
-            f"{1 / args.U:.4f}: {'yes' if exact else 'NO'}"
-        )
-        return 0 if exact else 1
-    return 0
+    print(result.summary())
+    return 0 if result.check.exact else 1  # exit 1: an LWTA layer is not exactly 1/U active
 
 
 # -- discover train --------------------------------------------------------------------------
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
-    from discover.training.recipes import RECIPES
-
     parser.add_argument("--config", help="YAML file of training options (flags override it)")
-    parser.add_argument("--model", help="model name (default small_resnet)")
-    parser.add_argument("-U", type=int, help="competitors per LWTA block (1 = dense twin)")
+    parser.add_argument("--model", help=f"model name ({_default(TrainConfig, 'model')})")
+    parser.add_argument(
+        "-U",
+        type=int,
+        help=f"competitors per LWTA block, 1 = dense twin ({_default(TrainConfig, 'U')})",
+    )
     parser.add_argument(
         "--model-arg",
         action="append",
-        default=[],
+        default=None,
         metavar="KEY=VALUE",
         help="model builder keyword (JSON value), repeatable",
     )
-    parser.add_argument("--dataset", help="shapes, fashion-mnist, imagefolder, cifar10, ...")
+    parser.add_argument(
+        "--dataset",
+        help=f"shapes, fashion-mnist, imagefolder, cifar10, ... ({_default(TrainConfig, 'dataset')})",
+    )
     parser.add_argument("--data-root", help="data set folder (where the data set needs one)")
     parser.add_argument(
         "--data-arg",
         action="append",
-        default=[],
+        default=None,
         metavar="KEY=VALUE",
         help="data set keyword (JSON value), e.g. n=4000, repeatable",
     )
-    parser.add_argument("--recipe", help=f"one of: {', '.join(RECIPES)} (default resnet_small)")
+    parser.add_argument(
+        "--recipe", help=f"one of: {', '.join(RECIPES)} ({_default(TrainConfig, 'recipe')})"
+    )
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int, help="global batch over all processes")
     parser.add_argument("--lr", type=float)
@@ -219,13 +378,20 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-epochs", type=int)
     parser.add_argument("--warmup-lr", type=float, help="lr of the warm-up epochs")
     parser.add_argument("--augment", choices=["basic", "randaugment", "none"])
-    parser.add_argument("--holdout", type=float, help="fraction of train held out for selection")
+    parser.add_argument(
+        "--holdout",
+        type=float,
+        help=f"fraction of train held out for selection ({_default(TrainConfig, 'holdout')})",
+    )
     parser.add_argument("--train-subset", type=int, help="train on a random subset of N images")
-    parser.add_argument("--tau", type=float, help="Gumbel-softmax temperature (default 1.67)")
+    parser.add_argument(
+        "--tau", type=float, help=f"Gumbel-softmax temperature ({_default(TrainConfig, 'tau')})"
+    )
     parser.add_argument(
         "--temperature",
         type=float,
-        help="LWTA competition temperature T, winners ~ softmax(h/T) (default 1: the reference)",
+        help="LWTA competition temperature T, winners ~ softmax(h/T) "
+        f"({_default(TrainConfig, 'temperature')}: the reference)",
     )
     parser.add_argument(
         "--temperature-final",
@@ -233,14 +399,18 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         help="anneal T to this value (e.g. 0.05) so deterministic winners lose nothing",
     )
     parser.add_argument(
-        "--temperature-anneal", type=float, help="fraction of training spent annealing (0.75)"
+        "--temperature-anneal",
+        type=float,
+        help=f"fraction of training spent annealing ({_default(TrainConfig, 'temperature_anneal')})",
     )
     parser.add_argument("--temperature-shape", choices=["cosine", "linear", "exp"])
-    parser.add_argument("--eval-policy", choices=["sample", "argmax"])
+    parser.add_argument("--eval-policy", choices=EVAL_POLICIES)
     parser.add_argument("--eval-samples", type=int, help="passes averaged at validation")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--workers", type=int)
-    parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
+    parser.add_argument(
+        "--device", help=f"auto, cpu, cuda, cuda:1 ({_default(TrainConfig, 'device')})"
+    )
     parser.add_argument(
         "--amp",
         action=argparse.BooleanOptionalAction,
@@ -248,74 +418,43 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         help="mixed precision (default: on for CUDA)",
     )
     parser.add_argument("--max-steps-per-epoch", type=int, help="cap steps (smoke runs)")
-    parser.add_argument("--out", help="run directory (default runs/train)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--out", help=f"run directory ({_default(TrainConfig, 'out')})")
+    parser.add_argument(
+        "--resume", action="store_true", default=None, help="continue the run in --out"
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
+        default=None,
         help="replace the run in --out (the old run stays until the new one has a checkpoint)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--quiet", dest="progress", action="store_false", default=None, help="no progress bar"
+    )
+
+
+_TRAIN_OPTIONS = [f.name for f in dataclasses.fields(TrainConfig)]
 
 
 @command("train", arguments=_train_arguments, help="train a CVN (or its dense twin)")
 def _train(args: argparse.Namespace) -> int:
-    from discover.training.trainer import NonFiniteLossError, TrainConfig, train
-
-    options = {
-        key: getattr(args, key)
-        for key in (
-            "model",
-            "U",
-            "dataset",
-            "data_root",
-            "recipe",
-            "epochs",
-            "batch_size",
-            "lr",
-            "weight_decay",
-            "label_smoothing",
-            "warmup_epochs",
-            "warmup_lr",
-            "augment",
-            "holdout",
-            "train_subset",
-            "tau",
-            "temperature",
-            "temperature_final",
-            "temperature_anneal",
-            "temperature_shape",
-            "eval_policy",
-            "eval_samples",
-            "seed",
-            "workers",
-            "device",
-            "amp",
-            "max_steps_per_epoch",
-            "out",
-        )
-        if getattr(args, key) is not None
-    }
+    options = _given(args, *(name for name in _TRAIN_OPTIONS if hasattr(args, name)))
     if args.model_arg:
         options["model_kwargs"] = _key_values(args.model_arg, "--model-arg")
     if args.data_arg:
         options["dataset_kwargs"] = _key_values(args.data_arg, "--data-arg")
-    if args.resume:
-        options["resume"] = True
-    if args.overwrite:
-        options["overwrite"] = True
     config = (
         TrainConfig.from_yaml(args.config, **options)
         if args.config
         else TrainConfig.from_dict(options)
     )
     try:
-        result = train(config, progress=not args.quiet)
-    except NonFiniteLossError as exc:
+        result = train(config, **_given(args, "progress"))
+    except NonFiniteLossError as exc:  # a failed run, not a user mistake: exit status 1
         print(f"error: {exc}", file=sys.stderr)
         return 1
     last = result.history[-1] if result.history else {}
-    if int(os.environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process prints
         print(
             f"trained {result.epochs_run} epoch(s): train top-1 {last.get('train_top1', float('nan')):.4f}, "
             f"held-out top-1 {last.get('val_top1', float('nan')):.4f}, best {result.best_top1:.4f}"
@@ -331,25 +470,27 @@ def _train(args: argparse.Namespace) -> int:
 # -- discover evaluate -----------------------------------------------------------------------
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="training run directory (from `discover train`)")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--weights", choices=["best", "last"], default="best")
+    parser.add_argument("--split", help=_default(evaluate_run, "split"))
     parser.add_argument(
-        "--policy", choices=["sample", "argmax"], default="argmax", help="LWTA evaluation policy"
+        "--weights", choices=["best", "last"], help=_default(evaluate_run, "weights")
+    )
+    parser.add_argument(
+        "--policy",
+        choices=EVAL_POLICIES,
+        help=f"LWTA evaluation policy ({_default(evaluate_run, 'policy')})",
     )
     parser.add_argument(
         "--samples",
         type=int,
-        default=6,
-        help="stochastic passes averaged under --policy sample (reference: 6)",
+        help="stochastic passes averaged under --policy sample "
+        f"({_default(evaluate_run, 'samples')}; reference: 6)",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, help=_default(evaluate_run, "seed"))
+    parser.add_argument("--batch-size", type=int, help=_default(evaluate_run, "batch_size"))
     parser.add_argument("--limit", type=int, help="evaluate the first N images only")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", help=_default(evaluate_run, "device"))
     parser.add_argument(
-        "--json",
-        help="also write the result as JSON to this path "
-        "(default: RUN/eval-SPLIT-WEIGHTS-POLICY.json)",
+        "--json", help=f"also write the result as JSON to this path (default: RUN/{EVAL_FILE})"
     )
 
 
@@ -357,26 +498,14 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     "evaluate", arguments=_evaluate_arguments, help="top-1/top-5 and per-layer sparsity of a run"
 )
 def _evaluate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from discover.evaluation.classification import evaluate_run
-
     result = evaluate_run(
         args.run,
-        split=args.split,
-        weights=args.weights,
-        policy=args.policy,
-        samples=args.samples,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        limit=args.limit,
-        device=args.device,
-        progress=True,
+        **_given(
+            args, "split", "weights", "policy", "samples", "seed", "batch_size", "limit", "device"
+        ),
+        progress=True,  # a terminal shows progress; the API's default is quiet
     )
-    target = Path(
-        args.json or Path(args.run) / f"eval-{args.split}-{args.weights}-{args.policy}.json"
-    )
-    target.write_text(json.dumps(result.to_dict(), indent=2))
+    target = result.save(args.json)
     print(result.summary())
     print(f"\nwritten: {target}")
     return 0
@@ -393,7 +522,9 @@ def _layers_arguments(parser: argparse.ArgumentParser) -> None:
         help="input size for the dry run (default: the model's)",
     )
     parser.add_argument(
-        "--filter", default="*", help="glob on layer names, e.g. 'blocks.*.mlp.act'"
+        "--filter",
+        dest="pattern",
+        help=f"glob on layer names, e.g. 'blocks.*.mlp.act' ({_default(list_layers, 'pattern')})",
     )
 
 
@@ -403,31 +534,23 @@ def _layers_arguments(parser: argparse.ArgumentParser) -> None:
     help="list every addressable layer: dotted name, output shape, suggested pooling",
 )
 def _layers(args: argparse.Namespace) -> int:
-    import fnmatch
-
-    from discover.dissection.recording import list_layers
-
-    infos = list_layers(_build_model(args), args.input_size)
+    infos = list_layers(_build_model(args), args.input_size, **_given(args, "pattern"))
     print(f"{'layer':<36} {'type':<22} {'output':<16} pooling")
     for info in infos:
-        if fnmatch.fnmatchcase(info.name, args.filter):
-            print(info)
+        print(info)
     return 0
 
 
 # -- discover dissect -----------------------------------------------------------------------
 def _dissect_arguments(parser: argparse.ArgumentParser) -> None:
-    from discover.dissection.similarity import DEFAULT_SIMILARITY, SIMILARITIES
-
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="a training run directory (model, weights, preprocessing)")
     source.add_argument("--model", help="a model name (with -U, --checkpoint, --model-arg)")
-    parser.add_argument("-U", type=int, default=1)
-    parser.add_argument("--num-classes", type=int)
-    parser.add_argument("--checkpoint", help="local weights for --model")
-    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
+    _add_model_options(parser)
     parser.add_argument(
-        "--weights", choices=["best", "last"], default="best", help="which weights of --run"
+        "--weights",
+        choices=["best", "last"],
+        help=f"which weights of --run ({_default(load_run, 'weights')})",
     )
     parser.add_argument(
         "--layers",
@@ -435,50 +558,12 @@ def _dissect_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="dotted layer names, glob patterns (blocks.*.mlp.act), or lwta (every LWTA layer)",
     )
+    _add_probe_arguments(parser)
     parser.add_argument(
-        "--probe",
-        default="shapes",
-        help="probe data set: shapes, fashion-mnist, imagefolder, cifar100, ...",
+        "--pooling",
+        help=f"auto, avg, max, cls, mean, none ({_default(dissect, 'pooling')})",
     )
-    parser.add_argument("--probe-split", default="val")
-    parser.add_argument("--probe-root", help="folder of the probe data set, where it needs one")
-    parser.add_argument(
-        "--probe-arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="probe data set keyword, e.g. n=2000",
-    )
-    parser.add_argument("--probe-limit", type=int, help="use the first N probe images")
-    parser.add_argument("--concepts", default="20k", help="concept set name or file path")
-    parser.add_argument(
-        "--embedder", default="conse", help="conse, annotations, open_clip:ARCH:WEIGHTS, hf:DIR"
-    )
-    parser.add_argument(
-        "--similarity", default=DEFAULT_SIMILARITY, help=f"one of: {', '.join(SIMILARITIES)}"
-    )
-    parser.add_argument("--similarity-arg", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--pooling", default="auto", help="auto, avg, max, cls, mean, none")
-    parser.add_argument(
-        "--policy",
-        choices=["argmax", "sample"],
-        default="argmax",
-        help="LWTA eval policy while recording",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument(
-        "--cache-dir", help="cache folder (default: $DISCOVER_CACHE or ~/.cache/discover)"
-    )
-    parser.add_argument("--no-cache", action="store_true", help="switch the cache off")
-    parser.add_argument(
-        "--keep-scores",
-        action="store_true",
-        help="also save the full unit x concept score matrices (scores.safetensors), for exact ranks "
-        "in `discover eval-descriptions`",
-    )
-    parser.add_argument("--out", required=True, help="output directory")
+    _add_dissect_options(parser)
 
 
 @command(
@@ -487,44 +572,8 @@ def _dissect_arguments(parser: argparse.ArgumentParser) -> None:
     help="label every unit of the chosen layers with a concept",
 )
 def _dissect(args: argparse.Namespace) -> int:
-    from discover.data.registry import build_dataset
-    from discover.dissection.core import dissect
-    from discover.dissection.embedders import cache_dir
-    from discover.training.runs import load_run
-
-    if args.run:
-        model = load_run(args.run, args.weights).model
-    else:
-        model = _build_model(args)
-    probe = build_dataset(
-        args.probe,
-        args.probe_split,
-        root=args.probe_root,
-        **_key_values(args.probe_arg, "--probe-arg"),
-    )
-    if args.probe_limit is not None:
-        probe = torch.utils.data.Subset(probe, range(min(args.probe_limit, len(probe))))
-    embedder = args.embedder
-    if embedder == "annotations":
-        from discover.dissection.embedders import AnnotationEmbedder
-
-        embedder = AnnotationEmbedder()
-    result = dissect(
-        model,
-        args.layers,
-        probe,
-        args.concepts,
-        embedder,
-        args.similarity,
-        similarity_params=_key_values(args.similarity_arg, "--similarity-arg"),
-        pooling=args.pooling,
-        policy=args.policy,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        device=args.device,
-        cache_dir=None if args.no_cache else (args.cache_dir or cache_dir()),
-        keep_scores=args.keep_scores,
-    )
+    model = load_run(args.run, **_given(args, "weights")).model if args.run else _build_model(args)
+    result = dissect(model, args.layers, _build_probe(args), **_dissect_options(args))
     out = result.save(args.out)
     for layer in result.config.layers:
         labels = result.labels(layer)
@@ -544,31 +593,40 @@ def _dissect(args: argparse.Namespace) -> int:
 
 # -- discover explain -----------------------------------------------------------------------
 def _explain_arguments(parser: argparse.ArgumentParser) -> None:
-    from discover.explanation import DEFAULT_THRESHOLD, DEFAULT_TOP
-
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files to explain")
     parser.add_argument("--run", required=True, help="training run directory (`discover train`)")
     parser.add_argument(
-        "--dissection", help="dissection directory (default: RUN/dissection, `discover dissect`)"
-    )
-    parser.add_argument("--weights", choices=["best", "last"], default="best")
-    parser.add_argument(
-        "--policy", choices=["argmax", "sample"], default="argmax", help="LWTA evaluation policy"
+        "--dissection",
+        help=f"dissection directory (default: {default_dissection_dir('RUN')}, `discover dissect`)",
     )
     parser.add_argument(
-        "--top", type=int, default=DEFAULT_TOP, help="winners listed per layer (0: counts only)"
+        "--weights", choices=["best", "last"], help=_default(explain_run, "weights")
+    )
+    parser.add_argument(
+        "--policy",
+        choices=EVAL_POLICIES,
+        help=f"LWTA evaluation policy ({_default(explain, 'policy')})",
+    )
+    parser.add_argument(
+        "--top",
+        type=int,
+        help=f"winners listed per layer, 0: counts only ({_default(explain, 'top')})",
     )
     parser.add_argument(
         "--threshold",
         type=float,
-        default=DEFAULT_THRESHOLD,
-        help="dense layers: a unit is active when |activation| > threshold",
+        help="dense layers: a unit is active when |activation| > threshold "
+        f"({_default(explain, 'threshold')})",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampled winners")
+    parser.add_argument(
+        "--seed", type=int, help=f"seed of the sampled winners ({_default(explain, 'seed')})"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument(
         "--allow-stale-dissection",
+        dest="allow_mismatch",
         action="store_true",
+        default=None,
         help="use a dissection made for other weights, layers or U (warns instead of refusing)",
     )
 
@@ -579,53 +637,24 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     help="explain predictions through the labelled units that fired",
 )
 def _explain(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from discover.dissection.core import Dissection
-    from discover.explanation import explain, find_classifier, print_explanations, read_images
-    from discover.nn.lwta import lwta_layers
-    from discover.nn.models import activation_sites
-    from discover.training.runs import load_run
-
-    run = load_run(args.run, args.weights)
-    model = run.model
-    folder = Path(args.dissection) if args.dissection else Path(args.run) / "dissection"
-    if args.dissection is None and not (folder / "dissection.json").is_file():
-        layers = list(lwta_layers(model)) or activation_sites(model)
-        classifier = find_classifier(model)
-        layers += [classifier[0]] if classifier else []
-        raise FileNotFoundError(
-            f"run {args.run} has no dissection (looked for {folder / 'dissection.json'}); "
-            f"create one with `discover dissect --run {args.run} --layers {' '.join(layers)} "
-            f"--probe {run.dataset} --out {folder}` (choose --concepts and "
-            "--embedder for your data, see `discover dissect --help`), or pass --dissection DIR"
-        )
-    dissection = Dissection.load(folder)
-    dissection.check_model(model, allow_mismatch=args.allow_stale_dissection, run=args.run)
-    images, names, failures = read_images(args.images)
-    for path, reason in failures.items():
+    result = explain_run(
+        args.run,
+        args.images,
+        args.dissection,
+        **_given(args, "weights", "allow_mismatch", "policy", "top", "threshold", "seed"),
+    )
+    for path, reason in result.failures.items():
         print(f"error: cannot read image {path}: {reason}", file=sys.stderr)
-    if images:
-        explanations = explain(
-            model,
-            images,
-            dissection,
-            policy=args.policy,
-            threshold=args.threshold,
-            top=args.top,
-            class_names=run.class_names,
-            names=names,
-            seed=args.seed,
-            allow_mismatch=args.allow_stale_dissection,
-        )
+    if result.explanations:
         if args.json:
-            print(json.dumps([e.to_dict() for e in explanations], indent=2))
+            print(json.dumps([e.to_dict() for e in result.explanations], indent=2))
         else:
-            print_explanations(explanations)
-    if failures:
+            print_explanations(result.explanations)
+    if result.failures:
+        read = len(args.images) - len(result.failures)
         print(
-            f"error: {len(failures)} of {len(args.images)} image(s) could not be read"
-            + (f"; explained the other {len(images)}" if images else ""),
+            f"error: {len(result.failures)} of {len(args.images)} image(s) could not be read"
+            + (f"; explained the other {read}" if read else ""),
             file=sys.stderr,
         )
         return 2
@@ -634,22 +663,31 @@ def _explain(args: argparse.Namespace) -> int:
 
 # -- discover demo --------------------------------------------------------------------------
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    from discover.demo import DEMO_DATA
-
-    parser.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
-    parser.add_argument("--fast", action="store_true", help="CI size: about a minute, rough labels")
-    parser.add_argument("--data", choices=list(DEMO_DATA), default="shapes")
+    parser.add_argument("--out", help=f"output directory ({_default(DemoConfig, 'out')})")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        default=None,
+        help="CI size: about a minute, rough labels",
+    )
+    parser.add_argument("--data", choices=list(DEMO_DATA), help=_default(DemoConfig.preset, "data"))
     parser.add_argument(
         "--embedder",
         choices=["annotations", "conse"],
         help="concept matrix: ground truth (shapes, the default there) or ConSE (offline)",
     )
     parser.add_argument(
-        "--policy", choices=["sample", "argmax"], help="LWTA evaluation policy (default sample)"
+        "--policy",
+        choices=EVAL_POLICIES,
+        help=f"LWTA evaluation policy ({_default(DemoConfig, 'policy')})",
     )
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--threads", type=int, help="torch threads (default 2)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--seed", type=int, help=_default(DemoConfig, "seed"))
+    parser.add_argument(
+        "--threads", type=int, help=f"torch threads ({_default(DemoConfig, 'threads')})"
+    )
+    parser.add_argument(
+        "--quiet", dest="progress", action="store_false", default=None, help="no progress bars"
+    )
 
 
 @command(
@@ -658,18 +696,10 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     help="train, dissect and explain a CVN and its dense twin on built-in data; HTML report",
 )
 def _demo(args: argparse.Namespace) -> int:
-    from discover.demo import DemoConfig, run_demo
-
     config = DemoConfig.preset(
-        args.data,
-        fast=args.fast,
-        out=args.out,
-        embedder=args.embedder,
-        policy=args.policy,
-        seed=args.seed,
-        threads=args.threads,
+        **_given(args, "data", "fast", "out", "embedder", "policy", "seed", "threads")
     )
-    result = run_demo(config, progress=not args.quiet, log=lambda line: print(line, flush=True))
+    result = run_demo(config, **_given(args, "progress"), log=lambda line: print(line, flush=True))
     print()
     print(result.summary())
     return 0
@@ -692,11 +722,19 @@ def _eval_descriptions_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sentence-model",
-        default="auto",
-        help="auto (mpnet if installed, else MiniLM), mpnet, minilm, a folder, or none",
+        help="auto (mpnet if installed, else MiniLM), mpnet, minilm, a folder, or none "
+        f"({_default(evaluate_descriptions, 'sentence_model')})",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of both baselines")
-    parser.add_argument("--null-repeats", type=int, default=200, help="draws per baseline")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help=f"seed of both baselines ({_default(evaluate_descriptions, 'seed')})",
+    )
+    parser.add_argument(
+        "--null-repeats",
+        type=int,
+        help=f"draws per baseline ({_default(evaluate_descriptions, 'null_repeats')})",
+    )
     parser.add_argument("--out", help="where to write the results (default: DISSECTION)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -707,18 +745,12 @@ def _eval_descriptions_arguments(parser: argparse.ArgumentParser) -> None:
     help="final-layer protocol: score a classifier layer's descriptions against its classes",
 )
 def _eval_descriptions(args: argparse.Namespace) -> int:
-    from discover.evaluation.descriptions import evaluate_descriptions
-
     scores = evaluate_descriptions(
         args.dissection,
         args.classes,
-        layer=args.layer,
-        embedder=args.embedder,
-        sentence_model=args.sentence_model,
-        seed=args.seed,
-        null_repeats=args.null_repeats,
+        **_given(args, "layer", "embedder", "sentence_model", "seed", "null_repeats"),
     )
-    path = scores.save(args.out or args.dissection)
+    path = scores.save(args.out)
     if args.json:
         print(json.dumps(scores.to_dict(), indent=2))
     else:
@@ -729,31 +761,46 @@ def _eval_descriptions(args: argparse.Namespace) -> int:
 
 # -- discover planted -----------------------------------------------------------------------
 def _planted_arguments(parser: argparse.ArgumentParser) -> None:
-    from discover.evaluation.planted import VARIANTS, PlantedConfig
-
-    defaults = PlantedConfig()
-    parser.add_argument("--probe", default="shapes", help="probe data set (for P)")
-    parser.add_argument("--probe-split", default="val")
-    parser.add_argument("--probe-root", help="folder of the probe data set, where it needs one")
-    parser.add_argument("--probe-arg", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--probe-limit", type=int, help="use the first N probe images")
-    parser.add_argument("--concepts", default="shapes", help="concept set name or file")
+    _add_probe_arguments(parser)
     parser.add_argument(
-        "--embedder", default="annotations", help="annotations, conse, open_clip:ARCH:WEIGHTS"
+        "--concepts",
+        help=f"concept set name or file ({_default(planted_recovery_on_probe, 'concepts')})",
+    )
+    parser.add_argument(
+        "--embedder",
+        help="annotations, conse, open_clip:ARCH:WEIGHTS "
+        f"({_default(planted_recovery_on_probe, 'embedder')})",
     )
     parser.add_argument(
         "--similarities", nargs="+", help="similarity functions (default: all registered)"
     )
-    parser.add_argument("--similarity-arg", action="append", default=[], metavar="SIM.KEY=VALUE")
-    parser.add_argument("--noise", nargs="+", type=float, default=list(defaults.noise))
     parser.add_argument(
-        "--variants", nargs="+", choices=list(VARIANTS), default=list(defaults.variants)
+        "--similarity-arg",
+        action="append",
+        default=None,
+        metavar="SIM.KEY=VALUE",
+        help="keyword of one similarity function (JSON value), e.g. soft_wpmi.top_k=50",
     )
-    parser.add_argument("--units", type=int, default=defaults.units, help="units per cell")
-    parser.add_argument("-U", type=int, default=defaults.U, help="signed_sparse block size")
-    parser.add_argument("--active-fraction", type=float, default=defaults.active_fraction)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--noise", nargs="+", type=float, help=_default(PlantedConfig, "noise"))
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        help=_default(PlantedConfig, "variants"),
+    )
+    parser.add_argument(
+        "--units", type=int, help=f"units per cell ({_default(PlantedConfig, 'units')})"
+    )
+    parser.add_argument(
+        "-U", type=int, help=f"signed_sparse block size ({_default(PlantedConfig, 'U')})"
+    )
+    parser.add_argument(
+        "--active-fraction", type=float, help=_default(PlantedConfig, "active_fraction")
+    )
+    parser.add_argument("--seed", type=int, help=_default(PlantedConfig, "seed"))
+    parser.add_argument(
+        "--batch-size", type=int, help=_default(planted_recovery_on_probe, "batch_size")
+    )
     parser.add_argument("--out", help="write planted.csv, planted_ranking.csv, planted.json here")
 
 
@@ -764,40 +811,15 @@ def _planted_arguments(parser: argparse.ArgumentParser) -> None:
     "synthetic neurons",
 )
 def _planted(args: argparse.Namespace) -> int:
-    from discover.data.registry import build_dataset
-    from discover.dissection.concepts import load_concepts
-    from discover.dissection.embedders import build_embedder
-    from discover.evaluation.planted import PlantedConfig, planted_recovery
-
-    params: dict[str, dict] = {}
-    for key, value in _key_values(args.similarity_arg, "--similarity-arg").items():
-        sim, dot, param = key.partition(".")
-        if not dot or not param:
-            raise ValueError(f"--similarity-arg expects SIMILARITY.KEY=VALUE, got {key!r}")
-        params.setdefault(sim, {})[param] = value
-    config = PlantedConfig(
-        noise=tuple(args.noise),
-        variants=tuple(args.variants),
-        units=args.units,
-        active_fraction=args.active_fraction,
-        U=args.U,
-        similarities=tuple(args.similarities or ()),
-        similarity_params=params,
-        seed=args.seed,
+    options = _given(
+        args, "concepts", "embedder", "batch_size", "similarities", "noise", "variants"
     )
-    probe = build_dataset(
-        args.probe,
-        args.probe_split,
-        root=args.probe_root,
-        **_key_values(args.probe_arg, "--probe-arg"),
-    )
-    if args.probe_limit is not None:
-        probe = torch.utils.data.Subset(probe, range(min(args.probe_limit, len(probe))))
-    concepts = load_concepts(args.concepts)
-    embedder = build_embedder(args.embedder)
-    P = embedder.concept_matrix(probe, concepts.concepts, batch_size=args.batch_size)
-    result = planted_recovery(P, concepts.concepts, config)
-    result.meta.update(probe=args.probe, concept_set=concepts.name, embedder=embedder.name)
+    options.update(_given(args, "units", "U", "active_fraction", "seed"))
+    if args.similarity_arg:
+        options["similarity_params"] = nest_similarity_params(
+            _key_values(args.similarity_arg, "--similarity-arg")
+        )
+    result = planted_recovery_on_probe(_build_probe(args), **options)
     print(result.table())
     if args.out:
         print(f"\nwritten: {result.save(args.out)} (+ planted.csv, planted_ranking.csv)")
@@ -805,86 +827,64 @@ def _planted(args: argparse.Namespace) -> int:
 
 
 # -- discover sae ---------------------------------------------------------------------------
-def _sae_probe_arguments(parser: argparse.ArgumentParser, split: str) -> None:
+def _sae_common_arguments(parser: argparse.ArgumentParser, split: str | None = None) -> None:
     parser.add_argument("--run", required=True, help="a training run directory (`discover train`)")
-    parser.add_argument("--weights", choices=["best", "last"], default="best")
-    parser.add_argument(
-        "--probe", default="shapes", help="probe data set: shapes, imagefolder, ..."
-    )
-    parser.add_argument("--probe-split", default=split)
-    parser.add_argument("--probe-root", help="folder of the probe data set, where it needs one")
-    parser.add_argument("--probe-arg", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--probe-limit", type=int, help="use the first N probe images")
-    parser.add_argument(
-        "--policy", choices=["argmax", "sample"], default="argmax", help="LWTA eval policy"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--weights", choices=["best", "last"], help=_default(load_run, "weights"))
+    _add_probe_arguments(parser, split)
 
 
 def _sae_arguments(parser: argparse.ArgumentParser) -> None:
-    from discover.dissection.sae import SITES
-    from discover.dissection.similarity import DEFAULT_SIMILARITY, SIMILARITIES
-
     actions = parser.add_subparsers(dest="sae_action", metavar="ACTION", required=True)
-    train = actions.add_parser(
+    fit = actions.add_parser(
         "train",
         help="train a TopK SAE on a layer's activations over a probe set",
         description="train a TopK SAE on a layer's activations over a probe set (resumable)",
     )
-    _sae_probe_arguments(train, "train")
-    train.add_argument("--layer", required=True, help="dotted layer name (see `discover layers`)")
-    train.add_argument("--k", type=int, required=True, help="latents kept per vector")
-    train.add_argument("--expansion", type=int, required=True, help="latents per input feature")
-    train.add_argument("--sites", choices=SITES, default="positions", help="what it trains on")
-    train.add_argument(
+    _sae_common_arguments(fit, f"default: {PROBE_SPLIT}")
+    fit.add_argument(
+        "--policy",
+        choices=EVAL_POLICIES,
+        help=f"LWTA eval policy while recording ({_default(train_sae, 'policy')})",
+    )
+    fit.add_argument("--seed", type=int, help=_default(train_sae, "seed"))
+    fit.add_argument("--device", help=_default(train_sae, "device"))
+    fit.add_argument("--layer", required=True, help="dotted layer name (see `discover layers`)")
+    fit.add_argument("--k", type=int, required=True, help="latents kept per vector")
+    fit.add_argument("--expansion", type=int, required=True, help="latents per input feature")
+    fit.add_argument(
+        "--sites", choices=SITES, help=f"what it trains on ({_default(train_sae, 'sites')})"
+    )
+    fit.add_argument(
         "--positions-per-image",
         type=int,
-        default=16,
-        help="positions sampled per image with --sites positions (0: all)",
+        help="positions sampled per image with --sites positions, 0: all "
+        f"({_default(train_sae, 'positions_per_image')})",
     )
-    train.add_argument("--pooling", default="auto", help="the layer's pooling for dissection")
-    train.add_argument("--epochs", type=int, default=20)
-    train.add_argument("--batch-size", type=int, default=256)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--aux-coef", type=float, default=1 / 32, help="AuxK weight (0: off)")
-    train.add_argument("--out", help="output folder (default RUN/sae/LAYER-kK-xE)")
-    train.add_argument("--resume", action="store_true", help="continue the training in --out")
+    fit.add_argument(
+        "--pooling",
+        help=f"the layer's pooling for dissection ({_default(train_sae, 'pooling')})",
+    )
+    fit.add_argument("--epochs", type=int, help=_default(train_sae, "epochs"))
+    fit.add_argument("--batch-size", type=int, help=_default(train_sae, "batch_size"))
+    fit.add_argument("--lr", type=float, help=_default(train_sae, "lr"))
+    fit.add_argument(
+        "--aux-coef", type=float, help=f"AuxK weight, 0: off ({_default(train_sae, 'aux_coef')})"
+    )
+    fit.add_argument(
+        "--out", help=f"output folder (default: {default_sae_dir('RUN', 'LAYER', 'K', 'E')})"
+    )
+    fit.add_argument(
+        "--resume", action="store_true", default=None, help="continue the training in --out"
+    )
 
-    dissect = actions.add_parser(
+    label = actions.add_parser(
         "dissect",
         help="label every latent of a trained SAE with a concept",
         description="label every latent of a trained SAE with a concept (its layer's dissection)",
     )
-    _sae_probe_arguments(dissect, "val")
-    dissect.add_argument("--sae", required=True, help="SAE folder (`discover sae train`)")
-    dissect.add_argument("--concepts", default="20k", help="concept set name or file path")
-    dissect.add_argument(
-        "--embedder", default="conse", help="conse, annotations, open_clip:ARCH:WEIGHTS, hf:DIR"
-    )
-    dissect.add_argument(
-        "--similarity", default=DEFAULT_SIMILARITY, help=f"one of: {', '.join(SIMILARITIES)}"
-    )
-    dissect.add_argument("--similarity-arg", action="append", default=[], metavar="KEY=VALUE")
-    dissect.add_argument("--batch-size", type=int, default=64)
-    dissect.add_argument("--cache-dir", help="cache folder (default: $DISCOVER_CACHE)")
-    dissect.add_argument("--no-cache", action="store_true", help="switch the cache off")
-    dissect.add_argument("--keep-scores", action="store_true", help="also save the score matrix")
-    dissect.add_argument("--out", required=True, help="output directory")
-
-
-def _sae_probe(args: argparse.Namespace):
-    from discover.data.registry import build_dataset
-
-    probe = build_dataset(
-        args.probe,
-        args.probe_split,
-        root=args.probe_root,
-        **_key_values(args.probe_arg, "--probe-arg"),
-    )
-    if args.probe_limit is not None:
-        probe = torch.utils.data.Subset(probe, range(min(args.probe_limit, len(probe))))
-    return probe
+    _sae_common_arguments(label)
+    label.add_argument("--sae", required=True, help="SAE folder (`discover sae train`)")
+    _add_dissect_options(label)
 
 
 @command(
@@ -893,35 +893,15 @@ def _sae_probe(args: argparse.Namespace):
     help="sparse autoencoders: `sae train` one on a layer, `sae dissect` its latents",
 )
 def _sae(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from discover.dissection.core import dissect
-    from discover.dissection.embedders import AnnotationEmbedder, cache_dir
-    from discover.dissection.sae import SAE, train_sae
-    from discover.training.runs import load_run
-
-    model = load_run(args.run, args.weights).model
+    model = load_run(args.run, **_given(args, "weights")).model
     if args.sae_action == "train":
-        out = args.out or Path(args.run) / "sae" / f"{args.layer}-k{args.k}-x{args.expansion}"
-        sae = train_sae(
-            model,
-            args.layer,
-            _sae_probe(args),
-            args.k,
-            args.expansion,
-            out=out,
-            sites=args.sites,
-            positions_per_image=args.positions_per_image or None,
-            pooling=args.pooling,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            aux_coef=args.aux_coef,
-            policy=args.policy,
-            seed=args.seed,
-            device=args.device,
-            resume=args.resume,
-        )
+        out = args.out or default_sae_dir(args.run, args.layer, args.k, args.expansion)
+        options = _given(args, "sites", "pooling", "epochs", "batch_size", "lr", "aux_coef")
+        options.update(_given(args, "policy", "seed", "device", "resume"))
+        if args.positions_per_image is not None:  # 0 on the command line: every position
+            options["positions_per_image"] = args.positions_per_image or None
+        probe = _build_probe(args, split=PROBE_SPLIT)
+        sae = train_sae(model, args.layer, probe, args.k, args.expansion, out=out, **options)
         c, m = sae.config, sae.config.metrics
         fve = "-" if m["fve"] is None else f"{m['fve']:.3f}"
         print(
@@ -932,23 +912,7 @@ def _sae(args: argparse.Namespace) -> int:
         print(f"written: {out}")
         return 0
     sae = SAE.load(args.sae)
-    embedder = AnnotationEmbedder() if args.embedder == "annotations" else args.embedder
-    result = dissect(
-        model,
-        [sae.layer],
-        _sae_probe(args),
-        args.concepts,
-        embedder,
-        args.similarity,
-        similarity_params=_key_values(args.similarity_arg, "--similarity-arg"),
-        policy=args.policy,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        device=args.device,
-        cache_dir=None if args.no_cache else (args.cache_dir or cache_dir()),
-        keep_scores=args.keep_scores,
-        sae=sae,
-    )
+    result = dissect(model, [sae.layer], _build_probe(args), sae=sae, **_dissect_options(args))
     out = result.save(args.out)
     labels = result.labels(sae.layer)
     shown = ", ".join(labels[:8]) + (" ..." if len(labels) > 8 else "")
@@ -958,6 +922,17 @@ def _sae(args: argparse.Namespace) -> int:
 
 
 # -- entry point -----------------------------------------------------------------------------
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every flag of ``parser`` and of its own subcommands."""
+    flags = set()
+    for action in parser._actions:
+        flags.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                flags |= _option_strings(sub)
+    return flags
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="discover",
@@ -973,7 +948,7 @@ def build_parser() -> argparse.ArgumentParser:
     for cmd in _COMMANDS.values():
         sub_parser = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         cmd.add_arguments(sub_parser)
-        sub_parser.set_defaults(_run=cmd.run)
+        sub_parser.set_defaults(_run=cmd.run, _flags=frozenset(_option_strings(sub_parser)))
     return parser
 
 
@@ -997,7 +972,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         message = _user_error(exc)
         if message is not None:
-            print(f"error: {message}", file=sys.stderr)
+            print(f"error: {_with_flags(message, getattr(args, '_flags', ()))}", file=sys.stderr)
             return 2
         print(
             f"internal error: {type(exc).__name__}: {exc}\n"
@@ -1006,6 +981,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _with_flags(message: str, flags: Collection[str]) -> str:
+    """``message`` with the API parameters it names shown as the command's ``flags``: a
+    leading ``parameter:``, and ``parameter=True`` / ``parameter='VALUE'`` anywhere
+    (parameters the command has no flag for stay as they are).
+
+    Example:
+        >>> _with_flags("similarity_params: similarity 'cos': unknown option 'x'",
+        ...             {"--similarity-arg"})
+        "--similarity-arg: similarity 'cos': unknown option 'x'"
+    """
+
+    def flag(parameter: str) -> str | None:
+        option = _FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+        return option if option in flags else None
+
+    def keyword(match: re.Match[str]) -> str:
+        option = flag(match[1])
+        if option is None:
+            return match[0]
+        return option if match[2] == "True" else f"{option} {match[2][1:-1]}"
+
+    message = re.sub(r"(?<![\w.])(\w+)=(True|'[^']*')", keyword, message)
+    head = re.match(r"(\w+):", message)
+    if head and (option := flag(head[1])):
+        message = option + message[head.end(1) :]
+    return message
 
 
 def _user_error(exc: BaseException) -> str | None:

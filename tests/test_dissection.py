@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -94,7 +95,10 @@ def test_save_overwrites_and_loads(tmp_path):
     result.save(tmp_path)  # a rerun overwrites, never appends
     with open(tmp_path / "descriptions.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["layer", "unit", "block", "position", "label", "score", "top5"]
+    assert list(rows[0]) == [
+        "layer", "unit", "block", "position", "label", "score", "top5", "z", "p_null"
+    ]  # fmt: skip
+    assert all(r["z"] and r["p_null"] for r in rows)
     assert len(rows) == 12 and rows[0]["block"] == "" and rows[6]["block"] == "0"
     assert json.loads(rows[0]["top5"])[0][0] == rows[0]["label"]
     saved = json.loads((tmp_path / "dissection.json").read_text())
@@ -404,3 +408,29 @@ def test_similarity_options_are_grouped_and_checked():
     ]:
         with pytest.raises(ValueError, match="^similarity_params: .*" + message):
             nest_similarity_params(options)
+
+
+def test_labels_carry_their_significance_against_a_shuffled_null():
+    probe, table = _world(300)
+    model = Oracle([5, 0, 3, 1, 4, 2])
+    args = (model, ["fc"], probe, concept_set_from_lines(NAMES, name="toy"))
+    kw = dict(transform=lambda x: x, progress=False, cache_dir=None)
+    result = dissect(*args, AnnotationEmbedder(table, NAMES), "cos", **kw)
+    assert all(u.above_chance and u.z > 5 and u.p_null < 1e-4 for u in result.layer("fc"))
+    assert result.meta["layers"]["fc"]["above_chance"] == 6
+    assert result.config.null_repeats == 16
+    perm = torch.randperm(300, generator=torch.Generator().manual_seed(1))
+    shuffled = TensorDataset(probe.tensors[0][perm], probe.tensors[1])
+    noise = dissect(model, ["fc"], shuffled, args[3], AnnotationEmbedder(table, NAMES), "cos", **kw)
+    assert not any(u.above_chance for u in noise.layer("fc"))  # annotations of other images
+    # soft WPMI's best score saturates at log K when one unit dominates its concept's prior,
+    # so on a layer of six planted units its labels cannot beat the shuffled null (the
+    # weakness the similarity sanity tests show; benchmarks/results/similarity-sanity.md)
+    soft = dissect(*args, AnnotationEmbedder(table, NAMES), "soft_wpmi", **kw)
+    assert [u.label for u in soft.layer("fc")] == [u.label for u in result.layer("fc")]
+    assert all(u.score == pytest.approx(math.log(6), abs=1e-3) for u in soft.layer("fc"))
+    assert not any(u.above_chance for u in soft.layer("fc"))
+    none = dissect(*args, AnnotationEmbedder(table, NAMES), "cos", null_repeats=0, **kw)
+    assert all(u.z is None and u.above_chance is None for u in none.layer("fc"))
+    with pytest.raises(ValueError, match="null_repeats must be 0 or >= 2, got 1"):
+        dissect(*args, AnnotationEmbedder(table, NAMES), "cos", null_repeats=1, **kw)

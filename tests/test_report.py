@@ -164,6 +164,13 @@ def test_report_from_a_saved_dissection_needs_no_model(built, tmp_path):
         (a,) = (tmp_path / "a").glob(f"*/{layer}.html")
         (b,) = (tmp_path / "b").glob(f"*/{layer}.html")
         assert _cards(a) == _cards(b)
+    # every card shows its label's significance; labels that do not beat chance are marked
+    (page,) = (tmp_path / "a").glob("*/act2.html")
+    text = page.read_text()
+    rows = saved.layer("act2")
+    assert text.count(" · z ") == min(len(rows), 128)
+    weak = sum(1 for u in rows if not u.above_chance)
+    assert text.count("not above chance") == weak
     overview = (tmp_path / "a" / "index.html").read_text()
     assert "TinyNet" in overview and f"{count_parameters(given.model):,}" in overview
 

@@ -236,6 +236,12 @@ def _add_dissect_options(parser: argparse.ArgumentParser) -> None:
         help="also save the full unit x concept score matrices (scores.safetensors), for exact "
         "ranks in `discover eval-descriptions`",
     )
+    parser.add_argument(
+        "--null-repeats",
+        type=int,
+        help="shuffled-image draws behind each label's significance (z, p_null columns; 0 "
+        f"skips them; {_default(dissect, 'null_repeats')})",
+    )
     parser.add_argument("--out", required=True, help="output directory")
 
 
@@ -244,7 +250,7 @@ def _dissect_options(args: argparse.Namespace) -> dict[str, Any]:
     options = _given(
         args, "concepts", "embedder", "similarity", "policy", "seed", "batch_size", "device"
     )
-    options.update(_given(args, "pooling", "keep_scores"))
+    options.update(_given(args, "pooling", "keep_scores", "null_repeats"))
     if args.similarity_arg:
         options["similarity_params"] = _key_values(args.similarity_arg, "--similarity-arg")
     if args.no_cache:

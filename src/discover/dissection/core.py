@@ -48,6 +48,7 @@ from discover.dissection.recording import (
     resolve_layers,
 )
 from discover.dissection.sae import SAE, as_sae, record_latents
+from discover.dissection.significance import SIGNIFICANT_P, label_significance
 from discover.dissection.similarity import DEFAULT_SIMILARITY, get_similarity
 from discover.nn.lwta import LWTA
 from discover.nn.models import count_parameters
@@ -63,7 +64,7 @@ __all__ = [
     "model_view",
 ]
 
-CSV_COLUMNS = ("layer", "unit", "block", "position", "label", "score", "top5")
+CSV_COLUMNS = ("layer", "unit", "block", "position", "label", "score", "top5", "z", "p_null")
 SCORES_FILE = "scores.safetensors"  # optional: the full score matrices (keep_scores=True)
 ACTIVATIONS_FILE = "activations.safetensors"  # Q and the winner fractions per layer
 OLD_SCORES_FILE = "scores.pt"  # the score matrices as written by discover 0.1; still read
@@ -95,6 +96,17 @@ class UnitDescription:
     block: int | None = None
     position: int | None = None
     active_fraction: float | None = None  # LWTA: how often the unit won on the probe set
+    z: float | None = None
+    """The label's significance: its score's z against the unit's shuffled-image null (see
+    :mod:`discover.dissection.significance`; comparable across runs, ``None``: not drawn)."""
+    p_null: float | None = None
+    """The null's upper tail beyond the score (Gumbel fit); the label beats chance when
+    ``p_null <= 0.001``."""
+
+    @property
+    def above_chance(self) -> bool | None:
+        """Whether the label beats the shuffled-image null (``None``: not measured)."""
+        return None if self.p_null is None else self.p_null <= SIGNIFICANT_P
 
 
 @dataclass
@@ -111,6 +123,7 @@ class DissectConfig:
     seed: int = 0
     batch_size: int = 64
     top_k: int = 5
+    null_repeats: int = 0  # shuffled-image draws behind each label's z (0: none)
 
 
 @dataclass
@@ -232,7 +245,8 @@ class Dissection:
         return [u.label for u in self.layer(name)]
 
     def to_csv(self) -> str:
-        """``layer,unit,block,position,label,score,top5`` with ``top5`` as a JSON list."""
+        """``layer,unit,block,position,label,score,top5,z,p_null`` with ``top5`` as a JSON
+        list; ``z`` and ``p_null`` are empty when the null was not drawn."""
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(CSV_COLUMNS)
@@ -246,6 +260,8 @@ class Dissection:
                     u.label,
                     f"{u.score:.6g}",
                     json.dumps([[c, round(s, 6)] for c, s in u.top]),
+                    "" if u.z is None else f"{u.z:.4g}",
+                    "" if u.p_null is None else f"{u.p_null:.4g}",
                 ]
             )
         return buffer.getvalue()
@@ -632,6 +648,7 @@ def dissect(
     progress: bool = True,
     keep_scores: bool = False,
     sae: SAE | str | Path | None = None,
+    null_repeats: int = 16,
 ) -> Dissection:
     """Describe every unit of ``layers`` with a concept (CLIP-Dissect, method.md §6-7).
 
@@ -659,6 +676,10 @@ def dissect(
         sae: a :class:`~discover.dissection.sae.SAE` of the one layer in ``layers`` (or
             its folder): its latents are the units, one label per latent
             (:func:`~discover.dissection.sae.record_latents`); ``meta["sae"]`` records it.
+        null_repeats: shuffled-image draws of each layer's scores behind every label's
+            calibrated significance (``UnitDescription.z``/``p_null``, see
+            :mod:`discover.dissection.significance`); costs that many extra similarity
+            computations per layer; 0 skips it.
 
     Example:
         >>> from discover.data import ShapesWorld
@@ -692,7 +713,10 @@ def dissect(
         seed=seed,
         batch_size=batch_size,
         top_k=top_k,
+        null_repeats=null_repeats,
     )
+    if null_repeats and null_repeats < 2:
+        raise ValueError(f"null_repeats must be 0 or >= 2, got {null_repeats}")
     recording = (record if sae is None else partial(record_latents, sae=sae))(
         model,
         list(modules),
@@ -727,6 +751,12 @@ def dissect(
         if keep_scores:
             scores[name] = S.detach().float().cpu()
         top_scores, top_idx = S.float().topk(k, dim=1)
+        sig = None
+        if null_repeats:
+            params = config.similarity_params
+            sig = label_significance(
+                P, Q, top_scores[:, 0], score_fn, params, repeats=null_repeats, seed=seed
+            )
         U = module.U if isinstance(module, LWTA) else None
         wins = recording.wins.get(name)
         active = wins.float().mean(0) if wins is not None else None
@@ -747,6 +777,8 @@ def dissect(
                     block=unit // U if U and sae is None else None,
                     position=unit % U if U and sae is None else None,
                     active_fraction=float(active[unit]) if active is not None else None,
+                    z=float(sig.z[unit]) if sig is not None else None,
+                    p_null=float(sig.p[unit]) if sig is not None else None,
                 )
             )
         dead = int((Q.abs().sum(0) == 0).sum())
@@ -756,6 +788,7 @@ def dissect(
             "U": U,
             "dead_units": dead,
             "similarity_info": info,
+            "above_chance": int(sig.above_chance.sum()) if sig is not None else None,
         }
     meta = {
         "layers": layer_meta,

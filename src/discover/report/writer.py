@@ -726,6 +726,8 @@ class _Writer:
                     "block": u.block,
                     "position": u.position,
                     "active_fraction": u.active_fraction,
+                    "z": u.z,
+                    "above_chance": u.above_chance,
                     "dead": bool(dead[u.unit]),
                     "images": images,
                     "hist": f"hist/{page}/{u.unit}.png",

@@ -701,8 +701,7 @@ def similarity_rows(sizes: dict[str, int], args: argparse.Namespace) -> list[dic
                     "over P of discover's kernel, 4,096 concepts at a time)",
                     "s": med["matmul"] + med["centring"],
                     "discover_over_floor": med["discover"] / (med["matmul"] + med["centring"]),
-                    "reference_over_floor": row["reference_s"]
-                    / (med["matmul"] + med["centring"]),
+                    "reference_over_floor": row["reference_s"] / (med["matmul"] + med["centring"]),
                 }
             if "matmul" in med:
                 row["matmul_s"] = med["matmul"]

@@ -326,7 +326,7 @@ def test_merge_joins_disjoint_layers_of_one_model(tmp_path):
     assert both.config.concepts == "fc: toy; act: toy2"
     assert both.labels("act") == final.labels("act") and both.labels("fc") == hidden.labels("fc")
     assert both.activations.keys() == {"fc", "act"} and both.winner_fractions.keys() == {"act"}
-    assert both.layer_info("act")["U"] == 2 and both.layer_info("fc")["U"] is None
+    assert both.layer_info("act").U == 2 and both.layer_info("fc").U is None
     both.save(tmp_path / "both")
     assert Dissection.load(tmp_path / "both").labels("fc") == hidden.labels("fc")
     with pytest.raises(ValueError, match="layer 'fc' is in parts 0 and 1"):

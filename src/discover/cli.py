@@ -583,16 +583,16 @@ def _dissect(args: argparse.Namespace) -> int:
     out = result.save(args.out)
     for layer in result.config.layers:
         labels = result.labels(layer)
-        meta = result.meta["layers"][layer]
+        info = result.layer_info(layer)
         shown = ", ".join(labels[:8]) + (" ..." if len(labels) > 8 else "")
         print(
-            f"{layer} ({meta['units']} units, pooling {meta['pooling']}, "
-            f"{meta['dead_units']} never active): {shown}"
+            f"{layer} ({info.units} units, pooling {info.pooling}, "
+            f"{info.dead_units} never active): {shown}"
         )
-    probe_meta = result.meta["probe"]
-    skipped = len(probe_meta["skipped_unreadable"])
+    about = result.about
+    skipped = len(about.skipped_images)
     listed = f", skipped {skipped} unreadable image(s) (listed in dissection.json)"
-    print(f"probe: {probe_meta['images']} images{listed if skipped else ''}")
+    print(f"probe: {about.probe_images} images{listed if skipped else ''}")
     print(f"written: {out / 'descriptions.csv'} and {out / 'dissection.json'}")
     return 0
 

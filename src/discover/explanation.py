@@ -722,7 +722,7 @@ def _dissected_sae(
     dissection: Dissection | None, sae: SAE | str | os.PathLike | None, allow_mismatch: bool
 ) -> SAE | None:
     """The SAE whose latents ``dissection`` labels: ``sae``, else the recorded folder."""
-    recorded = (dissection.meta.get("sae") or {}) if dissection is not None else {}
+    recorded = (dissection.about.sae or {}) if dissection is not None else {}
     if sae is None and not recorded:
         return None
     if sae is None:

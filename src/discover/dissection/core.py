@@ -55,6 +55,8 @@ from discover.nn.models import count_parameters
 
 __all__ = [
     "UnitDescription",
+    "DissectedLayer",
+    "DissectedModel",
     "Dissection",
     "DissectConfig",
     "StaleDissectionError",
@@ -126,6 +128,36 @@ class DissectConfig:
     null_repeats: int = 0  # shuffled-image draws behind each label's z (0: none)
 
 
+@dataclass(frozen=True)
+class DissectedLayer:
+    """What a dissection recorded about one layer."""
+
+    name: str
+    units: int
+    pooling: str | None
+    U: int | None  # the layer's LWTA block size (None: dense)
+    dead_units: int  # never active on the probe
+    above_chance: int | None = None  # labels that beat the shuffled-image null
+    sae: bool = False  # the units are the latents of an SAE on this layer
+
+
+@dataclass(frozen=True)
+class DissectedModel:
+    """What a dissection recorded about its model and probe set."""
+
+    model_class: str | None
+    parameters: int | None
+    cvn: dict[str, Any]  # the CVN configuration (``cvn_config.to_dict()``; empty if none)
+    sha256: str | None  # the weights hash, see :meth:`Dissection.check_model`
+    probe_images: int
+    probe_fingerprint: str | None
+    skipped_images: dict[str, str]  # unreadable probe files (path -> reason)
+    embedder: str | None
+    concept_set: str | None  # name and sha256 prefix
+    seconds: float | None
+    sae: dict[str, Any] | None  # the SAE's provenance when the units are its latents
+
+
 @dataclass
 class Dissection:
     """One row per (layer, unit), plus the configuration, the metadata and the data that
@@ -165,11 +197,41 @@ class Dissection:
             )
         return self.activations[name]
 
-    def layer_info(self, name: str) -> dict[str, Any]:
-        """What the dissection recorded about layer ``name``: ``units``, ``pooling``, ``U``
-        (``None`` for dense layers), ``dead_units`` and ``similarity_info``."""
-        self.layer(name)
-        return dict((self.meta.get("layers") or {}).get(name, {}))
+    def layer_info(self, name: str) -> DissectedLayer:
+        """What the dissection recorded about layer ``name``."""
+        rows = self.layer(name)
+        info = (self.meta.get("layers") or {}).get(name, {})
+        sae = self.meta.get("sae") or {}
+        return DissectedLayer(
+            name=name,
+            units=int(info.get("units", len(rows))),
+            pooling=self.pooling(name),
+            U=info.get("U"),
+            dead_units=int(info.get("dead_units", 0)),
+            above_chance=info.get("above_chance"),
+            sae=sae.get("layer") == name,
+        )
+
+    @property
+    def about(self) -> DissectedModel:
+        """What the dissection recorded about its model and probe set."""
+        meta, probe = self.meta, self.meta.get("probe") or {}
+        embedder = meta.get("embedder")
+        return DissectedModel(
+            model_class=meta.get("model_class"),
+            parameters=meta.get("parameters"),
+            cvn=dict(meta.get("model") or {}),
+            sha256=meta.get("model_sha256") or (meta.get("recording") or {}).get("model_sha256"),
+            probe_images=int(probe.get("images", 0)),
+            probe_fingerprint=probe.get("fingerprint"),
+            skipped_images=dict(probe.get("skipped_unreadable") or {}),
+            embedder=embedder.get("name") if isinstance(embedder, dict) else embedder,
+            concept_set=meta.get("concept_set")
+            if isinstance(meta.get("concept_set"), str)
+            else None,
+            seconds=meta.get("seconds"),
+            sae=meta.get("sae"),
+        )
 
     @classmethod
     def merge(cls, *parts: Dissection) -> Dissection:

@@ -464,8 +464,8 @@ def _concept_list(dissection: Dissection) -> list[str]:
             f"cannot recover the dissection's concept set {name!r} ({err}); rerun the "
             "dissection with keep_scores=True, which stores the concept list"
         ) from None
-    recorded = dissection.meta.get("concept_set")
-    if isinstance(recorded, str) and concept_set.sha256[:12] not in recorded:
+    recorded = dissection.about.concept_set
+    if recorded is not None and concept_set.sha256[:12] not in recorded:
         raise ValueError(
             f"the concept set {name!r} has changed since the dissection (it recorded "
             f"{recorded!r}, now sha256 {concept_set.sha256[:12]}); rerun the dissection"
@@ -966,7 +966,7 @@ def evaluate_simulation(
 
     names = list(layers) if layers is not None else dissection.layers
     Qs = {name: dissection.probe_activations(name) for name in names}
-    expected = (dissection.meta.get("probe") or {}).get("fingerprint")
+    expected = dissection.about.probe_fingerprint
     if expected and dataset_fingerprint(probe) not in (None, expected):
         raise ValueError(
             "evaluate_simulation: the probe set is not the one the dissection was made on "

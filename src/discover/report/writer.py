@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 
 from discover import __version__
 from discover._utils import staged_dir
-from discover.dissection.core import Dissection, UnitDescription
+from discover.dissection.core import DissectedLayer, Dissection, UnitDescription
 from discover.nn.models import count_parameters
 
 __all__ = ["ReportSection", "ReportConfig", "write_report"]
@@ -556,13 +556,11 @@ class _Writer:
         dissection = section.dissection
         layers = list(dict.fromkeys(u.layer for u in dissection.units))
         activations = self._activations(section, layers)
-        sae = dissection.meta.get("sae") if isinstance(dissection.meta, dict) else None
+        about = dissection.about
+        infos = {name: dissection.layer_info(name) for name in layers}
         lwta = {  # an SAE's latents are not LWTA units, whatever the layer under them is
-            name: info["U"]
-            for name in dissection.layers
-            if (info := dissection.layer_info(name)).get("U") and not (sae and sae["layer"] == name)
+            name: info.U for name, info in infos.items() if info.U and not info.sae
         }
-        layer_meta = dissection.meta.get("layers", {}) if isinstance(dissection.meta, dict) else {}
 
         saved: dict[int, str] = {}  # probe index -> image path relative to the section folder
         layer_views = []
@@ -577,8 +575,8 @@ class _Writer:
                 lwta.get(name),
                 page,
                 saved,
-                layer_meta.get(name, {}),
-                sae if sae and sae["layer"] == name else None,
+                infos[name],
+                about.sae if infos[name].sae else None,
             )
             layer_views.append(view)
 
@@ -592,17 +590,13 @@ class _Writer:
             plot = f"{slug}/sparsity.png"
             _sparsity_plot(sparsity_rows, self.root / plot)
 
-        model, info = section.model, dissection.meta if isinstance(dissection.meta, dict) else {}
+        model = section.model
         if model is not None:
             cvn = getattr(model, "cvn_config", None)
             kind, parameters = type(model).__name__, count_parameters(model)
             cvn_rows = cvn.to_dict() if callable(getattr(cvn, "to_dict", None)) else {}
         else:  # what the dissection recorded about the model
-            kind, parameters, cvn_rows = (
-                info.get("model_class"),
-                info.get("parameters"),
-                info.get("model") or {},
-            )
+            kind, parameters, cvn_rows = about.model_class, about.parameters, about.cvn
         model_rows = [
             ("class", kind or "unknown"),
             ("parameters", f"{parameters:,}" if parameters is not None else "unknown"),
@@ -613,11 +607,11 @@ class _Writer:
         model_rows += _rows(cvn_rows, "cvn.")
         dissect_rows = _rows(dataclasses.asdict(dissection.config))
         for key, value in (
-            ("embedder", _get(info, "embedder", "name")),
-            ("concept set", _get(info, "concept_set")),
-            ("probe images", _get(info, "probe", "images") or len(section.probe)),
-            ("skipped unreadable", len(_get(info, "probe", "skipped_unreadable") or {})),
-            ("seconds", _get(info, "seconds")),
+            ("embedder", about.embedder),
+            ("concept set", about.concept_set),
+            ("probe images", about.probe_images or len(section.probe)),
+            ("skipped unreadable", len(about.skipped_images)),
+            ("seconds", about.seconds),
         ):
             if value is not None:
                 dissect_rows.append((key, _fmt(value)))
@@ -688,7 +682,7 @@ class _Writer:
         U: int | None,
         page: str,
         saved: dict[int, str],
-        layer_meta: dict[str, Any],
+        info: DissectedLayer,
         sae: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         cfg = self.config
@@ -741,7 +735,7 @@ class _Writer:
             "shown": len(cards),
             "U": U,
             "sae": sae,
-            "pooling": layer_meta.get("pooling"),
+            "pooling": info.pooling,
             "dead": int(dead[[u.unit for u in rows]].sum()),
             "mean_score": float(np.mean([_finite(u.score) for u in rows])),
         }

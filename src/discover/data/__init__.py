@@ -5,61 +5,19 @@ Imports only :mod:`discover._utils`.
 
 from __future__ import annotations
 
-from .fashion_mnist import (
-    FASHION_MNIST_CLASSES,
-    FASHION_MNIST_DIR,
-    FashionMNIST,
-    read_idx,
-)
-from .folders import RobustImageFolder, TorchvisionImages, UnreadableImageError
-from .photos import (
-    PHOTOS,
-    load_photos,
-    sample_photos,
-)
-from .registry import DATASETS, build_dataset, build_probe, list_datasets, register_dataset
-from .shapes import (
-    COLOURS,
-    FACTORS,
-    POSITIONS,
-    SHAPES,
-    SIZES,
-    SPLITS,
-    TEXTURES,
-    ShapeFactors,
-    ShapesConfig,
-    ShapesWorld,
-)
-from .transforms import BatchAugment, DataConfig, build_transforms, eval_transform
+from . import fashion_mnist, folders, photos, registry, shapes, transforms
+from .fashion_mnist import *  # noqa: F403
+from .folders import *  # noqa: F403
+from .photos import *  # noqa: F403
+from .registry import *  # noqa: F403
+from .shapes import *  # noqa: F403
+from .transforms import *  # noqa: F403
 
 __all__ = [
-    "SPLITS",
-    "SHAPES",
-    "COLOURS",
-    "TEXTURES",
-    "SIZES",
-    "POSITIONS",
-    "FACTORS",
-    "ShapesConfig",
-    "ShapeFactors",
-    "ShapesWorld",
-    "FASHION_MNIST_CLASSES",
-    "FASHION_MNIST_DIR",
-    "read_idx",
-    "FashionMNIST",
-    "RobustImageFolder",
-    "UnreadableImageError",
-    "TorchvisionImages",
-    "DATASETS",
-    "register_dataset",
-    "list_datasets",
-    "build_dataset",
-    "build_probe",
-    "DataConfig",
-    "build_transforms",
-    "BatchAugment",
-    "eval_transform",
-    "PHOTOS",
-    "load_photos",
-    "sample_photos",
+    *fashion_mnist.__all__,
+    *folders.__all__,
+    *photos.__all__,
+    *registry.__all__,
+    *shapes.__all__,
+    *transforms.__all__,
 ]

@@ -6,102 +6,17 @@ Imports the earlier stages, never :mod:`discover.report`.
 
 from __future__ import annotations
 
-from .classification import (
-    EVAL_FILE,
-    EvalResult,
-    evaluate,
-    evaluate_run,
-)
-from .descriptions import (
-    DescriptionScores,
-    Metric,
-    NullStats,
-    SimulationScores,
-    evaluate_descriptions,
-    evaluate_simulation,
-    resolve_class_names,
-    simulation_score,
-    text_encoder,
-)
-from .groundtruth import (
-    MONOSEMANTIC_BAR,
-    SANITY_PASS_BAR,
-    GroundTruthReport,
-    LayerGroundTruth,
-    SanityConfig,
-    SanityResult,
-    UnitGroundTruth,
-    average_precision,
-    corrupt_labels,
-    groundtruth_dissection,
-    groundtruth_scores,
-    probe_split,
-    similarity_sanity,
-    threshold_metrics,
-)
-from .planted import (
-    TRANSFERS,
-    VARIANTS,
-    PlantedConfig,
-    PlantedResult,
-    planted_neurons,
-    planted_recovery,
-    planted_recovery_on_probe,
-    register_variant,
-)
-from .sparsity import (
-    LayerSparsity,
-    OneOverU,
-    PhotoSparsity,
-    SparsityMeter,
-    check_one_over_u,
-    format_sparsity,
-    measure_sparsity,
-    photo_sparsity,
-)
+from . import classification, descriptions, groundtruth, planted, sparsity
+from .classification import *  # noqa: F403
+from .descriptions import *  # noqa: F403
+from .groundtruth import *  # noqa: F403
+from .planted import *  # noqa: F403
+from .sparsity import *  # noqa: F403
 
 __all__ = [
-    "LayerSparsity",
-    "SparsityMeter",
-    "measure_sparsity",
-    "format_sparsity",
-    "OneOverU",
-    "check_one_over_u",
-    "PhotoSparsity",
-    "photo_sparsity",
-    "EVAL_FILE",
-    "EvalResult",
-    "evaluate",
-    "evaluate_run",
-    "NullStats",
-    "Metric",
-    "DescriptionScores",
-    "SimulationScores",
-    "evaluate_descriptions",
-    "simulation_score",
-    "evaluate_simulation",
-    "resolve_class_names",
-    "text_encoder",
-    "PlantedConfig",
-    "PlantedResult",
-    "VARIANTS",
-    "TRANSFERS",
-    "register_variant",
-    "planted_neurons",
-    "planted_recovery",
-    "planted_recovery_on_probe",
-    "MONOSEMANTIC_BAR",
-    "UnitGroundTruth",
-    "LayerGroundTruth",
-    "GroundTruthReport",
-    "probe_split",
-    "average_precision",
-    "threshold_metrics",
-    "groundtruth_scores",
-    "groundtruth_dissection",
-    "SANITY_PASS_BAR",
-    "SanityConfig",
-    "SanityResult",
-    "corrupt_labels",
-    "similarity_sanity",
+    *classification.__all__,
+    *descriptions.__all__,
+    *groundtruth.__all__,
+    *planted.__all__,
+    *sparsity.__all__,
 ]

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-from .writer import (
-    ReportConfig,
-    ReportSection,
-    write_report,
-)
+from . import writer
+from .writer import *  # noqa: F403
 
-__all__ = [
-    "ReportSection",
-    "ReportConfig",
-    "write_report",
-]
+__all__ = [*writer.__all__]

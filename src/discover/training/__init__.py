@@ -5,35 +5,9 @@ Imports :mod:`discover.nn` and :mod:`discover.data`.
 
 from __future__ import annotations
 
-from .recipes import (
-    RECIPES,
-    Recipe,
-    build_optimizer,
-    build_scheduler,
-    get_recipe,
-    register_recipe,
-)
-from .runs import Run, load_run
-from .trainer import (
-    GlobalBatchSampler,
-    NonFiniteLossError,
-    TrainConfig,
-    TrainResult,
-    train,
-)
+from . import recipes, runs, trainer
+from .recipes import *  # noqa: F403
+from .runs import *  # noqa: F403
+from .trainer import *  # noqa: F403
 
-__all__ = [
-    "Recipe",
-    "RECIPES",
-    "register_recipe",
-    "get_recipe",
-    "build_optimizer",
-    "build_scheduler",
-    "TrainConfig",
-    "TrainResult",
-    "train",
-    "load_run",
-    "Run",
-    "NonFiniteLossError",
-    "GlobalBatchSampler",
-]
+__all__ = [*recipes.__all__, *runs.__all__, *trainer.__all__]

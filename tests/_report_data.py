@@ -84,8 +84,7 @@ def build_sections(n: int = 48, with_activations: bool = False) -> tuple[list, l
         )
         activations = None
         if with_activations:
-            from discover.dissection.core import model_view
-            from discover.dissection.recording import record
+            from discover.dissection.recording import model_view, record
 
             activations = record(
                 model, ["act1", "act2"], model_view(model, probe, to_input), progress=False

@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar
 
 __all__ = [
     "C_FLAGS",
+    "CKernel",
     "load_c_library",
     "CacheWarning",
     "Registry",
@@ -530,3 +531,68 @@ def load_c_library(package: str, source: str, what: str) -> Any:
                 return None
             os.replace(built, target)
     return ctypes.CDLL(str(target))
+
+
+class CKernel:
+    """A C kernel of the package, compiled and loaded on first use (thread-safe), with an
+    environment switch (``env=0`` disables it) and :meth:`enabled` to switch it off for a
+    while (benchmarks, cross-checks). ``declare(lib)`` sets the ctypes signatures.
+
+    Example:
+        >>> kernel = CKernel("discover.nn", "csrc/lwta.c", "fused LWTA kernel",
+        ...                  env="DISCOVER_LWTA_KERNEL", declare=lambda lib: None)
+        >>> with kernel.enabled(False):
+        ...     kernel.available()
+        False
+    """
+
+    def __init__(
+        self, package: str, source: str, what: str, *, env: str, declare: Callable[[Any], None]
+    ) -> None:
+        import threading
+
+        self.package, self.source, self.what, self.env, self.declare = (
+            package,
+            source,
+            what,
+            env,
+            declare,
+        )
+        self.on = True
+        self._lib: Any = None
+        self._tried = False
+        self._lock = threading.Lock()
+
+    def library(self) -> Any:
+        """The loaded library, or ``None`` (no compiler, failed build, or switched off by
+        the environment)."""
+        if not self._tried:
+            with self._lock:
+                if not self._tried:
+                    if os.environ.get(self.env, "1") != "0":
+                        try:
+                            self._lib = load_c_library(self.package, self.source, self.what)
+                        except OSError as error:  # unwritable cache, unloadable object
+                            warnings.warn(
+                                f"discover: {self.what} unavailable ({error}); using the "
+                                "torch code",
+                                RuntimeWarning,
+                                stacklevel=3,
+                            )
+                    if self._lib is not None:
+                        self.declare(self._lib)
+                    self._tried = True
+        return self._lib
+
+    def available(self) -> bool:
+        """Whether the kernel is compiled, loaded and switched on."""
+        return self.on and self.library() is not None
+
+    @contextlib.contextmanager
+    def enabled(self, on: bool) -> Iterator[None]:
+        """Switch the kernel on or off inside a ``with`` block."""
+        previous, self.on = self.on, on
+        try:
+            yield
+        finally:
+            self.on = previous

@@ -44,6 +44,7 @@ from discover.dissection.embedders import Embedder, build_embedder
 from discover.dissection.recording import (
     dataset_fingerprint,
     model_fingerprint,
+    model_view,
     record,
     resolve_layers,
 )
@@ -63,7 +64,6 @@ __all__ = [
     "concept_matrix",
     "default_dissection_dir",
     "dissect",
-    "model_view",
 ]
 
 CSV_COLUMNS = ("layer", "unit", "block", "position", "label", "score", "top5", "z", "p_null")
@@ -551,38 +551,6 @@ def _replaceable(out: Path) -> bool:
         )
         for entry in out.iterdir()
     )
-
-
-class _ModelView(Dataset):
-    """The raw probe set through the target model's evaluation transform."""
-
-    def __init__(self, probe: Dataset, transform) -> None:
-        self.probe, self.transform = probe, transform
-
-    def __len__(self) -> int:
-        return len(self.probe)
-
-    def __getitem__(self, index: int):
-        item = self.probe[index]
-        image = item[0] if isinstance(item, (tuple, list)) else item
-        return self.transform(image), 0
-
-    def fingerprint(self) -> str | None:
-        inner = dataset_fingerprint(self.probe)
-        if inner is None:
-            return None
-        return hashlib.sha256(f"{inner}|{self.transform!r}".encode()).hexdigest()
-
-
-def model_view(model: nn.Module, probe: Dataset, transform: Callable | None = None) -> Dataset:
-    """``probe`` (raw images) as the model sees it: with its evaluation transform.
-
-    The transform is ``transform`` when given, else it comes from ``model.data_config`` (set
-    by training runs and kept in their checkpoints) or the model's ``pretrained_cfg``.
-    """
-    from discover.data.transforms import eval_transform
-
-    return _ModelView(probe, transform or eval_transform(model))
 
 
 def concept_matrix(

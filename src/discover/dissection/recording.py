@@ -26,7 +26,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from discover._utils import atomic_path, cache_warning
 from discover.nn.lwta import LWTA, capture_winners, eval_policy
 
 __all__ = [
+    "model_view",
     "POOLINGS",
     "LayerInfo",
     "Recording",
@@ -496,3 +497,35 @@ def record(
         written = _write_cached(result, cache_file)
         result.meta["cache"] = {"file": str(cache_file) if written else None, "hit": False}
     return result
+
+
+class _ModelView(Dataset):
+    """The raw probe set through the target model's evaluation transform."""
+
+    def __init__(self, probe: Dataset, transform) -> None:
+        self.probe, self.transform = probe, transform
+
+    def __len__(self) -> int:
+        return len(self.probe)
+
+    def __getitem__(self, index: int):
+        item = self.probe[index]
+        image = item[0] if isinstance(item, (tuple, list)) else item
+        return self.transform(image), 0
+
+    def fingerprint(self) -> str | None:
+        inner = dataset_fingerprint(self.probe)
+        if inner is None:
+            return None
+        return hashlib.sha256(f"{inner}|{self.transform!r}".encode()).hexdigest()
+
+
+def model_view(model: nn.Module, probe: Dataset, transform: Callable | None = None) -> Dataset:
+    """``probe`` (raw images) as the model sees it: with its evaluation transform.
+
+    The transform is ``transform`` when given, else it comes from ``model.data_config`` (set
+    by training runs and kept in their checkpoints) or the model's ``pretrained_cfg``.
+    """
+    from discover.data.transforms import eval_transform
+
+    return _ModelView(probe, transform or eval_transform(model))

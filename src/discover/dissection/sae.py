@@ -60,6 +60,7 @@ from discover.dissection.recording import (
     Recording,
     dataset_fingerprint,
     model_fingerprint,
+    model_view,
     pool,
     record,
     resolve_layers,
@@ -392,29 +393,6 @@ class _Tapped(nn.Module):
             handle.remove()
 
 
-class _ModelView(Dataset):
-    """The raw probe set through the model's evaluation transform (as :func:`dissect`)."""
-
-    def __init__(self, probe: Dataset, transform: Callable) -> None:
-        self.probe, self.transform = probe, transform
-
-    def __len__(self) -> int:
-        return len(self.probe)
-
-    def __getitem__(self, index: int):
-        item = self.probe[index]
-        image = item[0] if isinstance(item, (tuple, list)) else item
-        return self.transform(image), 0
-
-
-def _view(model: nn.Module, probe: Dataset, transform: Callable | None) -> Dataset:
-    if transform is None:
-        from discover.data.transforms import eval_transform
-
-        transform = eval_transform(model)
-    return _ModelView(probe, transform)
-
-
 def record_latents(
     model: nn.Module,
     layers: Sequence[str],
@@ -655,7 +633,7 @@ def train_sae(
     rows, pooling, positions = _record_rows(
         model,
         layer,
-        _view(model, probe, transform),
+        model_view(model, probe, transform),
         pooling,
         sites,
         positions_per_image,

@@ -9,13 +9,10 @@ similarity functions use their torch code, which computes the same sums.
 from __future__ import annotations
 
 import ctypes
-import os
-import threading
-import warnings
 
 import torch
 
-from discover._utils import load_c_library
+from discover._utils import CKernel
 
 __all__ = [
     "available",
@@ -26,68 +23,29 @@ __all__ = [
     "soft_wpmi_sums",
 ]
 
-_LOCK = threading.Lock()
-_LIB: ctypes.CDLL | None = None
-_TRIED = False
-_ENABLED = True
+
+def _declare(lib: ctypes.CDLL) -> None:
+    i64, ptr, c_int, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    lib.soft_wpmi_sums.argtypes = [ptr, i64, ptr, i64, i64, ptr, ptr, i64, i64, ptr, i64, c_int]
+    lib.soft_wpmi_sums.restype = None
+    lib.centred_cubes.argtypes = [ptr, i64, i64, i64, ptr, ptr, c_int]
+    lib.centred_cubes.restype = None
+    lib.reorder_keys.argtypes = [ptr, i64, i64, ptr, i64, c_int, c_int, ptr]
+    lib.reorder_keys.restype = None
+    lib.reorder_errors.argtypes = [ptr, i64, i64, i64, c_int, ptr, ptr, f32, ptr, i64]
+    lib.reorder_errors.restype = None
 
 
-def _library() -> ctypes.CDLL | None:
-    global _LIB, _TRIED
-    if not _TRIED:
-        with _LOCK:
-            if not _TRIED:
-                if os.environ.get("DISCOVER_SIMILARITY_KERNEL", "1") != "0":
-                    try:
-                        _LIB = load_c_library(
-                            "discover.dissection", "csrc/similarity.c", "similarity kernel"
-                        )
-                    except OSError as error:  # unwritable cache, unloadable object
-                        warnings.warn(
-                            f"discover: similarity kernel unavailable ({error}); using torch",
-                            RuntimeWarning,
-                            stacklevel=3,
-                        )
-                if _LIB is not None:
-                    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-                    _LIB.soft_wpmi_sums.argtypes = [ptr, i64, ptr, i64, i64, ptr, ptr, i64]
-                    _LIB.soft_wpmi_sums.argtypes += [i64, ptr, i64, ctypes.c_int]
-                    _LIB.soft_wpmi_sums.restype = None
-                    _LIB.centred_cubes.argtypes = [ptr, i64, i64, i64, ptr, ptr, ctypes.c_int]
-                    _LIB.centred_cubes.restype = None
-                    c_int, f32 = ctypes.c_int, ctypes.c_float
-                    _LIB.reorder_keys.argtypes = [ptr, i64, i64, ptr, i64, c_int, c_int, ptr]
-                    _LIB.reorder_keys.restype = None
-                    _LIB.reorder_errors.argtypes = [ptr, i64, i64, i64, c_int, ptr, ptr, f32]
-                    _LIB.reorder_errors.argtypes += [ptr, i64]
-                    _LIB.reorder_errors.restype = None
-                _TRIED = True
-    return _LIB
-
-
-def available() -> bool:
-    """Whether the kernel is compiled, loaded and switched on."""
-    return _ENABLED and _library() is not None
-
-
-class enabled:  # noqa: N801  (used like torch.no_grad)
-    """Context manager that switches the kernel on or off (benchmarks, checks).
-
-    Example:
-        >>> with enabled(False):  # doctest: +SKIP
-        ...     S = soft_wpmi(P, Q)  # the torch code
-    """
-
-    def __init__(self, on: bool) -> None:
-        self.on = on
-
-    def __enter__(self) -> None:
-        global _ENABLED
-        self.previous, _ENABLED = _ENABLED, self.on
-
-    def __exit__(self, *exc: object) -> None:
-        global _ENABLED
-        _ENABLED = self.previous
+_KERNEL = CKernel(
+    "discover.dissection",
+    "csrc/similarity.c",
+    "similarity kernel",
+    env="DISCOVER_SIMILARITY_KERNEL",
+    declare=_declare,
+)
+available = _KERNEL.available
+enabled = _KERNEL.enabled  # ``with enabled(False):`` runs the torch code (benchmarks, checks)
+_library = _KERNEL.library
 
 
 def soft_wpmi_sums(
@@ -102,7 +60,7 @@ def soft_wpmi_sums(
     over consecutive groups of ``group`` ranks; ``prob`` ``[R, W]`` float32 contiguous,
     ``local`` ``[K, top_k]`` int64, ``out`` ``[K, W]`` float32 with unit row stride."""
     lib = _library()
-    if lib is None or not _ENABLED:
+    if lib is None or not _KERNEL.on:
         raise RuntimeError("the similarity kernel is not available")
     K, top_k = local.shape
     if not (
@@ -137,7 +95,7 @@ def centred_cubes(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``out = (x - x.mean(0))**3`` (float32, columns of ``x`` may be a strided slice of a
     wider matrix, rows contiguous); returns the squared column norms of ``out``."""
     lib = _library()
-    if lib is None or not _ENABLED:
+    if lib is None or not _KERNEL.on:
         raise RuntimeError("the similarity kernel is not available")
     rows, cols = x.shape
     if not (

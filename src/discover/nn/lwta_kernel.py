@@ -15,26 +15,15 @@ the element's index) seeded by one 63-bit draw from torch's default generator pe
 from __future__ import annotations
 
 import ctypes
-import os
-import threading
-import warnings
 
 import torch
 
-from discover._utils import load_c_library
+from discover._utils import CKernel
 
 __all__ = ["available", "backward", "enabled", "forward", "gumbel_of", "supports"]
 
-_LOCK = threading.Lock()
-_LIB: ctypes.CDLL | None = None
-_TRIED = False
-_ENABLED = True
 
-
-def _build() -> ctypes.CDLL | None:
-    lib = load_c_library("discover.nn", "csrc/lwta.c", "fused LWTA kernel")
-    if lib is None:
-        return None
+def _declare(lib: ctypes.CDLL) -> None:
     i64, f32, ptr, c_int = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int
     lib.lwta_forward.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, f32, f32, ctypes.c_uint64]
     lib.lwta_forward.argtypes += [ptr, c_int]
@@ -43,57 +32,20 @@ def _build() -> ctypes.CDLL | None:
     lib.lwta_backward.restype = None
     lib.lwta_gumbel_of.argtypes = [ctypes.c_uint32]
     lib.lwta_gumbel_of.restype = ctypes.c_float
-    return lib
 
 
-def _library() -> ctypes.CDLL | None:
-    global _LIB, _TRIED
-    if not _TRIED:
-        with _LOCK:
-            if not _TRIED:
-                try:
-                    _LIB = _build() if os.environ.get("DISCOVER_LWTA_KERNEL", "1") != "0" else None
-                except OSError as error:  # unwritable cache, unloadable object
-                    warnings.warn(
-                        f"discover: fused LWTA kernel unavailable ({error}); using the unfused "
-                        "torch code",
-                        RuntimeWarning,
-                        stacklevel=3,
-                    )
-                    _LIB = None
-                _TRIED = True
-    return _LIB
+_KERNEL = CKernel(
+    "discover.nn", "csrc/lwta.c", "fused LWTA kernel", env="DISCOVER_LWTA_KERNEL", declare=_declare
+)
+available = _KERNEL.available
+enabled = _KERNEL.enabled  # ``with enabled(False):`` runs the unfused torch code (checks)
+_library = _KERNEL.library
 
 
 def library_path() -> str | None:
     """The compiled shared object in use (``None`` without a compiler)."""
     lib = _library()
     return None if lib is None else str(lib._name)
-
-
-def available() -> bool:
-    """Whether the fused kernel is built, loaded and enabled."""
-    return _ENABLED and _library() is not None
-
-
-class enabled:  # noqa: N801  (used like torch.no_grad)
-    """Context manager that switches the fused kernel on or off (benchmarks, checks).
-
-    Example:
-        >>> with enabled(False):  # doctest: +SKIP
-        ...     y = LWTA(4)(x)  # the unfused torch code
-    """
-
-    def __init__(self, on: bool) -> None:
-        self.on = on
-
-    def __enter__(self) -> None:
-        global _ENABLED
-        self.previous, _ENABLED = _ENABLED, self.on
-
-    def __exit__(self, *exc: object) -> None:
-        global _ENABLED
-        _ENABLED = self.previous
 
 
 def supports(x: torch.Tensor) -> bool:

@@ -511,6 +511,62 @@ def _pmi(
     return out
 
 
+def _wpmi_scores(
+    name: str,
+    concept_acts: Tensor,
+    neuron_acts: Tensor,
+    info: dict[str, Any] | None,
+    *,
+    top_k: int,
+    a: float,
+    lam: float,
+    min_prob: float,
+    chunk_size: int,
+    concept_chunk_size: int,
+    inclusion_range: tuple[float, float] | None = None,
+) -> Tensor:
+    """The checks, :func:`_pmi` and ``info`` of :func:`wpmi` and (with ``inclusion_range`` =
+    ``(p_start, p_end)``, the evidence weights ``p_j``) :func:`soft_wpmi`."""
+    dtype = _prepare(concept_acts, neuron_acts)
+    P, Q = concept_acts, neuron_acts
+    requested = _positive_int("top_k", top_k)
+    top_k = _clamped("top_k", requested, P.shape[0])
+    inclusion, extra = None, {}
+    if inclusion_range is not None:
+        p_start, p_end = inclusion_range
+        j = torch.arange(top_k, dtype=dtype, device=P.device)
+        inclusion = (p_start - j / top_k * (p_start - p_end)).view(1, top_k, 1)
+        extra = {"p_start": p_start, "p_end": p_end}
+    S = _pmi(
+        P,
+        Q,
+        dtype,
+        top_k=top_k,
+        a=a,
+        lam=lam,
+        min_prob=min_prob,
+        inclusion=inclusion,
+        chunk_size=_positive_int("chunk_size", chunk_size),
+        concept_chunk_size=_positive_int("concept_chunk_size", concept_chunk_size),
+    )
+    _fill_info(
+        info,
+        name,
+        P,
+        Q,
+        dtype,
+        top_k=top_k,
+        top_k_requested=requested,
+        top_k_clamped=top_k != requested,
+        a=a,
+        lam=lam,
+        **extra,
+        min_prob=min_prob,
+        prior_over_neurons=Q.shape[1],
+    )
+    return S
+
+
 @register_similarity("wpmi")
 @torch.no_grad()
 def wpmi(
@@ -543,37 +599,18 @@ def wpmi(
         >>> wpmi(P, Q, top_k=5).shape
         torch.Size([3, 4])
     """
-    dtype = _prepare(concept_acts, neuron_acts)
-    P, Q = concept_acts, neuron_acts
-    requested = _positive_int("top_k", top_k)
-    top_k = _clamped("top_k", requested, P.shape[0])
-    S = _pmi(
-        P,
-        Q,
-        dtype,
-        top_k=top_k,
-        a=a,
-        lam=lam,
-        min_prob=min_prob,
-        inclusion=None,
-        chunk_size=_positive_int("chunk_size", chunk_size),
-        concept_chunk_size=_positive_int("concept_chunk_size", concept_chunk_size),
-    )
-    _fill_info(
-        info,
+    return _wpmi_scores(
         "wpmi",
-        P,
-        Q,
-        dtype,
+        concept_acts,
+        neuron_acts,
+        info,
         top_k=top_k,
-        top_k_requested=requested,
-        top_k_clamped=top_k != requested,
         a=a,
         lam=lam,
         min_prob=min_prob,
-        prior_over_neurons=Q.shape[1],
+        chunk_size=chunk_size,
+        concept_chunk_size=concept_chunk_size,
     )
-    return S
 
 
 @register_similarity("soft_wpmi")
@@ -611,41 +648,19 @@ def soft_wpmi(
         >>> soft_wpmi(P, Q).shape
         torch.Size([3, 4])
     """
-    dtype = _prepare(concept_acts, neuron_acts)
-    P, Q = concept_acts, neuron_acts
-    requested = _positive_int("top_k", top_k)
-    top_k = _clamped("top_k", requested, P.shape[0])
-    j = torch.arange(top_k, dtype=dtype, device=P.device)
-    inclusion = (p_start - j / top_k * (p_start - p_end)).view(1, top_k, 1)
-    S = _pmi(
-        P,
-        Q,
-        dtype,
-        top_k=top_k,
-        a=a,
-        lam=lam,
-        min_prob=min_prob,
-        inclusion=inclusion,
-        chunk_size=_positive_int("chunk_size", chunk_size),
-        concept_chunk_size=_positive_int("concept_chunk_size", concept_chunk_size),
-    )
-    _fill_info(
-        info,
+    return _wpmi_scores(
         "soft_wpmi",
-        P,
-        Q,
-        dtype,
+        concept_acts,
+        neuron_acts,
+        info,
         top_k=top_k,
-        top_k_requested=requested,
-        top_k_clamped=top_k != requested,
         a=a,
         lam=lam,
-        p_start=p_start,
-        p_end=p_end,
         min_prob=min_prob,
-        prior_over_neurons=Q.shape[1],
+        chunk_size=chunk_size,
+        concept_chunk_size=concept_chunk_size,
+        inclusion_range=(p_start, p_end),
     )
-    return S
 
 
 # --------------------------------------------------------------------------- rank reorder

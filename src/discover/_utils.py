@@ -29,6 +29,7 @@ from typing import Any, Generic, TypeVar
 __all__ = [
     "C_FLAGS",
     "CKernel",
+    "dataclass_from_dict",
     "load_c_library",
     "CacheWarning",
     "Registry",
@@ -596,3 +597,29 @@ class CKernel:
             yield
         finally:
             self.on = previous
+
+
+def dataclass_from_dict(cls: type[T], data: Mapping[str, Any], what: str) -> T:
+    """``cls(**data)`` for a dataclass ``cls``; unknown keys raise a ``ValueError`` naming
+    them (``what``: e.g. "training option") with the closest known names.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass
+        ... class Point:
+        ...     x: int = 0
+        >>> dataclass_from_dict(Point, {"y": 1}, "point option")
+        Traceback (most recent call last):
+        ValueError: unknown point option(s): y
+    """
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        hints = [
+            f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else k
+            for k in unknown
+        ]
+        raise ValueError(f"unknown {what}(s): {', '.join(hints)}")
+    return cls(**data)

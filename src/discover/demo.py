@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from discover._utils import Registry
+from discover._utils import Registry, dataclass_from_dict
 
 __all__ = ["DemoConfig", "DemoResult", "DemoData", "DEMO_DATA", "register_demo_data", "run_demo"]
 
@@ -96,11 +96,8 @@ class DemoConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DemoConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown demo option(s): {', '.join(unknown)}")
-        return cls(**data)
+        """From :meth:`to_dict`'s keys; unknown keys raise, naming the closest options."""
+        return dataclass_from_dict(cls, data, "demo option")
 
 
 # -- data sets --------------------------------------------------------------------------------

@@ -39,7 +39,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from discover._utils import atomic_path, read_json, resolve_device, write_atomic
+from discover._utils import (
+    atomic_path,
+    dataclass_from_dict,
+    read_json,
+    resolve_device,
+    write_atomic,
+)
 from discover.data.registry import build_dataset
 from discover.data.transforms import BatchAugment, DataConfig, build_transforms
 from discover.nn.lwta import TemperatureSchedule, set_temperature
@@ -187,19 +193,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            import difflib
-
-            hints = [
-                f"{k} (did you mean {m[0]}?)"
-                if (m := difflib.get_close_matches(k, known, 1))
-                else k
-                for k in unknown
-            ]
-            raise ValueError(f"unknown training option(s): {', '.join(hints)}")
-        return cls(**data)
+        """From :meth:`to_dict`'s keys; unknown keys raise, naming the closest options."""
+        return dataclass_from_dict(cls, data, "training option")
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:

@@ -567,6 +567,34 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         start_epoch, start_step, history, best, partial = _load_state(
             out, config, _unwrap(model), optimizer, scheduler, scaler, ctx
         )
+
+    def checkpoint(
+        epoch_done: int,
+        step_done: int,
+        sums: torch.Tensor,
+        *,
+        improved: bool = False,
+        record: dict[str, Any] | None = None,
+        rng: dict[str, Any] | None = None,
+    ) -> None:
+        """The resume point after ``step_done`` steps of epoch ``epoch_done`` (+ checkpoints)."""
+        _save_state(
+            out,
+            _unwrap(model),
+            optimizer,
+            scheduler,
+            scaler,
+            ctx,
+            epoch_done,
+            step_done,
+            history,
+            best,
+            improved,
+            record,
+            sums,
+            rng=rng,
+        )
+
     try:  # a failure here leaves no staging folder behind
         if not config.resume and ctx.main:
             out.mkdir(parents=True, exist_ok=True)
@@ -678,21 +706,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             step = 0
             improved = record.get("val_top1", record["train_top1"]) > best
             best = max(best, record.get("val_top1", record["train_top1"]))
-            _save_state(
-                out,
-                _unwrap(model),
-                optimizer,
-                scheduler,
-                scaler,
-                ctx,
-                epoch + 1,
-                0,
-                history,
-                best,
-                improved,
-                record,
-                partial,
-            )
+            checkpoint(epoch + 1, 0, partial, improved=improved, record=record)
             if staging is not None:
                 _swap_in(staging, final_out, ctx)
                 out, state_dir, staging = final_out, final_out / "state", None
@@ -705,22 +719,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         # last finished step, so the checkpoint is exactly a batch boundary.
         if buffers_at_step is not None:
             _restore_buffers(model, buffers_at_step)
-        _save_state(
-            out,
-            _unwrap(model),
-            optimizer,
-            scheduler,
-            scaler,
-            ctx,
-            epoch,
-            step,
-            history,
-            best,
-            False,
-            None,
-            sums,
-            rng=rng_at_step,
-        )
+        checkpoint(epoch, step, sums, rng=rng_at_step)
         if ctx.main:
             print(
                 f"\ninterrupted: resumable checkpoint written to {state_dir} "

@@ -9,6 +9,7 @@ concurrent cache writers. A full disk is simulated by making the write paths dis
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -228,6 +229,20 @@ def test_damaged_concept_matrix_entry_is_recomputed(tmp_path, how):
     with safe_open(entry, framework="pt") as f:
         assert f.get_tensor("P").shape == (60, len(NAMES))  # replaced
     assert _dissect(["fc"], cache=tmp_path).meta["concept_matrix_cache"]["hit"] is True
+
+
+def test_scores_pt_of_discover_0_1_is_still_read(tmp_path):
+    kept = _dissect(["fc"], keep_scores=True)
+    kept.save(tmp_path)
+    stamp = json.loads((tmp_path / "dissection.json").read_text())["id"]
+    (tmp_path / "scores.safetensors").unlink()
+    old = {"id": stamp, "concepts": kept.concepts, "scores": kept.scores}
+    torch.save(old, tmp_path / "scores.pt")  # the 0.1 format (tensors and strings only)
+    loaded = Dissection.load(tmp_path)
+    assert loaded.concepts == kept.concepts and torch.equal(loaded.scores["fc"], kept.scores["fc"])
+    torch.save({**old, "id": "another"}, tmp_path / "scores.pt")
+    with pytest.warns(UserWarning, match="ignoring .*scores.pt: another dissection's"):
+        assert Dissection.load(tmp_path).scores == {}
 
 
 @pytest.mark.parametrize("name", ["scores.safetensors", "activations.safetensors"])

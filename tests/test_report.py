@@ -154,6 +154,8 @@ def test_report_from_a_saved_dissection_needs_no_model(built, tmp_path):
     given = sections[0]
     given.dissection.save(tmp_path / "dissection")
     saved = Dissection.load(tmp_path / "dissection")
+    strong = saved.layer("act2")[0]
+    strong.z, strong.p_null = 9.0, 1e-9  # one label beats chance: the mark must tell them apart
     assert saved.activations.keys() == {"act1", "act2"}
     assert saved.winner_fractions.keys() == {"act1", "act2"}  # TinyNet(U=2): both LWTA
     write_report(
@@ -170,6 +172,7 @@ def test_report_from_a_saved_dissection_needs_no_model(built, tmp_path):
     rows = saved.layer("act2")
     assert text.count(" · z ") == min(len(rows), 128)
     weak = sum(1 for u in rows if not u.above_chance)
+    assert 0 < weak < len(rows)
     assert text.count("not above chance") == weak
     overview = (tmp_path / "a" / "index.html").read_text()
     assert "TinyNet" in overview and f"{count_parameters(given.model):,}" in overview

@@ -253,14 +253,11 @@ class Dissection:
                         "the parts must cover different layers"
                     )
                 seen[name] = i
-        for key in ("model_sha256",):
-            values = {p.meta.get(key) for p in parts} - {None}
-            if len(values) > 1:
-                raise ValueError(
-                    "Dissection.merge: the parts describe different models (weights differ)"
-                )
-        probes = {(p.meta.get("probe") or {}).get("fingerprint") for p in parts} - {None}
-        if len(probes) > 1:
+        if len({p.about.sha256 for p in parts} - {None}) > 1:
+            raise ValueError(
+                "Dissection.merge: the parts describe different models (weights differ)"
+            )
+        if len({p.about.probe_fingerprint for p in parts} - {None}) > 1:
             raise ValueError("Dissection.merge: the parts were made on different probe sets")
         first = parts[0]
         config = DissectConfig(

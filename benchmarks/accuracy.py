@@ -25,11 +25,14 @@ Settings (values in ``SETTINGS``, one place):
   ``--setting full`` is for a GPU: full-size networks, 64 px Shapes with 50,000 images, all
   60,000 Fashion-MNIST training images, 30 epochs.
   ``--setting converged`` (issue 10) trains every model until its validation accuracy has
-  plateaued: all 60,000 Fashion-MNIST training images, 24,000 32 px Shapes images, 10
-  epochs of AdamW at lr 2e-3 with a cosine schedule, whole test splits, 2 seeds. CVNs use
-  the ``anneal`` variant (competition temperature annealed 1 -> 0.02); the reference ``t1``
-  (T = 1 throughout) is trained at U = 4, seed 0, as the "before". About 3-3.5 hours with
-  two runs at a time, one thread each.
+  plateaued: all 60,000 Fashion-MNIST training images, 24,000 32 px Shapes images, AdamW at
+  lr 2e-3 with a cosine schedule for 15 epochs (ResNets) or 20 (ViTs), whole test splits.
+  CVNs use the ``anneal`` variant (competition temperature annealed 1 -> 0.02); the
+  reference ``t1`` (T = 1 throughout) is trained at U = 4, seed 0, as the "before". Dense,
+  U = 2 and U = 4 with 2 seeds, the curve's U (8, 16, 24) with one. Runs go in that order
+  (claims, reference, curve, then the second seed). Each finished run's record is also kept
+  in ``benchmarks/results/accuracy-converged-runs/`` (committed), so the study continues on
+  a fresh clone whose work folder is gone.
 
 Runs live in a persistent work folder (``benchmarks/runs/<setting>/`` by default), one
 folder per run, ``<dataset>-<family>-u<U>[-<variant>]-s<seed>/``. A run whose
@@ -145,6 +148,17 @@ class Setting:
     label_smoothing: float | None = None  # None: the recipe's
     peak_images: int = 512  # test images for the peakedness measurement
     limit_train: int | None = None  # --limit-train: a training subset on every data set
+    family_epochs: dict[str, int] = field(default_factory=dict)  # family -> epochs (else epochs)
+    # U -> seeds: train that U only with these seeds (the accuracy-against-U curve)
+    seed_limits: dict[int, tuple[int, ...]] = field(default_factory=dict)
+
+    def epochs_of(self, family: str) -> int:
+        return self.family_epochs.get(family, self.epochs)
+
+    def describe_epochs(self) -> str:
+        if not self.family_epochs:
+            return str(self.epochs)
+        return ", ".join(f"{f} {e}" for f, e in sorted(self.family_epochs.items()))
 
 
 def _models(size: int, channels: int, full: bool) -> dict[str, dict[str, Any]]:
@@ -228,7 +242,8 @@ SETTINGS: dict[str, Setting] = {
         models={"shapes": _models(64, 3, True), "fashion-mnist": _models(28, 1, True)},
     ),
     "converged": Setting(
-        epochs=10,
+        epochs=15,
+        family_epochs={"resnet": 15, "vit": 20},
         batch_size=128,
         lr=2e-3,
         warmup_epochs=1,
@@ -246,12 +261,20 @@ SETTINGS: dict[str, Setting] = {
         variants=("anneal", "t1"),
         # the reference (T = 1 throughout) as the "before" of the deterministic mode
         variant_limits={"t1": {"U": (4,), "seeds": (0,)}},
+        seed_limits={8: (0,), 16: (0,), 24: (0,)},  # the curve: one seed
         seeds=(0, 1),
     ),
 }
 
 
 # -- runs -----------------------------------------------------------------------------------
+def _tier(arm: Arm) -> int:
+    """Run order within a seed: 0 the claims' arms, 1 the reference variant, 2 the curve."""
+    if arm.U in CURVE_U:
+        return 2
+    return 1 if arm.variant == "t1" else 0
+
+
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
@@ -267,7 +290,7 @@ def train_config(arm: Arm, seed: int, setting: Setting, device: str, out: Path) 
         dataset=arm.dataset,
         dataset_kwargs=setting.data[arm.dataset],
         recipe=recipe,
-        epochs=setting.epochs,
+        epochs=setting.epochs_of(arm.family),
         batch_size=setting.batch_size,
         lr=setting.lr,
         label_smoothing=setting.label_smoothing,
@@ -421,20 +444,24 @@ def _train_images(config: TrainConfig, batch_size: int) -> tuple[int, int]:
     return fit, (fit // batch_size) * batch_size  # the sampler drops the last partial batch
 
 
-def run_arm(arm: Arm, seed: int, setting: Setting, device: str, workdir: Path) -> dict[str, Any]:
+def run_arm(
+    arm: Arm, seed: int, setting: Setting, device: str, workdir: Path, records: Path | None
+) -> dict[str, Any]:
     """Train (or resume) one run, evaluate it, and write its ``record.json``.
 
     Ctrl-C (SIGINT to the process group) ends the worker process after ``train`` has saved a
     resumable checkpoint, so the pool starts no further run.
     """
     try:
-        return _run_arm(arm, seed, setting, device, workdir)
+        return _run_arm(arm, seed, setting, device, workdir, records)
     except KeyboardInterrupt:
         print(f"interrupted: {arm.name(seed)} continues on the next call", flush=True)
         os._exit(130)
 
 
-def _run_arm(arm: Arm, seed: int, setting: Setting, device: str, workdir: Path) -> dict[str, Any]:
+def _run_arm(
+    arm: Arm, seed: int, setting: Setting, device: str, workdir: Path, records: Path | None
+) -> dict[str, Any]:
     out = workdir / arm.name(seed)
     config = train_config(arm, seed, setting, device, out)
     spec = run_spec(config, setting)
@@ -443,7 +470,7 @@ def _run_arm(arm: Arm, seed: int, setting: Setting, device: str, workdir: Path) 
         return json.loads((out / RECORD).read_text())
     if state == "resume":
         done = len(json.loads((out / "last.json").read_text()).get("history", []))
-        print(f"resuming {out.name} after epoch {done}/{setting.epochs}", flush=True)
+        print(f"resuming {out.name} after epoch {done}/{setting.epochs_of(arm.family)}", flush=True)
     elif out.exists():  # a run cut before its first checkpoint: start it again
         shutil.rmtree(out)
     config.resume = state == "resume"
@@ -496,6 +523,22 @@ def _run_arm(arm: Arm, seed: int, setting: Setting, device: str, workdir: Path) 
     record["threads"] = torch.get_num_threads()
     record["spec"] = spec
     write_json(out / RECORD, record)  # written last and atomically: the run is finished
+    if records is not None:
+        write_json(records / f"{out.name}.json", record)
+    return record
+
+
+def kept_record(records: Path | None, name: str, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The record of a finished run kept in ``records`` (committed with the results, so a
+    study continues on a fresh clone where the work folder is gone), if its spec matches."""
+    path = records / f"{name}.json" if records is not None else None
+    if path is None or not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("spec") != spec:
+        raise ValueError(
+            f"{path} is a finished run of another configuration: {_diff(record.get('spec'), spec)}"
+        )
     return record
 
 
@@ -663,7 +706,7 @@ def write_report(
         f"Date: {utc_date()}; wall time {seconds / 60:.1f} min "
         f"(this invocation; finished runs are reused)  ",
         f"Runs: {len(records)} finished. Seeds: {', '.join(map(str, args.seeds))}. Epochs: "
-        f"{setting.epochs}, batch {setting.batch_size}, lr {setting.lr or 'recipe'}, warm-up "
+        f"{setting.describe_epochs()}, batch {setting.batch_size}, lr {setting.lr or 'recipe'}, warm-up "
         f"{setting.warmup_epochs} epoch(s) at lr {setting.warmup_lr or 'recipe warmup_lr'}, cosine "
         f"schedule (stepped per epoch) to min_lr. Training images (after the 10 % hold-out): "
         + ", ".join(f"{d} {n:,}" for d, n in train_images)
@@ -849,12 +892,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--workdir", help="where runs go (default: benchmarks/runs/SETTING)")
+    parser.add_argument(
+        "--records",
+        help="where each finished run's record.json is also kept, and read back so that a "
+        "study continues without its work folder (default for converged: "
+        "OUT/accuracy-converged-runs)",
+    )
     args = parser.parse_args(argv)
     meta = provenance(argv, device=args.device, threads=args.threads, jobs=args.jobs)
     args.command = meta["command"]
     setting = dataclasses.replace(SETTINGS[args.setting])
     if args.epochs:
         setting.epochs = args.epochs
+        setting.family_epochs = {}
         setting.warmup_epochs = min(setting.warmup_epochs, args.epochs - 1)
     if args.limit_train:
         setting.limit_train = args.limit_train
@@ -877,20 +927,32 @@ def main(argv: list[str] | None = None) -> int:
         for U in setting.U[f]
         for v in ((None,) if U == 1 else setting.variants)
     ]
-    # Seed by seed, so an interrupted study already has one complete picture.
     jobs = [
         (arm, seed)
         for seed in args.seeds
         for arm in arms
         if seed in setting.variant_limits.get(arm.variant or "", {}).get("seeds", (seed,))
         and arm.U in setting.variant_limits.get(arm.variant or "", {}).get("U", (arm.U,))
+        and seed in setting.seed_limits.get(arm.U, (seed,))
     ]
+    # Seed by seed, the claims first (dense, U = 2 and 4), then the reference variant, then
+    # the curve's U: an interrupted study already holds one complete picture of what matters.
+    jobs.sort(key=lambda job: (job[1], _tier(job[0])))
     # Check every run folder before training anything: a stale folder fails now, not hours in.
-    states = {}
+    records_dir = Path(args.records) if args.records else None
+    if records_dir is None and args.setting == "converged":
+        records_dir = out / "accuracy-converged-runs"
+    if records_dir is not None:
+        records_dir.mkdir(parents=True, exist_ok=True)
+    states, kept = {}, {}
     for arm, seed in jobs:
         path = workdir / arm.name(seed)
-        config = train_config(arm, seed, setting, args.device, path)
-        states[arm, seed] = check_run(path, run_spec(config, setting))
+        spec = run_spec(train_config(arm, seed, setting, args.device, path), setting)
+        record = kept_record(records_dir, arm.name(seed), spec)
+        if record is not None:
+            states[arm, seed], kept[arm, seed] = "finished", record
+        else:
+            states[arm, seed] = check_run(path, spec)
     counts = {s: list(states.values()).count(s) for s in ("finished", "resume", "fresh")}
     print(
         f"{len(jobs)} runs in {workdir}: {counts['finished']} finished (skipped), "
@@ -899,10 +961,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     machine = meta["machine"]
     records = [
-        json.loads((workdir / arm.name(seed) / RECORD).read_text())
+        kept.get((arm, seed)) or json.loads((workdir / arm.name(seed) / RECORD).read_text())
         for (arm, seed), state in states.items()
         if state == "finished"
     ]
+    if records_dir is not None:  # runs finished before records were kept
+        for record in records:
+            if not (records_dir / f"{Path(record['run']).name}.json").is_file():
+                write_json(records_dir / f"{Path(record['run']).name}.json", record)
     t0 = time.time()
     if records:
         write_report(records, args, setting, machine, out, time.time() - t0)
@@ -915,7 +981,9 @@ def main(argv: list[str] | None = None) -> int:
         initargs=(args.threads,),
     ) as pool:
         futures = {
-            pool.submit(run_arm, arm, seed, setting, args.device, workdir): arm.name(seed)
+            pool.submit(run_arm, arm, seed, setting, args.device, workdir, records_dir): arm.name(
+                seed
+            )
             for arm, seed in todo
         }
         try:

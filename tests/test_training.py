@@ -493,10 +493,11 @@ def test_cvn_small_recipe_is_what_the_converged_accuracy_study_trains(monkeypatc
         config = bench.train_config(arm, 0, setting, "cpu", Path("unused"))
         studied = config.resolved_recipe()
         recipe = get_recipe("cvn_small")
-        ignore = {"name", "description", "temperature_final"}
+        ignore = {"name", "description", "temperature_final", "epochs"}
         assert {k: v for k, v in studied.to_dict().items() if k not in ignore} == {
             k: v for k, v in recipe.to_dict().items() if k not in ignore
         }
+        assert config.epochs >= recipe.epochs == setting.epochs_of("resnet")
         assert (
             config.temperature_schedule()
             == TrainConfig(recipe="cvn_small", U=4).temperature_schedule()

@@ -343,7 +343,7 @@ def test_cli_eval_descriptions(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 2 and "6 units but 10 class names" in captured.err
     assert main(["eval-descriptions", str(tmp_path / "nowhere"), "--classes", str(classes)]) == 2
-    assert "no dissection in" in capsys.readouterr().err
+    assert "is not a dissection" in capsys.readouterr().err
 
 
 def test_cli_dissect_keep_scores_then_eval_descriptions(tmp_path, capsys):

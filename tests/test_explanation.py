@@ -428,7 +428,7 @@ def test_cli_explain_without_a_dissection_says_how_to_make_one(tiny_run, capsys)
     assert err.startswith("error: run ") and "has no dissection" in err
     assert f"discover dissect --run {run} --layers act1" in err and " fc --probe shapes" in err
     assert main(["explain", "x.png", "--run", run, "--dissection", run + "/nowhere"]) == 2
-    assert "no dissection in" in capsys.readouterr().err
+    assert "is not a dissection" in capsys.readouterr().err
 
 
 def test_default_layers_to_explain_and_to_dissect():

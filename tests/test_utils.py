@@ -1,6 +1,6 @@
 import pytest
 
-from discover._utils import Registry, check_options, csv_text, read_json
+from discover._utils import Registry, check_options, csv_text, read_json, require_file
 
 
 def test_registry_register_get_list_and_suggestions():
@@ -57,3 +57,14 @@ def test_check_options_and_helpers(tmp_path):
     (tmp_path / "x.json").write_text("{")
     with pytest.raises(ValueError, match="x.json is not valid JSON"):
         read_json(tmp_path / "x.json", "settings file")
+
+
+def test_read_json_takes_the_file_or_its_folder_and_require_file_says_how_to_make_one(tmp_path):
+    (tmp_path / "r.json").write_text('{"a": 1}')
+    assert read_json(tmp_path, "report", name="r.json") == {"a": 1}
+    assert read_json(tmp_path / "r.json", "report", name="r.json") == {"a": 1}
+    with pytest.raises(FileNotFoundError, match="report not found"):
+        read_json(tmp_path / "empty", "report", name="r.json")
+    assert require_file(tmp_path, "r.json", "a report", "make it") == tmp_path / "r.json"
+    with pytest.raises(FileNotFoundError, match=r"is not a run: .*cfg.json is missing .*`train`"):
+        require_file(tmp_path, "cfg.json", "a run", "train")

@@ -269,13 +269,33 @@ def resolve_device(spec: Any = "cpu") -> Any:
     return device
 
 
-def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
-    """Parse a JSON file; a missing or broken file is an error naming it.
+def require_file(folder: str | os.PathLike[str], name: str, what: str, create: str) -> Path:
+    """``folder / name``, or a ``FileNotFoundError`` saying that ``folder`` is not ``what``
+    and which command (``create``) makes one.
+
+    Example:
+        >>> require_file("runs/x", "config.json", "a training run", "discover train")  # doctest: +SKIP
+    """
+    path = Path(folder) / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{folder} is not {what}: {path} is missing (create one with `{create}`)"
+        )
+    return path
+
+
+def read_json(
+    path: str | os.PathLike[str], what: str = "JSON file", *, name: str | None = None
+) -> Any:
+    """Parse a JSON file; a missing or broken file is an error naming it. With ``name``,
+    ``path`` may also be the folder that holds the file ``name``.
 
     Example:
         >>> read_json("runs/demo/cvn/config.json", "run configuration")  # doctest: +SKIP
     """
     path = Path(path)
+    if name is not None and path.is_dir():
+        path = path / name
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:

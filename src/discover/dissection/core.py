@@ -35,6 +35,7 @@ from discover._utils import (
     cache_root,
     cache_warning,
     check_options,
+    require_file,
     resolve_device,
     staged_dir,
     write_files,
@@ -383,12 +384,7 @@ class Dissection:
         activations the later stages ask for a redissection).
         """
         out = Path(out)
-        path = out / "dissection.json"
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"no dissection in {out} (looked for {path}); create one "
-                "with `discover dissect ... --out DIR`"
-            )
+        path = require_file(out, "dissection.json", "a dissection", "discover dissect --out DIR")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             units = [

@@ -650,9 +650,7 @@ class GroundTruthReport:
     @classmethod
     def load(cls, out: str | Path) -> GroundTruthReport:
         """Read a report folder written by :meth:`save` (or the JSON file itself)."""
-        path = Path(out)
-        path = path / REPORT_JSON if path.is_dir() else path
-        data = read_json(path, "ground-truth report")
+        data = read_json(out, "ground-truth report", name=REPORT_JSON)
         layers = [LayerGroundTruth.from_dict(d) for d in data["layers"]]
         return cls({layer.layer: layer for layer in layers}, dict(data.get("meta") or {}))
 
@@ -1023,9 +1021,7 @@ class SanityResult:
     @classmethod
     def load(cls, out: str | Path) -> SanityResult:
         """Read a folder written by :meth:`save` (or the JSON file itself)."""
-        path = Path(out)
-        path = path / SANITY_JSON if path.is_dir() else path
-        data = read_json(path, "similarity sanity result")
+        data = read_json(out, "similarity sanity result", name=SANITY_JSON)
         return cls(list(data["rows"]), dict(data["config"]), dict(data.get("meta") or {}))
 
 

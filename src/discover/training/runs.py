@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from discover._utils import read_json
+from discover._utils import read_json, require_file
 from discover.data.transforms import DataConfig
 from discover.nn.models import create_model
 from discover.training.recipes import Recipe
@@ -69,12 +69,7 @@ def load_run(run: str | Path, weights: str = "best") -> Run:
     if weights not in ("best", "last"):
         raise ValueError(f"load_run: weights must be 'best' or 'last', got {weights!r}")
     path = Path(run)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(
-            f"{path} is not a training run: {config_file} is missing "
-            "(create one with `discover train`)"
-        )
+    config_file = require_file(path, "config.json", "a training run", "discover train")
     config = read_json(config_file, "run configuration")
     weights_file = path / f"{weights}.safetensors"
     if not weights_file.is_file():

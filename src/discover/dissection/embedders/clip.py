@@ -32,6 +32,38 @@ from discover.dissection.embedders.base import (
 
 __all__ = ["OpenCLIPEmbedder", "HFCLIPEmbedder", "how_to_get_weights"]
 
+
+class _LocalCLIP(Embedder):
+    """What both CLIP embedders hold: a model in eval mode on ``device``, its tokenizer, its
+    image transform, and an :attr:`id` from the weights and the transform."""
+
+    _kind: str  # "open_clip" or "hf": the id's prefix
+    _title: str  # the name's prefix
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        image_transform: ImageTransform,
+        *,
+        name: str,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.tokenizer = tokenizer
+        self.image_transform = image_transform
+        self.label = name
+        self.name = f"{self._title} {name}"
+
+    @functools.cached_property
+    def id(self) -> str:
+        return (
+            f"{self._kind}:{self.label}:model={module_sha256(self.model)[:16]}"
+            f":transform={self.image_transform.sha256[:8]}"
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # open_clip
 # --------------------------------------------------------------------------------------------
@@ -41,7 +73,7 @@ _PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
 _WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
-class OpenCLIPEmbedder(Embedder):
+class OpenCLIPEmbedder(_LocalCLIP):
     """A CLIP / SigLIP model from open_clip, with its own preprocessing and tokenizer.
 
     Use :meth:`from_pretrained` (what ``build_embedder("open_clip:<arch>:<weights>")`` calls)
@@ -66,6 +98,8 @@ class OpenCLIPEmbedder(Embedder):
         torch.Size([2, 512])
     """
 
+    _kind, _title = "open_clip", "open_clip"
+
     def __init__(
         self,
         model: nn.Module,
@@ -76,28 +110,16 @@ class OpenCLIPEmbedder(Embedder):
     ) -> None:
         import open_clip
 
-        self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
-        self.tokenizer = tokenizer
-        self.label = name
-        self.name = f"open_clip {name}"
         cfg = open_clip.get_model_preprocess_cfg(model)
-        resize_mode = cfg.get("resize_mode", "shortest")
-        self.image_transform = ImageTransform(
+        transform = ImageTransform(
             size=cfg.get("size", 224),
-            resize_mode=resize_mode,
+            resize_mode=cfg.get("resize_mode", "shortest"),
             interpolation=cfg.get("interpolation", "bicubic"),
             mean=cfg.get("mean", open_clip.OPENAI_DATASET_MEAN),
             std=cfg.get("std", open_clip.OPENAI_DATASET_STD),
             fill=cfg.get("fill_color", 0) / 255,
         )
-
-    @functools.cached_property
-    def id(self) -> str:
-        return (
-            f"open_clip:{self.label}:model={module_sha256(self.model)[:16]}"
-            f":transform={self.image_transform.sha256[:8]}"
-        )
+        super().__init__(model, tokenizer, transform, name=name, device=device)
 
     @torch.inference_mode()
     def encode_preprocessed(self, pixels: Tensor) -> Tensor:
@@ -288,7 +310,7 @@ def _tag_preprocess(arch: str, tag: str | None) -> dict[str, Any]:
 _PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
 
 
-class HFCLIPEmbedder(Embedder):
+class HFCLIPEmbedder(_LocalCLIP):
     """A transformers ``CLIPModel`` with the tokenizer and image processor saved beside it.
 
     Args:
@@ -304,29 +326,12 @@ class HFCLIPEmbedder(Embedder):
         torch.Size([1, 512])
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        tokenizer: Any,
-        image_transform: ImageTransform,
-        *,
-        name: str,
-        device: str | torch.device = "cpu",
-    ) -> None:
-        self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
-        self.tokenizer = tokenizer
-        self.image_transform = image_transform
-        self.label = name
-        self.name = f"hf CLIP {name}"
-        self.max_length = int(model.config.text_config.max_position_embeddings)
+    _kind, _title = "hf", "hf CLIP"
 
-    @functools.cached_property
-    def id(self) -> str:
-        return (
-            f"hf:{self.label}:model={module_sha256(self.model)[:16]}"
-            f":transform={self.image_transform.sha256[:8]}"
-        )
+    @property
+    def max_length(self) -> int:
+        """The text encoder's context length (tokens)."""
+        return int(self.model.config.text_config.max_position_embeddings)
 
     @torch.inference_mode()
     def encode_preprocessed(self, pixels: Tensor) -> Tensor:

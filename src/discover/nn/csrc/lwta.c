@@ -147,18 +147,7 @@ void lwta_forward(const float *h, float *out, uint8_t *hard, float *soft, int64_
                 float *zt = tbuf;
                 for (int64_t b = 0; b < np; b++)
                     for (int64_t u = 0; u < U; u++) zt[u * np + b] = z[b * U + u];
-                for (int64_t b = 0; b < np; b++) {
-                    mx[b] = zt[b];
-                    arg[b] = 0;
-                }
-                for (int64_t u = 1; u < U; u++) {
-                    const float *zu = zt + u * np;
-                    for (int64_t b = 0; b < np; b++) {
-                        int better = zu[b] > mx[b];
-                        mx[b] = better ? zu[b] : mx[b];
-                        arg[b] = better ? (int32_t)u : arg[b];
-                    }
-                }
+                winners(zt, 1, U, np, mx, arg); /* one (U, np) block: np columns */
                 for (int64_t b = 0; b < np; b++)
                     for (int64_t u = 0; u < U; u++) {
                         uint8_t win = arg[b] == u;

@@ -424,12 +424,22 @@ def test_labels_carry_their_significance_against_a_shuffled_null():
     noise = dissect(model, ["fc"], shuffled, args[3], AnnotationEmbedder(table, NAMES), "cos", **kw)
     assert not any(u.above_chance for u in noise.layer("fc"))  # annotations of other images
     # soft WPMI's best score saturates at log K when one unit dominates its concept's prior,
-    # so on a layer of six planted units its labels cannot beat the shuffled null (the
-    # weakness the similarity sanity tests show; benchmarks/results/similarity-sanity.md)
-    soft = dissect(*args, AnnotationEmbedder(table, NAMES), "soft_wpmi", **kw)
-    assert [u.label for u in soft.layer("fc")] == [u.label for u in result.layer("fc")]
-    assert all(u.score == pytest.approx(math.log(6), abs=1e-3) for u in soft.layer("fc"))
-    assert not any(u.above_chance for u in soft.layer("fc"))
+    # so on a layer of six planted units its labels cannot beat its own shuffled null (the
+    # weakness the similarity sanity tests show; benchmarks/results/similarity-sanity.md) ...
+    emb = AnnotationEmbedder(table, NAMES)
+    own = dissect(*args, emb, "soft_wpmi", significance_similarity=None, **kw)
+    assert [u.label for u in own.layer("fc")] == [u.label for u in result.layer("fc")]
+    assert all(u.score == pytest.approx(math.log(6), abs=1e-3) for u in own.layer("fc"))
+    assert not any(u.above_chance for u in own.layer("fc"))
+    assert own.config.significance_similarity == "soft_wpmi"
+    # ... so by default every label is judged by cos, whichever function chose it
+    soft = dissect(*args, emb, "soft_wpmi", **kw)
+    assert soft.config.significance_similarity == "cos"
+    assert [u.label for u in soft.layer("fc")] == [u.label for u in own.layer("fc")]
+    assert [u.z for u in soft.layer("fc")] == [u.z for u in result.layer("fc")]
+    assert all(u.above_chance for u in soft.layer("fc"))
+    noise_soft = dissect(model, ["fc"], shuffled, args[3], emb, "soft_wpmi", **kw)
+    assert not any(u.above_chance for u in noise_soft.layer("fc"))
     none = dissect(*args, AnnotationEmbedder(table, NAMES), "cos", null_repeats=0, **kw)
     assert all(u.z is None and u.above_chance is None for u in none.layer("fc"))
     with pytest.raises(ValueError, match="null_repeats must be 0 or >= 2, got 1"):

@@ -189,6 +189,18 @@ def test_cli_sae_train_resume_and_dissect(run, tmp_path, capsys):
     )
     assert code == 0, capsys.readouterr().err
     assert len(Dissection.load(tmp_path / "d").labels(LAYER)) == 32
+    # the same latents through `discover dissect --sae`, judged by their own function
+    code = main(
+        ["dissect", "--run", str(run), "--layers", LAYER, "--sae", str(out), *probe]
+        + ["--concepts", "shapes", "--embedder", "annotations", "--no-cache"]
+        + ["--null-repeats", "2", "--significance-similarity", "same"]
+        + ["--out", str(tmp_path / "d2")]
+    )
+    assert code == 0, capsys.readouterr().err
+    first, second = Dissection.load(tmp_path / "d"), Dissection.load(tmp_path / "d2")
+    assert second.config.significance_similarity == second.config.similarity
+    assert second.labels(LAYER) == first.labels(LAYER)
+    assert all(u.z is not None for u in second.layer(LAYER))
     from PIL import Image
 
     Image.new("RGB", (16, 16), "red").save(tmp_path / "red.png")

@@ -242,6 +242,11 @@ def _add_dissect_options(parser: argparse.ArgumentParser) -> None:
         help="shuffled-image draws behind each label's significance (z, p_null columns; 0 "
         f"skips them; {_default(dissect, 'null_repeats')})",
     )
+    parser.add_argument(
+        "--significance-similarity",
+        help="the similarity function that judges each label for that significance "
+        f"({_default(dissect, 'significance_similarity')}; 'same': --similarity's)",
+    )
     parser.add_argument("--out", required=True, help="output directory")
 
 
@@ -251,6 +256,9 @@ def _dissect_options(args: argparse.Namespace) -> dict[str, Any]:
         args, "concepts", "embedder", "similarity", "policy", "seed", "batch_size", "device"
     )
     options.update(_given(args, "pooling", "keep_scores", "null_repeats"))
+    if args.significance_similarity is not None:
+        same = args.significance_similarity == "same"
+        options["significance_similarity"] = None if same else args.significance_similarity
     if args.similarity_arg:
         options["similarity_params"] = _key_values(args.similarity_arg, "--similarity-arg")
     if args.no_cache:
@@ -569,6 +577,11 @@ def _dissect_arguments(parser: argparse.ArgumentParser) -> None:
         "--pooling",
         help=f"auto, avg, max, cls, mean, none ({_default(dissect, 'pooling')})",
     )
+    parser.add_argument(
+        "--sae",
+        help="a TopK SAE folder (`discover sae train`) of the one layer in --layers: label "
+        "its latents instead of the layer's units",
+    )
     _add_dissect_options(parser)
 
 
@@ -579,7 +592,8 @@ def _dissect_arguments(parser: argparse.ArgumentParser) -> None:
 )
 def _dissect(args: argparse.Namespace) -> int:
     model = load_run(args.run, **_given(args, "weights")).model if args.run else _build_model(args)
-    result = dissect(model, args.layers, _build_probe(args), **_dissect_options(args))
+    options = {**_dissect_options(args), **_given(args, "sae")}
+    result = dissect(model, args.layers, _build_probe(args), **options)
     out = result.save(args.out)
     for layer in result.config.layers:
         labels = result.labels(layer)

@@ -50,7 +50,11 @@ from discover.dissection.recording import (
     resolve_layers,
 )
 from discover.dissection.sae import SAE, as_sae, record_latents
-from discover.dissection.significance import SIGNIFICANT_P, label_significance
+from discover.dissection.significance import (
+    SIGNIFICANCE_SIMILARITY,
+    SIGNIFICANT_P,
+    label_significance,
+)
 from discover.dissection.similarity import DEFAULT_SIMILARITY, get_similarity
 from discover.nn.lwta import LWTA
 from discover.nn.models import count_parameters
@@ -127,6 +131,8 @@ class DissectConfig:
     batch_size: int = 64
     top_k: int = 5
     null_repeats: int = 0  # shuffled-image draws behind each label's z (0: none)
+    # the function that judges each label for its z (None: ``similarity``, discover <= 0.3)
+    significance_similarity: str | None = None
 
 
 @dataclass(frozen=True)
@@ -672,6 +678,7 @@ def dissect(
     keep_scores: bool = False,
     sae: SAE | str | Path | None = None,
     null_repeats: int = 16,
+    significance_similarity: str | None = SIGNIFICANCE_SIMILARITY,
 ) -> Dissection:
     """Describe every unit of ``layers`` with a concept (CLIP-Dissect, method.md §6-7).
 
@@ -703,6 +710,11 @@ def dissect(
             calibrated significance (``UnitDescription.z``/``p_null``, see
             :mod:`discover.dissection.significance`); costs that many extra similarity
             computations per layer; 0 skips it.
+        significance_similarity: the similarity function that judges each label for that
+            significance (default ``cos``, the one function that passes the missing- and
+            extra-label sanity tests, see :func:`discover.evaluation.similarity_sanity`, and
+            one GEMM per draw); ``None`` judges with ``similarity`` itself. The label itself
+            is always ``similarity``'s choice.
 
     Example:
         >>> from discover.data import ShapesWorld
@@ -715,6 +727,8 @@ def dissect(
     concept_set = load_concepts(concepts)
     emb = build_embedder(embedder)
     score_fn = get_similarity(similarity)
+    judge = significance_similarity or similarity
+    judge_fn = get_similarity(judge)
     # checked before the (long) recording, not after it
     check_options(
         score_fn, dict(similarity_params or {}), f"similarity_params: similarity {similarity!r}"
@@ -737,6 +751,7 @@ def dissect(
         batch_size=batch_size,
         top_k=top_k,
         null_repeats=null_repeats,
+        significance_similarity=judge if null_repeats else None,
     )
     if null_repeats and null_repeats < 2:
         raise ValueError(f"null_repeats must be 0 or >= 2, got {null_repeats}")
@@ -776,9 +791,13 @@ def dissect(
         top_scores, top_idx = S.float().topk(k, dim=1)
         sig = None
         if null_repeats:
-            params = config.similarity_params
+            if judge == similarity:
+                params, judged = config.similarity_params, top_scores[:, 0]
+            else:  # the label's score under the judge, against the judge's best by chance
+                params = {}
+                judged = judge_fn(P, Q).float().gather(1, top_idx[:, :1]).squeeze(1)
             sig = label_significance(
-                P, Q, top_scores[:, 0], score_fn, params, repeats=null_repeats, seed=seed
+                P, Q, judged, judge_fn, params, repeats=null_repeats, seed=seed
             )
         U = module.U if isinstance(module, LWTA) else None
         wins = recording.wins.get(name)

@@ -8,13 +8,21 @@ scored again, and the unit's best score is kept. Over ``repeats`` shuffles this 
 unit, the mean and spread of the best score that pure chance reaches with this concept set,
 this similarity function and this probe size. The label's
 
-* ``z`` = (best score - null mean) / null standard deviation, a scale-free figure that can
-  be compared across runs (same similarity function), and
+* ``z`` = (label's score - null mean) / null standard deviation, a scale-free figure that
+  can be compared across runs (same judging function), and
 * ``p`` = the upper tail of a Gumbel distribution fitted to the null's mean and spread (the
   best of many concept scores is a maximum, skewed to the right: a normal tail would call
   too many chance labels significant; with few repeats the empirical rank is too coarse),
 
 and ``above_chance`` = ``p <= SIGNIFICANT_P`` (0.001).
+
+The score being judged need not come from the function that chose the label:
+:func:`~discover.dissect` judges every label with ``cos`` (:data:`SIGNIFICANCE_SIMILARITY`)
+by default, whatever function labelled it. Soft WPMI, the labelling default, saturates (its
+scores tie at ``log K`` for many concepts, see the sanity tests), so its own null cannot
+separate a true label from chance (planted labels reach z of about 0.5 under it, above 5
+under cosine). The label's cosine is then compared with the best cosine that any concept
+reaches on shuffled images: conservative, since the label is not the cosine's own argmax.
 """
 
 from __future__ import annotations
@@ -28,9 +36,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["SIGNIFICANT_P", "Significance", "label_significance"]
+__all__ = ["SIGNIFICANT_P", "SIGNIFICANCE_SIMILARITY", "Significance", "label_significance"]
 
 SIGNIFICANT_P = 1e-3
+SIGNIFICANCE_SIMILARITY = "cos"
+"""The function that judges labels for their significance in :func:`~discover.dissect`: the
+only one that passes both sanity tests (``benchmarks/results/similarity-sanity.md``)."""
 _EULER_GAMMA = 0.5772156649015329
 
 

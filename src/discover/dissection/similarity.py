@@ -340,7 +340,7 @@ def cos3(
     *,
     min_norm: float = 1e-3,
     chunk_size: int = 1024,
-    concept_chunk_size: int = 4096,
+    concept_chunk_size: int = 2048,
     info: dict[str, Any] | None = None,
 ) -> Tensor:
     """Cosine of centred, cubed columns (CLIP-Dissect ``cos_similarity_cubed``), §7.2.
@@ -351,7 +351,9 @@ def cos3(
     Cubing emphasises the most activating images. A constant (e.g. dead) unit scores 0.
     ``Q'`` is computed once; each chunk of ``P'`` is written into one reused
     ``N x concept_chunk_size`` buffer (on a CPU in float32 by the C kernel of
-    :mod:`discover.dissection.similarity_kernel`: two passes over the chunk instead of four),
+    :mod:`discover.dissection.similarity_kernel`: two passes over the chunk instead of four;
+    2,048 concepts measured fastest at N = 10k, about 1.02x the bare GEMM against 1.05x at
+    4,096),
     multiplied by ``chunk_size`` units at a time straight into the output, and divided by the
     chunk's norms. Largest temporaries: that buffer and ``N x K``.
 

@@ -25,10 +25,11 @@ per-(neuron, concept) sort of ``n`` values). By default it runs on all ``M``.
 transcribes CLIP-Dissect's ``similarity.py`` operation for operation in float32 (per-unit
 Python loops, vectorised over images and concepts inside). For ``cos``, ``cos3``, ``wpmi``,
 ``soft_wpmi`` and ``rank_reorder`` one subprocess builds the inputs and times discover and
-the transcription side by side, round-robin (``reference_rounds`` rounds, medians), on the
-full ``K``; only the reference ``rank_reorder`` (about 2-3 s per unit, over 30 minutes for
-``K = 768``) runs on the first ``--reference-neurons`` units and is scaled by ``K / k`` (its
-cost is a loop doing the same work for every unit). Also timed in that process:
+the transcription side by side, round-robin (``reference_rounds`` rounds, medians; 9 paired
+rounds for ``cos``/``cos3``), on the full ``K``. The reference ``rank_reorder`` takes about
+0.45 s per unit (6 minutes for ``K = 768``), so it runs one round; ``--reference-neurons k``
+runs it on the first ``k`` units and scales its time by ``K / k`` (its cost is a loop doing
+the same work for every unit) for a quicker run. Also timed in that process:
 
 * ``cos`` / ``cos3``: a bare ``torch.matmul(Q.T, P)`` of the same shapes, the GEMM they are
   bound by (target: discover within 10 % of it);
@@ -134,6 +135,8 @@ REFERENCED = ("cos", "cos3", "wpmi", "soft_wpmi", "rank_reorder")
 MEMORY_TARGET_GB = 2.0  # peak extra memory of every vectorised function
 RECORD_TARGET = 1.1  # record / plain
 TARGETED = ("wpmi", "soft_wpmi", "rank_reorder")
+# the rounds of the side-by-side comparison, where not ``reference_rounds``
+ROUNDS = {"cos": "gemm_rounds", "cos3": "gemm_rounds", "rank_reorder": "rank_reorder_rounds"}
 FUNCTIONS = ("cos", "cos3", "wpmi", "soft_wpmi", "rank_reorder", "jsd")
 LWTA_U = 8
 RESULT_MARK = "RESULT_JSON "
@@ -146,7 +149,8 @@ FULL = {
     "loop_neurons": 16,
     "reference_rounds": 3,
     "gemm_rounds": 9,  # cos, cos3: a few percent is the verdict, so more rounds, paired
-    "reference_rank_reorder_neurons": 48,
+    "reference_rank_reorder_neurons": None,  # None: the whole K
+    "rank_reorder_rounds": 1,
     "sort_floor_neurons": 96,
     "rank_reorder_concepts": 20_000,
     "record_images": 128,
@@ -161,6 +165,7 @@ QUICK = {
     "reference_rounds": 1,
     "gemm_rounds": 2,
     "reference_rank_reorder_neurons": 8,
+    "rank_reorder_rounds": 1,
     "sort_floor_neurons": 16,
     "rank_reorder_concepts": 500,
     "record_images": 8,
@@ -668,7 +673,9 @@ def similarity_rows(sizes: dict[str, int], args: argparse.Namespace) -> list[dic
             f"peak extra {row['peak_extra_gb']:.2f} GB"
         )
         if fn in REFERENCED:
-            k_ref = K if fn != "rank_reorder" else min(sizes["reference_rank_reorder_neurons"], K)
+            k_ref = K
+            if fn == "rank_reorder" and sizes["reference_rank_reorder_neurons"]:
+                k_ref = min(sizes["reference_rank_reorder_neurons"], K)
             _log(f"reference {fn}: N={N} K={K} M={M}, reference on {k_ref} units")
             cmp = run_worker(
                 "reference",
@@ -678,7 +685,7 @@ def similarity_rows(sizes: dict[str, int], args: argparse.Namespace) -> list[dic
                     "K": K,
                     "M": M,
                     "k_ref": k_ref,
-                    "rounds": sizes["gemm_rounds" if fn in ("cos", "cos3") else "reference_rounds"],
+                    "rounds": sizes[ROUNDS.get(fn, "reference_rounds")],
                     "sort_floor_neurons": sizes["sort_floor_neurons"],
                     "seed": args.seed,
                 },
@@ -911,7 +918,8 @@ def render_markdown(rec: dict[str, Any]) -> str:
         "",
         "Times: full K, default parameters, median of "
         f"{s['reference_rounds']} round(s), {s.get('gemm_rounds', s['reference_rounds'])} for "
-        "cos and cos3 (every call is in the JSON); discover / bare matmul is the median of the "
+        f"cos and cos3, {s.get('rank_reorder_rounds', s['reference_rounds'])} for rank_reorder "
+        "(every call is in the JSON); discover / bare matmul is the median of the "
         "rounds' ratios (the two calls run back to back in each round). The reference runs on "
         "all K units, except rank_reorder"
         + (
@@ -1130,7 +1138,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reference-neurons",
         type=int,
-        help="units the reference rank_reorder runs on, scaled to K (default 48; --quick: 8)",
+        help="units the reference rank_reorder runs on, scaled to K (default: all K, about "
+        "6 min; --quick: 8)",
     )
     parser.add_argument(
         "--rank-reorder-concepts",

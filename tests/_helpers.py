@@ -8,6 +8,10 @@ from typing import Any
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
+SHAPES_PROBE = {"n": 32, "image_size": 16}
+"""The probe of conftest's ``shapes_dissection``: ``ShapesWorld(**SHAPES_PROBE, split="val")``,
+``--probe-arg n=32 --probe-arg image_size=16`` on the command line."""
+
 
 def readme_python_block(containing: str) -> str:
     """The one ```python block of the README that contains ``containing``."""

@@ -166,3 +166,60 @@ def test_errors_name_the_commands_flags():
     # a parameter the command has no flag for stays a parameter
     assert _with_flags("keep_scores=True is needed", flags) == "keep_scores=True is needed"
     assert _with_flags("out: give a folder", flags) == "out: give a folder"
+
+
+# -- discover eval-descriptions --ground-truth ---------------------------------------------------
+
+
+def test_eval_descriptions_ground_truth(shapes_dissection, tmp_path, capsys):
+    import json
+    import shutil
+
+    from _helpers import SHAPES_PROBE
+    from discover.evaluation import GroundTruthReport, evaluate_groundtruth
+
+    folder = shutil.copytree(shapes_dissection[0], tmp_path / "dissection")
+    probe_args = [a for k, v in SHAPES_PROBE.items() for a in ("--probe-arg", f"{k}={v}")]
+    assert main(["eval-descriptions", str(folder), "--ground-truth", *probe_args]) == 0
+    out = capsys.readouterr().out
+    expected = evaluate_groundtruth(folder, shapes_dissection[1], save=False)
+    assert expected.table() in out  # per layer: label AUPRC, label is best, monosemantic
+    assert "label is best concept" in out and "monosemantic (best AUPRC > 0.75)" in out
+    assert f"written: {folder / 'groundtruth.json'} and {folder / 'groundtruth_units.csv'}" in out
+    assert GroundTruthReport.load(folder).summary() == expected.summary()
+
+    # --out elsewhere, one layer, another bar; --json prints the report
+    code = main(
+        ["eval-descriptions", str(folder), "--ground-truth", *probe_args, "--layer", "fc",
+         "--bar", "0.5", "--out", str(tmp_path / "gt"), "--json"]
+    )  # fmt: skip
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and [layer["layer"] for layer in data["layers"]] == ["fc"]
+    assert data["layers"][0]["bar"] == 0.5
+    assert list(GroundTruthReport.load(tmp_path / "gt").layers) == ["fc"]
+    assert list(GroundTruthReport.load(folder).layers) == ["layer2.0.act2", "fc"]  # untouched
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        ([], "error: give --classes (the final-layer protocol"),
+        (
+            ["--classes", "shapes_classes", "--probe-arg", "n=32"],
+            "error: --probe-arg: only used with --ground-truth",
+        ),
+        (
+            ["--ground-truth", "--probe-arg", "n=33", "--probe-arg", "image_size=16"],
+            "error: --probe: not the probe set the dissection in",
+        ),
+        (
+            ["--ground-truth", "--probe-arg", "n=32", "--probe-arg", "image_size=16", "--bar", "1"],
+            "bar must be in [0, 1)",
+        ),
+    ],
+)
+def test_eval_descriptions_ground_truth_mistakes(shapes_dissection, extra, message, capsys):
+    assert main(["eval-descriptions", str(shapes_dissection[0]), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (shapes_dissection[0] / "groundtruth.json").exists()

@@ -3,11 +3,15 @@ missing- / extra-labels sanity tests of the similarity functions."""
 
 import json
 import math
+import shutil
 from dataclasses import replace
 
 import pytest
 import torch
+from torch.utils.data import Subset, TensorDataset
 
+import discover
+from _helpers import SHAPES_PROBE
 from discover.data.shapes import ShapesWorld
 from discover.dissection.core import DissectConfig, Dissection, UnitDescription
 from discover.dissection.similarity import DEFAULT_SIMILARITY, SIMILARITIES, register_similarity
@@ -19,9 +23,12 @@ from discover.evaluation import (
     SanityResult,
     average_precision,
     corrupt_labels,
+    evaluate_groundtruth,
     groundtruth_dissection,
     groundtruth_scores,
+    probe_annotations,
     probe_split,
+    saved_groundtruth,
     similarity_sanity,
     threshold_metrics,
 )
@@ -318,6 +325,97 @@ def test_groundtruth_of_a_dissection():
     assert layer.units[0].label_auprc == 1.0 and layer.units[0].label_is_best
     with pytest.raises(ValueError, match="annotations has 299 rows"):
         groundtruth_dissection(dissection, A[:299], _names(3))
+
+
+# --------------------------------------------------------------------------- evaluate_groundtruth
+
+
+def _copy(shapes_dissection, tmp_path):
+    folder, probe = shapes_dissection
+    return shutil.copytree(folder, tmp_path / "dissection"), probe
+
+
+def test_evaluate_groundtruth_scores_the_dissection_on_its_probe_and_saves(
+    shapes_dissection, tmp_path
+):
+    folder, probe = _copy(shapes_dissection, tmp_path)
+    assert discover.evaluate_groundtruth is evaluate_groundtruth
+    report = evaluate_groundtruth(folder, probe)
+    # the same numbers as groundtruth_dissection on the probe's scorable concepts
+    A, names = probe_annotations(probe)
+    keep = (A.sum(0) > 0) & (A.sum(0) < len(probe))
+    assert not keep.all()  # 32 images leave some of the 46 concepts empty
+    kept = [n for n, k in zip(names, keep.tolist(), strict=True) if k]
+    direct = groundtruth_dissection(Dissection.load(folder), A[:, keep], kept)
+    assert list(report.layers) == ["layer2.0.act2", "fc"]
+    for name, layer in report.layers.items():
+        assert layer.rows() == direct.layer(name).rows()  # NaN IoU / F1 as None
+        assert torch.equal(layer.auprc, direct.layer(name).auprc)
+        assert layer.summary() == direct.layer(name).summary()
+        assert layer.concepts == kept
+    assert report.meta["dropped_concepts"] == [n for n in names if n not in kept]
+    assert report.meta["probe"]["images"] == len(probe)
+    # saved into the dissection folder, where later stages read it
+    assert report.folder == folder
+    saved = GroundTruthReport.load(folder)
+    assert saved.summary() == report.summary()
+    assert saved_groundtruth(Dissection.load(folder)).summary() == report.summary()
+    assert (folder / "groundtruth_units.csv").is_file()
+    # a Dissection object (or save=False) writes nothing
+    (folder / "groundtruth.json").unlink()
+    evaluate_groundtruth(Dissection.load(folder), probe, layers=["fc"], seed=1)
+    evaluate_groundtruth(folder, probe, save=False)
+    assert not (folder / "groundtruth.json").exists()
+    assert saved_groundtruth(Dissection.load(folder)) is None
+
+
+def test_evaluate_groundtruth_refuses_another_probe(shapes_dissection, tmp_path):
+    folder, probe = _copy(shapes_dissection, tmp_path)
+    for other in (
+        ShapesWorld(**SHAPES_PROBE, split="val", seed=1),  # same size, other images
+        ShapesWorld(**SHAPES_PROBE, split="test"),
+        Subset(probe, range(20)),
+    ):
+        with pytest.raises(ValueError, match="probe: not the probe set the dissection in .* was"):
+            evaluate_groundtruth(folder, other)
+    assert not (folder / "groundtruth.json").exists()
+
+
+def test_evaluate_groundtruth_needs_annotations(shapes_dissection, tmp_path):
+    folder, probe = _copy(shapes_dissection, tmp_path)
+    plain = TensorDataset(torch.zeros(len(probe), 3, 16, 16, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="probe: TensorDataset carries no ground-truth concept"):
+        evaluate_groundtruth(folder, plain)
+    with pytest.raises(ValueError, match="dissection: expected a Dissection or its saved folder"):
+        evaluate_groundtruth(3, probe)
+    with pytest.raises(ValueError, match="no layer 'nope'"):
+        evaluate_groundtruth(folder, probe, layers=["nope"])
+
+
+def test_probe_annotations_of_a_subset():
+    probe = ShapesWorld(n=20, image_size=16)
+    table, names = probe_annotations(Subset(probe, [3, 1]))
+    assert names == probe.concept_names
+    assert torch.equal(table, probe.concepts_table([3, 1]))
+
+
+def test_a_saved_report_of_another_dissection_is_ignored(shapes_dissection, tmp_path):
+    folder, probe = _copy(shapes_dissection, tmp_path)
+    evaluate_groundtruth(folder, probe)
+    changed = Dissection.load(folder)
+    changed.layer("fc")[0].label = "star" if changed.layer("fc")[0].label != "star" else "red"
+    with pytest.warns(UserWarning, match="computed from another dissection"):
+        assert saved_groundtruth(changed) is None
+    changed.activations["fc"] = changed.activations["fc"] + 1.0
+    with pytest.warns(UserWarning, match="computed from another dissection"):
+        assert saved_groundtruth(changed) is None
+    (folder / "groundtruth.json").write_text("{broken")
+    with pytest.warns(UserWarning, match="not valid JSON"):
+        assert saved_groundtruth(Dissection.load(folder)) is None
+    # a dissection saved again over its folder takes its derived results with it
+    evaluate_groundtruth(folder, probe)
+    Dissection.load(folder).save(folder)
+    assert not (folder / "groundtruth.json").exists()
 
 
 # --------------------------------------------------------------------------- sanity tests

@@ -327,3 +327,63 @@ def test_histogram_colours_signs_and_reports_zeros(tmp_path):
     assert (235, 130, 40) in colours and (55, 110, 200) in colours  # negative and positive bars
     flat = report_module._histogram_png(np.zeros(5), tmp_path / "z.png", bins=10)
     assert flat == {"min": 0.0, "max": 0.0, "zero": 1.0}
+
+
+def test_layer_pages_show_the_saved_ground_truth(built, tmp_path, monkeypatch):
+    import discover.evaluation.groundtruth as groundtruth
+    from discover.evaluation import GroundTruthReport, evaluate_groundtruth
+
+    sections, _, probe = built
+    given = sections[0]
+    copy.copy(given.dissection).save(tmp_path / "dissection")  # the shared one keeps its folder
+    report = evaluate_groundtruth(tmp_path / "dissection", probe)
+    saved = Dissection.load(tmp_path / "dissection")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report recomputed the ground-truth scores")
+
+    monkeypatch.setattr(groundtruth, "groundtruth_scores", refuse)
+    section = ReportSection(given.name, None, saved, probe)
+    write_report(tmp_path / "r", [section], progress=False)
+    (page,) = (tmp_path / "r").glob("*/act2.html")
+    text = page.read_text()
+    summary = report.layer("act2").summary()
+    assert "Ground truth" in text and "Monosemantic" in text
+    assert f"<strong>{100 * summary['monosemantic']:.1f} %</strong> of the units" in text
+    for column in ("AUPRC", "IoU", "F1", "label is best", "best concept"):
+        assert f"<th>{column}</th>" in text
+    rows = re.findall(r'<tr>\s*<td class="num"><a href="#unit-(\d+)">.*?</tr>', text, re.S)
+    assert sorted(map(int, rows)) == list(range(len(saved.layer("act2"))))
+    unit = report.layer("act2").units[0]
+    row = re.search(r'<a href="#unit-0">0</a></td>(.*?)</tr>', text, re.S)[1]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+    assert cells[1] == f"{unit.label_auprc:.3f}"
+    assert cells[5] == ("yes" if unit.label_is_best else "no")
+    assert text.count("ground truth: AUPRC") == len(saved.layer("act2"))
+    assert SCRIPT not in text  # hostile labels (not ground-truth concepts) stay escaped
+    overview = (tmp_path / "r" / "index.html").read_text()
+    assert "<th>monosemantic</th>" in overview
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["sections"][0]["layers"][1][
+        "truth"
+    ]["monosemantic"] == pytest.approx(summary["monosemantic"])
+
+    # no saved scores: no ground-truth section; scores of another dissection: a warning
+    unsaved = copy.copy(saved)
+    unsaved.folder = None
+    write_report(
+        tmp_path / "plain", [ReportSection(given.name, None, unsaved, probe)], progress=False
+    )
+    (page,) = (tmp_path / "plain").glob("*/act2.html")
+    assert "Ground truth" not in page.read_text()
+    passed = ReportSection(given.name, None, unsaved, probe, groundtruth=report)
+    write_report(tmp_path / "passed", [passed], progress=False)
+    (page,) = (tmp_path / "passed").glob("*/act2.html")
+    assert "Monosemantic" in page.read_text()
+    with pytest.raises(ValueError, match="groundtruth is a dict, expected a .*GroundTruthReport"):
+        write_report(tmp_path / "bad", [ReportSection("x", None, unsaved, probe, groundtruth={})])
+    saved.layer("act2")[0].label = "changed"
+    with pytest.warns(UserWarning, match="computed from another dissection"):
+        write_report(tmp_path / "stale", [section], progress=False)
+    (page,) = (tmp_path / "stale").glob("*/act2.html")
+    assert "Ground truth" not in page.read_text()
+    assert isinstance(GroundTruthReport.load(tmp_path / "dissection"), GroundTruthReport)

@@ -29,7 +29,13 @@ from .dissection import (
     register_similarity,
     train_sae,
 )
-from .evaluation import evaluate, evaluate_descriptions, evaluate_run, simulation_score
+from .evaluation import (
+    evaluate,
+    evaluate_descriptions,
+    evaluate_groundtruth,
+    evaluate_run,
+    simulation_score,
+)
 from .explanation import Explanation, explain
 from .nn import (
     EVAL_POLICIES,
@@ -88,6 +94,7 @@ __all__ = [
     "concept_matrix",
     "dissect",
     "evaluate_descriptions",
+    "evaluate_groundtruth",
     "simulation_score",
     "build_embedder",
     "register_embedder",

@@ -34,6 +34,7 @@ from discover.dissection.similarity import (
 )
 from discover.evaluation.classification import EVAL_FILE, evaluate_run
 from discover.evaluation.descriptions import evaluate_descriptions
+from discover.evaluation.groundtruth import REPORT_CSV, REPORT_JSON, evaluate_groundtruth
 from discover.evaluation.planted import VARIANTS, PlantedConfig, planted_recovery_on_probe
 from discover.evaluation.sparsity import photo_sparsity
 from discover.explanation import explain, explain_run, print_explanations
@@ -730,11 +731,23 @@ def _eval_descriptions_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dissection", help="dissection directory (`discover dissect --out`)")
     parser.add_argument(
         "--classes",
-        required=True,
-        help="class names in class order: a concept set (shapes_classes, imagenet_labels), "
-        "a text file (one per line) or a data set name (fashion-mnist)",
+        help="final-layer protocol: class names in class order: a concept set (shapes_classes, "
+        "imagenet_labels), a text file (one per line) or a data set name (fashion-mnist)",
     )
-    parser.add_argument("--layer", help="the classifier layer (default: the last dissected)")
+    parser.add_argument(
+        "--ground-truth",
+        action="store_true",
+        default=None,
+        help="score every dissected layer's labels against the probe set's ground-truth "
+        "annotations (AUPRC, held-out IoU / F1, label = best concept, monosemanticity); give "
+        "the probe options used to dissect (--probe, --probe-arg, ...)",
+    )
+    _add_probe_arguments(parser)
+    parser.add_argument(
+        "--layer",
+        help="the classifier layer (default: the last dissected); with --ground-truth, the "
+        "one layer to score (default: all)",
+    )
     parser.add_argument(
         "--embedder",
         help="embedder whose text space scores the matched cosine (the one used to dissect, "
@@ -748,34 +761,84 @@ def _eval_descriptions_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed",
         type=int,
-        help=f"seed of both baselines ({_default(evaluate_descriptions, 'seed')})",
+        help="seed of both baselines and of the ground-truth fit / held-out split "
+        f"({_default(evaluate_descriptions, 'seed')})",
     )
     parser.add_argument(
         "--null-repeats",
         type=int,
         help=f"draws per baseline ({_default(evaluate_descriptions, 'null_repeats')})",
     )
+    parser.add_argument(
+        "--bar",
+        type=float,
+        help="with --ground-truth: a unit is monosemantic when its best concept's AUPRC is "
+        f"above this ({_default(evaluate_groundtruth, 'bar')})",
+    )
     parser.add_argument("--out", help="where to write the results (default: DISSECTION)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+_PROBE_OPTIONS = {
+    "probe": "--probe",
+    "probe_split": "--probe-split",
+    "probe_root": "--probe-root",
+    "probe_arg": "--probe-arg",
+    "probe_limit": "--probe-limit",
+}
 
 
 @command(
     "eval-descriptions",
     arguments=_eval_descriptions_arguments,
-    help="final-layer protocol: score a classifier layer's descriptions against its classes",
+    help="score descriptions: a classifier layer's against its classes (--classes), every "
+    "layer's against the probe's ground truth (--ground-truth)",
 )
 def _eval_descriptions(args: argparse.Namespace) -> int:
-    scores = evaluate_descriptions(
-        args.dissection,
-        args.classes,
-        **_given(args, "layer", "embedder", "sentence_model", "seed", "null_repeats"),
-    )
-    path = scores.save(args.out)
+    if args.classes is None and not args.ground_truth:
+        raise ValueError(
+            "give --classes (the final-layer protocol: unit k should be class k), "
+            "--ground-truth (scores against the probe set's annotations), or both"
+        )
+    stray = [flag for dest, flag in _PROBE_OPTIONS.items() if getattr(args, dest) is not None]
+    stray += ["--bar"] if args.bar is not None else []
+    if stray and not args.ground_truth:
+        raise ValueError(f"{', '.join(stray)}: only used with --ground-truth")
+    truth = scores = None
+    if args.ground_truth:  # first: its probe check is quick, the sentence model is not
+        options = _given(args, "seed", "bar")
+        if args.layer is not None:
+            options["layers"] = [args.layer]
+        probe = _build_probe(args)
+        truth = evaluate_groundtruth(args.dissection, probe, save=args.out is None, **options)
+    if args.classes is not None:
+        scores = evaluate_descriptions(
+            args.dissection,
+            args.classes,
+            **_given(args, "layer", "embedder", "sentence_model", "seed", "null_repeats"),
+        )
+    output: dict[str, Any] = {}
+    if scores is not None:
+        path = scores.save(args.out)
+        output["descriptions"] = scores.to_dict()
+        if not args.json:
+            print(scores.summary())
+            print(f"\nwritten: {path} (+ .csv tables)")
+    if truth is not None:
+        path = truth.save(args.out) if args.out is not None else truth.folder / REPORT_JSON
+        output["ground_truth"] = truth.to_dict()
+        if not args.json:
+            print("\n" if scores is not None else "", end="")
+            print(truth.table())
+            dropped = truth.meta["dropped_concepts"]
+            if dropped:
+                print(
+                    f"not scored ({len(dropped)} concepts absent from, or on every image of, "
+                    f"the probe): {', '.join(dropped)}"
+                )
+            print(f"\nwritten: {path} and {path.parent / REPORT_CSV}")
     if args.json:
-        print(json.dumps(scores.to_dict(), indent=2))
-    else:
-        print(scores.summary())
-        print(f"\nwritten: {path} (+ .csv tables)")
+        print(json.dumps(output if len(output) > 1 else next(iter(output.values())), indent=2))
     return 0
 
 

@@ -84,7 +84,7 @@ DISSECTION_FILES = (
 )
 DISSECTION_DIR = "dissection"  # a training run's dissection: RUN/dissection
 # Results computed from a dissection and saved beside it: they go when it is replaced.
-_DERIVED_PREFIXES = ("description_scores", "simulation_scores-")
+_DERIVED_PREFIXES = ("description_scores", "simulation_scores-", "groundtruth")
 
 
 class StaleDissectionError(ValueError):

@@ -4,7 +4,8 @@ Where the probe images carry exact concept annotations (ShapesWorld's ``concepts
 or any binary ``N x C`` table ``A``), a unit's label can be checked against the truth
 instead of against an image-text model. Two tools live here.
 
-**A. Ground-truth scores** (:func:`groundtruth_scores`, :func:`groundtruth_dissection`). For
+**A. Ground-truth scores** (:func:`groundtruth_scores`, :func:`groundtruth_dissection`, and
+:func:`evaluate_groundtruth`, which takes a dissection and its annotated probe set). For
 every unit ``k`` (a column of ``Q``, ``N x K``) and every ground-truth concept ``c`` (a
 column of ``A``), the unit's activation is treated as a detector of the concept (higher
 activation = more likely present; signed values are used as they are):
@@ -79,24 +80,27 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset, Subset
 
 from discover._utils import check_options, csv_text, read_json, write_files
+from discover.dissection.core import Dissection
+from discover.dissection.recording import dataset_fingerprint
 from discover.dissection.similarity import DEFAULT_SIMILARITY, SIMILARITIES, get_similarity
 from discover.evaluation.planted import PlantedConfig, planted_neurons
-
-if TYPE_CHECKING:
-    from discover.dissection.core import Dissection
 
 __all__ = [
     "MONOSEMANTIC_BAR",
@@ -109,6 +113,9 @@ __all__ = [
     "threshold_metrics",
     "groundtruth_scores",
     "groundtruth_dissection",
+    "probe_annotations",
+    "evaluate_groundtruth",
+    "saved_groundtruth",
     "SanityConfig",
     "SanityResult",
     "corrupt_labels",
@@ -602,11 +609,15 @@ class GroundTruthReport:
 
     Attributes:
         layers: ``{layer: LayerGroundTruth}`` in layer order.
-        meta: free-form provenance (e.g. the dissection folder, the probe).
+        meta: provenance: the dissection folder, similarity and concept set, the digest of
+            the dissection it scores (``dissection_digest``) and, from
+            :func:`evaluate_groundtruth`, the probe and the concepts it dropped.
+        folder: the folder it was saved to or loaded from, if any (not saved).
     """
 
     layers: dict[str, LayerGroundTruth]
     meta: dict[str, Any] = field(default_factory=dict)
+    folder: Path | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name, layer in self.layers.items():
@@ -631,6 +642,13 @@ class GroundTruthReport:
         """One row per (layer, unit)."""
         return csv_text([row for layer in self.layers.values() for row in layer.rows()])
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: ``meta`` and one :meth:`LayerGroundTruth.to_dict` per layer."""
+        return {
+            "meta": self.meta,
+            "layers": [layer.to_dict() for layer in self.layers.values()],
+        }
+
     def save(self, out: str | Path) -> Path:
         """Write ``groundtruth.json`` (everything) and ``groundtruth_units.csv`` (one row per
         unit) into folder ``out``, atomically as a pair; returns the JSON path.
@@ -638,21 +656,25 @@ class GroundTruthReport:
         Example:
             >>> GroundTruthReport.load(report.save("out")).table()  # doctest: +SKIP
         """
-        data = {
-            "meta": self.meta,
-            "layers": [layer.to_dict() for layer in self.layers.values()],
-        }
-        folder = write_files(
-            out, {REPORT_JSON: json.dumps(data, indent=1) + "\n", REPORT_CSV: self.to_csv()}
-        )
+        text = json.dumps(self.to_dict(), indent=1) + "\n"
+        folder = write_files(out, {REPORT_JSON: text, REPORT_CSV: self.to_csv()})
+        self.folder = folder
         return folder / REPORT_JSON
 
     @classmethod
     def load(cls, out: str | Path) -> GroundTruthReport:
         """Read a report folder written by :meth:`save` (or the JSON file itself)."""
         data = read_json(out, "ground-truth report", name=REPORT_JSON)
-        layers = [LayerGroundTruth.from_dict(d) for d in data["layers"]]
-        return cls({layer.layer: layer for layer in layers}, dict(data.get("meta") or {}))
+        try:
+            layers = [LayerGroundTruth.from_dict(d) for d in data["layers"]]
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(
+                f"ground-truth report {out} cannot be read ({type(error).__name__}: {error}): "
+                "the file is damaged or not a ground-truth report; compute it again with "
+                "`discover eval-descriptions DISSECTION --ground-truth`"
+            ) from None
+        folder = Path(out) if Path(out).is_dir() else Path(out).parent
+        return cls({layer.layer: layer for layer in layers}, dict(data.get("meta") or {}), folder)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -810,8 +832,196 @@ def groundtruth_dissection(
         "dissection": str(dissection.folder) if dissection.folder else None,
         "similarity": dissection.config.similarity,
         "concepts": dissection.config.concepts,
+        "dissection_digest": _dissection_digest(dissection, names),
     }
     return GroundTruthReport(out, meta)
+
+
+def _dissection_digest(dissection: Dissection, layers: Sequence[str]) -> str:
+    """SHA-256 of what ground-truth scores depend on: each layer's name, labels and probe
+    activations ``Q`` (as float32, the way a dissection saves them)."""
+    digest = hashlib.sha256()
+    for name in layers:
+        Q = dissection.probe_activations(name).detach().float().cpu().contiguous()
+        digest.update(json.dumps([name, dissection.labels(name), list(Q.shape)]).encode())
+        digest.update(Q.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def probe_annotations(probe: Dataset) -> tuple[Tensor, list[str]]:
+    """The probe's binary ground-truth table ``(N, C)`` (float32) and its ``C`` concept names,
+    from ``probe.concepts_table()`` and ``probe.concept_names`` (as
+    :class:`~discover.data.shapes.ShapesWorld` has; a ``Subset`` of such a data set works too).
+
+    Raises:
+        ValueError: the probe carries no annotations, or its table does not fit it.
+
+    Example:
+        >>> from discover.data import ShapesWorld
+        >>> table, names = probe_annotations(ShapesWorld(n=20, image_size=16))
+        >>> tuple(table.shape), names[:2]
+        ((20, 46), ['circle', 'square'])
+    """
+    if isinstance(probe, Subset):
+        table, names = probe_annotations(probe.dataset)
+        return table[list(map(int, probe.indices))], names
+    if not (callable(getattr(probe, "concepts_table", None)) and hasattr(probe, "concept_names")):
+        raise ValueError(
+            f"probe: {type(probe).__name__} carries no ground-truth concept annotations; "
+            "ground-truth scores need a probe set with concepts_table() and concept_names, "
+            "such as the Shapes world (--probe shapes, or a ShapesWorld)"
+        )
+    table = torch.as_tensor(probe.concepts_table(), dtype=torch.float32)
+    names = [str(c) for c in probe.concept_names]
+    if table.shape != (len(probe), len(names)):
+        raise ValueError(
+            f"probe: {type(probe).__name__}.concepts_table() has shape {tuple(table.shape)}, "
+            f"expected ({len(probe)}, {len(names)}) = (images, concept_names)"
+        )
+    return _binary_table("probe.concepts_table()", table), names
+
+
+def _check_probe(dissection: Dissection, probe: Dataset) -> None:
+    """Refuse a probe set that is not the one ``dissection`` was made on: another content
+    fingerprint, or (where no fingerprint can be had) another number of images."""
+    about = dissection.about
+    recorded = (dissection.meta.get("probe") or {}).get("type")
+    expected, actual = about.probe_fingerprint, dataset_fingerprint(probe)
+    n = len(probe)
+    if (expected and actual and actual != expected) or (
+        about.probe_images and n != about.probe_images
+    ):
+        where = f" in {dissection.folder}" if dissection.folder else ""
+        raise ValueError(
+            f"probe: not the probe set the dissection{where} was made on (given: "
+            f"{type(probe).__name__}, {n} images, fingerprint {(actual or 'none')[:12]}; "
+            f"dissected: {recorded or 'unknown'}, {about.probe_images} images, fingerprint "
+            f"{(expected or 'none')[:12]}). Build it as for the dissection: the same data set, "
+            "split, arguments (e.g. --probe-arg n=..., image_size=...) and limit"
+        )
+
+
+def evaluate_groundtruth(
+    dissection: Dissection | str | os.PathLike[str],
+    probe: Dataset,
+    *,
+    layers: Sequence[str] | None = None,
+    bar: float = MONOSEMANTIC_BAR,
+    seed: int = 0,
+    label_map: Mapping[str, str] | None = None,
+    save: bool = True,
+) -> GroundTruthReport:
+    """Ground-truth scores of a dissection's labels on its own annotated probe set.
+
+    Checks that ``probe`` is the set the dissection was made on (its content fingerprint, or
+    its size), takes its annotation table (:func:`probe_annotations`), drops the concepts
+    with no positive image (or only positives) on it, which cannot be scored (listed in
+    ``meta["dropped_concepts"]``; a label naming one counts as not a concept), and runs
+    :func:`groundtruth_dissection`. Nothing runs the model: ``Q`` comes from the dissection.
+
+    Args:
+        dissection: a :class:`~discover.dissection.core.Dissection` or its saved folder.
+        probe: the raw probe set the dissection was made on, with annotations
+            (``concepts_table()`` and ``concept_names``, like ShapesWorld).
+        layers: the layers to score (default: all of the dissection's).
+        bar: the monosemanticity bar on the best AUPRC.
+        seed: seeds the fit / held-out split of the probe.
+        label_map: ``{label: concept name}`` for labels that name a concept differently.
+        save: when ``dissection`` is a folder, write the report into it
+            (``groundtruth.json``, ``groundtruth_units.csv``), where the HTML report reads it.
+
+    Raises:
+        ValueError: a probe without annotations, a probe that is not the dissection's, an
+            unknown layer, no scorable concept.
+
+    Example:
+        >>> probe = ShapesWorld(n=2000, image_size=32, split="val")  # doctest: +SKIP
+        >>> report = evaluate_groundtruth("runs/shapes-u8/dissection", probe)  # doctest: +SKIP
+        >>> print(report.table())  # doctest: +SKIP
+    """
+    folder = None
+    if isinstance(dissection, (str, os.PathLike)):
+        folder = Path(dissection)
+        dissection = Dissection.load(folder)
+    elif not isinstance(dissection, Dissection):
+        raise ValueError(
+            f"dissection: expected a Dissection or its saved folder, got "
+            f"{type(dissection).__name__}"
+        )
+    table, names = probe_annotations(probe)
+    _check_probe(dissection, probe)
+    counts = table.sum(dim=0)
+    keep = (counts > 0) & (counts < table.shape[0])
+    if not keep.any():
+        raise ValueError(
+            f"probe: none of its {len(names)} annotated concepts has both positive and "
+            f"negative images among its {table.shape[0]} images; nothing can be scored"
+        )
+    kept = [name for name, k in zip(names, keep.tolist(), strict=True) if k]
+    dropped = [name for name, k in zip(names, keep.tolist(), strict=True) if not k]
+    report = groundtruth_dissection(
+        dissection,
+        table[:, keep],
+        kept,
+        layers=layers,
+        bar=bar,
+        seed=seed,
+        label_map=label_map,
+    )
+    about = dissection.about
+    report.meta.update(
+        probe={
+            "type": type(probe).__name__,
+            "images": len(probe),
+            "fingerprint": dataset_fingerprint(probe) or about.probe_fingerprint,
+            "concepts": len(names),
+        },
+        dropped_concepts=dropped,
+    )
+    if save and folder is not None:
+        report.save(folder)
+    return report
+
+
+def saved_groundtruth(dissection: Dissection) -> GroundTruthReport | None:
+    """The ground-truth report saved in ``dissection``'s folder by :func:`evaluate_groundtruth`,
+    or ``None`` when there is none. A report that no longer describes the dissection (its
+    labels or probe activations changed since) or cannot be read is ignored with a warning.
+
+    Example:
+        >>> report = saved_groundtruth(Dissection.load("runs/shapes-u8/dissection"))  # doctest: +SKIP
+    """
+    if dissection.folder is None or not (Path(dissection.folder) / REPORT_JSON).is_file():
+        return None
+    rerun = f"`discover eval-descriptions {dissection.folder} --ground-truth` with its probe"
+    try:
+        report = GroundTruthReport.load(dissection.folder)
+    except ValueError as error:
+        warnings.warn(f"{error}; ignoring it", UserWarning, stacklevel=2)
+        return None
+    layers = list(report.layers)
+    stale = any(name not in dissection.layers for name in layers)
+    if not stale:
+        digest = report.meta.get("dissection_digest")
+        if digest:
+            try:
+                stale = digest != _dissection_digest(dissection, layers)
+            except ValueError:  # the dissection holds no activations: compare the labels
+                digest = None
+        if not digest:
+            stale = any(
+                [u.label for u in report.layers[name].units] != dissection.labels(name)
+                for name in layers
+            )
+    if stale:
+        warnings.warn(
+            f"the ground-truth report in {dissection.folder} was computed from another "
+            f"dissection (labels or activations differ); ignoring it. Compute it again: {rerun}",
+            UserWarning,
+            stacklevel=2,
+        )
+        return None
+    return report
 
 
 # --------------------------------------------------------------------------- sanity tests

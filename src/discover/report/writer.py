@@ -7,7 +7,10 @@
   settings and description scores, with links to
 * ``<section>/<layer>.html``: a card per unit with its label, score, runner-up concepts, top
   activating probe images, an activation histogram and, for LWTA layers, how often the unit
-  wins its block;
+  wins its block; where the dissection's folder holds ground-truth scores
+  (:func:`~discover.evaluation.groundtruth.evaluate_groundtruth`), the layer's
+  monosemanticity and, per unit, the AUPRC, IoU and F1 of its label and whether the label is
+  its best ground-truth concept (read from the saved file, never recomputed);
 * ``explanations/<i>.html``: one page per explained image (the dictionaries of
   :meth:`discover.explanation.Explanation.to_dict`);
 * ``report.json``: the settings and a summary of every page.
@@ -40,6 +43,7 @@ from torch.utils.data import Dataset
 from discover import __version__
 from discover._utils import staged_dir
 from discover.dissection.core import DissectedLayer, Dissection, UnitDescription
+from discover.evaluation.groundtruth import GroundTruthReport, LayerGroundTruth, saved_groundtruth
 from discover.nn.models import count_parameters
 
 __all__ = ["ReportSection", "ReportConfig", "write_report"]
@@ -75,6 +79,10 @@ class ReportSection:
         description_scores: final-layer description figures shown on the overview.
         activations: ``{layer: (N, K)}`` pooled probe activations to show instead of the
             dissection's own.
+        groundtruth: ground-truth scores of the dissection's labels to show on the layer
+            pages; default: the ones saved in the dissection's folder by
+            :func:`~discover.evaluation.groundtruth.evaluate_groundtruth`, if any (a saved
+            report of another dissection is ignored with a warning).
     """
 
     name: str
@@ -86,6 +94,7 @@ class ReportSection:
     settings: dict[str, Any] = field(default_factory=dict)
     description_scores: dict[str, Any] | None = None
     activations: dict[str, torch.Tensor] | None = None
+    groundtruth: GroundTruthReport | None = None
 
 
 @dataclass
@@ -193,6 +202,20 @@ def _check_sections(sections: Sequence[ReportSection]) -> list[ReportSection]:
             raise ValueError(f"section {section.name!r}: the probe set is empty")
         if not section.dissection.units:
             raise ValueError(f"section {section.name!r}: the dissection has no units")
+        truth = section.groundtruth
+        if truth is not None:
+            if not isinstance(truth, GroundTruthReport):
+                raise ValueError(
+                    f"section {section.name!r}: groundtruth is a {type(truth).__name__}, "
+                    "expected a discover.evaluation.groundtruth.GroundTruthReport"
+                )
+            for name, layer in truth.layers.items():
+                units = len(section.dissection.layer(name))  # an unknown layer is named
+                if len(layer.units) != units:
+                    raise ValueError(
+                        f"section {section.name!r}: groundtruth of layer {name!r} has "
+                        f"{len(layer.units)} units, the dissection {units}"
+                    )
         for field_name in ("accuracy", "sparsity"):
             values = getattr(section, field_name) or {}
             bad = [k for k, v in values.items() if not _is_number(v)]
@@ -322,6 +345,13 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * float(value):.1f} %"
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    """A figure to ``digits`` decimals; ``n/a`` for a missing or undefined (NaN) one."""
+    if value is None or not math.isfinite(float(value)):
+        return "n/a"
+    return f"{float(value):.{digits}f}"
 
 
 def _rows(mapping: Mapping[str, Any] | None, prefix: str = "") -> list[tuple[str, str]]:
@@ -481,6 +511,7 @@ def _environment() -> Environment:
     )
     env.filters["fmt"] = _fmt
     env.filters["pct"] = _pct
+    env.filters["num"] = _num
     return env
 
 
@@ -558,6 +589,8 @@ class _Writer:
         activations = self._activations(section, layers)
         about = dissection.about
         infos = {name: dissection.layer_info(name) for name in layers}
+        truth = section.groundtruth or saved_groundtruth(dissection)
+        truths = truth.layers if truth is not None else {}
         lwta = {  # an SAE's latents are not LWTA units, whatever the layer under them is
             name: info.U for name, info in infos.items() if info.U and not info.sae
         }
@@ -577,6 +610,7 @@ class _Writer:
                 saved,
                 infos[name],
                 about.sae if infos[name].sae else None,
+                truths.get(name),
             )
             layer_views.append(view)
 
@@ -635,6 +669,7 @@ class _Writer:
             "dissection": dissect_rows,
             "scores": _rows(section.description_scores),
             "layers": layer_views,
+            "truth": any(v["truth"] is not None for v in layer_views),
         }
         view["summary"] = {
             "name": section.name,
@@ -645,7 +680,10 @@ class _Writer:
             "description_scores": section.description_scores,
             "dissection": dataclasses.asdict(dissection.config),
             "layers": [
-                {k: v[k] for k in ("layer", "page", "units", "shown", "U", "pooling", "dead")}
+                {
+                    k: v[k]
+                    for k in ("layer", "page", "units", "shown", "U", "pooling", "dead", "truth")
+                }
                 for v in layer_views
             ],
         }
@@ -684,8 +722,10 @@ class _Writer:
         saved: dict[int, str],
         info: DissectedLayer,
         sae: dict[str, Any] | None = None,
+        truth: LayerGroundTruth | None = None,
     ) -> dict[str, Any]:
         cfg = self.config
+        truths = {u.unit: u for u in truth.units} if truth is not None else {}
         rows: list[UnitDescription] = section.dissection.layer(name)
         Q = Q.detach().float().cpu()
         dead = (Q.abs().sum(0) == 0).numpy()
@@ -726,6 +766,7 @@ class _Writer:
                     "images": images,
                     "hist": f"hist/{page}/{u.unit}.png",
                     "hist_info": hist,
+                    "truth": truths.get(u.unit),
                 }
             )
         view = {
@@ -738,6 +779,7 @@ class _Writer:
             "pooling": info.pooling,
             "dead": int(dead[[u.unit for u in rows]].sum()),
             "mean_score": float(np.mean([_finite(u.score) for u in rows])),
+            "truth": truth.summary() if truth is not None else None,
         }
         self._render(
             "layer.html",

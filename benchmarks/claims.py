@@ -33,12 +33,28 @@ shuffled-neuron baselines.
 * Planted-concept recovery (:mod:`discover.evaluation.planted`) ranks the similarity functions on both
   concept matrices, independently of any trained network.
 
+``--runs DIR`` (issue 10) trains nothing: claim 3 is measured on the finished small ResNets of
+the converged accuracy study (``python benchmarks/accuracy.py --setting converged``, run
+folders ``DIR/<dataset>-resnet-u<U>[-anneal]-s<seed>``): the dense runs and the ``anneal``
+CVNs (competition temperature annealed 1 -> 0.02), every seed found, the U values of ``-U``
+(default 1 2 4 8 16, where they exist). A folder without ``record.json`` is still training
+and is skipped with a note. These CVNs lose nothing with deterministic winners, so they are
+dissected under the ``argmax`` policy (``--policy`` overrides). Claims 1-2 then come from
+``--accuracy benchmarks/results/accuracy-converged.json`` (the ``t1`` reference variant is
+left out). Results go to ``claims-converged.md`` / ``.json`` (+
+``claims-converged-planted-*.csv``), so the reduced-setting ``claims.md`` stays as it is.
+About 5-10 minutes on 2 CPU cores (16 runs; ConSE's concept matrices take most of it).
+
 Run (about 35 minutes on 2 CPU cores shared with other jobs, 2 processes x 1 thread):
     python benchmarks/claims.py
     python benchmarks/claims.py --render         # rebuild claims.md from claims.json
     python benchmarks/claims.py --seeds 0 -U 1 2 --epochs 1 --max-steps 20 --probe 200 \
         --out /tmp/claims                                     # smoke run, a few minutes
-Results: ``benchmarks/results/claims.md`` and ``claims.json`` (+ ``claims-planted-*.csv``).
+    python benchmarks/claims.py --runs benchmarks/runs/converged \
+        --accuracy benchmarks/results/accuracy-converged.json     # converged models
+    python benchmarks/claims.py --runs benchmarks/runs/converged --render  # its report again
+Results: ``benchmarks/results/claims.md`` and ``claims.json`` (+ ``claims-planted-*.csv``);
+with ``--runs``, ``claims-converged.*`` (``--name`` sets the stem).
 """
 
 from __future__ import annotations
@@ -47,6 +63,7 @@ import argparse
 import concurrent.futures as cf
 import json
 import multiprocessing
+import re
 import statistics
 import sys
 import tempfile
@@ -55,7 +72,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accuracy import SETTINGS
+from accuracy import RECORD, SETTINGS
 from common import markdown_table, provenance, utc_date, write_json
 
 from discover import TrainConfig, load_run, train
@@ -81,7 +98,15 @@ from discover.evaluation import (
 
 HIDDEN = "layer3.0.act2"
 FINAL = "fc"
-POLICY = "sample"
+POLICY = "sample"  # the reduced setting's CVNs rely on sampled winners
+RUNS_POLICY = "argmax"  # the converged (annealed) CVNs lose nothing with argmax winners
+RUNS_FAMILY = "resnet"
+RUNS_VARIANT = "anneal"  # the converged study's CVN recipe; ``t1`` is its reference "before"
+RUNS_U = [1, 2, 4, 8, 16]
+RUN_NAME = re.compile(
+    r"^(?P<dataset>[a-z0-9-]+?)-(?P<family>resnet|vit)-u(?P<U>\d+)(?:-(?P<variant>[a-z0-9]+))?"
+    r"-s(?P<seed>\d+)$"
+)
 SIMILARITY = "soft_wpmi"
 DATASETS = {"shapes": "Shapes (annotations)", "fashion-mnist": "Fashion-MNIST (ConSE)"}
 CONSE_LABEL = "ConSE (EfficientNet-Lite0 + all-MiniLM-L6-v2)"
@@ -214,12 +239,112 @@ def train_job(
     return rec
 
 
+def run_record(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """A finished run's ``record.json`` (``benchmarks/accuracy.py``) in :func:`train_job`'s
+    form, plus what the report says about the run (variant, epochs, plateau)."""
+    return {
+        "dataset": record["dataset"],
+        "U": record["U"],
+        "seed": record["seed"],
+        "variant": record.get("variant"),
+        "train_seconds": record["train_seconds"],
+        "top1_sample": record.get("top1_sample", record.get("top1_sample6")),
+        "top1_argmax": record["top1_argmax"],
+        "active_fraction": record["active_fraction"],  # measured under argmax there
+        "run": str(path),
+        "name": path.name,
+        "epochs": record.get("epochs"),
+        "epochs_planned": record.get("spec", {}).get("train", {}).get("epochs"),
+        "best_val_top1": record.get("best_val_top1"),
+        "plateaued": record.get("plateau", {}).get("plateaued"),
+        "test_images": record.get("test_images"),
+    }
+
+
+def find_runs(
+    root: Path,
+    datasets: list[str],
+    Us: list[int],
+    seeds: list[int] | None = None,
+    family: str = RUNS_FAMILY,
+    variant: str = RUNS_VARIANT,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The finished runs of ``family`` under ``root`` (``<dataset>-<family>-u<U>[-<variant>]-
+    s<seed>`` folders of ``benchmarks/accuracy.py``): dense runs (no variant) and the CVNs of
+    ``variant``, for ``datasets`` and ``Us``, every seed found (or only ``seeds``).
+
+    Returns the :func:`run_record` of each finished run (data set, seed, U order) and notes
+    on the folders left out: a folder without ``record.json`` is still training (its
+    checkpoint is never read), one whose record disagrees with its name is suspect.
+    """
+    found, notes = [], []
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--runs: {root} is not a folder")
+    for path in sorted(root.iterdir()):
+        match = RUN_NAME.match(path.name)
+        if not path.is_dir() or not match:
+            continue
+        dataset, U, seed = match["dataset"], int(match["U"]), int(match["seed"])
+        wanted_variant = None if U == 1 else variant
+        if (
+            match["family"] != family
+            or dataset not in datasets
+            or U not in Us
+            or (seeds is not None and seed not in seeds)
+            or match["variant"] != wanted_variant
+        ):
+            continue
+        record_file = path / RECORD
+        if not record_file.is_file():
+            notes.append(f"{path.name}: not finished (no {RECORD}), skipped")
+            continue
+        record = json.loads(record_file.read_text())
+        seen = (record.get("dataset"), record.get("family"), record.get("U"))
+        seen += (record.get("variant"), record.get("seed"))
+        if seen != (dataset, family, U, wanted_variant, seed):
+            notes.append(f"{path.name}: its {RECORD} describes {seen}, skipped")
+            continue
+        found.append(run_record(path, record))
+        if found[-1]["epochs"] != found[-1]["epochs_planned"]:
+            notes.append(
+                f"{path.name}: {found[-1]['epochs']} epochs recorded, "
+                f"{found[-1]['epochs_planned']} planned (described all the same)"
+            )
+    order = {d: i for i, d in enumerate(datasets)}
+    found.sort(key=lambda r: (order[r["dataset"]], r["seed"], r["U"]))
+    return found, notes
+
+
+def hidden_layer(model: torch.nn.Module) -> str:
+    """``layer3.0.act2`` (the last residual block's output), or the model's last block
+    output when its blocks are named otherwise."""
+    names = [name for name, _ in model.named_modules()]
+    if HIDDEN in names:
+        return HIDDEN
+    blocks = [n for n in names if re.fullmatch(r"layer\d+\.\d+\.act2", n)]
+    if not blocks:
+        raise ValueError(f"no {HIDDEN} (nor any layerN.M.act2) in {type(model).__name__}")
+    return blocks[-1]
+
+
 def describe_job(
-    dataset: str, U: int, seed: int, run: str, probe_n: int, workdir: Path, repeats: int
+    dataset: str,
+    U: int,
+    seed: int,
+    run: str,
+    probe_n: int,
+    workdir: Path,
+    repeats: int,
+    policy: str = POLICY,
 ) -> dict[str, Any]:
-    """Final-layer protocol on ``fc`` and simulation score of ``layer3.0.act2``."""
+    """Final-layer protocol on ``fc`` and simulation score of ``layer3.0.act2``, the LWTA
+    layers under ``policy``."""
     t0 = time.time()
     model = load_run(run).model
+    if FINAL not in dict(model.named_modules()):
+        raise ValueError(f"{run}: the model has no {FINAL!r} layer")
+    hidden_name = hidden_layer(model)
     sentence = text_encoder("minilm")
     if dataset == "shapes":
         probe = shapes_probe(probe_n)
@@ -244,7 +369,7 @@ def describe_job(
         classes,
         embedder,
         SIMILARITY,
-        policy=POLICY,
+        policy=policy,
         seed=seed,
         cache_dir=None,  # measured afresh (dissect caches under the cache root by default)
         progress=False,
@@ -255,18 +380,18 @@ def describe_job(
     )
     rec = record(
         model,
-        [HIDDEN],
+        [hidden_name],
         model_view(model, probe),
         "avg",
-        policy=POLICY,
+        policy=policy,
         seed=seed,
         progress=False,
     )
     hidden = simulation_score(
         hidden_P,
-        rec.activations[HIDDEN],
+        rec.activations[hidden_name],
         hidden_concepts,
-        layer=HIDDEN,
+        layer=hidden_name,
         similarity=SIMILARITY,
         seed=seed,
         null_repeats=repeats,
@@ -275,6 +400,9 @@ def describe_job(
         "dataset": dataset,
         "U": U,
         "seed": seed,
+        "run": str(run),
+        "policy": policy,
+        "hidden_layer": hidden_name,
         "final": final.to_dict(),
         "hidden": hidden.to_dict(),
         "final_labels": [u["label"] for u in final.per_unit],
@@ -297,21 +425,22 @@ def planted_job(key: str, probe_n: int, workdir: Path, units: int) -> dict[str, 
     return result.to_dict()
 
 
-def write_planted_csv(out: Path, key: str, result: dict[str, Any]) -> Path:
-    """``claims-planted-KEY.csv``: one row per (similarity, variant, noise) cell."""
+def write_planted_csv(out: Path, key: str, result: dict[str, Any], name: str = "claims") -> Path:
+    """``NAME-planted-KEY.csv``: one row per (similarity, variant, noise) cell."""
     columns = ["similarity", "variant", "noise", "units", "top1", "topk", "mean_rank", "seconds"]
     lines = [",".join(columns), *(",".join(str(r[c]) for c in columns) for r in result["rows"])]
-    path = out / f"claims-planted-{key}.csv"
+    path = out / f"{name}-planted-{key}.csv"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def planted_only(args: argparse.Namespace) -> int:
-    """Recompute the planted-concept section of an existing ``claims.json`` and re-render."""
-    path = Path(args.out) / "claims.json"
+    """Recompute the planted-concept section of an existing ``NAME.json`` and re-render."""
+    path = Path(args.out) / f"{args.name}.json"
     if not path.is_file():
         raise SystemExit(f"--planted-only: {path} not found; run the benchmark first")
     state = json.loads(path.read_text())
+    state.setdefault("name", args.name)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir or tmp)
@@ -322,12 +451,13 @@ def planted_only(args: argparse.Namespace) -> int:
             conse_job(args.probe, workdir)
             state["planted"]["fashion-mnist"] = planted_job("fm", 0, workdir, args.planted_units)
     for key, result in state["planted"].items():
-        write_planted_csv(Path(args.out), key, result)
+        write_planted_csv(Path(args.out), key, result, args.name)
     state["planted_rerun"] = {
-        "command": "python benchmarks/claims.py --planted-only",
+        "command": "python benchmarks/claims.py --planted-only"
+        + ("" if args.name == "claims" else f" --name {args.name}"),
         "date": utc_date(),
     }
-    print(f"written: {write_report(state, Path(args.out))}")  # also rewrites claims.json
+    print(f"written: {write_report(state, Path(args.out))}")  # also rewrites NAME.json
     return 0
 
 
@@ -358,19 +488,32 @@ def measured_u24(dataset: str) -> float:
     return statistics.fmean(r.fraction for r in result.sparsity)
 
 
-def accuracy_summary(path: Path) -> dict[str, Any]:
+def accuracy_summary(path: Path, variants: tuple[str, ...] = (RUNS_VARIANT,)) -> dict[str, Any]:
+    """Claims 1-2 from ``benchmarks/accuracy.py``'s records: one row per (data set, model, U).
+
+    Reads ``accuracy.json`` (reduced setting: no variants) and ``accuracy-converged.json``
+    (records carry a ``variant``: dense runs none, CVNs ``anneal``, plus the ``t1``
+    reference at U = 4); records of other variants than ``variants`` are left out (named in
+    ``left_out``). ``top1_sample`` is the sample×6 evaluation in both.
+    """
     data = json.loads(path.read_text())
+    kept = [r for r in data["records"] if r.get("variant") in (None, *variants)]
+    left_out = sorted({r.get("variant") for r in data["records"]} - {None, *variants})
     groups: dict[tuple, list[dict]] = {}
-    for r in data["records"]:
-        groups.setdefault((r["dataset"], r["family"], r["U"]), []).append(r)
+    for r in kept:
+        key = (r["dataset"], r["family"], r["U"], r.get("variant") or "")
+        groups.setdefault(key, []).append(r)
     rows = []
-    for (dataset, family, U), recs in sorted(groups.items()):
+    for (dataset, family, U, variant), recs in sorted(groups.items()):
         row = {
             "dataset": dataset,
             "family": family,
             "U": U,
+            "variant": variant or None,
             "seeds": len(recs),
             "active_fraction": statistics.fmean(r["active_fraction"] for r in recs),
+            "epochs": sorted({r["epochs"] for r in recs if r.get("epochs")}),
+            "test_images": sorted({r["test_images"] for r in recs if r.get("test_images")}),
         }
         for policy in ("sample", "argmax"):
             values = [r[f"top1_{policy}"] for r in recs]
@@ -378,17 +521,33 @@ def accuracy_summary(path: Path) -> dict[str, Any]:
         rows.append(row)
     for row in rows:
         base = next(
-            r
-            for r in rows
-            if (r["dataset"], r["family"], r["U"]) == (row["dataset"], row["family"], 1)
+            (
+                r
+                for r in rows
+                if (r["dataset"], r["family"], r["U"]) == (row["dataset"], row["family"], 1)
+            ),
+            None,
         )
         for policy in ("sample", "argmax"):
             row[f"verdict_{policy}"] = (
                 "baseline"
                 if row["U"] == 1
+                else "n/a (no dense run)"
+                if base is None
                 else _verdict(row[f"top1_{policy}"], base[f"top1_{policy}"], 0.01)
             )
-    return {"command": data["command"], "machine": data["machine"], "rows": rows}
+    return {
+        "command": data["command"],
+        "machine": data["machine"],
+        "rows": rows,
+        "source": str(path),
+        "setting": (data.get("setting") or {}).get("name", "reduced"),
+        "left_out": [
+            f"{v} ({n} run{'s' * (n != 1)})"
+            for v in left_out
+            for n in [sum(r.get("variant") == v for r in data["records"])]
+        ],
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,6 +602,7 @@ def summarise(describe: list[dict], trained: list[dict]) -> list[dict]:
                 "U": U,
                 "seeds": sorted(r["seed"] for r in recs),
                 "top1_sample": _stats([r["top1_sample"] for r in accs]),
+                "top1_argmax": _stats([r.get("top1_argmax") for r in accs]),
                 "active_fraction": _stats([r["active_fraction"] for r in accs]),
             }
             for part, name in (
@@ -461,14 +621,18 @@ def summarise(describe: list[dict], trained: list[dict]) -> list[dict]:
                     row[f"{key}_shuffled"] = _metric(recs, part, name, "shuffled_neurons")
             rows.append(row)
     for row in rows:
-        base = next(r for r in rows if (r["dataset"], r["U"]) == (row["dataset"], 1))
+        base = next((r for r in rows if (r["dataset"], r["U"]) == (row["dataset"], 1)), None)
         for key, floor in (
             ("final_top1", 0.1),
             ("final_sentence_cos", 0.02),
             ("hidden_correlation", 0.02),
         ):
             row[f"verdict_{key}"] = (
-                "baseline" if row["U"] == 1 else _verdict(row[key], base[key], floor)
+                "baseline"
+                if row["U"] == 1
+                else "n/a (no dense run)"
+                if base is None
+                else _verdict(row[key], base[key], floor)
             )
     return rows
 
@@ -487,19 +651,107 @@ def _cell(row: dict, key: str, scale: float = 1.0, digits: int = 2) -> str:
     return text
 
 
+def _seeds_text(rows: list[dict]) -> str:
+    """``3 seeds`` or ``1-2 seeds`` (the accuracy rows' seed counts)."""
+    counts = sorted({r["seeds"] for r in rows}) or [0]
+    low, high = counts[0], counts[-1]
+    return f"{high} seed{'s' * (high != 1)}" if low == high else f"{low}-{high} seeds"
+
+
+def _thousands(values: list[int]) -> str:
+    return " / ".join(f"{v:,}" for v in values)
+
+
+def _test_images_text(acc: dict[str, Any]) -> str:
+    """``1,000 test images`` or ``the whole test split (Shapes 24,000, ...)``."""
+    per = {}
+    for r in acc["rows"]:
+        per.setdefault(r["dataset"], set()).update(r.get("test_images") or [])
+    if not any(per.values()):
+        return "1,000 test images"
+    if acc.get("setting") == "reduced":
+        return f"{_thousands(sorted(set().union(*per.values())))} test images"
+    return (
+        "the whole test split ("
+        + ", ".join(
+            f"{DATASETS.get(d, d).split(' (')[0]} {_thousands(sorted(v))}"
+            for d, v in per.items()
+            if v
+        )
+        + ")"
+    )
+
+
+def _runs_epochs(state: dict[str, Any]) -> str:
+    """``Shapes 15 epochs, Fashion-MNIST 25 epochs`` from the described runs' records."""
+    parts = []
+    for dataset, title in DATASETS.items():
+        epochs = sorted({r["epochs"] for r in state["trained"] if r["dataset"] == dataset})
+        if epochs:
+            parts.append(f"{title.split(' (')[0]} {' / '.join(map(str, epochs))} epochs")
+    return ", ".join(parts)
+
+
+def _claim3_models(state: dict[str, Any]) -> str:
+    """What claim 3's figures were measured on, and under which LWTA policy."""
+    policy = state.get("policy", POLICY)
+    if policy == "argmax":
+        how = "the `argmax` LWTA policy (deterministic winners)"
+    else:
+        how = f"the `{policy}` LWTA policy (one seeded stochastic pass)"
+    if not state.get("runs"):
+        why = (
+            "; the accuracy benchmark shows `argmax` loses most of the CVN ResNets' accuracy"
+            if policy == "sample"
+            else ""
+        )
+        return (
+            f"Small ResNet (reduced setting, {state.get('epochs')} epochs), dissected with "
+            f"{SIMILARITY} under {how}{why}."
+        )
+    why = (
+        ": the annealed CVNs end at competition temperature 0.02 and lose nothing with "
+        "deterministic winners (test top-1 under argmax and sample×6 in the tables), so "
+        "each description is that of the deterministic network, free of sampling noise"
+        if policy == "argmax"
+        else ""
+    )
+    return (
+        "Small ResNet (widths 16/32/64, one block per stage) of the **converged** accuracy "
+        f"study, not retrained: the finished runs in `{state['runs']}` ({_runs_epochs(state)}; "
+        f"dense and `{state.get('variant', RUNS_VARIANT)}` CVNs, competition temperature "
+        "annealed 1 → 0.02; trained by "
+        f"`{state.get('runs_command') or 'python benchmarks/accuracy.py --setting converged'}`"
+        f"), `best` weights (model selection on the held-out 10 % of the training split), "
+        f"dissected with {SIMILARITY} under {how}{why}. The runs are listed at the end of "
+        "this section."
+    )
+
+
 def write_report(state: dict[str, Any], out: Path) -> Path:
-    write_json(out / "claims.json", state)
+    name = state.get("name", "claims")
+    write_json(out / f"{name}.json", state)
     acc = state.get("accuracy")
     desc = state.get("description_rows", [])
     u24 = state.get("u24", {})
+    policy = state.get("policy", POLICY)
+    converged = bool(state.get("runs"))
+    models = (
+        f"converged runs from `{state['runs']}`, {_runs_epochs(state)}, not retrained"
+        if converged
+        else f"reduced setting, {state.get('epochs')} epochs, trained by this command"
+    )
     lines = [
-        "# DISCOVER's claims on our data",
+        "# DISCOVER's claims on our data"
+        + (" (claim 3 on the converged models)" if converged else ""),
         "",
         f"Command: `{state['command']}`  ",
         f"Machine: {state['machine']}  ",
         f"Date: {state['date']}; wall time {state.get('minutes', 0):.1f} min  ",
-        f"Seeds: {', '.join(map(str, state['seeds']))} (claim 3); claims 1-2 from "
-        f"`{acc['command'] if acc else 'benchmarks/accuracy.py'}` (3 seeds).",
+        f"Seeds: {', '.join(map(str, state['seeds']))} (claim 3: {models}; LWTA policy "
+        f"`{policy}`); claims 1-2 from "
+        f"`{acc['command'] if acc else 'benchmarks/accuracy.py'}` "
+        f"({_seeds_text(acc['rows']) if acc else '3 seeds'}).",
         "",
         "Shapes: concept matrix from the ground-truth annotations. Fashion-MNIST: concept "
         f"matrix from {CONSE_LABEL}, an offline stand-in; these are **not** CLIP-Dissect or "
@@ -509,44 +761,64 @@ def write_report(state: dict[str, Any], out: Path) -> Path:
     lines += _claims_table(state)
     lines += ["", "## Claims 1 and 2: sparsity and accuracy (from the accuracy benchmark)", ""]
     if acc:
+        variants = any(r.get("variant") for r in acc["rows"])
         lines += [
-            f"Source: `benchmarks/results/accuracy.json`, command `{acc['command']}`. Top-1 (%) "
-            "on 1,000 test images, mean ± std over 3 seeds; *sample×6*: logits averaged over 6 "
+            f"Source: `{acc.get('source', 'benchmarks/results/accuracy.json')}`, command "
+            f"`{acc['command']}`. Top-1 (%) on {_test_images_text(acc)}, mean ± std over "
+            f"{_seeds_text(acc['rows'])} (column *seeds*); *sample×6*: logits averaged over 6 "
             "stochastic passes (reference evaluation); *argmax*: deterministic winners. "
             "Verdict: *as good* when within one baseline std (at least 1 point) of the dense "
-            "baseline, *better* above it.",
+            "baseline, *better* above it."
+            + (
+                f" Left out: the {', '.join(acc['left_out'])} variant (see the accuracy report)."
+                if acc.get("left_out")
+                else ""
+            ),
             "",
         ]
         lines += markdown_table(
             [
-                "data set", "model", "U", "active fraction", "top-1 sample×6", "verdict",
-                "top-1 argmax", "verdict",
+                "data set", "model", "U", *(["variant"] if variants else []), "seeds",
+                "active fraction", "top-1 sample×6", "verdict", "top-1 argmax", "verdict",
             ],
             (
                 [
-                    r["dataset"], r["family"], r["U"], f"{r['active_fraction']:.4f}",
-                    _pm(r["top1_sample"], 100), r["verdict_sample"], _pm(r["top1_argmax"], 100),
-                    r["verdict_argmax"],
+                    r["dataset"], r["family"], r["U"],
+                    *([r.get("variant") or "dense"] if variants else []), r.get("seeds", ""),
+                    f"{r['active_fraction']:.4f}", _pm(r["top1_sample"], 100),
+                    r["verdict_sample"], _pm(r["top1_argmax"], 100), r["verdict_argmax"],
                 ]
                 for r in acc["rows"]
             ),
         )  # fmt: skip
     if u24:
+        trained24 = acc and any(r["U"] == 24 for r in acc["rows"])
         lines += [
             "",
             "U = 24 (the paper's ≈4 %): measured active fraction of a small ViT (MLP width 384, "
             "untrained) on 256 probe images: "
             + ", ".join(f"{k} {v:.4f}" for k, v in u24.items())
-            + f" (1/24 = {1 / 24:.4f}). Not trained: no accuracy at U = 24.",
+            + f" (1/24 = {1 / 24:.4f}). "
+            + (
+                "Trained U = 24 ViTs: in the table above."
+                if trained24
+                else "Not trained: no accuracy at U = 24."
+            ),
         ]
     lines += ["", "## Claim 3: descriptions, dense baseline vs CVNs", ""]
+    argmax_column = any("top1_argmax" in r for r in desc)
     lines += [
-        f"Small ResNet (reduced setting, {state.get('epochs')} epochs), dissected with "
-        f"{SIMILARITY} under the `{POLICY}` LWTA policy (one seeded stochastic pass; the "
-        "accuracy benchmark shows `argmax` loses most of the CVN ResNets' accuracy). "
-        f"Probe: {state.get('probe_n')} held-out images. Mean ± std over seeds; each figure "
+        _claim3_models(state)
+        + f" Probe: {state.get('probe_n')} held-out images. Mean ± std over seeds; each figure "
         "is followed by its baselines in brackets: [random concept | shuffled neurons], "
-        f"{state.get('repeats')} draws each.",
+        f"{state.get('repeats')} draws each."
+        + (
+            " The accuracy columns are the runs' test top-1 (sample×6 and argmax); the active "
+            "fraction is the one the run was evaluated with"
+            + (" (argmax winners in the converged study)." if converged else ".")
+            if argmax_column
+            else ""
+        ),
         "",
         "* **fc top-1 / top-5**: the final-layer protocol, concept set = the 10 class names "
         "(chance 10 % / 50 %).",
@@ -568,12 +840,17 @@ def write_report(state: dict[str, Any], out: Path) -> Path:
         lines += [f"### {title}", ""]
         lines += markdown_table(
             [
-                "U", "top-1 acc. sample×6 (%)", "active fraction", "fc top-1", "fc top-5",
-                "fc mean rank", "fc AUC", "fc MiniLM cos", f"{HIDDEN} simulation", "ceiling",
+                "U", *(["seeds"] if converged else []), "top-1 acc. sample×6 (%)",
+                *(["top-1 acc. argmax (%)"] if argmax_column else []), "active fraction",
+                "fc top-1", "fc top-5", "fc mean rank", "fc AUC", "fc MiniLM cos",
+                f"{HIDDEN} simulation", "ceiling",
             ],
             (
                 [
-                    r["U"], _pm(r["top1_sample"], 100, 1), _pm(r["active_fraction"], 1, 4),
+                    r["U"], *([", ".join(map(str, r["seeds"]))] if converged else []),
+                    _pm(r["top1_sample"], 100, 1),
+                    *([_pm(r["top1_argmax"], 100, 1)] if argmax_column else []),
+                    _pm(r["active_fraction"], 1, 4),
                     _cell(r, "final_top1"), _cell(r, "final_top5"), _cell(r, "final_mean_rank"),
                     _cell(r, "final_auc"), _cell(r, "final_sentence_cos", digits=3),
                     _cell(r, "hidden_correlation", digits=3),
@@ -590,6 +867,8 @@ def write_report(state: dict[str, Any], out: Path) -> Path:
             f"(chance 10 %); {c['seconds']:.0f} s for the probe's concept matrices.",
             "",
         ]
+    if converged:
+        lines += _runs_section(state)
     lines += ["## Similarity functions, isolated from the embedder: planted-concept recovery", ""]
     for key, result in state.get("planted", {}).items():
         m = result["meta"]
@@ -599,7 +878,7 @@ def write_report(state: dict[str, Any], out: Path) -> Path:
             f"{result['config']['noise']}; variants {', '.join(result['config']['variants'])}; "
             f"chance {100 * m['chance_top1']:.3g} % / {100 * m['chance_topk']:.3g} %). "
             f"Mean recovery over the cells, best first; per-cell rates in "
-            f"`claims-planted-{key}.csv`.",
+            f"`{name}-planted-{key}.csv`.",
             "",
         ]
         lines += markdown_table(
@@ -614,9 +893,51 @@ def write_report(state: dict[str, Any], out: Path) -> Path:
         )  # fmt: skip
         lines.append("")
     lines += ["Notes:", ""] + [f"* {note}" for note in _notes(state)]
-    path = out / "claims.md"
+    path = out / f"{name}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _runs_section(state: dict[str, Any]) -> list[str]:
+    """The converged runs claim 3 describes (``--runs``), and the folders left out."""
+    described = {(r["dataset"], r["U"], r["seed"]): r for r in state.get("described", [])}
+    lines = [
+        "### Models described",
+        "",
+        f"Finished runs found in `{state['runs']}` (family {RUNS_FAMILY}, dense and "
+        f"`{state.get('variant', RUNS_VARIANT)}` CVNs, U in {state.get('U')}); each run's "
+        "figures from its `record.json` (`benchmarks/accuracy.py`): test top-1 on the whole "
+        "test split, best held-out top-1 (model selection), plateau check.",
+        "",
+    ]
+    lines += markdown_table(
+        [
+            "run", "epochs", "best held-out top-1 (%)", "test top-1 sample×6 (%)",
+            "test top-1 argmax (%)", "plateaued", "training (min)", "described",
+        ],
+        (
+            [
+                r["name"], r["epochs"], _percent(r.get("best_val_top1")),
+                _percent(r["top1_sample"]), _percent(r["top1_argmax"]),
+                {True: "yes", False: "**no**"}.get(r.get("plateaued"), "n/a"),
+                f"{r['train_seconds'] / 60:.1f}",
+                (
+                    f"{described[(r['dataset'], r['U'], r['seed'])]['describe_seconds']:.0f} s"
+                    if (r["dataset"], r["U"], r["seed"]) in described
+                    else "pending"
+                ),
+            ]
+            for r in state.get("trained", [])
+        ),
+    )  # fmt: skip
+    lines.append("")
+    if state.get("skipped"):
+        lines += ["Left out:", ""] + [f"* {note}" for note in state["skipped"]] + [""]
+    return lines
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
 
 
 def _notes(state: dict[str, Any]) -> list[str]:
@@ -648,17 +969,41 @@ def _notes(state: dict[str, Any]) -> list[str]:
                 "offline-assets.md §4.3). "
                 "JSD z-scores each column, which removes the scale."
             )
+    name = state.get("name", "claims")
     notes += [
         "Ranks are pessimistic (a concept tied with the true class ranks above it).",
         "The CVNs' hidden layers are sparse by construction, so a pooled unit may be constant "
-        "on one half of the probe; such units are left out of the simulation score (counts in "
-        "claims.json).",
-        "Verdicts use two seeds for claim 3: *as good* means within one dense-baseline std "
-        "(at least 0.1 for fc top-1, 0.02 for correlations and cosines); with two seeds the "
-        "std is itself rough.",
-        "The small ViT is not used for claim 3: on Shapes it stays near chance in the reduced "
-        "setting (accuracy table above).",
+        f"on one half of the probe; such units are left out of the simulation score (counts in "
+        f"{name}.json).",
     ]
+    if state.get("runs"):
+        per_u: dict[int, set[int]] = {}
+        for r in state.get("description_rows", []):
+            per_u.setdefault(len(r["seeds"]), set()).add(r["U"])
+        seeds = "; ".join(
+            f"{n} seed{'s' * (n != 1)} at U = {', '.join(map(str, sorted(us)))}"
+            for n, us in sorted(per_u.items(), reverse=True)
+        )
+        notes += [
+            f"Verdicts for claim 3 use the seeds found ({seeds or 'none yet'}): *as good* means "
+            "within one dense-baseline std (at least 0.1 for fc top-1, 0.02 for correlations "
+            "and cosines); with one or two seeds the std is itself rough, and a one-seed CVN "
+            "has no spread of its own.",
+            "Claim 3 describes the ResNets only, as in the reduced setting (the protocol's "
+            f"hidden layer {HIDDEN} is the ResNet's); the converged ViTs are in the accuracy "
+            "table.",
+            "The dissection policy applies to the LWTA layers only (dense runs have none). "
+            "Claims 1-2 show both policies; the description figures use "
+            f"`{state.get('policy', RUNS_POLICY)}` only.",
+        ]
+    else:
+        notes += [
+            "Verdicts use two seeds for claim 3: *as good* means within one dense-baseline std "
+            "(at least 0.1 for fc top-1, 0.02 for correlations and cosines); with two seeds the "
+            "std is itself rough.",
+            "The small ViT is not used for claim 3: on Shapes it stays near chance in the "
+            "reduced setting (accuracy table above).",
+        ]
     if state.get("planted_rerun"):
         notes.append(
             f"The planted-concept section was recomputed on {state['planted_rerun']['date']} "
@@ -667,8 +1012,8 @@ def _notes(state: dict[str, Any]) -> list[str]:
         )
     if state.get("rendered"):
         notes.append(
-            f"This page was re-rendered from claims.json with `{state['rendered']}`; the figures "
-            "are those of the run above."
+            f"This page was re-rendered from {name}.json with `{state['rendered']}`; the "
+            "figures are those of the run above."
         )
     return notes
 
@@ -696,7 +1041,7 @@ def _claims_table(state: dict[str, Any]) -> list[str]:
                 else ""
             )
             if dataset in u24:
-                text += f"{100 * u24[dataset]:.2f} % at U = 24; "
+                text += f"{100 * u24[dataset]:.2f} % at U = 24 (untrained ViT); "
             text += f"= 1/U exactly at every U{'' if exact else ' (NOT for every layer)'}; {dense}"
             cells["sparsity"][dataset] = text
             holds["sparsity"].append("yes" if exact else "no")
@@ -714,8 +1059,10 @@ def _claims_table(state: dict[str, Any]) -> list[str]:
             )
             holds["accuracy"].append("yes" if ok == len(cvn) else "partly" if ok else "no")
         rows = [r for r in desc if r["dataset"] == dataset]
-        if rows:
-            base = next(r for r in rows if r["U"] == 1)
+        base = next((r for r in rows if r["U"] == 1), None)
+        if rows and base is None:
+            cells["descriptions"][dataset] = "no dense baseline described (yet)"
+        elif rows:
             cvn = [r for r in rows if r["U"] > 1]
             good = [
                 r for r in cvn
@@ -733,10 +1080,18 @@ def _claims_table(state: dict[str, Any]) -> list[str]:
             holds["descriptions"].append(
                 "yes" if len(good) == len(cvn) else "partly" if good else "no"
             )
+    study = "python benchmarks/accuracy.py"
+    if acc and acc.get("setting", "reduced") != "reduced":
+        study += f" --setting {acc['setting']}"
+    claims = f"python benchmarks/claims.py --runs {state['runs']}" if state.get("runs") else ""
+    if claims and acc:
+        claims += f" --accuracy {acc.get('source')}"
     commands = {
-        "sparsity": "`python benchmarks/accuracy.py`; U = 24: `python benchmarks/claims.py`",
-        "accuracy": "`python benchmarks/accuracy.py`",
-        "descriptions": "`python benchmarks/claims.py`",
+        "sparsity": f"`{study}`; U = 24: `{claims or 'python benchmarks/claims.py'}`",
+        "accuracy": f"`{study}`",
+        "descriptions": f"`{study}`, then `{claims}`"
+        if claims
+        else "`python benchmarks/claims.py`",
     }
     titles = {
         "sparsity": "1. sparsity ≈ 4 %",
@@ -786,40 +1141,90 @@ def _claims_table(state: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("-U", nargs="+", type=int, default=[1, 2, 4, 8], dest="U")
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        help="default 0 1; with --runs, every seed found",
+    )
+    parser.add_argument(
+        "-U",
+        nargs="+",
+        type=int,
+        dest="U",
+        help=f"default 1 2 4 8; with --runs, {' '.join(map(str, RUNS_U))} (where they exist)",
+    )
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--epochs", type=int, default=SETTINGS["reduced"].epochs)
     parser.add_argument("--max-steps", type=int, help="cap training steps per epoch (smoke runs)")
+    parser.add_argument(
+        "--runs",
+        help="describe the finished runs of this folder (benchmarks/accuracy.py --setting "
+        f"converged's work folder: {RUNS_FAMILY}, dense and {RUNS_VARIANT} CVNs) instead of "
+        "training",
+    )
+    parser.add_argument(
+        "--policy",
+        choices=["sample", "argmax"],
+        help=f"LWTA policy of the dissection (default {POLICY}; with --runs, {RUNS_POLICY})",
+    )
+    parser.add_argument(
+        "--name",
+        help="stem of the result files (default claims; with --runs, claims-converged)",
+    )
     parser.add_argument("--probe", type=int, default=1000, help="probe images per data set")
     parser.add_argument("--repeats", type=int, default=200, help="draws per baseline")
     parser.add_argument("--planted-units", type=int, default=40)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--accuracy", default="benchmarks/results/accuracy.json")
+    parser.add_argument(
+        "--accuracy",
+        help="claims 1-2 from this accuracy.py result (default benchmarks/results/accuracy.json;"
+        " with --runs, accuracy-converged.json)",
+    )
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
     parser.add_argument(
-        "--render", action="store_true", help="only rebuild claims.md from OUT/claims.json"
+        "--render", action="store_true", help="only rebuild NAME.md from OUT/NAME.json"
     )
     parser.add_argument(
         "--planted-only",
         action="store_true",
-        help="recompute only the planted-concept section of OUT/claims.json, then re-render",
+        help="recompute only the planted-concept section of OUT/NAME.json, then re-render",
     )
     args = parser.parse_args(argv)
+    args.name = args.name or ("claims-converged" if args.runs else "claims")
     if args.planted_only:
         return planted_only(args)
     if args.render:
-        path = Path(args.out) / "claims.json"
+        path = Path(args.out) / f"{args.name}.json"
         if not path.is_file():
             parser.error(f"--render: {path} not found; run the benchmark first")
         state = json.loads(path.read_text())
-        state["rendered"] = "python benchmarks/claims.py --render"
+        state.setdefault("name", args.name)
+        state["rendered"] = "python benchmarks/claims.py --render" + (
+            "" if args.name == "claims" else f" --name {args.name}"
+        )
         print(f"written: {write_report(state, Path(args.out))}")
         return 0
+    args.U = args.U or (RUNS_U if args.runs else [1, 2, 4, 8])
+    policy = args.policy or (RUNS_POLICY if args.runs else POLICY)
     if 1 not in args.U:
         parser.error("-U must include 1 (the dense baseline)")
+    found: list[dict[str, Any]] = []
+    if args.runs:
+        found, skipped = find_runs(Path(args.runs), args.datasets, args.U, args.seeds)
+        for note in skipped:
+            print(f"note: {note}", flush=True)
+        if not found:
+            parser.error(f"--runs: no finished {RUNS_FAMILY} run in {args.runs} for this choice")
+        for dataset in args.datasets:
+            if not any(r["dataset"] == dataset and r["U"] == 1 for r in found):
+                print(f"note: no finished dense run of {dataset}: no verdicts there", flush=True)
+        seeds = sorted({r["seed"] for r in found})
+        print(f"describing {len(found)} runs: {', '.join(r['name'] for r in found)}", flush=True)
+    else:
+        seeds = args.seeds or [0, 1]
     meta = provenance(argv, threads=args.threads, jobs=args.jobs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -828,19 +1233,33 @@ def main(argv: list[str] | None = None) -> int:
         "command": meta["command"],
         "machine": meta["machine"],
         "date": meta["date"],
-        "seeds": args.seeds,
+        "name": args.name,
+        "seeds": seeds,
         "epochs": args.epochs,
         "probe_n": args.probe,
         "repeats": args.repeats,
-        "policy": POLICY,
+        "policy": policy,
         "similarity": SIMILARITY,
         "trained": [],
         "described": [],
         "planted": {},
     }
-    accuracy_path = Path(args.accuracy)
+    if args.runs:
+        state.update(
+            runs=args.runs,
+            U=sorted({r["U"] for r in found}),
+            variant=RUNS_VARIANT,
+            skipped=skipped,
+            epochs={d: sorted({r["epochs"] for r in found if r["dataset"] == d}) for d in DATASETS},
+        )
+        state["trained"] = found
+    accuracy_path = Path(
+        args.accuracy or f"benchmarks/results/accuracy{'-converged' if args.runs else ''}.json"
+    )
     if accuracy_path.is_file():
         state["accuracy"] = accuracy_summary(accuracy_path)
+        if args.runs and state["accuracy"].get("setting") == "converged":
+            state["runs_command"] = state["accuracy"]["command"]
     else:
         print(f"warning: {accuracy_path} not found; claims 1-2 are left out", file=sys.stderr)
     t0 = time.time()
@@ -864,24 +1283,37 @@ def main(argv: list[str] | None = None) -> int:
                 "planted",
                 "shapes",
             )
-        for dataset in args.datasets:
-            for seed in args.seeds:
-                for U in args.U:
-                    future = pool.submit(
-                        train_job, dataset, U, seed, args.epochs, workdir, args.max_steps
-                    )
-                    pending[future] = ("train", dataset, U, seed)
         conse_done = not fm
         waiting_fm: list[dict] = []
-        total = len(pending) + len(args.datasets) * len(args.seeds) * len(args.U) + int(fm)
-        done = 0
 
         def describe(rec):
             f = pool.submit(
                 describe_job, rec["dataset"], rec["U"], rec["seed"], rec["run"], args.probe,
-                workdir, args.repeats,
+                workdir, args.repeats, policy,
             )  # fmt: skip
             pending[f] = ("describe", rec["dataset"], rec["U"], rec["seed"])
+
+        def describe_when_ready(rec):
+            if rec["dataset"] == "fashion-mnist" and not conse_done:
+                waiting_fm.append(rec)
+            else:
+                describe(rec)
+
+        if args.runs:
+            for rec in found:
+                describe_when_ready(rec)
+            total = len(found)
+        else:
+            for dataset in args.datasets:
+                for seed in seeds:
+                    for U in args.U:
+                        future = pool.submit(
+                            train_job, dataset, U, seed, args.epochs, workdir, args.max_steps
+                        )
+                        pending[future] = ("train", dataset, U, seed)
+            total = 2 * len(args.datasets) * len(seeds) * len(args.U)
+        total += int("shapes" in args.datasets) + 2 * int(fm)  # planted jobs, ConSE
+        done = 0
 
         while pending:
             finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
@@ -909,7 +1341,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{best['similarity']} ({100 * best['top1']:.1f} % top-1)",
                         flush=True,
                     )
-                    write_planted_csv(out, key[0], result)
+                    write_planted_csv(out, key[0], result, args.name)
                 elif kind == "train":
                     state["trained"].append(result)
                     print(
@@ -918,17 +1350,15 @@ def main(argv: list[str] | None = None) -> int:
                         f"{100 * result['top1_argmax']:.1f} % ({result['train_seconds']:.0f} s)",
                         flush=True,
                     )
-                    if result["dataset"] == "fashion-mnist" and not conse_done:
-                        waiting_fm.append(result)
-                    else:
-                        describe(result)
+                    describe_when_ready(result)
                 else:
                     state["described"].append(result)
                     f = result["final"]["metrics"]
                     h = result["hidden"]["metrics"]
                     print(
                         f"[{done}/{total}] {elapsed:5.1f} min  described {key}: fc top-1 "
-                        f"{f['top1']['value']}, {HIDDEN} r {h['correlation']['value']}",
+                        f"{f['top1']['value']}, {result['hidden_layer']} r "
+                        f"{h['correlation']['value']} ({result['describe_seconds']:.0f} s)",
                         flush=True,
                     )
                 state["description_rows"] = summarise(state["described"], state["trained"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,97 @@ def test_write_json_and_command_line(common, tmp_path):
     assert path.read_text().endswith("}\n") and not (tmp_path / "r.json.tmp").exists()
     command = common.command_line(["--out", "a b"])
     assert command.startswith("python ") and command.endswith(" --out 'a b'")
+
+
+@pytest.fixture(scope="module")
+def claims():
+    """``benchmarks/claims.py`` as a module (it imports ``accuracy`` and ``common`` by their
+    script names, so the benchmarks folder is on ``sys.path`` while it loads)."""
+    before = set(sys.modules)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(BENCHMARKS))
+        spec = importlib.util.spec_from_file_location("benchmarks_claims", BENCHMARKS / "claims.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    for name in ("accuracy", "common"):  # script names, not packages: leave no trace
+        if name not in before:
+            sys.modules.pop(name, None)
+    return module
+
+
+def _fake_run(root: Path, name: str, record: dict | None) -> None:
+    (root / name).mkdir()
+    (root / name / "config.json").write_text("{}")
+    if record is not None:
+        fields = {
+            "family": "resnet", "variant": None, "train_seconds": 60.0, "top1_sample6": 0.9,
+            "top1_sample": 0.9, "top1_argmax": 0.89, "active_fraction": 0.25, "epochs": 15,
+            "best_val_top1": 0.91, "plateau": {"plateaued": True},
+            "spec": {"train": {"epochs": 15}},
+        }  # fmt: skip
+        (root / name / "record.json").write_text(json.dumps({**fields, **record}))
+
+
+def test_claims_find_runs_takes_finished_dense_and_anneal_resnets(claims, tmp_path):
+    runs = {
+        "shapes-resnet-u1-s0": {"dataset": "shapes", "U": 1, "seed": 0},
+        "shapes-resnet-u1-s1": {"dataset": "shapes", "U": 1, "seed": 1},
+        "shapes-resnet-u4-anneal-s0": {"dataset": "shapes", "U": 4, "variant": "anneal", "seed": 0},
+        "shapes-resnet-u4-t1-s0": {"dataset": "shapes", "U": 4, "variant": "t1", "seed": 0},
+        "shapes-resnet-u2-anneal-s1": None,  # still training: no record.json
+        "shapes-vit-u4-anneal-s0": {"dataset": "shapes", "family": "vit", "U": 4, "seed": 0},
+        "shapes-resnet-u16-anneal-s0": {"dataset": "shapes", "U": 8, "variant": "anneal", "seed": 0},
+        "fashion-mnist-resnet-u8-anneal-s0": {
+            "dataset": "fashion-mnist", "U": 8, "variant": "anneal", "seed": 0, "epochs": 24,
+        },
+        "fashion-mnist-resnet-u32-anneal-s0": {
+            "dataset": "fashion-mnist", "U": 32, "variant": "anneal", "seed": 0,
+        },
+    }  # fmt: skip
+    for name, record in runs.items():
+        _fake_run(tmp_path, name, record)
+    (tmp_path / "notes.txt").write_text("not a run")
+    found, notes = claims.find_runs(tmp_path, ["shapes", "fashion-mnist"], [1, 2, 4, 8, 16])
+    assert [r["name"] for r in found] == [
+        "shapes-resnet-u1-s0",
+        "shapes-resnet-u4-anneal-s0",
+        "shapes-resnet-u1-s1",
+        "fashion-mnist-resnet-u8-anneal-s0",
+    ]
+    rec = found[1]
+    assert (rec["dataset"], rec["U"], rec["seed"], rec["variant"]) == ("shapes", 4, 0, "anneal")
+    assert rec["run"] == str(tmp_path / "shapes-resnet-u4-anneal-s0")
+    assert (rec["top1_sample"], rec["top1_argmax"], rec["train_seconds"]) == (0.9, 0.89, 60.0)
+    assert (rec["active_fraction"], rec["epochs"], rec["plateaued"]) == (0.25, 15, True)
+    assert any("u2-anneal-s1: not finished" in n for n in notes), notes
+    assert any("u16-anneal-s0: its record.json describes" in n for n in notes), notes
+    assert any("u8-anneal-s0: 24 epochs recorded, 15 planned" in n for n in notes), notes
+    assert len(notes) == 3, notes
+    found, notes = claims.find_runs(tmp_path, ["shapes"], [1, 2], seeds=[1])
+    assert [r["name"] for r in found] == ["shapes-resnet-u1-s1"]
+    assert notes == ["shapes-resnet-u2-anneal-s1: not finished (no record.json), skipped"]
+
+
+def test_claims_accuracy_summary_reads_the_converged_study(claims, tmp_path):
+    def rec(U, variant, seed, top1):
+        return {
+            "dataset": "shapes", "family": "resnet", "U": U, "variant": variant, "seed": seed,
+            "top1_sample": top1, "top1_argmax": top1, "active_fraction": 1 / U if U > 1 else 0.5,
+            "epochs": 15, "test_images": 24000,
+        }  # fmt: skip
+
+    records = [
+        rec(1, None, 0, 0.99), rec(1, None, 1, 0.98), rec(4, "anneal", 0, 0.985),
+        rec(4, "anneal", 1, 0.975), rec(4, "t1", 0, 0.90),
+    ]  # fmt: skip
+    path = tmp_path / "accuracy-converged.json"
+    data = {"command": "c", "machine": "m", "setting": {"name": "converged"}, "records": records}
+    path.write_text(json.dumps(data))
+    acc = claims.accuracy_summary(path)
+    assert [(r["U"], r["variant"], r["seeds"]) for r in acc["rows"]] == [
+        (1, None, 2),
+        (4, "anneal", 2),
+    ]
+    assert acc["rows"][1]["top1_sample"]["mean"] == pytest.approx(0.98)
+    assert acc["rows"][1]["verdict_sample"] == "as good"
+    assert acc["setting"] == "converged" and acc["left_out"] == ["t1 (1 run)"]

@@ -431,6 +431,7 @@ def test_labels_carry_their_significance_against_a_shuffled_null():
     assert [u.label for u in own.layer("fc")] == [u.label for u in result.layer("fc")]
     assert all(u.score == pytest.approx(math.log(6), abs=1e-3) for u in own.layer("fc"))
     assert not any(u.above_chance for u in own.layer("fc"))
+    assert all(u.z < 1.5 for u in own.layer("fc"))  # README: "z of about 0.5"
     assert own.config.significance_similarity == "soft_wpmi"
     # ... so by default every label is judged by cos, whichever function chose it
     soft = dissect(*args, emb, "soft_wpmi", **kw)

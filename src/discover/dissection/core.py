@@ -419,6 +419,32 @@ class Dissection:
             result.scores, result.concepts = _read_old_scores(out / OLD_SCORES_FILE, stamp)
         return result
 
+    def check_probe(self, probe: Dataset, what: str = "probe") -> str | None:
+        """Refuse a probe set that is not the one this dissection was made on: another content
+        fingerprint or, where none can be had, another number of images. Returns the probe's
+        fingerprint (``None`` when it has none); ``what`` starts the error message.
+
+        Example:
+            >>> Dissection.load("runs/shapes-u8/dissection").check_probe(probe)  # doctest: +SKIP
+        """
+        about = self.about
+        expected, actual = about.probe_fingerprint, dataset_fingerprint(probe)
+        n = len(probe)
+        if (expected and actual and actual != expected) or (
+            about.probe_images and n != about.probe_images
+        ):
+            where = f" in {self.folder}" if self.folder else ""
+            recorded = (self.meta.get("probe") or {}).get("type")
+            raise ValueError(
+                f"{what}: not the probe set the dissection{where} was made on (given: "
+                f"{type(probe).__name__}, {n} images, fingerprint {(actual or 'none')[:12]}; "
+                f"dissected: {recorded or 'unknown'}, {about.probe_images} images, "
+                f"fingerprint {(expected or 'none')[:12]}). Build it as for the dissection: "
+                "the same data set, split, arguments (e.g. --probe-arg n=..., image_size=...) "
+                "and limit"
+            )
+        return actual
+
     def check_model(
         self, model: nn.Module, *, allow_mismatch: bool = False, run: str | None = None
     ) -> list[str]:

@@ -962,16 +962,10 @@ def evaluate_simulation(
         >>> print(sims["layer3"].summary())  # doctest: +SKIP
     """
     from discover.dissection.core import concept_matrix
-    from discover.dissection.recording import dataset_fingerprint
 
     names = list(layers) if layers is not None else dissection.layers
     Qs = {name: dissection.probe_activations(name) for name in names}
-    expected = dissection.about.probe_fingerprint
-    if expected and dataset_fingerprint(probe) not in (None, expected):
-        raise ValueError(
-            "evaluate_simulation: the probe set is not the one the dissection was made on "
-            "(its content fingerprint differs)"
-        )
+    dissection.check_probe(probe, "evaluate_simulation: probe")
     concept_set = load_concepts(dissection.config.concepts)
     if P is None:
         if embedder is None:

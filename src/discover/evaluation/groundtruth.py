@@ -94,11 +94,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from discover._utils import check_options, csv_text, read_json, write_files
 from discover.dissection.core import Dissection
-from discover.dissection.recording import dataset_fingerprint
+from discover.dissection.embedders.annotations import probe_annotations
 from discover.dissection.similarity import DEFAULT_SIMILARITY, SIMILARITIES, get_similarity
 from discover.evaluation.planted import PlantedConfig, planted_neurons
 
@@ -848,59 +848,6 @@ def _dissection_digest(dissection: Dissection, layers: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def probe_annotations(probe: Dataset) -> tuple[Tensor, list[str]]:
-    """The probe's binary ground-truth table ``(N, C)`` (float32) and its ``C`` concept names,
-    from ``probe.concepts_table()`` and ``probe.concept_names`` (as
-    :class:`~discover.data.shapes.ShapesWorld` has; a ``Subset`` of such a data set works too).
-
-    Raises:
-        ValueError: the probe carries no annotations, or its table does not fit it.
-
-    Example:
-        >>> from discover.data import ShapesWorld
-        >>> table, names = probe_annotations(ShapesWorld(n=20, image_size=16))
-        >>> tuple(table.shape), names[:2]
-        ((20, 46), ['circle', 'square'])
-    """
-    if isinstance(probe, Subset):
-        table, names = probe_annotations(probe.dataset)
-        return table[list(map(int, probe.indices))], names
-    if not (callable(getattr(probe, "concepts_table", None)) and hasattr(probe, "concept_names")):
-        raise ValueError(
-            f"probe: {type(probe).__name__} carries no ground-truth concept annotations; "
-            "ground-truth scores need a probe set with concepts_table() and concept_names, "
-            "such as the Shapes world (--probe shapes, or a ShapesWorld)"
-        )
-    table = torch.as_tensor(probe.concepts_table(), dtype=torch.float32)
-    names = [str(c) for c in probe.concept_names]
-    if table.shape != (len(probe), len(names)):
-        raise ValueError(
-            f"probe: {type(probe).__name__}.concepts_table() has shape {tuple(table.shape)}, "
-            f"expected ({len(probe)}, {len(names)}) = (images, concept_names)"
-        )
-    return _binary_table("probe.concepts_table()", table), names
-
-
-def _check_probe(dissection: Dissection, probe: Dataset) -> None:
-    """Refuse a probe set that is not the one ``dissection`` was made on: another content
-    fingerprint, or (where no fingerprint can be had) another number of images."""
-    about = dissection.about
-    recorded = (dissection.meta.get("probe") or {}).get("type")
-    expected, actual = about.probe_fingerprint, dataset_fingerprint(probe)
-    n = len(probe)
-    if (expected and actual and actual != expected) or (
-        about.probe_images and n != about.probe_images
-    ):
-        where = f" in {dissection.folder}" if dissection.folder else ""
-        raise ValueError(
-            f"probe: not the probe set the dissection{where} was made on (given: "
-            f"{type(probe).__name__}, {n} images, fingerprint {(actual or 'none')[:12]}; "
-            f"dissected: {recorded or 'unknown'}, {about.probe_images} images, fingerprint "
-            f"{(expected or 'none')[:12]}). Build it as for the dissection: the same data set, "
-            "split, arguments (e.g. --probe-arg n=..., image_size=...) and limit"
-        )
-
-
 def evaluate_groundtruth(
     dissection: Dissection | str | os.PathLike[str],
     probe: Dataset,
@@ -949,7 +896,8 @@ def evaluate_groundtruth(
             f"{type(dissection).__name__}"
         )
     table, names = probe_annotations(probe)
-    _check_probe(dissection, probe)
+    table = _binary_table("probe.concepts_table()", table)
+    fingerprint = dissection.check_probe(probe)
     counts = table.sum(dim=0)
     keep = (counts > 0) & (counts < table.shape[0])
     if not keep.any():
@@ -973,7 +921,7 @@ def evaluate_groundtruth(
         probe={
             "type": type(probe).__name__,
             "images": len(probe),
-            "fingerprint": dataset_fingerprint(probe) or about.probe_fingerprint,
+            "fingerprint": fingerprint or about.probe_fingerprint,
             "concepts": len(names),
         },
         dropped_concepts=dropped,

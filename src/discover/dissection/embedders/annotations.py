@@ -21,7 +21,12 @@ from torch.utils.data import Subset
 
 from discover.dissection.embedders.base import Concepts, Embedder, concept_list
 
-__all__ = ["AnnotationEmbedder"]
+__all__ = ["AnnotationEmbedder", "NoAnnotationsError", "probe_annotations"]
+
+
+class NoAnnotationsError(TypeError, ValueError):
+    """The probe set carries no ground-truth concept annotations (a ``TypeError``: the wrong
+    kind of data set; a ``ValueError`` for the command line's error boundary)."""
 
 
 class AnnotationEmbedder(Embedder):
@@ -94,7 +99,7 @@ class AnnotationEmbedder(Embedder):
     def annotations(self, probe: Any = None) -> tuple[Tensor, list[str]]:
         """The ``(N, M)`` float table and its column names, for ``probe`` or the fixed table."""
         if self.table is None:
-            return _probe_annotations(probe)
+            return probe_annotations(probe, what="AnnotationEmbedder")
         if probe is not None and len(probe) != len(self.table):
             raise ValueError(
                 f"AnnotationEmbedder: the probe has {len(probe)} items, the "
@@ -155,22 +160,42 @@ def _split_known(requested: list[str], names: list[str]) -> tuple[list[str], lis
     )
 
 
-def _probe_annotations(probe: Any) -> tuple[Tensor, list[str]]:
+def probe_annotations(probe: Any, what: str = "probe") -> tuple[Tensor, list[str]]:
+    """The probe's ground-truth table ``(N, C)`` (float32) and its ``C`` concept names, from
+    ``probe.concepts_table()`` and ``probe.concept_names`` (as
+    :class:`~discover.data.shapes.ShapesWorld` has; a ``Subset`` of such a data set works too).
+    ``what`` starts the error messages.
+
+    Raises:
+        NoAnnotationsError: the probe carries no annotations.
+        ValueError: its table does not fit it.
+
+    Example:
+        >>> from discover.data import ShapesWorld
+        >>> table, names = probe_annotations(ShapesWorld(n=20, image_size=16))
+        >>> tuple(table.shape), names[:2]
+        ((20, 46), ['circle', 'square'])
+    """
     if isinstance(probe, Subset):
-        table, names = _probe_annotations(probe.dataset)
-        return table[list(probe.indices)], names
+        table, names = probe_annotations(probe.dataset, what)
+        return table[list(map(int, probe.indices))], names
     if not (callable(getattr(probe, "concepts_table", None)) and hasattr(probe, "concept_names")):
-        raise TypeError(
-            f"AnnotationEmbedder: {type(probe).__name__} has no ground-truth "
-            "concepts: the probe must provide concepts_table() and concept_names "
-            "(like discover.data.datasets.ShapesWorld), or pass table= and concept_names= "
-            "to AnnotationEmbedder"
+        raise NoAnnotationsError(
+            f"{what}: {type(probe).__name__} carries no ground-truth concept annotations: the "
+            "probe set must provide concepts_table() and concept_names, like the Shapes world "
+            "(--probe shapes, or a ShapesWorld)"
+            + (
+                "; or pass table= and concept_names= to AnnotationEmbedder"
+                if what == "AnnotationEmbedder"
+                else ""
+            )
         )
     table = torch.as_tensor(probe.concepts_table(), dtype=torch.float32)
-    names = list(probe.concept_names)
+    names = [str(c) for c in probe.concept_names]
     if table.shape != (len(probe), len(names)):
         raise ValueError(
-            f"AnnotationEmbedder: concepts_table() is {tuple(table.shape)}, "
-            f"expected ({len(probe)}, {len(names)})"
+            f"{what}: {type(probe).__name__}.concepts_table() has shape "
+            f"{tuple(table.shape)}, expected ({len(probe)}, {len(names)}) = (images, "
+            "concept_names)"
         )
     return table, names

@@ -258,12 +258,13 @@ def measure(subject: Subject, runs: Path, workdir: Path, cache: Path) -> dict[st
     if subject.kind != "sae":
         record = json.loads((subject.run(runs) / "record.json").read_text())
         row["accuracy"] = record["top1_argmax"]
-        row["active_fraction"] = 1 / subject.U if subject.kind == "lwta" else None
         if subject.kind == "lwta":
             dense = Subject(subject.dataset, subject.family, subject.seed, "dense")
             twin = json.loads((dense.run(runs) / "record.json").read_text())
             row["accuracy_cost"] = record["top1_argmax"] - twin["top1_argmax"]
-    if subject.kind == "dense":  # the dense layer's own share of active units per position
+    if subject.kind == "lwta":
+        row["active_fraction"] = 1 / subject.U
+    elif subject.kind == "dense":  # the dense layer's own share of active outputs per position
         row["active_fraction"] = dense_active_fraction(model, layer, probe)
     return row
 
@@ -334,6 +335,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault(key, []).append(row)
     out = []
     for (dataset, family, kind, U, expansion), members in groups.items():
+        fractions = [m["active_fraction"] for m in members if m.get("active_fraction") is not None]
         entry = {
             "dataset": dataset,
             "family": family,
@@ -342,11 +344,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "expansion": expansion,
             "seeds": sorted(m["seed"] for m in members),
             "units": members[0]["units"],
-            "active_fraction": statistics.fmean(
-                m["active_fraction"] for m in members if m.get("active_fraction") is not None
-            )
-            if any(m.get("active_fraction") is not None for m in members)
-            else None,
+            "active_fraction": statistics.fmean(fractions) if fractions else None,
         }
         for key, *_ in FIGURES:
             values = [m[key] for m in members if m.get(key) is not None]

@@ -118,20 +118,30 @@ def test_write_json_and_command_line(common, tmp_path):
     assert command.startswith("python ") and command.endswith(" --out 'a b'")
 
 
-@pytest.fixture(scope="module")
-def claims():
-    """``benchmarks/claims.py`` as a module (it imports ``accuracy`` and ``common`` by their
+def _script(name: str):
+    """``benchmarks/NAME.py`` as a module (scripts import ``accuracy`` and ``common`` by their
     script names, so the benchmarks folder is on ``sys.path`` while it loads)."""
     before = set(sys.modules)
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(BENCHMARKS))
-        spec = importlib.util.spec_from_file_location("benchmarks_claims", BENCHMARKS / "claims.py")
+        spec = importlib.util.spec_from_file_location(
+            f"benchmarks_{name}", BENCHMARKS / f"{name}.py"
+        )
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    for name in ("accuracy", "common"):  # script names, not packages: leave no trace
-        if name not in before:
-            sys.modules.pop(name, None)
+        sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.modules.pop(spec.name, None)
+    for script in ("accuracy", "common"):  # script names, not packages: leave no trace
+        if script not in before:
+            sys.modules.pop(script, None)
     return module
+
+
+@pytest.fixture(scope="module")
+def claims():
+    return _script("claims")
 
 
 def _fake_run(root: Path, name: str, record: dict | None) -> None:
@@ -210,3 +220,43 @@ def test_claims_accuracy_summary_reads_the_converged_study(claims, tmp_path):
     assert acc["rows"][1]["top1_sample"]["mean"] == pytest.approx(0.98)
     assert acc["rows"][1]["verdict_sample"] == "as good"
     assert acc["setting"] == "converged" and acc["left_out"] == ["t1 (1 run)"]
+
+
+def test_monosemanticity_subjects_and_report(tmp_path):
+    mono = _script("monosemanticity")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for name in ("shapes-resnet-u1-s0", "shapes-resnet-u4-anneal-s0", "shapes-resnet-u1-s1"):
+        (runs / name).mkdir()
+        (runs / name / "record.json").write_text("{}")
+    (runs / "shapes-resnet-u4-anneal-s1").mkdir()  # not finished: no record.json
+    subjects, missing = mono.find_subjects(runs, ["shapes"], ["resnet"], [4, 8], [0, 1])
+    names = [s.name for s in subjects]
+    assert names == [
+        "shapes-resnet-s0-dense", "shapes-resnet-s0-lwta-u4", "shapes-resnet-s0-sae1x-u4",
+        "shapes-resnet-s0-sae4x-u4", "shapes-resnet-s1-dense",
+    ]  # fmt: skip
+    assert len(missing) == 3 and "shapes-resnet-u4-anneal-s1 not trained" in missing
+    assert subjects[2].run(runs).name == "shapes-resnet-u1-s0"  # SAEs sit on the dense twin
+
+    def row(kind, seed, good, expansion=None):
+        return {
+            "dataset": "shapes", "family": "resnet", "seed": seed, "kind": kind,
+            "U": None if kind == "dense" else 4, "expansion": expansion, "units": 64,
+            "dead": 2, "label_is_best": good, "mean_label_auprc": good, "monosemantic": good,
+            "mean_best_auprc": good, "simulation": good, "above_chance": good, "median_z": 3.0,
+            "active_fraction": 0.25, "accuracy_cost": -0.01,
+        }  # fmt: skip
+
+    rows = [row("dense", s, 0.5) for s in (0, 1)] + [row("lwta", s, 0.8 + s / 100) for s in (0, 1)]
+    rows += [row("sae", s, 0.3 + s / 100, e) for s in (0, 1) for e in (1, 4)]
+    state = {"command": "c", "machine": "m", "date": "d", "minutes": 1.0, "runs": "r", "rows": rows}
+    path = mono.write_report(state, tmp_path)
+    text = path.read_text()
+    assert "competition wins" in text and "label = best" in text
+    assert (tmp_path / "monosemanticity.png").is_file()
+    lwta = next(e for e in state["summary"] if e["kind"] == "lwta")
+    assert lwta["dead_share"] == [2 / 64, 2 / 64] and lwta["seeds"] == [0, 1]
+    rows[2]["monosemantic"], rows[3]["monosemantic"] = 0.31, 0.3  # LWTA = SAE within the noise
+    rows[6]["monosemantic"], rows[7]["monosemantic"] = 0.29, 0.32
+    assert "monosemantic units: inside the noise" in mono.write_report(state, tmp_path).read_text()

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from discover._utils import Registry, check_options, csv_text, read_json, require_file
@@ -68,3 +70,25 @@ def test_read_json_takes_the_file_or_its_folder_and_require_file_says_how_to_mak
     assert require_file(tmp_path, "r.json", "a report", "make it") == tmp_path / "r.json"
     with pytest.raises(FileNotFoundError, match=r"is not a run: .*cfg.json is missing .*`train`"):
         require_file(tmp_path, "cfg.json", "a run", "train")
+
+
+def test_replace_dir_swaps_in_when_another_writer_creates_the_folder_first(tmp_path, monkeypatch):
+    # Two writers both see no output folder; the other one renames its folder in first. Ours
+    # must then take the swap path, not fail with "Directory not empty" (seen in CI).
+    from discover import _utils
+
+    out, ours, theirs = tmp_path / "out", tmp_path / "ours", tmp_path / "theirs"
+    for folder, text in ((ours, "ours"), (theirs, "theirs")):
+        folder.mkdir()
+        (folder / "result.json").write_text(text)
+    rename = os.rename
+
+    def other_writer_wins(src, dst):
+        monkeypatch.setattr(_utils.os, "rename", rename)
+        rename(theirs, out)
+        rename(src, dst)  # the real error: ENOTEMPTY (or EEXIST) for a folder onto a folder
+
+    monkeypatch.setattr(_utils.os, "rename", other_writer_wins)
+    _utils.replace_dir(ours, out)
+    assert (out / "result.json").read_text() == "ours"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -197,9 +197,15 @@ def replace_dir(new: str | os.PathLike[str], out: str | os.PathLike[str]) -> Non
     elsewhere ``out`` is renamed aside first and restored if ``new`` cannot take its place.
     """
     new, out = Path(new), Path(out)
-    if not out.exists():
-        os.rename(new, out)
-    elif _exchange(new, out):
+    while not out.exists():
+        try:
+            os.rename(new, out)
+            _fsync_dir(out.parent)
+            return
+        except OSError as error:  # another writer created ``out`` since we looked: swap instead
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+    if _exchange(new, out):
         shutil.rmtree(new, ignore_errors=True)  # now the old folder
     else:
         old = _temp_name(out, "old")

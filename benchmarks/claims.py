@@ -79,8 +79,8 @@ from discover import TrainConfig, load_run, train
 from discover.data import FASHION_MNIST_CLASSES, ShapesWorld, build_dataset
 from discover.dissection import (
     AnnotationEmbedder,
-    Embedder,
     build_embedder,
+    concept_matrix,
     concept_set_from_lines,
     dissect,
     load_concepts,
@@ -143,51 +143,30 @@ def fashion_classes():
     )
 
 
-class Precomputed(Embedder):
-    """An embedder's ``P`` computed once (image vectors reused across concept sets)."""
-
-    def __init__(self, P: torch.Tensor, concepts: list[str], id: str, name: str, encode) -> None:
-        self.P, self.concepts, self._id, self.name = P, concepts, id, name
-        self.image_transform = None
-        self.device = torch.device("cpu")
-        self._encode = encode
-
-    @property
-    def id(self) -> str:
-        return self._id
-
-    def encode_preprocessed(self, pixels):
-        raise NotImplementedError("image vectors are precomputed")
-
-    def encode_texts(self, texts):
-        return self._encode(list(texts))
-
-    def concept_matrix(self, probe, concepts, **_):
-        if list(concepts.concepts if hasattr(concepts, "concepts") else concepts) != self.concepts:
-            raise ValueError("Precomputed: a different concept list")
-        return self.P.clone()
+def conse_matrix(key: str, n: int, workdir: Path, conse=None) -> tuple[torch.Tensor, list[str]]:
+    """ConSE ``P`` of the Fashion-MNIST probe (``n`` test images) for the class names
+    (``key="classes"``) or the 3k word list (``"3k"``), through the one public
+    :func:`concept_matrix`, cached under ``WORKDIR/cache`` (computed once, by :func:`conse_job`)."""
+    concepts = fashion_classes() if key == "classes" else load_concepts("3k")
+    P = concept_matrix(
+        fashion_probe(n),
+        concepts,
+        conse if conse is not None else build_embedder("conse"),
+        cache_dir=workdir / "cache",
+        progress=False,
+    )
+    return P, list(concepts.concepts)
 
 
 def conse_job(n: int, workdir: Path) -> dict[str, Any]:
-    """ConSE ``P`` of the Fashion-MNIST probe for the class names and the 3k word list."""
+    """Compute (and cache) ConSE ``P`` of the Fashion-MNIST probe for the class names and the
+    3k word list; their zero-shot top-1 on the probe."""
     t0 = time.time()
     conse = build_embedder("conse")
-    probe = fashion_probe(n)
-    images = torch.utils.data.DataLoader(
-        [probe[i][0] for i in range(len(probe))], batch_size=64, shuffle=False
-    )
-    vectors = torch.cat([conse.encode_images(batch) for batch in images])
-    out = {"id": conse.id, "name": conse.name, "images": len(probe)}
-    for key, concepts in (("classes", fashion_classes()), ("3k", load_concepts("3k"))):
-        texts = conse.encode_texts(concepts.concepts)
-        out[key] = {"P": vectors @ texts.T, "concepts": list(concepts.concepts)}
-    zero_shot = (out["classes"]["P"].argmax(1) == probe.tensors[1]).float().mean().item()
-    torch.save(out, workdir / "conse.pt")
+    P, _ = conse_matrix("classes", n, workdir, conse)
+    conse_matrix("3k", n, workdir, conse)
+    zero_shot = (P.argmax(1) == fashion_probe(n).tensors[1]).float().mean().item()
     return {"seconds": time.time() - t0, "zero_shot_top1": zero_shot, "name": conse.name}
-
-
-def _load_conse(workdir: Path) -> dict[str, Any]:
-    return torch.load(workdir / "conse.pt", weights_only=True)  # tensors, strings, numbers
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,18 +328,13 @@ def describe_job(
     if dataset == "shapes":
         probe = shapes_probe(probe_n)
         classes, embedder = "shapes_classes", AnnotationEmbedder()
-        hidden_P = AnnotationEmbedder().concept_matrix(probe, load_concepts("shapes"))
+        hidden_P = concept_matrix(probe, "shapes", "annotations", progress=False)
         hidden_concepts = load_concepts("shapes").concepts
         text = None
     else:
         probe = fashion_probe(probe_n)
-        conse = _load_conse(workdir)
-        classes = fashion_classes()
-        embedder = Precomputed(
-            conse["classes"]["P"], conse["classes"]["concepts"], conse["id"], conse["name"],
-            sentence[1],
-        )  # fmt: skip
-        hidden_P, hidden_concepts = conse["3k"]["P"], conse["3k"]["concepts"]
+        classes, embedder = fashion_classes(), build_embedder("conse")
+        hidden_P, hidden_concepts = conse_matrix("3k", probe_n, workdir, embedder)
         text = embedder
     d = dissect(
         model,
@@ -371,7 +345,7 @@ def describe_job(
         SIMILARITY,
         policy=policy,
         seed=seed,
-        cache_dir=None,  # measured afresh (dissect caches under the cache root by default)
+        cache_dir=workdir / "cache",  # P from conse_job's entry; activations keyed by weights
         progress=False,
         keep_scores=True,
     )
@@ -413,13 +387,12 @@ def describe_job(
 def planted_job(key: str, probe_n: int, workdir: Path, units: int) -> dict[str, Any]:
     if key == "shapes":
         probe = shapes_probe(probe_n)
+        P = concept_matrix(probe, "shapes", "annotations", progress=False)
         concepts = load_concepts("shapes").concepts
-        P = AnnotationEmbedder().concept_matrix(probe, concepts)
         source = "Shapes val probe, ground-truth annotations (46 concepts)"
     else:
-        conse = _load_conse(workdir)
-        P, concepts = conse["3k"]["P"], conse["3k"]["concepts"]
-        source = f"Fashion-MNIST test probe, {conse['name']}, 3k word list"
+        P, concepts = conse_matrix("3k", probe_n, workdir)
+        source = "Fashion-MNIST test probe, ConSE, 3k word list"
     result = planted_recovery(P, concepts, PlantedConfig(units=units, seed=0), progress=False)
     result.meta["source"] = source
     return result.to_dict()
@@ -449,7 +422,9 @@ def planted_only(args: argparse.Namespace) -> int:
             state["planted"]["shapes"] = planted_job("shapes", 2000, workdir, args.planted_units)
         if "fashion-mnist" in args.datasets:
             conse_job(args.probe, workdir)
-            state["planted"]["fashion-mnist"] = planted_job("fm", 0, workdir, args.planted_units)
+            state["planted"]["fashion-mnist"] = planted_job(
+                "fm", args.probe, workdir, args.planted_units
+            )
     for key, result in state["planted"].items():
         write_planted_csv(Path(args.out), key, result, args.name)
     state["planted_rerun"] = {
@@ -1325,7 +1300,9 @@ def main(argv: list[str] | None = None) -> int:
                 if kind == "conse":
                     state["conse"] = result
                     conse_done = True
-                    pending[pool.submit(planted_job, "fm", 0, workdir, args.planted_units)] = (
+                    pending[
+                        pool.submit(planted_job, "fm", args.probe, workdir, args.planted_units)
+                    ] = (
                         "planted",
                         "fashion-mnist",
                     )

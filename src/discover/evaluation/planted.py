@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 
 from discover._utils import Registry, check_options, csv_text, write_atomic
 from discover.dissection.concepts import ConceptSet, load_concepts
+from discover.dissection.core import concept_matrix
 from discover.dissection.embedders import Embedder, build_embedder
 from discover.dissection.similarity import SIMILARITIES, get_similarity
 from discover.evaluation.descriptions import ranks_from_scores
@@ -421,7 +422,7 @@ def planted_recovery_on_probe(
         config = PlantedConfig(**{**config.to_dict(), **overrides})
     concept_set = load_concepts(concepts)
     emb = build_embedder(embedder)
-    P = emb.concept_matrix(probe, concept_set.concepts, batch_size=batch_size, progress=progress)
+    P = concept_matrix(probe, concept_set, emb, batch_size=batch_size, progress=progress)
     result = planted_recovery(P, concept_set.concepts, config, progress=progress)
     source = probe
     while isinstance(source, Subset):

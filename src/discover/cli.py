@@ -411,7 +411,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--temperature-final",
         type=float,
-        help="anneal T to this value (e.g. 0.05) so deterministic winners lose nothing",
+        help="anneal T to this value so deterministic winners lose nothing "
+        "(default: the recipe's; cvn_small 0.02, the others keep T constant)",
     )
     parser.add_argument(
         "--temperature-anneal",

@@ -260,3 +260,23 @@ def test_monosemanticity_subjects_and_report(tmp_path):
     rows[2]["monosemantic"], rows[3]["monosemantic"] = 0.31, 0.3  # LWTA = SAE within the noise
     rows[6]["monosemantic"], rows[7]["monosemantic"] = 0.29, 0.32
     assert "monosemantic units: inside the noise" in mono.write_report(state, tmp_path).read_text()
+
+
+def test_train_speed_times_every_variant_against_the_baseline(tmp_path):
+    import subprocess
+
+    # as a script: its "2 processes" workers are spawned and import it by its own name
+    argv = ["--rounds", "1", "--steps", "1", "--families", "resnet", "-U", "4", "--no-compile"]
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "train_speed.py"), *argv, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "train_speed.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == [
+        "baseline", "batch 256", "channels_last", "2 threads", "2 processes",
+    ]  # fmt: skip
+    assert rows[0]["ratio"] == 1.0 and all(r["img_per_s"] > 0 for r in rows)
+    assert "| resnet | 4 | channels_last |" in (tmp_path / "train_speed.md").read_text()

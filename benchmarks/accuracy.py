@@ -152,6 +152,7 @@ class Setting:
     family_epochs: dict[str, int] = field(default_factory=dict)
     # U -> seeds: train that U only with these seeds (the accuracy-against-U curve)
     seed_limits: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    curve_notes: tuple[str, ...] = ()  # printed under the accuracy-against-fraction table
 
     def epochs_of(self, family: str, dataset: str | None = None) -> int:
         if dataset is not None and f"{dataset}/{family}" in self.family_epochs:
@@ -269,6 +270,10 @@ SETTINGS: dict[str, Setting] = {
         variant_limits={"t1": {"U": (4,), "seeds": (0,)}},
         seed_limits={8: (0,), 16: (0,), 24: (0,)},  # the curve: one seed
         seeds=(0, 1),
+        curve_notes=(
+            "Not trained: resnet U = 24 (the small ResNets' widths 16/32/64 are not divisible "
+            "by 24; an LWTA layer needs whole blocks of U units).",
+        ),
     ),
 }
 
@@ -817,6 +822,7 @@ def write_report(
     lines += markdown_table(
         ["data set", "model", "variant", "U", "active fraction", "sample6", "argmax"], table
     )
+    lines += [line for note in setting.curve_notes for line in ("", note)]
 
     lines += [
         "",

@@ -94,7 +94,7 @@ class TrainConfig:
     # Competition temperature T (winners ~ softmax(h/T)): from `temperature` to
     # `temperature_final` over the first `temperature_anneal` of the steps (None: the recipe's;
     # annealed to 0.02 for cvn_small, the default; constant T = 1 for the others, as in the
-    # reference code, whose argmax winners lose up to 3 points: benchmarks/results/accuracy-converged.md).
+    # reference code, whose argmax winners lose up to 3 points: accuracy-converged.md).
     temperature: float = 1.0
     temperature_final: float | None = None
     temperature_anneal: float = 0.75

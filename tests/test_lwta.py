@@ -334,6 +334,30 @@ def test_temperature_zero_is_argmax_also_in_training(fused):
     assert torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_channels_last_conv_maps_compete_over_channels_and_stay_channels_last(fused, training):
+    """The same winners, values and gradients as the contiguous map (T = 0: no noise), and
+    the output and captured masks keep the layout the next convolution reads."""
+    if fused and not lwta_kernel.available():
+        pytest.skip("no C compiler")
+    x, weights = torch.randn(3, 8, 5, 4), torch.rand(3, 8, 5, 4)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        h = x.clone().contiguous(memory_format=layout).requires_grad_(True)
+        layer = LWTA(4, temperature=0.0, eval_policy="argmax").train(training)
+        with lwta_kernel.enabled(fused), capture_winners(layer) as captured:
+            y = layer(h)
+            (y * weights).sum().backward()
+            results.append((y.detach(), h.grad, captured[""].last_mask, captured[""].last_winners))
+        assert y.is_contiguous(memory_format=layout)
+    (y0, g0, m0, w0), (y1, g1, m1, w1) = results
+    assert torch.equal(y0, y1) and torch.equal(m0, m1) and torch.equal(w0, w1)
+    torch.testing.assert_close(g1, g0, rtol=1e-5, atol=1e-6)  # the kernel sums in another order
+    mask, winners = results[0][2], results[0][3]
+    assert mask.reshape(3, 2, 4, 5, 4).sum(2).eq(1).all() and winners.shape == (3, 2, 5, 4)
+
+
 def test_fused_sampling_is_seeded_and_thread_count_independent():
     if not lwta_kernel.available():
         pytest.skip("no C compiler")

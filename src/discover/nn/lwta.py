@@ -94,6 +94,16 @@ def _winner_mask(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mask, top
 
 
+def _strictly_channels_last(x: torch.Tensor, unit_dim: int) -> bool:
+    """A conv map (units on dim 1) laid out channels_last, and not also plain contiguous."""
+    return (
+        x.dim() == 4
+        and unit_dim == 1
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
 class _STGumbelLWTA(torch.autograd.Function):
     """Hard one-hot forward, Gumbel-softmax straight-through backward, fused.
 
@@ -206,7 +216,7 @@ class LWTA(nn.Module):
         self.name = name
         self.capture = False
         self._last_hard: torch.Tensor | None = None  # (P, U, Q) bool, when capturing
-        self._last_shape: tuple[tuple[int, ...], int] | None = None
+        self._last_shape: tuple[tuple[int, ...], int, bool] | None = None
 
     # -- configuration ------------------------------------------------------------------
     @property
@@ -289,6 +299,12 @@ class LWTA(nn.Module):
                 f"(input shape {tuple(x.shape)}); U values that divide {width}: "
                 f"{', '.join(map(str, divisors)) or 'none above 1'}"
             )
+        # A channels_last conv map keeps a block's U channels side by side in memory: it
+        # competes over the last dim of its (N, H, W, C) view, like tokens, and comes back
+        # channels_last (no layout conversion on either side).
+        nhwc = _strictly_channels_last(x, unit_dim)
+        if nhwc:
+            x, unit_dim = x.permute(0, 2, 3, 1), 3
         shape = tuple(x.shape)
         # (P, U, Q) blocks, competition over dim 1: (N * C/U, U, H * W) for conv maps,
         # (M, U, 1) when the units are the last dim.
@@ -308,13 +324,17 @@ class LWTA(nn.Module):
                 hard, _ = _winner_mask(_perturbed(blocks.detach(), temperature))
             out = blocks * hard
         if self.capture:
-            self._keep(hard, shape, unit_dim)
-        return out.reshape(shape)
+            self._keep(hard, shape, unit_dim, nhwc)
+        out = out.reshape(shape)
+        return out.permute(0, 3, 1, 2) if nhwc else out
 
-    def _keep(self, hard: torch.Tensor, shape: tuple[int, ...], unit_dim: int) -> None:
-        """Keep the ``(P, U, Q)`` winner mask of the last forward (no copy)."""
+    def _keep(
+        self, hard: torch.Tensor, shape: tuple[int, ...], unit_dim: int, nhwc: bool = False
+    ) -> None:
+        """Keep the ``(P, U, Q)`` winner mask of the last forward (no copy); ``shape`` is the
+        input's, or its ``(N, H, W, C)`` view's when ``nhwc``."""
         self._last_hard = hard.detach()
-        self._last_shape = (shape, unit_dim)
+        self._last_shape = (shape, unit_dim, nhwc)
 
     # -- captured winners ---------------------------------------------------------------
     @property
@@ -322,7 +342,9 @@ class LWTA(nn.Module):
         """Boolean mask (input-shaped) of the units that won in the last captured forward."""
         if self._last_hard is None:
             return None
-        return self._last_hard.reshape(self._last_shape[0])
+        shape, _, nhwc = self._last_shape
+        mask = self._last_hard.reshape(shape)
+        return mask.permute(0, 3, 1, 2) if nhwc else mask
 
     @property
     def last_winners(self) -> torch.Tensor | None:
@@ -333,9 +355,12 @@ class LWTA(nn.Module):
         """
         if self._last_hard is None:
             return None
-        shape, unit_dim = self._last_shape
+        shape, unit_dim, nhwc = self._last_shape
         winners = self._last_hard.to(torch.uint8).argmax(dim=1)
-        return winners.reshape(*shape[:unit_dim], shape[unit_dim] // self.U, *shape[unit_dim + 1 :])
+        winners = winners.reshape(
+            *shape[:unit_dim], shape[unit_dim] // self.U, *shape[unit_dim + 1 :]
+        )
+        return winners.permute(0, 3, 1, 2) if nhwc else winners
 
     def clear_capture(self) -> None:
         """Forget the last captured winners."""

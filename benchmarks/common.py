@@ -115,6 +115,23 @@ def machine_description(device: str = "cpu", *, threads: int = 1, jobs: int = 1)
     )
 
 
+def gpu_name() -> str | None:
+    """The first CUDA device's name, or None where torch sees no GPU."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def gpu_line(name: str | None, *, timed: str = "the CPU") -> str:
+    """A report line that says whether there is a GPU column and why not."""
+    if name is None:
+        return (
+            "- **GPU:** none on this machine (torch sees no CUDA device), so there is no GPU "
+            "column; the figures are CPU figures."
+        )
+    return f"- **GPU:** `{name}` is present, but this benchmark timed {timed} only."
+
+
 # -- provenance --------------------------------------------------------------------------------
 def command_line(argv: Sequence[str] | None = None, python: str = "python") -> str:
     """The shell command that ran this script: ``python`` (or the interpreter given), the

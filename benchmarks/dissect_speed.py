@@ -120,6 +120,8 @@ from common import (
     cpu_snapshot,
     git_dirty,
     git_head,
+    gpu_line,
+    gpu_name,
     load_average,
     markdown_table,
     memory_gb,
@@ -831,6 +833,7 @@ def render_markdown(rec: dict[str, Any]) -> str:
             else ""
         )
         + ".",
+        gpu_line(m.get("gpu")),
         f"- **Sizes:** N = {N:,} probe images, K = {K:,} neurons, M = {M:,} concepts"
         + (" (**--quick**: smoke-run sizes, not the targets' sizes)" if rec["quick"] else ""),
         "",
@@ -1203,6 +1206,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "memory_gb": memory_gb(),
+            "gpu": gpu_name(),
             "git": head and head + (" (src/ has uncommitted changes)" if git_dirty("src") else ""),
         },
         "sizes": sizes,

@@ -101,6 +101,8 @@ from common import (
     cpu_snapshot,
     git,
     git_head,
+    gpu_line,
+    gpu_name,
     load_average,
     markdown_table,
     now_iso,
@@ -770,6 +772,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": str(device),
+        "gpu": gpu_name(),
         "load_average_start": load_start,
         "load_average_end": load_average(),
         "other_processes_cpu_share": other_cpu_share(cpu0),
@@ -834,6 +837,7 @@ def _machine_lines(rec: dict[str, Any]) -> list[str]:
         f"{m['platform']}",
         f"- **Software:** torch {m['torch']}, timm {m['timm']}, discover {m['discover']}, "
         f"Python {m['python']}",
+        gpu_line(m.get("gpu"), timed="the CPU (the fused kernel is a CPU kernel)"),
         f"- **Load average** (1/5/15 min) at start: {m['load_average_start']}; "
         f"at end: {m['load_average_end']}",
     ]

@@ -150,7 +150,7 @@ FULL = {
     "M": 20_000,
     "loop_neurons": 16,
     "reference_rounds": 3,
-    "gemm_rounds": 9,  # cos, cos3: a few percent is the verdict, so more rounds, paired
+    "gemm_rounds": 12,  # cos, cos3: a few percent is the verdict, so more rounds, paired
     "reference_rank_reorder_neurons": None,  # None: the whole K
     "rank_reorder_rounds": 1,
     "sort_floor_neurons": 96,
@@ -340,6 +340,23 @@ def _centre_and_cube(P: torch.Tensor) -> None:
         similarity_kernel.centred_cubes(chunk, buffer[: chunk.numel()].view(chunk.shape))
 
 
+def _round_orders(names: list[str], rounds: int) -> list[list[str]]:
+    """Each round's order of the variants: rotated by one per round, with ``discover`` and
+    ``matmul`` (where both run) kept back to back and taking turns to go first, so that their
+    per-round ratio compares two calls made under the same conditions."""
+    pair = [v for v in ("discover", "matmul") if v in names]
+    units = (
+        [pair] + [[v] for v in names if v not in pair] if len(pair) == 2 else [[v] for v in names]
+    )
+    orders = []
+    for r in range(rounds):
+        rotated = units[r % len(units) :] + units[: r % len(units)]
+        orders.append(
+            [v for unit in rotated for v in (unit[::-1] if r % 2 and len(unit) == 2 else unit)]
+        )
+    return orders
+
+
 def worker_reference(cfg: dict[str, Any]) -> dict[str, Any]:
     """discover vs the float32 reference transcription (and a bare matmul), round-robin.
 
@@ -368,9 +385,8 @@ def worker_reference(cfg: dict[str, Any]) -> dict[str, Any]:
     times: dict[str, list[float]] = {v: [] for v in variants}
     cpus: dict[str, list[float]] = {v: [] for v in variants}
     results: dict[str, torch.Tensor] = {}
-    names = list(variants)
-    for r in range(cfg["rounds"]):
-        for v in names[r % len(names) :] + names[: r % len(names)]:
+    for order in _round_orders(list(variants), cfg["rounds"]):
+        for v in order:
             results.pop(v, None)
             c0, t0 = time.process_time(), time.perf_counter()
             results[v] = variants[v]()

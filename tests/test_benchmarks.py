@@ -262,6 +262,29 @@ def test_monosemanticity_subjects_and_report(tmp_path):
     assert "monosemantic units: inside the noise" in mono.write_report(state, tmp_path).read_text()
 
 
+def test_monosemanticity_keeps_an_earlier_runs_rows_outside_its_scope():
+    mono = _script("monosemanticity")
+
+    def row(dataset, family, kind):
+        return {"dataset": dataset, "family": family, "kind": kind, "name": f"{dataset}-{family}"}
+
+    earlier = {
+        "command": "python benchmarks/monosemanticity.py", "date": "2026-12-01", "git_head": "abc",
+        "rows": [row("shapes", "resnet", "dense"), row("shapes", "vit", "dense")],
+        "missing": ["shapes-resnet-u24-anneal-s0 not trained",
+                    "shapes-vit-u1-s0 (dense twin) not finished"],
+        "failed": ["shapes-vit-s0-dense: RuntimeError: x"],
+    }  # fmt: skip
+    state = {"rows": [row("shapes", "vit", "lwta")], "missing": ["shapes-vit-u8-anneal-s1 not trained"]}
+    mono.keep_outside(state, earlier, ["shapes"], ["vit"])
+    assert [(r["family"], r["kind"]) for r in state["rows"]] == [("resnet", "dense"), ("vit", "lwta")]
+    assert state["missing"] == [
+        "shapes-resnet-u24-anneal-s0 not trained", "shapes-vit-u8-anneal-s1 not trained"
+    ]  # fmt: skip
+    assert state["failed"] == []  # the vit failure is this run's business now
+    assert state["kept"]["rows"] == 1 and state["kept"]["pairs"] == ["shapes resnet"]
+
+
 def test_train_speed_times_every_variant_against_the_baseline(tmp_path):
     import subprocess
 
@@ -280,3 +303,44 @@ def test_train_speed_times_every_variant_against_the_baseline(tmp_path):
     ]  # fmt: skip
     assert rows[0]["ratio"] == 1.0 and all(r["img_per_s"] > 0 for r in rows)
     assert "| resnet | 4 | channels_last |" in (tmp_path / "train_speed.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["cos", "cos3", "wpmi", "soft_wpmi", "rank_reorder"])
+def test_reference_transcriptions_agree_with_discover(name):
+    """The speed baseline computes what discover computes: same best concept, float tolerance."""
+    import torch
+
+    from discover.dissection.similarity import get_similarity
+
+    reference = _script("reference_similarity").REFERENCES[name]
+    gen = torch.Generator().manual_seed(0)
+    N, M, K = 600, 300, 24
+    P = torch.rand(N, M, generator=gen)  # positive, as image-concept similarities are
+    # each unit follows a few concepts, so every unit has a clear best concept
+    W = torch.zeros(M, K)
+    W[torch.randint(0, M, (3 * K,), generator=gen), torch.arange(K).repeat(3)] = 1.0
+    Q = (P @ W + 0.3 * torch.randn(N, K, generator=gen)).relu()
+    kwargs = {}
+    if name == "rank_reorder":  # the reference draws per unit; share discover's five draws
+        n = int(N * 0.05)
+        g = torch.Generator().manual_seed(0)
+        kwargs["permutations"] = torch.stack([torch.randperm(n, generator=g) for _ in range(5)])
+    ours = get_similarity(name)(P, Q)
+    ref = reference(P, Q, **kwargs)
+    assert ours.shape == ref.shape == (K, M)
+    assert torch.equal(ours.argmax(dim=1), ref.argmax(dim=1))
+    scale = ref.abs().max()
+    assert (ours - ref).abs().max() <= 1e-4 * scale
+
+
+def test_dissect_speed_pairs_discover_with_the_matmul_every_round():
+    orders = _script("dissect_speed")._round_orders(
+        ["discover", "reference", "matmul", "centring"], 6
+    )
+    for r, order in enumerate(orders):
+        assert sorted(order) == ["centring", "discover", "matmul", "reference"]
+        i, j = order.index("discover"), order.index("matmul")
+        assert abs(i - j) == 1 and (i < j) == (r % 2 == 0)  # back to back, taking turns
+    assert {order[0] for order in orders} == {"discover", "matmul", "reference", "centring"}
+    plain = _script("dissect_speed")._round_orders(["discover", "reference", "softmax"], 3)
+    assert [order[0] for order in plain] == ["discover", "reference", "softmax"]

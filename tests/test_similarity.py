@@ -445,15 +445,19 @@ def test_rank_reorder_matches_loop_with_tied_concept_scores(dtype):
     torch.testing.assert_close(got, expected.to(dtype), rtol=tol, atol=tol)
 
 
-def test_top_images_packed_sort_matches_stable_float_sort():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [1, 30, 199, 200])
+def test_top_images_match_a_stable_sort(k, dtype):
     g = torch.Generator().manual_seed(4)
-    x = _tied(torch.randn(200, 7, generator=g), 0.5)  # many ties, negatives
+    x = _tied(torch.randn(200, 9, generator=g, dtype=dtype), 0.5)  # many ties, negatives
     x[:4, 0] = torch.tensor([-0.0, 0.0, -0.0, 0.0])  # signed zeros tie
-    x[:, 1] = 0.0  # a dead unit
+    x[:, 1] = 0.0  # a dead unit: every image ties
+    x[:, 2] = torch.randn(200, generator=g, dtype=dtype)  # no ties at all
+    x[:, 3] = torch.randn(200, generator=g, dtype=dtype).relu()  # ties at 0 only
     values, indices = torch.sort(x.T, dim=1, descending=True, stable=True)
-    got_values, got_indices = sim._top_images(x, 30)
-    assert torch.equal(got_indices, indices[:, :30])
-    assert torch.equal(got_values, values[:, :30])
+    got_values, got_indices = sim._top_images(x, k)
+    assert torch.equal(got_indices, indices[:, :k])
+    assert torch.equal(got_values, values[:, :k])
 
 
 def test_column_norms_match_vector_norm():

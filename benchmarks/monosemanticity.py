@@ -418,6 +418,29 @@ def verdicts(summary: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def keep_outside(
+    state: dict[str, Any], earlier: dict[str, Any], datasets: list[str], families: list[str]
+) -> None:
+    """Add to ``state`` the rows, missing-run notes and failures of an ``earlier`` results
+    JSON whose data set x family pair this run does not measure, and say where they came
+    from (``state["kept"]``)."""
+    scope = tuple(f"{d}-{f}-" for d in datasets for f in families)
+    outside = [r for r in earlier["rows"] if f"{r['dataset']}-{r['family']}-" not in scope]
+    state["rows"] = outside + state["rows"]
+    state["missing"] = [m for m in earlier.get("missing", []) if not m.startswith(scope)] + state[
+        "missing"
+    ]
+    state["failed"] = [m for m in earlier.get("failed", []) if not m.startswith(scope)]
+    pairs = sorted({f"{r['dataset']} {r['family']}" for r in outside})
+    state["kept"] = {
+        "rows": len(outside),
+        "pairs": pairs,
+        "command": earlier["command"],
+        "date": earlier["date"],
+        "git_head": earlier.get("git_head"),
+    }
+
+
 def write_report(state: dict[str, Any], out: Path) -> Path:
     rows = state["rows"]
     summary = summarise(rows)
@@ -435,6 +458,15 @@ def write_report(state: dict[str, Any], out: Path) -> Path:
         + ", ".join(f"{f} `{layer}`" for f, layer in LAYERS.items())
         + ". How each figure is obtained: this script's docstring.",
         "",
+    ]
+    kept = state.get("kept")
+    if kept:
+        lines += [
+            f"Kept from an earlier run ({kept['date']}, `{kept['command']}`, git "
+            f"{kept['git_head']}): the {kept['rows']} rows of " + ", ".join(kept["pairs"]) + ".",
+            "",
+        ]
+    lines += [
         "Mean ± standard deviation over seeds (the seeds column). Active fraction: LWTA 1/U "
         "exactly; SAE k / latents; dense: the measured share of nonzero outputs per position. "
         "Shares in %, AUPRC and correlations in [0, 1], accuracy cost in points of top-1.",
@@ -542,6 +574,13 @@ def main(argv: list[str] | None = None) -> int:
         "--workdir", default="benchmarks/runs/monosemanticity", help="SAEs, P cache, records"
     )
     parser.add_argument("--render", action="store_true", help="rebuild the report only")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="an earlier results JSON (e.g. OUT/monosemanticity.json): its rows and notes for "
+        "data set x family pairs outside this run's --datasets x --families are kept, with "
+        "that run's command and date",
+    )
     args = parser.parse_args(argv)
     out, workdir, runs = Path(args.out), Path(args.workdir), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
@@ -575,6 +614,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"ConSE P of the Fashion-MNIST probe: {time.time() - t0:.0f} s", flush=True)
     state = {**meta, "runs": str(runs), "missing": missing, "rows": rows, "failed": []}
+    if args.keep is not None:
+        keep_outside(state, json.loads(args.keep.read_text()), args.datasets, args.families)
     t0 = time.time()
     with cf.ProcessPoolExecutor(
         max_workers=args.jobs,

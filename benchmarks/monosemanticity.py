@@ -432,12 +432,15 @@ def keep_outside(
     ]
     state["failed"] = [m for m in earlier.get("failed", []) if not m.startswith(scope)]
     pairs = sorted({f"{r['dataset']} {r['family']}" for r in outside})
+    source = earlier
+    if earlier.get("kept") and set(pairs) <= set(earlier["kept"]["pairs"]):
+        source = earlier["kept"]  # the earlier run kept them too: name the run that measured them
     state["kept"] = {
         "rows": len(outside),
         "pairs": pairs,
-        "command": earlier["command"],
-        "date": earlier["date"],
-        "git_head": earlier.get("git_head"),
+        "command": source["command"],
+        "date": source["date"],
+        "git_head": source.get("git_head"),
     }
 
 

@@ -275,14 +275,26 @@ def test_monosemanticity_keeps_an_earlier_runs_rows_outside_its_scope():
                     "shapes-vit-u1-s0 (dense twin) not finished"],
         "failed": ["shapes-vit-s0-dense: RuntimeError: x"],
     }  # fmt: skip
-    state = {"rows": [row("shapes", "vit", "lwta")], "missing": ["shapes-vit-u8-anneal-s1 not trained"]}
+    state = {
+        "rows": [row("shapes", "vit", "lwta")],
+        "missing": ["shapes-vit-u8-anneal-s1 not trained"],
+    }
     mono.keep_outside(state, earlier, ["shapes"], ["vit"])
-    assert [(r["family"], r["kind"]) for r in state["rows"]] == [("resnet", "dense"), ("vit", "lwta")]
+    assert [(r["family"], r["kind"]) for r in state["rows"]] == [
+        ("resnet", "dense"),
+        ("vit", "lwta"),
+    ]
     assert state["missing"] == [
         "shapes-resnet-u24-anneal-s0 not trained", "shapes-vit-u8-anneal-s1 not trained"
     ]  # fmt: skip
     assert state["failed"] == []  # the vit failure is this run's business now
     assert state["kept"]["rows"] == 1 and state["kept"]["pairs"] == ["shapes resnet"]
+    assert state["kept"]["date"] == "2026-12-01"
+    later = {"rows": [row("shapes", "vit", "dense")], "missing": []}
+    mono.keep_outside(
+        later, {**state, "command": "again", "date": "2026-12-02"}, ["shapes"], ["vit"]
+    )
+    assert later["kept"]["date"] == "2026-12-01"  # the run that measured the kept rows
 
 
 def test_train_speed_times_every_variant_against_the_baseline(tmp_path):

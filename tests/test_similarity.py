@@ -488,6 +488,24 @@ def test_soft_wpmi_kernel_matches_the_torch_code(top_k):
     assert torch.allclose(fused, reference, rtol=1e-5, atol=5e-4)  # sums of ~100 float32 logs
 
 
+@pytest.mark.parametrize("top_k", [1, 28, 64])
+def test_wpmi_kernel_matches_the_torch_code(top_k):
+    """WPMI runs on the soft-WPMI kernel with every p_j = 1 (products of x + min_prob)."""
+    from discover.dissection import similarity_kernel
+
+    if not similarity_kernel.available():
+        pytest.skip("no C compiler: the similarity kernel cannot be built")
+    g = torch.Generator().manual_seed(top_k)
+    P = torch.rand(400, 700, generator=g) * 30  # softmax(2 P): many probabilities << min_prob
+    Q = torch.randn(400, 37, generator=g)
+    fused = sim.wpmi(P, Q, top_k=top_k, concept_chunk_size=300)
+    with similarity_kernel.enabled(False):
+        reference = sim.wpmi(P, Q, top_k=top_k, concept_chunk_size=300)  # embedding_bag path
+    assert torch.isfinite(fused).all()
+    assert torch.allclose(fused, reference, rtol=1e-5, atol=5e-4)
+    assert torch.equal(fused.argmax(dim=1), reference.argmax(dim=1))
+
+
 def test_cos3_kernel_matches_the_torch_code():
     from discover.dissection import similarity_kernel
 

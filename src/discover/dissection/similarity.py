@@ -453,24 +453,24 @@ def _pmi(
 
     ``softmax(a P)`` is only ever computed on the *union* of the units' top images (units
     share many): row normalisers ``logsumexp_m(a P[n, m])`` first, in cache-sized row
-    blocks, then ``P~`` one concept chunk at a time in one reused buffer. WPMI sums
-    ``log(P~ + min_prob)`` over each unit's images with one ``embedding_bag``. Soft WPMI's
-    terms depend on the rank ``j`` through ``inclusion`` (its ``p_j``; ``None`` for WPMI): on a
-    CPU in float32 the C kernel (:mod:`discover.dissection.similarity_kernel`) sums them in
-    one pass per unit, otherwise they are gathered per unit chunk; either way a few terms are
-    multiplied before each log, in the same groups (see :func:`_product_group`). The prior of a concept chunk is taken as soon as its ``L`` is
+    blocks, then ``P~`` one concept chunk at a time in one reused buffer. Soft WPMI's terms
+    depend on the rank ``j`` through ``inclusion`` (its ``p_j``; ``None`` for WPMI, which is
+    the case ``p_j = 1``). On a CPU in float32 the C kernel
+    (:mod:`discover.dissection.similarity_kernel`) sums the terms of both in one pass per
+    unit, multiplying a few terms before each log (see :func:`_product_group`): for WPMI's
+    28 terms 7 logs instead of 28. Elsewhere soft WPMI gathers its terms per unit chunk in
+    the same groups, and WPMI sums ``log(P~ + min_prob)`` with one ``embedding_bag``. The
+    prior of a concept chunk is taken as soon as its ``L`` is
     complete.
     """
     (_, M), K = P.shape, Q.shape[1]
     top = torch.cat([_top_images(Q[:, ks], top_k)[1] for ks in _slices(K, chunk_size)])
     rows, local = torch.unique(top, return_inverse=True)  # local: [K, top_k] into rows
     lse = _row_logsumexp(P, rows, a, dtype).unsqueeze(1)
-    fused = (
-        inclusion is not None
-        and dtype == torch.float32
-        and P.device.type == "cpu"
-        and similarity_kernel.available()
-    )
+    kernel = dtype == torch.float32 and P.device.type == "cpu" and similarity_kernel.available()
+    if inclusion is None and kernel:  # WPMI is soft WPMI with every p_j = 1: the kernel sums it
+        inclusion = torch.ones(1, top_k, 1, dtype=dtype, device=P.device)
+    fused = inclusion is not None and kernel
     if inclusion is not None:
         group = _product_group(inclusion, min_prob, dtype)
         pad = -top_k % group  # padded terms are 0 * x + 1 = 1

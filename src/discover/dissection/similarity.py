@@ -354,8 +354,8 @@ def cos3(
     ``N x concept_chunk_size`` buffer (on a CPU in float32 by the C kernel of
     :mod:`discover.dissection.similarity_kernel`: two passes over the chunk instead of four;
     1,024 concepts measured fastest at N = 10k on a 2-core EPYC with 32 MB of L3: 1.03x the
-    bare GEMM, against 1.09x at 2,048), multiplied by ``chunk_size`` units at a time straight into the output, and divided by the
-    chunk's norms. Largest temporaries: that buffer and ``N x K``.
+    bare GEMM, against 1.09x at 2,048), multiplied by ``chunk_size`` units at a time straight
+    into the output, and divided by the chunk's norms. Largest temporaries: that buffer and ``N x K``.
 
     Example:
         >>> P = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])

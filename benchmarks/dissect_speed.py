@@ -27,8 +27,8 @@ Python loops, vectorised over images and concepts inside). For ``cos``, ``cos3``
 ``soft_wpmi`` and ``rank_reorder`` one subprocess builds the inputs and times discover and
 the transcription side by side, round-robin (``reference_rounds`` rounds, medians; 12 rounds
 for ``cos``/``cos3``, in which discover and the bare matmul run back to back, taking turns to
-go first, and their ratio is the median of the rounds' ratios), on the full ``K``. The reference ``rank_reorder`` takes about
-0.45 s per unit (6 minutes for ``K = 768``), so it runs one round; ``--reference-neurons k``
+go first, and their ratio is the median of the rounds' ratios), on the full ``K``. The
+reference ``rank_reorder`` takes about 0.45 s per unit (6 minutes for ``K = 768``), so it runs one round; ``--reference-neurons k``
 runs it on the first ``k`` units and scales its time by ``K / k`` (its cost is a loop doing
 the same work for every unit) for a quicker run. Also timed in that process:
 

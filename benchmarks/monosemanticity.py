@@ -591,6 +591,15 @@ def main(argv: list[str] | None = None) -> int:
         state = json.loads((out / "monosemanticity.json").read_text())
         print(f"written: {write_report(state, out)}")
         return 0
+    earlier = None
+    if args.keep is not None:  # read it now: a bad file fails before any measuring
+        what = f"--keep: {args.keep} is not an earlier monosemanticity.json"
+        try:
+            earlier = json.loads(args.keep.read_text())
+        except (OSError, ValueError) as e:
+            parser.error(f"{what} ({e})")
+        if not isinstance(earlier, dict) or not {"rows", "command", "date"} <= earlier.keys():
+            parser.error(f"{what} (it has no rows, command and date)")
     if not runs.is_dir():
         parser.error(f"--runs: {runs} is not a folder (train the converged study first)")
     records, cache = workdir / "records", workdir / "cache"
@@ -617,8 +626,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"ConSE P of the Fashion-MNIST probe: {time.time() - t0:.0f} s", flush=True)
     state = {**meta, "runs": str(runs), "missing": missing, "rows": rows, "failed": []}
-    if args.keep is not None:
-        keep_outside(state, json.loads(args.keep.read_text()), args.datasets, args.families)
+    if earlier is not None:
+        keep_outside(state, earlier, args.datasets, args.families)
     t0 = time.time()
     with cf.ProcessPoolExecutor(
         max_workers=args.jobs,

@@ -297,6 +297,24 @@ def test_monosemanticity_keeps_an_earlier_runs_rows_outside_its_scope():
     assert later["kept"]["date"] == "2026-12-01"  # the run that measured the kept rows
 
 
+@pytest.mark.parametrize("content", [None, "not json", '{"rows": []}'])
+def test_monosemanticity_keep_names_a_bad_file_before_measuring(tmp_path, capsys, content):
+    mono = _script("monosemanticity")
+    keep = tmp_path / "earlier.json"
+    if content is not None:
+        keep.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:  # before --runs is even looked at
+        mono.main(["--runs", str(tmp_path / "absent"), "--keep", str(keep), "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert f"--keep: {keep} is not an earlier monosemanticity.json" in capsys.readouterr().err
+
+
+def test_gpu_line_says_whether_a_gpu_column_exists(common):
+    assert "no GPU column" in common.gpu_line(None)
+    line = common.gpu_line("NVIDIA H200", timed="the CPU (a CPU kernel)")
+    assert "`NVIDIA H200` is present" in line and "timed the CPU (a CPU kernel) only" in line
+
+
 def test_train_speed_times_every_variant_against_the_baseline(tmp_path):
     import subprocess
 

@@ -189,11 +189,12 @@ def _slices(total: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, total))
 
 
-def _packed_sort(rows: Tensor, descending: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Sort every row of a contiguous CPU ``float32`` ``[r, N]`` tensor as 64-bit integer keys.
+def _packed_sort(rows: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Sort every row of a contiguous CPU ``float32`` ``[r, N]`` tensor (ascending) as 64-bit
+    integer keys.
 
-    Each key packs the order-preserving integer image of a float (``-0.0`` as ``+0.0``;
-    complemented for ``descending``) above the column index, so ties keep index order (a
+    Each key packs the order-preserving integer image of a float (``-0.0`` as ``+0.0``)
+    above the column index, so ties keep index order (a
     stable sort) and numpy's SIMD integer sort does the work, several times faster than a
     float argsort. Returns the sorted integer images and the column order, each ``[r, N]``.
     """
@@ -202,8 +203,6 @@ def _packed_sort(rows: Tensor, descending: bool = False) -> tuple[np.ndarray, np
     flip = keys >> 63  # all ones where negative: flip the magnitude bits there
     flip &= 0x7FFFFFFF
     keys ^= flip
-    if descending:
-        np.invert(keys, out=keys)
     keys <<= shift
     keys |= np.arange(rows.shape[1], dtype=np.int64)
     keys.sort(axis=1)
@@ -226,15 +225,13 @@ def _top_images(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """
     rows = torch.empty(x.shape[::-1], dtype=x.dtype, device=x.device).copy_(x.T).add_(0.0)
     values, indices = torch.topk(rows, min(k + 1, rows.shape[1]), dim=1)
-    if values.shape[1] > k:  # the (k+1)-th largest equals the k-th: a tie at the boundary
-        spill = values[:, k] == values[:, k - 1]
-        values, indices = values[:, :k], indices[:, :k]
-    else:
-        spill = torch.zeros(len(rows), dtype=torch.bool, device=x.device)
+    # a tie at the boundary: the (k+1)-th largest equals the k-th (none when k = N)
+    spill = (values[:, k] == values[:, k - 1]) if values.shape[1] > k else None
+    values, indices = values[:, :k], indices[:, :k]
     indices, perm = indices.sort(dim=1)  # by index, then stably by value: a stable sort's order
     values, perm = values.gather(1, perm).sort(dim=1, descending=True, stable=True)
     indices = indices.gather(1, perm)
-    if bool(spill.any()):
+    if spill is not None and bool(spill.any()):
         which = spill.nonzero()[:, 0]
         full, order = torch.sort(rows[which], dim=1, descending=True, stable=True)
         values[which], indices[which] = full[:, :k], order[:, :k]
@@ -299,8 +296,8 @@ def cos(
     ``P`` is read one chunk of ``concept_chunk_size`` concepts at a time (no copy when it has
     the compute dtype, else a cast of the chunk): the chunk's norms, then one GEMM per
     ``chunk_size`` units straight into the output, divided by those norms while the block is
-    in cache. 1,024 concepts measured fastest at N = 10k (the chunk's GEMMs run at least as
-    fast as one whole GEMM). Largest temporaries: ``N x K`` (the normalised ``Q``) and, for a
+    in cache (``benchmarks/dissect_speed.py`` times it against a bare matmul). Largest
+    temporaries: ``N x K`` (the normalised ``Q``) and, for a
     cast, ``N x concept_chunk_size``.
 
     Example:
@@ -353,8 +350,8 @@ def cos3(
     ``Q'`` is computed once; each chunk of ``P'`` is written into one reused
     ``N x concept_chunk_size`` buffer (on a CPU in float32 by the C kernel of
     :mod:`discover.dissection.similarity_kernel`: two passes over the chunk instead of four;
-    1,024 concepts measured fastest at N = 10k on a 2-core EPYC with 32 MB of L3: 1.03x the
-    bare GEMM, against 1.09x at 2,048), multiplied by ``chunk_size`` units at a time straight
+    1,024 concepts at a time by default, which timed faster than 2,048 at N = 10k on a
+    2-core EPYC with 32 MB of L3), multiplied by ``chunk_size`` units at a time straight
     into the output, and divided by the chunk's norms. Largest temporaries: that buffer and ``N x K``.
 
     Example:

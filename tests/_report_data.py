@@ -77,6 +77,7 @@ def build_sections(n: int = 48, with_activations: bool = False) -> tuple[list, l
             probe,
             concepts,
             embedder,
+            "soft_wpmi",
             transform=to_input,
             similarity_params={"top_k": 10},
             progress=False,

@@ -61,6 +61,18 @@ def cos3_loop(P: Tensor, Q: Tensor, min_norm: float = 1e-3) -> Tensor:
     return S
 
 
+def corr_loop(P: Tensor, Q: Tensor, min_norm: float = 1e-12) -> Tensor:
+    P, Q = P.double(), Q.double()
+    S = torch.empty(Q.shape[1], P.shape[1], dtype=torch.float64)
+    for k in range(Q.shape[1]):
+        q = Q[:, k] - Q[:, k].mean()
+        q = q / max(q.norm().item(), min_norm)
+        for m in range(P.shape[1]):
+            p = P[:, m] - P[:, m].mean()
+            S[k, m] = q @ (p / max(p.norm().item(), min_norm))
+    return S
+
+
 def wpmi_loop(
     P: Tensor, Q: Tensor, top_k: int = 28, a: float = 2.0, lam: float = 0.6, min_prob: float = 1e-7
 ) -> Tensor:
@@ -175,6 +187,7 @@ def jsd_loop(
 LOOPS = {
     "cos": cos_loop,
     "cos3": cos3_loop,
+    "corr": corr_loop,
     "wpmi": wpmi_loop,
     "soft_wpmi": soft_wpmi_loop,
     "rank_reorder": rank_reorder_loop,

@@ -52,6 +52,7 @@ def shapes_dissection(tmp_path_factory):
         probe,
         "shapes",
         "annotations",
+        "soft_wpmi",
         similarity_params={"top_k": 8},
         null_repeats=0,
         cache_dir=None,

@@ -101,10 +101,16 @@ def test_truncated_checkpoint_is_named(capsys, tmp_path, run):
     "extra, expected",
     [
         (
-            ["--similarity-arg", "bogus=1"],  # the API names similarity_params, the CLI its flag
+            # the API names similarity_params, the CLI its flag
+            ["--similarity", "soft_wpmi", "--similarity-arg", "bogus=1"],
             "--similarity-arg: similarity 'soft_wpmi': unknown option 'bogus'",
         ),
-        (["--similarity-arg", "top_k=abc"], "option top_k expects int"),
+        (
+            ["--similarity", "soft_wpmi", "--similarity-arg", "top_k=abc"],
+            "option top_k expects int",
+        ),
+        (["--abstain-p", "often"], "--abstain-p: expected a number or 'none'"),
+        (["--abstain-p", "1.5"], "abstain_p must be in (0, 1]"),
         (["--probe-arg", "nonsense=1"], "nonsense"),
         (["--device", "banana"], "device must be"),
     ],

@@ -12,6 +12,7 @@ from discover import LWTA
 from discover.dissection.concepts import concept_set_from_lines
 from discover.dissection.core import DissectConfig, Dissection, concept_matrix, dissect
 from discover.dissection.embedders import AnnotationEmbedder
+from discover.dissection.labels import label_defaults
 
 NAMES = ["red", "star", "striped background", "small", "top left", "circle"]
 
@@ -96,13 +97,18 @@ def test_save_overwrites_and_loads(tmp_path):
     with open(tmp_path / "descriptions.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == [
-        "layer", "unit", "block", "position", "label", "score", "top5", "z", "p_null"
+        "layer", "unit", "block", "position", "label", "abstained", "score", "top5", "z", "p_null"
     ]  # fmt: skip
     assert all(r["z"] and r["p_null"] for r in rows)
     assert len(rows) == 12 and rows[0]["block"] == "" and rows[6]["block"] == "0"
-    assert json.loads(rows[0]["top5"])[0][0] == rows[0]["label"]
+    for row, unit in zip(rows, result.units, strict=True):
+        assert json.loads(row["top5"])[0][0] == unit.label  # the label or first candidate
+        assert row["label"] == (unit.shown_label or "") and row["abstained"] == (unit.abstained or "")
     saved = json.loads((tmp_path / "dissection.json").read_text())
-    assert saved["config"]["similarity"] == "soft_wpmi" and saved["config"]["policy"] == "argmax"
+    default = label_defaults("annotations")
+    assert saved["config"]["similarity"] == default.similarity
+    assert saved["config"]["abstain_p"] == default.abstain_p
+    assert saved["config"]["policy"] == "argmax"
     loaded = Dissection.load(tmp_path)
     assert loaded.labels("act") == result.labels("act")
     with pytest.raises(ValueError, match="no layer 'head'"):
@@ -355,7 +361,7 @@ def test_dissect_caches_under_the_cache_root_by_default(tmp_path, monkeypatch):
     off = dissect(*args, AnnotationEmbedder(table, NAMES), cache_dir=None, **options)
     assert "cache" not in off.meta["recording"]
     with pytest.raises(ValueError, match=r"^similarity_params: similarity 'soft_wpmi': unknown"):
-        dissect(*args, AnnotationEmbedder(table, NAMES), similarity_params={"bogus": 1})
+        dissect(*args, AnnotationEmbedder(table, NAMES), "soft_wpmi", similarity_params={"x": 1})
 
 
 def test_default_folders_of_a_run():

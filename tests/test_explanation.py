@@ -263,13 +263,15 @@ def test_to_dict_follows_the_report_schema_and_round_trips():
         "layer", "kind", "units", "active", "active_fraction", "threshold", "winners"
     }  # fmt: skip
     assert set(layer["winners"][0]) == {
-        "unit", "block", "activation", "label", "score", "probe_percentile"
+        "unit", "block", "activation", "label", "score", "probe_percentile", "abstained",
+        "candidates", "seen",
     }  # fmt: skip
     assert set(data["contributions"]) == {
         "layer", "class_index", "class_label", "logit", "bias", "explained_share", "units"
     }  # fmt: skip
     assert set(data["contributions"]["units"][0]) == {
-        "unit", "label", "activation", "weight", "contribution"
+        "unit", "label", "activation", "weight", "contribution", "abstained", "candidates", "seen",
+        "probe_percentile",
     }  # fmt: skip
     assert Explanation.from_dict(data) == e
 
@@ -402,7 +404,8 @@ def test_cli_explain_skips_an_unreadable_image_and_explains_the_others(tiny_run,
     assert [d["image"] for d in data] == good
     layer = next(row for row in data[0]["layers"] if row["layer"] == "layer2.0.act2")
     assert layer["kind"] == "lwta" and layer["active_fraction"] == 0.25
-    assert all(w["label"] for w in layer["winners"])  # labelled by the dissection
+    # labelled by the dissection, or shown unlabelled with the reason and candidates
+    assert all(w["label"] or (w["abstained"] and w["candidates"]) for w in layer["winners"])
     assert data[0]["prediction"]["label"] in discover.load_concepts("shapes_classes").concepts
 
 
@@ -466,3 +469,94 @@ def test_explain_run_reads_the_run_and_its_dissection(tiny_run, tmp_path):
     shutil.copytree(tiny_run["dissection"], run / "dissection")  # the default place
     assert len(explain_run(run, good).explanations) == 2
     assert explain_run(run, [broken]).explanations == []
+
+
+def test_image_conditioned_labels_on_a_hand_made_P():
+    """Each listed unit's candidates are ordered by how much this image shows them, measured
+    against the probe's average (``ConceptStats``), not by their raw score."""
+    from discover.dissection.core import ConceptStats
+    from discover.dissection.embedders import AnnotationEmbedder
+
+    model = _resnet(U=4, classes=3)
+    layer = "layer3.0.act2"
+    dissection = _fake_dissection(model, [layer])
+    concepts = ["red", "star", "small"]
+    for u in dissection.units:  # every unit: label "red", then "star", then "small"
+        u.label, u.top = "red", [(c, 1.0 - 0.1 * j) for j, c in enumerate(concepts)]
+    # On the probe "small" is everywhere (mean 0.9), "star" rare (mean 0.1).
+    dissection.concept_stats = ConceptStats(
+        concepts, torch.tensor([0.5, 0.1, 0.9]), torch.tensor([0.5, 0.3, 0.3])
+    )
+    images = torch.randint(0, 255, (2, 3, 16, 16), dtype=torch.uint8)
+    # image 0: a small star, no red; image 1: red and small
+    truth = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 1.0]])
+    e0, e1 = explain(
+        model,
+        images,
+        dissection,
+        transform=lambda x: x.float() / 255,
+        embedder=AnnotationEmbedder(truth, concepts),
+        candidates=3,
+    )
+    for e, first in ((e0, "star"), (e1, "red")):
+        rows = e.layer(layer).winners + e.contributions.units
+        assert e.contributions.layer == layer and all(w.seen is None for w in e.layers[0].winners)
+        assert rows and all(r.label == "red" for r in rows)  # the global label stays
+        for r in rows:
+            assert r.conditioned_label == first
+            assert [c for c, _ in r.seen][-1] == ("red" if first == "star" else "star")
+    [w] = [w for w in e0.layer(layer).winners[:1]]
+    assert dict(w.seen) == pytest.approx({"star": 3.0, "small": 1 / 3, "red": -1.0})
+    assert "sees star (+3.0)" in str(e0)
+    again = Explanation.from_dict(json.loads(json.dumps(e0.to_dict())))
+    assert again == e0
+    # without statistics the raw scores order them ("small" ties "star" at 1, then by name)
+    dissection.concept_stats = None
+    [raw] = explain(
+        model,
+        images[:1],
+        dissection,
+        transform=lambda x: x.float() / 255,
+        embedder=AnnotationEmbedder(truth[:1], concepts),
+    )
+    assert raw.layer(layer).winners[0].seen == [("small", 1.0), ("star", 1.0), ("red", 0.0)]
+    with pytest.raises(ValueError, match="raw images"):
+        explain(model, torch.randn(1, 3, 16, 16), dissection, embedder="annotations")
+
+
+def test_units_firing_weakly_on_the_image_are_shown_unlabelled():
+    """``min_percentile``: a listed unit below that share of the probe is "weak here"."""
+    from discover.data import ShapesWorld
+    from discover.dissection.core import dissect
+    from discover.explanation import WEAK
+
+    torch.manual_seed(0)
+    model = discover.create_model(
+        "small_resnet", U=2, num_classes=10, img_size=16, widths=[8, 16], depths=[1, 1]
+    ).eval()
+    probe = ShapesWorld(n=64, image_size=16, split="val")
+    layer = "layer2.0.act2"
+    dissection = dissect(
+        model, [layer], probe, "shapes", "annotations", abstain_p=None, cache_dir=None,
+        progress=False,
+    )  # fmt: skip
+    images = [ShapesWorld(n=4, image_size=16, split="test")[i][0] for i in range(4)]
+    kept = explain(model, images, dissection, min_percentile=None, top=None)
+    strict = explain(model, images, dissection, min_percentile=0.75, top=None)
+    weak = 0
+    for a, b in zip(kept, strict, strict=True):
+        rows = list(zip(a.layer(layer).winners + a.contributions.units,
+                        b.layer(layer).winners + b.contributions.units, strict=True))  # fmt: skip
+        for before, after in rows:
+            assert before.probe_percentile == after.probe_percentile is not None
+            if before.abstained:  # the dissection's own verdict stays
+                assert after.abstained == before.abstained
+            elif after.probe_percentile < 0.75:
+                weak += 1
+                assert after.label is None and after.abstained == WEAK and after.candidates
+            else:
+                assert after.label == before.label is not None
+    assert weak > 0
+    assert any("(unlabelled: weak here" in str(e) for e in strict)
+    with pytest.raises(ValueError, match="min_percentile"):
+        explain(model, images, dissection, min_percentile=1.5)

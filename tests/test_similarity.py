@@ -12,6 +12,7 @@ from discover.dissection.similarity import (
     DEFAULT_SIMILARITY,
     SIMILARITIES,
     cos,
+    corr,
     cos3,
     get_similarity,
     jsd,
@@ -22,13 +23,14 @@ from discover.dissection.similarity import (
     wpmi,
 )
 
-NAMES = ["cos", "cos3", "wpmi", "soft_wpmi", "rank_reorder", "jsd"]
+NAMES = ["cos", "cos3", "corr", "wpmi", "soft_wpmi", "rank_reorder", "jsd"]
 LN2 = math.log(2)
 
 # Small top-k settings so that the tiny test inputs (N = 30) exercise real selections.
 SMALL = {
     "cos": {},
     "cos3": {},
+    "corr": {},
     "wpmi": {"top_k": 7},
     "soft_wpmi": {"top_k": 9},
     "rank_reorder": {"top_fraction": 0.3},
@@ -127,6 +129,15 @@ def test_cos_hand_computed():
     r10, r20 = math.sqrt(10), math.sqrt(20)
     expected = torch.tensor([[1 / r10, 2 / r10], [4 / r20, 1 / r20]])
     torch.testing.assert_close(cos(P, Q), expected)
+
+
+def test_corr_is_pearson_and_ignores_offsets():
+    P, Q = _data(N=60, K=4, M=6)
+    expected = torch.corrcoef(torch.cat([Q, P], dim=1).T)[:4, 4:]
+    torch.testing.assert_close(corr(P, Q), expected)
+    # a concept offset shared by every image (a VLM's baseline cosine) changes nothing
+    torch.testing.assert_close(corr(P + 0.25, 3 * Q - 1), expected)
+    assert not torch.allclose(cos(P + 0.25, Q), cos(P, Q))
 
 
 def test_cos3_hand_computed():

@@ -26,6 +26,7 @@ from discover import __version__
 from discover.data.registry import build_probe
 from discover.demo import DEMO_DATA, DemoConfig, run_demo
 from discover.dissection.core import default_dissection_dir, dissect
+from discover.dissection.labels import LABEL_DEFAULTS
 from discover.dissection.recording import list_layers
 from discover.dissection.sae import PROBE_SPLIT, SAE, SITES, default_sae_dir, train_sae
 from discover.dissection.similarity import (
@@ -40,6 +41,7 @@ from discover.evaluation.sparsity import photo_sparsity
 from discover.explanation import explain, explain_run, print_explanations
 from discover.nn.lwta import EVAL_POLICIES, lwta_layers
 from discover.nn.models import count_parameters, create_model, list_models, save_checkpoint
+from discover.training.clip import ShapesCLIPConfig, train_shapes_clip
 from discover.training.recipes import RECIPES
 from discover.training.runs import load_run
 from discover.training.trainer import NonFiniteLossError, TrainConfig, train
@@ -98,6 +100,21 @@ def _default(api: Callable, name: str) -> str:
     if isinstance(value, (list, tuple)):
         value = " ".join(str(v) for v in value)
     return f"default: {value}".replace("%", "%%")
+
+
+def _label_defaults_text(field: str = "similarity") -> str:
+    """``"annotations: cos, vlm: corr"``: a label default of every embedder kind."""
+    return ", ".join(f"{kind}: {getattr(d, field)}" for kind, d in LABEL_DEFAULTS.items())
+
+
+def _probability_or_none(text: str, flag: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{flag}: expected a number or 'none', got {text!r}") from None
+    return value
 
 
 def _given(args: argparse.Namespace, *names: str, **renamed: str) -> dict[str, Any]:
@@ -205,7 +222,8 @@ def _add_dissect_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--similarity",
-        help=f"one of: {', '.join(SIMILARITIES)} ({_default(dissect, 'similarity')})",
+        help=f"one of: {', '.join(SIMILARITIES)} (default: per embedder kind, "
+        f"{_label_defaults_text()}; the paper's is soft_wpmi)",
     )
     parser.add_argument(
         "--similarity-arg",
@@ -248,6 +266,11 @@ def _add_dissect_options(parser: argparse.ArgumentParser) -> None:
         help="the similarity function that judges each label for that significance "
         f"({_default(dissect, 'significance_similarity')}; 'same': --similarity's)",
     )
+    parser.add_argument(
+        "--abstain-p",
+        help="show a unit unlabelled when its label's p_null is above this; 'none': never "
+        f"(default: per embedder kind, {_label_defaults_text('abstain_p')})",
+    )
     parser.add_argument("--out", required=True, help="output directory")
 
 
@@ -262,6 +285,8 @@ def _dissect_options(args: argparse.Namespace) -> dict[str, Any]:
         options["significance_similarity"] = None if same else args.significance_similarity
     if args.similarity_arg:
         options["similarity_params"] = _key_values(args.similarity_arg, "--similarity-arg")
+    if args.abstain_p is not None:
+        options["abstain_p"] = _probability_or_none(args.abstain_p, "--abstain-p")
     if args.no_cache:
         options["cache_dir"] = None
     elif args.cache_dir is not None:
@@ -598,12 +623,13 @@ def _dissect(args: argparse.Namespace) -> int:
     result = dissect(model, args.layers, _build_probe(args), **options)
     out = result.save(args.out)
     for layer in result.config.layers:
-        labels = result.labels(layer)
+        labels = [label or "(unlabelled)" for label in result.shown_labels(layer)]
         info = result.layer_info(layer)
         shown = ", ".join(labels[:8]) + (" ..." if len(labels) > 8 else "")
+        abstained = sum(label is None for label in result.shown_labels(layer))
         print(
-            f"{layer} ({info.units} units, pooling {info.pooling}, "
-            f"{info.dead_units} never active): {shown}"
+            f"{layer} ({info.units} units, pooling {info.pooling}, {info.dead_units} never "
+            f"active, {abstained} unlabelled): {shown}"
         )
     about = result.about
     skipped = len(about.skipped_images)
@@ -643,6 +669,23 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, help=f"seed of the sampled winners ({_default(explain, 'seed')})"
     )
+    parser.add_argument(
+        "--embedder",
+        help="condition each unit's label on the image: the vision-language model that "
+        "looks at it ('dissection': the one the dissection was made with, or a spec such as "
+        "open_clip:ARCH:WEIGHTS); default: global labels only",
+    )
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        help=f"candidate labels per unit to condition on ({_default(explain, 'candidates')})",
+    )
+    parser.add_argument(
+        "--min-percentile",
+        help="show a listed unit unlabelled when it fires on the image below this share of "
+        "the probe; 'none': never (default: per embedder kind, "
+        f"{_label_defaults_text('min_percentile')})",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument(
         "--allow-stale-dissection",
@@ -663,7 +706,22 @@ def _explain(args: argparse.Namespace) -> int:
         args.run,
         args.images,
         args.dissection,
-        **_given(args, "weights", "allow_mismatch", "policy", "top", "threshold", "seed"),
+        **_given(
+            args,
+            "weights",
+            "allow_mismatch",
+            "policy",
+            "top",
+            "threshold",
+            "seed",
+            "embedder",
+            "candidates",
+        ),
+        **(
+            {"min_percentile": _probability_or_none(args.min_percentile, "--min-percentile")}
+            if args.min_percentile is not None
+            else {}
+        ),
     )
     for path, reason in result.failures.items():
         print(f"error: cannot read image {path}: {reason}", file=sys.stderr)
@@ -695,8 +753,9 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", choices=list(DEMO_DATA), help=_default(DemoConfig.preset, "data"))
     parser.add_argument(
         "--embedder",
-        choices=["annotations", "conse"],
-        help="concept matrix: ground truth (shapes, the default there) or ConSE (offline)",
+        choices=["annotations", "shapes-clip", "conse"],
+        help="concept matrix: ground truth (shapes, the default there), the Shapes world's "
+        "small CLIP (shapes; trained once, about 20 min, then cached) or ConSE (offline)",
     )
     parser.add_argument(
         "--policy",
@@ -723,6 +782,31 @@ def _demo(args: argparse.Namespace) -> int:
     )
     result = run_demo(config, **_given(args, "progress"), log=lambda line: print(line, flush=True))
     print()
+    print(result.summary())
+    return 0
+
+
+# -- discover train-clip ----------------------------------------------------------------------
+def _train_clip_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out", help="folder to write it to (default: the cache, $DISCOVER_CACHE/shapes_clip)"
+    )
+    for name, kind in (("epochs", int), ("images", int), ("seed", int), ("lr", float)):
+        parser.add_argument(f"--{name}", type=kind, help=_default(ShapesCLIPConfig, name))
+    parser.add_argument(
+        "--quiet", dest="progress", action="store_false", default=None, help="no progress bars"
+    )
+
+
+@command(
+    "train-clip",
+    arguments=_train_clip_arguments,
+    help="train (or find in the cache) the Shapes world's small CLIP, offline; prints its "
+    "--embedder spec",
+)
+def _train_clip(args: argparse.Namespace) -> int:
+    config = ShapesCLIPConfig(**_given(args, "epochs", "images", "seed", "lr"))
+    result = train_shapes_clip(config, **_given(args, "out", "progress"))
     print(result.summary())
     return 0
 

@@ -75,8 +75,9 @@ class DemoConfig:
     explain_images: int = 6
     policy: str = "sample"  # LWTA eval policy for evaluation, dissection and explanations
     eval_samples: int = 6  # stochastic passes averaged in the evaluation (policy "sample")
-    similarity: str = "soft_wpmi"
+    similarity: str | None = None  # None: the embedder kind's default (LABEL_DEFAULTS)
     top: int = 8  # winners listed per layer in the explanations
+    precision_images: int = 200  # held-out images whose explanations are checked (Shapes)
     seed: int = 0
     threads: int = 2
 
@@ -110,6 +111,7 @@ _FAST: dict[str, Any] = {
     "test_images": 200,
     "explain_images": 3,
     "eval_samples": 2,
+    "precision_images": 40,
 }
 
 
@@ -143,6 +145,11 @@ class DemoData(ABC):
     def held_out(self, config: DemoConfig) -> Dataset:
         """Raw held-out images (``uint8`` tensors) to explain, never seen in training."""
 
+    def truth(self, held_out: Dataset, indices: list[int]) -> tuple[torch.Tensor, list[str]] | None:
+        """The concepts of held-out images ``(len(indices), C)`` and their names, where the
+        data set knows them (``None``: it does not, so explanations cannot be checked)."""
+        return None
+
 
 DEMO_DATA: Registry[DemoData] = Registry("demo data")
 
@@ -159,7 +166,7 @@ def get_demo_data(name: str) -> DemoData:
 
 class _Shapes(DemoData):
     name = dataset = "shapes"
-    embedders = ("annotations", "conse")
+    embedders = ("annotations", "shapes-clip", "conse")
     concepts = "shapes"
 
     def train_options(self, config: DemoConfig) -> dict[str, Any]:
@@ -176,9 +183,11 @@ class _Shapes(DemoData):
     def held_out(self, config: DemoConfig) -> Dataset:
         from discover.data.shapes import ShapesWorld
 
-        return ShapesWorld(
-            n=max(200, config.explain_images), image_size=config.image_size, split="test"
-        )
+        n = max(200, config.explain_images, config.precision_images)
+        return ShapesWorld(n=n, image_size=config.image_size, split="test")
+
+    def truth(self, held_out: Dataset, indices: list[int]) -> tuple[torch.Tensor, list[str]]:
+        return held_out.concepts_table(indices), list(held_out.concept_names)
 
 
 class _FashionMNIST(DemoData):
@@ -235,6 +244,8 @@ class DemoResult:
     sparsity: dict[str, float]  # model -> mean active fraction over the explained layers
     description_scores: dict[str, dict[str, Any]]  # model -> final-layer protocol figures
     final_labels: dict[str, list[str]]  # model -> classifier unit labels (class-name concepts)
+    # model -> ExplanationScores.to_dict() on held-out images whose concepts are known
+    explanation_precision: dict[str, dict[str, Any]]
     class_names: list[str]
     policy: str
     test_images: int
@@ -263,6 +274,16 @@ class DemoResult:
                 f"{_percent(self.sparsity.get(model)):>9}   top-1 "
                 f"{_percent(scores.get('top1'))}, top-5 {_percent(scores.get('top5'))}"
             )
+        for model, figures in self.explanation_precision.items():
+            table = figures.get("contributions") or {}
+            if table.get("precision") is not None:
+                lines.append(
+                    f"{model} explanations: {_percent(table['precision'])} of the labels in the "
+                    f"contribution tables are true of the held-out image (shuffled labels "
+                    f"{_percent(table.get('shuffled'))}, chance {_percent(figures['chance'])}, "
+                    f"{_percent(table.get('abstained'))} of the rows unlabelled; "
+                    f"{figures['images']} images)"
+                )
         for model, labels in self.final_labels.items():
             matched = sum(a == b for a, b in zip(labels, self.class_names, strict=False))
             lines.append(
@@ -355,6 +376,7 @@ def run_demo(
     from discover.dissection.core import Dissection, dissect
     from discover.dissection.embedders import build_embedder
     from discover.evaluation.classification import evaluate_run
+    from discover.evaluation.explanations import score_explanations
     from discover.explanation import explain, explanations_to_json, find_classifier
     from discover.nn.lwta import lwta_layers
     from discover.training.runs import load_run
@@ -364,7 +386,8 @@ def run_demo(
     if config.U < 2:
         raise ValueError(f"discover demo: U must be >= 2 for the CVN, got {config.U}")
     counts = ("threads", "epochs", "batch_size", "train_images", "probe_images", "test_images")
-    for name, least in [*((n, 1) for n in counts), ("eval_samples", 1), ("explain_images", 0)]:
+    lows = [("eval_samples", 1), ("explain_images", 0), ("precision_images", 0)]
+    for name, least in [*((n, 1) for n in counts), *lows]:
         value = getattr(config, name)
         if not isinstance(value, int) or value < least:
             raise ValueError(f"discover demo: {name} must be an integer >= {least}, got {value!r}")
@@ -437,12 +460,12 @@ def run_demo(
         dissections: dict[str, Any] = {}
         final_scores: dict[str, dict[str, Any]] = {}
         final_labels: dict[str, list[str]] = {}
-        emb = build_embedder(config.embedder)
+        emb = build_embedder(_embedder_spec(config, progress, log))
         for key, model in models.items():
             log(f"dissecting the {names[key]} ...")
             done = step("dissect")
             common = dict(
-                similarity=config.similarity,
+                similarity=config.similarity,  # None: the embedder kind's default
                 policy=config.policy,
                 seed=config.seed,
                 cache_dir=cache,
@@ -485,6 +508,7 @@ def run_demo(
         images = [item[0] for item in raw]
         targets = [int(item[1]) for item in raw]
         image_names = [f"{spec.name}-held-out[{i}]" for i in picked]
+        looker = emb if emb.kind == "vlm" else None  # ground truth would be an oracle
         explanations = []
         for key, model in models.items():
             explanations += explain(
@@ -497,11 +521,50 @@ def run_demo(
                 names=image_names,
                 targets=targets,
                 seed=config.seed,
+                embedder=looker,
             )
         explanations_to_json(explanations, out / "explanations.json")
         done()
 
-        # 4. the report
+        # 4. how often the explanations' labels are true of held-out images (where known)
+        precision: dict[str, Any] = {}
+        checked = list(range(min(config.precision_images, len(held_out))))
+        truth = spec.truth(held_out, checked) if checked else None
+        if truth is not None:
+            done = step("explanation precision")
+            log(
+                f"checking explanations of {len(checked)} held-out images against their concepts ..."
+            )
+            table, concept_names = truth
+            pictures_checked = [held_out[i][0] for i in checked]
+            scores = None
+            if looker is not None:
+                scores = looker.concept_matrix(pictures_checked, concept_names, progress=False)
+            for key, model in models.items():
+                checked_explanations = explain(
+                    model,
+                    pictures_checked,
+                    dissections[key],
+                    policy=config.policy,
+                    top=config.top,
+                    class_names=class_names,
+                    seed=config.seed,
+                    embedder=looker,
+                )
+                stats = dissections[key].concept_stats
+                precision[key] = score_explanations(
+                    checked_explanations,
+                    dissections[key],
+                    table,
+                    concept_names,
+                    image_scores=None
+                    if scores is None
+                    else stats.standardise(concept_names, scores),
+                    seed=config.seed,
+                )
+            done()
+
+        # 5. the report
         done = step("report")
         log("writing the report ...")
         from torchvision.transforms.functional import to_pil_image
@@ -517,8 +580,9 @@ def run_demo(
                 probe=probe,
                 accuracy={"top1": evaluations[key].top1, "top5": evaluations[key].top5},
                 sparsity={row.layer: row.fraction for row in evaluations[key].sparsity},
-                settings=_settings(config, loaded[key], evaluations[key]),
+                settings=_settings(config, loaded[key], evaluations[key], dissections[key]),
                 description_scores=final_scores[key],
+                explanation_scores=precision.get(key),
             )
             for key, model in models.items()
         ]
@@ -542,6 +606,7 @@ def run_demo(
         },
         description_scores={names[k]: v for k, v in final_scores.items()},
         final_labels={names[k]: v for k, v in final_labels.items()},
+        explanation_precision={names[k]: v.to_dict() for k, v in precision.items()},
         class_names=class_names,
         policy=config.policy,
         test_images=evaluations["cvn"].images,
@@ -567,7 +632,18 @@ def _compact_scores(scores: Any, labels: list[str]) -> dict[str, Any]:
     return compact
 
 
-def _settings(config: DemoConfig, run: Any, evaluation: Any) -> dict[str, Any]:
+def _embedder_spec(config: DemoConfig, progress: bool, log: Callable[[str], None]) -> str:
+    """The embedder spec of ``config``: ``shapes-clip`` is the Shapes world's small CLIP,
+    trained on first use (about 20 minutes on 2 cores) and then read from the cache."""
+    if config.embedder != "shapes-clip":
+        return config.embedder
+    from discover.training.clip import train_shapes_clip
+
+    log("the Shapes CLIP (trained once, then cached) ...")
+    return train_shapes_clip(progress=progress).spec
+
+
+def _settings(config: DemoConfig, run: Any, evaluation: Any, dissection: Any) -> dict[str, Any]:
     recipe = run.recipe
     return {
         "model": run.train.model,
@@ -578,8 +654,9 @@ def _settings(config: DemoConfig, run: Any, evaluation: Any) -> dict[str, Any]:
         "recipe": f"{recipe.name} (lr {recipe.lr}, {recipe.epochs} epochs)",
         "evaluation": f"policy {evaluation.policy}, {evaluation.samples} pass(es), "
         f"{evaluation.images} held-out images",
-        "dissection": f"{config.similarity}, embedder {config.embedder}, "
-        f"{config.probe_images} probe images, LWTA policy {config.policy}, seed {config.seed}",
+        "dissection": f"{dissection.config.similarity}, embedder {config.embedder}, "
+        f"{config.probe_images} probe images, LWTA policy {config.policy}, seed {config.seed}, "
+        f"units unlabelled when p_null > {dissection.config.abstain_p}",
     }
 
 

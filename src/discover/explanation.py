@@ -22,6 +22,15 @@ conv maps):
   (unit, position) entries that won (exactly ``1/U`` for LWTA), or that exceed the threshold;
 * winners are sorted by ``|activation|``, contributions by ``|contribution|``, both
   descending, and ``top`` keeps the first ones (``active`` always counts all of them);
+* **labels**: a unit's ``label`` is the dissection's label, or ``None`` when the dissection
+  shows the unit unlabelled (``abstained`` gives why; ``candidates`` lists its best
+  concepts either way);
+* **image-conditioned labels** (``embedder=``): for every listed unit, the vision-language
+  model scores the unit's candidates in *this* image; each score is standardised by that
+  concept's mean and spread over the dissection's probe (``Dissection.concept_stats``; a
+  dissection without them keeps the raw score), and ``seen`` lists the candidates by that
+  score, ``conditioned_label`` the first. It says which of the unit's meanings this image
+  shows, next to the unit's global label;
 * the layer of a sparse autoencoder whose latents were dissected (``dissect(..., sae=)``) is
   explained through its latents (kind ``sae``): a latent is active if it is nonzero after
   pooling (:meth:`~discover.dissection.sae.SAE.image_latents`), ``active_fraction`` is the
@@ -44,6 +53,8 @@ from torch import nn
 
 from discover._utils import write_atomic
 from discover.dissection.core import Dissection, StaleDissectionError
+from discover.dissection.embedders import build_embedder
+from discover.dissection.labels import LABEL_DEFAULTS
 from discover.dissection.recording import (
     default_input_size,
     pool,
@@ -57,6 +68,8 @@ from discover.nn.lwta import LWTA, capture_winners, eval_policy, lwta_layers
 __all__ = [
     "DEFAULT_THRESHOLD",
     "DEFAULT_TOP",
+    "DEFAULT_CANDIDATES",
+    "WEAK",
     "Winner",
     "LayerExplanation",
     "UnitContribution",
@@ -76,6 +89,10 @@ DEFAULT_THRESHOLD = 1e-4
 """Dense layers: a unit is active when ``|activation| > DEFAULT_THRESHOLD`` (reference value)."""
 DEFAULT_TOP = 10
 """How many winners per layer (and contributions) an explanation lists by default."""
+DEFAULT_CANDIDATES = 5
+"""Candidate labels per unit that image-conditioned explanations choose from."""
+WEAK = "weak here"
+"""Why a listed unit is unlabelled in one image: it fires there below ``min_percentile``."""
 
 
 @dataclass
@@ -85,11 +102,21 @@ class Winner:
     unit: int
     block: int | None  # LWTA block (unit // U); None for dense layers
     activation: float  # pooled like the dissection pooled the layer
-    label: str | None = None
+    label: str | None = None  # None: not dissected, or shown unlabelled (see abstained)
     score: float | None = None
     probe_percentile: float | None = None
     """Share of the dissection's probe images on which this unit's pooled activation is
     lower (from the dissection's ``Q``): 0.99 means this image drives it like the top 1 %."""
+    abstained: str | None = None  # why the dissection shows the unit unlabelled
+    candidates: list[str] = field(default_factory=list)  # its best concepts, best first
+    seen: list[tuple[str, float]] | None = None
+    """The candidates by how strongly the embedder sees them in this image (standardised
+    score, highest first); ``None`` without ``explain(embedder=...)``."""
+
+    @property
+    def conditioned_label(self) -> str | None:
+        """The candidate this image shows most (``None`` without conditioning)."""
+        return self.seen[0][0] if self.seen else None
 
 
 @dataclass
@@ -110,10 +137,19 @@ class UnitContribution:
     """``activation x weight``: one feature's part of the predicted class logit."""
 
     unit: int
-    label: str | None
+    label: str | None  # None: not dissected, or shown unlabelled (see abstained)
     activation: float
     weight: float
     contribution: float
+    abstained: str | None = None
+    candidates: list[str] = field(default_factory=list)
+    seen: list[tuple[str, float]] | None = None  # as Winner.seen
+    probe_percentile: float | None = None  # as Winner.probe_percentile
+
+    @property
+    def conditioned_label(self) -> str | None:
+        """The candidate this image shows most (``None`` without conditioning)."""
+        return self.seen[0][0] if self.seen else None
 
 
 @dataclass
@@ -153,7 +189,7 @@ class Explanation:
     def from_dict(cls, data: dict[str, Any]) -> Explanation:
         """Inverse of :meth:`to_dict`."""
         layers = [
-            LayerExplanation(**{**l, "winners": [Winner(**w) for w in l["winners"]]})
+            LayerExplanation(**{**l, "winners": [_with_pairs(Winner, w) for w in l["winners"]]})
             for l in data["layers"]  # noqa: E741
         ]
         contributions = data.get("contributions")
@@ -161,7 +197,7 @@ class Explanation:
             contributions = Contributions(
                 **{
                     **contributions,
-                    "units": [UnitContribution(**u) for u in contributions["units"]],
+                    "units": [_with_pairs(UnitContribution, u) for u in contributions["units"]],
                 }
             )
         return cls(**{**data, "layers": layers, "contributions": contributions})
@@ -196,7 +232,7 @@ class Explanation:
                 pct = "" if w.probe_percentile is None else f"  p{100 * w.probe_percentile:.0f}"
                 lines.append(
                     f"    unit {w.unit:>5}  {block}{w.activation:>+10.4f}{pct}  "
-                    f"{w.label or '-'}{score}"
+                    f"{_shown(w.label, w.abstained, w.candidates)}{score}{_seen_text(w.seen)}"
                 )
         c = self.contributions
         if c is not None:
@@ -204,7 +240,8 @@ class Explanation:
             for u in c.units:
                 lines.append(
                     f"    unit {u.unit:>5}  {u.activation:>+9.4f} x {u.weight:>+8.4f} = "
-                    f"{u.contribution:>+9.4f}  {u.label or '-'}"
+                    f"{u.contribution:>+9.4f}  {_shown(u.label, u.abstained, u.candidates)}"
+                    f"{_seen_text(u.seen)}"
                 )
         return "\n".join(lines)
 
@@ -217,33 +254,66 @@ class Explanation:
         parts: list[Any] = [f"[bold]{_escape(self.headline())}[/bold]"]
         for row in self.layers:
             table = Table(title=_escape(_layer_title(row).strip()), title_justify="left")
-            for name in ("unit", "block", "activation", "probe pct", "label", "score"):
-                table.add_column(name, justify="left" if name == "label" else "right")
+            conditioned = any(w.seen for w in row.winners)
+            columns = ["unit", "block", "activation", "probe pct", "label", "score"]
+            for name in columns + (["in this image"] if conditioned else []):
+                table.add_column(
+                    name, justify="left" if "label" in name or "image" in name else "right"
+                )
             for w in row.winners:
                 table.add_row(
                     str(w.unit),
                     "-" if w.block is None else str(w.block),
                     f"{w.activation:+.4f}",
                     "-" if w.probe_percentile is None else f"{100 * w.probe_percentile:.0f}",
-                    _escape(w.label or "-"),
+                    _escape(_shown(w.label, w.abstained, w.candidates)),
                     "-" if w.score is None else f"{w.score:.3g}",
+                    *([_escape(_seen_text(w.seen).strip())] if conditioned else []),
                 )
             parts.append(table)
         c = self.contributions
         if c is not None:
             table = Table(title=_escape(_contributions_title(c).strip()), title_justify="left")
-            for name in ("unit", "activation", "weight", "contribution", "label"):
-                table.add_column(name, justify="left" if name == "label" else "right")
+            conditioned = any(u.seen for u in c.units)
+            columns = ["unit", "activation", "weight", "contribution", "label"]
+            for name in columns + (["in this image"] if conditioned else []):
+                table.add_column(
+                    name, justify="left" if "label" in name or "image" in name else "right"
+                )
             for u in c.units:
                 table.add_row(
                     str(u.unit),
                     f"{u.activation:+.4f}",
                     f"{u.weight:+.4f}",
                     f"{u.contribution:+.4f}",
-                    _escape(u.label or "-"),
+                    _escape(_shown(u.label, u.abstained, u.candidates)),
+                    *([_escape(_seen_text(u.seen).strip())] if conditioned else []),
                 )
             parts.append(table)
         return Group(*parts)
+
+
+def _with_pairs(cls: type, data: dict[str, Any]) -> Any:
+    """``cls(**data)`` with ``seen`` as (concept, score) tuples again (JSON gives lists)."""
+    seen = data.get("seen")
+    return cls(**{**data, "seen": None if seen is None else [tuple(p) for p in seen]})
+
+
+def _shown(label: str | None, abstained: str | None, candidates: Sequence[str]) -> str:
+    """How a listed unit's label reads: the label, or why it is unlabelled and its
+    candidates."""
+    if label is not None:
+        return label
+    if abstained is None:
+        return "-"
+    listed = ", ".join(candidates[:3])
+    return f"(unlabelled: {abstained}{'; ' + listed if listed else ''})"
+
+
+def _seen_text(seen: list[tuple[str, float]] | None) -> str:
+    if not seen:
+        return ""
+    return "  sees " + ", ".join(f"{c} ({z:+.1f})" for c, z in seen[:3])
 
 
 def _escape(text: str) -> str:
@@ -366,8 +436,10 @@ def _as_batch(
     images: Any,
     names: Sequence[str] | None,
     transform: Callable | None,
-) -> tuple[torch.Tensor, list[str]]:
-    """Model inputs ``(N, C, H, W)`` and a name per image."""
+) -> tuple[torch.Tensor, list[str], list[Any] | None]:
+    """Model inputs ``(N, C, H, W)``, a name per image and the raw images (``None`` when
+    given preprocessed float tensors)."""
+    raw: list[Any] | None = None
     if isinstance(images, torch.Tensor) and images.is_floating_point():
         batch = images.unsqueeze(0) if images.dim() == 3 else images
         if batch.dim() != 4:
@@ -386,7 +458,7 @@ def _as_batch(
         if not items:
             raise ValueError("explain: no images given")
         tf = transform or _eval_transform(model)
-        loaded, default = [], []
+        loaded, default, raw = [], [], []
         for i, item in enumerate(items):
             if isinstance(item, (str, os.PathLike)):
                 read, _, failures = read_images([item])
@@ -406,12 +478,13 @@ def _as_batch(
                     f"explain: cannot preprocess {label} ({type(item).__name__}): {exc}"
                 ) from None
             default.append(label)
+            raw.append(item)
         batch = torch.stack(loaded)
     if names is None:
         names = default
     if len(names) != len(batch):
         raise ValueError(f"explain: {len(names)} names for {len(batch)} images")
-    return batch, list(names)
+    return batch, list(names), raw
 
 
 # -- the model's classifier -------------------------------------------------------------------
@@ -542,6 +615,9 @@ def explain(
     device: str | torch.device = "cpu",
     allow_mismatch: bool = False,
     sae: SAE | str | os.PathLike | None = None,
+    embedder: Any = None,
+    candidates: int = DEFAULT_CANDIDATES,
+    min_percentile: float | str | None = "default",
 ) -> list[Explanation]:
     """Explain each image's prediction through the units that fired (one forward pass).
 
@@ -566,6 +642,19 @@ def explain(
             warning instead of refusing it.
         sae: the SAE whose latents the dissection labels (default: the folder recorded in
             the dissection, ``meta["sae"]``); its layer is explained through its latents.
+        embedder: condition the labels on each image (see the module docstring): an
+            :class:`~discover.dissection.embedders.Embedder` or spec that scores the listed
+            units' candidates in the images (raw images only), e.g. the dissection's own
+            (``Dissection.about.embedder_spec``). An
+            :class:`~discover.dissection.embedders.AnnotationEmbedder` with a table of the
+            images' concepts gives the ground truth instead (an oracle).
+        candidates: candidate labels per unit to condition on (its best concepts).
+        min_percentile: a listed unit that fires on this image below this share of the
+            dissection's probe images (``probe_percentile``) is shown unlabelled, reason
+            ``"weak here"``: its label says what drives it *strongly*, and it is not driven
+            here. ``"default"``: the value for the dissection's embedder kind
+            (:data:`~discover.dissection.labels.LABEL_DEFAULTS`); ``None`` labels every
+            listed unit the dissection labels.
 
     Returns:
         one :class:`Explanation` per image.
@@ -593,7 +682,24 @@ def explain(
     if dissection is not None:
         dissection.check_model(model, allow_mismatch=allow_mismatch)
     sae = _dissected_sae(dissection, sae, allow_mismatch)
-    batch, names = _as_batch(model, images, names, transform)
+    if candidates < 1:
+        raise ValueError(f"explain: candidates must be >= 1, got {candidates}")
+    if isinstance(min_percentile, str):
+        if min_percentile != "default":
+            raise ValueError(
+                f"explain: min_percentile must be a number, None or 'default', got {min_percentile!r}"
+            )
+        min_percentile = _default_min_percentile(dissection)
+    if min_percentile is not None and not 0 <= min_percentile <= 1:
+        raise ValueError(f"explain: min_percentile must be in [0, 1] or None, got {min_percentile}")
+    if embedder is not None and dissection is None:
+        raise ValueError("explain: embedder= conditions a dissection's labels; pass dissection=")
+    batch, names, raw = _as_batch(model, images, names, transform)
+    if embedder is not None and raw is None:
+        raise ValueError(
+            "explain: embedder= needs the raw images (files, PIL images or uint8 tensors) to "
+            "show them to the embedder, not preprocessed float tensors"
+        )
     if targets is not None and len(targets) != len(batch):
         raise ValueError(f"explain: {len(targets)} targets for {len(batch)} images")
     lwta = lwta_layers(model)
@@ -680,7 +786,14 @@ def explain(
             U = module.U if isinstance(module, LWTA) and module.U > 1 and kind != "sae" else None
             probe_q = dissection.activations.get(name) if dissection is not None else None
             winners = [
-                _winner(unit, float(data["pooled"][i, unit]), U, index.get(name), probe_q)
+                _winner(
+                    unit,
+                    float(data["pooled"][i, unit]),
+                    U,
+                    index.get(name),
+                    probe_q,
+                    min_percentile,
+                )
                 for unit in data["active"][i].nonzero().flatten().tolist()
             ]
             winners.sort(key=lambda w: (-abs(w.activation), w.unit))
@@ -712,10 +825,62 @@ def explain(
                 layers=rows,
                 contributions=None
                 if head is None
-                else _contributions(head, i, predicted, class_names, index, top),
+                else _contributions(
+                    head,
+                    i,
+                    predicted,
+                    class_names,
+                    index,
+                    top,
+                    dissection.activations.get(head["layer"]) if dissection is not None else None,
+                    min_percentile,
+                ),
             )
         )
+    if embedder is not None:
+        _condition(explanations, raw, dissection, embedder, candidates)
     return explanations
+
+
+def _listed(explanation: Explanation) -> list[Any]:
+    """Every listed winner and contribution of an explanation (the rows that show labels)."""
+    rows: list[Any] = [w for layer in explanation.layers for w in layer.winners]
+    if explanation.contributions is not None:
+        rows += explanation.contributions.units
+    return rows
+
+
+def _condition(
+    explanations: list[Explanation],
+    raw: list[Any],
+    dissection: Dissection,
+    embedder: Any,
+    candidates: int,
+) -> None:
+    """Fill ``seen`` of every listed row: its candidates scored in its image."""
+    emb = build_embedder(embedder)
+    wanted = list(
+        dict.fromkeys(
+            c for e in explanations for row in _listed(e) for c in row.candidates[:candidates]
+        )
+    )
+    if not wanted:
+        return
+    scores = emb.concept_matrix(raw, wanted, progress=False).float()
+    if tuple(scores.shape) != (len(raw), len(wanted)):
+        raise ValueError(
+            f"explain: embedder {emb.name!r} returned scores of shape {tuple(scores.shape)} "
+            f"for {len(raw)} images and {len(wanted)} candidate concepts"
+        )
+    stats = dissection.concept_stats
+    if stats is not None and set(wanted) <= set(stats.names):
+        scores = stats.standardise(wanted, scores)
+    column = {c: j for j, c in enumerate(wanted)}
+    for i, explanation in enumerate(explanations):
+        for row in _listed(explanation):
+            if row.candidates:
+                pairs = [(c, float(scores[i, column[c]])) for c in row.candidates[:candidates]]
+                row.seen = sorted(pairs, key=lambda pair: (-pair[1], pair[0]))
 
 
 def _dissected_sae(
@@ -747,24 +912,54 @@ def _dissected_sae(
     return sae
 
 
+def _default_min_percentile(dissection: Dissection | None) -> float | None:
+    """The ``min_percentile`` default for a dissection's embedder kind (``None`` without one)."""
+    kind = dissection.about.embedder_kind if dissection is not None else None
+    return LABEL_DEFAULTS[kind].min_percentile if kind in LABEL_DEFAULTS else None
+
+
+def _percentile(probe_q: torch.Tensor | None, unit: int, activation: float) -> float | None:
+    """The share of the probe on which ``unit`` is less active than ``activation``."""
+    if probe_q is None or unit >= probe_q.shape[1] or not len(probe_q):
+        return None
+    return float((probe_q[:, unit] < activation).float().mean())
+
+
+def _label(
+    described: Any, percentile: float | None, min_percentile: float | None
+) -> tuple[str | None, str | None, list[str]]:
+    """``(label, why unlabelled, candidates)`` of a listed unit in this image: the
+    dissection's verdict, and ``"weak here"`` when the unit fires on this image below
+    ``min_percentile`` of the probe (its label describes what drives it strongly)."""
+    if described is None:
+        return None, None, []
+    if described.abstained:
+        return None, described.abstained, described.candidates
+    if min_percentile is not None and percentile is not None and percentile < min_percentile:
+        return None, WEAK, described.candidates
+    return described.label, None, described.candidates
+
+
 def _winner(
     unit: int,
     activation: float,
     U: int | None,
     labels: dict[int, Any] | None,
     probe_q: torch.Tensor | None,
+    min_percentile: float | None,
 ) -> Winner:
     described = labels.get(unit) if labels else None
-    percentile = None
-    if probe_q is not None and unit < probe_q.shape[1] and len(probe_q):
-        percentile = float((probe_q[:, unit] < activation).float().mean())
+    percentile = _percentile(probe_q, unit, activation)
+    label, why, candidates = _label(described, percentile, min_percentile)
     return Winner(
         unit=unit,
         block=unit // U if U else None,
         activation=activation,
-        label=described.label if described is not None else None,
+        label=label,
         score=float(described.score) if described is not None else None,
         probe_percentile=percentile,
+        abstained=why,
+        candidates=candidates,
     )
 
 
@@ -814,22 +1009,30 @@ def _contributions(
     class_names: Sequence[str],
     index: dict[str, dict[int, Any]],
     top: int | None,
+    probe_q: torch.Tensor | None,
+    min_percentile: float | None,
 ) -> Contributions:
     x = head["features"][i].cpu()
     w = head["weight"][cls]
     bias = float(head["bias"][cls]) if head["bias"] is not None else 0.0
     logit = float(head["logits"][i, cls])
     labels = index.get(head["layer"], {})
-    units = [
-        UnitContribution(
-            unit=unit,
-            label=labels[unit].label if unit in labels else None,
-            activation=float(x[unit]),
-            weight=float(w[unit]),
-            contribution=float(x[unit] * w[unit]),
+    units = []
+    for unit in head["active"][i].nonzero().flatten().tolist():
+        percentile = _percentile(probe_q, unit, float(x[unit]))
+        label, why, candidates = _label(labels.get(unit), percentile, min_percentile)
+        units.append(
+            UnitContribution(
+                unit=unit,
+                label=label,
+                activation=float(x[unit]),
+                weight=float(w[unit]),
+                contribution=float(x[unit] * w[unit]),
+                abstained=why,
+                candidates=candidates,
+                probe_percentile=percentile,
+            )
         )
-        for unit in head["active"][i].nonzero().flatten().tolist()
-    ]
     units.sort(key=lambda u: (-abs(u.contribution), u.unit))
     listed = units[:top] if top is not None else units
     explained = math.fsum(u.contribution for u in listed)
@@ -862,6 +1065,7 @@ def explain_run(
     *,
     weights: str = "best",
     allow_mismatch: bool = False,
+    embedder: Any = None,
     **options: Any,
 ) -> RunExplanations:
     """Explain image files with a training run's model, labelled by the run's dissection.
@@ -880,8 +1084,10 @@ def explain_run(
         weights: ``best`` or ``last`` (see :func:`~discover.training.runs.load_run`).
         allow_mismatch: use a dissection made for other weights, layers or ``U`` (a warning
             instead of :class:`~discover.dissection.core.StaleDissectionError`).
+        embedder: condition the labels on each image (:func:`explain`); ``"dissection"``
+            rebuilds the vision-language model the dissection was made with.
         options: further keywords of :func:`explain` (``policy``, ``top``, ``threshold``,
-            ``seed``, ``layers``, ...).
+            ``seed``, ``layers``, ``candidates``, ...).
 
     Raises:
         FileNotFoundError: the run has no dissection at the default place; the message gives
@@ -911,16 +1117,40 @@ def explain_run(
             )
         found = Dissection.load(folder)
     found.check_model(loaded.model, allow_mismatch=allow_mismatch, run=os.fspath(run))
+    if isinstance(embedder, str) and embedder == "dissection":
+        embedder = _dissection_embedder(found)
     pictures, names, failures = read_images(images)
     options.setdefault("class_names", loaded.class_names)
     explanations = (
         explain(
-            loaded.model, pictures, found, names=names, allow_mismatch=allow_mismatch, **options
+            loaded.model,
+            pictures,
+            found,
+            names=names,
+            allow_mismatch=allow_mismatch,
+            embedder=embedder,
+            **options,
         )
         if pictures
         else []
     )
     return RunExplanations(explanations, failures, found.folder)
+
+
+def _dissection_embedder(dissection: Dissection) -> str:
+    """The spec of the vision-language model a dissection was made with, for conditioning."""
+    about = dissection.about
+    if about.embedder_kind == "annotations":
+        raise ValueError(
+            f"the dissection in {dissection.folder} was made with ground-truth annotations, "
+            "which cannot look at new images; pass another embedder (e.g. open_clip:ARCH:WEIGHTS)"
+        )
+    if not about.embedder_spec:
+        raise ValueError(
+            f"the dissection in {dissection.folder} does not record how to rebuild its embedder "
+            f"({about.embedder or 'unknown'}); pass the embedder spec instead"
+        )
+    return about.embedder_spec
 
 
 def explanations_to_json(explanations: Sequence[Explanation], path: str | Path) -> Path:

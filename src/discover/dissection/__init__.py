@@ -7,10 +7,11 @@ Imports :mod:`discover.nn` and :mod:`discover.data`.
 
 from __future__ import annotations
 
-from . import concepts, core, embedders, recording, sae, similarity
+from . import concepts, core, embedders, labels, recording, sae, similarity
 from .concepts import *  # noqa: F403
 from .core import *  # noqa: F403
 from .embedders import *  # noqa: F403
+from .labels import *  # noqa: F403
 from .recording import *  # noqa: F403
 from .sae import *  # noqa: F403
 from .similarity import *  # noqa: F403
@@ -19,6 +20,7 @@ __all__ = [
     *concepts.__all__,
     *core.__all__,
     *embedders.__all__,
+    *labels.__all__,
     *recording.__all__,
     *sae.__all__,
     *similarity.__all__,

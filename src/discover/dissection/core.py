@@ -42,6 +42,12 @@ from discover._utils import (
 )
 from discover.dissection.concepts import ConceptSet, load_concepts
 from discover.dissection.embedders import Embedder, build_embedder
+from discover.dissection.labels import (
+    TIE_BREAK_SIMILARITY,
+    abstentions,
+    choose_labels,
+    label_defaults,
+)
 from discover.dissection.recording import (
     dataset_fingerprint,
     model_fingerprint,
@@ -55,12 +61,13 @@ from discover.dissection.significance import (
     SIGNIFICANT_P,
     label_significance,
 )
-from discover.dissection.similarity import DEFAULT_SIMILARITY, get_similarity
+from discover.dissection.similarity import get_similarity
 from discover.nn.lwta import LWTA
 from discover.nn.models import count_parameters
 
 __all__ = [
     "UnitDescription",
+    "ConceptStats",
     "DissectedLayer",
     "DissectedModel",
     "Dissection",
@@ -71,7 +78,18 @@ __all__ = [
     "dissect",
 ]
 
-CSV_COLUMNS = ("layer", "unit", "block", "position", "label", "score", "top5", "z", "p_null")
+CSV_COLUMNS = (
+    "layer",
+    "unit",
+    "block",
+    "position",
+    "label",
+    "abstained",
+    "score",
+    "top5",
+    "z",
+    "p_null",
+)
 SCORES_FILE = "scores.safetensors"  # optional: the full score matrices (keep_scores=True)
 ACTIVATIONS_FILE = "activations.safetensors"  # Q and the winner fractions per layer
 OLD_SCORES_FILE = "scores.pt"  # the score matrices as written by discover 0.1; still read
@@ -93,7 +111,13 @@ class StaleDissectionError(ValueError):
 
 @dataclass
 class UnitDescription:
-    """The description of one unit; ``block``/``position`` are set for LWTA layers."""
+    """The description of one unit; ``block``/``position`` are set for LWTA layers.
+
+    ``label`` is the similarity function's best concept (ties broken as
+    :mod:`discover.dissection.labels` says); when ``abstained`` names a reason, the unit is
+    shown *unlabelled* and ``label`` is only its first candidate (:attr:`shown_label` is
+    then ``None``).
+    """
 
     layer: str
     unit: int
@@ -109,11 +133,24 @@ class UnitDescription:
     p_null: float | None = None
     """The null's upper tail beyond the score (Gumbel fit); the label beats chance when
     ``p_null <= 0.001``."""
+    abstained: str | None = None
+    """Why the unit is shown unlabelled (one of
+    :data:`~discover.dissection.labels.ABSTAIN_REASONS`), or ``None``: it is labelled."""
 
     @property
     def above_chance(self) -> bool | None:
         """Whether the label beats the shuffled-image null (``None``: not measured)."""
         return None if self.p_null is None else self.p_null <= SIGNIFICANT_P
+
+    @property
+    def shown_label(self) -> str | None:
+        """The label a reader sees: ``label``, or ``None`` when the unit abstained."""
+        return None if self.abstained else self.label
+
+    @property
+    def candidates(self) -> list[str]:
+        """The unit's concepts, best first (the label or, if it abstained, its candidates)."""
+        return [concept for concept, _ in self.top]
 
 
 @dataclass
@@ -123,7 +160,7 @@ class DissectConfig:
     layers: list[str]
     concepts: str
     embedder: str
-    similarity: str = DEFAULT_SIMILARITY
+    similarity: str = "soft_wpmi"  # files of discover <= 0.3 do not say; that was the default
     similarity_params: dict[str, Any] = field(default_factory=dict)
     pooling: str | dict[str, str] = "auto"
     policy: str = "argmax"
@@ -133,6 +170,7 @@ class DissectConfig:
     null_repeats: int = 0  # shuffled-image draws behind each label's z (0: none)
     # the function that judges each label for its z (None: ``similarity``, discover <= 0.3)
     significance_similarity: str | None = None
+    abstain_p: float | None = None  # labels with p_null above it abstain (None: never)
 
 
 @dataclass(frozen=True)
@@ -163,6 +201,62 @@ class DissectedModel:
     concept_set: str | None  # name and sha256 prefix
     seconds: float | None
     sae: dict[str, Any] | None  # the SAE's provenance when the units are its latents
+    embedder_spec: str | None = None  # the spec the embedder was built from, if one was
+    embedder_kind: str | None = None  # "vlm" or "annotations" (None: discover <= 0.3)
+
+
+@dataclass
+class ConceptStats:
+    """How strongly the embedder sees each concept across the probe: the mean and standard
+    deviation of every column of ``P``. An image's concept score is compared with them
+    (:meth:`standardise`) to tell which of a unit's candidate labels this image shows more
+    than the probe's images do on average (image-conditioned explanations)."""
+
+    names: list[str]
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def of(cls, P: torch.Tensor, names: Sequence[str]) -> ConceptStats:
+        """The statistics of the columns of ``P`` (``N x M``), named ``names``."""
+        P = P.detach().double()
+        std = P.std(dim=0, correction=0) if len(P) > 1 else torch.zeros(P.shape[1])
+        return cls(list(names), P.mean(dim=0).float().cpu(), std.float().cpu())
+
+    @classmethod
+    def merge(cls, *parts: ConceptStats | None) -> ConceptStats | None:
+        """The union of ``parts`` by concept name (the first part wins a name twice)."""
+        index: dict[str, tuple[float, float]] = {}
+        for part in parts:
+            for name, m, s in (
+                zip(part.names, part.mean.tolist(), part.std.tolist(), strict=True) if part else ()
+            ):
+                index.setdefault(name, (m, s))
+        if not index:
+            return None
+        names = list(index)
+        return cls(
+            names,
+            torch.tensor([index[n][0] for n in names]),
+            torch.tensor([index[n][1] for n in names]),
+        )
+
+    def standardise(self, names: Sequence[str], scores: torch.Tensor) -> torch.Tensor:
+        """``(scores - mean) / std`` for the concepts ``names`` (the columns of ``scores``,
+        ``(n, len(names))``); a concept that never varied on the probe gets 0 where its
+        score equals the mean, and a large value of the difference's sign elsewhere.
+
+        Raises:
+            KeyError: a name is not a concept of this dissection.
+        """
+        where = {n: i for i, n in enumerate(self.names)}
+        missing = [n for n in names if n not in where]
+        if missing:
+            raise KeyError(f"concepts not in the dissection's concept statistics: {missing[:5]}")
+        idx = torch.tensor([where[n] for n in names], dtype=torch.long)
+        mean, std = self.mean[idx], self.std[idx]
+        diff = scores.float() - mean
+        return diff / std.clamp_min(1e-6)
 
 
 @dataclass
@@ -186,6 +280,9 @@ class Dissection:
     """``{layer: Q}``, the pooled probe activations ``(N, K)`` the labels were computed from."""
     winner_fractions: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     """``{LWTA layer: (K,)}``, the fraction of the probe (positions included) each unit won."""
+    concept_stats: ConceptStats | None = field(default=None, repr=False)
+    """Each concept's mean and spread of ``P`` over the probe (``None``: saved by discover
+    <= 0.3); image-conditioned explanations compare an image's concept scores with them."""
 
     @property
     def layers(self) -> list[str]:
@@ -238,6 +335,8 @@ class Dissection:
             else None,
             seconds=meta.get("seconds"),
             sae=meta.get("sae"),
+            embedder_spec=embedder.get("spec") if isinstance(embedder, dict) else None,
+            embedder_kind=embedder.get("kind") if isinstance(embedder, dict) else None,
         )
 
     @classmethod
@@ -283,6 +382,7 @@ class Dissection:
             meta,
             activations={k: v for p in parts for k, v in p.activations.items()},
             winner_fractions={k: v for p in parts for k, v in p.winner_fractions.items()},
+            concept_stats=ConceptStats.merge(*(p.concept_stats for p in parts)),
         )
 
     def layer(self, name: str) -> list[UnitDescription]:
@@ -307,12 +407,20 @@ class Dissection:
         return None if configured == "auto" else configured
 
     def labels(self, name: str) -> list[str]:
-        """The label of every unit of layer ``name``."""
+        """The label of every unit of layer ``name`` (for a unit that abstained, its first
+        candidate; see :meth:`shown_labels`)."""
         return [u.label for u in self.layer(name)]
 
+    def shown_labels(self, name: str) -> list[str | None]:
+        """What a reader sees for every unit of layer ``name``: its label, or ``None`` for a
+        unit shown unlabelled (``UnitDescription.abstained``)."""
+        return [u.shown_label for u in self.layer(name)]
+
     def to_csv(self) -> str:
-        """``layer,unit,block,position,label,score,top5,z,p_null`` with ``top5`` as a JSON
-        list; ``z`` and ``p_null`` are empty when the null was not drawn."""
+        """``layer,unit,block,position,label,abstained,score,top5,z,p_null`` with ``top5`` as
+        a JSON list (the candidates, best first). ``label`` is empty and ``abstained`` gives
+        the reason for a unit shown unlabelled; ``z`` and ``p_null`` are empty when the null
+        was not drawn."""
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(CSV_COLUMNS)
@@ -323,7 +431,8 @@ class Dissection:
                     u.unit,
                     "" if u.block is None else u.block,
                     "" if u.position is None else u.position,
-                    u.label,
+                    u.shown_label or "",
+                    u.abstained or "",
                     f"{u.score:.6g}",
                     json.dumps([[c, round(s, 6)] for c, s in u.top]),
                     "" if u.z is None else f"{u.z:.4g}",
@@ -356,11 +465,16 @@ class Dissection:
             scores = {name: S.detach().float().contiguous() for name, S in self.scores.items()}
             head = {"id": stamp, "concepts": json.dumps(self.concepts)}
             files[SCORES_FILE] = lambda path: _save_tensors(scores, path, head)
-        if self.activations or self.winner_fractions:
+        if self.activations or self.winner_fractions or self.concept_stats:
             tensors = {f"Q/{k}": v for k, v in self.activations.items()}
             tensors.update({f"wins/{k}": v for k, v in self.winner_fractions.items()})
+            head = {"id": stamp}
+            if self.concept_stats is not None:
+                tensors["P/mean"] = self.concept_stats.mean
+                tensors["P/std"] = self.concept_stats.std
+                head["concepts"] = json.dumps(self.concept_stats.names)
             tensors = {k: v.detach().float().contiguous() for k, v in tensors.items()}
-            files[ACTIVATIONS_FILE] = lambda path: _save_tensors(tensors, path, {"id": stamp})
+            files[ACTIVATIONS_FILE] = lambda path: _save_tensors(tensors, path, head)
         files["descriptions.csv"] = self.to_csv()
         files["dissection.json"] = json.dumps(payload, indent=2, default=str)  # last: the index
         try:
@@ -406,11 +520,12 @@ class Dissection:
         stamp = data.get("id")
         activations = _read_tensors(out / ACTIVATIONS_FILE, stamp, "probe activations")
         if activations is not None:
-            tensors, _ = activations
+            tensors, head = activations
             result.activations = {k[2:]: v for k, v in tensors.items() if k.startswith("Q/")}
             result.winner_fractions = {
                 k[5:]: v for k, v in tensors.items() if k.startswith("wins/")
             }
+            result.concept_stats = _read_concept_stats(tensors, head)
         scores = _read_tensors(out / SCORES_FILE, stamp, "score matrices")
         if scores is not None:
             result.scores, head = scores
@@ -499,6 +614,20 @@ class Dissection:
             warned.add(tuple(problems))
             warnings.warn(message, UserWarning, stacklevel=2)
         return problems
+
+
+def _read_concept_stats(
+    tensors: dict[str, torch.Tensor], head: dict[str, str]
+) -> ConceptStats | None:
+    """The concept statistics saved with the activations (``None``: absent or damaged)."""
+    try:
+        names = json.loads(head["concepts"])
+        mean, std = tensors["P/mean"], tensors["P/std"]
+    except (KeyError, ValueError):
+        return None
+    if not isinstance(names, list) or not len(names) == len(mean) == len(std):
+        return None
+    return ConceptStats([str(n) for n in names], mean, std)
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, head: dict[str, Any]) -> None:
@@ -689,7 +818,7 @@ def dissect(
     probe: Dataset,
     concepts: str | ConceptSet = "20k",
     embedder: str | Embedder = "conse",
-    similarity: str = DEFAULT_SIMILARITY,
+    similarity: str | None = None,
     *,
     similarity_params: dict[str, Any] | None = None,
     pooling: str | dict[str, str] = "auto",
@@ -705,6 +834,7 @@ def dissect(
     sae: SAE | str | Path | None = None,
     null_repeats: int = 16,
     significance_similarity: str | None = SIGNIFICANCE_SIMILARITY,
+    abstain_p: float | str | None = "default",
 ) -> Dissection:
     """Describe every unit of ``layers`` with a concept (CLIP-Dissect, method.md §6-7).
 
@@ -715,8 +845,12 @@ def dissect(
         concepts: a concept-set name (``20k``, ``broden``, ``shapes``, ...) or a file path.
         embedder: ``conse`` (offline default), ``annotations`` (ground truth),
             ``open_clip:<arch>:<weights>``, ``hf:<dir>``, or an :class:`Embedder`.
-        similarity: a name in :data:`discover.dissection.similarity.SIMILARITIES`.
-        similarity_params: keyword arguments for the similarity function.
+        similarity: a name in :data:`discover.dissection.similarity.SIMILARITIES`; ``None``
+            takes the default for the embedder's kind
+            (:data:`~discover.dissection.labels.LABEL_DEFAULTS`, chosen by
+            ``benchmarks/label_quality.py``; ``"soft_wpmi"`` is the paper's).
+        similarity_params: keyword arguments for the similarity function (default: the
+            kind's defaults when ``similarity`` is the kind's default, else none).
         pooling: ``auto``, one pooling for all layers, or ``{layer: pooling}``.
         policy: LWTA eval policy while recording (``argmax`` or ``sample``, seeded).
         top_k: runner-up concepts kept per unit.
@@ -741,6 +875,11 @@ def dissect(
             extra-label sanity tests, see :func:`discover.evaluation.similarity_sanity`, and
             one GEMM per draw); ``None`` judges with ``similarity`` itself. The label itself
             is always ``similarity``'s choice.
+        abstain_p: a unit whose label's ``p_null`` is above this is shown *unlabelled*
+            (``UnitDescription.abstained``), as are dead units, units with non-finite
+            activations and units whose best concepts tie (see
+            :mod:`discover.dissection.labels`); ``"default"``: the embedder kind's value;
+            ``None``: never for significance. Needs ``null_repeats``.
 
     Example:
         >>> from discover.data import ShapesWorld
@@ -752,6 +891,22 @@ def dissect(
     t0 = time.time()
     concept_set = load_concepts(concepts)
     emb = build_embedder(embedder)
+    defaults = label_defaults(emb.kind)
+    if similarity is None:
+        similarity = defaults.similarity
+        if similarity_params is None:
+            similarity_params = dict(defaults.similarity_params)
+    if isinstance(abstain_p, str):
+        if abstain_p != "default":
+            raise ValueError(f"abstain_p must be a number, None or 'default', got {abstain_p!r}")
+        abstain_p = defaults.abstain_p if null_repeats else None
+    elif abstain_p is not None and not 0 < abstain_p <= 1:
+        raise ValueError(f"abstain_p must be in (0, 1] or None, got {abstain_p!r}")
+    if abstain_p is not None and not null_repeats:
+        raise ValueError(
+            f"abstain_p={abstain_p} judges labels by their significance, which needs "
+            "null_repeats >= 2 (shuffled-image draws); pass abstain_p=None to skip it"
+        )
     score_fn = get_similarity(similarity)
     judge = significance_similarity or similarity
     judge_fn = get_similarity(judge)
@@ -778,6 +933,7 @@ def dissect(
         top_k=top_k,
         null_repeats=null_repeats,
         significance_similarity=judge if null_repeats else None,
+        abstain_p=abstain_p,
     )
     if null_repeats and null_repeats < 2:
         raise ValueError(f"null_repeats must be 0 or >= 2, got {null_repeats}")
@@ -804,6 +960,8 @@ def dissect(
         info=p_cache,
     )
     k = min(top_k, len(concept_set))
+    names = list(concept_set.concepts)
+    tie_break = get_similarity(TIE_BREAK_SIMILARITY)
     units: list[UnitDescription] = []
     layer_meta: dict[str, Any] = {}
     scores: dict[str, torch.Tensor] = {}
@@ -814,17 +972,21 @@ def dissect(
         S = score_fn(P, Q, **config.similarity_params, info=info)
         if keep_scores:
             scores[name] = S.detach().float().cpu()
-        top_scores, top_idx = S.float().topk(k, dim=1)
+        secondary = S if similarity == TIE_BREAK_SIMILARITY else tie_break(P, Q)
+        choice = choose_labels(S, secondary, names, k)
+        top_scores, top_idx = choice.scores, choice.top
         sig = None
         if null_repeats:
             if judge == similarity:
                 params, judged = config.similarity_params, top_scores[:, 0]
             else:  # the label's score under the judge, against the judge's best by chance
                 params = {}
-                judged = judge_fn(P, Q).float().gather(1, top_idx[:, :1]).squeeze(1)
+                judging = secondary if judge == TIE_BREAK_SIMILARITY else judge_fn(P, Q)
+                judged = judging.float().cpu().gather(1, top_idx[:, :1]).squeeze(1)
             sig = label_significance(
                 P, Q, judged, judge_fn, params, repeats=null_repeats, seed=seed
             )
+        reasons = abstentions(Q, choice.tie, sig.p if sig is not None else None, abstain_p)
         U = module.U if isinstance(module, LWTA) else None
         wins = recording.wins.get(name)
         active = wins.float().mean(0) if wins is not None else None
@@ -832,8 +994,7 @@ def dissect(
             fractions[name] = active.cpu()
         for unit in range(S.shape[0]):
             top = [
-                (concept_set.concepts[j], float(s))
-                for s, j in zip(top_scores[unit], top_idx[unit], strict=True)
+                (names[j], float(s)) for s, j in zip(top_scores[unit], top_idx[unit], strict=True)
             ]
             units.append(
                 UnitDescription(
@@ -847,6 +1008,7 @@ def dissect(
                     active_fraction=float(active[unit]) if active is not None else None,
                     z=float(sig.z[unit]) if sig is not None else None,
                     p_null=float(sig.p[unit]) if sig is not None else None,
+                    abstained=reasons[unit],
                 )
             )
         dead = int((Q.abs().sum(0) == 0).sum())
@@ -857,11 +1019,17 @@ def dissect(
             "dead_units": dead,
             "similarity_info": info,
             "above_chance": int(sig.above_chance.sum()) if sig is not None else None,
+            "abstained": {
+                reason: reasons.count(reason) for reason in dict.fromkeys(reasons) if reason
+            },
         }
     meta = {
         "layers": layer_meta,
         "concept_set": concept_set.summary(),
-        "embedder": emb.metadata(),
+        "embedder": {
+            **emb.metadata(),
+            **({"spec": embedder} if isinstance(embedder, str) else {}),
+        },
         "probe": {
             "images": len(probe),
             "skipped_unreadable": _skipped(probe),
@@ -885,4 +1053,5 @@ def dissect(
         list(concept_set.concepts) if keep_scores else None,
         activations={name: recording.activations[name].float().cpu() for name in modules},
         winner_fractions=fractions,
+        concept_stats=ConceptStats.of(P, names),
     )

@@ -1,14 +1,16 @@
 """Stage 5, measurement: classification accuracy, sparsity, description quality,
-planted-concept recovery, ground-truth scores and similarity sanity tests.
+explanation precision, planted-concept recovery, ground-truth scores and similarity sanity
+tests.
 
 Imports the earlier stages, never :mod:`discover.report`.
 """
 
 from __future__ import annotations
 
-from . import classification, descriptions, groundtruth, planted, sparsity
+from . import classification, descriptions, explanations, groundtruth, planted, sparsity
 from .classification import *  # noqa: F403
 from .descriptions import *  # noqa: F403
+from .explanations import *  # noqa: F403
 from .groundtruth import *  # noqa: F403
 from .planted import *  # noqa: F403
 from .sparsity import *  # noqa: F403
@@ -16,6 +18,7 @@ from .sparsity import *  # noqa: F403
 __all__ = [
     *classification.__all__,
     *descriptions.__all__,
+    *explanations.__all__,
     *groundtruth.__all__,
     *planted.__all__,
     *sparsity.__all__,

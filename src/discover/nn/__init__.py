@@ -5,9 +5,10 @@ Imports only :mod:`discover._utils`.
 
 from __future__ import annotations
 
-from . import lwta, models, networks
+from . import clip_archs, lwta, models, networks
+from .clip_archs import *  # noqa: F403
 from .lwta import *  # noqa: F403
 from .models import *  # noqa: F403
 from .networks import *  # noqa: F403
 
-__all__ = [*lwta.__all__, *models.__all__, *networks.__all__]
+__all__ = [*clip_archs.__all__, *lwta.__all__, *models.__all__, *networks.__all__]

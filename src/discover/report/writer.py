@@ -43,6 +43,7 @@ from torch.utils.data import Dataset
 from discover import __version__
 from discover._utils import staged_dir
 from discover.dissection.core import DissectedLayer, Dissection, UnitDescription
+from discover.evaluation.explanations import ExplanationScores
 from discover.evaluation.groundtruth import GroundTruthReport, LayerGroundTruth, saved_groundtruth
 from discover.nn.models import count_parameters
 
@@ -83,6 +84,9 @@ class ReportSection:
             pages; default: the ones saved in the dissection's folder by
             :func:`~discover.evaluation.groundtruth.evaluate_groundtruth`, if any (a saved
             report of another dissection is ignored with a warning).
+        explanation_scores: how often the explanations' labels were true of held-out images
+            (:func:`~discover.evaluation.explanations.score_explanations`), shown on the
+            overview with chance and the shuffled-labels baseline.
     """
 
     name: str
@@ -95,6 +99,7 @@ class ReportSection:
     description_scores: dict[str, Any] | None = None
     activations: dict[str, torch.Tensor] | None = None
     groundtruth: GroundTruthReport | None = None
+    explanation_scores: ExplanationScores | None = None
 
 
 @dataclass
@@ -668,6 +673,10 @@ class _Writer:
             "sparsity_plot": plot,
             "dissection": dissect_rows,
             "scores": _rows(section.description_scores),
+            "precision": _precision_rows(section.explanation_scores),
+            "precision_images": section.explanation_scores.images
+            if section.explanation_scores is not None
+            else None,
             "layers": layer_views,
             "truth": any(v["truth"] is not None for v in layer_views),
         }
@@ -678,6 +687,9 @@ class _Writer:
             "sparsity": section.sparsity,
             "settings": section.settings,
             "description_scores": section.description_scores,
+            "explanation_scores": section.explanation_scores.to_dict()
+            if section.explanation_scores is not None
+            else None,
             "dissection": dataclasses.asdict(dissection.config),
             "layers": [
                 {
@@ -755,6 +767,7 @@ class _Writer:
                 {
                     "unit": u.unit,
                     "label": u.label,
+                    "abstained": u.abstained,
                     "score": u.score,
                     "top": [(c, s) for c, s in u.top],
                     "block": u.block,
@@ -864,6 +877,27 @@ class _Writer:
             )
             pages.append(page)
         return pages
+
+
+def _precision_rows(scores: ExplanationScores | None) -> list[dict[str, Any]]:
+    """The overview's rows of explanation precision: contributions, then each layer."""
+    if scores is None:
+        return []
+    tables = [("logit contributions", scores.contributions)] if scores.contributions else []
+    tables += [(f"winners of {layer}", t) for layer, t in scores.winners.items()]
+    return [
+        {
+            "table": name,
+            "precision": t.precision,
+            "shuffled": t.shuffled,
+            "chance": scores.chance,
+            "conditioned": t.conditioned,
+            "control": t.control_random_units,
+            "unlabelled": t.abstained,
+            "shown": t.shown,
+        }
+        for name, t in tables
+    ]
 
 
 def _is_number(value: Any) -> bool:

@@ -58,6 +58,7 @@ class AnnotationEmbedder(Embedder):
 
     name = "ground-truth annotations"
     image_transform = None
+    kind = "annotations"
 
     def __init__(
         self,

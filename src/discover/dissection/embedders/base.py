@@ -239,6 +239,10 @@ class Embedder(ABC):
     name: str
     image_transform: ImageTransform | None
     device: torch.device
+    kind: str = "vlm"
+    """``"vlm"``: graded image-text similarities from a vision-language model (or a stand-in
+    such as ConSE); ``"annotations"``: a binary ground-truth table. Label defaults
+    (:data:`discover.dissection.labels.LABEL_DEFAULTS`) depend on it."""
 
     @property
     @abstractmethod
@@ -258,9 +262,9 @@ class Embedder(ABC):
         return self.encode_preprocessed(self.image_transform(images))
 
     def metadata(self) -> dict[str, Any]:
-        """What to save with results: id, name and image transform."""
+        """What to save with results: id, name, kind and image transform."""
         transform = self.image_transform.to_dict() if self.image_transform else None
-        return {"id": self.id, "name": self.name, "image_transform": transform}
+        return {"id": self.id, "name": self.name, "kind": self.kind, "image_transform": transform}
 
     def concept_matrix(
         self,

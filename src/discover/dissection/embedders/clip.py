@@ -29,6 +29,7 @@ from discover.dissection.embedders.base import (
     json_sha256,
     module_sha256,
 )
+from discover.nn.clip_archs import register_open_clip_archs
 
 __all__ = ["OpenCLIPEmbedder", "HFCLIPEmbedder", "how_to_get_weights"]
 
@@ -146,7 +147,9 @@ class OpenCLIPEmbedder(_LocalCLIP):
 
         Args:
             arch: an open_clip architecture (``open_clip.list_models()``), e.g. ``ViT-B-16``,
-                ``ViT-B-16-quickgelu``, ``ViT-B-16-SigLIP``.
+                ``ViT-B-16-quickgelu``, ``ViT-B-16-SigLIP``, or one of discover's
+                (:mod:`discover.nn.clip_archs`, e.g. ``ShapesCLIP-RN``, which
+                ``discover train-clip`` trains).
             pretrained: a weights file (``.safetensors``, ``.bin``/``.pt`` checkpoint, or
                 OpenAI's TorchScript ``.pt``), a folder holding ``open_clip_model.safetensors``
                 or ``open_clip_pytorch_model.bin``, or a pretrained tag (``"openai"``,
@@ -167,6 +170,7 @@ class OpenCLIPEmbedder(_LocalCLIP):
         """
         import open_clip
 
+        register_open_clip_archs()  # discover's own (e.g. the Shapes world's small CLIP)
         if arch not in open_clip.list_models():
             close = difflib.get_close_matches(arch, open_clip.list_models(), n=3, cutoff=0.6)
             hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""

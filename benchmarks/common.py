@@ -6,7 +6,7 @@ Every script in ``benchmarks/`` runs as ``python benchmarks/NAME.py``, so this f
 * :func:`cpu_model`, :func:`load_average`, :func:`memory_gb`, :func:`cpu_snapshot` and
   :func:`other_cpu_share`: the machine a measurement ran on and how busy it was;
 * :func:`machine_description`: all of it in one sentence (CPU, cores, load, torch, processes);
-* :func:`command_line`, :func:`git`, :func:`git_head`, :func:`git_dirty`, :func:`utc_date`,
+* :func:`command_line`, :func:`portable`, :func:`git`, :func:`git_head`, :func:`git_dirty`, :func:`utc_date`,
   :func:`now_iso` and :func:`provenance`: how and from which code a result was produced;
 * :func:`markdown_table`: a header and rows as the lines of a Markdown table;
 * :func:`write_json`: a results file, written atomically (an interrupted write leaves the
@@ -36,6 +36,7 @@ __all__ = [
     "other_cpu_share",
     "machine_description",
     "command_line",
+    "portable",
     "git",
     "git_head",
     "git_dirty",
@@ -133,11 +134,27 @@ def gpu_line(name: str | None, *, timed: str = "the CPU") -> str:
 
 
 # -- provenance --------------------------------------------------------------------------------
-def command_line(argv: Sequence[str] | None = None, python: str = "python") -> str:
+def command_line(
+    argv: Sequence[str] | None = None, python: str = "python", script: str | Path | None = None
+) -> str:
     """The shell command that ran this script: ``python`` (or the interpreter given), the
-    script as invoked and ``argv`` (default: this process's arguments), shell-quoted."""
+    script (``script``, default as invoked) and ``argv`` (default: this process's
+    arguments), shell-quoted, with machine paths made portable: a path inside the
+    repository becomes repository-relative, the home folder ``~``."""
     args = sys.argv[1:] if argv is None else list(argv)
-    return shlex.join([python, sys.argv[0], *args])
+    return shlex.join([python, *(portable(a) for a in (str(script or sys.argv[0]), *args))])
+
+
+def portable(text: str) -> str:
+    """``text`` with the repository's absolute path removed and the home folder as ``~``.
+
+    Example:
+        >>> portable(str(REPO / "benchmarks" / "runs"))
+        'benchmarks/runs'
+    """
+    for prefix, replacement in ((f"{REPO}/", ""), (str(REPO), "."), (str(Path.home()), "~")):
+        text = text.replace(prefix, replacement)
+    return text
 
 
 def git(*args: str, cwd: Path = REPO) -> str | None:
@@ -178,6 +195,7 @@ def provenance(
     device: str = "cpu",
     threads: int = 1,
     jobs: int = 1,
+    script: str | Path | None = None,
 ) -> dict[str, Any]:
     """How a result was produced: ``command``, ``git_head``, ``git_dirty`` (uncommitted changes
     under ``src/``), ``date`` (:func:`utc_date`), ``machine`` (:func:`machine_description`)
@@ -185,7 +203,7 @@ def provenance(
     import torch
 
     return {
-        "command": command_line(argv, python),
+        "command": command_line(argv, python, script),
         "git_head": git_head(),
         "git_dirty": git_dirty("src"),
         "date": utc_date(),

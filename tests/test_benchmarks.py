@@ -374,3 +374,44 @@ def test_dissect_speed_pairs_discover_with_the_matmul_every_round():
     assert {order[0] for order in orders} == {"discover", "matmul", "reference", "centring"}
     plain = _script("dissect_speed")._round_orders(["discover", "reference", "softmax"], 3)
     assert [order[0] for order in plain] == ["discover", "reference", "softmax"]
+
+
+@pytest.mark.slow
+def test_label_quality_runs_end_to_end_on_tiny_runs(tmp_path, monkeypatch):
+    """The label-quality benchmark on two tiny Shapes runs and a tiny Shapes CLIP: every row
+    has the keys issue 21 asks for, and the report names the chosen defaults."""
+    from _helpers import train_tiny
+    from discover.training.clip import ShapesCLIPConfig, train_shapes_clip
+
+    lq = _script("label_quality")
+    runs = tmp_path / "runs"
+    for name, U in (("shapes-resnet-u1-s0", 1), ("shapes-resnet-u2-anneal-s0", 2)):
+        train_tiny(runs / name, U=U, image_size=32, n=96)
+        (runs / name / "record.json").write_text("{}")
+    config = ShapesCLIPConfig(images=64, batch_size=32, epochs=1, eval_images=20)
+    clip = train_shapes_clip(config, out=tmp_path / "clip", progress=False)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "results"
+    code = lq.main(
+        ["--runs", str(runs), "--families", "resnet", "--U", "1", "2", "--seeds", "0",
+         "--similarities", "corr", "soft_wpmi", "--clip", clip.spec, "--quick",
+         "--threads", "1", "--out", str(out), "--cache", str(tmp_path / "cache")]
+    )  # fmt: skip
+    assert code == 0
+    data = json.loads((out / "label_quality.json").read_text())
+    keys = {
+        "dataset", "embedder", "similarity", "model", "U", "seed", "layer", "split",
+        "explanation_precision", "winner_precision", "conditioned_precision",
+        "unit_label_precision", "label_is_best", "abstained", "chance", "setting",
+    }  # fmt: skip
+    assert data["rows"] and all(keys <= set(row) for row in data["rows"])
+    assert {r["embedder"] for r in data["rows"]} == {"annotations", "clip"}
+    assert {r["U"] for r in data["rows"]} == {1, 2} and {r["split"] for r in data["rows"]} == {
+        "validation",
+        "test",
+    }
+    assert {r["setting"] for r in data["rows"] if r["similarity"] == "soft_wpmi"} >= {"paper"}
+    text = (out / "label_quality.md").read_text()
+    assert "## Chosen defaults (validation split)" in text and "soft_wpmi (paper)" in text
+    assert data["command"].startswith("python benchmarks/label_quality.py --runs")
+    assert (out / "label_quality.png").is_file()

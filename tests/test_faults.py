@@ -67,6 +67,7 @@ def _dissect(layers=("fc",), cache: Path | None = None, **kwargs) -> Dissection:
         probe,
         concept_set_from_lines(NAMES, name="toy"),
         AnnotationEmbedder(table, NAMES),
+        "soft_wpmi",
         transform=nn.Identity(),  # a stable repr: part of the cache key
         similarity_params={"top_k": 20},
         cache_dir=cache,

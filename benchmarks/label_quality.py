@@ -1,0 +1,723 @@
+"""Label quality end to end: are the words a user reads true of the units and the images?
+
+On the Shapes world every probe and held-out image carries its concepts, so the labels
+discover prints can be checked, not only scored. For every similarity function x embedder
+x converged Shapes model (dense and CVN, every seed trained) x layer, on a *validation*
+split (Shapes ``val``) and a *test* split (Shapes ``test``):
+
+* **probe**: 2,000 images (seed 0) to dissect on; **held-out images**: 500 others (seed 1)
+  to judge on. Labels are chosen on the probe, judged only on held-out images.
+* **unit label precision**: a unit *detects* a concept when its activation ranks the
+  held-out images with that concept first: AUPRC lift ``(AP - prevalence) / (1 -
+  prevalence)`` of at least 0.5 (lift, not AP: AP favours common concepts such as "small"
+  and "large", which half of the images have). Among the units that detect some concept,
+  the share of *shown* labels (not abstained) that the unit detects; ``label_is_best``:
+  the share equal to its best concept (highest lift).
+* **explanation precision**: ``discover.explain`` on the held-out images (its default of
+  10 rows per table); the share of shown labels true of the explained image, in the
+  contribution table (``explanation_precision``, the layer that feeds the classifier) and
+  among the listed winners of each layer (``winner_precision``).
+* **image-conditioned precision** (``conditioned_precision``): the same rows' image-
+  conditioned label (the candidate the embedder sees most in this image, ``explain(...,
+  embedder=)``), for the contribution table; ``conditioned_winner_precision`` for the
+  winners. With the annotations embedder the image's row of ``P`` is the ground truth (an
+  oracle): reported, but no target counts it.
+* **abstention**: the share of units shown unlabelled (dead, tied, or ``p_null`` above
+  the threshold); ``abstained_detecting``: among the units that detect some concept.
+* **baselines**, beside every figure: ``chance`` = 6/46 (each image has one concept of
+  each of its six factors); ``shuffled`` = the same rows with labels drawn from the other
+  shown units of the layer (the expectation over a random permutation of the labels, so
+  frequent labels get no credit for being frequent); for conditioned labels the embedder
+  choosing among 5 random concepts (``control_random_concepts``) and among the
+  candidates of a random shown unit of the same layer (``control_random_units``): the
+  margin over the latter is what the unit adds to what the embedder sees anyway.
+
+Two abstention rules are tuned, both applied after dissecting and explaining (the labels,
+``p_null`` and the listed rows do not depend on them), so one dissection per (model,
+embedder, similarity, split) serves every setting of :data:`SETTINGS`: a unit abstains when
+its label's ``p_null`` is above ``abstain_p`` (:data:`ABSTAIN_P`), and a listed unit is
+shown unlabelled in one image when it fires there below ``min_percentile`` of the probe
+(:data:`MIN_PERCENTILE`; ``explain(min_percentile=)``).
+
+**Defaults** (:data:`discover.dissection.labels.LABEL_DEFAULTS`) are chosen on the
+validation split only: per embedder kind, the similarity and setting with the highest mean
+of explanation precision (contribution tables) and unit label precision, among those that
+abstain on at most 30 % of the units that detect a concept and still label at least half of
+the contribution-table rows. The test split then reports every similarity at its tuned
+setting, the paper's soft WPMI (every unit labelled) and paired 95 % intervals over the
+models. The JSON keeps the rows of each similarity's tuned setting (``setting: tuned``)
+and of the paper's (``setting: paper``); ``grid`` has every setting's means.
+
+Run (about 1-2 h on 2 cores; the Shapes CLIP is trained first, about 20 min, and cached):
+    python benchmarks/label_quality.py --runs benchmarks/runs/converged
+    python benchmarks/label_quality.py --runs DIR --quick   # a plumbing check, minutes
+Results: ``benchmarks/results/label_quality.{md,json,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import markdown_table, portable, provenance, write_json
+
+SPLITS = {"validation": "val", "test": "test"}
+PROBE_N, HELD_N = 2000, 500
+SIMILARITIES = ("cos", "corr", "cos3", "wpmi", "soft_wpmi", "rank_reorder", "jsd")
+ABSTAIN_P: tuple[float | None, ...] = (None, 1e-2, 1e-3, 1e-4, 1e-6)
+MIN_PERCENTILE: tuple[float | None, ...] = (None, 0.5, 0.75, 0.9)
+SETTINGS = [(p, q) for p in ABSTAIN_P for q in MIN_PERCENTILE]
+MIN_SHOWN = 0.5  # a setting must still label at least half of the contribution-table rows
+LIFT_BAR = 0.5
+MAX_ABSTAINED = 0.30
+TOP = 10
+CANDIDATES = 5
+NULL_REPEATS = 16
+TARGETS = {
+    "explanation_precision": {"annotations": 0.70, "clip": 0.55},
+    "conditioned_precision": {"clip": 0.80},
+    "unit_label_precision": {"annotations": 0.70, "clip": 0.70},
+}
+EMBEDDER_KIND = {"annotations": "annotations", "clip": "vlm"}
+
+
+@dataclass(frozen=True)
+class Subject:
+    family: str
+    U: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        variant = "" if self.U == 1 else "-anneal"
+        return f"shapes-{self.family}-u{self.U}{variant}-s{self.seed}"
+
+
+def find_subjects(
+    runs: Path, families: list[str], Us: list[int], seeds: list[int]
+) -> list[Subject]:
+    """Every converged Shapes run that finished training (``record.json``)."""
+    found = []
+    for family in families:
+        for U in Us:
+            for seed in seeds:
+                subject = Subject(family, U, seed)
+                if (runs / subject.name / "record.json").is_file():
+                    found.append(subject)
+    return found
+
+
+# -- data --------------------------------------------------------------------------------------
+def worlds(split: str, quick: bool) -> tuple[Any, Any]:
+    """The probe (seed 0) and the held-out images (seed 1) of a Shapes split, 32 px."""
+    from discover.data import ShapesWorld
+
+    probe_n, held_n = (400, 120) if quick else (PROBE_N, HELD_N)
+    return (
+        ShapesWorld(n=probe_n, image_size=32, split=SPLITS[split], seed=0),
+        ShapesWorld(n=held_n, image_size=32, split=SPLITS[split], seed=1),
+    )
+
+
+def lifts(Q: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """AUPRC lift ``(AP - prevalence) / (1 - prevalence)`` of every unit for every concept."""
+    from discover.evaluation.groundtruth import average_precision
+
+    prevalence = truth.double().mean(dim=0)
+    return (average_precision(Q, truth) - prevalence) / (1 - prevalence)
+
+
+# -- measuring ---------------------------------------------------------------------------------
+def _shown(unit: Any, threshold: float | None) -> bool:
+    if unit.abstained is not None:
+        return False
+    return threshold is None or (unit.p_null is not None and unit.p_null <= threshold)
+
+
+def measure_dissection(
+    dissection: Any,
+    explanations: list[Any],
+    truth_held: torch.Tensor,
+    names: list[str],
+    Z_held: torch.Tensor,
+    lift: dict[str, torch.Tensor],
+    abstain_p: float | None,
+    min_percentile: float | None,
+) -> dict[str, dict[str, Any]]:
+    """Every figure of one dissection at one setting, per layer."""
+    from discover.evaluation.explanations import score_explanations
+
+    scores = score_explanations(
+        explanations,
+        dissection,
+        truth_held,
+        names,
+        image_scores=Z_held,
+        abstain_p=abstain_p,
+        min_percentile=min_percentile,
+        candidates=CANDIDATES,
+    )
+    column = {c: j for j, c in enumerate(names)}
+    results: dict[str, dict[str, Any]] = {}
+    contribution_layer = explanations[0].contributions.layer if scores.contributions else None
+    for layer in dissection.layers:
+        units = dissection.layer(layer)
+        shown = torch.tensor([_shown(u, abstain_p) for u in units])
+        label_idx = torch.tensor([column[u.label] for u in units])
+        L = lift[layer]  # (K, C) on the held-out images
+        detecting = L.amax(dim=1) >= LIFT_BAR
+        judged = detecting & shown
+        label_lift = L.gather(1, label_idx[:, None]).squeeze(1)
+        any_judged = bool(judged.any())
+        winners = scores.winners[layer]
+        row: dict[str, Any] = {
+            "units": len(units),
+            "detecting": float(detecting.float().mean()),
+            "abstained": float(1 - shown.float().mean()),
+            "abstained_detecting": float(1 - shown[detecting].float().mean())
+            if detecting.any()
+            else None,
+            "unit_label_precision": float((label_lift[judged] >= LIFT_BAR).float().mean())
+            if any_judged
+            else None,
+            "label_is_best": float((label_idx[judged] == L.argmax(dim=1)[judged]).float().mean())
+            if any_judged
+            else None,
+            "chance": scores.chance,
+            "winner_precision": winners.precision,
+            "winner_shuffled": winners.shuffled,
+            "conditioned_winner_precision": winners.conditioned,
+            "winner_control_random_units": winners.control_random_units,
+            "winner_control_random_concepts": winners.control_random_concepts,
+            "winners_shown": None if not winners.listed else winners.shown / winners.listed,
+        }
+        table = scores.contributions if layer == contribution_layer else None
+        row.update(
+            explanation_precision=table.precision if table else None,
+            explanation_shuffled=table.shuffled if table else None,
+            conditioned_precision=table.conditioned if table else None,
+            control_random_units=table.control_random_units if table else None,
+            control_random_concepts=table.control_random_concepts if table else None,
+            contributions_shown=table.shown / table.listed if table and table.listed else None,
+        )
+        results[layer] = row
+    return results
+
+
+def measure_subject(
+    subject: Subject,
+    runs: Path,
+    split: str,
+    embedders: dict[str, Any],
+    similarities: list[str],
+    cache: Path,
+    quick: bool,
+) -> list[dict[str, Any]]:
+    """Every row of one model on one split: embedders x similarities x settings x layers."""
+    from discover.dissection.core import dissect
+    from discover.dissection.embedders import AnnotationEmbedder, build_embedder
+    from discover.dissection.recording import model_view, record
+    from discover.explanation import default_layers, explain
+    from discover.training.runs import load_run
+
+    run = load_run(runs / subject.name)
+    model = run.model.eval()
+    layers = default_layers(model)
+    probe, held = worlds(split, quick)
+    names = list(probe.concept_names)
+    truth_held = held.concepts_table()
+    images = [held[i][0] for i in range(len(held))]
+    rows = []
+    lift_cache: dict[str, dict[str, torch.Tensor]] = {}
+    for emb_name, spec in embedders.items():
+        emb = build_embedder(spec)
+        # the model that looks at each explained image: the embedder itself, or for the
+        # annotations the images' own ground truth (an oracle)
+        looker = AnnotationEmbedder(truth_held, names) if emb_name == "annotations" else emb
+        P_held = looker.concept_matrix(images, names, progress=False)
+        for similarity in similarities:
+            t0 = time.time()
+            dissection = dissect(
+                model,
+                layers,
+                probe,
+                "shapes",
+                emb,
+                similarity,
+                abstain_p=None,  # thresholds are applied below, one dissection serves all
+                null_repeats=NULL_REPEATS,
+                cache_dir=cache,
+                progress=False,
+            )
+            pooling = {layer: dissection.pooling(layer) for layer in layers}
+            key = repr(sorted(pooling.items()))
+            if key not in lift_cache:
+                held_q = record(model, layers, model_view(model, held), pooling, progress=False)
+                lift_cache[key] = {n: lifts(held_q.activations[n], truth_held) for n in layers}
+            explanations = explain(
+                model,
+                images,
+                dissection,
+                top=TOP,
+                class_names=run.class_names,
+                embedder=looker,
+                candidates=CANDIDATES,
+                min_percentile=None,  # applied below
+            )
+            Z_held = dissection.concept_stats.standardise(names, P_held)
+            for abstain_p, min_percentile in SETTINGS:
+                per_layer = measure_dissection(
+                    dissection,
+                    explanations,
+                    truth_held,
+                    names,
+                    Z_held,
+                    lift_cache[key],
+                    abstain_p,
+                    min_percentile,
+                )
+                for layer, figures in per_layer.items():
+                    rows.append(
+                        {
+                            "dataset": "shapes",
+                            "split": split,
+                            "embedder": emb_name,
+                            "similarity": similarity,
+                            "abstain_p": abstain_p,
+                            "min_percentile": min_percentile,
+                            "model": subject.family,
+                            "U": subject.U,
+                            "seed": subject.seed,
+                            "layer": layer,
+                            "pooling": pooling[layer],
+                            **figures,
+                        }
+                    )
+            print(
+                f"  {subject.name} {split} {emb_name} {similarity}: {time.time() - t0:.0f} s",
+                flush=True,
+            )
+    return rows
+
+
+# -- summarising ---------------------------------------------------------------------------------
+KEYS = [
+    "explanation_precision",
+    "explanation_shuffled",
+    "contributions_shown",
+    "winner_precision",
+    "winner_shuffled",
+    "winners_shown",
+    "conditioned_precision",
+    "control_random_units",
+    "control_random_concepts",
+    "conditioned_winner_precision",
+    "winner_control_random_units",
+    "unit_label_precision",
+    "label_is_best",
+    "abstained",
+    "abstained_detecting",
+    "detecting",
+    "chance",
+]
+Config = tuple  # (split, embedder, similarity, abstain_p, min_percentile)
+
+
+def _config(row: dict[str, Any]) -> Config:
+    return (
+        row["split"],
+        row["embedder"],
+        row["similarity"],
+        row["abstain_p"],
+        row["min_percentile"],
+    )
+
+
+def config_means(rows: list[dict[str, Any]]) -> dict[Config, dict[str, Any]]:
+    """Per configuration: each key's mean over the models (a model's value is the mean over
+    its layers that have the key), and the per-model values (for paired comparisons)."""
+    per_model: dict[tuple, dict[str, list[float]]] = {}
+    for r in rows:
+        entry = per_model.setdefault((*_config(r), r["model"], r["U"], r["seed"]), {})
+        for key in KEYS:
+            if r.get(key) is not None:
+                entry.setdefault(key, []).append(r[key])
+    out: dict[Config, dict[str, Any]] = {}
+    for k, values in per_model.items():
+        entry = out.setdefault(k[:5], {"models": {}})
+        for key, vals in values.items():
+            entry["models"].setdefault(key, {})[k[5:]] = sum(vals) / len(vals)
+    for entry in out.values():
+        for key in KEYS:
+            vals = list(entry["models"].get(key, {}).values())
+            entry[key] = sum(vals) / len(vals) if vals else None
+    return out
+
+
+def _score(entry: dict[str, Any]) -> float | None:
+    """The validation objective, or ``None`` when a constraint fails."""
+    parts = [entry.get("explanation_precision"), entry.get("unit_label_precision")]
+    abstained, shown = entry.get("abstained_detecting"), entry.get("contributions_shown")
+    if any(p is None for p in parts) or abstained is None or shown is None:
+        return None
+    if abstained > MAX_ABSTAINED or shown < MIN_SHOWN:
+        return None
+    return sum(parts) / 2
+
+
+def tune(means: dict[Config, dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (embedder, similarity): the setting with the best validation objective."""
+    tuned: dict[tuple[str, str], dict[str, Any]] = {}
+    for (split, emb, sim, p, q), entry in means.items():
+        score = _score(entry) if split == "validation" else None
+        if score is None:
+            continue
+        best = tuned.get((emb, sim))
+        if best is None or score > best["score"] + 1e-12:
+            tuned[(emb, sim)] = {"abstain_p": p, "min_percentile": q, "score": score}
+    return tuned
+
+
+def choose_defaults(tuned: dict[tuple[str, str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per embedder: the similarity (with its tuned setting) of the best validation score."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for (emb, sim), t in sorted(tuned.items()):
+        if emb not in chosen or t["score"] > chosen[emb]["score"] + 1e-12:
+            chosen[emb] = {"similarity": sim, **t}
+    return chosen
+
+
+def paired(
+    means: dict[Config, dict[str, Any]], a: Config, b: Config, key: str
+) -> tuple[float, float, int] | None:
+    """Mean and 95 % half-width (t) of ``key``'s per-model difference a - b, and its n."""
+    ma = means.get(a, {}).get("models", {}).get(key, {})
+    mb = means.get(b, {}).get("models", {}).get(key, {})
+    diffs = [ma[m] - mb[m] for m in sorted(set(ma) & set(mb))]
+    if len(diffs) < 2:
+        return None
+    t = scipy_t(len(diffs) - 1)
+    return statistics.mean(diffs), t * statistics.stdev(diffs) / math.sqrt(len(diffs)), len(diffs)
+
+
+def scipy_t(df: int) -> float:
+    """The two-sided 95 % quantile of Student's t with ``df`` degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def _setting(p: float | None, q: float | None) -> str:
+    return f"p_null <= {p}" if p is not None else "no significance rule", (
+        f"probe percentile >= {q}" if q is not None else "no percentile rule"
+    )
+
+
+def _figures(e: dict[str, Any]) -> list[str]:
+    return [
+        f"{_pct(e['explanation_precision'])} ({_pct(e['explanation_shuffled'])}; "
+        f"{_pct(e['contributions_shown'])} shown)",
+        f"{_pct(e['winner_precision'])} ({_pct(e['winner_shuffled'])})",
+        f"{_pct(e['conditioned_precision'])} ({_pct(e['control_random_units'])} / "
+        f"{_pct(e['control_random_concepts'])})",
+        _pct(e["unit_label_precision"]),
+        _pct(e["label_is_best"]),
+        f"{_pct(e['abstained'])} ({_pct(e['abstained_detecting'])})",
+    ]
+
+
+FIGURE_HEADER = [
+    "explanation precision (shuffled; rows labelled)",
+    "winner precision (shuffled)",
+    "conditioned (random units / random concepts)",
+    "unit label precision",
+    "label = best",
+    "units abstained (detecting)",
+]
+
+
+def write_report(state: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> None:
+    means = config_means(rows)
+    tuned = tune(means)
+    chosen = choose_defaults(tuned)
+    state["tuned"] = {f"{e}|{s}": t for (e, s), t in tuned.items()}
+    state["chosen"] = chosen
+    chance = next(iter(means.values()))["chance"]
+    lines = [
+        "# Label quality end to end (issue 21)",
+        "",
+        "Are the words a user reads true? Produced by `benchmarks/label_quality.py`; the",
+        "definitions are in its docstring.",
+        "",
+        f"- **Command:** `{state['command']}`",
+        f"- **Code:** git {state['git_head']}"
+        f"{' (uncommitted changes under src/)' if state['git_dirty'] else ''}",
+        f"- **Date:** {state['date']}; run took {state['minutes']:.0f} min",
+        f"- **Machine:** {state['machine']}",
+        f"- **Models** ({len(state['subjects'])}): {', '.join(state['subjects'])}",
+        f"- **Embedders:** `annotations` (ground truth) and the Shapes CLIP `{state['clip']}`"
+        f" (zero-shot on held-out images: {state['clip_zero_shot']})",
+        f"- **Probe / held-out images:** {state['probe_n']} / {state['held_n']} per split "
+        "(Shapes `val` = validation, `test` = test; seeds 0 / 1). Chance: "
+        f"{_pct(chance)} % (6 of 46 concepts per image).",
+        f"- **Settings tried** (on every dissection, validation split): abstain when p_null > "
+        f"{', '.join(str(p) for p in ABSTAIN_P)}; label a listed unit only from a probe "
+        f"percentile of {', '.join(str(q) for q in MIN_PERCENTILE)}. Objective: the mean of "
+        "explanation precision (contribution tables) and unit label precision, among settings "
+        f"that abstain on at most {int(100 * MAX_ABSTAINED)} % of the detecting units and "
+        f"still label at least {int(100 * MIN_SHOWN)} % of the contribution-table rows.",
+        "",
+        "## Chosen defaults (validation split)",
+        "",
+    ]
+    for emb, c in chosen.items():
+        rule_p, rule_q = _setting(c["abstain_p"], c["min_percentile"])
+        lines.append(
+            f"- **{emb}** (embedder kind `{EMBEDDER_KIND[emb]}`): similarity "
+            f"`{c['similarity']}`, {rule_p}, {rule_q} (validation objective "
+            f"{100 * c['score']:.1f})."
+        )
+    lines += [
+        "",
+        "## Test split: every similarity at its tuned setting, and the paper's soft WPMI",
+        "",
+        "Means over the models; chance is the same for every row. The paper's setting labels "
+        "every unit (no abstention, no percentile rule).",
+        "",
+    ]
+    header = ["embedder", "similarity", "setting", *FIGURE_HEADER]
+    table = []
+    for emb in sorted({k[1] for k in means}):
+        for sim in SIMILARITIES:
+            t = tuned.get((emb, sim))
+            if t is not None and ("test", emb, sim, t["abstain_p"], t["min_percentile"]) in means:
+                e = means[("test", emb, sim, t["abstain_p"], t["min_percentile"])]
+                mark = " **(default)**" if chosen.get(emb, {}).get("similarity") == sim else ""
+                setting = "; ".join(_setting(t["abstain_p"], t["min_percentile"]))
+                table.append([emb, f"{sim}{mark}", setting, *_figures(e)])
+        paper = means.get(("test", emb, "soft_wpmi", None, None))
+        if paper:
+            table.append([emb, "soft_wpmi (paper)", "labels every unit", *_figures(paper)])
+    lines += markdown_table(header, table)
+    lines += ["", "## Targets (test split, chosen defaults)", ""]
+    for key, by_emb in TARGETS.items():
+        for emb, bar in by_emb.items():
+            c = chosen.get(emb)
+            e = (
+                means.get(("test", emb, c["similarity"], c["abstain_p"], c["min_percentile"]))
+                if c
+                else None
+            )
+            value = e.get(key) if e else None
+            verdict = (
+                "n/a"
+                if value is None
+                else ("met" if value >= bar else f"missed by {100 * (bar - value):.1f} points")
+            )
+            extra = ""
+            if key == "conditioned_precision" and e and value is not None:
+                margin = value - (e.get("control_random_units") or 0)
+                extra = f"; {100 * margin:+.1f} points over the random-units control (target +15)"
+            if key == "unit_label_precision" and e:
+                extra = (
+                    f"; abstention among detecting units {_pct(e.get('abstained_detecting'))} % "
+                    "(target <= 30)"
+                )
+            lines.append(
+                f"- {key}, labels from {emb}: {_pct(value)} % (target {100 * bar:.0f} %): "
+                f"**{verdict}**{extra}"
+            )
+    lines += [
+        "",
+        "## Paired differences over models (test): chosen default minus soft WPMI",
+        "",
+        "Mean and 95 % t-interval of the per-model difference (each model is one trained seed).",
+        "",
+    ]
+    for emb, c in chosen.items():
+        mine = ("test", emb, c["similarity"], c["abstain_p"], c["min_percentile"])
+        t = tuned.get((emb, "soft_wpmi"))
+        others = [("the paper's soft WPMI", ("test", emb, "soft_wpmi", None, None))]
+        if t:
+            others.append(
+                (
+                    "soft WPMI at its tuned setting",
+                    ("test", emb, "soft_wpmi", t["abstain_p"], t["min_percentile"]),
+                )
+            )
+        for name, other in others:
+            for key in ("explanation_precision", "winner_precision", "unit_label_precision"):
+                d = paired(means, mine, other, key)
+                if d:
+                    lines.append(
+                        f"- {emb}, vs {name}, {key}: {100 * d[0]:+.1f} ± {100 * d[1]:.1f} "
+                        f"points (n = {d[2]})"
+                    )
+    lines += ["", "## Validation grid of the chosen similarities", ""]
+    header = ["embedder", "similarity", "abstain when p_null >", "min percentile", *FIGURE_HEADER]
+    table = []
+    for emb, c in chosen.items():
+        for p, q in SETTINGS:
+            e = means.get(("validation", emb, c["similarity"], p, q))
+            if e:
+                table.append([emb, c["similarity"], p, q, *_figures(e)])
+    lines += markdown_table(header, table)
+    lines += ["", "## Test split by family and U (chosen defaults)", ""]
+    header = ["embedder", "model", "U", "seeds", *FIGURE_HEADER]
+    table = []
+    for emb, c in chosen.items():
+        subset = [
+            r
+            for r in rows
+            if _config(r) == ("test", emb, c["similarity"], c["abstain_p"], c["min_percentile"])
+        ]
+        for family in sorted({r["model"] for r in subset}):
+            for U in sorted({r["U"] for r in subset if r["model"] == family}):
+                group = [r for r in subset if r["model"] == family and r["U"] == U]
+                e = next(iter(config_means(group).values()))
+                seeds = len({r["seed"] for r in group})
+                table.append([emb, family, U, seeds, *_figures(e)])
+    lines += markdown_table(header, table)
+    (out / "label_quality.md").write_text("\n".join(lines) + "\n")
+    kept = []
+    for r in rows:
+        t = tuned.get((r["embedder"], r["similarity"]))
+        tuned_here = t and (r["abstain_p"], r["min_percentile"]) == (
+            t["abstain_p"],
+            t["min_percentile"],
+        )
+        paper = (
+            r["similarity"] == "soft_wpmi"
+            and r["abstain_p"] is None
+            and r["min_percentile"] is None
+        )
+        if tuned_here or paper:
+            kept.append({**r, "setting": "tuned" if tuned_here else "paper"})
+            if tuned_here and paper:
+                kept.append({**r, "setting": "paper"})
+    state["rows"] = kept
+    state["grid"] = [
+        {"split": k[0], "embedder": k[1], "similarity": k[2], "abstain_p": k[3], "min_percentile": k[4], **{key: e[key] for key in KEYS}}
+        for k, e in means.items()
+    ]  # fmt: skip
+    write_json(out / "label_quality.json", state)
+    plot(means, tuned, chosen, out / "label_quality.png")
+
+
+def plot(
+    means: dict[Config, dict[str, Any]],
+    tuned: dict[tuple[str, str], dict[str, Any]],
+    chosen: dict[str, Any],
+    path: Path,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    embs = sorted({k[1] for k in means})
+    fig, axes = plt.subplots(1, len(embs), figsize=(6.5 * len(embs), 3.8), squeeze=False)
+    bars = [
+        ("explanation_precision", "explanation (global labels)"),
+        ("winner_precision", "winners (global labels)"),
+        ("conditioned_precision", "explanation (conditioned)"),
+        ("unit_label_precision", "unit label"),
+    ]
+    for ax, emb in zip(axes[0], embs, strict=True):
+        columns = []
+        for sim in SIMILARITIES:
+            t = tuned.get((emb, sim))
+            if t and ("test", emb, sim, t["abstain_p"], t["min_percentile"]) in means:
+                columns.append(
+                    (sim, means[("test", emb, sim, t["abstain_p"], t["min_percentile"])])
+                )
+        if ("test", emb, "soft_wpmi", None, None) in means:
+            columns.append(("soft_wpmi\n(paper)", means[("test", emb, "soft_wpmi", None, None)]))
+        xs = range(len(columns))
+        for offset, (key, label) in enumerate(bars):
+            values = [100 * (e.get(key) or 0) for _, e in columns]
+            ax.bar([x + 0.2 * offset - 0.3 for x in xs], values, width=0.2, label=label)
+        ax.axhline(100 * 6 / 46, color="k", ls="--", lw=1, label="chance")
+        ax.set_xticks(list(xs), [name for name, _ in columns], rotation=20, fontsize=8)
+        default = chosen.get(emb, {}).get("similarity")
+        ax.set(
+            ylabel="precision (%)",
+            ylim=(0, 100),
+            title=f"labels from {emb} (test; default {default})",
+        )
+        ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", default="benchmarks/runs/converged")
+    parser.add_argument("--families", nargs="+", default=["resnet", "vit"])
+    parser.add_argument("--U", nargs="+", type=int, default=[1, 2, 4, 8])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--similarities", nargs="+", default=list(SIMILARITIES))
+    parser.add_argument(
+        "--clip", help="an open_clip embedder spec (default: train or find the Shapes CLIP)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small probe and held-out sets, plumbing only"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--cache", default="benchmarks/runs/label-quality-cache")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    meta = provenance(argv, threads=args.threads, script=__file__)
+    t0 = time.time()
+    runs, out = Path(args.runs), Path(args.out)
+    subjects = find_subjects(runs, args.families, args.U, args.seeds)
+    if not subjects:
+        parser.error(f"--runs {runs}: no finished converged Shapes runs (record.json) found")
+    if args.clip:
+        clip_spec, zero_shot = args.clip, "not measured here"
+    else:
+        from discover.training.clip import train_shapes_clip
+
+        clip = train_shapes_clip()
+        clip_spec = clip.spec
+        zero_shot = ", ".join(f"{f} {100 * a:.0f} %" for f, a in clip.zero_shot.items())
+    embedders = {"annotations": "annotations", "clip": clip_spec}
+    rows: list[dict[str, Any]] = []
+    for subject in subjects:
+        for split in SPLITS:
+            rows += measure_subject(
+                subject, runs, split, embedders, args.similarities, Path(args.cache), args.quick
+            )
+    probe, held = worlds("test", args.quick)
+    state = {
+        **meta,
+        "minutes": (time.time() - t0) / 60,
+        "subjects": [s.name for s in subjects],
+        "clip": portable(clip_spec),
+        "clip_zero_shot": zero_shot,
+        "probe_n": len(probe),
+        "held_n": len(held),
+        "abstain_p": list(ABSTAIN_P),
+        "min_percentile": list(MIN_PERCENTILE),
+        "lift_bar": LIFT_BAR,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(state, rows, out)
+    print(f"written: {out / 'label_quality.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

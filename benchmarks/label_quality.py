@@ -48,7 +48,8 @@ setting, the paper's soft WPMI (every unit labelled) and paired 95 % intervals o
 models. The JSON keeps the rows of each similarity's tuned setting (``setting: tuned``)
 and of the paper's (``setting: paper``); ``grid`` has every setting's means.
 
-Run (about 1-2 h on 2 cores; the Shapes CLIP is trained first, about 20 min, and cached):
+Run (about 1 h on 2 cores, two models at a time; the Shapes CLIP is trained first, about
+40 min, and cached; an interrupted run continues where it stopped, ``--cache``):
     python benchmarks/label_quality.py --runs benchmarks/runs/converged
     python benchmarks/label_quality.py --runs DIR --quick   # a plumbing check, minutes
 Results: ``benchmarks/results/label_quality.{md,json,png}``.
@@ -57,7 +58,11 @@ Results: ``benchmarks/results/label_quality.{md,json,png}``.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import hashlib
+import json
 import math
+import multiprocessing
 import statistics
 import time
 from dataclasses import dataclass
@@ -85,6 +90,7 @@ TARGETS = {
     "unit_label_precision": {"annotations": 0.70, "clip": 0.70},
 }
 EMBEDDER_KIND = {"annotations": "annotations", "clip": "vlm"}
+ROWS_VERSION = 1  # bump when measure_subject's rows change meaning
 
 
 @dataclass(frozen=True)
@@ -303,6 +309,46 @@ def measure_subject(
                 f"  {subject.name} {split} {emb_name} {similarity}: {time.time() - t0:.0f} s",
                 flush=True,
             )
+    return rows
+
+
+def measured_rows(
+    subject: Subject,
+    runs: Path,
+    split: str,
+    embedders: dict[str, Any],
+    similarities: list[str],
+    cache: Path,
+    quick: bool,
+) -> list[dict[str, Any]]:
+    """:func:`measure_subject`, kept in ``cache/rows/`` under a key of everything that
+    decides the rows (the model's weights file included), so an interrupted benchmark
+    continues where it stopped."""
+    from discover.dissection.embedders import build_embedder
+
+    weights = runs / subject.name / "best.safetensors"
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "subject": subject.name,
+                "weights": hashlib.sha256(weights.read_bytes()).hexdigest(),
+                "split": split,
+                "embedders": {name: build_embedder(spec).id for name, spec in embedders.items()},
+                "similarities": similarities,
+                "quick": quick,
+                "settings": [list(s) for s in SETTINGS],
+                "version": ROWS_VERSION,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:20]
+    path = cache / "rows" / f"{subject.name}-{split}-{key}.json"
+    if path.is_file():
+        print(f"  {subject.name} {split}: measured before ({path.name})", flush=True)
+        return json.loads(path.read_text())
+    rows = measure_subject(subject, runs, split, embedders, similarities, cache, quick)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, rows)
     return rows
 
 
@@ -674,12 +720,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="small probe and held-out sets, plumbing only"
     )
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=2, help="models measured in parallel")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--cache", default="benchmarks/runs/label-quality-cache")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    meta = provenance(argv, threads=args.threads, script=__file__)
+    meta = provenance(argv, threads=args.threads, jobs=args.jobs, script=__file__)
     t0 = time.time()
     runs, out = Path(args.runs), Path(args.out)
     subjects = find_subjects(runs, args.families, args.U, args.seeds)
@@ -694,12 +741,22 @@ def main(argv: list[str] | None = None) -> int:
         clip_spec = clip.spec
         zero_shot = ", ".join(f"{f} {100 * a:.0f} %" for f, a in clip.zero_shot.items())
     embedders = {"annotations": "annotations", "clip": clip_spec}
+    jobs = [(subject, split) for subject in subjects for split in SPLITS]
+    common = (embedders, args.similarities, Path(args.cache), args.quick)
     rows: list[dict[str, Any]] = []
-    for subject in subjects:
-        for split in SPLITS:
-            rows += measure_subject(
-                subject, runs, split, embedders, args.similarities, Path(args.cache), args.quick
-            )
+    if args.jobs == 1:  # in this process
+        for subject, split in jobs:
+            rows += measured_rows(subject, runs, split, *common)
+    else:
+        with concurrent.futures.ProcessPoolExecutor(
+            max_workers=args.jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=torch.set_num_threads,
+            initargs=(args.threads,),
+        ) as pool:
+            futures = [pool.submit(measured_rows, s, runs, split, *common) for s, split in jobs]
+            for future in futures:
+                rows += future.result()
     probe, held = worlds("test", args.quick)
     state = {
         **meta,

@@ -395,7 +395,7 @@ def test_label_quality_runs_end_to_end_on_tiny_runs(tmp_path, monkeypatch):
     code = lq.main(
         ["--runs", str(runs), "--families", "resnet", "--U", "1", "2", "--seeds", "0",
          "--similarities", "corr", "soft_wpmi", "--clip", clip.spec, "--quick",
-         "--threads", "1", "--out", str(out), "--cache", str(tmp_path / "cache")]
+         "--jobs", "1", "--threads", "1", "--out", str(out), "--cache", str(tmp_path / "cache")]
     )  # fmt: skip
     assert code == 0
     data = json.loads((out / "label_quality.json").read_text())
@@ -415,3 +415,34 @@ def test_label_quality_runs_end_to_end_on_tiny_runs(tmp_path, monkeypatch):
     assert "## Chosen defaults (validation split)" in text and "soft_wpmi (paper)" in text
     assert data["command"].startswith("python benchmarks/label_quality.py --runs")
     assert (out / "label_quality.png").is_file()
+    # a second run reads the measured rows back instead of measuring again
+    assert len(list((tmp_path / "cache" / "rows").glob("*.json"))) == 4
+    monkeypatch.setattr(lq, "measure_subject", lambda *a, **k: pytest.fail("measured again"))
+    assert (
+        lq.main(
+            [
+                "--runs",
+                str(runs),
+                "--families",
+                "resnet",
+                "--U",
+                "1",
+                "2",
+                "--seeds",
+                "0",
+                "--similarities",
+                "corr",
+                "soft_wpmi",
+                "--clip",
+                clip.spec,
+                "--quick",
+                "--jobs",
+                "1",
+                "--out",
+                str(out),
+                "--cache",
+                str(tmp_path / "cache"),
+            ]
+        )
+        == 0
+    )

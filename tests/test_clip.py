@@ -69,8 +69,12 @@ def test_a_tiny_clip_trains_caches_and_dissects_through_open_clip(tmp_path):
     probe = ShapesWorld(n=40, image_size=32, split="val")
     P = embedder.concept_matrix(probe, probe.concept_names, progress=False)
     assert P.shape == (40, 46) and torch.isfinite(P).all() and P.std() > 0
-    model = create_model("small_resnet", U=2, num_classes=10, img_size=32, widths=[8, 16], depths=[1, 1])
-    result = dissect(model, ["layer2.0.act2"], probe, "shapes", clip.spec, cache_dir=None, progress=False)
+    model = create_model(
+        "small_resnet", U=2, num_classes=10, img_size=32, widths=[8, 16], depths=[1, 1]
+    )
+    result = dissect(
+        model, ["layer2.0.act2"], probe, "shapes", clip.spec, cache_dir=None, progress=False
+    )
     assert result.config.embedder == embedder.id and result.about.embedder_spec == clip.spec
     assert result.config.similarity == "cos" or result.config.similarity  # the vlm default
     assert len(result.layer("layer2.0.act2")) == 16

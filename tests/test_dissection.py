@@ -103,7 +103,9 @@ def test_save_overwrites_and_loads(tmp_path):
     assert len(rows) == 12 and rows[0]["block"] == "" and rows[6]["block"] == "0"
     for row, unit in zip(rows, result.units, strict=True):
         assert json.loads(row["top5"])[0][0] == unit.label  # the label or first candidate
-        assert row["label"] == (unit.shown_label or "") and row["abstained"] == (unit.abstained or "")
+        assert row["label"] == (unit.shown_label or "") and row["abstained"] == (
+            unit.abstained or ""
+        )
     saved = json.loads((tmp_path / "dissection.json").read_text())
     default = label_defaults("annotations")
     assert saved["config"]["similarity"] == default.similarity

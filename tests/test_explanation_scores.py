@@ -26,9 +26,7 @@ def _dissection():
         ("ring", None, 1e-2),
     ]
     units = [
-        UnitDescription(
-            "a", k, label, 1.0, [(label, 1.0), ("blue", 0.5)], p_null=p, abstained=why
-        )
+        UnitDescription("a", k, label, 1.0, [(label, 1.0), ("blue", 0.5)], p_null=p, abstained=why)
         for k, (label, why, p) in enumerate(rows)
     ]
     return Dissection(units, DissectConfig(["a"], "toy", "toy"))

@@ -11,8 +11,8 @@ from discover.dissection import similarity as sim
 from discover.dissection.similarity import (
     DEFAULT_SIMILARITY,
     SIMILARITIES,
-    cos,
     corr,
+    cos,
     cos3,
     get_similarity,
     jsd,

@@ -90,7 +90,12 @@ TARGETS = {
     "unit_label_precision": {"annotations": 0.70, "clip": 0.70},
 }
 EMBEDDER_KIND = {"annotations": "annotations", "clip": "vlm"}
-ROWS_VERSION = 1  # bump when measure_subject's rows change meaning
+ROWS_VERSION = 2  # bump when measure_subject's rows change meaning
+ALT_POOLING = {"resnet": "max", "vit": "mean"}
+"""Validation only: hidden layers pooled otherwise than ``auto`` (avg for conv maps, the class
+token for ViT tokens), with :data:`ALT_POOLING_SIMILARITY`; the contribution table keeps
+the pooling that feeds the classifier (its labels would otherwise describe other numbers)."""
+ALT_POOLING_SIMILARITY = "corr"
 
 
 @dataclass(frozen=True)
@@ -216,6 +221,15 @@ def measure_dissection(
     return results
 
 
+def contribution_layer(model: Any, layers: list[str]) -> str | None:
+    """The layer among ``layers`` whose pooled output feeds the classifier (the explanation's
+    contribution table), found by one forward pass, as ``explain`` finds it."""
+    from discover.explanation import explain
+
+    [e] = explain(model, torch.zeros(1, 3, 32, 32), None, layers=layers, top=1)
+    return e.contributions.layer if e.contributions is not None else None
+
+
 def measure_subject(
     subject: Subject,
     runs: Path,
@@ -235,6 +249,7 @@ def measure_subject(
     run = load_run(runs / subject.name)
     model = run.model.eval()
     layers = default_layers(model)
+    head_layer = contribution_layer(model, layers)
     probe, held = worlds(split, quick)
     names = list(probe.concept_names)
     truth_held = held.concepts_table()
@@ -247,7 +262,13 @@ def measure_subject(
         # annotations the images' own ground truth (an oracle)
         looker = AnnotationEmbedder(truth_held, names) if emb_name == "annotations" else emb
         P_held = looker.concept_matrix(images, names, progress=False)
-        for similarity in similarities:
+        variants = [(similarity, "auto", similarity) for similarity in similarities]
+        if split == "validation" and ALT_POOLING_SIMILARITY in similarities:
+            alt = ALT_POOLING[subject.family]
+            pooling = {n: (alt if n != head_layer else "auto") for n in layers}
+            name = f"{ALT_POOLING_SIMILARITY} (pooling {alt})"
+            variants.append((ALT_POOLING_SIMILARITY, pooling, name))
+        for similarity, pooling_choice, similarity_name in variants:
             t0 = time.time()
             dissection = dissect(
                 model,
@@ -256,6 +277,7 @@ def measure_subject(
                 "shapes",
                 emb,
                 similarity,
+                pooling=pooling_choice,
                 abstain_p=None,  # thresholds are applied below, one dissection serves all
                 null_repeats=NULL_REPEATS,
                 cache_dir=cache,
@@ -294,7 +316,7 @@ def measure_subject(
                             "dataset": "shapes",
                             "split": split,
                             "embedder": emb_name,
-                            "similarity": similarity,
+                            "similarity": similarity_name,
                             "abstain_p": abstain_p,
                             "min_percentile": min_percentile,
                             "model": subject.family,
@@ -306,7 +328,7 @@ def measure_subject(
                         }
                     )
             print(
-                f"  {subject.name} {split} {emb_name} {similarity}: {time.time() - t0:.0f} s",
+                f"  {subject.name} {split} {emb_name} {similarity_name}: {time.time() - t0:.0f} s",
                 flush=True,
             )
     return rows
@@ -434,6 +456,8 @@ def choose_defaults(tuned: dict[tuple[str, str], dict[str, Any]]) -> dict[str, d
     """Per embedder: the similarity (with its tuned setting) of the best validation score."""
     chosen: dict[str, dict[str, Any]] = {}
     for (emb, sim), t in sorted(tuned.items()):
+        if sim not in SIMILARITIES:  # a pooling variant: reported, not a candidate default
+            continue
         if emb not in chosen or t["score"] > chosen[emb]["score"] + 1e-12:
             chosen[emb] = {"similarity": sim, **t}
     return chosen
@@ -608,6 +632,42 @@ def write_report(state: dict[str, Any], rows: list[dict[str, Any]], out: Path) -
                     lines.append(
                         f"- {emb}, vs {name}, {key}: {100 * d[0]:+.1f} ± {100 * d[1]:.1f} "
                         f"points (n = {d[2]})"
+                    )
+    lines += [
+        "",
+        f"## Pooling (validation split, `{ALT_POOLING_SIMILARITY}` at its tuned setting)",
+        "",
+        "`auto` pools conv maps by their mean and ViT tokens by the class token; the variant "
+        f"pools hidden layers by {', '.join(f'{v} ({k})' for k, v in ALT_POOLING.items())}, "
+        "except the layer that feeds the classifier. Paired over models.",
+        "",
+    ]
+    for emb in sorted({k[1] for k in means}):
+        for family, alt in ALT_POOLING.items():
+            variant = f"{ALT_POOLING_SIMILARITY} (pooling {alt})"
+            ta, tb = tuned.get((emb, variant)), tuned.get((emb, ALT_POOLING_SIMILARITY))
+            if not ta or not tb:
+                continue
+            a = ("validation", emb, variant, ta["abstain_p"], ta["min_percentile"])
+            b = ("validation", emb, ALT_POOLING_SIMILARITY, tb["abstain_p"], tb["min_percentile"])
+            for key in ("winner_precision", "unit_label_precision", "explanation_precision"):
+                ma = {
+                    m: v
+                    for m, v in means.get(a, {}).get("models", {}).get(key, {}).items()
+                    if m[0] == family
+                }
+                mb = {
+                    m: v
+                    for m, v in means.get(b, {}).get("models", {}).get(key, {}).items()
+                    if m[0] == family
+                }
+                diffs = [ma[m] - mb[m] for m in sorted(set(ma) & set(mb))]
+                if len(diffs) >= 2:
+                    half = scipy_t(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+                    lines.append(
+                        f"- {emb}, {family}, {key}: {alt} minus auto "
+                        f"{100 * statistics.mean(diffs):+.1f} ± {100 * half:.1f} points "
+                        f"(n = {len(diffs)})"
                     )
     lines += ["", "## Validation grid of the chosen similarities", ""]
     header = ["embedder", "similarity", "abstain when p_null >", "min percentile", *FIGURE_HEADER]

@@ -159,3 +159,17 @@ def _parser_with(build, handler):
         return parser
 
     return build_broken
+
+
+def test_explain_conditioning_needs_an_embedder_that_can_look(capsys, tmp_path, run):
+    from PIL import Image
+
+    assert main(_dissect(run, tmp_path)) == 0
+    Image.new("RGB", (16, 16), "red").save(tmp_path / "red.png")
+    capsys.readouterr()
+    explained = ["explain", str(tmp_path / "red.png"), "--run", str(run)]
+    explained += ["--dissection", str(tmp_path / "d")]
+    _fails(capsys, [*explained, "--embedder", "dissection"], "ground-truth annotations")
+    _fails(capsys, [*explained, "--min-percentile", "high"], "--min-percentile: expected a number")
+    _fails(capsys, [*explained, "--min-percentile", "2"], "min_percentile must be in [0, 1]")
+    _fails(capsys, [*explained, "--candidates", "0"], "candidates must be >= 1")

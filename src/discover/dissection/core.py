@@ -1026,10 +1026,7 @@ def dissect(
     meta = {
         "layers": layer_meta,
         "concept_set": concept_set.summary(),
-        "embedder": {
-            **emb.metadata(),
-            **({"spec": embedder} if isinstance(embedder, str) else {}),
-        },
+        "embedder": emb.metadata(),
         "probe": {
             "images": len(probe),
             "skipped_unreadable": _skipped(probe),

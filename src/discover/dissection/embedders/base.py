@@ -239,6 +239,9 @@ class Embedder(ABC):
     name: str
     image_transform: ImageTransform | None
     device: torch.device
+    spec: str | None = None
+    """The spec string that :func:`~discover.dissection.embedders.build_embedder` built it
+    from (``None``: built otherwise), recorded with results so that it can be rebuilt."""
     kind: str = "vlm"
     """``"vlm"``: graded image-text similarities from a vision-language model (or a stand-in
     such as ConSE); ``"annotations"``: a binary ground-truth table. Label defaults
@@ -264,7 +267,13 @@ class Embedder(ABC):
     def metadata(self) -> dict[str, Any]:
         """What to save with results: id, name, kind and image transform."""
         transform = self.image_transform.to_dict() if self.image_transform else None
-        return {"id": self.id, "name": self.name, "kind": self.kind, "image_transform": transform}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "spec": self.spec,
+            "image_transform": transform,
+        }
 
     def concept_matrix(
         self,

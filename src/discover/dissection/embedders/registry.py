@@ -86,7 +86,10 @@ def build_embedder(spec: str | Embedder, **kwargs: Any) -> Embedder:
             f"unknown embedder spec {spec!r}.{hint} Registered prefixes: "
             f"{', '.join(list_embedders())} (formats: {formats})"
         )
-    return EMBEDDERS[prefix](argument if colon else None, **kwargs)
+    embedder = EMBEDDERS[prefix](argument if colon else None, **kwargs)
+    if not kwargs:  # the spec alone rebuilds it (e.g. explain_run(embedder="dissection"))
+        embedder.spec = spec
+    return embedder
 
 
 @register_embedder("open_clip", usage="open_clip:<arch>:<weights file, folder or cached tag>")

@@ -153,7 +153,7 @@ def _shown(unit: Any, threshold: float | None) -> bool:
 
 def measure_dissection(
     dissection: Any,
-    explanations: list[Any],
+    explanations: Any,
     truth_held: torch.Tensor,
     names: list[str],
     Z_held: torch.Tensor,
@@ -165,7 +165,7 @@ def measure_dissection(
     from discover.evaluation.explanations import score_explanations
 
     scores = score_explanations(
-        explanations,
+        explanations,  # ExplanationRows: the explanations read once for every setting
         dissection,
         truth_held,
         names,
@@ -176,7 +176,7 @@ def measure_dissection(
     )
     column = {c: j for j, c in enumerate(names)}
     results: dict[str, dict[str, Any]] = {}
-    contribution_layer = explanations[0].contributions.layer if scores.contributions else None
+    contribution_layer = explanations.contribution_layer
     for layer in dissection.layers:
         units = dissection.layer(layer)
         shown = torch.tensor([_shown(u, abstain_p) for u in units])
@@ -243,6 +243,7 @@ def measure_subject(
     from discover.dissection.core import dissect
     from discover.dissection.embedders import AnnotationEmbedder, build_embedder
     from discover.dissection.recording import model_view, record
+    from discover.evaluation.explanations import ExplanationRows
     from discover.explanation import default_layers, explain
     from discover.training.runs import load_run
 
@@ -299,10 +300,11 @@ def measure_subject(
                 min_percentile=None,  # applied below
             )
             Z_held = dissection.concept_stats.standardise(names, P_held)
+            listed = ExplanationRows.of(explanations, names)
             for abstain_p, min_percentile in SETTINGS:
                 per_layer = measure_dissection(
                     dissection,
-                    explanations,
+                    listed,
                     truth_held,
                     names,
                     Z_held,

@@ -776,6 +776,9 @@ def explain(
         }
 
     head = _classifier_features(store, logits, classifier, per_layer, threshold)
+    for name, data in per_layer.items():  # each unit's share of the probe below it, at once
+        probe_q = dissection.activations.get(name) if dissection is not None else None
+        data["percentile"] = _percentiles(probe_q, data["pooled"])
     explanations = []
     for i in range(len(batch)):
         rows = []
@@ -784,28 +787,29 @@ def explain(
             kind = "lwta" if name in masks else "dense"
             kind = "sae" if sae is not None and name == sae.layer else kind
             U = module.U if isinstance(module, LWTA) and module.U > 1 and kind != "sae" else None
-            probe_q = dissection.activations.get(name) if dissection is not None else None
+            values, active = data["pooled"][i], data["active"][i]
+            listed = _strongest(values, active, top)
+            percentile = data["percentile"]
             winners = [
                 _winner(
                     unit,
-                    float(data["pooled"][i, unit]),
+                    float(values[unit]),
                     U,
                     index.get(name),
-                    probe_q,
+                    None if percentile is None else float(percentile[i, unit]),
                     min_percentile,
                 )
-                for unit in data["active"][i].nonzero().flatten().tolist()
+                for unit in listed
             ]
-            winners.sort(key=lambda w: (-abs(w.activation), w.unit))
             rows.append(
                 LayerExplanation(
                     layer=name,
                     kind=kind,
                     units=int(data["pooled"].shape[1]),
-                    active=len(winners),
+                    active=int(active.sum()),
                     active_fraction=float(data["fraction"][i]),
                     threshold=float(threshold) if kind == "dense" else None,
-                    winners=winners[:top] if top is not None else winners,
+                    winners=winners,
                 )
             )
         predicted = int(logits[i].argmax())
@@ -832,7 +836,7 @@ def explain(
                     class_names,
                     index,
                     top,
-                    dissection.activations.get(head["layer"]) if dissection is not None else None,
+                    per_layer[head["layer"]]["percentile"] if head["layer"] in per_layer else None,
                     min_percentile,
                 ),
             )
@@ -876,10 +880,12 @@ def _condition(
     if stats is not None and set(wanted) <= set(stats.names):
         scores = stats.standardise(wanted, scores)
     column = {c: j for j, c in enumerate(wanted)}
+    table = scores.tolist()
     for i, explanation in enumerate(explanations):
+        image = table[i]
         for row in _listed(explanation):
             if row.candidates:
-                pairs = [(c, float(scores[i, column[c]])) for c in row.candidates[:candidates]]
+                pairs = [(c, image[column[c]]) for c in row.candidates[:candidates]]
                 row.seen = sorted(pairs, key=lambda pair: (-pair[1], pair[0]))
 
 
@@ -918,11 +924,25 @@ def _default_min_percentile(dissection: Dissection | None) -> float | None:
     return LABEL_DEFAULTS[kind].min_percentile if kind in LABEL_DEFAULTS else None
 
 
-def _percentile(probe_q: torch.Tensor | None, unit: int, activation: float) -> float | None:
-    """The share of the probe on which ``unit`` is less active than ``activation``."""
-    if probe_q is None or unit >= probe_q.shape[1] or not len(probe_q):
+def _percentiles(probe_q: torch.Tensor | None, pooled: torch.Tensor) -> torch.Tensor | None:
+    """``(B, K)``: for every image and unit, the share of the probe on which the unit is less
+    active (``None`` without the dissection's probe activations, or for another width)."""
+    if probe_q is None or not len(probe_q) or probe_q.shape[1] != pooled.shape[1]:
         return None
-    return float((probe_q[:, unit] < activation).float().mean())
+    ordered = probe_q.float().T.contiguous().sort(dim=1).values  # (K, N)
+    below = torch.searchsorted(ordered, pooled.float().T.contiguous(), side="left")  # (K, B)
+    return (below.T.double() / probe_q.shape[0]).float()
+
+
+def _strongest(values: torch.Tensor, active: torch.Tensor, top: int | None) -> list[int]:
+    """The active units by decreasing ``|value|`` (ties: lower unit first), the first ``top``."""
+    units = active.nonzero().flatten()
+    if top is not None and len(units) > top:
+        magnitude = values[units].abs()
+        kth = magnitude.topk(top).values[-1]
+        units = units[magnitude >= kth]  # the top ones and any tie at the boundary
+    order = sorted(units.tolist(), key=lambda u: (-abs(float(values[u])), u))
+    return order if top is None else order[:top]
 
 
 def _label(
@@ -945,11 +965,10 @@ def _winner(
     activation: float,
     U: int | None,
     labels: dict[int, Any] | None,
-    probe_q: torch.Tensor | None,
+    percentile: float | None,
     min_percentile: float | None,
 ) -> Winner:
     described = labels.get(unit) if labels else None
-    percentile = _percentile(probe_q, unit, activation)
     label, why, candidates = _label(described, percentile, min_percentile)
     return Winner(
         unit=unit,
@@ -1009,7 +1028,7 @@ def _contributions(
     class_names: Sequence[str],
     index: dict[str, dict[int, Any]],
     top: int | None,
-    probe_q: torch.Tensor | None,
+    percentile: torch.Tensor | None,
     min_percentile: float | None,
 ) -> Contributions:
     x = head["features"][i].cpu()
@@ -1017,11 +1036,11 @@ def _contributions(
     bias = float(head["bias"][cls]) if head["bias"] is not None else 0.0
     logit = float(head["logits"][i, cls])
     labels = index.get(head["layer"], {})
-    units = []
-    for unit in head["active"][i].nonzero().flatten().tolist():
-        percentile = _percentile(probe_q, unit, float(x[unit]))
-        label, why, candidates = _label(labels.get(unit), percentile, min_percentile)
-        units.append(
+    listed = []
+    for unit in _strongest(x * w, head["active"][i], top):
+        pct = None if percentile is None else float(percentile[i, unit])
+        label, why, candidates = _label(labels.get(unit), pct, min_percentile)
+        listed.append(
             UnitContribution(
                 unit=unit,
                 label=label,
@@ -1030,11 +1049,9 @@ def _contributions(
                 contribution=float(x[unit] * w[unit]),
                 abstained=why,
                 candidates=candidates,
-                probe_percentile=percentile,
+                probe_percentile=pct,
             )
         )
-    units.sort(key=lambda u: (-abs(u.contribution), u.unit))
-    listed = units[:top] if top is not None else units
     explained = math.fsum(u.contribution for u in listed)
     denominator = logit - bias
     share = explained / denominator if abs(denominator) > 1e-12 else float(abs(explained) < 1e-12)

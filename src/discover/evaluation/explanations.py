@@ -26,16 +26,18 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from discover.dissection.core import Dissection
 
-__all__ = ["TableScores", "ExplanationScores", "score_explanations"]
+__all__ = ["TableScores", "ExplanationScores", "ExplanationRows", "score_explanations"]
 
 
 @dataclass
@@ -102,8 +104,49 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f} %"
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
+@dataclass
+class ExplanationRows:
+    """The rows of a batch of explanations as arrays, one entry per listed row of each table
+    (``"contributions"`` and each layer's winners): image index, unit, probe percentile
+    (NaN: unknown), whether the explanation shows it unlabelled, and the column of its
+    image-conditioned label (-1: none; ``len(concept_names)``: not a concept). Scoring many
+    settings of the same explanations reads them once (:meth:`of`)."""
+
+    images: int
+    contribution_layer: str | None
+    tables: dict[str, dict[str, np.ndarray]]
+
+    @classmethod
+    def of(cls, explanations: Sequence[Any], concept_names: Sequence[str]) -> ExplanationRows:
+        column = {c: j for j, c in enumerate(concept_names)}
+        unknown = len(concept_names)
+        first = explanations[0] if explanations else None
+        sources: dict[str, Any] = {}
+        contribution_layer = None
+        if first is not None and first.contributions is not None:
+            contribution_layer = first.contributions.layer
+            sources["contributions"] = lambda e: e.contributions.units if e.contributions else []
+        for row in first.layers if first is not None else []:
+            sources[row.layer] = lambda e, name=row.layer: e.layer(name).winners
+        tables = {}
+        for name, rows_of in sources.items():
+            image, unit, percentile, abstained, seen = [], [], [], [], []
+            for i, explanation in enumerate(explanations):
+                for entry in rows_of(explanation):
+                    image.append(i)
+                    unit.append(entry.unit)
+                    pct = entry.probe_percentile
+                    percentile.append(math.nan if pct is None else pct)
+                    abstained.append(entry.abstained is not None)
+                    seen.append(column.get(entry.seen[0][0], unknown) if entry.seen else -1)
+            tables[name] = {
+                "image": np.array(image, dtype=np.int64),
+                "unit": np.array(unit, dtype=np.int64),
+                "percentile": np.array(percentile, dtype=np.float64),
+                "abstained": np.array(abstained, dtype=bool),
+                "seen": np.array(seen, dtype=np.int64),
+            }
+        return cls(len(explanations), contribution_layer, tables)
 
 
 def _shown(unit: Any, abstain_p: float | None) -> bool:
@@ -115,7 +158,7 @@ def _shown(unit: Any, abstain_p: float | None) -> bool:
 
 @torch.no_grad()
 def score_explanations(
-    explanations: Sequence[Any],
+    explanations: Sequence[Any] | ExplanationRows,
     dissection: Dissection,
     truth: Tensor,
     concept_names: Sequence[str],
@@ -130,7 +173,7 @@ def score_explanations(
 
     Args:
         explanations: one :class:`~discover.explanation.Explanation` per image, made with
-            ``dissection``.
+            ``dissection`` (or their :class:`ExplanationRows`, to score several settings).
         dissection: the dissection whose labels the explanations show.
         truth: ``(N, C)`` binary concepts of the explained images, in explanation order.
         concept_names: the ``C`` column names of ``truth``; every label must be one.
@@ -146,9 +189,14 @@ def score_explanations(
     Raises:
         ValueError: shapes or names that do not fit, or a label that is not a concept.
     """
-    if len(explanations) != truth.shape[0] or truth.shape[1] != len(concept_names):
+    rows = (
+        explanations
+        if isinstance(explanations, ExplanationRows)
+        else ExplanationRows.of(explanations, concept_names)
+    )
+    if rows.images != truth.shape[0] or truth.shape[1] != len(concept_names):
         raise ValueError(
-            f"score_explanations: {len(explanations)} explanations, truth of shape "
+            f"score_explanations: {rows.images} explanations, truth of shape "
             f"{tuple(truth.shape)} and {len(concept_names)} concept names do not fit"
         )
     if image_scores is not None and image_scores.shape != truth.shape:
@@ -164,62 +212,64 @@ def score_explanations(
         )
     truth = truth.bool()
     generator = torch.Generator().manual_seed(seed)
+    # one more column, always false: an image-conditioned label outside the vocabulary
+    truth_np = np.concatenate([truth.numpy(), np.zeros((len(truth), 1), bool)], axis=1)
     per_layer: dict[str, dict[str, Any]] = {}
     for layer in dissection.layers:
         units = dissection.layer(layer)
         shown = [_shown(u, abstain_p) for u in units]
         labels = torch.tensor([column[u.label] for u, s in zip(units, shown, strict=True) if s])
-        info: dict[str, Any] = {"units": units, "shown": shown}
-        info["shuffled"] = truth[:, labels].float().mean(dim=1) if len(labels) else None
+        info: dict[str, Any] = {
+            "shown": np.array(shown, dtype=bool),
+            "label": np.array([column[u.label] for u in units], dtype=np.int64),
+            "shuffled": truth[:, labels].float().mean(dim=1).numpy() if len(labels) else None,
+        }
         if image_scores is not None:
-            info.update(_controls(units, shown, column, truth, image_scores, candidates, generator))
+            controls = _controls(units, shown, column, truth, image_scores, candidates, generator)
+            info.update({k: v.numpy() for k, v in controls.items()})
         per_layer[layer] = info
 
-    def table(rows_of: Any, layer: str) -> TableScores:
-        info = per_layer.get(layer)
-        hits, shuffled, cond, c_units, c_random, listed = [], [], [], [], [], 0
-        for i, explanation in enumerate(explanations):
-            for entry in rows_of(explanation):
-                listed += 1
-                if info is None or not info["shown"][entry.unit] or entry.abstained is not None:
-                    continue
-                weak = entry.probe_percentile is not None and min_percentile is not None
-                if weak and entry.probe_percentile < min_percentile:
-                    continue
-                unit = info["units"][entry.unit]
-                hits.append(float(truth[i, column[unit.label]]))
-                if info["shuffled"] is not None:
-                    shuffled.append(float(info["shuffled"][i]))
-                if entry.seen:
-                    cond.append(float(truth[i, column[entry.seen[0][0]]]))
-                    if "random_units" in info:
-                        c_units.append(float(info["random_units"][i]))
-                    if "random_concepts" in info:
-                        c_random.append(float(info["random_concepts"][i]))
+    def table(name: str, layer: str | None) -> TableScores:
+        data = rows.tables.get(name)
+        info = per_layer.get(layer) if layer is not None else None
+        listed = 0 if data is None else len(data["image"])
+        if info is None or not listed:
+            return TableScores(listed=listed, shown=0, precision=None, shuffled=None)
+        unit = data["unit"]
+        keep = info["shown"][unit] & ~data["abstained"]
+        if min_percentile is not None:
+            keep &= ~(data["percentile"] < min_percentile)  # an unknown percentile is kept
+        image = data["image"][keep]
+        seen = data["seen"][keep]
+        conditioned = seen >= 0
+
+        def mean(values: np.ndarray | None) -> float | None:
+            return float(values.mean()) if values is not None and len(values) else None
+
         return TableScores(
             listed=listed,
-            shown=len(hits),
-            precision=_mean(hits),
-            shuffled=_mean(shuffled),
-            conditioned=_mean(cond),
-            control_random_units=_mean(c_units),
-            control_random_concepts=_mean(c_random),
+            shown=int(keep.sum()),
+            precision=mean(truth_np[image, info["label"][unit[keep]]]),
+            shuffled=mean(info["shuffled"][image] if info["shuffled"] is not None else None),
+            conditioned=mean(truth_np[image[conditioned], seen[conditioned]]),
+            control_random_units=mean(
+                info["random_units"][image[conditioned]] if "random_units" in info else None
+            ),
+            control_random_concepts=mean(
+                info["random_concepts"][image[conditioned]] if "random_concepts" in info else None
+            ),
         )
 
-    first = explanations[0] if explanations else None
-    contributions = None
-    if first is not None and first.contributions is not None:
-        layer = first.contributions.layer
-        contributions = table(
-            lambda e: e.contributions.units if e.contributions is not None else [], layer
-        )
+    contributions = (
+        table("contributions", rows.contribution_layer) if "contributions" in rows.tables else None
+    )
     winners = {
-        row.layer: table(lambda e, name=row.layer: e.layer(name).winners, row.layer)
-        for row in (first.layers if first is not None else [])
-        if row.layer in per_layer
+        name: table(name, name)
+        for name in rows.tables
+        if name != "contributions" and name in per_layer
     }
     chance = float(truth.float().mean()) if truth.numel() else 0.0
-    return ExplanationScores(len(explanations), chance, contributions, winners)
+    return ExplanationScores(rows.images, chance, contributions, winners)
 
 
 def _controls(

@@ -32,18 +32,21 @@ split (Shapes ``val``) and a *test* split (Shapes ``test``):
   candidates of a random shown unit of the same layer (``control_random_units``): the
   margin over the latter is what the unit adds to what the embedder sees anyway.
 
-Two abstention rules are tuned, both applied after dissecting and explaining (the labels,
-``p_null`` and the listed rows do not depend on them), so one dissection per (model,
-embedder, similarity, split) serves every setting of :data:`SETTINGS`: a unit abstains when
-its label's ``p_null`` is above ``abstain_p`` (:data:`ABSTAIN_P`), and a listed unit is
-shown unlabelled in one image when it fires there below ``min_percentile`` of the probe
-(:data:`MIN_PERCENTILE`; ``explain(min_percentile=)``).
+Three abstention rules are tuned, all applied after dissecting and explaining (the labels,
+``p_null``, ``match`` and the listed rows do not depend on them), so one dissection per
+(model, embedder, similarity, split) serves every setting of :data:`SETTINGS`: a unit
+abstains when its label's ``p_null`` is above ``abstain_p`` (:data:`ABSTAIN_P`) or its
+``match`` is below ``min_match`` (:data:`MIN_MATCH`), and a listed unit is shown unlabelled
+in one image when it fires there below ``min_percentile`` of the probe
+(:data:`MIN_PERCENTILE`; ``explain(min_percentile=)``). ``shown_label_precision`` is the
+share of *all* labelled units whose label the unit detects (units that detect no concept
+count against it, as a reader of their card would be misled).
 
 **Defaults** (:data:`discover.dissection.labels.LABEL_DEFAULTS`) are chosen on the
 validation split only: per embedder kind, the similarity and setting with the highest mean
-of explanation precision (contribution tables) and unit label precision, among those that
-abstain on at most 30 % of the units that detect a concept and still label at least half of
-the contribution-table rows. The test split then reports every similarity at its tuned
+of explanation precision (contribution tables), unit label precision and shown-label
+precision, among those that abstain on at most 30 % of the units that detect a concept and
+still label at least half of the contribution-table rows. The test split then reports every similarity at its tuned
 setting, the paper's soft WPMI (every unit labelled) and paired 95 % intervals over the
 models. The JSON keeps the rows of each similarity's tuned setting (``setting: tuned``)
 and of the paper's (``setting: paper``); ``grid`` has every setting's means.
@@ -75,9 +78,10 @@ from common import markdown_table, portable, provenance, write_json
 SPLITS = {"validation": "val", "test": "test"}
 PROBE_N, HELD_N = 2000, 500
 SIMILARITIES = ("cos", "corr", "cos3", "wpmi", "soft_wpmi", "rank_reorder", "jsd")
-ABSTAIN_P: tuple[float | None, ...] = (None, 1e-2, 1e-3, 1e-4, 1e-6)
-MIN_PERCENTILE: tuple[float | None, ...] = (None, 0.5, 0.75, 0.9)
-SETTINGS = [(p, q) for p in ABSTAIN_P for q in MIN_PERCENTILE]
+ABSTAIN_P: tuple[float | None, ...] = (None, 1e-3)
+MIN_MATCH: tuple[float | None, ...] = (None, 0.1, 0.2, 0.3, 0.4)
+MIN_PERCENTILE: tuple[float | None, ...] = (None, 0.75, 0.9)
+SETTINGS = [(p, r, q) for p in ABSTAIN_P for r in MIN_MATCH for q in MIN_PERCENTILE]
 MIN_SHOWN = 0.5  # a setting must still label at least half of the contribution-table rows
 LIFT_BAR = 0.5
 MAX_ABSTAINED = 0.30
@@ -90,7 +94,7 @@ TARGETS = {
     "unit_label_precision": {"annotations": 0.70, "clip": 0.70},
 }
 EMBEDDER_KIND = {"annotations": "annotations", "clip": "vlm"}
-ROWS_VERSION = 2  # bump when measure_subject's rows change meaning
+ROWS_VERSION = 3  # bump when measure_subject's rows change meaning
 ALT_POOLING = {"resnet": "max", "vit": "mean"}
 """Validation only: hidden layers pooled otherwise than ``auto`` (avg for conv maps, the class
 token for ViT tokens), with :data:`ALT_POOLING_SIMILARITY`; the contribution table keeps
@@ -145,10 +149,12 @@ def lifts(Q: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 
 
 # -- measuring ---------------------------------------------------------------------------------
-def _shown(unit: Any, threshold: float | None) -> bool:
+def _shown(unit: Any, abstain_p: float | None, min_match: float | None) -> bool:
     if unit.abstained is not None:
         return False
-    return threshold is None or (unit.p_null is not None and unit.p_null <= threshold)
+    if abstain_p is not None and not (unit.p_null is not None and unit.p_null <= abstain_p):
+        return False
+    return min_match is None or (unit.match is not None and unit.match >= min_match)
 
 
 def measure_dissection(
@@ -159,6 +165,7 @@ def measure_dissection(
     Z_held: torch.Tensor,
     lift: dict[str, torch.Tensor],
     abstain_p: float | None,
+    min_match: float | None,
     min_percentile: float | None,
 ) -> dict[str, dict[str, Any]]:
     """Every figure of one dissection at one setting, per layer."""
@@ -171,6 +178,7 @@ def measure_dissection(
         names,
         image_scores=Z_held,
         abstain_p=abstain_p,
+        min_match=min_match,
         min_percentile=min_percentile,
         candidates=CANDIDATES,
     )
@@ -179,7 +187,7 @@ def measure_dissection(
     contribution_layer = explanations.contribution_layer
     for layer in dissection.layers:
         units = dissection.layer(layer)
-        shown = torch.tensor([_shown(u, abstain_p) for u in units])
+        shown = torch.tensor([_shown(u, abstain_p, min_match) for u in units])
         label_idx = torch.tensor([column[u.label] for u in units])
         L = lift[layer]  # (K, C) on the held-out images
         detecting = L.amax(dim=1) >= LIFT_BAR
@@ -196,6 +204,9 @@ def measure_dissection(
             else None,
             "unit_label_precision": float((label_lift[judged] >= LIFT_BAR).float().mean())
             if any_judged
+            else None,
+            "shown_label_precision": float((label_lift[shown] >= LIFT_BAR).float().mean())
+            if shown.any()
             else None,
             "label_is_best": float((label_idx[judged] == L.argmax(dim=1)[judged]).float().mean())
             if any_judged
@@ -280,6 +291,7 @@ def measure_subject(
                 similarity,
                 pooling=pooling_choice,
                 abstain_p=None,  # thresholds are applied below, one dissection serves all
+                min_match=None,
                 null_repeats=NULL_REPEATS,
                 cache_dir=cache,
                 progress=False,
@@ -301,7 +313,7 @@ def measure_subject(
             )
             Z_held = dissection.concept_stats.standardise(names, P_held)
             listed = ExplanationRows.of(explanations, names)
-            for abstain_p, min_percentile in SETTINGS:
+            for abstain_p, min_match, min_percentile in SETTINGS:
                 per_layer = measure_dissection(
                     dissection,
                     listed,
@@ -310,6 +322,7 @@ def measure_subject(
                     Z_held,
                     lift_cache[key],
                     abstain_p,
+                    min_match,
                     min_percentile,
                 )
                 for layer, figures in per_layer.items():
@@ -320,6 +333,7 @@ def measure_subject(
                             "embedder": emb_name,
                             "similarity": similarity_name,
                             "abstain_p": abstain_p,
+                            "min_match": min_match,
                             "min_percentile": min_percentile,
                             "model": subject.family,
                             "U": subject.U,
@@ -390,13 +404,16 @@ KEYS = [
     "conditioned_winner_precision",
     "winner_control_random_units",
     "unit_label_precision",
+    "shown_label_precision",
     "label_is_best",
     "abstained",
     "abstained_detecting",
     "detecting",
     "chance",
 ]
-Config = tuple  # (split, embedder, similarity, abstain_p, min_percentile)
+Setting = tuple  # (abstain_p, min_match, min_percentile)
+Config = tuple  # (split, embedder, similarity, *Setting)
+PAPER: Setting = (None, None, None)  # every unit and every listed row labelled
 
 
 def _config(row: dict[str, Any]) -> Config:
@@ -405,6 +422,7 @@ def _config(row: dict[str, Any]) -> Config:
         row["embedder"],
         row["similarity"],
         row["abstain_p"],
+        row["min_match"],
         row["min_percentile"],
     )
 
@@ -420,9 +438,9 @@ def config_means(rows: list[dict[str, Any]]) -> dict[Config, dict[str, Any]]:
                 entry.setdefault(key, []).append(r[key])
     out: dict[Config, dict[str, Any]] = {}
     for k, values in per_model.items():
-        entry = out.setdefault(k[:5], {"models": {}})
+        entry = out.setdefault(k[:6], {"models": {}})
         for key, vals in values.items():
-            entry["models"].setdefault(key, {})[k[5:]] = sum(vals) / len(vals)
+            entry["models"].setdefault(key, {})[k[6:]] = sum(vals) / len(vals)
     for entry in out.values():
         for key in KEYS:
             vals = list(entry["models"].get(key, {}).values())
@@ -430,27 +448,30 @@ def config_means(rows: list[dict[str, Any]]) -> dict[Config, dict[str, Any]]:
     return out
 
 
+OBJECTIVE = ("explanation_precision", "unit_label_precision", "shown_label_precision")
+
+
 def _score(entry: dict[str, Any]) -> float | None:
     """The validation objective, or ``None`` when a constraint fails."""
-    parts = [entry.get("explanation_precision"), entry.get("unit_label_precision")]
+    parts = [entry.get(key) for key in OBJECTIVE]
     abstained, shown = entry.get("abstained_detecting"), entry.get("contributions_shown")
     if any(p is None for p in parts) or abstained is None or shown is None:
         return None
     if abstained > MAX_ABSTAINED or shown < MIN_SHOWN:
         return None
-    return sum(parts) / 2
+    return sum(parts) / len(parts)
 
 
 def tune(means: dict[Config, dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
     """Per (embedder, similarity): the setting with the best validation objective."""
     tuned: dict[tuple[str, str], dict[str, Any]] = {}
-    for (split, emb, sim, p, q), entry in means.items():
+    for (split, emb, sim, *setting), entry in means.items():
         score = _score(entry) if split == "validation" else None
         if score is None:
             continue
         best = tuned.get((emb, sim))
         if best is None or score > best["score"] + 1e-12:
-            tuned[(emb, sim)] = {"abstain_p": p, "min_percentile": q, "score": score}
+            tuned[(emb, sim)] = {"setting": tuple(setting), "score": score}
     return tuned
 
 
@@ -466,19 +487,24 @@ def choose_defaults(tuned: dict[tuple[str, str], dict[str, Any]]) -> dict[str, d
 
 
 def paired(
-    means: dict[Config, dict[str, Any]], a: Config, b: Config, key: str
+    means: dict[Config, dict[str, Any]],
+    a: Config,
+    b: Config,
+    key: str,
+    family: str | None = None,
 ) -> tuple[float, float, int] | None:
     """Mean and 95 % half-width (t) of ``key``'s per-model difference a - b, and its n."""
     ma = means.get(a, {}).get("models", {}).get(key, {})
     mb = means.get(b, {}).get("models", {}).get(key, {})
-    diffs = [ma[m] - mb[m] for m in sorted(set(ma) & set(mb))]
+    common = [m for m in sorted(set(ma) & set(mb)) if family is None or m[0] == family]
+    diffs = [ma[m] - mb[m] for m in common]
     if len(diffs) < 2:
         return None
-    t = scipy_t(len(diffs) - 1)
+    t = student_t(len(diffs) - 1)
     return statistics.mean(diffs), t * statistics.stdev(diffs) / math.sqrt(len(diffs)), len(diffs)
 
 
-def scipy_t(df: int) -> float:
+def student_t(df: int) -> float:
     """The two-sided 95 % quantile of Student's t with ``df`` degrees of freedom."""
     from scipy.stats import t
 
@@ -489,20 +515,25 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
 
-def _setting(p: float | None, q: float | None) -> str:
-    return f"p_null <= {p}" if p is not None else "no significance rule", (
-        f"probe percentile >= {q}" if q is not None else "no percentile rule"
-    )
+def _describe(setting: Setting) -> str:
+    p, r, q = setting
+    rules = [
+        f"p_null <= {p}" if p is not None else None,
+        f"match >= {r}" if r is not None else None,
+        f"listed units from their probe percentile {q}" if q is not None else None,
+    ]
+    return "; ".join(rule for rule in rules if rule) or "labels every unit"
 
 
 def _figures(e: dict[str, Any]) -> list[str]:
     return [
         f"{_pct(e['explanation_precision'])} ({_pct(e['explanation_shuffled'])}; "
-        f"{_pct(e['contributions_shown'])} shown)",
+        f"{_pct(e['contributions_shown'])})",
         f"{_pct(e['winner_precision'])} ({_pct(e['winner_shuffled'])})",
         f"{_pct(e['conditioned_precision'])} ({_pct(e['control_random_units'])} / "
         f"{_pct(e['control_random_concepts'])})",
         _pct(e["unit_label_precision"]),
+        _pct(e["shown_label_precision"]),
         _pct(e["label_is_best"]),
         f"{_pct(e['abstained'])} ({_pct(e['abstained_detecting'])})",
     ]
@@ -512,7 +543,8 @@ FIGURE_HEADER = [
     "explanation precision (shuffled; rows labelled)",
     "winner precision (shuffled)",
     "conditioned (random units / random concepts)",
-    "unit label precision",
+    "unit label precision (detecting units)",
+    "shown-label precision (all labelled units)",
     "label = best",
     "units abstained (detecting)",
 ]
@@ -525,6 +557,10 @@ def write_report(state: dict[str, Any], rows: list[dict[str, Any]], out: Path) -
     state["tuned"] = {f"{e}|{s}": t for (e, s), t in tuned.items()}
     state["chosen"] = chosen
     chance = next(iter(means.values()))["chance"]
+
+    def at(split: str, emb: str, sim: str, setting: Setting) -> dict[str, Any] | None:
+        return means.get((split, emb, sim, *setting))
+
     lines = [
         "# Label quality end to end (issue 21)",
         "",
@@ -542,21 +578,21 @@ def write_report(state: dict[str, Any], rows: list[dict[str, Any]], out: Path) -
         f"- **Probe / held-out images:** {state['probe_n']} / {state['held_n']} per split "
         "(Shapes `val` = validation, `test` = test; seeds 0 / 1). Chance: "
         f"{_pct(chance)} % (6 of 46 concepts per image).",
-        f"- **Settings tried** (on every dissection, validation split): abstain when p_null > "
-        f"{', '.join(str(p) for p in ABSTAIN_P)}; label a listed unit only from a probe "
-        f"percentile of {', '.join(str(q) for q in MIN_PERCENTILE)}. Objective: the mean of "
-        "explanation precision (contribution tables) and unit label precision, among settings "
-        f"that abstain on at most {int(100 * MAX_ABSTAINED)} % of the detecting units and "
-        f"still label at least {int(100 * MIN_SHOWN)} % of the contribution-table rows.",
+        f"- **Settings tried** (every dissection, validation split): a unit unlabelled when "
+        f"p_null > {' or '.join(str(p) for p in ABSTAIN_P)}, when its match < "
+        f"{' or '.join(str(r) for r in MIN_MATCH)}; a listed unit unlabelled below its probe "
+        f"percentile {' or '.join(str(q) for q in MIN_PERCENTILE)}. Objective: the mean of "
+        f"{', '.join(OBJECTIVE)}, among settings that abstain on at most "
+        f"{int(100 * MAX_ABSTAINED)} % of the units that detect a concept and still label at "
+        f"least {int(100 * MIN_SHOWN)} % of the contribution-table rows.",
         "",
         "## Chosen defaults (validation split)",
         "",
     ]
     for emb, c in chosen.items():
-        rule_p, rule_q = _setting(c["abstain_p"], c["min_percentile"])
         lines.append(
             f"- **{emb}** (embedder kind `{EMBEDDER_KIND[emb]}`): similarity "
-            f"`{c['similarity']}`, {rule_p}, {rule_q} (validation objective "
+            f"`{c['similarity']}`, {_describe(c['setting'])} (validation objective "
             f"{100 * c['score']:.1f})."
         )
     lines += [
@@ -564,7 +600,7 @@ def write_report(state: dict[str, Any], rows: list[dict[str, Any]], out: Path) -
         "## Test split: every similarity at its tuned setting, and the paper's soft WPMI",
         "",
         "Means over the models; chance is the same for every row. The paper's setting labels "
-        "every unit (no abstention, no percentile rule).",
+        "every unit and every listed row.",
         "",
     ]
     header = ["embedder", "similarity", "setting", *FIGURE_HEADER]
@@ -572,24 +608,19 @@ def write_report(state: dict[str, Any], rows: list[dict[str, Any]], out: Path) -
     for emb in sorted({k[1] for k in means}):
         for sim in SIMILARITIES:
             t = tuned.get((emb, sim))
-            if t is not None and ("test", emb, sim, t["abstain_p"], t["min_percentile"]) in means:
-                e = means[("test", emb, sim, t["abstain_p"], t["min_percentile"])]
+            e = at("test", emb, sim, t["setting"]) if t else None
+            if e:
                 mark = " **(default)**" if chosen.get(emb, {}).get("similarity") == sim else ""
-                setting = "; ".join(_setting(t["abstain_p"], t["min_percentile"]))
-                table.append([emb, f"{sim}{mark}", setting, *_figures(e)])
-        paper = means.get(("test", emb, "soft_wpmi", None, None))
+                table.append([emb, f"{sim}{mark}", _describe(t["setting"]), *_figures(e)])
+        paper = at("test", emb, "soft_wpmi", PAPER)
         if paper:
-            table.append([emb, "soft_wpmi (paper)", "labels every unit", *_figures(paper)])
+            table.append([emb, "soft_wpmi (paper)", _describe(PAPER), *_figures(paper)])
     lines += markdown_table(header, table)
     lines += ["", "## Targets (test split, chosen defaults)", ""]
     for key, by_emb in TARGETS.items():
         for emb, bar in by_emb.items():
             c = chosen.get(emb)
-            e = (
-                means.get(("test", emb, c["similarity"], c["abstain_p"], c["min_percentile"]))
-                if c
-                else None
-            )
+            e = at("test", emb, c["similarity"], c["setting"]) if c else None
             value = e.get(key) if e else None
             verdict = (
                 "n/a"
@@ -617,15 +648,12 @@ def write_report(state: dict[str, Any], rows: list[dict[str, Any]], out: Path) -
         "",
     ]
     for emb, c in chosen.items():
-        mine = ("test", emb, c["similarity"], c["abstain_p"], c["min_percentile"])
+        mine = ("test", emb, c["similarity"], *c["setting"])
+        others = [("the paper's soft WPMI", ("test", emb, "soft_wpmi", *PAPER))]
         t = tuned.get((emb, "soft_wpmi"))
-        others = [("the paper's soft WPMI", ("test", emb, "soft_wpmi", None, None))]
         if t:
             others.append(
-                (
-                    "soft WPMI at its tuned setting",
-                    ("test", emb, "soft_wpmi", t["abstain_p"], t["min_percentile"]),
-                )
+                ("soft WPMI at its tuned setting", ("test", emb, "soft_wpmi", *t["setting"]))
             )
         for name, other in others:
             for key in ("explanation_precision", "winner_precision", "unit_label_precision"):
@@ -647,48 +675,33 @@ def write_report(state: dict[str, Any], rows: list[dict[str, Any]], out: Path) -
     for emb in sorted({k[1] for k in means}):
         for family, alt in ALT_POOLING.items():
             variant = f"{ALT_POOLING_SIMILARITY} (pooling {alt})"
-            ta, tb = tuned.get((emb, variant)), tuned.get((emb, ALT_POOLING_SIMILARITY))
-            if not ta or not tb:
+            tb = tuned.get((emb, ALT_POOLING_SIMILARITY))
+            if not tb:
                 continue
-            a = ("validation", emb, variant, ta["abstain_p"], ta["min_percentile"])
-            b = ("validation", emb, ALT_POOLING_SIMILARITY, tb["abstain_p"], tb["min_percentile"])
-            for key in ("winner_precision", "unit_label_precision", "explanation_precision"):
-                ma = {
-                    m: v
-                    for m, v in means.get(a, {}).get("models", {}).get(key, {}).items()
-                    if m[0] == family
-                }
-                mb = {
-                    m: v
-                    for m, v in means.get(b, {}).get("models", {}).get(key, {}).items()
-                    if m[0] == family
-                }
-                diffs = [ma[m] - mb[m] for m in sorted(set(ma) & set(mb))]
-                if len(diffs) >= 2:
-                    half = scipy_t(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+            a = ("validation", emb, variant, *tb["setting"])
+            b = ("validation", emb, ALT_POOLING_SIMILARITY, *tb["setting"])
+            for key in ("winner_precision", "unit_label_precision", "shown_label_precision"):
+                d = paired(means, a, b, key, family)
+                if d:
                     lines.append(
-                        f"- {emb}, {family}, {key}: {alt} minus auto "
-                        f"{100 * statistics.mean(diffs):+.1f} ± {100 * half:.1f} points "
-                        f"(n = {len(diffs)})"
+                        f"- {emb}, {family}, {key}: {alt} minus auto {100 * d[0]:+.1f} ± "
+                        f"{100 * d[1]:.1f} points (n = {d[2]})"
                     )
     lines += ["", "## Validation grid of the chosen similarities", ""]
-    header = ["embedder", "similarity", "abstain when p_null >", "min percentile", *FIGURE_HEADER]
+    header = ["embedder", "similarity", "setting", *FIGURE_HEADER]
     table = []
     for emb, c in chosen.items():
-        for p, q in SETTINGS:
-            e = means.get(("validation", emb, c["similarity"], p, q))
+        for setting in SETTINGS:
+            e = at("validation", emb, c["similarity"], setting)
             if e:
-                table.append([emb, c["similarity"], p, q, *_figures(e)])
+                table.append([emb, c["similarity"], _describe(setting), *_figures(e)])
     lines += markdown_table(header, table)
     lines += ["", "## Test split by family and U (chosen defaults)", ""]
     header = ["embedder", "model", "U", "seeds", *FIGURE_HEADER]
     table = []
     for emb, c in chosen.items():
-        subset = [
-            r
-            for r in rows
-            if _config(r) == ("test", emb, c["similarity"], c["abstain_p"], c["min_percentile"])
-        ]
+        config = ("test", emb, c["similarity"], *c["setting"])
+        subset = [r for r in rows if _config(r) == config]
         for family in sorted({r["model"] for r in subset}):
             for U in sorted({r["U"] for r in subset if r["model"] == family}):
                 group = [r for r in subset if r["model"] == family and r["U"] == U]
@@ -700,24 +713,24 @@ def write_report(state: dict[str, Any], rows: list[dict[str, Any]], out: Path) -
     kept = []
     for r in rows:
         t = tuned.get((r["embedder"], r["similarity"]))
-        tuned_here = t and (r["abstain_p"], r["min_percentile"]) == (
-            t["abstain_p"],
-            t["min_percentile"],
-        )
-        paper = (
-            r["similarity"] == "soft_wpmi"
-            and r["abstain_p"] is None
-            and r["min_percentile"] is None
-        )
-        if tuned_here or paper:
-            kept.append({**r, "setting": "tuned" if tuned_here else "paper"})
-            if tuned_here and paper:
-                kept.append({**r, "setting": "paper"})
+        setting = _config(r)[3:]
+        if t and setting == t["setting"]:
+            kept.append({**r, "setting": "tuned"})
+        if r["similarity"] == "soft_wpmi" and setting == PAPER:
+            kept.append({**r, "setting": "paper"})
     state["rows"] = kept
     state["grid"] = [
-        {"split": k[0], "embedder": k[1], "similarity": k[2], "abstain_p": k[3], "min_percentile": k[4], **{key: e[key] for key in KEYS}}
+        {
+            "split": k[0],
+            "embedder": k[1],
+            "similarity": k[2],
+            "abstain_p": k[3],
+            "min_match": k[4],
+            "min_percentile": k[5],
+            **{key: e[key] for key in KEYS},
+        }
         for k, e in means.items()
-    ]  # fmt: skip
+    ]
     write_json(out / "label_quality.json", state)
     plot(means, tuned, chosen, out / "label_quality.png")
 
@@ -745,12 +758,10 @@ def plot(
         columns = []
         for sim in SIMILARITIES:
             t = tuned.get((emb, sim))
-            if t and ("test", emb, sim, t["abstain_p"], t["min_percentile"]) in means:
-                columns.append(
-                    (sim, means[("test", emb, sim, t["abstain_p"], t["min_percentile"])])
-                )
-        if ("test", emb, "soft_wpmi", None, None) in means:
-            columns.append(("soft_wpmi\n(paper)", means[("test", emb, "soft_wpmi", None, None)]))
+            if t and ("test", emb, sim, *t["setting"]) in means:
+                columns.append((sim, means[("test", emb, sim, *t["setting"])]))
+        if ("test", emb, "soft_wpmi", *PAPER) in means:
+            columns.append(("soft_wpmi\n(paper)", means[("test", emb, "soft_wpmi", *PAPER)]))
         xs = range(len(columns))
         for offset, (key, label) in enumerate(bars):
             values = [100 * (e.get(key) or 0) for _, e in columns]
@@ -761,7 +772,7 @@ def plot(
         ax.set(
             ylabel="precision (%)",
             ylim=(0, 100),
-            title=f"labels from {emb} (test; default {default})",
+            title=f"labels from {emb} (test split; default {default})",
         )
         ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
@@ -829,6 +840,7 @@ def main(argv: list[str] | None = None) -> int:
         "probe_n": len(probe),
         "held_n": len(held),
         "abstain_p": list(ABSTAIN_P),
+        "min_match": list(MIN_MATCH),
         "min_percentile": list(MIN_PERCENTILE),
         "lift_bar": LIFT_BAR,
     }

@@ -97,7 +97,8 @@ def test_save_overwrites_and_loads(tmp_path):
     with open(tmp_path / "descriptions.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == [
-        "layer", "unit", "block", "position", "label", "abstained", "score", "top5", "z", "p_null"
+        "layer", "unit", "block", "position", "label", "abstained", "score", "match", "top5", "z",
+        "p_null",
     ]  # fmt: skip
     assert all(r["z"] and r["p_null"] for r in rows)
     assert len(rows) == 12 and rows[0]["block"] == "" and rows[6]["block"] == "0"
@@ -441,11 +442,12 @@ def test_labels_carry_their_significance_against_a_shuffled_null():
     assert not any(u.above_chance for u in own.layer("fc"))
     assert all(u.z < 1.5 for u in own.layer("fc"))  # README: "z of about 0.5"
     assert own.config.significance_similarity == "soft_wpmi"
-    # ... so by default every label is judged by cos, whichever function chose it
+    # ... so by default every label is judged by corr, whichever function chose it
     soft = dissect(*args, emb, "soft_wpmi", **kw)
-    assert soft.config.significance_similarity == "cos"
+    assert soft.config.significance_similarity == "corr"
     assert [u.label for u in soft.layer("fc")] == [u.label for u in own.layer("fc")]
-    assert [u.z for u in soft.layer("fc")] == [u.z for u in result.layer("fc")]
+    by_corr = dissect(*args, AnnotationEmbedder(table, NAMES), "corr", **kw)
+    assert [u.z for u in soft.layer("fc")] == [u.z for u in by_corr.layer("fc")]
     assert all(u.above_chance for u in soft.layer("fc"))
     noise_soft = dissect(model, ["fc"], shuffled, args[3], emb, "soft_wpmi", **kw)
     assert not any(u.above_chance for u in noise_soft.layer("fc"))

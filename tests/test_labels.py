@@ -150,3 +150,14 @@ def test_abstentions_order_of_reasons():
     Q = torch.tensor([[0.0, float("nan"), 1.0], [0.0, 1.0, 2.0]])
     reasons = abstentions(Q, torch.tensor([True, True, True]), torch.ones(3), 1e-3)
     assert reasons == ["dead", "not finite", "tie"]
+
+
+def test_labels_that_explain_little_of_the_unit_abstain():
+    probe, table = _probe()
+    result = _dissect(probe, table, NAMES, "cos", abstain_p=None, min_match=0.5)
+    units = result.layer("fc")
+    assert [u.abstained for u in units] == [None, None, None, "weak match", "dead"]
+    assert units[0].match == pytest.approx(1.0) and abs(units[3].match) < 0.5
+    assert result.config.min_match == 0.5
+    with pytest.raises(ValueError, match="min_match must be in"):
+        _dissect(probe, table, NAMES, "cos", min_match=2.0)

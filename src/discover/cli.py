@@ -107,7 +107,7 @@ def _label_defaults_text(field: str = "similarity") -> str:
     return ", ".join(f"{kind}: {getattr(d, field)}" for kind, d in LABEL_DEFAULTS.items())
 
 
-def _probability_or_none(text: str, flag: str) -> float | None:
+def _number_or_none(text: str, flag: str) -> float | None:
     if text.strip().lower() == "none":
         return None
     try:
@@ -271,6 +271,12 @@ def _add_dissect_options(parser: argparse.ArgumentParser) -> None:
         help="show a unit unlabelled when its label's p_null is above this; 'none': never "
         f"(default: per embedder kind, {_label_defaults_text('abstain_p')})",
     )
+    parser.add_argument(
+        "--min-match",
+        help="show a unit unlabelled when its label's match (Pearson r with the unit over the "
+        f"probe) is below this; 'none': never (default: per embedder kind, "
+        f"{_label_defaults_text('min_match')})",
+    )
     parser.add_argument("--out", required=True, help="output directory")
 
 
@@ -286,7 +292,9 @@ def _dissect_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.similarity_arg:
         options["similarity_params"] = _key_values(args.similarity_arg, "--similarity-arg")
     if args.abstain_p is not None:
-        options["abstain_p"] = _probability_or_none(args.abstain_p, "--abstain-p")
+        options["abstain_p"] = _number_or_none(args.abstain_p, "--abstain-p")
+    if args.min_match is not None:
+        options["min_match"] = _number_or_none(args.min_match, "--min-match")
     if args.no_cache:
         options["cache_dir"] = None
     elif args.cache_dir is not None:
@@ -718,7 +726,7 @@ def _explain(args: argparse.Namespace) -> int:
             "candidates",
         ),
         **(
-            {"min_percentile": _probability_or_none(args.min_percentile, "--min-percentile")}
+            {"min_percentile": _number_or_none(args.min_percentile, "--min-percentile")}
             if args.min_percentile is not None
             else {}
         ),

@@ -43,6 +43,7 @@ from discover._utils import (
 from discover.dissection.concepts import ConceptSet, load_concepts
 from discover.dissection.embedders import Embedder, build_embedder
 from discover.dissection.labels import (
+    MATCH_SIMILARITY,
     TIE_BREAK_SIMILARITY,
     abstentions,
     choose_labels,
@@ -86,6 +87,7 @@ CSV_COLUMNS = (
     "label",
     "abstained",
     "score",
+    "match",
     "top5",
     "z",
     "p_null",
@@ -136,6 +138,9 @@ class UnitDescription:
     abstained: str | None = None
     """Why the unit is shown unlabelled (one of
     :data:`~discover.dissection.labels.ABSTAIN_REASONS`), or ``None``: it is labelled."""
+    match: float | None = None
+    """How well the label explains the unit: the Pearson correlation over the probe between
+    the unit and the label's column of ``P`` (``None``: saved by discover <= 0.3)."""
 
     @property
     def above_chance(self) -> bool | None:
@@ -171,6 +176,7 @@ class DissectConfig:
     # the function that judges each label for its z (None: ``similarity``, discover <= 0.3)
     significance_similarity: str | None = None
     abstain_p: float | None = None  # labels with p_null above it abstain (None: never)
+    min_match: float | None = None  # labels whose match is below it abstain (None: never)
 
 
 @dataclass(frozen=True)
@@ -417,10 +423,10 @@ class Dissection:
         return [u.shown_label for u in self.layer(name)]
 
     def to_csv(self) -> str:
-        """``layer,unit,block,position,label,abstained,score,top5,z,p_null`` with ``top5`` as
-        a JSON list (the candidates, best first). ``label`` is empty and ``abstained`` gives
-        the reason for a unit shown unlabelled; ``z`` and ``p_null`` are empty when the null
-        was not drawn."""
+        """``layer,unit,block,position,label,abstained,score,match,top5,z,p_null`` with
+        ``top5`` as a JSON list (the candidates, best first). ``label`` is empty and
+        ``abstained`` gives the reason for a unit shown unlabelled; ``z`` and ``p_null`` are
+        empty when the null was not drawn."""
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(CSV_COLUMNS)
@@ -434,6 +440,7 @@ class Dissection:
                     u.shown_label or "",
                     u.abstained or "",
                     f"{u.score:.6g}",
+                    "" if u.match is None else f"{u.match:.4g}",
                     json.dumps([[c, round(s, 6)] for c, s in u.top]),
                     "" if u.z is None else f"{u.z:.4g}",
                     "" if u.p_null is None else f"{u.p_null:.4g}",
@@ -835,6 +842,7 @@ def dissect(
     null_repeats: int = 16,
     significance_similarity: str | None = SIGNIFICANCE_SIMILARITY,
     abstain_p: float | str | None = "default",
+    min_match: float | str | None = "default",
 ) -> Dissection:
     """Describe every unit of ``layers`` with a concept (CLIP-Dissect, method.md §6-7).
 
@@ -871,15 +879,19 @@ def dissect(
             :mod:`discover.dissection.significance`); costs that many extra similarity
             computations per layer; 0 skips it.
         significance_similarity: the similarity function that judges each label for that
-            significance (default ``cos``, the one function that passes the missing- and
-            extra-label sanity tests, see :func:`discover.evaluation.similarity_sanity`, and
-            one GEMM per draw); ``None`` judges with ``similarity`` itself. The label itself
-            is always ``similarity``'s choice.
+            significance (default ``corr``: Pearson correlation passes the missing- and
+            extra-label sanity tests, see :func:`discover.evaluation.similarity_sanity`,
+            ignores a vision-language model's shared offset, and costs one GEMM per draw);
+            ``None`` judges with ``similarity`` itself. The label itself is always
+            ``similarity``'s choice.
         abstain_p: a unit whose label's ``p_null`` is above this is shown *unlabelled*
             (``UnitDescription.abstained``), as are dead units, units with non-finite
             activations and units whose best concepts tie (see
             :mod:`discover.dissection.labels`); ``"default"``: the embedder kind's value;
             ``None``: never for significance. Needs ``null_repeats``.
+        min_match: a unit whose label's ``match`` (Pearson r between the unit and the
+            label's column of ``P`` over the probe) is below this is shown unlabelled;
+            ``"default"``: the embedder kind's value; ``None``: never for that.
 
     Example:
         >>> from discover.data import ShapesWorld
@@ -902,6 +914,12 @@ def dissect(
         abstain_p = defaults.abstain_p if null_repeats else None
     elif abstain_p is not None and not 0 < abstain_p <= 1:
         raise ValueError(f"abstain_p must be in (0, 1] or None, got {abstain_p!r}")
+    if isinstance(min_match, str):
+        if min_match != "default":
+            raise ValueError(f"min_match must be a number, None or 'default', got {min_match!r}")
+        min_match = defaults.min_match
+    elif min_match is not None and not -1 <= min_match <= 1:
+        raise ValueError(f"min_match must be in [-1, 1] or None, got {min_match!r}")
     if abstain_p is not None and not null_repeats:
         raise ValueError(
             f"abstain_p={abstain_p} judges labels by their significance, which needs "
@@ -934,6 +952,7 @@ def dissect(
         null_repeats=null_repeats,
         significance_similarity=judge if null_repeats else None,
         abstain_p=abstain_p,
+        min_match=min_match,
     )
     if null_repeats and null_repeats < 2:
         raise ValueError(f"null_repeats must be 0 or >= 2, got {null_repeats}")
@@ -961,7 +980,6 @@ def dissect(
     )
     k = min(top_k, len(concept_set))
     names = list(concept_set.concepts)
-    tie_break = get_similarity(TIE_BREAK_SIMILARITY)
     units: list[UnitDescription] = []
     layer_meta: dict[str, Any] = {}
     scores: dict[str, torch.Tensor] = {}
@@ -972,21 +990,27 @@ def dissect(
         S = score_fn(P, Q, **config.similarity_params, info=info)
         if keep_scores:
             scores[name] = S.detach().float().cpu()
-        secondary = S if similarity == TIE_BREAK_SIMILARITY else tie_break(P, Q)
-        choice = choose_labels(S, secondary, names, k)
+        computed = {similarity: S}  # each score matrix once (the tie-break and match: corr)
+        for extra in (TIE_BREAK_SIMILARITY, MATCH_SIMILARITY):
+            if extra not in computed:
+                computed[extra] = get_similarity(extra)(P, Q)
+        choice = choose_labels(S, computed[TIE_BREAK_SIMILARITY], names, k)
         top_scores, top_idx = choice.scores, choice.top
+        match = computed[MATCH_SIMILARITY].float().cpu().gather(1, top_idx[:, :1]).squeeze(1)
         sig = None
         if null_repeats:
             if judge == similarity:
                 params, judged = config.similarity_params, top_scores[:, 0]
             else:  # the label's score under the judge, against the judge's best by chance
                 params = {}
-                judging = secondary if judge == TIE_BREAK_SIMILARITY else judge_fn(P, Q)
+                judging = computed[judge] if judge in computed else judge_fn(P, Q)
                 judged = judging.float().cpu().gather(1, top_idx[:, :1]).squeeze(1)
             sig = label_significance(
                 P, Q, judged, judge_fn, params, repeats=null_repeats, seed=seed
             )
-        reasons = abstentions(Q, choice.tie, sig.p if sig is not None else None, abstain_p)
+        reasons = abstentions(
+            Q, choice.tie, sig.p if sig is not None else None, abstain_p, match, min_match
+        )
         U = module.U if isinstance(module, LWTA) else None
         wins = recording.wins.get(name)
         active = wins.float().mean(0) if wins is not None else None
@@ -1009,6 +1033,7 @@ def dissect(
                     z=float(sig.z[unit]) if sig is not None else None,
                     p_null=float(sig.p[unit]) if sig is not None else None,
                     abstained=reasons[unit],
+                    match=float(match[unit]),
                 )
             )
         dead = int((Q.abs().sum(0) == 0).sum())

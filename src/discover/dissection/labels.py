@@ -4,10 +4,11 @@
 unit's label and runner-up concepts:
 
 * **Ties.** Concepts whose score is within ``rtol`` (relative to the unit's largest
-  ``|S|``) of the best are *tied*. The tie is broken by a secondary score, ``cos``
-  (:data:`TIE_BREAK_SIMILARITY`, the one built-in function that passes both label sanity
-  tests, see ``benchmarks/results/similarity-sanity.md``). It is never broken by concept
-  order. If the best tied concepts still tie on the secondary score, the unit is marked
+  ``|S|``) of the best are *tied*. The tie is broken by a secondary score, ``corr``
+  (:data:`TIE_BREAK_SIMILARITY`: Pearson correlation over the probe, which passes both label
+  sanity tests, see ``benchmarks/results/similarity-sanity.md``, and ignores the offset that
+  a vision-language model's cosines share). It is never broken by concept order. If the
+  best tied concepts still tie on the secondary score, the unit is marked
   ``tie``: its candidate (the alphabetically first of them, so the result does not depend
   on the order of the concept file) is shown as unlabelled. Soft WPMI on annotations ties
   the true concept with its corrupted copies in every case. Without this rule its ties
@@ -16,9 +17,12 @@ unit's label and runner-up concepts:
 
 :func:`abstentions` decides which units are shown *unlabelled* (with their candidates)
 instead of with a confident word, and why (:data:`ABSTAIN_REASONS`): a dead unit (never
-active on the probe), a unit with non-finite activations, a tie as above, or a label that
+active on the probe), a unit with non-finite activations, a tie as above, a label that
 does not beat the shuffled-image null (``p_null > abstain_p``, see
-:mod:`discover.dissection.significance`).
+:mod:`discover.dissection.significance`), or a label that explains little of the unit: its
+``match``, the Pearson correlation between the unit and the label's column of ``P`` over
+the probe, is below ``min_match``. Significance is a low bar on a large probe (nearly every
+correlation beats chance on 2,000 images); ``match`` is the effect size.
 
 :data:`LABEL_DEFAULTS` holds the defaults for each kind of embedder (``annotations``:
 ground-truth tables, ``vlm``: vision-language models and their offline stand-ins). They
@@ -46,6 +50,7 @@ from torch import Tensor
 __all__ = [
     "ABSTAIN_REASONS",
     "TIE_BREAK_SIMILARITY",
+    "MATCH_SIMILARITY",
     "TIE_RTOL",
     "LabelChoice",
     "LabelDefaults",
@@ -55,11 +60,13 @@ __all__ = [
     "abstentions",
 ]
 
-TIE_BREAK_SIMILARITY = "cos"
+TIE_BREAK_SIMILARITY = "corr"
 """The secondary score that orders tied concepts."""
+MATCH_SIMILARITY = "corr"
+"""The function whose score of a unit's label is its ``match`` (the effect size)."""
 TIE_RTOL = 1e-6
 """Scores within this fraction of the unit's largest ``|S|`` of each other count as tied."""
-ABSTAIN_REASONS = ("not finite", "dead", "tie", "not significant")
+ABSTAIN_REASONS = ("not finite", "dead", "tie", "not significant", "weak match")
 """Why a unit is shown unlabelled, in the order they are checked."""
 
 
@@ -72,6 +79,8 @@ class LabelDefaults:
         similarity_params: its keyword arguments.
         abstain_p: units whose label's ``p_null`` is above this are shown unlabelled
             (``None``: significance alone never hides a label).
+        min_match: units whose label's ``match`` (Pearson r with the unit over the probe) is
+            below this are shown unlabelled (``None``: never for that).
         min_percentile: in an explanation, a listed unit that fires on the image below this
             share of the probe is shown unlabelled (``explain(min_percentile=)``).
         evidence: the results file that chose these values.
@@ -80,6 +89,7 @@ class LabelDefaults:
     similarity: str
     similarity_params: dict[str, Any] = field(default_factory=dict)
     abstain_p: float | None = 1e-3
+    min_match: float | None = None
     min_percentile: float | None = None
     evidence: str = "benchmarks/results/label_quality.md"
 
@@ -191,6 +201,8 @@ def abstentions(
     tie: Tensor,
     p_null: Tensor | None,
     abstain_p: float | None,
+    match: Tensor | None = None,
+    min_match: float | None = None,
 ) -> list[str | None]:
     """Why each unit of a layer is shown unlabelled (``None``: it is labelled).
 
@@ -199,18 +211,23 @@ def abstentions(
         tie: ``(K,)`` from :func:`choose_labels`.
         p_null: ``(K,)`` each label's null tail (``None``: significance not measured).
         abstain_p: labels with ``p_null`` above this abstain (``None``: never for that).
+        match: ``(K,)`` each label's match (``None``: not measured).
+        min_match: labels whose match is below this abstain (``None``: never for that).
 
     Example:
-        >>> Q = torch.tensor([[0.0, 1.0, 2.0], [0.0, 2.0, 1.0]])
-        >>> abstentions(Q, torch.tensor([False, True, False]), torch.tensor([0.5, 0.0, 0.2]), 1e-3)
-        ['dead', 'tie', 'not significant']
+        >>> Q = torch.tensor([[0.0, 1.0, 2.0, 1.0], [0.0, 2.0, 1.0, 3.0]])
+        >>> abstentions(Q, torch.tensor([False, True, False, False]),
+        ...             torch.tensor([0.5, 0.0, 0.2, 0.0]), 1e-3,
+        ...             torch.tensor([0.0, 0.9, 0.9, 0.05]), 0.1)
+        ['dead', 'tie', 'not significant', 'weak match']
     """
     dead = (Q.abs().sum(dim=0) == 0).tolist()
     finite = torch.isfinite(Q).all(dim=0).tolist()
     tied = tie.tolist()
     p = p_null.tolist() if p_null is not None else [None] * len(tied)
+    r = match.tolist() if match is not None else [None] * len(tied)
     reasons: list[str | None] = []
-    for is_dead, is_finite, is_tied, p_k in zip(dead, finite, tied, p, strict=True):
+    for is_dead, is_finite, is_tied, p_k, r_k in zip(dead, finite, tied, p, r, strict=True):
         if not is_finite:
             reasons.append("not finite")
         elif is_dead:
@@ -219,6 +236,8 @@ def abstentions(
             reasons.append("tie")
         elif abstain_p is not None and p_k is not None and not p_k <= abstain_p:
             reasons.append("not significant")
+        elif min_match is not None and r_k is not None and not r_k >= min_match:
+            reasons.append("weak match")
         else:
             reasons.append(None)
     return reasons

@@ -149,11 +149,13 @@ class ExplanationRows:
         return cls(len(explanations), contribution_layer, tables)
 
 
-def _shown(unit: Any, abstain_p: float | None) -> bool:
-    """Whether a dissected unit's label is shown, with an optional stricter threshold."""
+def _shown(unit: Any, abstain_p: float | None, min_match: float | None) -> bool:
+    """Whether a dissected unit's label is shown, with optional stricter thresholds."""
     if unit.abstained is not None:
         return False
-    return abstain_p is None or (unit.p_null is not None and unit.p_null <= abstain_p)
+    if abstain_p is not None and not (unit.p_null is not None and unit.p_null <= abstain_p):
+        return False
+    return min_match is None or (unit.match is not None and unit.match >= min_match)
 
 
 @torch.no_grad()
@@ -165,6 +167,7 @@ def score_explanations(
     *,
     image_scores: Tensor | None = None,
     abstain_p: float | None = None,
+    min_match: float | None = None,
     min_percentile: float | None = None,
     candidates: int = 5,
     seed: int = 0,
@@ -181,6 +184,7 @@ def score_explanations(
             every image, for the conditioned-label controls (``None``: no controls).
         abstain_p: also treat labels with ``p_null`` above this as unlabelled (a stricter
             threshold than the dissection's own, to compare thresholds without redissecting).
+        min_match: also treat labels whose ``match`` is below this as unlabelled (likewise).
         min_percentile: also treat rows whose unit fires below this probe percentile as
             unlabelled (as ``explain(min_percentile=)`` does, without explaining again).
         candidates: candidates per unit in the controls (as ``explain(candidates=)``).
@@ -217,7 +221,7 @@ def score_explanations(
     per_layer: dict[str, dict[str, Any]] = {}
     for layer in dissection.layers:
         units = dissection.layer(layer)
-        shown = [_shown(u, abstain_p) for u in units]
+        shown = [_shown(u, abstain_p, min_match) for u in units]
         labels = torch.tensor([column[u.label] for u, s in zip(units, shown, strict=True) if s])
         info: dict[str, Any] = {
             "shown": np.array(shown, dtype=bool),

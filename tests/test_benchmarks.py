@@ -446,3 +446,24 @@ def test_label_quality_runs_end_to_end_on_tiny_runs(tmp_path, monkeypatch):
         )
         == 0
     )
+
+
+def test_label_quality_dissects_a_vits_classifier_input():
+    """A ViT's explained layers do not feed its classifier (the final norm's class token
+    does): the benchmark adds that layer, so ViT contribution tables are labelled and judged;
+    a ResNet's last LWTA layer already feeds it and nothing is added."""
+    import discover
+    from discover.explanation import default_layers
+
+    lq = _script("label_quality")
+    vit = discover.create_model(
+        "small_vit", U=2, img_size=32, in_chans=3, patch_size=8, embed_dim=24, depth=2,
+        num_heads=2,
+    ).eval()  # fmt: skip
+    layers, head, added = lq.head_layers(vit, default_layers(vit))
+    assert (head, added) == ("norm", "norm") and layers[-1] == "norm"
+    resnet = discover.create_model(
+        "small_resnet", U=2, img_size=32, widths=[8, 16], depths=[1, 1]
+    ).eval()
+    layers, head, added = lq.head_layers(resnet, default_layers(resnet))
+    assert added is None and head == layers[-1] and head in default_layers(resnet)

@@ -105,12 +105,17 @@ def test_identical_concepts_tie_and_the_unit_abstains():
 
 def test_noise_and_dead_units_abstain():
     probe, table = _probe()
-    result = _dissect(probe, table, NAMES, "cos")
+    result = _dissect(probe, table, NAMES, "cos", abstain_p=1e-3, min_match=None)
     units = result.layer("fc")
     assert [u.abstained for u in units] == [None, None, None, "not significant", "dead"]
     assert result.shown_labels("fc") == ["red", "star", "circle", None, None]
     assert result.meta["layers"]["fc"]["abstained"] == {"not significant": 1, "dead": 1}
-    kept = _dissect(probe, table, NAMES, "cos", abstain_p=None)
+    by_default = _dissect(probe, table, NAMES, "cos")  # the annotations' default: min_match
+    assert label_defaults("annotations").min_match is not None
+    assert [u.abstained for u in by_default.layer("fc")] == [
+        None, None, None, "weak match", "dead",
+    ]  # fmt: skip
+    kept = _dissect(probe, table, NAMES, "cos", abstain_p=None, min_match=None)
     assert [u.abstained for u in kept.layer("fc")] == [None, None, None, None, "dead"]
 
 

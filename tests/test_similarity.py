@@ -8,8 +8,10 @@ import torch
 
 from _similarity_loops import LOOPS, rank_reorder_loop, top_images
 from discover.dissection import similarity as sim
+from discover.dissection.labels import LABEL_DEFAULTS
 from discover.dissection.similarity import (
     DEFAULT_SIMILARITY,
+    PAPER_SIMILARITY,
     SIMILARITIES,
     corr,
     cos,
@@ -56,7 +58,8 @@ def _data(N=30, K=5, M=7, dtype=torch.float64, seed=0):
 
 def test_registry_names_and_default():
     assert set(NAMES) <= set(SIMILARITIES)
-    assert DEFAULT_SIMILARITY == "soft_wpmi"
+    assert DEFAULT_SIMILARITY == LABEL_DEFAULTS["vlm"].similarity  # chosen by label_quality
+    assert PAPER_SIMILARITY == "soft_wpmi" and PAPER_SIMILARITY in SIMILARITIES
     for name in NAMES:
         assert get_similarity(name) is SIMILARITIES[name]
 

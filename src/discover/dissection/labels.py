@@ -47,6 +47,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from discover.dissection.similarity import DEFAULT_SIMILARITY
+
 __all__ = [
     "ABSTAIN_REASONS",
     "TIE_BREAK_SIMILARITY",
@@ -95,8 +97,8 @@ class LabelDefaults:
 
 
 LABEL_DEFAULTS: dict[str, LabelDefaults] = {
-    "annotations": LabelDefaults("cos"),
-    "vlm": LabelDefaults("cos"),
+    "annotations": LabelDefaults("corr", abstain_p=None, min_match=0.3, min_percentile=0.9),
+    "vlm": LabelDefaults(DEFAULT_SIMILARITY, abstain_p=None, min_match=None, min_percentile=0.9),
 }
 """Defaults per embedder kind (:attr:`discover.dissection.embedders.Embedder.kind`)."""
 
@@ -106,7 +108,7 @@ def label_defaults(kind: str) -> LabelDefaults:
 
     Example:
         >>> label_defaults("annotations").similarity
-        'cos'
+        'corr'
     """
     if kind not in LABEL_DEFAULTS:
         raise ValueError(

@@ -52,6 +52,7 @@ from discover.dissection import similarity_kernel
 __all__ = [
     "SIMILARITIES",
     "DEFAULT_SIMILARITY",
+    "PAPER_SIMILARITY",
     "SimilarityFn",
     "register_similarity",
     "get_similarity",
@@ -70,7 +71,15 @@ SimilarityFn = Callable[..., Tensor]
 """``(concept_acts [N, M], neuron_acts [N, K], **params) -> scores [K, M]``."""
 
 SIMILARITIES: Registry[SimilarityFn] = Registry("similarity")
-DEFAULT_SIMILARITY = "soft_wpmi"
+DEFAULT_SIMILARITY = "jsd"
+"""The default for vision-language embedders (``LABEL_DEFAULTS["vlm"]``), chosen by
+``benchmarks/label_quality.py`` on a validation split with the Shapes CLIP standing in for
+CLIP; ground-truth annotations default to ``corr``
+(:data:`discover.dissection.labels.LABEL_DEFAULTS`)."""
+PAPER_SIMILARITY = "soft_wpmi"
+"""The paper's (and CLIP-Dissect's) function: ``--similarity soft_wpmi``. It ties a unit's
+true concept with corrupted copies of it (``benchmarks/results/similarity-sanity.md``) and
+labelled about half as many units correctly as the defaults in ``label_quality.md``."""
 
 Transform = Literal["identity", "zscore"]
 Support = Literal["all", "neuron_topk", "union_topk"]

@@ -248,35 +248,18 @@ def measure_dissection(
     return results
 
 
-def contribution_layer(model: Any, layers: list[str]) -> str | None:
-    """The layer among ``layers`` whose pooled output feeds the classifier (the explanation's
-    contribution table), found by one forward pass, as ``explain`` finds it."""
-    from discover.explanation import explain
-
-    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    [e] = explain(model, image, None, layers=layers, top=1)  # a blank image ties layers
-    if e.contributions is None or e.contributions.layer not in layers:
-        return None
-    return e.contributions.layer
-
-
-HEAD_INPUT_CANDIDATES = ("norm", "fc_norm")
-"""Where a ViT's classifier input comes from (timm: the final norm's class token), dissected
-as well when no explained layer feeds the classifier, so that ViT contribution tables are
-labelled and judged too; its rows count for units and the contribution table, not winners."""
-
-
 def head_layers(model: Any, layers: list[str]) -> tuple[list[str], str | None, str | None]:
-    """``layers`` plus, if none of them feeds the classifier, the module that does
-    (:data:`HEAD_INPUT_CANDIDATES`); the contribution layer; the added layer (or ``None``)."""
-    head = contribution_layer(model, layers)
-    if head is not None:
+    """``layers`` plus, if none of them feeds the classifier, the module that does (a ViT's
+    final norm, :func:`discover.explanation.classifier_input_layer`), so that ViT
+    contribution tables are labelled and judged too; the contribution layer; the added
+    layer (or ``None``), whose rows count for units and the contribution table, not
+    winners."""
+    from discover.explanation import classifier_input_layer
+
+    head = classifier_input_layer(model, layers)
+    if head is None or head in layers:
         return layers, head, None
-    modules = dict(model.named_modules())
-    for name in HEAD_INPUT_CANDIDATES:
-        if name in modules and contribution_layer(model, [*layers, name]) == name:
-            return [*layers, name], name, name
-    return layers, None, None
+    return [*layers, head], head, head
 
 
 def measure_subject(
@@ -415,8 +398,8 @@ def measured_rows(
                 "quick": quick,
                 "settings": [list(s) for s in SETTINGS],
                 "version": ROWS_VERSION,
-                # ViTs also dissect the classifier's input (HEAD_INPUT_CANDIDATES) since 3
-                **({"head_input": HEAD_INPUT_CANDIDATES} if subject.family == "vit" else {}),
+                # ViTs also dissect the classifier's input (their final norm) since 3
+                **({"head_input": ["norm", "fc_norm"]} if subject.family == "vit" else {}),
             },
             sort_keys=True,
         ).encode()
@@ -815,7 +798,7 @@ def plot(
     import matplotlib.pyplot as plt
 
     embs = sorted({k[1] for k in means})
-    fig, axes = plt.subplots(1, len(embs), figsize=(6.5 * len(embs), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(embs), figsize=(6.5 * len(embs), 4.2), squeeze=False)
     bars = [
         ("explanation_precision", "explanation (global labels)"),
         ("winner_precision", "winners (global labels)"),
@@ -842,8 +825,9 @@ def plot(
             ylim=(0, 100),
             title=f"labels from {emb} (test split; default {default})",
         )
-        ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -10,6 +10,8 @@ from discover.dissection.core import DissectConfig, Dissection, UnitDescription
 from discover.dissection.recording import pool
 from discover.explanation import (
     Explanation,
+    classifier_input_layer,
+    default_layers,
     explain,
     find_classifier,
     print_explanations,
@@ -565,3 +567,25 @@ def test_units_firing_weakly_on_the_image_are_shown_unlabelled():
     assert any("(unlabelled: weak here" in str(e) for e in strict)
     with pytest.raises(ValueError, match="min_percentile"):
         explain(model, images, dissection, min_percentile=1.5)
+
+
+def test_a_vits_contribution_table_is_labelled_from_its_final_norm():
+    """No LWTA layer of a ViT feeds its classifier (the final norm's class token does):
+    default_layers(classifier=True) adds the norm, and explain uses a dissection of it for
+    the contribution table without listing it as an explained layer."""
+    vit = _vit(U=4)
+    lwta = list(lwta_layers(vit))
+    assert classifier_input_layer(vit, lwta) == "norm"
+    assert default_layers(vit, classifier=True) == [*lwta, "norm", "head"]
+    resnet = _resnet(U=4)
+    assert classifier_input_layer(resnet, list(lwta_layers(resnet))) == "layer3.0.act2"
+    assert "norm" not in default_layers(resnet, classifier=True)
+    x = torch.randn(2, 3, 16, 16)
+    [without] = explain(vit, x[:1], _fake_dissection(vit, lwta))
+    assert without.contributions.layer == "head input"
+    assert all(u.label is None for u in without.contributions.units)
+    dissection = _fake_dissection(vit, [*lwta, "norm"], resolved={"norm": "cls"})
+    for e in explain(vit, x, dissection, top=None, min_percentile=None):
+        assert [row.layer for row in e.layers] == lwta  # the norm is not an explained layer
+        assert e.contributions.layer == "norm" and e.contributions.units
+        assert all(u.label == f"norm-{u.unit}" for u in e.contributions.units)

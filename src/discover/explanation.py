@@ -563,7 +563,61 @@ def default_layers(
         raise ValueError(
             "explain: the model has no LWTA layers and no activation modules; pass layers="
         )
-    return names + ([head_name] if classifier and head_name and head_name not in names else [])
+    if not classifier:
+        return names
+    feeding = classifier_input_layer(model, names)
+    extra = [feeding] if feeding is not None and feeding not in names else []
+    return names + extra + ([head_name] if head_name and head_name not in names else [])
+
+
+_NOT_FEATURES = (nn.Identity, nn.Dropout)
+
+
+def classifier_input_layer(model: nn.Module, layers: Sequence[str] = ()) -> str | None:
+    """The layer whose output, pooled as a dissection pools it by default, is the
+    classifier's input: the one among ``layers`` if there is one (a ResNet CVN's last LWTA
+    layer, average-pooled), else the nearest module before the classifier that is (a ViT's
+    final norm, at the class token; identities and dropouts are skipped), else ``None``.
+
+    Labels of that layer are what an explanation's contribution table shows, so a
+    dissection should cover it. Found by forward passes on one random image (one for
+    ``layers``, then one per module tried, at most 8).
+
+    Example:
+        >>> vit = create_model("small_vit", U=4)  # doctest: +SKIP
+        >>> classifier_input_layer(vit, default_layers(vit))  # doctest: +SKIP
+        'norm'
+    """
+    head = find_classifier(model)
+    if head is None:
+        return None
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    generator = torch.Generator().manual_seed(0)  # a blank image would tie layers
+    image = torch.rand((1, *default_input_size(model)), generator=generator)
+
+    def feeds(names: list[str]) -> str | None:
+        try:
+            [e] = explain(model, image, None, layers=names, top=1, device=device)
+        except ValueError:  # e.g. a module that runs several times per forward pass
+            return None
+        found = e.contributions.layer if e.contributions is not None else None
+        return found if found in names else None
+
+    if layers and (found := feeds(list(layers))) is not None:
+        return found
+    leaves = [
+        name
+        for name, module in model.named_modules()
+        if name
+        and name != head[0]
+        and not any(module.children())
+        and not isinstance(module, _NOT_FEATURES)
+    ]
+    for name in reversed(leaves[-8:]):
+        if feeds([name]) == name:
+            return name
+    return None
 
 
 @contextlib.contextmanager
@@ -705,7 +759,14 @@ def explain(
     lwta = lwta_layers(model)
     classifier = find_classifier(model)
     layer_names = list(layers) if layers is not None else default_layers(model, dissection)
-    modules = resolve_layers(model, layer_names)
+    # a dissected layer that is not explained may still be the classifier's input (a ViT's
+    # final norm): recorded for the contribution table only
+    feeding_only = [
+        n
+        for n in (dissection.layers if dissection is not None and layers is None else [])
+        if n not in layer_names and (classifier is None or n != classifier[0])
+    ]
+    modules = resolve_layers(model, layer_names + feeding_only)
     index = _dissection_index(dissection)
 
     device = torch.device(device)
@@ -740,6 +801,8 @@ def explain(
     per_layer: dict[str, dict[str, torch.Tensor]] = {}
     for name in modules:
         outputs = store[name]
+        if name in feeding_only and len(outputs) != 1:
+            continue  # cannot be the classifier's input
         if not outputs:
             raise ValueError(
                 f"explain: layer {name!r} produced no tensor output in the forward pass "
@@ -783,6 +846,8 @@ def explain(
     for i in range(len(batch)):
         rows = []
         for name, module in modules.items():
+            if name in feeding_only:
+                continue
             data = per_layer[name]
             kind = "lwta" if name in masks else "dense"
             kind = "sae" if sae is not None and name == sae.layer else kind

@@ -7,6 +7,7 @@ from PIL import Image
 import discover
 from _helpers import train_tiny
 from discover.dissection.core import DissectConfig, Dissection, UnitDescription
+from discover.dissection.labels import label_defaults
 from discover.dissection.recording import pool
 from discover.explanation import (
     Explanation,
@@ -196,7 +197,8 @@ def test_probe_percentiles_come_from_the_dissections_activations(tmp_path):
         assert float((Q[:, w.unit] - w.activation).abs().min()) < 1e-4
     assert " p" in e.to_text()
     # the annotations' default hides the label of a unit that fires weakly on this image
-    assert all(w.label is None for w in winners if w.probe_percentile < 0.9)
+    weak = label_defaults("annotations").min_percentile
+    assert all(w.label is None for w in winners if w.probe_percentile < weak)
     [plain] = explain(model, images[:1], tmp_path / "d", top=None, min_percentile=None)
     # without the dissection's activations (e.g. saved by discover 0.1) there is no percentile
     (tmp_path / "d" / "activations.safetensors").unlink()

@@ -97,8 +97,8 @@ class LabelDefaults:
 
 
 LABEL_DEFAULTS: dict[str, LabelDefaults] = {
-    "annotations": LabelDefaults("corr", abstain_p=None, min_match=0.3, min_percentile=0.9),
-    "vlm": LabelDefaults(DEFAULT_SIMILARITY, abstain_p=None, min_match=None, min_percentile=0.9),
+    "annotations": LabelDefaults("jsd", abstain_p=None, min_match=0.4, min_percentile=0.75),
+    "vlm": LabelDefaults(DEFAULT_SIMILARITY, abstain_p=None, min_match=0.2, min_percentile=0.75),
 }
 """Defaults per embedder kind (:attr:`discover.dissection.embedders.Embedder.kind`)."""
 
@@ -108,7 +108,7 @@ def label_defaults(kind: str) -> LabelDefaults:
 
     Example:
         >>> label_defaults("annotations").similarity
-        'corr'
+        'jsd'
     """
     if kind not in LABEL_DEFAULTS:
         raise ValueError(

@@ -37,7 +37,13 @@ from torch import Tensor
 
 from discover.dissection.core import Dissection
 
-__all__ = ["TableScores", "ExplanationScores", "ExplanationRows", "score_explanations"]
+__all__ = [
+    "TableScores",
+    "ExplanationScores",
+    "ExplanationRows",
+    "label_shown",
+    "score_explanations",
+]
 
 
 @dataclass
@@ -149,8 +155,16 @@ class ExplanationRows:
         return cls(len(explanations), contribution_layer, tables)
 
 
-def _shown(unit: Any, abstain_p: float | None, min_match: float | None) -> bool:
-    """Whether a dissected unit's label is shown, with optional stricter thresholds."""
+def label_shown(unit: Any, abstain_p: float | None = None, min_match: float | None = None) -> bool:
+    """Whether a dissected unit's label is shown: the dissection did not abstain, and it
+    passes the optional stricter thresholds (as ``dissect(abstain_p=, min_match=)`` would).
+
+    Example:
+        >>> from discover.dissection.core import UnitDescription
+        >>> unit = UnitDescription("fc", 0, "red", 0.9, [("red", 0.9)], match=0.25)
+        >>> label_shown(unit), label_shown(unit, min_match=0.3)
+        (True, False)
+    """
     if unit.abstained is not None:
         return False
     if abstain_p is not None and not (unit.p_null is not None and unit.p_null <= abstain_p):
@@ -221,7 +235,7 @@ def score_explanations(
     per_layer: dict[str, dict[str, Any]] = {}
     for layer in dissection.layers:
         units = dissection.layer(layer)
-        shown = [_shown(u, abstain_p, min_match) for u in units]
+        shown = [label_shown(u, abstain_p, min_match) for u in units]
         labels = torch.tensor([column[u.label] for u, s in zip(units, shown, strict=True) if s])
         info: dict[str, Any] = {
             "shown": np.array(shown, dtype=bool),

@@ -643,7 +643,9 @@ def write_report(state: dict[str, Any], rows: list[dict[str, Any]], out: Path) -
         f"- **Command:** `{state['command']}`",
         f"- **Code:** git {state['git_head']}"
         f"{' (uncommitted changes under src/)' if state['git_dirty'] else ''}",
-        f"- **Date:** {state['date']}; run took {state['minutes']:.0f} min",
+        f"- **Date:** {state['date']}; run took {state['minutes']:.0f} min (the rows of a "
+        "model and split measured by an earlier run with the same key are read from `--cache`; "
+        "measuring one takes about 2-3 min on one core)",
         f"- **Machine:** {state['machine']}",
         f"- **Models** ({len(state['subjects'])}): {', '.join(state['subjects'])}",
         f"- **Embedders:** `annotations` (ground truth) and the Shapes CLIP `{state['clip']}`"

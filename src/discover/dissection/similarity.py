@@ -688,7 +688,7 @@ def soft_wpmi(
     concept_chunk_size: int = 4096,
     info: dict[str, Any] | None = None,
 ) -> Tensor:
-    """Soft WPMI (CLIP-Dissect ``soft_wpmi``), the project default, ``method.md`` §7.4.
+    """Soft WPMI (CLIP-Dissect ``soft_wpmi``; :data:`PAPER_SIMILARITY`), ``method.md`` §7.4.
 
     ``P~ = softmax(a P)`` over concepts; ``i_0, ..., i_{top_k-1}`` are the top images of unit
     ``k`` in descending activation order; image ``i_j`` counts as evidence with probability

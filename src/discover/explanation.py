@@ -599,7 +599,7 @@ def classifier_input_layer(model: nn.Module, layers: Sequence[str] = ()) -> str 
     def feeds(names: list[str]) -> str | None:
         try:
             [e] = explain(model, image, None, layers=names, top=1, device=device)
-        except ValueError:  # e.g. a module that runs several times per forward pass
+        except (ValueError, RuntimeError):  # e.g. a module that runs several times per pass
             return None
         found = e.contributions.layer if e.contributions is not None else None
         return found if found in names else None
@@ -761,10 +761,11 @@ def explain(
     layer_names = list(layers) if layers is not None else default_layers(model, dissection)
     # a dissected layer that is not explained may still be the classifier's input (a ViT's
     # final norm): recorded for the contribution table only
+    named = dict(model.named_modules())
     feeding_only = [
         n
         for n in (dissection.layers if dissection is not None and layers is None else [])
-        if n not in layer_names and (classifier is None or n != classifier[0])
+        if n in named and n not in layer_names and (classifier is None or n != classifier[0])
     ]
     modules = resolve_layers(model, layer_names + feeding_only)
     index = _dissection_index(dissection)

@@ -577,7 +577,9 @@ def test_a_vits_contribution_table_is_labelled_from_its_final_norm():
     the contribution table without listing it as an explained layer."""
     vit = _vit(U=4)
     lwta = list(lwta_layers(vit))
+    before = torch.random.get_rng_state()
     assert classifier_input_layer(vit, lwta) == "norm"
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's RNG is untouched
     assert default_layers(vit, classifier=True) == [*lwta, "norm", "head"]
     resnet = _resnet(U=4)
     assert classifier_input_layer(resnet, list(lwta_layers(resnet))) == "layer3.0.act2"

@@ -598,7 +598,8 @@ def classifier_input_layer(model: nn.Module, layers: Sequence[str] = ()) -> str 
 
     def feeds(names: list[str]) -> str | None:
         try:
-            [e] = explain(model, image, None, layers=names, top=1, device=device)
+            with torch.random.fork_rng(devices=[]):  # explain seeds torch's global generator
+                [e] = explain(model, image, None, layers=names, top=1, device=device)
         except (ValueError, RuntimeError):  # e.g. a module that runs several times per pass
             return None
         found = e.contributions.layer if e.contributions is not None else None

@@ -1,4 +1,7 @@
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -92,3 +95,33 @@ def test_replace_dir_swaps_in_when_another_writer_creates_the_folder_first(tmp_p
     _utils.replace_dir(ours, out)
     assert (out / "result.json").read_text() == "ours"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_loading_and_running_the_c_kernels_leaves_floating_point_alone():
+    """Issue 22: kernels built with -ffast-math switched the whole process to flush-to-zero
+    when they loaded. In a fresh process, after every C kernel has been built, loaded and
+    run, subnormal numbers still exist in Python and in torch."""
+    script = textwrap.dedent(
+        """
+        import torch
+        from discover._utils import LINK_FLAGS
+        from discover.dissection import similarity_kernel
+        from discover.dissection.similarity import cos3, rank_reorder, soft_wpmi
+        from discover.nn import lwta_kernel
+        from discover.nn.lwta import LWTA
+
+        assert 2.2250738585072014e-308 / 2 != 0.0  # before: the interpreter's own state
+        x = torch.randn(4, 8, 6, 6, requires_grad=True)
+        LWTA(U=4).train()(x).sum().backward()
+        P, Q = torch.rand(300, 20), torch.randn(300, 6)
+        soft_wpmi(P, Q), cos3(P, Q), rank_reorder(P, Q, top_fraction=0.1)
+        assert lwta_kernel.library_path() is not None, "the LWTA kernel did not build"
+        assert similarity_kernel.available(), "the similarity kernel did not build"
+        assert 2.2250738585072014e-308 / 2 != 0.0, "Python subnormals flushed"
+        assert (torch.tensor(1e-40) * 1).item() != 0.0, "torch subnormals flushed"
+        assert "-ffast-math" not in LINK_FLAGS
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

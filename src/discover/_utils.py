@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar
 
 __all__ = [
     "C_FLAGS",
+    "LINK_FLAGS",
     "CKernel",
     "dataclass_from_dict",
     "load_c_library",
@@ -492,6 +493,19 @@ class Registry(Generic[T]):
 
 # -- C kernels ----------------------------------------------------------------------------------
 C_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC")
+"""How discover's C kernels are compiled. ``-ffast-math`` lets GCC vectorise ``expf``/``logf``
+(glibc's vector math) and ``-march=native`` use the CPU's full vector width: without both
+the fused LWTA kernel ran 2.3 times slower (and lost its lead over the unfused torch code
+in ``lwta_speed.py``), without ``-march=native`` 1.3 times, and keeping NaN semantics
+(``-fno-finite-math-only``) cost 1.8 times (``benchmarks/results/kernel_flags.md``);
+non-finite inputs are the caller's to catch. The
+object is *linked* without these flags (:data:`LINK_FLAGS`), so loading a kernel never
+switches the process to flush-to-zero, as the one-step ``-ffast-math -shared`` build did.
+Results can differ in the last bits between CPUs of different vector widths, as torch's
+own CPU kernels do."""
+LINK_FLAGS = ("-shared", "-fopenmp")
+"""How the compiled object becomes a shared library (no compile flags: see
+:func:`load_c_library`)."""
 
 
 def _cpu_flags() -> str:
@@ -532,7 +546,8 @@ def load_c_library(package: str, source: str, what: str) -> Any:
         ).stdout.splitlines()[0]
     except (OSError, subprocess.CalledProcessError, IndexError):
         return None
-    parts = [code, " ".join(C_FLAGS).encode(), version.encode(), _cpu_flags().encode()]
+    flags = " ".join([*C_FLAGS, "|", *LINK_FLAGS]).encode()
+    parts = [code, flags, version.encode(), _cpu_flags().encode()]
     key = hashlib.sha256(b"\0".join([*parts, platform.machine().encode()])).hexdigest()[:20]
     stem = Path(source).stem
     folder = cache_root() / "kernels"
@@ -542,12 +557,20 @@ def load_c_library(package: str, source: str, what: str) -> Any:
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             src = Path(tmp) / f"{stem}.c"
             src.write_bytes(code)
-            built = Path(tmp) / target.name
+            built, obj = Path(tmp) / target.name, Path(tmp) / f"{stem}.o"
+            # compiled and linked apart: the link never sees a compile flag, so no flag can
+            # pull in start-up code that changes the process's floating point (crtfastmath)
             result = subprocess.run(
-                [compiler, *C_FLAGS, "-shared", str(src), "-o", str(built), "-lm"],
+                [compiler, *C_FLAGS, "-c", str(src), "-o", str(obj)],
                 capture_output=True,
                 text=True,
             )
+            if result.returncode == 0:
+                result = subprocess.run(
+                    [compiler, *LINK_FLAGS, str(obj), "-o", str(built), "-lm"],
+                    capture_output=True,
+                    text=True,
+                )
             if result.returncode != 0:
                 warnings.warn(
                     f"discover: could not compile the {what} ({compiler}); using the torch "

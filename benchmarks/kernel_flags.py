@@ -1,11 +1,11 @@
 """The C kernels compiled with several flag sets, side by side: speed, agreement, and whether
 loading and running them leaves the process's floating point alone.
 
-Variants: ``old`` (discover <= 0.3's flags, ``-march=native -ffast-math``), ``portable``
-(no fast-math, no CPU-specific code), ``fast-math, portable``, ``old + NaN semantics``
-(``-fno-finite-math-only``) and ``current`` (:data:`discover._utils.C_FLAGS`). Every variant is compiled and then linked apart
-(:data:`discover._utils.LINK_FLAGS`), as :func:`discover._utils.load_c_library` now does:
-the old one-step ``gcc -ffast-math -shared`` build also linked GCC's ``crtfastmath``, which
+Variants, set through ``$DISCOVER_C_FLAGS``: ``old`` (discover <= 0.3's flags,
+``-march=native -ffast-math``), ``portable`` (no fast-math, no CPU-specific code),
+``fast-math, portable``, ``old + NaN semantics`` (``-fno-finite-math-only``) and ``current``
+(:func:`discover.nn.lwta_kernel.compile_flags`). Every variant is compiled and then linked
+apart, as discover now builds its kernels: the old one-step ``gcc -ffast-math -shared`` build also linked GCC's ``crtfastmath``, which
 switched the whole process to flush-to-zero on load (``tests/test_utils.py`` fails on that
 code). Each round runs one fresh process per variant (the order rotating by round). In each
 process, with one torch thread, after one warm-up call per kernel:
@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from common import markdown_table, provenance, write_json
+from safetensors.torch import load_file, save_file
 
 OLD_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC")
 FAST_PORTABLE = ("-O3", "-ffast-math", "-fopenmp", "-fPIC")
@@ -48,12 +49,12 @@ N, K, M = 4000, 128, 4000
 
 def _worker(flags: list[str] | None, out: str) -> None:
     """Time every kernel with ``flags`` (``None``: discover's own) in this process."""
+    import os
+
     import torch
 
-    import discover._utils as utils
-
-    if flags is not None:
-        utils.C_FLAGS = tuple(flags)
+    if flags is not None:  # before any kernel is built or loaded
+        os.environ["DISCOVER_C_FLAGS"] = " ".join(flags)
     torch.set_num_threads(1)
     from discover.dissection.similarity import cos3, soft_wpmi
     from discover.nn.lwta import LWTA
@@ -82,7 +83,7 @@ def _worker(flags: list[str] | None, out: str) -> None:
             call()
             times.append(time.perf_counter() - t0)
         result["seconds"][name] = statistics.median(times)
-        torch.save(out_t, f"{out}.{name}.pt")
+        save_file({"out": out_t.contiguous()}, f"{out}.{name}.safetensors")
     result["python_subnormal_survives"] = 2.2250738585072014e-308 / 2 != 0.0
     result["torch_subnormal_survives"] = bool((torch.tensor(1e-40) * 1).item() != 0.0)
     Path(out).write_text(json.dumps(result))
@@ -106,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         _worker(args.flags.split() if args.flags is not None else None, args.worker)
         return 0
-    import torch
 
-    from discover._utils import C_FLAGS, LINK_FLAGS
+    from discover.nn.lwta_kernel import compile_flags
+
+    current_flags = compile_flags()
 
     meta = provenance(argv, script=__file__)
     variants = {
@@ -127,12 +129,12 @@ def main(argv: list[str] | None = None) -> int:
                 out = Path(tmp) / f"{name}-{r}.json"
                 runs[name].append(_run(variants[name], out))
                 for kernel in runs[name][-1]["seconds"]:
-                    runs[name][-1].setdefault("files", {})[kernel] = f"{out}.{kernel}.pt"
+                    runs[name][-1].setdefault("files", {})[kernel] = f"{out}.{kernel}.safetensors"
         agreement: dict[str, dict[str, float]] = {}
         for name in variants:
             for kernel in runs["old"][0]["seconds"]:
-                a = torch.load(runs["old"][0]["files"][kernel])
-                b = torch.load(runs[name][0]["files"][kernel])
+                a = load_file(runs["old"][0]["files"][kernel])["out"]
+                b = load_file(runs[name][0]["files"][kernel])["out"]
                 scale = float(a.abs().max()) or 1.0
                 agreement.setdefault(name, {})[kernel] = float((a - b).abs().max()) / scale
     rows, table = [], []
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "kernel": kernel,
                     "variant": name,
-                    "flags": " ".join(variants[name] or C_FLAGS),
+                    "flags": " ".join(variants[name] or current_flags),
                     "seconds_median": statistics.median(times),
                     "paired_ratio_to_old": statistics.median(ratios),
                     "max_relative_difference_to_old": agreement[name][kernel],
@@ -169,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     state = {
         **meta,
-        "variants": {name: list(flags or C_FLAGS) for name, flags in variants.items()},
-        "link_flags": list(LINK_FLAGS),
+        "variants": {name: list(flags or current_flags) for name, flags in variants.items()},
         "rows": rows,
         "subnormals_survive": survive,
         "raw": {name: [run["seconds"] for run in runs[name]] for name in runs},
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- **Date:** {state['date']}",
         f"- **Machine:** {state['machine']}",
         *(f"- **{name}:** `{' '.join(flags)}`" for name, flags in state["variants"].items()),
-        f"- **Link:** `{' '.join(LINK_FLAGS)}` (compiled and linked apart)",
+        "- **Link:** `-shared -fopenmp` (compiled and linked apart)",
         f"- **Rounds:** {args.rounds} (a fresh process per variant and round, order rotating)",
         "",
         *markdown_table(

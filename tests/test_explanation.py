@@ -593,3 +593,25 @@ def test_a_vits_contribution_table_is_labelled_from_its_final_norm():
         assert [row.layer for row in e.layers] == lwta  # the norm is not an explained layer
         assert e.contributions.layer == "norm" and e.contributions.units
         assert all(u.label == f"norm-{u.unit}" for u in e.contributions.units)
+
+
+def test_control_characters_in_labels_never_reach_the_terminal(capsys):
+    """Issue 22: a concept name with an ANSI escape (or a bell) is shown escaped in the text
+    and rich renderings of an explanation and in the command line's messages."""
+    import io
+
+    from discover.cli import say
+
+    model = _resnet(U=4)
+    layers = list(lwta_layers(model))
+    dissection = _fake_dissection(model, layers)
+    for unit in dissection.units:
+        unit.label = "red\x1b[2J\x07"
+        unit.top = [(unit.label, unit.score)]
+    [e] = explain(model, torch.randn(1, 3, 16, 16), dissection, min_percentile=None)
+    assert "red" in e.to_text() and "\x1b" not in e.to_text() and "\x07" not in e.to_text()
+    out = io.StringIO()
+    print_explanations([e], file=out)
+    assert "red" in out.getvalue() and "\x1b" not in out.getvalue()
+    say("label:", "red\x1b[2J\x07")
+    assert capsys.readouterr().out == "label: red\\x1b[2J\\x07\n"

@@ -166,3 +166,24 @@ def test_labels_that_explain_little_of_the_unit_abstain():
     assert result.config.min_match == 0.5
     with pytest.raises(ValueError, match="min_match must be in"):
         _dissect(probe, table, NAMES, "cos", min_match=2.0)
+
+
+def test_formula_labels_are_neutralised_in_the_csv():
+    """Issue 22: a concept named like a spreadsheet formula reaches descriptions.csv with a
+    leading quote (OWASP), while numbers (negative scores included) stay numbers."""
+    import csv
+    import io
+
+    probe, table = _probe()
+    names = ['=HYPERLINK("http://x","y")', "+cmd|' /C calc'!A0", *NAMES[2:5], "@SUM(1)", *NAMES[6:]]
+    result = _dissect(probe, table, names, "corr", min_match=None)
+    rows = list(csv.DictReader(io.StringIO(result.to_csv())))
+    assert [r["label"] for r in rows[:3]] == [
+        '\'=HYPERLINK("http://x","y")',
+        "'+cmd|' /C calc'!A0",
+        "'@SUM(1)",
+    ]
+    assert result.labels("fc")[0] == names[0]  # only the CSV cell changes
+    for row in rows:
+        float(row["score"])  # numbers are never quoted
+        assert not row["label"].startswith(("=", "+", "-", "@"))

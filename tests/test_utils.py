@@ -125,3 +125,20 @@ def test_loading_and_running_the_c_kernels_leaves_floating_point_alone():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_spreadsheet_safe_and_printable():
+    from discover._utils import printable, spreadsheet_safe
+
+    for text in ["=1+1", "+1+1", "-1+1", "@A1", "\tx", "\rx"]:
+        assert spreadsheet_safe(text) == "'" + text
+    assert [spreadsheet_safe(v) for v in ["-0.5", "+3", "red", -2.0, None]] == [
+        "-0.5", "+3", "red", -2.0, None,
+    ]  # fmt: skip
+    assert csv_text([{"label": "=cmd", "score": -1.5}]).splitlines() == [
+        "label,score",
+        "'=cmd,-1.5",
+    ]
+    shown = printable("red\x1b[2J\x07 circle\u202e\nnext\tcell")
+    assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
+    assert shown == "red\\x1b[2J\\x07 circle\\u202e\nnext\tcell"

@@ -28,13 +28,18 @@ from typing import Any, Generic, TypeVar
 
 __all__ = [
     "C_FLAGS",
+    "C_FLAGS_ENV",
     "LINK_FLAGS",
+    "c_flags",
     "CKernel",
     "dataclass_from_dict",
     "load_c_library",
     "CacheWarning",
     "Registry",
     "csv_text",
+    "printable",
+    "spreadsheet_safe",
+    "FORMULA_STARTS",
     "atomic_path",
     "cache_root",
     "cache_warning",
@@ -377,8 +382,31 @@ def check_options(fn: Callable[..., Any], options: Mapping[str, Any], what: str)
             raise ValueError(f"{what}: option {key} expects {expected}, got {value!r}")
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""A spreadsheet cell starting with one of these is read as a formula (OWASP, CSV injection)."""
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """``value`` for a CSV cell: a text that a spreadsheet would run as a formula gets a
+    leading ``'`` (the OWASP rule); numbers, and texts that are numbers (``"-0.5"``), are
+    kept as they are.
+
+    Example:
+        >>> spreadsheet_safe("=HYPERLINK(1)"), spreadsheet_safe("-0.5"), spreadsheet_safe(-1)
+        ("'=HYPERLINK(1)", '-0.5', -1)
+    """
+    if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+        return value
+    try:
+        float(value)
+    except ValueError:
+        return "'" + value
+    return value
+
+
 def csv_text(rows: list[dict[str, Any]]) -> str:
-    """Rows of one shape as CSV text with a header (``None`` becomes an empty cell).
+    """Rows of one shape as CSV text with a header (``None`` becomes an empty cell; texts
+    pass through :func:`spreadsheet_safe`).
 
     Example:
         >>> csv_text([{"unit": 0, "label": "circle"}]).splitlines()
@@ -389,11 +417,34 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
 
     buffer = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(buffer, fieldnames=[spreadsheet_safe(k) for k in rows[0]])
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+            writer.writerow(
+                {
+                    spreadsheet_safe(k): "" if v is None else spreadsheet_safe(v)
+                    for k, v in row.items()
+                }
+            )
     return buffer.getvalue()
+
+
+def printable(text: str) -> str:
+    """``text`` for a terminal: control characters other than newline and tab (an ANSI
+    escape in a concept name, a bell) are shown as escapes instead of acting.
+
+    Example:
+        >>> print(printable("red\x1b[31m circle\x07"))
+        red\\x1b[31m circle\\x07
+    """
+    import unicodedata
+
+    return "".join(
+        ch
+        if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf")
+        else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
 
 
 T = TypeVar("T")
@@ -495,14 +546,25 @@ class Registry(Generic[T]):
 C_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC")
 """How discover's C kernels are compiled. ``-ffast-math`` lets GCC vectorise ``expf``/``logf``
 (glibc's vector math) and ``-march=native`` use the CPU's full vector width: without both
-the fused LWTA kernel ran 2.3 times slower (and lost its lead over the unfused torch code
-in ``lwta_speed.py``), without ``-march=native`` 1.3 times, and keeping NaN semantics
+the fused LWTA kernel ran 1.9 times slower (and lost its lead over the unfused torch code
+in ``lwta_speed.py``), without ``-march=native`` 1.35 times, and keeping NaN semantics
 (``-fno-finite-math-only``) cost 1.8 times (``benchmarks/results/kernel_flags.md``);
 non-finite inputs are the caller's to catch. The
 object is *linked* without these flags (:data:`LINK_FLAGS`), so loading a kernel never
 switches the process to flush-to-zero, as the one-step ``-ffast-math -shared`` build did.
 Results can differ in the last bits between CPUs of different vector widths, as torch's
 own CPU kernels do."""
+C_FLAGS_ENV = "DISCOVER_C_FLAGS"
+"""Environment variable that replaces :data:`C_FLAGS` (space-separated), e.g. for a build
+without CPU-specific code: ``DISCOVER_C_FLAGS="-O3 -fopenmp -fPIC"``."""
+
+
+def c_flags() -> tuple[str, ...]:
+    """The flags the C kernels are compiled with: ``$DISCOVER_C_FLAGS`` or :data:`C_FLAGS`."""
+    override = os.environ.get(C_FLAGS_ENV, "").split()
+    return tuple(override) if override else C_FLAGS
+
+
 LINK_FLAGS = ("-shared", "-fopenmp")
 """How the compiled object becomes a shared library (no compile flags: see
 :func:`load_c_library`)."""
@@ -546,7 +608,8 @@ def load_c_library(package: str, source: str, what: str) -> Any:
         ).stdout.splitlines()[0]
     except (OSError, subprocess.CalledProcessError, IndexError):
         return None
-    flags = " ".join([*C_FLAGS, "|", *LINK_FLAGS]).encode()
+    compile_flags = c_flags()
+    flags = " ".join([*compile_flags, "|", *LINK_FLAGS]).encode()
     parts = [code, flags, version.encode(), _cpu_flags().encode()]
     key = hashlib.sha256(b"\0".join([*parts, platform.machine().encode()])).hexdigest()[:20]
     stem = Path(source).stem
@@ -561,7 +624,7 @@ def load_c_library(package: str, source: str, what: str) -> Any:
             # compiled and linked apart: the link never sees a compile flag, so no flag can
             # pull in start-up code that changes the process's floating point (crtfastmath)
             result = subprocess.run(
-                [compiler, *C_FLAGS, "-c", str(src), "-o", str(obj)],
+                [compiler, *compile_flags, "-c", str(src), "-o", str(obj)],
                 capture_output=True,
                 text=True,
             )

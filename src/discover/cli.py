@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from discover import __version__
+from discover._utils import printable
 from discover.data.registry import build_probe
 from discover.demo import DEMO_DATA, DemoConfig, run_demo
 from discover.dissection.core import default_dissection_dir, dissect
@@ -72,6 +73,12 @@ class _Command:
 
 
 _COMMANDS: dict[str, _Command] = {}
+
+
+def say(*values: Any, file: Any = None, end: str = "\n", flush: bool = False) -> None:
+    """``print`` for the command line: user-supplied text in a message (concept and class
+    names, labels, file names) is shown, never obeyed as terminal control codes."""
+    print(printable(" ".join(str(v) for v in values)), file=file, end=end, flush=flush)
 
 
 def command(
@@ -324,7 +331,7 @@ def _models_arguments(parser: argparse.ArgumentParser) -> None:
 @command("models", arguments=_models_arguments, help="list model names that create_model accepts")
 def _models(args: argparse.Namespace) -> int:
     names = list_models(**_given(args, "pattern", "include_timm"))
-    print("\n".join(names) if names else f"no model matches {args.pattern!r}")
+    say("\n".join(names) if names else f"no model matches {args.pattern!r}")
     return 0
 
 
@@ -344,14 +351,14 @@ def _convert_arguments(parser: argparse.ArgumentParser) -> None:
 def _convert(args: argparse.Namespace) -> int:
     model = _build_model(args)
     layers = lwta_layers(model)
-    print(
+    say(
         f"{args.model}: U={model.cvn_config.U}, {count_parameters(model):,} parameters, "
         f"{len(layers)} LWTA layer(s)"
     )
     for name, layer in layers.items():
-        print(f"  {name}  ({layer.extra_repr()})")
+        say(f"  {name}  ({layer.extra_repr()})")
     if args.save:
-        print(f"saved {save_checkpoint(model, args.save)}")
+        say(f"saved {save_checkpoint(model, args.save)}")
     return 0
 
 
@@ -381,9 +388,9 @@ def _sparsity_arguments(parser: argparse.ArgumentParser) -> None:
 def _sparsity(args: argparse.Namespace) -> int:
     result = photo_sparsity(args.model, **_given(args, "policy", "seed"), **_model_options(args))
     if args.json:
-        print(json.dumps([r.to_dict() for r in result.rows], indent=2))
+        say(json.dumps([r.to_dict() for r in result.rows], indent=2))
         return 0
-    print(result.summary())
+    say(result.summary())
     return 0 if result.check.exact else 1  # exit 1: an LWTA layer is not exactly 1/U active
 
 
@@ -500,19 +507,19 @@ def _train(args: argparse.Namespace) -> int:
     try:
         result = train(config, **_given(args, "progress"))
     except NonFiniteLossError as exc:  # a failed run, not a user mistake: exit status 1
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", file=sys.stderr)
         return 1
     last = result.history[-1] if result.history else {}
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process prints
-        print(
+        say(
             f"trained {result.epochs_run} epoch(s): train top-1 {last.get('train_top1', float('nan')):.4f}, "
             f"held-out top-1 {last.get('val_top1', float('nan')):.4f}, best {result.best_top1:.4f}"
         )
         if result.skipped_images:
-            print(
+            say(
                 f"skipped {result.skipped_images} unreadable image(s) (listed in the data set's log)"
             )
-        print(f"run directory: {result.out}")
+        say(f"run directory: {result.out}")
     return 0
 
 
@@ -555,8 +562,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         progress=True,  # a terminal shows progress; the API's default is quiet
     )
     target = result.save(args.json)
-    print(result.summary())
-    print(f"\nwritten: {target}")
+    say(result.summary())
+    say(f"\nwritten: {target}")
     return 0
 
 
@@ -584,9 +591,9 @@ def _layers_arguments(parser: argparse.ArgumentParser) -> None:
 )
 def _layers(args: argparse.Namespace) -> int:
     infos = list_layers(_build_model(args), args.input_size, **_given(args, "pattern"))
-    print(f"{'layer':<36} {'type':<22} {'output':<16} pooling")
+    say(f"{'layer':<36} {'type':<22} {'output':<16} pooling")
     for info in infos:
-        print(info)
+        say(info)
     return 0
 
 
@@ -635,15 +642,15 @@ def _dissect(args: argparse.Namespace) -> int:
         info = result.layer_info(layer)
         shown = ", ".join(labels[:8]) + (" ..." if len(labels) > 8 else "")
         abstained = sum(label is None for label in result.shown_labels(layer))
-        print(
+        say(
             f"{layer} ({info.units} units, pooling {info.pooling}, {info.dead_units} never "
             f"active, {abstained} unlabelled): {shown}"
         )
     about = result.about
     skipped = len(about.skipped_images)
     listed = f", skipped {skipped} unreadable image(s) (listed in dissection.json)"
-    print(f"probe: {about.probe_images} images{listed if skipped else ''}")
-    print(f"written: {out / 'descriptions.csv'} and {out / 'dissection.json'}")
+    say(f"probe: {about.probe_images} images{listed if skipped else ''}")
+    say(f"written: {out / 'descriptions.csv'} and {out / 'dissection.json'}")
     return 0
 
 
@@ -732,15 +739,15 @@ def _explain(args: argparse.Namespace) -> int:
         ),
     )
     for path, reason in result.failures.items():
-        print(f"error: cannot read image {path}: {reason}", file=sys.stderr)
+        say(f"error: cannot read image {path}: {reason}", file=sys.stderr)
     if result.explanations:
         if args.json:
-            print(json.dumps([e.to_dict() for e in result.explanations], indent=2))
+            say(json.dumps([e.to_dict() for e in result.explanations], indent=2))
         else:
             print_explanations(result.explanations)
     if result.failures:
         read = len(args.images) - len(result.failures)
-        print(
+        say(
             f"error: {len(result.failures)} of {len(args.images)} image(s) could not be read"
             + (f"; explained the other {read}" if read else ""),
             file=sys.stderr,
@@ -788,9 +795,9 @@ def _demo(args: argparse.Namespace) -> int:
     config = DemoConfig.preset(
         **_given(args, "data", "fast", "out", "embedder", "policy", "seed", "threads")
     )
-    result = run_demo(config, **_given(args, "progress"), log=lambda line: print(line, flush=True))
-    print()
-    print(result.summary())
+    result = run_demo(config, **_given(args, "progress"), log=lambda line: say(line, flush=True))
+    say()
+    say(result.summary())
     return 0
 
 
@@ -815,7 +822,7 @@ def _train_clip_arguments(parser: argparse.ArgumentParser) -> None:
 def _train_clip(args: argparse.Namespace) -> int:
     config = ShapesCLIPConfig(**_given(args, "epochs", "images", "seed", "lr"))
     result = train_shapes_clip(config, **_given(args, "out", "progress"))
-    print(result.summary())
+    say(result.summary())
     return 0
 
 
@@ -915,23 +922,23 @@ def _eval_descriptions(args: argparse.Namespace) -> int:
         path = scores.save(args.out)
         output["descriptions"] = scores.to_dict()
         if not args.json:
-            print(scores.summary())
-            print(f"\nwritten: {path} (+ .csv tables)")
+            say(scores.summary())
+            say(f"\nwritten: {path} (+ .csv tables)")
     if truth is not None:
         path = truth.save(args.out) if args.out is not None else truth.folder / REPORT_JSON
         output["ground_truth"] = truth.to_dict()
         if not args.json:
-            print("\n" if scores is not None else "", end="")
-            print(truth.table())
+            say("\n" if scores is not None else "", end="")
+            say(truth.table())
             dropped = truth.meta["dropped_concepts"]
             if dropped:
-                print(
+                say(
                     f"not scored ({len(dropped)} concepts absent from, or on every image of, "
                     f"the probe): {', '.join(dropped)}"
                 )
-            print(f"\nwritten: {path} and {path.parent / REPORT_CSV}")
+            say(f"\nwritten: {path} and {path.parent / REPORT_CSV}")
     if args.json:
-        print(json.dumps(output if len(output) > 1 else next(iter(output.values())), indent=2))
+        say(json.dumps(output if len(output) > 1 else next(iter(output.values())), indent=2))
     return 0
 
 
@@ -996,9 +1003,9 @@ def _planted(args: argparse.Namespace) -> int:
             _key_values(args.similarity_arg, "--similarity-arg")
         )
     result = planted_recovery_on_probe(_build_probe(args), **options)
-    print(result.table())
+    say(result.table())
     if args.out:
-        print(f"\nwritten: {result.save(args.out)} (+ planted.csv, planted_ranking.csv)")
+        say(f"\nwritten: {result.save(args.out)} (+ planted.csv, planted_ranking.csv)")
     return 0
 
 
@@ -1080,20 +1087,20 @@ def _sae(args: argparse.Namespace) -> int:
         sae = train_sae(model, args.layer, probe, args.k, args.expansion, out=out, **options)
         c, m = sae.config, sae.config.metrics
         fve = "-" if m["fve"] is None else f"{m['fve']:.3f}"
-        print(
+        say(
             f"SAE of {c.layer}: {c.latents} latents ({c.expansion} x width {c.width}), k {c.k}, "
             f"trained on {c.sites} ({c.training['rows_train']} vectors), pooling {c.pooling}; "
             f"held-out variance explained {fve}, {m['dead_latents']} dead latents"
         )
-        print(f"written: {out}")
+        say(f"written: {out}")
         return 0
     sae = SAE.load(args.sae)
     result = dissect(model, [sae.layer], _build_probe(args), sae=sae, **_dissect_options(args))
     out = result.save(args.out)
     labels = result.labels(sae.layer)
     shown = ", ".join(labels[:8]) + (" ..." if len(labels) > 8 else "")
-    print(f"{sae.layer} SAE ({len(labels)} latents, k {sae.config.k}): {shown}")
-    print(f"written: {out / 'descriptions.csv'} and {out / 'dissection.json'}")
+    say(f"{sae.layer} SAE ({len(labels)} latents, k {sae.config.k}): {shown}")
+    say(f"written: {out / 'descriptions.csv'} and {out / 'dissection.json'}")
     return 0
 
 
@@ -1141,16 +1148,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        say("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # the one error boundary of the command line
         if debug:
             raise
         message = _user_error(exc)
         if message is not None:
-            print(f"error: {_with_flags(message, getattr(args, '_flags', ()))}", file=sys.stderr)
+            say(f"error: {_with_flags(message, getattr(args, '_flags', ()))}", file=sys.stderr)
             return 2
-        print(
+        say(
             f"internal error: {type(exc).__name__}: {exc}\n"
             "This is a bug in discover, not a mistake of yours; rerun with --debug for the "
             "traceback and report it.",

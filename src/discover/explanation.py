@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from discover._utils import write_atomic
+from discover._utils import printable, write_atomic
 from discover.dissection.core import Dissection, StaleDissectionError
 from discover.dissection.embedders import build_embedder
 from discover.dissection.labels import LABEL_DEFAULTS
@@ -243,7 +243,7 @@ class Explanation:
                     f"{u.contribution:>+9.4f}  {_shown(u.label, u.abstained, u.candidates)}"
                     f"{_seen_text(u.seen)}"
                 )
-        return "\n".join(lines)
+        return printable("\n".join(lines))  # labels and file names are untrusted
 
     __str__ = to_text
 
@@ -319,7 +319,7 @@ def _seen_text(seen: list[tuple[str, float]] | None) -> str:
 def _escape(text: str) -> str:
     from rich.markup import escape
 
-    return escape(text)
+    return escape(printable(text))
 
 
 def _layer_title(row: LayerExplanation) -> str:

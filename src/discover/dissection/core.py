@@ -37,6 +37,7 @@ from discover._utils import (
     check_options,
     require_file,
     resolve_device,
+    spreadsheet_safe,
     staged_dir,
     write_files,
 )
@@ -426,18 +427,19 @@ class Dissection:
         """``layer,unit,block,position,label,abstained,score,match,top5,z,p_null`` with
         ``top5`` as a JSON list (the candidates, best first). ``label`` is empty and
         ``abstained`` gives the reason for a unit shown unlabelled; ``z`` and ``p_null`` are
-        empty when the null was not drawn."""
+        empty when the null was not drawn. A label that a spreadsheet would run as a formula
+        gets a leading ``'`` (:func:`~discover._utils.spreadsheet_safe`)."""
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(CSV_COLUMNS)
         for u in self.units:
             writer.writerow(
                 [
-                    u.layer,
+                    spreadsheet_safe(u.layer),
                     u.unit,
                     "" if u.block is None else u.block,
                     "" if u.position is None else u.position,
-                    u.shown_label or "",
+                    spreadsheet_safe(u.shown_label or ""),
                     u.abstained or "",
                     f"{u.score:.6g}",
                     "" if u.match is None else f"{u.match:.4g}",

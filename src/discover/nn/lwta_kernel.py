@@ -18,9 +18,18 @@ import ctypes
 
 import torch
 
-from discover._utils import CKernel
+from discover._utils import CKernel, c_flags
 
-__all__ = ["available", "backward", "enabled", "forward", "gumbel_of", "supports"]
+__all__ = [
+    "available",
+    "backward",
+    "compile_flags",
+    "enabled",
+    "forward",
+    "gumbel_of",
+    "library_path",
+    "supports",
+]
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -40,6 +49,13 @@ _KERNEL = CKernel(
 available = _KERNEL.available
 enabled = _KERNEL.enabled  # ``with enabled(False):`` runs the unfused torch code (checks)
 _library = _KERNEL.library
+
+
+def compile_flags() -> tuple[str, ...]:
+    """The flags discover's C kernels are compiled with (``$DISCOVER_C_FLAGS`` replaces them);
+    they are linked apart, without them, so loading one leaves the process's floating point
+    alone."""
+    return c_flags()
 
 
 def library_path() -> str | None:

@@ -173,3 +173,22 @@ def test_explain_conditioning_needs_an_embedder_that_can_look(capsys, tmp_path, 
     _fails(capsys, [*explained, "--min-percentile", "high"], "--min-percentile: expected a number")
     _fails(capsys, [*explained, "--min-percentile", "2"], "min_percentile must be in [0, 1]")
     _fails(capsys, [*explained, "--candidates", "0"], "candidates must be >= 1")
+
+
+def test_a_run_with_nan_weights_is_a_one_line_error(run, tmp_path, capsys):
+    """Issue 22: evaluate used to report loss nan and exit 0; explain printed "(nan %)"."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    weights = broken / "best.safetensors"
+    with safe_open(str(weights), framework="pt") as f:
+        metadata = f.metadata()
+    state = load_file(str(weights))
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key][...] = float("nan")
+    save_file(state, str(weights), metadata=metadata)
+    _fails(capsys, ["evaluate", str(broken)], "non-finite weights", key)

@@ -286,3 +286,23 @@ def test_list_models():
 def test_register_model_rejects_duplicates():
     with pytest.raises(ValueError, match="already registered"):
         discover.register_model("small_resnet")(lambda **kw: nn.Identity())
+
+
+def test_non_finite_weights_are_refused_where_they_are_loaded(tmp_path):
+    """Issue 22: a NaN weight used to dissect into identical confident labels and explain
+    into "(nan %)". Loading names the tensors; allow_nonfinite=True loads with a warning."""
+    from discover.nn.models import NonFiniteWeightsError
+
+    model = create_model("small_resnet", U=4, num_classes=5)
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("nan")
+        model.fc.bias[1] = float("inf")
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    with pytest.raises(
+        NonFiniteWeightsError, match=r"2 tensor\(s\): fc\.bias \(1 of 5\), fc\.weight \(1 of \d+\)"
+    ):
+        create_model("small_resnet", U=4, num_classes=5, checkpoint=path)
+    fresh = create_model("small_resnet", U=4, num_classes=5)
+    with pytest.warns(UserWarning, match="non-finite weights"):
+        load_checkpoint(fresh, path, allow_nonfinite=True)
+    assert torch.isnan(fresh.fc.weight[0, 0])

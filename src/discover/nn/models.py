@@ -44,6 +44,7 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "CheckpointMismatchError",
+    "NonFiniteWeightsError",
     "count_parameters",
 ]
 
@@ -563,6 +564,10 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint's keys, shapes or recorded configuration do not fit the model."""
 
 
+class NonFiniteWeightsError(ValueError):
+    """A checkpoint holds NaN or infinite weights: every result of the model would be too."""
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (each shared tensor counted once)."""
     return sum(p.numel() for p in model.parameters())
@@ -637,11 +642,15 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     return obj, {}
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
+def load_checkpoint(
+    model: nn.Module, path: str | Path, strict: bool = True, *, allow_nonfinite: bool = False
+) -> nn.Module:
     """Load local weights into ``model``; every mismatch is reported in one clear error.
 
     Checks keys, tensor shapes and, for discover's own safetensors files, the recorded
-    architecture name and ``U``.
+    architecture name and ``U``. Weights that are NaN or infinite raise
+    :class:`NonFiniteWeightsError` naming them (``allow_nonfinite=True``: a warning, and the
+    units they reach are marked "not finite" by a dissection).
 
     Example:
         >>> load_checkpoint(create_model("small_resnet", U=4), "run/model.safetensors")  # doctest: +SKIP
@@ -682,5 +691,19 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
             f"checkpoint {path} does not fit the model"
             f"{' ' + repr(config.name) if config else ''}:\n  - " + "\n  - ".join(problems)
         )
+    broken = [
+        f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()})"
+        for k, v in state.items()
+        if k in own and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+    if broken:
+        message = (
+            f"checkpoint {path} holds non-finite weights (NaN or inf) in {len(broken)} "
+            f"tensor(s): {_few(broken)}; every output of the model would be meaningless. Use "
+            "another checkpoint (e.g. last instead of best) or retrain"
+        )
+        if not allow_nonfinite:
+            raise NonFiniteWeightsError(message)
+        warnings.warn(message + " (loaded anyway: allow_nonfinite=True)", stacklevel=2)
     model.load_state_dict(state, strict=strict)
     return model

@@ -4,6 +4,8 @@ Every user mistake is one line on stderr that names the thing and what was expec
 status 2, before any expensive work; an internal error says it is one and points to --debug.
 """
 
+import json
+
 import pytest
 
 from _helpers import train_tiny
@@ -192,3 +194,38 @@ def test_a_run_with_nan_weights_is_a_one_line_error(run, tmp_path, capsys):
     state[key][...] = float("nan")
     save_file(state, str(weights), metadata=metadata)
     _fails(capsys, ["evaluate", str(broken)], "non-finite weights", key)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"model_kwargs": {"pretrained": True}}, "'pretrained'"),
+        ({"model_kwargs": {"checkpoint_path": "/etc/passwd"}}, "'checkpoint_path'"),
+        ({"model_kwargs": {"pretrained_cfg_overlay": {"hf_hub_id": "evil/x"}}}, "'pretrained"),
+        ({"model_kwargs": {"img_size": "../../etc"}}, "'img_size'"),
+        ({"name": "hf-hub:evil/model"}, "hf-hub:evil/model"),
+    ],
+    ids=["pretrained", "checkpoint_path", "cfg_overlay", "path_value", "hub_name"],
+)
+def test_a_crafted_run_config_is_data_not_instructions(
+    run, tmp_path, capsys, monkeypatch, change, expected
+):
+    """Issue 22: a run folder's config.json could make evaluate contact a hub or open a file
+    of the author's choosing. Now it is refused, naming the file and the key, before any
+    model is built, and no connection is attempted."""
+    import shutil
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a network connection was attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    crafted = tmp_path / "crafted"
+    shutil.copytree(run, crafted)
+    config = json.loads((crafted / "config.json").read_text())
+    config["model"].update(
+        {k: ({**config["model"]["model_kwargs"], **v} if k == "model_kwargs" else v)
+         for k, v in change.items()}
+    )  # fmt: skip
+    (crafted / "config.json").write_text(json.dumps(config))
+    _fails(capsys, ["evaluate", str(crafted)], "config.json", expected)

@@ -9,6 +9,7 @@ read the run through :class:`Run` instead of digging in its files.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,66 @@ from discover.nn.models import create_model
 from discover.training.recipes import Recipe
 from discover.training.trainer import TrainConfig
 
-__all__ = ["Run", "load_run"]
+__all__ = ["Run", "UntrustedConfigError", "load_run", "saved_model_options"]
+
+
+class UntrustedConfigError(ValueError):
+    """A saved configuration asks for something a file may not decide: a download, another
+    file, or a value of an unexpected kind."""
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
+_FORBIDDEN = ("pretrained", "checkpoint", "weights", "cache", "hf_", "file", "url", "path")
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    if value is None or isinstance(value, (bool, int, float)):
+        return True
+    if isinstance(value, str):
+        return bool(_NAME.fullmatch(value)) and ".." not in value
+    if isinstance(value, list) and depth < 2 and len(value) <= 64:
+        return all(_plain(v, depth + 1) for v in value)
+    return False
+
+
+def saved_model_options(name: Any, options: Any, source: str | Path) -> tuple[str, dict[str, Any]]:
+    """A model name and builder options read from a saved file, checked as untrusted data:
+    the name is a plain model name (no ``hf-hub:`` or other location), and each option is a
+    number, a boolean, null, a short plain name or a short list of those, under a key that
+    cannot download weights or name a file (nothing with ``pretrained``, ``checkpoint``,
+    ``weights``, ``cache``, ``hf_``, ``file``, ``url`` or ``path`` in it). A run folder
+    received from someone else is data, not instructions.
+
+    Raises:
+        UntrustedConfigError: naming ``source`` and the key.
+
+    Example:
+        >>> saved_model_options("small_vit", {"depth": 6}, "run/config.json")
+        ('small_vit', {'depth': 6})
+    """
+    if not isinstance(name, str) or not re.fullmatch(
+        r"(torchvision:)?[A-Za-z0-9_.\-]{1,100}", name
+    ):
+        raise UntrustedConfigError(
+            f"{source}: model name {name!r} is not a plain model name (a saved configuration "
+            "may not point at a hub or a location)"
+        )
+    if not isinstance(options, dict):
+        raise UntrustedConfigError(f"{source}: model_kwargs must be an object, got {options!r}")
+    for key, value in options.items():
+        lowered = str(key).lower()
+        if any(word in lowered for word in _FORBIDDEN):
+            raise UntrustedConfigError(
+                f"{source}: model option {key!r} may not come from a saved configuration (it "
+                "could download weights or open a file); remove it, or build the model "
+                "yourself with discover.create_model"
+            )
+        if not _plain(value):
+            raise UntrustedConfigError(
+                f"{source}: model option {key!r} = {str(value)[:80]!r} is not a number, a "
+                "boolean or a short plain name"
+            )
+    return name, dict(options)
 
 
 @dataclass
@@ -79,19 +139,20 @@ def load_run(run: str | Path, weights: str = "best") -> Run:
             f"`discover train --resume --out {path}` and the same options"
         )
     spec = config["model"]
+    name, model_kwargs = saved_model_options(spec["name"], spec["model_kwargs"], config_file)
     # an annealed run's weights go with the temperature they were saved at
     meta_file = path / f"{weights}.json"
     meta = read_json(meta_file, "checkpoint metadata") if meta_file.is_file() else {}
     temperature = meta.get("temperature")
     model = create_model(
-        spec["name"],
+        name,
         U=spec["U"],
         num_classes=spec["num_classes"],
         checkpoint=weights_file,
         tau=spec["tau"],
         temperature=spec.get("temperature", 1.0) if temperature is None else temperature,
         eval_policy=spec["eval_policy"],
-        **spec["model_kwargs"],
+        **model_kwargs,
     )
     data = DataConfig.from_dict(config["data"])
     model.data_config = data

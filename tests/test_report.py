@@ -387,3 +387,27 @@ def test_layer_pages_show_the_saved_ground_truth(built, tmp_path, monkeypatch):
     (page,) = (tmp_path / "stale").glob("*/act2.html")
     assert "Ground truth" not in page.read_text()
     assert isinstance(GroundTruthReport.load(tmp_path / "dissection"), GroundTruthReport)
+
+
+def test_sections_named_like_the_reports_own_files_get_other_folders(built, tmp_path):
+    """Issue 22: a section named "index.html", "style.css" or "report.json" crashed the
+    writer; now its folder gets a suffix and the report's own files stay files."""
+    import dataclasses
+
+    sections, _, _ = built
+    named = [
+        dataclasses.replace(sections[0], name=name)
+        for name in ("index.html", "Style.css", "report.json")
+    ]
+    index = write_report(tmp_path / "r", named, progress=False)
+    root = tmp_path / "r"
+    assert index.is_file() and (root / "style.css").is_file() and (root / "report.json").is_file()
+    assert {p.name for p in root.iterdir() if p.is_dir()} >= {
+        "index.html-2", "Style.css-2", "report.json-2",
+    }  # fmt: skip
+    for page in _pages(root):
+        links = _Links()
+        links.feed(page.read_text())
+        for link in links.links:
+            if "://" not in link and not link.startswith(("#", "data:")):
+                assert (page.parent / link.split("#")[0]).exists(), (page, link)

@@ -319,6 +319,10 @@ def _check_destination(out: Path) -> None:
 
 
 # -- small helpers ------------------------------------------------------------------------------
+RESERVED_NAMES = frozenset({"explanations", "index.html", "style.css", "report.json"})
+"""What the report's folder holds besides its sections' folders."""
+
+
 def _slug(text: str, fallback: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:60]
     return slug or fallback
@@ -550,7 +554,7 @@ class _Writer:
         (self.root / "style.css").write_text(
             self.env.loader.get_source(self.env, "style.css")[0], encoding="utf-8"
         )
-        taken: set[str] = {"explanations"}
+        taken = set(RESERVED_NAMES)  # a section named "index.html" gets another folder
         views = [
             self._section(i, s, _unique(_slug(s.name, f"section-{i}"), taken))
             for i, s in enumerate(sections)

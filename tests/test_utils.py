@@ -105,6 +105,7 @@ def test_loading_and_running_the_c_kernels_leaves_floating_point_alone():
         """
         import torch
         from discover._utils import LINK_FLAGS
+        from discover.nn.lwta_kernel import compile_flags
         from discover.dissection import similarity_kernel
         from discover.dissection.similarity import cos3, rank_reorder, soft_wpmi
         from discover.nn import lwta_kernel
@@ -119,7 +120,8 @@ def test_loading_and_running_the_c_kernels_leaves_floating_point_alone():
         assert similarity_kernel.available(), "the similarity kernel did not build"
         assert 2.2250738585072014e-308 / 2 != 0.0, "Python subnormals flushed"
         assert (torch.tensor(1e-40) * 1).item() != 0.0, "torch subnormals flushed"
-        assert "-ffast-math" not in LINK_FLAGS
+        assert "-ffast-math" not in LINK_FLAGS + compile_flags()
+        assert "-Ofast" not in compile_flags()
         print("ok")
         """
     )

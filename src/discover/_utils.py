@@ -543,17 +543,25 @@ class Registry(Generic[T]):
 
 
 # -- C kernels ----------------------------------------------------------------------------------
-C_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC")
-"""How discover's C kernels are compiled. ``-ffast-math`` lets GCC vectorise ``expf``/``logf``
-(glibc's vector math) and ``-march=native`` use the CPU's full vector width: without both
-the fused LWTA kernel ran 1.9 times slower (and lost its lead over the unfused torch code
-in ``lwta_speed.py``), without ``-march=native`` 1.35 times, and keeping NaN semantics
-(``-fno-finite-math-only``) cost 1.8 times (``benchmarks/results/kernel_flags.md``);
-non-finite inputs are the caller's to catch. The
-object is *linked* without these flags (:data:`LINK_FLAGS`), so loading a kernel never
-switches the process to flush-to-zero, as the one-step ``-ffast-math -shared`` build did.
-Results can differ in the last bits between CPUs of different vector widths, as torch's
-own CPU kernels do."""
+C_FLAGS = (
+    "-O3",
+    "-march=native",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-fno-signed-zeros",
+    "-fassociative-math",
+    "-freciprocal-math",
+    "-ffinite-math-only",
+    "-fopenmp",
+    "-fPIC",
+)
+"""How discover's C kernels are compiled: no ``-ffast-math``/``-Ofast`` (a library built
+with them can switch the whole process to flush-to-zero when it loads), only the
+individual optimisations that let loops vectorise, none of which touches the
+floating-point environment. The object is also *linked* without compile flags
+(:data:`LINK_FLAGS`). ``-march=native`` uses the CPU's full vector width, so results can
+differ in the last bits between CPUs, as torch's own CPU kernels do; non-finite inputs are
+the caller's to catch. ``benchmarks/results/kernel_flags.md`` measures the choices."""
 C_FLAGS_ENV = "DISCOVER_C_FLAGS"
 """Environment variable that replaces :data:`C_FLAGS` (space-separated), e.g. for a build
 without CPU-specific code: ``DISCOVER_C_FLAGS="-O3 -fopenmp -fPIC"``."""

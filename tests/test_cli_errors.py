@@ -30,7 +30,7 @@ def run(tmp_path_factory):
 def _fails(capsys, argv: list[str], *expected: str) -> str:
     code = main(argv)
     captured = capsys.readouterr()
-    err = captured.err.strip()
+    err = captured.err.rsplit("\r", 1)[-1].strip()  # what stays on screen after a progress bar
     assert code == 2, (code, err)
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     for text in expected:
@@ -137,18 +137,36 @@ def test_concept_file_that_is_a_folder(capsys, tmp_path, run):
     assert "folder" in err or "directory" in err
 
 
-def test_internal_errors_point_to_debug(capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "error", [ZeroDivisionError("boom"), KeyError("model"), ValueError("boom")], ids=repr
+)
+def test_internal_errors_point_to_debug(capsys, monkeypatch, error):
+    """Issue 22: an internal KeyError or ValueError used to be printed as a user mistake
+    ("error: 'model'", exit 2); only discover's own error types are."""
     import discover.cli as cli
 
     def broken(args):
-        raise ZeroDivisionError("boom")
+        raise error
 
     monkeypatch.setattr(cli, "build_parser", _parser_with(cli.build_parser, broken))
     assert main(["sparsity", "small_vit"]) == 1
     err = capsys.readouterr().err
-    assert "internal error: ZeroDivisionError: boom" in err and "--debug" in err
-    with pytest.raises(ZeroDivisionError):
+    assert f"internal error: {type(error).__name__}: " in err and "--debug" in err
+    with pytest.raises(type(error)):
         main(["--debug", "sparsity", "small_vit"])
+
+
+def test_discover_errors_are_one_line_user_errors(capsys, monkeypatch):
+    import discover
+    import discover.cli as cli
+
+    def mistake(args):
+        raise discover.InputError("widgets: expected 3, got 4")
+
+    monkeypatch.setattr(cli, "build_parser", _parser_with(cli.build_parser, mistake))
+    _fails(capsys, ["sparsity", "small_vit"], "error: widgets: expected 3, got 4")
+    assert issubclass(discover.InputError, ValueError)
+    assert issubclass(discover.InputError, discover.DiscoverError)
 
 
 def _parser_with(build, handler):
@@ -196,6 +214,43 @@ def test_a_run_with_nan_weights_is_a_one_line_error(run, tmp_path, capsys):
     _fails(capsys, ["evaluate", str(broken)], "non-finite weights", key)
 
 
+def test_activations_that_overflow_are_stopped_where_they_appear(run, tmp_path, capsys):
+    """Issue 22: finite weights can still give NaN or infinite activations (here a weight of
+    3e38 overflows). Dissect stops at the recording, evaluate and explain at the logits;
+    --allow-nonfinite dissects with a warning and leaves those units unlabelled."""
+    import shutil
+
+    from PIL import Image
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "overflow"
+    shutil.copytree(run, broken)
+    weights = broken / "best.safetensors"
+    with safe_open(str(weights), framework="pt") as f:
+        metadata = f.metadata()
+    state = load_file(str(weights))
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.dim() == 4)
+    state[key][...] = 3e38
+    save_file(state, str(weights), metadata=metadata)
+    _fails(capsys, ["evaluate", str(broken)], "evaluate: the model's outputs are NaN or infinite")
+    argv = _dissect(broken, tmp_path)
+    err = _fails(capsys, argv, "layer 'fc' produced NaN or infinite activations", "first at")
+    assert "--allow-nonfinite" in err  # the API's allow_nonfinite=True shown as the flag
+    assert not (tmp_path / "d").exists()
+    with pytest.warns(UserWarning, match="NaN or infinite activations were recorded"):
+        assert main([*argv, "--allow-nonfinite", "--null-repeats", "0"]) == 0
+    rows = (tmp_path / "d" / "descriptions.csv").read_text().splitlines()
+    assert len(rows) > 1 and all("not finite" in row for row in rows[1:]), rows[:3]
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "red.png")
+    _fails(
+        capsys,
+        ["explain", str(tmp_path / "red.png"), "--run", str(broken)]
+        + ["--dissection", str(tmp_path / "d")],
+        "outputs are NaN or infinite for 1 image(s) (", "red.png)",
+    )
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
@@ -229,3 +284,64 @@ def test_a_crafted_run_config_is_data_not_instructions(
     )  # fmt: skip
     (crafted / "config.json").write_text(json.dumps(config))
     _fails(capsys, ["evaluate", str(crafted)], "config.json", expected)
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda c: c.pop("model"), "model must be an object"),
+        (lambda c: c["model"].pop("U"), "model.U must be an integer >= 1; it is missing"),
+        (lambda c: c["model"].update(U="four"), "model.U must be an integer >= 1"),
+        (lambda c: c["model"].update(num_classes=10**9), "class_names lists"),
+        (lambda c: c["model"].update(tau=float("inf")), "model.tau must be a positive number"),
+        (lambda c: c["model"]["model_kwargs"].update(U=2), "'U' belongs in the model section"),
+        (
+            lambda c: c["model"]["model_kwargs"].update(widths=[65536, 65536]),
+            "describes a model with",
+        ),
+        (lambda c: c["model"]["model_kwargs"].update(depths=[10**7, 1]), "at most 65536"),
+        (lambda c: c["recipe"].update(lr_typo=1), "unknown recipe option(s): lr_typo"),
+        (lambda c: c.update(class_names="circle"), "class_names must be a list"),
+        (lambda c: c.update(data=[1]), "data must be an object"),
+    ],
+    ids=[
+        "no_model",
+        "no_U",
+        "U_text",
+        "huge_num_classes",
+        "tau_inf",
+        "kwarg_collides",
+        "huge_widths",
+        "huge_depth",
+        "recipe_unknown",
+        "class_names_text",
+        "data_list",
+    ],
+)
+def test_a_damaged_run_config_is_a_one_line_error(run, tmp_path, capsys, damage, expected):
+    """Issue 22: damaged configs ended in "internal error" or a KeyError shown as a user
+    mistake, and one tried to allocate 30 GB. Now each is an error naming config.json and the
+    key, raised before the model is built (a model larger than its weights is sized on the
+    meta device first)."""
+    import resource
+    import shutil
+
+    crafted = tmp_path / "damaged"
+    shutil.copytree(run, crafted)
+    config = json.loads((crafted / "config.json").read_text())
+    damage(config)
+    (crafted / "config.json").write_text(json.dumps(config))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    err = _fails(capsys, ["evaluate", str(crafted)], "config.json", expected)
+    assert "internal error" not in err
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 500, f"refusing the config allocated {grown_mb:.0f} MB"
+
+
+def test_a_damaged_training_log_is_a_one_line_error(run, tmp_path, capsys):
+    import shutil
+
+    crafted = tmp_path / "damaged-log"
+    shutil.copytree(run, crafted)
+    (crafted / "log.jsonl").write_text('{"epoch": 0}\n{"epoch": 1, "val_t')
+    _fails(capsys, ["evaluate", str(crafted)], "log.jsonl", "not a JSON line per epoch")

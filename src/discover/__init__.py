@@ -29,6 +29,7 @@ from .dissection import (
     register_similarity,
     train_sae,
 )
+from .errors import DiscoverError, InputError, MissingExtraError, NonFiniteError
 from .evaluation import (
     evaluate,
     evaluate_descriptions,
@@ -66,6 +67,10 @@ from .training import TrainConfig, load_run, train
 
 __all__ = [
     "__version__",
+    "DiscoverError",
+    "InputError",
+    "MissingExtraError",
+    "NonFiniteError",
     "LWTA",
     "EVAL_POLICIES",
     "average_logits",

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from discover.errors import InputError
+
 __all__ = [
     "C_FLAGS",
     "C_FLAGS_ENV",
@@ -273,11 +275,11 @@ def resolve_device(spec: Any = "cpu") -> Any:
         try:
             device = torch.device(spec)
         except (RuntimeError, TypeError) as error:
-            raise ValueError(
+            raise InputError(
                 f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r} ({error})"
             ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(spec)!r} requested but CUDA is not available here")
+        raise InputError(f"device {str(spec)!r} requested but CUDA is not available here")
     return device
 
 
@@ -313,7 +315,7 @@ def read_json(
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{what} {path} is not valid JSON ({error}); was it cut short?") from None
+        raise InputError(f"{what} {path} is not valid JSON ({error}); was it cut short?") from None
 
 
 _SIMPLE_TYPES: dict[Any, tuple[type, ...]] = {
@@ -374,12 +376,12 @@ def check_options(fn: Callable[..., Any], options: Mapping[str, Any], what: str)
                 continue
             close = difflib.get_close_matches(key, named, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ValueError(
+            raise InputError(
                 f"{what}: unknown option {key!r}{hint}; it takes: {', '.join(named) or 'none'}"
             )
         if key in hints and not _accepts(hints[key], value):
             expected = getattr(hints[key], "__name__", None) or str(hints[key])
-            raise ValueError(f"{what}: option {key} expects {expected}, got {value!r}")
+            raise InputError(f"{what}: option {key} expects {expected}, got {value!r}")
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -484,9 +486,9 @@ class Registry(Generic[T]):
         def add(value: T) -> T:
             key = self._normalize(name or getattr(value, "__name__", ""))
             if not key:
-                raise ValueError(f"a {self.kind} needs a name to be registered")
+                raise InputError(f"a {self.kind} needs a name to be registered")
             if key in self._entries and not overwrite:
-                raise ValueError(f"a {self.kind} named {key!r} is already registered")
+                raise InputError(f"a {self.kind} named {key!r} is already registered")
             self._entries[key] = value
             return value
 
@@ -498,7 +500,7 @@ class Registry(Generic[T]):
         if key not in self._entries:
             close = difflib.get_close_matches(str(key), list(self._entries), n=3, cutoff=0.4)
             hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-            raise ValueError(
+            raise InputError(
                 f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(self._entries) or 'none'}"
             )
         return self._entries[key]
@@ -741,5 +743,5 @@ def dataclass_from_dict(cls: type[T], data: Mapping[str, Any], what: str) -> T:
             f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else k
             for k in unknown
         ]
-        raise ValueError(f"unknown {what}(s): {', '.join(hints)}")
+        raise InputError(f"unknown {what}(s): {', '.join(hints)}")
     return cls(**data)

@@ -34,6 +34,7 @@ from discover.dissection.similarity import (
     SIMILARITIES,
     nest_similarity_params,
 )
+from discover.errors import DiscoverError, InputError
 from discover.evaluation.classification import EVAL_FILE, evaluate_run
 from discover.evaluation.descriptions import evaluate_descriptions
 from discover.evaluation.groundtruth import REPORT_CSV, REPORT_JSON, evaluate_groundtruth
@@ -90,7 +91,7 @@ def command(
 
     def decorator(run: Callable[[argparse.Namespace], int | None]):
         if name in _COMMANDS:
-            raise ValueError(f"a discover subcommand named {name!r} already exists")
+            raise InputError(f"a discover subcommand named {name!r} already exists")
         _COMMANDS[name] = _Command(name, help, arguments, run)
         return run
 
@@ -103,7 +104,7 @@ def _default(api: Callable, name: str) -> str:
     read from its signature: help and behaviour cannot disagree."""
     value = inspect.signature(api).parameters[name].default
     if value is inspect.Parameter.empty or isinstance(value, type(dataclasses.MISSING)):
-        raise ValueError(f"{api.__qualname__}: parameter {name} has no default")
+        raise InputError(f"{api.__qualname__}: parameter {name} has no default")
     if isinstance(value, (list, tuple)):
         value = " ".join(str(v) for v in value)
     return f"default: {value}".replace("%", "%%")
@@ -120,7 +121,7 @@ def _number_or_none(text: str, flag: str) -> float | None:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{flag}: expected a number or 'none', got {text!r}") from None
+        raise InputError(f"{flag}: expected a number or 'none', got {text!r}") from None
     return value
 
 
@@ -139,7 +140,7 @@ def _key_values(pairs: Sequence[str] | None, flag: str) -> dict:
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
+            raise InputError(f"{flag} expects KEY=VALUE, got {pair!r}")
         try:
             values[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -284,6 +285,13 @@ def _add_dissect_options(parser: argparse.ArgumentParser) -> None:
         f"probe) is below this; 'none': never (default: per embedder kind, "
         f"{_label_defaults_text('min_match')})",
     )
+    parser.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        default=None,
+        help="record NaN or infinite activations with a warning instead of stopping; those "
+        "units stay unlabelled ('not finite')",
+    )
     parser.add_argument("--out", required=True, help="output directory")
 
 
@@ -292,7 +300,7 @@ def _dissect_options(args: argparse.Namespace) -> dict[str, Any]:
     options = _given(
         args, "concepts", "embedder", "similarity", "policy", "seed", "batch_size", "device"
     )
-    options.update(_given(args, "pooling", "keep_scores", "null_repeats"))
+    options.update(_given(args, "pooling", "keep_scores", "null_repeats", "allow_nonfinite"))
     if args.significance_similarity is not None:
         same = args.significance_similarity == "same"
         options["significance_similarity"] = None if same else args.significance_similarity
@@ -896,14 +904,14 @@ _PROBE_OPTIONS = {
 )
 def _eval_descriptions(args: argparse.Namespace) -> int:
     if args.classes is None and not args.ground_truth:
-        raise ValueError(
+        raise InputError(
             "give --classes (the final-layer protocol: unit k should be class k), "
             "--ground-truth (scores against the probe set's annotations), or both"
         )
     stray = [flag for dest, flag in _PROBE_OPTIONS.items() if getattr(args, dest) is not None]
     stray += ["--bar"] if args.bar is not None else []
     if stray and not args.ground_truth:
-        raise ValueError(f"{', '.join(stray)}: only used with --ground-truth")
+        raise InputError(f"{', '.join(stray)}: only used with --ground-truth")
     truth = scores = None
     if args.ground_truth:  # first: its probe check is quick, the sentence model is not
         options = _given(args, "seed", "bar")
@@ -1195,10 +1203,11 @@ def _with_flags(message: str, flags: Collection[str]) -> str:
 
 
 def _user_error(exc: BaseException) -> str | None:
-    """The one-line message for a mistake or a condition the user can fix; ``None`` for bugs."""
+    """The one-line message for a mistake or a condition the user can fix (a
+    :class:`~discover.errors.DiscoverError`, or the file system refusing); ``None`` for bugs."""
     import errno
 
-    if isinstance(exc, (ValueError, LookupError)) and not isinstance(exc, UnicodeError):
+    if isinstance(exc, DiscoverError):
         return str(exc)
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename else ""

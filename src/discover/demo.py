@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from discover._utils import Registry, dataclass_from_dict
+from discover.errors import InputError
 
 __all__ = ["DemoConfig", "DemoResult", "DemoData", "DEMO_DATA", "register_demo_data", "run_demo"]
 
@@ -128,7 +129,7 @@ class DemoData(ABC):
     def check(self, config: DemoConfig) -> None:
         """Raise a clear error when the data (or the embedder) cannot be used."""
         if config.embedder not in self.embedders:
-            raise ValueError(
+            raise InputError(
                 f"embedder: {config.embedder!r} does not work with the {self.name} demo data; "
                 f"choose one of {', '.join(self.embedders)}"
             )
@@ -198,7 +199,7 @@ class _FashionMNIST(DemoData):
 
     def check(self, config: DemoConfig) -> None:
         if config.embedder == "annotations":
-            raise ValueError(
+            raise InputError(
                 "embedder: Fashion-MNIST has no ground-truth concept annotations; "
                 "use embedder='conse'"
             )
@@ -384,13 +385,13 @@ def run_demo(
     spec = get_demo_data(config.data)
     spec.check(config)
     if config.U < 2:
-        raise ValueError(f"discover demo: U must be >= 2 for the CVN, got {config.U}")
+        raise InputError(f"discover demo: U must be >= 2 for the CVN, got {config.U}")
     counts = ("threads", "epochs", "batch_size", "train_images", "probe_images", "test_images")
     lows = [("eval_samples", 1), ("explain_images", 0), ("precision_images", 0)]
     for name, least in [*((n, 1) for n in counts), *lows]:
         value = getattr(config, name)
         if not isinstance(value, int) or value < least:
-            raise ValueError(f"discover demo: {name} must be an integer >= {least}, got {value!r}")
+            raise InputError(f"discover demo: {name} must be an integer >= {least}, got {value!r}")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     _atomic_json(out / "demo.json", {"config": config.to_dict()})
@@ -448,7 +449,7 @@ def run_demo(
         #    class names (method.md §9)
         classifier = find_classifier(models["cvn"])
         if classifier is None:
-            raise ValueError(f"discover demo: {config.model} has no final nn.Linear to dissect")
+            raise InputError(f"discover demo: {config.model} has no final nn.Linear to dissect")
         hidden = list(lwta_layers(models["cvn"]))
         probe = spec.probe(config)
         final_concepts = concept_set_from_lines(

@@ -63,6 +63,7 @@ from discover.dissection.recording import (
     suggested_pooling,
 )
 from discover.dissection.sae import SAE, as_sae
+from discover.errors import InputError, NonFiniteError
 from discover.nn.lwta import LWTA, capture_winners, eval_policy, lwta_layers
 
 __all__ = [
@@ -207,7 +208,7 @@ class Explanation:
         for row in self.layers:
             if row.layer == name:
                 return row
-        raise ValueError(
+        raise InputError(
             f"no layer {name!r} in this explanation; it has "
             f"{', '.join(r.layer for r in self.layers) or 'no layers'}"
         )
@@ -408,7 +409,7 @@ def _eval_transform(model: nn.Module) -> Callable:
     try:
         return eval_transform(model)
     except ValueError as exc:
-        raise ValueError(
+        raise InputError(
             f"explain: raw images need a transform and {exc}; pass transform= or "
             "preprocessed float tensors"
         ) from None
@@ -418,14 +419,14 @@ def _forward(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """``model(batch)`` as float logits; inputs the model cannot take are a clear error."""
     expected = default_input_size(model)
     if batch.shape[1] != expected[0]:
-        raise ValueError(
+        raise InputError(
             f"explain: the model takes {expected[0]}-channel inputs (input size "
             f"{tuple(expected)}), the images are {tuple(batch.shape[1:])}"
         )
     try:
         return model(batch).float()
     except (RuntimeError, AssertionError) as exc:  # e.g. a timm ViT given another image size
-        raise ValueError(
+        raise InputError(
             f"explain: the model cannot run on inputs of shape {tuple(batch.shape[1:])} "
             f"(its input size is {tuple(expected)}): {exc}"
         ) from exc
@@ -443,7 +444,7 @@ def _as_batch(
     if isinstance(images, torch.Tensor) and images.is_floating_point():
         batch = images.unsqueeze(0) if images.dim() == 3 else images
         if batch.dim() != 4:
-            raise ValueError(
+            raise InputError(
                 f"explain: a float tensor of images must be (C, H, W) or (N, C, H, W) model "
                 f"inputs, got shape {tuple(images.shape)}"
             )
@@ -456,14 +457,14 @@ def _as_batch(
         else:
             items = list(images)
         if not items:
-            raise ValueError("explain: no images given")
+            raise InputError("explain: no images given")
         tf = transform or _eval_transform(model)
         loaded, default, raw = [], [], []
         for i, item in enumerate(items):
             if isinstance(item, (str, os.PathLike)):
                 read, _, failures = read_images([item])
                 if failures:
-                    raise ValueError(
+                    raise InputError(
                         f"cannot read image {os.fspath(item)}: {failures[os.fspath(item)]}"
                     )
                 item, label = read[0], os.fspath(item)
@@ -474,7 +475,7 @@ def _as_batch(
             try:
                 loaded.append(tf(item))
             except (TypeError, ValueError, RuntimeError) as exc:
-                raise ValueError(
+                raise InputError(
                     f"explain: cannot preprocess {label} ({type(item).__name__}): {exc}"
                 ) from None
             default.append(label)
@@ -483,7 +484,7 @@ def _as_batch(
     if names is None:
         names = default
     if len(names) != len(batch):
-        raise ValueError(f"explain: {len(names)} names for {len(batch)} images")
+        raise InputError(f"explain: {len(names)} names for {len(batch)} images")
     return batch, list(names), raw
 
 
@@ -560,7 +561,7 @@ def default_layers(
     if not names:
         names = activation_sites(model)
     if not names:
-        raise ValueError(
+        raise InputError(
             "explain: the model has no LWTA layers and no activation modules; pass layers="
         )
     if not classifier:
@@ -724,9 +725,9 @@ def explain(
         >>> print(e)  # doctest: +SKIP
     """
     if top is not None and top < 0:
-        raise ValueError(f"explain: top must be >= 0 or None, got {top}")
+        raise InputError(f"explain: top must be >= 0 or None, got {top}")
     if not threshold >= 0:
-        raise ValueError(f"explain: threshold must be >= 0, got {threshold}")
+        raise InputError(f"explain: threshold must be >= 0, got {threshold}")
     if isinstance(dissection, (str, os.PathLike)):
         dissection = Dissection.load(dissection)
     elif dissection is not None and not isinstance(dissection, Dissection):
@@ -738,25 +739,25 @@ def explain(
         dissection.check_model(model, allow_mismatch=allow_mismatch)
     sae = _dissected_sae(dissection, sae, allow_mismatch)
     if candidates < 1:
-        raise ValueError(f"explain: candidates must be >= 1, got {candidates}")
+        raise InputError(f"explain: candidates must be >= 1, got {candidates}")
     if isinstance(min_percentile, str):
         if min_percentile != "default":
-            raise ValueError(
+            raise InputError(
                 f"explain: min_percentile must be a number, None or 'default', got {min_percentile!r}"
             )
         min_percentile = _default_min_percentile(dissection)
     if min_percentile is not None and not 0 <= min_percentile <= 1:
-        raise ValueError(f"explain: min_percentile must be in [0, 1] or None, got {min_percentile}")
+        raise InputError(f"explain: min_percentile must be in [0, 1] or None, got {min_percentile}")
     if embedder is not None and dissection is None:
-        raise ValueError("explain: embedder= conditions a dissection's labels; pass dissection=")
+        raise InputError("explain: embedder= conditions a dissection's labels; pass dissection=")
     batch, names, raw = _as_batch(model, images, names, transform)
     if embedder is not None and raw is None:
-        raise ValueError(
+        raise InputError(
             "explain: embedder= needs the raw images (files, PIL images or uint8 tensors) to "
             "show them to the embedder, not preprocessed float tensors"
         )
     if targets is not None and len(targets) != len(batch):
-        raise ValueError(f"explain: {len(targets)} targets for {len(batch)} images")
+        raise InputError(f"explain: {len(targets)} targets for {len(batch)} images")
     lwta = lwta_layers(model)
     classifier = find_classifier(model)
     layer_names = list(layers) if layers is not None else default_layers(model, dissection)
@@ -785,19 +786,27 @@ def explain(
     finally:
         model.train(was_training)
     if logits.dim() != 2:
-        raise ValueError(
+        raise InputError(
             f"explain: the model returned shape {tuple(logits.shape)}, expected (N, classes)"
+        )
+    broken = (~torch.isfinite(logits)).any(dim=1)
+    if broken.any():
+        which = [names[i] for i in broken.nonzero()[:, 0].tolist()]
+        raise NonFiniteError(
+            f"explain: the model's outputs are NaN or infinite for {len(which)} image(s) "
+            f"({', '.join(map(str, which[:3]))}): its numbers are broken (check its weights "
+            "and inputs), so no prediction or contribution would mean anything"
         )
     num_classes = logits.shape[1]
     if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(
+        raise InputError(
             f"explain: {len(class_names)} class names for a model with {num_classes} outputs"
         )
     class_names = (
         list(class_names) if class_names is not None else [f"class {i}" for i in range(num_classes)]
     )
     if targets is not None and any(not 0 <= int(t) < num_classes for t in targets):
-        raise ValueError(f"explain: targets must be class indices in [0, {num_classes})")
+        raise InputError(f"explain: targets must be class indices in [0, {num_classes})")
     probs = logits.softmax(dim=1)
 
     per_layer: dict[str, dict[str, torch.Tensor]] = {}
@@ -806,12 +815,12 @@ def explain(
         if name in feeding_only and len(outputs) != 1:
             continue  # cannot be the classifier's input
         if not outputs:
-            raise ValueError(
+            raise InputError(
                 f"explain: layer {name!r} produced no tensor output in the forward pass "
                 "(not used by this model's forward, or it returns a tuple?)"
             )
         if len(outputs) != 1:
-            raise ValueError(
+            raise InputError(
                 f"explain: layer {name!r} ran {len(outputs)} times in one forward pass; "
                 "choose a layer that runs once (e.g. a SharedActivation's numbered children)"
             )
@@ -820,7 +829,7 @@ def explain(
         latents = sae is not None and name == sae.layer
         pooled = sae.image_latents(out) if latents else pool(out, pooling, name)
         if name in index and len(index[name]) != pooled.shape[1]:
-            raise ValueError(
+            raise InputError(
                 f"explain: the dissection describes {len(index[name])} units of {name!r}, the "
                 f"model's output has {pooled.shape[1]}: was it made for another model?"
             )
@@ -939,7 +948,7 @@ def _condition(
         return
     scores = emb.concept_matrix(raw, wanted, progress=False).float()
     if tuple(scores.shape) != (len(raw), len(wanted)):
-        raise ValueError(
+        raise InputError(
             f"explain: embedder {emb.name!r} returned scores of shape {tuple(scores.shape)} "
             f"for {len(raw)} images and {len(wanted)} candidate concepts"
         )
@@ -1225,12 +1234,12 @@ def _dissection_embedder(dissection: Dissection) -> str:
     """The spec of the vision-language model a dissection was made with, for conditioning."""
     about = dissection.about
     if about.embedder_kind == "annotations":
-        raise ValueError(
+        raise InputError(
             f"the dissection in {dissection.folder} was made with ground-truth annotations, "
             "which cannot look at new images; pass another embedder (e.g. open_clip:ARCH:WEIGHTS)"
         )
     if not about.embedder_spec:
-        raise ValueError(
+        raise InputError(
             f"the dissection in {dissection.folder} does not record how to rebuild its embedder "
             f"({about.embedder or 'unknown'}); pass the embedder spec instead"
         )

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from discover.data.shapes import SPLITS
+from discover.errors import InputError
 
 __all__ = ["FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "read_idx", "FashionMNIST"]
 
@@ -55,16 +56,16 @@ def read_idx(path: str | Path) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] or raw[1] or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an idx file (magic bytes {raw[:4].hex() or 'missing'})")
+        raise InputError(f"{path}: not an idx file (magic bytes {raw[:4].hex() or 'missing'})")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: idx header truncated")
+        raise InputError(f"{path}: idx header truncated")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     expected = header + math.prod(shape) * dtype.itemsize
     if len(raw) != expected:
-        raise ValueError(f"{path}: {len(raw)} bytes, expected {expected} for shape {shape}")
+        raise InputError(f"{path}: {len(raw)} bytes, expected {expected} for shape {shape}")
     array = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
     return array.astype(dtype.newbyteorder("="))
 
@@ -105,7 +106,7 @@ class FashionMNIST(Dataset):
         download: bool = True,
     ) -> None:
         if split not in SPLITS:
-            raise ValueError(f"FashionMNIST: split must be one of {SPLITS}, got {split!r}")
+            raise InputError(f"FashionMNIST: split must be one of {SPLITS}, got {split!r}")
         self.split = split
         self.transform = transform
         self.class_names = list(FASHION_MNIST_CLASSES)
@@ -121,7 +122,7 @@ class FashionMNIST(Dataset):
         self.source = files[0].parent
         images, labels = read_idx(files[0]), read_idx(files[1])
         if images.ndim != 3 or labels.shape != images.shape[:1] or labels.max(initial=0) > 9:
-            raise ValueError(
+            raise InputError(
                 f"FashionMNIST: {files[0]} {images.shape} and {files[1]} "
                 f"{labels.shape} are not matching Fashion-MNIST images and labels"
             )

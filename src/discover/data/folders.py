@@ -27,6 +27,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from discover._utils import cache_root
+from discover.errors import InputError
 
 __all__ = ["RobustImageFolder", "UnreadableImageError", "TorchvisionImages"]
 
@@ -65,7 +66,7 @@ def _read_rgb(path: str) -> torch.Tensor:
         return _to_rgb(image)
 
 
-class UnreadableImageError(ValueError):
+class UnreadableImageError(InputError):
     """An image of a :class:`RobustImageFolder` could not be decoded when it was loaded."""
 
 
@@ -206,7 +207,7 @@ class RobustImageFolder(ImageFolder):
         digest_cache: bool = True,
     ) -> None:
         if verify not in ("none", "header", "full"):
-            raise ValueError(f"RobustImageFolder: verify must be none/header/full, got {verify!r}")
+            raise InputError(f"RobustImageFolder: verify must be none/header/full, got {verify!r}")
         path = Path(root).expanduser()
         layout = (
             "expected an ImageFolder layout: one sub-folder per class holding its images, "

@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from discover.errors import InputError
+
 __all__ = ["PHOTOS", "load_photos", "sample_photos"]
 
 # name -> scikit-image loader; all are bundled with the package (no download).
@@ -68,7 +70,7 @@ def sample_photos(model: nn.Module) -> tuple[list[str], torch.Tensor]:
     if in_chans == 1:
         batch = batch.mean(dim=1, keepdim=True)
     elif in_chans != 3:
-        raise ValueError(
+        raise InputError(
             f"sample_photos: model expects {in_chans} input channels; "
             "the photos have 3 (or 1 after conversion)"
         )

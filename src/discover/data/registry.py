@@ -18,6 +18,7 @@ from discover._utils import Registry
 from discover.data.fashion_mnist import FashionMNIST
 from discover.data.folders import RobustImageFolder, TorchvisionImages
 from discover.data.shapes import SPLITS, ShapesWorld
+from discover.errors import InputError
 
 __all__ = ["DATASETS", "register_dataset", "list_datasets", "build_dataset", "build_probe"]
 
@@ -66,11 +67,11 @@ def build_dataset(
     """
     builder = DATASETS.get(name)
     if split not in SPLITS:
-        raise ValueError(f"build_dataset: split must be one of {SPLITS}, got {split!r}")
+        raise InputError(f"build_dataset: split must be one of {SPLITS}, got {split!r}")
     try:
         return builder(split=split, root=root, transform=transform, **kwargs)
     except TypeError as error:  # an option the data set does not take, or of the wrong type
-        raise ValueError(f"dataset {name!r} rejected its options {kwargs}: {error}") from None
+        raise InputError(f"dataset {name!r} rejected its options {kwargs}: {error}") from None
 
 
 def build_probe(
@@ -95,7 +96,7 @@ def build_probe(
         50
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"build_probe: limit must be an integer >= 1, got {limit!r}")
+        raise InputError(f"build_probe: limit must be an integer >= 1, got {limit!r}")
     probe = build_dataset(name, split, root=root, **kwargs)
     return probe if limit is None else Subset(probe, range(min(limit, len(probe))))
 
@@ -113,7 +114,7 @@ def _build_fashion_mnist(split: str, root: Any = None, transform: Any = None, **
 @register_dataset("imagefolder")
 def _build_imagefolder(split: str, root: Any = None, transform: Any = None, **kw: Any) -> Dataset:
     if root is None:
-        raise ValueError(
+        raise InputError(
             "imagefolder: pass root=<folder> holding <split>/<class>/<image> or <class>/<image>"
         )
     path = Path(root).expanduser()
@@ -132,7 +133,7 @@ def _open_torchvision(
     name: str, root: str | Path | None, layout: str, factory: Callable[[str], Any]
 ) -> Any:
     if root is None:
-        raise ValueError(f"{name}: pass root=<folder>; {layout}")
+        raise InputError(f"{name}: pass root=<folder>; {layout}")
     path = Path(root).expanduser()
     try:
         return factory(str(path))

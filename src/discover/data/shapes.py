@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from discover.errors import InputError
+
 __all__ = [
     "SPLITS",
     "SHAPES",
@@ -269,17 +271,17 @@ class ShapesConfig:
             names = (value,) if isinstance(value, str) else tuple(value)
             unknown = [name for name in names if name not in vocabulary]
             if not names or unknown or len(set(names)) != len(names):
-                raise ValueError(
+                raise InputError(
                     f"ShapesConfig.{attr}={names!r}: need distinct names from {tuple(vocabulary)}"
                 )
             setattr(self, attr, names)
         if self.n < 0 or self.seed < 0 or self.image_size < 16:
-            raise ValueError(
+            raise InputError(
                 f"ShapesConfig: need n >= 0, seed >= 0 and image_size >= 16, got "
                 f"n={self.n}, seed={self.seed}, image_size={self.image_size}"
             )
         if not 0 <= self.size_jitter < 0.5 or not 0 <= self.position_jitter < 1 / 12:
-            raise ValueError(
+            raise InputError(
                 "ShapesConfig: need 0 <= size_jitter < 0.5 and 0 <= position_jitter < 1/12"
             )
 
@@ -350,7 +352,7 @@ class ShapesWorld(Dataset):
         **overrides: Any,
     ) -> None:
         if split not in SPLITS:
-            raise ValueError(f"ShapesWorld: split must be one of {SPLITS}, got {split!r}")
+            raise InputError(f"ShapesWorld: split must be one of {SPLITS}, got {split!r}")
         base = config if config is not None else ShapesConfig()
         self.config = replace(base, **overrides) if overrides else base
         self.split = split
@@ -369,7 +371,7 @@ class ShapesWorld(Dataset):
         }
         self.concept_names: list[str] = [c for group in self.concept_groups.values() for c in group]
         if len(set(self.concept_names)) != len(self.concept_names):
-            raise ValueError(f"ShapesWorld: concept names collide: {self.concept_names}")
+            raise InputError(f"ShapesWorld: concept names collide: {self.concept_names}")
         self._group_sizes = np.array([len(g) for g in self.concept_groups.values()])
         self._offsets = np.cumsum(self._group_sizes) - self._group_sizes
 
@@ -380,7 +382,7 @@ class ShapesWorld(Dataset):
         self._allowed_backgrounds = [np.flatnonzero(row >= cfg.min_contrast) for row in distance]
         for colour, allowed in zip(cfg.colours, self._allowed_backgrounds, strict=True):
             if allowed.size == 0:
-                raise ValueError(
+                raise InputError(
                     f"ShapesWorld: no background colour differs from {colour!r} by "
                     f"at least min_contrast={cfg.min_contrast}"
                 )

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
+from discover.errors import InputError
+
 __all__ = ["BatchAugment", "DataConfig", "build_transforms", "eval_transform"]
 
 _INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic")
@@ -59,7 +61,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         self.input_size = tuple(int(x) for x in self.input_size)
         if len(self.input_size) != 3 or self.input_size[0] not in (1, 3):
-            raise ValueError(
+            raise InputError(
                 f"DataConfig: input_size must be (C, H, W) with C in (1, 3), got {self.input_size}"
             )
         channels = self.input_size[0]
@@ -68,17 +70,17 @@ class DataConfig:
             if len(value) == 1:
                 value *= channels
             if len(value) != channels:
-                raise ValueError(
+                raise InputError(
                     f"DataConfig: {attr} has {len(value)} values for {channels} channel(s)"
                 )
             setattr(self, attr, value)
         if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(
+            raise InputError(
                 f"DataConfig: interpolation must be one of {_INTERPOLATIONS}, "
                 f"got {self.interpolation!r}"
             )
         if not 0 < self.crop_pct <= 1 or not 0 <= self.hflip <= 1 or self.padding < 0:
-            raise ValueError("DataConfig: need 0 < crop_pct <= 1, 0 <= hflip <= 1, padding >= 0")
+            raise InputError("DataConfig: need 0 < crop_pct <= 1, 0 <= hflip <= 1, padding >= 0")
         if self.scale is not None:
             self.scale = (float(self.scale[0]), float(self.scale[1]))
         self.ratio = (float(self.ratio[0]), float(self.ratio[1]))
@@ -95,7 +97,7 @@ class DataConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise."""
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"DataConfig.from_dict: unknown keys {sorted(unknown)}")
+            raise InputError(f"DataConfig.from_dict: unknown keys {sorted(unknown)}")
         return cls(**data)
 
     @classmethod
@@ -110,7 +112,7 @@ class DataConfig:
         """
         cfg = getattr(model, "pretrained_cfg", None)
         if not cfg:
-            raise ValueError(
+            raise InputError(
                 f"DataConfig.from_model: {type(model).__name__} has no "
                 "pretrained_cfg; build a DataConfig by hand"
             )
@@ -208,7 +210,7 @@ class BatchAugment:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != self.size:
-            raise ValueError(
+            raise InputError(
                 f"BatchAugment: expected a uint8 batch (B, {', '.join(map(str, self.size))}), "
                 f"got {images.dtype} {tuple(images.shape)}"
             )

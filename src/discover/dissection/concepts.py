@@ -38,6 +38,7 @@ from importlib import resources
 from pathlib import Path
 
 from discover._utils import Registry
+from discover.errors import InputError
 
 __all__ = [
     "ConceptSet",
@@ -142,7 +143,7 @@ def concept_set_from_lines(
         seen.add(concept)
         concepts.append(concept)
     if not concepts:
-        raise ValueError(f"concept set {name!r} is empty (source: {source})")
+        raise InputError(f"concept set {name!r} is empty (source: {source})")
     if keep_duplicates and repeated:
         examples = ", ".join(map(repr, list(repeated)[:5]))
         warnings.warn(
@@ -157,7 +158,7 @@ def _read_text(path: Path, name: str) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise ValueError(f"concept set {name!r}: {path} is not UTF-8 text ({err})") from err
+        raise InputError(f"concept set {name!r}: {path} is not UTF-8 text ({err})") from err
 
 
 def _read_file(path: Path, *, keep_duplicates: bool = False) -> ConceptSet:
@@ -246,7 +247,7 @@ def load_concepts(spec: str | os.PathLike[str] | ConceptSet) -> ConceptSet:
         raise FileNotFoundError(f"concept file not found: {path}")
     close = difflib.get_close_matches(text, list(CONCEPT_SETS), n=3, cutoff=0.5)
     hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-    raise ValueError(
+    raise InputError(
         f"unknown concept set {text!r}.{hint} Known: "
         f"{', '.join(list_concept_sets())}; a path to a text file with one "
         "concept per line is accepted too."
@@ -281,7 +282,7 @@ def _imagenet_labels() -> ConceptSet:
     """The 1,000 ImageNet-1k class strings in class-index order ("tench, Tinca tinca")."""
     concepts = _read_resource("imagenet_labels.txt", "imagenet_labels", keep_duplicates=True)
     if len(concepts) != 1000:
-        raise ValueError(f"imagenet_labels: expected 1000 classes, found {len(concepts)}")
+        raise InputError(f"imagenet_labels: expected 1000 classes, found {len(concepts)}")
     return concepts
 
 
@@ -297,7 +298,7 @@ def clean_places365_category(line: str) -> str:
     """
     match = _PLACES_LINE.match(line.strip())
     if match is None:
-        raise ValueError(f"not a Places365 category line ('/x/name index'): {line!r}")
+        raise InputError(f"not a Places365 category line ('/x/name index'): {line!r}")
     return match["name"]
 
 
@@ -307,7 +308,7 @@ def _places365_categories() -> ConceptSet:
     raw = _read_resource("categories_places365.txt", "places365_categories", keep_duplicates=True)
     indices = [int(line.rsplit(maxsplit=1)[-1]) for line in raw.concepts]
     if indices != list(range(len(indices))):
-        raise ValueError("places365_categories: category indices are not 0..N-1 in order")
+        raise InputError("places365_categories: category indices are not 0..N-1 in order")
     return concept_set_from_lines(
         [clean_places365_category(line) for line in raw.concepts],
         name=raw.name,

@@ -64,6 +64,7 @@ from discover.dissection.significance import (
     label_significance,
 )
 from discover.dissection.similarity import get_similarity
+from discover.errors import InputError
 from discover.nn.lwta import LWTA
 from discover.nn.models import count_parameters
 
@@ -108,7 +109,7 @@ DISSECTION_DIR = "dissection"  # a training run's dissection: RUN/dissection
 _DERIVED_PREFIXES = ("description_scores", "simulation_scores-", "groundtruth")
 
 
-class StaleDissectionError(ValueError):
+class StaleDissectionError(InputError):
     """A dissection is used with a model it does not describe (other weights, layers or U)."""
 
 
@@ -254,12 +255,12 @@ class ConceptStats:
         score equals the mean, and a large value of the difference's sign elsewhere.
 
         Raises:
-            KeyError: a name is not a concept of this dissection.
+            InputError: a name is not a concept of this dissection.
         """
         where = {n: i for i, n in enumerate(self.names)}
         missing = [n for n in names if n not in where]
         if missing:
-            raise KeyError(f"concepts not in the dissection's concept statistics: {missing[:5]}")
+            raise InputError(f"concepts not in the dissection's concept statistics: {missing[:5]}")
         idx = torch.tensor([where[n] for n in names], dtype=torch.long)
         mean, std = self.mean[idx], self.std[idx]
         diff = scores.float() - mean
@@ -301,7 +302,7 @@ class Dissection:
         if name not in self.activations:
             self.layer(name)  # an unknown layer names the ones there are
             where = f" in {self.folder}" if self.folder else ""
-            raise ValueError(
+            raise InputError(
                 f"the dissection{where} holds no probe activations of layer {name!r} (saved "
                 "by an older discover, or its activations file is missing); redissect it with "
                 "`discover dissect ... --out DIR` or discover.dissect(...)"
@@ -356,22 +357,22 @@ class Dissection:
             >>> both = Dissection.merge(hidden, final)  # doctest: +SKIP
         """
         if not parts:
-            raise ValueError("Dissection.merge: no dissections given")
+            raise InputError("Dissection.merge: no dissections given")
         seen: dict[str, int] = {}
         for i, part in enumerate(parts):
             for name in part.layers:
                 if name in seen:
-                    raise ValueError(
+                    raise InputError(
                         f"Dissection.merge: layer {name!r} is in parts {seen[name]} and {i}; "
                         "the parts must cover different layers"
                     )
                 seen[name] = i
         if len({p.about.sha256 for p in parts} - {None}) > 1:
-            raise ValueError(
+            raise InputError(
                 "Dissection.merge: the parts describe different models (weights differ)"
             )
         if len({p.about.probe_fingerprint for p in parts} - {None}) > 1:
-            raise ValueError("Dissection.merge: the parts were made on different probe sets")
+            raise InputError("Dissection.merge: the parts were made on different probe sets")
         first = parts[0]
         config = DissectConfig(
             **{
@@ -396,7 +397,7 @@ class Dissection:
         """The rows of one layer, in unit order."""
         rows = [u for u in self.units if u.layer == name]
         if not rows:
-            raise ValueError(
+            raise InputError(
                 f"no layer {name!r} in this dissection; it has "
                 f"{', '.join(dict.fromkeys(u.layer for u in self.units))}"
             )
@@ -521,7 +522,7 @@ class Dissection:
             ]
             config = DissectConfig(**data["config"])
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
-            raise ValueError(
+            raise InputError(
                 f"dissection {path} cannot be read ({type(error).__name__}: {error}): the file "
                 f"is damaged or not a dissection; redissect with `discover dissect ... --out {out}`"
             ) from None
@@ -559,7 +560,7 @@ class Dissection:
         ):
             where = f" in {self.folder}" if self.folder else ""
             recorded = (self.meta.get("probe") or {}).get("type")
-            raise ValueError(
+            raise InputError(
                 f"{what}: not the probe set the dissection{where} was made on (given: "
                 f"{type(probe).__name__}, {n} images, fingerprint {(actual or 'none')[:12]}; "
                 f"dissected: {recorded or 'unknown'}, {about.probe_images} images, "
@@ -704,7 +705,7 @@ def _replaceable(out: Path) -> bool:
     if not out.exists():
         return True
     if not out.is_dir():
-        raise ValueError(f"dissection destination {out} is a file, expected a folder")
+        raise InputError(f"dissection destination {out} is a file, expected a folder")
     return all(
         entry.is_file()
         and (
@@ -774,7 +775,7 @@ def concept_matrix(
             return P
     P = emb.concept_matrix(probe, concept_set.concepts, batch_size=batch_size, progress=progress)
     if tuple(P.shape) != shape:
-        raise ValueError(
+        raise InputError(
             f"embedder {emb.id!r} returned P of shape {tuple(P.shape)}, expected {shape} "
             "(probe images, concepts)"
         )
@@ -845,6 +846,7 @@ def dissect(
     significance_similarity: str | None = SIGNIFICANCE_SIMILARITY,
     abstain_p: float | str | None = "default",
     min_match: float | str | None = "default",
+    allow_nonfinite: bool = False,
 ) -> Dissection:
     """Describe every unit of ``layers`` with a concept (CLIP-Dissect, method.md §6-7).
 
@@ -894,6 +896,9 @@ def dissect(
         min_match: a unit whose label's ``match`` (Pearson r between the unit and the
             label's column of ``P`` over the probe) is below this is shown unlabelled;
             ``"default"``: the embedder kind's value; ``None``: never for that.
+        allow_nonfinite: record NaN or infinite activations with a warning (those units
+            stay unlabelled, "not finite") instead of raising
+            :class:`~discover.errors.NonFiniteError` where they first appear.
 
     Example:
         >>> from discover.data import ShapesWorld
@@ -912,18 +917,18 @@ def dissect(
             similarity_params = dict(defaults.similarity_params)
     if isinstance(abstain_p, str):
         if abstain_p != "default":
-            raise ValueError(f"abstain_p must be a number, None or 'default', got {abstain_p!r}")
+            raise InputError(f"abstain_p must be a number, None or 'default', got {abstain_p!r}")
         abstain_p = defaults.abstain_p if null_repeats else None
     elif abstain_p is not None and not 0 < abstain_p <= 1:
-        raise ValueError(f"abstain_p must be in (0, 1] or None, got {abstain_p!r}")
+        raise InputError(f"abstain_p must be in (0, 1] or None, got {abstain_p!r}")
     if isinstance(min_match, str):
         if min_match != "default":
-            raise ValueError(f"min_match must be a number, None or 'default', got {min_match!r}")
+            raise InputError(f"min_match must be a number, None or 'default', got {min_match!r}")
         min_match = defaults.min_match
     elif min_match is not None and not -1 <= min_match <= 1:
-        raise ValueError(f"min_match must be in [-1, 1] or None, got {min_match!r}")
+        raise InputError(f"min_match must be in [-1, 1] or None, got {min_match!r}")
     if abstain_p is not None and not null_repeats:
-        raise ValueError(
+        raise InputError(
             f"abstain_p={abstain_p} judges labels by their significance, which needs "
             "null_repeats >= 2 (shuffled-image draws); pass abstain_p=None to skip it"
         )
@@ -957,7 +962,7 @@ def dissect(
         min_match=min_match,
     )
     if null_repeats and null_repeats < 2:
-        raise ValueError(f"null_repeats must be 0 or >= 2, got {null_repeats}")
+        raise InputError(f"null_repeats must be 0 or >= 2, got {null_repeats}")
     recording = (record if sae is None else partial(record_latents, sae=sae))(
         model,
         list(modules),
@@ -969,6 +974,7 @@ def dissect(
         seed=seed,
         cache_dir=cache,
         progress=progress,
+        allow_nonfinite=allow_nonfinite,
     )
     p_cache: dict[str, Any] = {}
     P = concept_matrix(

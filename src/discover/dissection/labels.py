@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 from discover.dissection.similarity import DEFAULT_SIMILARITY
+from discover.errors import InputError
 
 __all__ = [
     "ABSTAIN_REASONS",
@@ -111,7 +112,7 @@ def label_defaults(kind: str) -> LabelDefaults:
         'jsd'
     """
     if kind not in LABEL_DEFAULTS:
-        raise ValueError(
+        raise InputError(
             f"no label defaults for embedder kind {kind!r}; known kinds: "
             f"{', '.join(LABEL_DEFAULTS)}"
         )
@@ -163,7 +164,7 @@ def choose_labels(
     """
     K, M = scores.shape
     if secondary.shape != scores.shape or len(names) != M:
-        raise ValueError(
+        raise InputError(
             f"choose_labels: scores {tuple(scores.shape)}, secondary "
             f"{tuple(secondary.shape)} and {len(names)} names do not match"
         )

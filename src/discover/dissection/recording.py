@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from discover._utils import atomic_path, cache_warning
+from discover.errors import InputError, NonFiniteError
 from discover.nn.lwta import LWTA, capture_winners, eval_policy
 
 __all__ = [
@@ -155,7 +157,7 @@ def resolve_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Modul
     """
     modules = {n: m for n, m in model.named_modules() if n}
     if not names:
-        raise ValueError("no layers given; see `discover layers MODEL` for the names")
+        raise InputError("no layers given; see `discover layers MODEL` for the names")
     resolved: dict[str, nn.Module] = {}
     for name in names:
         if name in modules:
@@ -163,16 +165,16 @@ def resolve_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Modul
         elif name == "lwta":
             matches = [n for n, m in modules.items() if isinstance(m, LWTA)]
             if not matches:
-                raise ValueError("'lwta' selects every LWTA layer, but this model has none")
+                raise InputError("'lwta' selects every LWTA layer, but this model has none")
         elif any(c in name for c in "*?["):
             matches = fnmatch.filter(modules, name)
             if not matches:
-                raise ValueError(
+                raise InputError(
                     f"layer pattern {name!r} matches no layer (list them with `discover layers MODEL`)"
                 )
         else:
             close = difflib.get_close_matches(name, list(modules), n=5, cutoff=0.5)
-            raise ValueError(
+            raise InputError(
                 f"unknown layer {name!r}. Closest names: {', '.join(close) or 'none'}"
                 " (list them all with `discover layers MODEL`)"
             )
@@ -184,7 +186,7 @@ def _check_pooling(output: torch.Tensor, pooling: str, layer: str) -> None:
     allowed = POOLINGS.get(output.dim())
     if allowed is None or pooling not in allowed:
         expected = ", ".join(f"{r}-D: {'/'.join(p)}" for r, p in POOLINGS.items())
-        raise ValueError(
+        raise InputError(
             f"pooling {pooling!r} does not fit layer {layer!r} with output shape "
             f"{tuple(output.shape)}; poolings by output rank: {expected}"
         )
@@ -307,17 +309,37 @@ def dataset_fingerprint(dataset: Dataset) -> str | None:
 
 
 # -- recording --------------------------------------------------------------------------------
+def _require_finite(activations: torch.Tensor, layer: str, first: int = 0) -> None:
+    """Raise :class:`NonFiniteError` if ``activations`` (images x units) hold NaN or inf."""
+    bad = ~torch.isfinite(activations.reshape(len(activations), -1))
+    if bad.any():
+        units = int(bad.any(dim=0).sum())
+        image = first + int(bad.any(dim=1).nonzero()[0])
+        raise NonFiniteError(
+            f"layer {layer!r} produced NaN or infinite activations ({units} of its "
+            f"{bad.shape[1]} units, first at probe image {image}): the model's numbers are "
+            "broken (check its weights and inputs); to record anyway and leave those units "
+            "unlabelled ('not finite'), pass allow_nonfinite=True"
+        )
+
+
 @contextlib.contextmanager
 def _pooled_hooks(
-    model: nn.Module, modules: dict[str, nn.Module], pooling: dict[str, str], sink: dict[str, list]
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    pooling: dict[str, str],
+    sink: dict[str, list],
+    allow_nonfinite: bool = False,
 ) -> Iterator[None]:
-    """Forward hooks that append each layer's pooled output (and LWTA wins) to ``sink``."""
+    """Forward hooks that append each layer's pooled output (and LWTA wins) to ``sink``;
+    a non-finite output stops the recording at the batch where it appears unless
+    ``allow_nonfinite``."""
     handles = []
 
     def make(name: str, module: nn.Module):
         def hook(_m, _inputs, output):
             if not isinstance(output, torch.Tensor):
-                raise ValueError(
+                raise InputError(
                     f"layer {name!r} returned {type(output).__name__}, not a "
                     "tensor; choose a layer that outputs one (see `discover layers`)"
                 )
@@ -326,6 +348,8 @@ def _pooled_hooks(
             # Copy: a view (``cls`` pooling, or no pooling) would pin the whole layer output,
             # and a later in-place op could change the recorded values.
             pooled = pool(output.detach(), pooling[name], name)
+            if not allow_nonfinite:
+                _require_finite(pooled, name, first=sum(len(c) for c in sink[name]))
             sink[name].append(pooled.to(device="cpu", dtype=torch.float32, copy=True))
             if isinstance(module, LWTA):
                 wins = pool_mask(module.last_mask, pooling[name], name)
@@ -395,6 +419,7 @@ def record(
     workers: int = 0,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    allow_nonfinite: bool = False,
 ) -> Recording:
     """Pooled activations of ``layers`` over the probe set, streamed in batches.
 
@@ -403,7 +428,10 @@ def record(
     suggestion of :func:`list_layers` for the layer's output rank; a token layer gets ``cls``
     when the model has a class token). The poolings used are in the result. LWTA layers use ``policy`` (``"argmax"`` is reproducible; ``"sample"`` is the
     reference's single stochastic pass, seeded with ``seed``) and also record their pooled
-    winner masks. With ``cache_dir`` the result is cached under a content key.
+    winner masks. With ``cache_dir`` the result is cached under a content key. NaN or
+    infinite activations raise :class:`~discover.errors.NonFiniteError` at the batch where
+    they appear; ``allow_nonfinite=True`` records them with a warning instead (dissection
+    then leaves those units unlabelled, "not finite").
 
     Example:
         >>> rec = record(model, ["layer3.1.act2"], probe, pooling="avg")  # doctest: +SKIP
@@ -416,9 +444,9 @@ def record(
     pooling = dict(pooling)
     missing = [n for n in modules if n not in pooling]
     if missing:
-        raise ValueError(f"no pooling given for layer(s) {', '.join(missing)}")
+        raise InputError(f"no pooling given for layer(s) {', '.join(missing)}")
     if len(probe) == 0:
-        raise ValueError("the probe set is empty")
+        raise InputError("the probe set is empty")
 
     # Fingerprints (hashing every weight, statting every file) only serve the cache.
     caching = cache_dir is not None
@@ -442,6 +470,7 @@ def record(
             cached = _read_cached(cache_file, key, list(modules), len(probe))
             if cached is not None:
                 cached.meta["cache"] = {"file": str(cache_file), "hit": True}
+                _check_finite(cached, allow_nonfinite)
                 return cached
 
     device = torch.device(device)
@@ -460,7 +489,7 @@ def record(
         with (
             eval_policy(model, policy),
             capture_winners(model),
-            _pooled_hooks(model, modules, pooling, sink),
+            _pooled_hooks(model, modules, pooling, sink, allow_nonfinite),
         ):
             for batch in batches:
                 images = batch[0] if isinstance(batch, (list, tuple)) else batch
@@ -469,7 +498,7 @@ def record(
         model.train(was_training)
     empty = [n for n in modules if not sink[n]]
     if empty:
-        raise ValueError(
+        raise InputError(
             f"layer(s) {', '.join(empty)} produced no output during the forward "
             "pass (not used by this model's forward?)"
         )
@@ -478,7 +507,7 @@ def record(
         f"{n} ({rows[n] // len(probe)} calls per forward)" for n in modules if rows[n] != len(probe)
     ]
     if repeated:
-        raise ValueError(
+        raise InputError(
             f"layer(s) {', '.join(repeated)} run more than once per forward pass; "
             "record one call site (e.g. a SharedActivation's numbered children)"
         )
@@ -496,7 +525,23 @@ def record(
     if cache_file is not None:
         written = _write_cached(result, cache_file)
         result.meta["cache"] = {"file": str(cache_file) if written else None, "hit": False}
+    _check_finite(result, allow_nonfinite)
     return result
+
+
+def _check_finite(recording: Recording, allow: bool) -> None:
+    """Raise (or, allowed, warn) when a recorded layer holds NaN or infinite values."""
+    for layer, activations in recording.activations.items():
+        if allow:
+            units = int((~torch.isfinite(activations)).any(dim=0).sum())
+            if units:
+                warnings.warn(
+                    f"layer {layer!r}: {units} unit(s) with NaN or infinite activations were "
+                    "recorded (allow_nonfinite=True); they stay unlabelled ('not finite')",
+                    stacklevel=3,
+                )
+        else:
+            _require_finite(activations, layer)
 
 
 class _ModelView(Dataset):

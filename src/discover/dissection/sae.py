@@ -66,6 +66,7 @@ from discover.dissection.recording import (
     resolve_layers,
     suggested_pooling,
 )
+from discover.errors import InputError
 from discover.nn.lwta import eval_policy
 
 __all__ = [
@@ -120,17 +121,17 @@ class SAEConfig:
         for name in ("width", "k", "expansion"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"SAE: {name} must be a positive integer, got {value!r}")
+                raise InputError(f"SAE: {name} must be a positive integer, got {value!r}")
         if self.k > self.latents:
-            raise ValueError(
+            raise InputError(
                 f"SAE: k={self.k} is larger than the number of latents "
                 f"(expansion {self.expansion} x width {self.width} = {self.latents})"
             )
         if self.sites not in SITES:
-            raise ValueError(f"SAE: sites must be one of {SITES}, got {self.sites!r}")
+            raise InputError(f"SAE: sites must be one of {SITES}, got {self.sites!r}")
         ppi = self.positions_per_image
         if ppi is not None and (isinstance(ppi, bool) or not isinstance(ppi, int) or ppi < 1):
-            raise ValueError(
+            raise InputError(
                 f"SAE: positions_per_image must be a positive integer or None, got {ppi!r}"
             )
 
@@ -182,7 +183,7 @@ class SAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Reconstructed activation vectors ``(..., width)`` of latents ``(..., latents)``."""
         if z.shape[-1] != self.latents:
-            raise ValueError(
+            raise InputError(
                 f"SAE of {self.layer!r}: decode expects {self.latents} latents in the last "
                 f"dimension, got shape {tuple(z.shape)}"
             )
@@ -199,7 +200,7 @@ class SAE(nn.Module):
 
     def _check_width(self, x: torch.Tensor, what: str) -> None:
         if x.shape[-1] != self.config.width:
-            raise ValueError(
+            raise InputError(
                 f"SAE of {self.layer!r}: {what} expects vectors of width {self.config.width} "
                 f"in the last dimension, got shape {tuple(x.shape)}"
             )
@@ -310,7 +311,7 @@ class SAE(nn.Module):
             sae = cls(config)
             sae.load_state_dict(load_file(weights_file))
         except (TypeError, ValueError, RuntimeError, OSError) as error:
-            raise ValueError(
+            raise InputError(
                 f"SAE in {folder} cannot be read ({type(error).__name__}: {error}); the files "
                 "are damaged or from another program: train it again"
             ) from None
@@ -334,7 +335,7 @@ def _per_position(output: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tenso
         return fn(output.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
     if output.dim() in (2, 3):
         return fn(output)
-    raise ValueError(
+    raise InputError(
         f"an SAE applies to (N, C, H, W), (N, T, D) or (N, D) outputs, got {tuple(output.shape)}"
     )
 
@@ -347,7 +348,7 @@ def _positions(output: torch.Tensor) -> torch.Tensor:
         return output
     if output.dim() == 2:
         return output.unsqueeze(1)
-    raise ValueError(
+    raise InputError(
         f"an SAE needs (N, C, H, W), (N, T, D) or (N, D) layer outputs, got {tuple(output.shape)}"
     )
 
@@ -419,13 +420,13 @@ def record_latents(
     sae = as_sae(sae)
     names = list(resolve_layers(model, layers))
     if names != [sae.layer]:
-        raise ValueError(
+        raise InputError(
             f"sae: the SAE describes layer {sae.layer!r}; dissect that layer alone "
             f"(layers={[sae.layer]!r}), got {names!r}"
         )
     wanted = pooling.get(sae.layer, "auto") if isinstance(pooling, dict) else pooling
     if wanted not in ("auto", sae.config.pooling):
-        raise ValueError(
+        raise InputError(
             f"sae: the SAE of {sae.layer!r} was trained for pooling {sae.config.pooling!r}, "
             f"got pooling {wanted!r}; use 'auto' or {sae.config.pooling!r}"
         )
@@ -616,15 +617,15 @@ def train_sae(
     started = time.time()
     for name, value, low in (("k", k, 1), ("expansion", expansion, 1), ("epochs", epochs, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"train_sae: {name} must be an integer >= {low}, got {value!r}")
+            raise InputError(f"train_sae: {name} must be an integer >= {low}, got {value!r}")
     if sites not in SITES:
-        raise ValueError(f"train_sae: sites must be one of {SITES}, got {sites!r}")
+        raise InputError(f"train_sae: sites must be one of {SITES}, got {sites!r}")
     if not 0 <= val_fraction < 1:
-        raise ValueError(f"train_sae: val_fraction must be in [0, 1), got {val_fraction}")
+        raise InputError(f"train_sae: val_fraction must be in [0, 1), got {val_fraction}")
     if batch_size < 1 or not lr > 0:
-        raise ValueError(f"train_sae: batch_size and lr must be positive ({batch_size}, {lr})")
+        raise InputError(f"train_sae: batch_size and lr must be positive ({batch_size}, {lr})")
     if len(probe) < 2:
-        raise ValueError(f"train_sae: the probe set needs at least 2 images, has {len(probe)}")
+        raise InputError(f"train_sae: the probe set needs at least 2 images, has {len(probe)}")
     out = Path(out) if out is not None else None
     state_file = _check_out(out, resume)
     resolve_layers(model, [layer])  # an unknown layer fails before the recording
@@ -691,7 +692,7 @@ def train_sae(
         assert state_file is not None
         state = _load_state(state_file, setup, device_)
         if epochs < state["epoch"]:
-            raise ValueError(
+            raise InputError(
                 f"train_sae: resume: the SAE in {out} has trained {state['epoch']} epochs "
                 f"already; epochs={epochs} must be at least that"
             )
@@ -781,7 +782,7 @@ def _check_out(out: Path | None, resume: bool) -> Path | None:
         and out is not None
         and any((out / n).exists() for n in (STATE_FILE, CONFIG_FILE))
     ):
-        raise ValueError(
+        raise InputError(
             f"train_sae: {out} already holds an SAE; continue it with resume=True "
             "or choose another out folder"
         )
@@ -794,7 +795,7 @@ def _load_state(path: Path, setup: str, device: torch.device) -> dict[str, Any]:
         state = torch.load(path, map_location=device, weights_only=True)
         saved = json.loads(state["setup"])
     except Exception as error:  # noqa: BLE001  (torch.load raises many types on damaged files)
-        raise ValueError(
+        raise InputError(
             f"train_sae: resume: {path} cannot be read ({type(error).__name__}: {error}); "
             "start again without resume in a new folder"
         ) from None
@@ -804,7 +805,7 @@ def _load_state(path: Path, setup: str, device: torch.device) -> dict[str, Any]:
         if saved.get(key) != value
     ]
     if differs:
-        raise ValueError(
+        raise InputError(
             f"train_sae: resume: the settings differ from the SAE training in {path.parent}: "
             + "; ".join(differs)
         )
@@ -861,7 +862,7 @@ def sae_replacement_accuracy(
     sae = as_sae(sae)
     module = resolve_layers(model, [layer])[layer]
     if layer != sae.layer:
-        raise ValueError(f"sae: the SAE describes layer {sae.layer!r}, not layer {layer!r}")
+        raise InputError(f"sae: the SAE describes layer {sae.layer!r}, not layer {layer!r}")
     device_ = torch.device(device)
     was_training = model.training
     model.to(device_).eval()
@@ -883,7 +884,7 @@ def sae_replacement_accuracy(
         with eval_policy(model, policy):
             for batch in loader:
                 if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-                    raise ValueError(
+                    raise InputError(
                         "sae_replacement_accuracy: loader must yield (images, targets, ...) batches"
                     )
                 x, y = batch[0].to(device_), batch[1].to(device_)
@@ -899,7 +900,7 @@ def sae_replacement_accuracy(
         handle.remove()
         model.train(was_training)
     if images == 0:
-        raise ValueError("sae_replacement_accuracy: the loader yielded no images")
+        raise InputError("sae_replacement_accuracy: the loader yielded no images")
     return Replacement(
         accuracy=correct["replaced"] / images,
         original_accuracy=correct["original"] / images,

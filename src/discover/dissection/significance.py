@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from discover.errors import InputError
+
 __all__ = ["SIGNIFICANT_P", "SIGNIFICANCE_SIMILARITY", "Significance", "label_significance"]
 
 SIGNIFICANT_P = 1e-3
@@ -88,10 +90,10 @@ def label_significance(
         [True, True, False, False]
     """
     if repeats < 2:
-        raise ValueError(f"repeats must be >= 2 (a spread needs two draws), got {repeats}")
+        raise InputError(f"repeats must be >= 2 (a spread needs two draws), got {repeats}")
     N, K = Q.shape
     if P.shape[0] != N or best.shape != (K,):
-        raise ValueError(
+        raise InputError(
             f"label_significance: P has {P.shape[0]} images and Q {N}; best must have shape "
             f"({K},), got {tuple(best.shape)}"
         )

@@ -48,6 +48,7 @@ from torch import Tensor
 
 from discover._utils import Registry, check_options
 from discover.dissection import similarity_kernel
+from discover.errors import InputError
 
 __all__ = [
     "SIMILARITIES",
@@ -138,7 +139,7 @@ def nest_similarity_params(options: Mapping[str, Any]) -> dict[str, dict[str, An
     for key, value in options.items():
         name, dot, option = str(key).partition(".")
         if not (name and dot and option):
-            raise ValueError(
+            raise InputError(
                 "similarity_params: expected SIMILARITY.OPTION keys (e.g. soft_wpmi.top_k), "
                 f"got {key!r}"
             )
@@ -147,7 +148,7 @@ def nest_similarity_params(options: Mapping[str, Any]) -> dict[str, dict[str, An
         try:
             fn = get_similarity(name)
         except ValueError as error:
-            raise ValueError(f"similarity_params: {error}") from None
+            raise InputError(f"similarity_params: {error}") from None
         check_options(fn, params, f"similarity_params: similarity {name!r}")
     return nested
 
@@ -162,23 +163,23 @@ def _prepare(concept_acts: Tensor, neuron_acts: Tensor) -> torch.dtype:
             raise TypeError(f"{arg} must be a torch.Tensor, got {type(x).__name__}")
     P, Q = concept_acts, neuron_acts
     if P.dim() != 2 or Q.dim() != 2 or P.shape[0] != Q.shape[0]:
-        raise ValueError(
+        raise InputError(
             "expected concept_acts [N, M] and neuron_acts [N, K] with the same N, got "
             f"concept_acts {tuple(P.shape)} and neuron_acts {tuple(Q.shape)}"
         )
     if 0 in P.shape or 0 in Q.shape:
-        raise ValueError(
+        raise InputError(
             "need at least one image, concept and neuron, got "
             f"concept_acts {tuple(P.shape)} and neuron_acts {tuple(Q.shape)}"
         )
     if P.device != Q.device:
-        raise ValueError(f"inputs are on different devices: {P.device} and {Q.device}")
+        raise InputError(f"inputs are on different devices: {P.device} and {Q.device}")
     return torch.float64 if torch.float64 in (P.dtype, Q.dtype) else torch.float32
 
 
 def _positive_int(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
     return value
 
 
@@ -903,7 +904,7 @@ def rank_reorder(
     dtype = _prepare(concept_acts, neuron_acts)
     P, Q = concept_acts, neuron_acts
     if not 0.0 < top_fraction <= 1.0:
-        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction!r}")
+        raise InputError(f"top_fraction must be in (0, 1], got {top_fraction!r}")
     num_permutations = _positive_int("num_permutations", num_permutations)
     chunk_size = _positive_int("chunk_size", chunk_size)
     concept_chunk_size = _positive_int("concept_chunk_size", concept_chunk_size)
@@ -994,13 +995,13 @@ def jsd_definition(
         'union_topk'
     """
     if transform_q not in _TRANSFORMS or transform_p not in _TRANSFORMS:
-        raise ValueError(
+        raise InputError(
             f"transforms must be one of {_TRANSFORMS}, got {transform_q!r}, {transform_p!r}"
         )
     if support not in _SUPPORTS:
-        raise ValueError(f"support must be one of {_SUPPORTS}, got {support!r}")
+        raise InputError(f"support must be one of {_SUPPORTS}, got {support!r}")
     if not (tau_q > 0 and tau_p > 0):
-        raise ValueError(f"temperatures must be positive, got tau_q={tau_q}, tau_p={tau_p}")
+        raise InputError(f"temperatures must be positive, got tau_q={tau_q}, tau_p={tau_p}")
     _positive_int("support_k", support_k)
     return {
         "name": "jsd",

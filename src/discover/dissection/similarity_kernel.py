@@ -13,6 +13,7 @@ import ctypes
 import torch
 
 from discover._utils import CKernel
+from discover.errors import InputError
 
 __all__ = [
     "available",
@@ -72,7 +73,7 @@ def soft_wpmi_sums(
         and out.shape == (K, prob.shape[1])
         and scale.numel() == shift.numel() == top_k
     ):
-        raise ValueError("soft_wpmi_sums: unexpected dtypes, shapes or strides")
+        raise InputError("soft_wpmi_sums: unexpected dtypes, shapes or strides")
     scale, shift = scale.contiguous(), shift.contiguous()
     lib.soft_wpmi_sums(
         prob.data_ptr(),
@@ -104,7 +105,7 @@ def centred_cubes(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         and out.is_contiguous()
         and out.shape == x.shape
     ):
-        raise ValueError("centred_cubes: unexpected dtypes, shapes or strides")
+        raise InputError("centred_cubes: unexpected dtypes, shapes or strides")
     sumsq = torch.empty(cols, dtype=torch.float32)
     lib.centred_cubes(
         x.data_ptr(),

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from discover._utils import resolve_device, write_atomic
+from discover.errors import InputError, NonFiniteError
 from discover.evaluation.sparsity import LayerSparsity, SparsityMeter, format_sparsity
 from discover.nn.lwta import EVAL_POLICIES, average_logits, eval_policy, lwta_layers
 
@@ -61,7 +62,7 @@ class EvalResult:
 
         if path is None:
             if "run" not in self.meta:
-                raise ValueError("path: only a result of evaluate_run has a default file")
+                raise InputError("path: only a result of evaluate_run has a default file")
             name = EVAL_FILE.format(
                 split=self.meta["split"], weights=self.meta["weights"], policy=self.policy
             )
@@ -107,11 +108,11 @@ def evaluate(
         >>> print(result.summary())  # doctest: +SKIP
     """
     if policy not in EVAL_POLICIES:
-        raise ValueError(
+        raise InputError(
             f"unknown eval policy {policy!r}; expected one of {', '.join(EVAL_POLICIES)}"
         )
     if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
+        raise InputError(f"samples must be >= 1, got {samples}")
     device = resolve_device(device)
     model = model.to(device).eval()
     torch.manual_seed(seed)
@@ -130,13 +131,21 @@ def evaluate(
                 with meter.paused():
                     rest = average_logits(model, images, samples=samples - 1)
                 logits = (logits + (samples - 1) * rest) / samples
+            broken = (~torch.isfinite(logits)).any(dim=1)
+            if broken.any():
+                raise NonFiniteError(
+                    f"evaluate: the model's outputs are NaN or infinite for "
+                    f"{int(broken.sum())} image(s) of the batch starting at image {count}: its "
+                    "numbers are broken (check its weights and inputs), so no accuracy or "
+                    "loss would mean anything"
+                )
             loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
             correct1 += (top[:, 0] == labels).sum().item()
             correct5 += (top == labels[:, None]).any(dim=1).sum().item()
             count += labels.numel()
     if count == 0:
-        raise ValueError("evaluate: the data loader yielded no images")
+        raise InputError("evaluate: the data loader yielded no images")
     return EvalResult(
         top1=correct1 / count,
         top5=correct5 / count,

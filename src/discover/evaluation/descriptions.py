@@ -60,6 +60,7 @@ from discover.dissection.embedders import (
     load_sentence_model,
 )
 from discover.dissection.similarity import DEFAULT_SIMILARITY, get_similarity
+from discover.errors import InputError
 
 __all__ = [
     "NullStats",
@@ -208,7 +209,7 @@ class _Saveable:
         """
         if out is None:
             if self.dissection_folder is None:
-                raise ValueError(
+                raise InputError(
                     "out: these figures come from a dissection that was never saved; "
                     "give the folder to write them to"
                 )
@@ -345,9 +346,9 @@ def resolve_class_names(classes: str | os.PathLike[str] | Sequence[str] | Concep
     else:
         names = list(classes)
         if not all(isinstance(c, str) for c in names):
-            raise ValueError("class names must be strings")
+            raise InputError("class names must be strings")
     if not names:
-        raise ValueError("the class name list is empty")
+        raise InputError("the class name list is empty")
     return names
 
 
@@ -365,7 +366,7 @@ def _class_names_from_spec(spec: str) -> list[str]:
     if path.is_file():
         cs = load_concepts(path)
         if cs.dropped_duplicates:
-            raise ValueError(
+            raise InputError(
                 f"class file {path} repeats {cs.dropped_duplicates} line(s) "
                 f"({', '.join(cs.duplicates[:5])}): class k must be line k, so names must be "
                 "unique"
@@ -373,7 +374,7 @@ def _class_names_from_spec(spec: str) -> list[str]:
         return list(cs.concepts)
     if path.suffix or "/" in spec or os.sep in spec:
         raise FileNotFoundError(f"class name file not found: {path}")
-    raise ValueError(
+    raise InputError(
         f"unknown class list {spec!r}: expected a concept set name (e.g. shapes_classes, "
         "imagenet_labels), a text file with one class name per line, or a data set name "
         f"({', '.join(sorted(DATASETS))})"
@@ -421,7 +422,7 @@ def text_encoder(spec: Any) -> tuple[str, TextEncoder] | None:
         ), lambda texts: torch.nn.functional.normalize(
             torch.as_tensor(spec(list(texts))).float(), dim=-1
         )
-    raise ValueError(
+    raise InputError(
         f"sentence_model: expected 'auto', 'mpnet', 'minilm', a folder, a SentenceTransformer "
         f"or a callable, got {type(spec).__name__}"
     )
@@ -446,7 +447,7 @@ def _encode(encode: TextEncoder, texts: Sequence[str]) -> Tensor:
     unique = list(dict.fromkeys(texts))
     vectors = encode(unique)
     if vectors.shape[0] != len(unique):
-        raise ValueError(
+        raise InputError(
             f"text encoder returned {vectors.shape[0]} vectors for {len(unique)} texts"
         )
     where = {t: i for i, t in enumerate(unique)}
@@ -460,13 +461,13 @@ def _concept_list(dissection: Dissection) -> list[str]:
     try:
         concept_set = load_concepts(name)
     except (ValueError, FileNotFoundError) as err:
-        raise ValueError(
+        raise InputError(
             f"cannot recover the dissection's concept set {name!r} ({err}); rerun the "
             "dissection with keep_scores=True, which stores the concept list"
         ) from None
     recorded = dissection.about.concept_set
     if recorded is not None and concept_set.sha256[:12] not in recorded:
-        raise ValueError(
+        raise InputError(
             f"the concept set {name!r} has changed since the dissection (it recorded "
             f"{recorded!r}, now sha256 {concept_set.sha256[:12]}); rerun the dissection"
         )
@@ -481,7 +482,7 @@ def _concept_list(dissection: Dissection) -> list[str]:
 def ranks_from_scores(S: Tensor, columns: Tensor) -> Tensor:
     """``R[k, j]``: pessimistic 1-based rank of concept ``columns[j]`` among ``S[k, :]``."""
     if not torch.isfinite(S).all():
-        raise ValueError("the dissection's score matrix holds NaN or Inf values")
+        raise InputError("the dissection's score matrix holds NaN or Inf values")
     ascending = S.double().sort(dim=1).values
     values = S.double()[:, columns].contiguous()
     below = torch.searchsorted(ascending, values, side="left")
@@ -608,15 +609,15 @@ def evaluate_descriptions(
     if model is not None:
         dissection.check_model(model, allow_mismatch=allow_mismatch)
     if null_repeats < 1:
-        raise ValueError(f"null_repeats must be >= 1, got {null_repeats}")
+        raise InputError(f"null_repeats must be >= 1, got {null_repeats}")
     if max_random_concepts < 1:
-        raise ValueError(f"max_random_concepts must be >= 1, got {max_random_concepts}")
+        raise InputError(f"max_random_concepts must be >= 1, got {max_random_concepts}")
     classes = resolve_class_names(class_names)
     layer = layer or dissection.config.layers[-1]
     rows = dissection.layer(layer)
     K = len(rows)
     if K != len(classes):
-        raise ValueError(
+        raise InputError(
             f"layer {layer!r} has {K} units but {len(classes)} class names were given: the "
             "final-layer protocol needs one class per unit (unit k is class k). Pick the "
             f"classifier layer (layers here: {', '.join(dissection.config.layers)}) and the "
@@ -644,7 +645,7 @@ def evaluate_descriptions(
     S = dissection.scores.get(layer)
     if S is not None:
         if tuple(S.shape) != (K, M):
-            raise ValueError(
+            raise InputError(
                 f"the stored score matrix of {layer!r} is {tuple(S.shape)}, expected ({K}, {M})"
             )
         columns = torch.tensor([index[classes[k]] for k in present], dtype=torch.long)
@@ -845,21 +846,21 @@ def simulation_score(
     names = list(concepts.concepts if isinstance(concepts, ConceptSet) else concepts)
     P, Q = torch.as_tensor(concept_acts), torch.as_tensor(neuron_acts)
     if P.ndim != 2 or Q.ndim != 2 or P.shape[0] != Q.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"simulation_score: P must be (N, M) and Q (N, K) over the same images, got "
             f"{tuple(P.shape)} and {tuple(Q.shape)}"
         )
     if P.shape[1] != len(names):
-        raise ValueError(f"simulation_score: P has {P.shape[1]} columns for {len(names)} concepts")
+        raise InputError(f"simulation_score: P has {P.shape[1]} columns for {len(names)} concepts")
     if not 0 < fit_fraction < 1:
-        raise ValueError(f"fit_fraction must be in (0, 1), got {fit_fraction}")
+        raise InputError(f"fit_fraction must be in (0, 1), got {fit_fraction}")
     if null_repeats < 1:
-        raise ValueError(f"null_repeats must be >= 1, got {null_repeats}")
+        raise InputError(f"null_repeats must be >= 1, got {null_repeats}")
     N, K = Q.shape
     M = P.shape[1]
     n_fit = round(fit_fraction * N)
     if n_fit < 2 or N - n_fit < 2:
-        raise ValueError(f"simulation_score: {N} images cannot be split {fit_fraction}:rest")
+        raise InputError(f"simulation_score: {N} images cannot be split {fit_fraction}:rest")
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(N, generator=generator)
     fit, held = order[:n_fit], order[n_fit:]
@@ -969,12 +970,12 @@ def evaluate_simulation(
     concept_set = load_concepts(dissection.config.concepts)
     if P is None:
         if embedder is None:
-            raise ValueError(
+            raise InputError(
                 "evaluate_simulation: pass the dissection's embedder (or P, the concept matrix)"
             )
         emb = build_embedder(embedder)
         if emb.id != dissection.config.embedder:
-            raise ValueError(
+            raise InputError(
                 f"evaluate_simulation: embedder {emb.id!r} is not the dissection's "
                 f"({dissection.config.embedder!r})"
             )

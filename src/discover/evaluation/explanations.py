@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from discover.dissection.core import Dissection
+from discover.errors import InputError
 
 __all__ = [
     "TableScores",
@@ -213,19 +214,19 @@ def score_explanations(
         else ExplanationRows.of(explanations, concept_names)
     )
     if rows.images != truth.shape[0] or truth.shape[1] != len(concept_names):
-        raise ValueError(
+        raise InputError(
             f"score_explanations: {rows.images} explanations, truth of shape "
             f"{tuple(truth.shape)} and {len(concept_names)} concept names do not fit"
         )
     if image_scores is not None and image_scores.shape != truth.shape:
-        raise ValueError(
+        raise InputError(
             f"score_explanations: image_scores {tuple(image_scores.shape)} must have the "
             f"shape of truth {tuple(truth.shape)}"
         )
     column = {c: j for j, c in enumerate(concept_names)}
     unknown = sorted({u.label for u in dissection.units if u.label not in column})
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"score_explanations: labels that are not ground-truth concepts: {unknown[:5]}"
         )
     truth = truth.bool()

@@ -100,6 +100,7 @@ from discover._utils import check_options, csv_text, read_json, write_files
 from discover.dissection.core import Dissection
 from discover.dissection.embedders.annotations import probe_annotations
 from discover.dissection.similarity import DEFAULT_SIMILARITY, SIMILARITIES, get_similarity
+from discover.errors import InputError
 from discover.evaluation.planted import PlantedConfig, planted_neurons
 
 __all__ = [
@@ -143,11 +144,11 @@ def _binary_table(name: str, x: Tensor) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2 or 0 in x.shape:
-        raise ValueError(f"{name} must be a non-empty 2-D tensor, got shape {tuple(x.shape)}")
+        raise InputError(f"{name} must be a non-empty 2-D tensor, got shape {tuple(x.shape)}")
     A = x.to(torch.float32)
     odd = A[(A != 0) & (A != 1)]
     if odd.numel():
-        raise ValueError(f"{name} must be binary (0/1 or bool), found value {odd[0].item():g}")
+        raise InputError(f"{name} must be binary (0/1 or bool), found value {odd[0].item():g}")
     return A
 
 
@@ -159,26 +160,26 @@ def _check_inputs(
     if not isinstance(activations, Tensor):
         raise TypeError(f"activations must be a torch.Tensor, got {type(activations).__name__}")
     if activations.dim() != 2 or 0 in activations.shape:
-        raise ValueError(
+        raise InputError(
             f"activations must be a non-empty 2-D tensor (N, K), got shape "
             f"{tuple(activations.shape)}"
         )
     A = _binary_table("annotations", annotations)
     if activations.shape[0] != A.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"activations {tuple(activations.shape)} and annotations {tuple(A.shape)} "
             "must have one row per probe image (the same N)"
         )
     if activations.shape[0] < 2:
-        raise ValueError(f"activations: need at least 2 probe images, got {activations.shape[0]}")
+        raise InputError(f"activations: need at least 2 probe images, got {activations.shape[0]}")
     Q = activations.detach().cpu()
     if Q.dtype not in (torch.float32, torch.float64):
         Q = Q.float()
     if not torch.isfinite(Q).all():
-        raise ValueError("activations hold NaN or Inf values")
+        raise InputError("activations hold NaN or Inf values")
     names = list(concepts) if concepts is not None else [str(c) for c in range(A.shape[1])]
     if len(names) != A.shape[1]:
-        raise ValueError(f"concepts: {len(names)} names for {A.shape[1]} annotation columns")
+        raise InputError(f"concepts: {len(names)} names for {A.shape[1]} annotation columns")
     counts = A.sum(dim=0)
     for what, bad in (
         ("no positive image (an empty concept)", counts == 0),
@@ -186,7 +187,7 @@ def _check_inputs(
     ):
         if bad.any():
             which = [names[i] for i in bad.nonzero().flatten().tolist()]
-            raise ValueError(
+            raise InputError(
                 f"annotations: concept(s) {', '.join(map(repr, which[:10]))} have {what} on "
                 "the probe; drop those columns"
             )
@@ -197,7 +198,7 @@ def _chunk(num_images: int, chunk_size: int | None) -> int:
     if chunk_size is None:
         return max(1, _ENTRIES // num_images)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     return chunk_size
 
 
@@ -252,7 +253,7 @@ def probe_split(num_images: int, *, seed: int = 0) -> tuple[Tensor, Tensor]:
         (3, 2, [0, 1, 2, 3, 4])
     """
     if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 2:
-        raise ValueError(f"num_images must be an integer >= 2, got {num_images!r}")
+        raise InputError(f"num_images must be an integer >= 2, got {num_images!r}")
     perm = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))
     fit = num_images - num_images // 2
     return perm[:fit].sort().values, perm[fit:].sort().values
@@ -297,12 +298,12 @@ def average_precision(
 def _indices(name: str, idx: Tensor, num_images: int) -> Tensor:
     idx = torch.as_tensor(idx)
     if idx.dim() != 1 or idx.numel() == 0 or idx.is_floating_point() or idx.dtype == torch.bool:
-        raise ValueError(
+        raise InputError(
             f"{name} must be a non-empty 1-D integer index tensor, got {idx.dtype} of shape "
             f"{tuple(idx.shape)}"
         )
     if int(idx.min()) < 0 or int(idx.max()) >= num_images:
-        raise ValueError(f"{name} holds indices outside 0..{num_images - 1}")
+        raise InputError(f"{name} holds indices outside 0..{num_images - 1}")
     return idx.long()
 
 
@@ -576,7 +577,7 @@ class LayerGroundTruth:
         report = GroundTruthReport.load(out)
         if layer is None:
             if len(report.layers) != 1:
-                raise ValueError(
+                raise InputError(
                     f"{out} holds layers {', '.join(report.layers)}; pass layer= to pick one"
                 )
             return next(iter(report.layers.values()))
@@ -622,12 +623,12 @@ class GroundTruthReport:
     def __post_init__(self) -> None:
         for name, layer in self.layers.items():
             if name != layer.layer:
-                raise ValueError(f"layers: key {name!r} holds layer {layer.layer!r}")
+                raise InputError(f"layers: key {name!r} holds layer {layer.layer!r}")
 
     def layer(self, name: str) -> LayerGroundTruth:
         """The scores of layer ``name``."""
         if name not in self.layers:
-            raise ValueError(f"no layer {name!r} in this report; it has {', '.join(self.layers)}")
+            raise InputError(f"no layer {name!r} in this report; it has {', '.join(self.layers)}")
         return self.layers[name]
 
     def summary(self) -> list[dict[str, Any]]:
@@ -668,7 +669,7 @@ class GroundTruthReport:
         try:
             layers = [LayerGroundTruth.from_dict(d) for d in data["layers"]]
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise ValueError(
+            raise InputError(
                 f"ground-truth report {out} cannot be read ({type(error).__name__}: {error}): "
                 "the file is damaged or not a ground-truth report; compute it again with "
                 "`discover eval-descriptions DISSECTION --ground-truth`"
@@ -691,7 +692,7 @@ def _match_labels(
     if label_map:
         unknown = sorted(set(label_map.values()) - set(exact))
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"label_map maps to names that are not concepts: {', '.join(map(repr, unknown[:5]))}"
             )
     out = []
@@ -746,9 +747,9 @@ def groundtruth_scores(
     concepts = [str(c) for c in concepts]
     labels = [str(label) for label in labels]
     if len(labels) != K:
-        raise ValueError(f"labels: {len(labels)} labels for {K} units (columns of activations)")
+        raise InputError(f"labels: {len(labels)} labels for {K} units (columns of activations)")
     if not 0.0 <= bar < 1.0:
-        raise ValueError(f"bar must be in [0, 1), got {bar!r}")
+        raise InputError(f"bar must be in [0, 1), got {bar!r}")
     column = torch.tensor(_match_labels(labels, concepts, label_map), dtype=torch.long)
     ap = average_precision(Q, A, chunk_size=chunk_size)
     fit, held_out = probe_split(N, seed=seed)
@@ -814,7 +815,7 @@ def groundtruth_dissection(
     for name in names:
         Q = dissection.probe_activations(name)
         if Q.shape[0] != annotations.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"annotations has {annotations.shape[0]} rows but the dissection's probe has "
                 f"{Q.shape[0]} images (layer {name!r}); annotate the same probe, in order"
             )
@@ -891,7 +892,7 @@ def evaluate_groundtruth(
         folder = Path(dissection)
         dissection = Dissection.load(folder)
     elif not isinstance(dissection, Dissection):
-        raise ValueError(
+        raise InputError(
             f"dissection: expected a Dissection or its saved folder, got "
             f"{type(dissection).__name__}"
         )
@@ -901,7 +902,7 @@ def evaluate_groundtruth(
     counts = table.sum(dim=0)
     keep = (counts > 0) & (counts < table.shape[0])
     if not keep.any():
-        raise ValueError(
+        raise InputError(
             f"probe: none of its {len(names)} annotated concepts has both positive and "
             f"negative images among its {table.shape[0]} images; nothing can be scored"
         )
@@ -990,7 +991,7 @@ def corrupt_labels(
         (2, 6)
     """
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+        raise InputError(f"fraction must be in (0, 1), got {fraction!r}")
     A = _binary_table("columns", columns)
     generator = generator or torch.Generator().manual_seed(0)
     noise = torch.rand(A.shape, generator=generator)
@@ -1045,22 +1046,22 @@ class SanityConfig:
             get_similarity(name)  # raises with suggestions
         for name, params in self.similarity_params.items():
             if name not in self.similarities:
-                raise ValueError(f"similarity_params names {name!r}, which is not tested")
+                raise InputError(f"similarity_params names {name!r}, which is not tested")
             check_options(get_similarity(name), params, f"similarity {name!r}")
         if not self.fractions or any(not 0 < f < 1 for f in self.fractions):
-            raise ValueError(f"fractions must be in (0, 1), got {self.fractions}")
+            raise InputError(f"fractions must be in (0, 1), got {self.fractions}")
         if not self.seeds:
-            raise ValueError("seeds: need at least one seed")
+            raise InputError("seeds: need at least one seed")
         lo, hi = self.base_rates
         if not 0 < lo <= hi < 1:
-            raise ValueError(f"base_rates must satisfy 0 < low <= high < 1, got {self.base_rates}")
+            raise InputError(f"base_rates must satisfy 0 < low <= high < 1, got {self.base_rates}")
         if self.planted_units < 0 or self.distractors < 0 or self.planted_images < 10:
-            raise ValueError(
+            raise InputError(
                 "need planted_units >= 0, distractors >= 0 and planted_images >= 10, got "
                 f"{self.planted_units}, {self.distractors}, {self.planted_images}"
             )
         if not 0 < self.pass_bar <= 1:
-            raise ValueError(f"pass_bar must be in (0, 1], got {self.pass_bar}")
+            raise InputError(f"pass_bar must be in (0, 1], got {self.pass_bar}")
         PlantedConfig(variants=(self.planted_variant,))  # checks the variant name
 
     def to_dict(self) -> dict[str, Any]:
@@ -1109,7 +1110,7 @@ class SanityResult:
             and (fraction is None or r["fraction"] == fraction)
         ]
         if not rows:
-            raise ValueError(f"no rows for {similarity!r}, {source!r}, {test!r}, {fraction!r}")
+            raise InputError(f"no rows for {similarity!r}, {source!r}, {test!r}, {fraction!r}")
         return sum(r[count] for r in rows) / sum(r["cases"] for r in rows)
 
     def summary(self) -> list[dict[str, Any]]:
@@ -1239,7 +1240,7 @@ def similarity_sanity(
     elif overrides:
         config = SanityConfig(**{**config.to_dict(), **overrides})
     if source == "planted":
-        raise ValueError("source: 'planted' is the name of the built-in source; pick another")
+        raise InputError("source: 'planted' is the name of the built-in source; pick another")
     cases: list[tuple[str, int, float, Tensor, Tensor]] = []  # source, seed, f, Q, P'
     meta: dict[str, Any] = {"sources": {}}
     for seed in config.seeds:
@@ -1260,7 +1261,7 @@ def similarity_sanity(
         positives = A.sum(dim=0)
         keep = (positives >= 2) & (positives <= A.shape[0] - 2)
         if not keep.any():
-            raise ValueError("annotations: no column has at least 2 positives and 2 negatives")
+            raise InputError("annotations: no column has at least 2 positives and 2 negatives")
         A = A[:, keep]
         for seed in config.seeds:
             for i, f in enumerate(config.fractions):
@@ -1274,7 +1275,7 @@ def similarity_sanity(
             "skipped_columns": int((~keep).sum()),
         }
     if not cases:
-        raise ValueError("nothing to test: planted_units is 0 and no annotations were given")
+        raise InputError("nothing to test: planted_units is 0 and no annotations were given")
     tally: dict[tuple[str, str, str, float], list[int]] = {}
     seconds: dict[str, float] = {}
     for name in config.similarities:

@@ -54,6 +54,7 @@ from discover.dissection.concepts import ConceptSet, load_concepts
 from discover.dissection.core import concept_matrix
 from discover.dissection.embedders import Embedder, build_embedder
 from discover.dissection.similarity import SIMILARITIES, get_similarity
+from discover.errors import InputError
 from discover.evaluation.descriptions import ranks_from_scores
 
 __all__ = [
@@ -155,28 +156,28 @@ class PlantedConfig:
         self.similarities = tuple(self.similarities) or tuple(SIMILARITIES)
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"unknown planted variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}"
             )
         for name in self.similarities:
             get_similarity(name)  # raises with suggestions
         for name, params in self.similarity_params.items():
             if name not in self.similarities:
-                raise ValueError(
+                raise InputError(
                     f"similarity_params: {name!r} is not among the similarities scored "
                     f"({', '.join(self.similarities)})"
                 )
             check_options(get_similarity(name), params, f"similarity_params: similarity {name!r}")
         if not self.variants:
-            raise ValueError(f"no planted variants given; known: {', '.join(VARIANTS)}")
+            raise InputError(f"no planted variants given; known: {', '.join(VARIANTS)}")
         if any(s < 0 or not math.isfinite(s) for s in self.noise) or not self.noise:
-            raise ValueError(f"noise levels must be finite and >= 0, got {self.noise}")
+            raise InputError(f"noise levels must be finite and >= 0, got {self.noise}")
         if self.units < 1 or self.top_k < 1 or self.U < 2:
-            raise ValueError(
+            raise InputError(
                 f"need units >= 1, top_k >= 1 and U >= 2, got {self.units}, {self.top_k}, {self.U}"
             )
         if not 0 < self.active_fraction < 1:
-            raise ValueError(f"active_fraction must be in (0, 1), got {self.active_fraction}")
+            raise InputError(f"active_fraction must be in (0, 1), got {self.active_fraction}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -202,11 +203,11 @@ def planted_neurons(
     config = config or PlantedConfig()
     generator = generator or torch.Generator().manual_seed(config.seed)
     if variant not in VARIANTS:
-        raise ValueError(f"unknown planted variant {variant!r}; known: {', '.join(VARIANTS)}")
+        raise InputError(f"unknown planted variant {variant!r}; known: {', '.join(VARIANTS)}")
     columns = concept_acts[:, concept_ids].double()
     std, mean = torch.std_mean(columns, dim=0, correction=0)
     if (std <= 0).any():
-        raise ValueError("planted_neurons: a chosen concept column is constant over the probe")
+        raise InputError("planted_neurons: a chosen concept column is constant over the probe")
     z = (columns - mean) / std
     y = z + noise * torch.randn(z.shape, generator=generator, dtype=z.dtype)
     names = list(TRANSFERS)
@@ -307,15 +308,15 @@ def planted_recovery(
         config = PlantedConfig(**{**config.to_dict(), **overrides})
     P = torch.as_tensor(concept_acts).float()
     if P.ndim != 2:
-        raise ValueError(f"planted_recovery: P must be (N, M), got shape {tuple(P.shape)}")
+        raise InputError(f"planted_recovery: P must be (N, M), got shape {tuple(P.shape)}")
     if not torch.isfinite(P).all():
-        raise ValueError("planted_recovery: P holds NaN or Inf values")
+        raise InputError("planted_recovery: P holds NaN or Inf values")
     N, M = P.shape
     if concepts is not None and len(concepts) != M:
-        raise ValueError(f"planted_recovery: {len(concepts)} concept names for {M} columns of P")
+        raise InputError(f"planted_recovery: {len(concepts)} concept names for {M} columns of P")
     usable = torch.nonzero(P.std(dim=0) > 0).flatten()
     if len(usable) < 2:
-        raise ValueError(
+        raise InputError(
             f"planted_recovery: P needs at least 2 non-constant concept columns, has {len(usable)}"
         )
     generator = torch.Generator().manual_seed(config.seed)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from discover.data.photos import sample_photos
+from discover.errors import InputError
 from discover.nn.lwta import LWTA, capture_winners, eval_policy, lwta_layers
 from discover.nn.models import activation_sites, create_model
 
@@ -269,7 +270,7 @@ def photo_sparsity(
         (True, 8)
     """
     if model_options and not isinstance(model, str):
-        raise ValueError(
+        raise InputError(
             f"photo_sparsity: model options {sorted(model_options)} need a model name, "
             "not a built model"
         )

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from discover.errors import InputError
 from discover.nn.networks import SmallResNet
 
 __all__ = [
@@ -92,7 +93,7 @@ class CLIPTrunk(SmallResNet):
 def _trunk_builder(name: str, spec: dict[str, Any]) -> Any:
     def build(pretrained: bool = False, **kwargs: Any) -> CLIPTrunk:
         if pretrained:
-            raise ValueError(f"{name} has no pretrained weights; train it (discover train-clip)")
+            raise InputError(f"{name} has no pretrained weights; train it (discover train-clip)")
         return CLIPTrunk(**{**spec, **kwargs})
 
     build.__name__ = build.__qualname__ = name

@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from discover.errors import InputError
 from discover.nn import lwta_kernel
 
 __all__ = [
@@ -204,9 +205,9 @@ class LWTA(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(U, bool) or not isinstance(U, int) or U < 1:
-            raise ValueError(f"LWTA: U must be an integer >= 1 (competitors per block), got {U!r}")
+            raise InputError(f"LWTA: U must be an integer >= 1 (competitors per block), got {U!r}")
         if not tau > 0:
-            raise ValueError(f"LWTA: tau must be > 0, got {tau!r}")
+            raise InputError(f"LWTA: tau must be > 0, got {tau!r}")
         self.U = U
         self.tau = float(tau)
         self.temperature = temperature  # validated by the property setter
@@ -226,7 +227,7 @@ class LWTA(nn.Module):
     @eval_policy.setter
     def eval_policy(self, policy: str) -> None:
         if policy not in EVAL_POLICIES:
-            raise ValueError(
+            raise InputError(
                 f"LWTA {self._label()}: unknown eval_policy {policy!r}; expected one of "
                 f"{', '.join(EVAL_POLICIES)}"
             )
@@ -240,7 +241,7 @@ class LWTA(nn.Module):
     @temperature.setter
     def temperature(self, value: float) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError(
+            raise InputError(
                 f"LWTA {self._label()}: temperature must be a number >= 0, got {value!r}"
             )
         self._temperature = float(value)
@@ -266,13 +267,13 @@ class LWTA(nn.Module):
     # -- forward ------------------------------------------------------------------------
     def _unit_dim(self, x: torch.Tensor) -> int:
         if x.dim() == 0 or x.dim() > 4:
-            raise ValueError(
+            raise InputError(
                 f"LWTA {self._label()}: unsupported input rank {x.dim()} (shape "
                 f"{tuple(x.shape)}); expected (..., K) with 1-3 dims or (N, C, H, W)"
             )
         if self.dim is not None:
             if not -x.dim() <= self.dim < x.dim():
-                raise ValueError(
+                raise InputError(
                     f"LWTA {self._label()}: dim={self.dim} is out of range for an input of "
                     f"shape {tuple(x.shape)}"
                 )
@@ -294,7 +295,7 @@ class LWTA(nn.Module):
         if width % self.U:
             kind = "C" if x.dim() == 4 and unit_dim == 1 else "K"
             divisors = [d for d in range(2, width + 1) if width % d == 0][:8]
-            raise ValueError(
+            raise InputError(
                 f"LWTA {self._label()}: {kind}={width} units are not divisible by U={self.U} "
                 f"(input shape {tuple(x.shape)}); U values that divide {width}: "
                 f"{', '.join(map(str, divisors)) or 'none above 1'}"
@@ -388,7 +389,7 @@ def set_eval_policy(model: nn.Module, policy: EvalPolicy) -> int:
         13
     """
     if policy not in EVAL_POLICIES:
-        raise ValueError(
+        raise InputError(
             f"unknown eval policy {policy!r}; expected one of {', '.join(EVAL_POLICIES)}"
         )
     layers = lwta_layers(model).values()
@@ -438,20 +439,20 @@ class TemperatureSchedule:
         for name in ("start", "final"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(
+                raise InputError(
                     f"TemperatureSchedule: {name} must be a number >= 0, got {value!r}"
                 )
         if not 0 < self.anneal <= 1:
-            raise ValueError(
+            raise InputError(
                 f"TemperatureSchedule: anneal must be a fraction in (0, 1], got {self.anneal!r}"
             )
         if self.shape not in SCHEDULE_SHAPES:
-            raise ValueError(
+            raise InputError(
                 f"TemperatureSchedule: unknown shape {self.shape!r}; expected one of "
                 f"{', '.join(SCHEDULE_SHAPES)}"
             )
         if self.shape == "exp" and self.start != self.final and min(self.start, self.final) == 0:
-            raise ValueError(
+            raise InputError(
                 "TemperatureSchedule: shape 'exp' needs start and final > 0; use 'cosine' or "
                 "'linear' to reach 0"
             )
@@ -580,7 +581,7 @@ def average_logits(model: nn.Module, x: torch.Tensor, samples: int = 6) -> torch
         >>> logits = average_logits(model.eval(), images, samples=6)  # doctest: +SKIP
     """
     if samples < 1:
-        raise ValueError(f"average_logits: samples must be >= 1, got {samples}")
+        raise InputError(f"average_logits: samples must be >= 1, got {samples}")
     if not any(layer.stochastic for layer in lwta_layers(model).values()):
         samples = 1
     total = model(x).float()

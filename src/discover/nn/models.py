@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from discover._utils import Registry, atomic_path, check_options
+from discover.errors import InputError, NonFiniteError
 from discover.nn.lwta import LWTA, EvalPolicy, lwta_layers
 
 __all__ = [
@@ -269,7 +270,7 @@ def to_cvn(
         ['relu', 'layer1.0.relu.0', 'layer1.0.relu.1']
     """
     if isinstance(U, bool) or not isinstance(U, int) or U < 1:
-        raise ValueError(f"to_cvn: U must be an integer >= 1, got {U!r}")
+        raise InputError(f"to_cvn: U must be an integer >= 1, got {U!r}")
     all_sites = activation_sites(model)
     names = activation_sites(model, include, exclude)
     if not names:
@@ -280,7 +281,7 @@ def to_cvn(
             else f" Activation modules in this model: {', '.join(all_sites[:12]) or 'none'}"
             f"{' ...' if len(all_sites) > 12 else ''}."
         )
-        raise ValueError(
+        raise InputError(
             f"to_cvn: no activation module matched include={list(include or ['*'])} "
             f"exclude={list(exclude or [])}.{hint}"
         )
@@ -298,7 +299,7 @@ def to_cvn(
                     continue
                 width = _unit_width(shape)
                 if width is not None and width % U:
-                    raise ValueError(
+                    raise InputError(
                         f"to_cvn: layer {n!r} has {'C' if len(shape) == 4 else 'K'}={width} "
                         f"units (output shape {shape}), which U={U} does not divide. Choose a "
                         f"U that divides {width}, or exclude the layer with exclude=[{n!r}]."
@@ -439,7 +440,7 @@ def _build_dense(name: str, num_classes: int | None, kwargs: dict[str, Any]) -> 
         available = torchvision.models.list_models()
         if tv_name not in available:
             close = difflib.get_close_matches(tv_name, available, n=5, cutoff=0.5)
-            raise ValueError(
+            raise InputError(
                 f"unknown torchvision model {tv_name!r}. Closest names: "
                 f"{', '.join('torchvision:' + c for c in close) or 'none'}"
             )
@@ -458,7 +459,7 @@ def _build_dense(name: str, num_classes: int | None, kwargs: dict[str, Any]) -> 
         )
     candidates = list(MODELS) + timm.list_models()
     close = difflib.get_close_matches(name, candidates, n=6, cutoff=0.55)
-    raise ValueError(
+    raise InputError(
         f"unknown model name {name!r}. Closest names: {', '.join(close) or 'none'}. "
         "See `discover models` (or discover.list_models()); torchvision models take the "
         "prefix 'torchvision:'."
@@ -474,7 +475,7 @@ def _call_builder(
         return builder(**kwargs)
     except (TypeError, ValueError, AssertionError) as error:
         shown = {k: v for k, v in kwargs.items() if k not in ("name", "model_name", "weights")}
-        raise ValueError(
+        raise InputError(
             f"{what} rejected its arguments {shown}: {type(error).__name__}: {error}"
         ) from None
 
@@ -523,7 +524,7 @@ def create_model(
         12
     """
     if isinstance(U, bool) or not isinstance(U, int) or U < 1:
-        raise ValueError(f"create_model: U must be an integer >= 1, got {U!r}")
+        raise InputError(f"create_model: U must be an integer >= 1, got {U!r}")
     model = _build_dense(name, num_classes, dict(kwargs))
     placement_inc, placement_exc = _PLACEMENTS.get(type(model).__name__, (None, None))
     include = list(include) if include is not None else placement_inc
@@ -560,11 +561,11 @@ def create_model(
 
 
 # -- checkpoints -----------------------------------------------------------------------------
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(InputError):
     """A checkpoint's keys, shapes or recorded configuration do not fit the model."""
 
 
-class NonFiniteWeightsError(ValueError):
+class NonFiniteWeightsError(NonFiniteError):
     """A checkpoint holds NaN or infinite weights: every result of the model would be too."""
 
 

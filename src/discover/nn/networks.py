@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from discover.errors import InputError
 from discover.nn.models import register_model
 
 __all__ = ["SmallResNet", "BasicBlock", "small_resnet", "small_vit"]
@@ -85,9 +86,9 @@ class SmallResNet(nn.Module):
     ) -> None:
         super().__init__()
         if stem_stride not in (1, 2):
-            raise ValueError(f"SmallResNet: stem_stride must be 1 or 2, got {stem_stride!r}")
+            raise InputError(f"SmallResNet: stem_stride must be 1 or 2, got {stem_stride!r}")
         if len(widths) != len(depths) or not widths:
-            raise ValueError(
+            raise InputError(
                 f"SmallResNet: widths {tuple(widths)} and depths {tuple(depths)} "
                 "must be non-empty and of equal length"
             )

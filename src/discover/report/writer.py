@@ -43,6 +43,7 @@ from torch.utils.data import Dataset
 from discover import __version__
 from discover._utils import staged_dir
 from discover.dissection.core import DissectedLayer, Dissection, UnitDescription
+from discover.errors import InputError
 from discover.evaluation.explanations import ExplanationScores
 from discover.evaluation.groundtruth import GroundTruthReport, LayerGroundTruth, saved_groundtruth
 from discover.nn.models import count_parameters
@@ -133,7 +134,7 @@ class ReportConfig:
         }
         for name, ok in checks.items():
             if not ok:
-                raise ValueError(
+                raise InputError(
                     f"ReportConfig: {name}={getattr(self, name)!r} is out of range "
                     "(top_images, max_units, max_winners >= 1; "
                     "histogram_bins >= 2; thumbnail_size >= 8)"
@@ -191,33 +192,33 @@ def write_report(
 def _check_sections(sections: Sequence[ReportSection]) -> list[ReportSection]:
     sections = list(sections)
     if not sections:
-        raise ValueError("write_report: no sections given (need at least one ReportSection)")
+        raise InputError("write_report: no sections given (need at least one ReportSection)")
     for i, section in enumerate(sections):
         if not isinstance(section, ReportSection):
-            raise ValueError(
+            raise InputError(
                 f"write_report: section {i} is a {type(section).__name__}, expected a "
                 "discover.report.writer.ReportSection"
             )
         if not isinstance(section.dissection, Dissection):
-            raise ValueError(
+            raise InputError(
                 f"section {section.name!r}: dissection is a {type(section.dissection).__name__}, "
                 "expected a discover.dissection.core.Dissection"
             )
         if len(section.probe) == 0:
-            raise ValueError(f"section {section.name!r}: the probe set is empty")
+            raise InputError(f"section {section.name!r}: the probe set is empty")
         if not section.dissection.units:
-            raise ValueError(f"section {section.name!r}: the dissection has no units")
+            raise InputError(f"section {section.name!r}: the dissection has no units")
         truth = section.groundtruth
         if truth is not None:
             if not isinstance(truth, GroundTruthReport):
-                raise ValueError(
+                raise InputError(
                     f"section {section.name!r}: groundtruth is a {type(truth).__name__}, "
                     "expected a discover.evaluation.groundtruth.GroundTruthReport"
                 )
             for name, layer in truth.layers.items():
                 units = len(section.dissection.layer(name))  # an unknown layer is named
                 if len(layer.units) != units:
-                    raise ValueError(
+                    raise InputError(
                         f"section {section.name!r}: groundtruth of layer {name!r} has "
                         f"{len(layer.units)} units, the dissection {units}"
                     )
@@ -225,7 +226,7 @@ def _check_sections(sections: Sequence[ReportSection]) -> list[ReportSection]:
             values = getattr(section, field_name) or {}
             bad = [k for k, v in values.items() if not _is_number(v)]
             if bad:
-                raise ValueError(
+                raise InputError(
                     f"section {section.name!r}: {field_name} values must be numbers; "
                     f"{', '.join(map(repr, bad))} are not"
                 )
@@ -238,7 +239,7 @@ def _check_explanations(
     checked = []
     for i, pair in enumerate(explanations):
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise ValueError(
+            raise InputError(
                 f"explanation {i}: expected an (explanation_dict, image) pair, got "
                 f"{type(pair).__name__}"
             )
@@ -246,7 +247,7 @@ def _check_explanations(
         if callable(getattr(data, "to_dict", None)):
             data = data.to_dict()
         if not isinstance(data, Mapping):
-            raise ValueError(
+            raise InputError(
                 f"explanation {i}: expected a dict from Explanation.to_dict(), got "
                 f"{type(data).__name__}"
             )
@@ -281,7 +282,7 @@ def _check_explanations(
                 ):
                     missing.append("contributions.units[].unit/contribution")
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"explanation {i} ({data.get('image', '?')}): missing {', '.join(missing)}; "
                 "see discover.explanation.Explanation.to_dict for the expected keys"
             )
@@ -303,7 +304,7 @@ def _check_explanations(
 
 def _check_destination(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise ValueError(f"report destination {out} is a file, expected a folder")
+        raise InputError(f"report destination {out} is a file, expected a folder")
     if out.is_dir() and any(out.iterdir()):
         marker = out / "report.json"
         try:
@@ -311,7 +312,7 @@ def _check_destination(out: Path) -> None:
         except (OSError, ValueError, AttributeError):
             generator = None
         if generator != GENERATOR:
-            raise ValueError(
+            raise InputError(
                 f"report destination {out} exists and is not a discover report (no "
                 f"{marker.name} written by {GENERATOR}); refusing to replace it. Choose an "
                 "empty or new folder"
@@ -396,7 +397,7 @@ def to_pil(image: Any, what: str = "image") -> Image.Image:
                 opened.load()
                 image = opened.copy()
         except OSError as err:
-            raise ValueError(f"{what}: cannot read image file {image}: {err}") from err
+            raise InputError(f"{what}: cannot read image file {image}: {err}") from err
     if isinstance(image, Image.Image):
         return image if image.mode in ("L", "RGB", "RGBA") else image.convert("RGB")
     if isinstance(image, torch.Tensor):
@@ -404,7 +405,7 @@ def to_pil(image: Any, what: str = "image") -> Image.Image:
         if array.dim() == 2:
             array = array[None]
         if array.dim() != 3 or array.shape[0] not in (1, 3, 4):
-            raise ValueError(
+            raise InputError(
                 f"{what}: a tensor image must be (C, H, W) with C in 1, 3, 4 or (H, W); "
                 f"got shape {tuple(image.shape)}"
             )
@@ -412,12 +413,12 @@ def to_pil(image: Any, what: str = "image") -> Image.Image:
     elif isinstance(image, np.ndarray):
         array = image[..., None] if image.ndim == 2 else image
         if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-            raise ValueError(
+            raise InputError(
                 f"{what}: an array image must be (H, W, C) with C in 1, 3, 4 or (H, W); "
                 f"got shape {image.shape}"
             )
     else:
-        raise ValueError(
+        raise InputError(
             f"{what}: expected a PIL image, an image file, a (C, H, W) tensor or an (H, W, C) "
             "array, got "
             f"{type(image).__name__}"
@@ -426,7 +427,7 @@ def to_pil(image: Any, what: str = "image") -> Image.Image:
         array = array.astype(np.float32)
         lo, hi = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
         if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -1e-3 or hi > 1 + 1e-3:
-            raise ValueError(
+            raise InputError(
                 f"{what}: float pixel values span [{lo:.3g}, {hi:.3g}], expected [0, 1]; "
                 "pass raw images (the probe set without the model's normalisation)"
             )
@@ -710,7 +711,7 @@ class _Writer:
         if section.activations is not None:
             missing = [name for name in layers if name not in section.activations]
             if missing:
-                raise ValueError(
+                raise InputError(
                     f"section {section.name!r}: activations lack layer(s) {', '.join(missing)} "
                     f"of the dissection (have {', '.join(section.activations) or 'none'})"
                 )
@@ -721,7 +722,7 @@ class _Writer:
             units = len(section.dissection.layer(name))
             shape = tuple(acts[name].shape)
             if len(shape) != 2 or shape[0] != n or shape[1] < units:
-                raise ValueError(
+                raise InputError(
                     f"section {section.name!r}: activations of layer {name!r} have shape {shape}, "
                     f"expected ({n}, {units}) = (probe images, units)"
                 )

@@ -57,6 +57,7 @@ from discover._utils import (
     write_atomic,
 )
 from discover.data.shapes import FACTORS, ShapesWorld
+from discover.errors import InputError
 from discover.nn.clip_archs import SHAPES_CLIP_ARCH, register_open_clip_archs
 
 __all__ = [
@@ -127,7 +128,7 @@ class ShapesCLIPConfig:
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(
+            raise InputError(
                 f"ShapesCLIPConfig: invalid {', '.join(bad)} (need images >= batch_size >= 2, "
                 "epochs >= 1, lr > 0, 0 <= warmup < 1, 0 <= full_captions <= 1, one "
                 f"non-negative weight per factor {FACTORS}, eval_images >= 10); got {self}"
@@ -186,7 +187,7 @@ class ShapesCLIP:
                 key=str(data.get("key") or ""),
             )
         except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(
+            raise InputError(
                 f"{folder / RESULT_FILE} is not a Shapes CLIP result ({error}); train it again "
                 "with `discover train-clip`"
             ) from None
@@ -387,7 +388,7 @@ def train_shapes_clip(
     config = config or ShapesCLIPConfig()
     register_open_clip_archs()
     if config.arch not in open_clip.list_models():
-        raise ValueError(f"ShapesCLIPConfig.arch: {config.arch!r} is not an open_clip architecture")
+        raise InputError(f"ShapesCLIPConfig.arch: {config.arch!r} is not an open_clip architecture")
     key = clip_key(config)
     if out is not None:
         folder = Path(out)
@@ -406,7 +407,7 @@ def train_shapes_clip(
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     if size != config.image_size:
-        raise ValueError(
+        raise InputError(
             f"ShapesCLIPConfig.image_size={config.image_size}, but {config.arch} takes "
             f"{size} px images"
         )

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from discover._utils import Registry
+from discover.errors import InputError
 
 __all__ = [
     "Recipe",
@@ -185,7 +186,7 @@ def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
             {"params": no_decay, "weight_decay": 0.0},
         ]
         return torch.optim.AdamW(groups, lr=recipe.lr, betas=recipe.betas, eps=recipe.eps)
-    raise ValueError(
+    raise InputError(
         f"recipe {recipe.name!r}: unknown optimizer {recipe.optimizer!r}; expected 'sgd' or 'adamw'"
     )
 
@@ -213,6 +214,6 @@ def build_scheduler(
         return lr_scheduler.SequentialLR(
             optimizer, [warmup, cosine], milestones=[recipe.warmup_epochs]
         )
-    raise ValueError(
+    raise InputError(
         f"recipe {recipe.name!r}: unknown schedule {recipe.schedule!r}; expected 'step' or 'cosine'"
     )

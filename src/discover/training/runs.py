@@ -9,15 +9,18 @@ read the run through :class:`Run` instead of digging in its files.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from discover._utils import read_json, require_file
+from discover._utils import dataclass_from_dict, read_json, require_file
 from discover.data.transforms import DataConfig
+from discover.errors import InputError
 from discover.nn.models import create_model
 from discover.training.recipes import Recipe
 from discover.training.trainer import TrainConfig
@@ -25,18 +28,22 @@ from discover.training.trainer import TrainConfig
 __all__ = ["Run", "UntrustedConfigError", "load_run", "saved_model_options"]
 
 
-class UntrustedConfigError(ValueError):
+class UntrustedConfigError(InputError):
     """A saved configuration asks for something a file may not decide: a download, another
     file, or a value of an unexpected kind."""
 
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
+_LARGEST = 1 << 16
+_BUILD = frozenset({"U", "num_classes", "tau", "temperature", "eval_policy", "include", "exclude"})
 _FORBIDDEN = ("pretrained", "checkpoint", "weights", "cache", "hf_", "file", "url", "path")
 
 
 def _plain(value: Any, depth: int = 0) -> bool:
-    if value is None or isinstance(value, (bool, int, float)):
+    if value is None or isinstance(value, bool):
         return True
+    if isinstance(value, (int, float)):  # sizes beyond this are not a saved model's
+        return math.isfinite(value) and abs(value) <= _LARGEST
     if isinstance(value, str):
         return bool(_NAME.fullmatch(value)) and ".." not in value
     if isinstance(value, list) and depth < 2 and len(value) <= 64:
@@ -47,7 +54,8 @@ def _plain(value: Any, depth: int = 0) -> bool:
 def saved_model_options(name: Any, options: Any, source: str | Path) -> tuple[str, dict[str, Any]]:
     """A model name and builder options read from a saved file, checked as untrusted data:
     the name is a plain model name (no ``hf-hub:`` or other location), and each option is a
-    number, a boolean, null, a short plain name or a short list of those, under a key that
+    number of magnitude at most 65536, a boolean, null, a short plain name or a short list
+    of those, under a key that is not one of the model section's own (``U``, ``tau``, ...) and
     cannot download weights or name a file (nothing with ``pretrained``, ``checkpoint``,
     ``weights``, ``cache``, ``hf_``, ``file``, ``url`` or ``path`` in it). A run folder
     received from someone else is data, not instructions.
@@ -76,10 +84,15 @@ def saved_model_options(name: Any, options: Any, source: str | Path) -> tuple[st
                 "could download weights or open a file); remove it, or build the model "
                 "yourself with discover.create_model"
             )
+        if key in _BUILD:
+            raise UntrustedConfigError(
+                f"{source}: model option {key!r} belongs in the model section itself, not "
+                "among its builder options"
+            )
         if not _plain(value):
             raise UntrustedConfigError(
-                f"{source}: model option {key!r} = {str(value)[:80]!r} is not a number, a "
-                "boolean or a short plain name"
+                f"{source}: model option {key!r} = {str(value)[:80]!r} is not a number of at "
+                f"most {_LARGEST}, a boolean or a short plain name"
             )
     return name, dict(options)
 
@@ -127,7 +140,7 @@ def load_run(run: str | Path, weights: str = "best") -> Run:
         >>> model, names = run.model, run.class_names  # doctest: +SKIP
     """
     if weights not in ("best", "last"):
-        raise ValueError(f"load_run: weights must be 'best' or 'last', got {weights!r}")
+        raise InputError(f"load_run: weights must be 'best' or 'last', got {weights!r}")
     path = Path(run)
     config_file = require_file(path, "config.json", "a training run", "discover train")
     config = read_json(config_file, "run configuration")
@@ -138,36 +151,52 @@ def load_run(run: str | Path, weights: str = "best") -> Run:
             "missing: its first epoch has not finished); continue it with "
             f"`discover train --resume --out {path}` and the same options"
         )
-    spec = config["model"]
+    spec = _checked_spec(config, config_file)
     name, model_kwargs = saved_model_options(spec["name"], spec["model_kwargs"], config_file)
     # an annealed run's weights go with the temperature they were saved at
     meta_file = path / f"{weights}.json"
     meta = read_json(meta_file, "checkpoint metadata") if meta_file.is_file() else {}
-    temperature = meta.get("temperature")
+    temperature = meta.get("temperature") if isinstance(meta, dict) else None
+    if temperature is not None and not _number(temperature, positive=True):
+        raise UntrustedConfigError(
+            f"{meta_file}: temperature must be a positive number, got {temperature!r}"
+        )
+    build = {"U": spec["U"], "num_classes": spec["num_classes"], "tau": spec["tau"]}
+    _check_fits_checkpoint(name, build, model_kwargs, weights_file, config_file)
     model = create_model(
         name,
-        U=spec["U"],
-        num_classes=spec["num_classes"],
         checkpoint=weights_file,
-        tau=spec["tau"],
         temperature=spec.get("temperature", 1.0) if temperature is None else temperature,
         eval_policy=spec["eval_policy"],
+        **build,
         **model_kwargs,
     )
-    data = DataConfig.from_dict(config["data"])
+    try:
+        data = DataConfig.from_dict(config["data"])
+        train = TrainConfig.from_dict(config["train"])
+        recipe = dataclass_from_dict(
+            Recipe, {**config["recipe"], "betas": tuple(config["recipe"]["betas"])}, "recipe option"
+        )
+    except (InputError, TypeError, KeyError) as error:
+        raise UntrustedConfigError(
+            f"{config_file}: damaged run configuration ({type(error).__name__}: {error})"
+        ) from None
     model.data_config = data
     log = path / "log.jsonl"
-    history = (
-        [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        if log.is_file()
-        else []
-    )
+    try:
+        history = (
+            [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            if log.is_file()
+            else []
+        )
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UntrustedConfigError(f"{log}: not a JSON line per epoch ({error})") from None
     known = {"train", "recipe", "data", "class_names"}
     return Run(
         path=path,
         model=model,
-        train=TrainConfig.from_dict(config["train"]),
-        recipe=Recipe(**{**config["recipe"], "betas": tuple(config["recipe"]["betas"])}),
+        train=train,
+        recipe=recipe,
         data=data,
         class_names=list(config["class_names"]),
         weights=weights,
@@ -175,3 +204,73 @@ def load_run(run: str | Path, weights: str = "best") -> Run:
         temperature=temperature if temperature is not None else spec.get("temperature"),
         info={k: v for k, v in config.items() if k not in known},
     )
+
+
+def _number(value: Any, positive: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return value > 0 if positive else True
+
+
+def _checked_spec(config: Any, source: Path) -> dict[str, Any]:
+    """The ``model`` section of a run's ``config.json``, every field checked; a missing or
+    odd field is an :class:`UntrustedConfigError` naming the file and the key."""
+
+    def bad(key: str, expected: str, value: Any = None) -> UntrustedConfigError:
+        got = "it is missing" if value is None else f"got {str(value)[:80]!r}"
+        return UntrustedConfigError(f"{source}: {key} must be {expected}; {got}")
+
+    if not isinstance(config, dict):
+        raise bad("the file", "a JSON object", type(config).__name__)
+    for section in ("model", "data", "train", "recipe"):
+        if not isinstance(config.get(section), dict):
+            raise bad(section, "an object", config.get(section))
+    names = config.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise bad("class_names", "a list of class names", names)
+    if not isinstance(config["recipe"].get("betas"), list):
+        raise bad("recipe.betas", "a list of two numbers", config["recipe"].get("betas"))
+    spec = config["model"]
+    for key in ("U", "num_classes"):
+        value = spec.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad(f"model.{key}", "an integer >= 1", value)
+    if spec["num_classes"] != len(names):
+        raise UntrustedConfigError(
+            f"{source}: model.num_classes is {spec['num_classes']} but class_names lists "
+            f"{len(names)} classes"
+        )
+    if not _number(spec.get("tau"), positive=True):
+        raise bad("model.tau", "a positive number", spec.get("tau"))
+    if "temperature" in spec and not _number(spec["temperature"], positive=True):
+        raise bad("model.temperature", "a positive number", spec["temperature"])
+    if not isinstance(spec.get("eval_policy"), str):
+        raise bad("model.eval_policy", "the name of an evaluation policy", spec.get("eval_policy"))
+    if "name" not in spec or "model_kwargs" not in spec:
+        raise bad("model.name and model.model_kwargs", "present")
+    return spec
+
+
+def _check_fits_checkpoint(
+    name: str, build: dict[str, Any], options: dict[str, Any], weights: Path, source: Path
+) -> None:
+    """Refuse a configuration whose model would hold more values than ``weights`` does,
+    before any memory is allocated for it: the model is sized on the meta device."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            stored = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    except Exception as error:  # a damaged file: load_checkpoint names it in its own words
+        if isinstance(error, OSError):
+            raise
+        return
+    with torch.device("meta"):
+        probe = create_model(name, **{**build, "U": 1}, **options)
+    needed = sum(t.numel() for t in probe.state_dict().values())
+    if needed > stored:
+        raise UntrustedConfigError(
+            f"{source}: the configuration describes a model with {needed:,} values but "
+            f"{weights.name} holds {stored:,}: the configuration does not belong to these "
+            "weights (nothing was allocated for it)"
+        )

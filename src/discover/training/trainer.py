@@ -48,6 +48,7 @@ from discover._utils import (
 )
 from discover.data.registry import build_dataset
 from discover.data.transforms import BatchAugment, DataConfig, build_transforms
+from discover.errors import InputError
 from discover.nn.lwta import TemperatureSchedule, set_temperature
 from discover.nn.models import create_model, load_checkpoint, save_checkpoint
 from discover.training.recipes import Recipe, build_optimizer, build_scheduler, get_recipe
@@ -136,13 +137,13 @@ class TrainConfig:
 
         def positive_int(name: str, value: Any, minimum: int = 1) -> None:
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+                raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
         def number(name: str, value: Any, low: float, high: float | None = None) -> None:
             ok = not isinstance(value, bool) and isinstance(value, (int, float))
             if not ok or not value >= low or (high is not None and not value < high):
                 bound = f">= {low}" if high is None else f"in [{low}, {high})"
-                raise ValueError(f"{name} must be a number {bound}, got {value!r}")
+                raise InputError(f"{name} must be a number {bound}, got {value!r}")
 
         positive_int("U", self.U)
         positive_int("epochs", recipe.epochs)
@@ -156,23 +157,23 @@ class TrainConfig:
                 positive_int(name, getattr(self, name))
         number("lr", recipe.lr, 0.0)
         if recipe.lr == 0:
-            raise ValueError("lr must be > 0, got 0")
+            raise InputError("lr must be > 0, got 0")
         number("weight_decay", recipe.weight_decay, 0.0)
         number("label_smoothing", recipe.label_smoothing, 0.0, 1.0)
         number("holdout", self.holdout, 0.0, 1.0)
         number("warmup_lr", recipe.warmup_lr, 0.0)
         number("tau", self.tau, 0.0)
         if self.tau == 0:
-            raise ValueError("tau must be > 0, got 0")
+            raise InputError("tau must be > 0, got 0")
         if self.eval_policy not in EVAL_POLICIES:
-            raise ValueError(
+            raise InputError(
                 f"eval_policy must be one of {', '.join(EVAL_POLICIES)}, got {self.eval_policy!r}"
             )
         if self.resume and self.overwrite:
-            raise ValueError("resume and overwrite exclude each other: continue or replace a run")
+            raise InputError("resume and overwrite exclude each other: continue or replace a run")
         for name in ("model_kwargs", "dataset_kwargs"):
             if not isinstance(getattr(self, name), dict):
-                raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be a mapping, got {getattr(self, name)!r}")
         self.temperature_schedule()
         _resolve_device(self.device)
         return recipe
@@ -209,9 +210,9 @@ class TrainConfig:
             data = yaml.safe_load(path.read_text()) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as error:
             detail = " ".join(str(error).split())
-            raise ValueError(f"training config {path} is not valid YAML: {detail}") from None
+            raise InputError(f"training config {path} is not valid YAML: {detail}") from None
         if not isinstance(data, dict):
-            raise ValueError(
+            raise InputError(
                 f"{path}: expected a mapping of training options, got {type(data).__name__}"
             )
         data.update({k: v for k, v in overrides.items() if v is not None})
@@ -276,11 +277,11 @@ class GlobalBatchSampler:
         drop_last: bool = True,
     ) -> None:
         if global_batch % world:
-            raise ValueError(
+            raise InputError(
                 f"batch_size {global_batch} must be divisible by the number of processes ({world})"
             )
         if drop_last and size < global_batch:
-            raise ValueError(
+            raise InputError(
                 f"the training set has {size} images, fewer than one batch of "
                 f"{global_batch}; lower batch_size"
             )
@@ -331,15 +332,15 @@ def _split_holdout(
 ) -> tuple[list[int], list[int]]:
     """Seeded split of ``range(n)`` (or a random ``subset`` of it) into (training, held-out)."""
     if not 0 <= fraction < 1:
-        raise ValueError(f"holdout must be in [0, 1), got {fraction}")
+        raise InputError(f"holdout must be in [0, 1), got {fraction}")
     if subset is not None and not 0 < subset <= n:
-        raise ValueError(f"train_subset={subset} must be between 1 and the {n} training images")
+        raise InputError(f"train_subset={subset} must be between 1 and the {n} training images")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7)).tolist()
     order = order[:subset] if subset is not None else order
     n_val = int(round(len(order) * fraction)) if fraction else 0
     n_val = max(1, n_val) if fraction else 0
     if n_val >= len(order):
-        raise ValueError(f"holdout={fraction} leaves no training images out of {len(order)}")
+        raise InputError(f"holdout={fraction} leaves no training images out of {len(order)}")
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
@@ -350,7 +351,7 @@ def _data_config(model: nn.Module, recipe: Recipe) -> DataConfig:
         return dataclasses.replace(base, padding=max(2, size // 16), hflip=0.0)
     if recipe.augment in ("none", "randaugment"):
         return base
-    raise ValueError(
+    raise InputError(
         f"unknown augment {recipe.augment!r}; expected 'basic', 'randaugment' or 'none'"
     )
 
@@ -479,7 +480,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     device = _resolve_device(config.device)
     final_out = Path(config.out).expanduser()
     if not config.resume and _holds_run(final_out) and not config.overwrite:
-        raise ValueError(
+        raise InputError(
             f"{final_out} already holds a training run; continue it with resume=True or "
             "replace it with overwrite=True, or choose another out folder"
         )
@@ -505,7 +506,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     )
     class_names = list(train_set.class_names)
     if not class_names:
-        raise ValueError(f"data set {config.dataset!r} has no classes")
+        raise InputError(f"data set {config.dataset!r} has no classes")
     torch.manual_seed(config.seed)  # identical initial weights on every process
     model = create_model(
         config.model,
@@ -898,7 +899,7 @@ def _load_state(
         if k not in _RESUME_MAY_CHANGE and saved_config["train"].get(k) != getattr(config, k)
     ]
     if differs:
-        raise ValueError(
+        raise InputError(
             f"resume=True: the configuration differs from the run in {out}: " + "; ".join(differs)
         )
     state = _load_tensors(trainer_file)
@@ -919,7 +920,7 @@ def _load_state(
             state["epoch"],
             state["step"],
         ):
-            raise ValueError(
+            raise InputError(
                 f"resume=True: {rng_file} (epoch {rng.get('epoch')}, step {rng.get('step')}) does "
                 f"not match {trainer_file} (epoch {state['epoch']}, step {state['step']}): the "
                 "run was stopped while saving; start it again with overwrite=True"
@@ -935,7 +936,7 @@ def _load_tensors(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, corrupted or not ours: name the file
-        raise ValueError(
+        raise InputError(
             f"cannot read the training state {path}: {type(error).__name__}: {error}. "
             "The run cannot be resumed from it; start it again with overwrite=True"
         ) from None

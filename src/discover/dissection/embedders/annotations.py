@@ -20,11 +20,12 @@ from torch import Tensor
 from torch.utils.data import Subset
 
 from discover.dissection.embedders.base import Concepts, Embedder, concept_list
+from discover.errors import InputError
 
 __all__ = ["AnnotationEmbedder", "NoAnnotationsError", "probe_annotations"]
 
 
-class NoAnnotationsError(TypeError, ValueError):
+class NoAnnotationsError(InputError, TypeError):
     """The probe set carries no ground-truth concept annotations (a ``TypeError``: the wrong
     kind of data set; a ``ValueError`` for the command line's error boundary)."""
 
@@ -68,11 +69,11 @@ class AnnotationEmbedder(Embedder):
         drop_unknown: bool = False,
     ) -> None:
         if (table is None) != (concept_names is None):
-            raise ValueError("AnnotationEmbedder: pass both table and concept_names, or neither")
+            raise InputError("AnnotationEmbedder: pass both table and concept_names, or neither")
         if table is not None:
             table = torch.as_tensor(table, dtype=torch.float32)
             if table.ndim != 2 or table.shape[1] != len(concept_names):
-                raise ValueError(
+                raise InputError(
                     f"AnnotationEmbedder: table {tuple(table.shape)} needs one "
                     f"column per name ({len(concept_names)} names)"
                 )
@@ -102,7 +103,7 @@ class AnnotationEmbedder(Embedder):
         if self.table is None:
             return probe_annotations(probe, what="AnnotationEmbedder")
         if probe is not None and len(probe) != len(self.table):
-            raise ValueError(
+            raise InputError(
                 f"AnnotationEmbedder: the probe has {len(probe)} items, the "
                 f"annotation table {len(self.table)} rows"
             )
@@ -134,7 +135,7 @@ class AnnotationEmbedder(Embedder):
         kept, missing = _split_known(concept_list(concepts), names)
         if missing and not self.drop_unknown:
             shown = ", ".join(map(repr, names[:20])) + (" ..." if len(names) > 20 else "")
-            raise ValueError(
+            raise InputError(
                 f"AnnotationEmbedder: {len(missing)} concept(s) have no annotation: "
                 f"{', '.join(map(repr, missing[:10]))}"
                 f"{' ...' if len(missing) > 10 else ''}. The probe annotates "
@@ -148,7 +149,7 @@ class AnnotationEmbedder(Embedder):
                 stacklevel=2,
             )
         if not kept:
-            raise ValueError("AnnotationEmbedder: none of the concepts is annotated")
+            raise InputError("AnnotationEmbedder: none of the concepts is annotated")
         index = {name: i for i, name in enumerate(names)}
         return table[:, [index[c] for c in kept]].clone()
 
@@ -194,7 +195,7 @@ def probe_annotations(probe: Any, what: str = "probe") -> tuple[Tensor, list[str
     table = torch.as_tensor(probe.concepts_table(), dtype=torch.float32)
     names = [str(c) for c in probe.concept_names]
     if table.shape != (len(probe), len(names)):
-        raise ValueError(
+        raise InputError(
             f"{what}: {type(probe).__name__}.concepts_table() has shape "
             f"{tuple(table.shape)}, expected ({len(probe)}, {len(names)}) = (images, "
             "concept_names)"

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from discover._utils import cache_root
 from discover.dissection.concepts import ConceptSet
+from discover.errors import InputError
 
 __all__ = [
     "Images",
@@ -120,16 +121,16 @@ class ImageTransform:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         if len(self.size) != 2 or min(self.size) < 1:
-            raise ValueError(f"ImageTransform: size must be (height, width), got {self.size}")
+            raise InputError(f"ImageTransform: size must be (height, width), got {self.size}")
         if self.resize_mode not in ("shortest", "squash", "longest"):
-            raise ValueError(f"ImageTransform: unknown resize_mode {self.resize_mode!r}")
+            raise InputError(f"ImageTransform: unknown resize_mode {self.resize_mode!r}")
         if self.interpolation not in ("bicubic", "bilinear"):
-            raise ValueError(
+            raise InputError(
                 f"ImageTransform: interpolation must be bicubic or bilinear, got "
                 f"{self.interpolation!r}"
             )
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError("ImageTransform: mean and std need 3 values, std > 0")
+            raise InputError("ImageTransform: mean and std need 3 values, std > 0")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly description, for run metadata."""
@@ -146,7 +147,7 @@ class ImageTransform:
         if not isinstance(images, Tensor):
             images = TF.pil_to_tensor(images.convert("RGB"))
         if images.ndim not in (3, 4) or images.shape[-3] not in (1, 3):
-            raise ValueError(
+            raise InputError(
                 f"expected raw images (C, H, W) or (B, C, H, W) with C in (1, 3), "
                 f"got shape {tuple(images.shape)}"
             )
@@ -154,7 +155,7 @@ class ImageTransform:
             images = images.float()
             low, high = images.aminmax()
             if low < -1e-3 or high > 1 + 1e-3:
-                raise ValueError(
+                raise InputError(
                     f"expected raw images, uint8 or float in [0, 1]; got values in "
                     f"[{low:.3g}, {high:.3g}]. Pass unnormalised images: each embedder applies "
                     "its own normalisation."
@@ -212,7 +213,7 @@ def concept_list(concepts: Concepts) -> list[str]:
     """The concept strings of a list or :class:`ConceptSet`, checked: non-empty, all strings."""
     names = list(concepts.concepts if isinstance(concepts, ConceptSet) else concepts)
     if not names:
-        raise ValueError("concept_matrix: the concept list is empty")
+        raise InputError("concept_matrix: the concept list is empty")
     if isinstance(concepts, str) or not all(isinstance(c, str) for c in names):
         raise TypeError("concept_matrix: concepts must be a list of strings or a ConceptSet")
     return names
@@ -342,5 +343,5 @@ class Embedder(ABC):
                 rows.append(vectors @ text_vectors.T)
                 bar.update(len(vectors))
         if not rows:
-            raise ValueError("concept_matrix: the probe set is empty")
+            raise InputError("concept_matrix: the probe set is empty")
         return torch.cat(rows)

@@ -29,6 +29,7 @@ from discover.dissection.embedders.base import (
     json_sha256,
     module_sha256,
 )
+from discover.errors import InputError
 from discover.nn.clip_archs import register_open_clip_archs
 
 __all__ = ["OpenCLIPEmbedder", "HFCLIPEmbedder", "how_to_get_weights"]
@@ -174,7 +175,7 @@ class OpenCLIPEmbedder(_LocalCLIP):
         if arch not in open_clip.list_models():
             close = difflib.get_close_matches(arch, open_clip.list_models(), n=3, cutoff=0.6)
             hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-            raise ValueError(
+            raise InputError(
                 f"open_clip: unknown architecture {arch!r}.{hint} See open_clip.list_models()."
             )
         pretrained = os.fspath(pretrained)
@@ -201,7 +202,7 @@ class OpenCLIPEmbedder(_LocalCLIP):
                 cache_dir=cache_dir,
             )
         except Exception as error:  # noqa: BLE001  (a text file, a truncated or foreign file)
-            raise ValueError(
+            raise InputError(
                 f"open_clip: cannot load {arch!r} weights from {checkpoint}: "
                 f"{type(error).__name__}: {str(error).split('. ')[0].splitlines()[0][:160]}. "
                 "Expected an open_clip checkpoint (.pt/.bin/.safetensors) of that architecture"
@@ -209,7 +210,7 @@ class OpenCLIPEmbedder(_LocalCLIP):
         try:
             tokenizer = open_clip.get_tokenizer(arch)
         except Exception as err:  # HF tokenizers of some archs need a download
-            raise RuntimeError(
+            raise InputError(
                 f"open_clip: the tokenizer of {arch!r} is not available offline "
                 f"({err}); put it in the Hugging Face cache first"
             ) from err
@@ -288,7 +289,7 @@ def _tag_preprocess(arch: str, tag: str | None) -> dict[str, Any]:
     for name in tags:
         cfg = open_clip.get_pretrained_cfg(arch, name)
         if not cfg:
-            raise ValueError(
+            raise InputError(
                 f"open_clip: {name!r} is not a pretrained tag of {arch} (tags: "
                 f"{', '.join(open_clip.list_pretrained_tags_by_model(arch))})"
             )

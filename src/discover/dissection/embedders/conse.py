@@ -30,6 +30,7 @@ from discover.dissection.embedders.base import (
     json_sha256,
     module_sha256,
 )
+from discover.errors import InputError
 
 __all__ = ["ConSEEmbedder", "efficientnet_lite0_imagenet"]
 
@@ -147,7 +148,7 @@ class ConSEEmbedder(Embedder):
         device: str | torch.device = "cpu",
     ) -> None:
         if top_t is not None and not 1 <= top_t <= len(class_names):
-            raise ValueError(f"ConSE: top_t must be in 1..{len(class_names)}, got {top_t}")
+            raise InputError(f"ConSE: top_t must be in 1..{len(class_names)}, got {top_t}")
         self.device = torch.device(device)
         self.classifier = classifier.eval().to(self.device)
         self.class_names = list(class_names)

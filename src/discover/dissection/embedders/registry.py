@@ -20,6 +20,7 @@ from discover.dissection.embedders.clip import (
     how_to_get_weights,
 )
 from discover.dissection.embedders.conse import ConSEEmbedder
+from discover.errors import InputError
 
 __all__ = [
     "EmbedderBuilder",
@@ -50,7 +51,7 @@ def register_embedder(
         ...     return OpenCLIPEmbedder.from_pretrained("ViT-B-32", argument, **kwargs)
     """
     if ":" in prefix:
-        raise ValueError(f"register_embedder: prefix {prefix!r} must not contain ':'")
+        raise InputError(f"register_embedder: prefix {prefix!r} must not contain ':'")
 
     def decorator(fn: EmbedderBuilder) -> EmbedderBuilder:
         EMBEDDERS.register(prefix, fn)
@@ -82,7 +83,7 @@ def build_embedder(spec: str | Embedder, **kwargs: Any) -> Embedder:
         formats = "; ".join(_USAGE[p] for p in list_embedders())
         close = difflib.get_close_matches(prefix, list(EMBEDDERS), n=2, cutoff=0.5)
         hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-        raise ValueError(
+        raise InputError(
             f"unknown embedder spec {spec!r}.{hint} Registered prefixes: "
             f"{', '.join(list_embedders())} (formats: {formats})"
         )
@@ -96,7 +97,7 @@ def build_embedder(spec: str | Embedder, **kwargs: Any) -> Embedder:
 def _build_open_clip(argument: str | None, **kwargs: Any) -> Embedder:
     arch, _, pretrained = (argument or "").partition(":")
     if not arch or not pretrained:
-        raise ValueError(
+        raise InputError(
             f"open_clip spec needs an architecture and weights: "
             f"open_clip:<arch>:<weights file or cached tag>, got "
             f"'open_clip:{argument or ''}'. {how_to_get_weights(arch or '<arch>')}"
@@ -107,7 +108,7 @@ def _build_open_clip(argument: str | None, **kwargs: Any) -> Embedder:
 @register_embedder("hf", usage="hf:<transformers CLIP folder>")
 def _build_hf(argument: str | None, **kwargs: Any) -> Embedder:
     if not argument:
-        raise ValueError("hf spec needs a folder: hf:<directory saved with save_pretrained>")
+        raise InputError("hf spec needs a folder: hf:<directory saved with save_pretrained>")
     return HFCLIPEmbedder.from_pretrained(argument, **kwargs)
 
 
@@ -119,5 +120,5 @@ def _build_conse(argument: str | None, **kwargs: Any) -> Embedder:
 @register_embedder("annotations", usage="annotations")
 def _build_annotations(argument: str | None, **kwargs: Any) -> Embedder:
     if argument:
-        raise ValueError(f"annotations takes no argument, got 'annotations:{argument}'")
+        raise InputError(f"annotations takes no argument, got 'annotations:{argument}'")
     return AnnotationEmbedder(**kwargs)

@@ -44,7 +44,7 @@ def test_models_and_convert_commands(capsys, tmp_path):
     [
         (["sparsity", "resnet19"], "unknown model name 'resnet19'. Closest names: resnet18"),
         (["sparsity", "small_vit", "-U", "7"], "layer 'blocks.0.mlp.act' has K=384"),
-        (["sparsity", "small_vit", "-U", "0"], "U must be an integer >= 1"),
+        (["sparsity", "small_vit", "-U", "0"], "-U: expected an integer >= 1, got 0"),
         (["convert", "small_vit", "--model-arg", "depth"], "--model-arg expects KEY=VALUE"),
         (
             ["convert", "small_vit", "--checkpoint", "missing.safetensors"],

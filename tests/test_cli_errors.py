@@ -65,8 +65,8 @@ def _dissect(run, tmp_path, *extra: str) -> list[str]:
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["--batch-size", "0"], "batch_size must be an integer >= 1"),
-        (["--epochs", "0"], "epochs must be an integer >= 1"),
+        (["--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0"),
+        (["--epochs", "0"], "--epochs: expected an integer >= 1, got 0"),
         (["--device", "banana"], "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
         (["--device", "cuda"], "CUDA is not available"),
         (["--model", "small_vit", "--model-arg", "img_size=abc"], "model 'small_vit' rejected"),
@@ -192,7 +192,7 @@ def test_explain_conditioning_needs_an_embedder_that_can_look(capsys, tmp_path, 
     _fails(capsys, [*explained, "--embedder", "dissection"], "ground-truth annotations")
     _fails(capsys, [*explained, "--min-percentile", "high"], "--min-percentile: expected a number")
     _fails(capsys, [*explained, "--min-percentile", "2"], "min_percentile must be in [0, 1]")
-    _fails(capsys, [*explained, "--candidates", "0"], "candidates must be >= 1")
+    _fails(capsys, [*explained, "--candidates", "0"], "--candidates: expected an integer >= 1, got 0")
 
 
 def test_a_run_with_nan_weights_is_a_one_line_error(run, tmp_path, capsys):
@@ -259,8 +259,11 @@ def test_activations_that_overflow_are_stopped_where_they_appear(run, tmp_path, 
         ({"model_kwargs": {"pretrained_cfg_overlay": {"hf_hub_id": "evil/x"}}}, "'pretrained"),
         ({"model_kwargs": {"img_size": "../../etc"}}, "'img_size'"),
         ({"name": "hf-hub:evil/model"}, "hf-hub:evil/model"),
+        ({"dataset_kwargs": {"download": True}}, "data set option 'download'"),
+        ({"dataset_kwargs": {"root": "/etc"}}, "data set option 'root'"),
     ],
-    ids=["pretrained", "checkpoint_path", "cfg_overlay", "path_value", "hub_name"],
+    ids=["pretrained", "checkpoint_path", "cfg_overlay", "path_value", "hub_name", "download",
+         "dataset_root"],  # fmt: skip
 )
 def test_a_crafted_run_config_is_data_not_instructions(
     run, tmp_path, capsys, monkeypatch, change, expected
@@ -278,10 +281,13 @@ def test_a_crafted_run_config_is_data_not_instructions(
     crafted = tmp_path / "crafted"
     shutil.copytree(run, crafted)
     config = json.loads((crafted / "config.json").read_text())
-    config["model"].update(
-        {k: ({**config["model"]["model_kwargs"], **v} if k == "model_kwargs" else v)
-         for k, v in change.items()}
-    )  # fmt: skip
+    if "dataset_kwargs" in change:
+        config["train"]["dataset_kwargs"].update(change["dataset_kwargs"])
+    else:
+        config["model"].update(
+            {k: ({**config["model"]["model_kwargs"], **v} if k == "model_kwargs" else v)
+             for k, v in change.items()}
+        )  # fmt: skip
     (crafted / "config.json").write_text(json.dumps(config))
     _fails(capsys, ["evaluate", str(crafted)], "config.json", expected)
 
@@ -345,3 +351,75 @@ def test_a_damaged_training_log_is_a_one_line_error(run, tmp_path, capsys):
     shutil.copytree(run, crafted)
     (crafted / "log.jsonl").write_text('{"epoch": 0}\n{"epoch": 1, "val_t')
     _fails(capsys, ["evaluate", str(crafted)], "log.jsonl", "not a JSON line per epoch")
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0"),
+        (["--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
+        (["--null-repeats", "-3"], "--null-repeats: expected an integer >= 0"),
+        (["--out", "FILE/d"], "is a file, not a folder"),
+        (["--out", "FILE"], "exists and is not a folder"),
+        (["--out", "/sys/discover-test/d"], "cannot write in /sys"),
+        (["--cache-dir", "FILE/cache"], "--cache-dir"),
+    ],
+    ids=["batch0", "seed-1", "null-3", "out_under_file", "out_is_file", "out_unwritable", "cache"],
+)
+def test_dissect_options_are_checked_before_any_work(
+    run, tmp_path, capsys, monkeypatch, extra, expected
+):
+    """Issue 22: a read-only --out or one under a file was found after recording and scoring;
+    --batch-size 0 was accepted by some commands. Now the command line checks every output
+    and every numeric range before the command starts."""
+    import discover.cli as cli
+
+    def no_work(args):
+        raise AssertionError("the dissection started")
+
+    monkeypatch.setattr(cli, "build_parser", _parser_with(cli.build_parser, no_work))
+    (tmp_path / "FILE").write_text("a file")
+    extra = [e.replace("FILE", str(tmp_path / "FILE")) for e in extra]
+    _fails(capsys, [*_dissect(run, tmp_path), *extra], expected)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["train", "--batch-size", "0"], "--batch-size: expected an integer >= 1"),
+        (["train", "--lr", "nan"], "--lr: expected a number > 0, got nan"),
+        (["train", "--label-smoothing", "1"], "--label-smoothing: expected a number in [0, 1)"),
+        (["train", "--out", "FILE/run"], "is a file"),
+        (["evaluate", "RUN", "--batch-size", "0"], "--batch-size"),
+        (["evaluate", "RUN", "--json", "FILE/x.json"], "--json"),
+        (["evaluate", "RUN", "--json", "/sys/discover-test.json"], "cannot write in /sys"),
+        (["explain", "FILE", "--run", "RUN", "--top", "-1"], "--top: expected an integer >= 0"),
+        (["demo", "--threads", "0"], "--threads: expected an integer >= 1"),
+        (["demo", "--out", "FILE/demo"], "is a file"),
+        (["planted", "--noise", "0.1", "-0.5"], "--noise: expected a number >= 0, got -0.5"),
+        (["sparsity", "small_resnet", "-U", "0"], "-U: expected an integer >= 1, got 0"),
+    ],
+    ids=lambda v: "_".join(v) if isinstance(v, list) else None,
+)
+def test_every_command_checks_ranges_and_outputs_first(run, tmp_path, capsys, argv, expected):
+    (tmp_path / "FILE").write_text("a file")
+    argv = [a.replace("FILE", str(tmp_path / "FILE")).replace("RUN", str(run)) for a in argv]
+    _fails(capsys, argv, expected)
+
+
+def test_an_unwritable_default_output_is_refused_before_evaluating(
+    run, tmp_path, capsys, monkeypatch
+):
+    import functools
+
+    import discover.cli as cli
+
+    def unwritable(path, what, **kwargs):
+        raise cli.InputError(f"{what} {path}: cannot write in {path} (Read-only file system)")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the evaluation started")
+
+    monkeypatch.setattr(cli, "check_writable", unwritable)
+    monkeypatch.setattr(cli, "evaluate_run", functools.wraps(cli.evaluate_run)(no_work))
+    _fails(capsys, ["evaluate", str(run)], "the run folder", "pass --json PATH")

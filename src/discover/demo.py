@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from discover._utils import Registry, dataclass_from_dict
+from discover._utils import Registry, dataclass_from_dict, require_int
 from discover.errors import InputError
 
 __all__ = ["DemoConfig", "DemoResult", "DemoData", "DEMO_DATA", "register_demo_data", "run_demo"]
@@ -389,9 +389,7 @@ def run_demo(
     counts = ("threads", "epochs", "batch_size", "train_images", "probe_images", "test_images")
     lows = [("eval_samples", 1), ("explain_images", 0), ("precision_images", 0)]
     for name, least in [*((n, 1) for n in counts), *lows]:
-        value = getattr(config, name)
-        if not isinstance(value, int) or value < least:
-            raise InputError(f"discover demo: {name} must be an integer >= {least}, got {value!r}")
+        require_int(getattr(config, name), f"discover demo: {name}", least)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     _atomic_json(out / "demo.json", {"config": config.to_dict()})

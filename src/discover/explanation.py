@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from discover._utils import printable, write_atomic
+from discover.data.folders import ImageTooLargeError, open_image
 from discover.dissection.core import Dissection, StaleDissectionError
 from discover.dissection.embedders import build_embedder
 from discover.dissection.labels import LABEL_DEFAULTS
@@ -383,7 +384,7 @@ def read_images(
     for path in paths:
         name = os.fspath(path)
         try:
-            with Image.open(name) as image:
+            with open_image(name) as image:
                 image.load()
                 images.append(_rgb_or_grey(image))
             names.append(name)
@@ -391,6 +392,8 @@ def read_images(
             failures[name] = "no such file"
         except IsADirectoryError:
             failures[name] = "is a directory"
+        except ImageTooLargeError as exc:
+            failures[name] = f"too large: {exc}"
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             failures[name] = str(exc).replace(f"{name!r}", "").strip() or type(exc).__name__
     return images, names, failures

@@ -8,6 +8,7 @@ CIFAR-10/100, Places365 and ImageNet found on disk. Every image mode is converte
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import operator
@@ -15,7 +16,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +30,22 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from discover._utils import cache_root
 from discover.errors import InputError
 
-__all__ = ["RobustImageFolder", "UnreadableImageError", "TorchvisionImages"]
+__all__ = [
+    "MAX_IMAGE_PIXELS",
+    "ImageTooLargeError",
+    "RobustImageFolder",
+    "UnreadableImageError",
+    "TorchvisionImages",
+    "open_image",
+]
+
+MAX_IMAGE_PIXELS = 50_000_000
+"""The largest image discover decodes (width x height; 50 megapixels, above an 8K frame).
+
+A probe or explained image above it is skipped with the reason, as an undecodable file is,
+before any pixel is decoded: a small file can declare a huge image (a 17 KB PNG of
+12000 x 12000 costs 2.6 GB to decode). Pillow's own bomb limit (about 179 megapixels) is
+far above it. Set ``discover.data.folders.MAX_IMAGE_PIXELS`` to change it."""
 
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 _BACKGROUND = 255  # transparent pixels are composited onto white
@@ -59,15 +75,42 @@ def _to_rgb(image: Any) -> torch.Tensor:
     return pil_to_tensor(image.convert("RGB"))
 
 
-def _read_rgb(path: str) -> torch.Tensor:
+class UnreadableImageError(InputError):
+    """An image file could not be decoded (or a :class:`RobustImageFolder` image no longer
+    can be when it is loaded)."""
+
+
+class ImageTooLargeError(UnreadableImageError):
+    """An image file declares more pixels than :data:`MAX_IMAGE_PIXELS`."""
+
+
+@contextlib.contextmanager
+def open_image(path: str | os.PathLike[str] | Any) -> Iterator[Any]:
+    """``PIL.Image.open(path)``, refused before decoding when the image declares more than
+    :data:`MAX_IMAGE_PIXELS` pixels (:class:`ImageTooLargeError`).
+
+    Example:
+        >>> with open_image("photo.jpg") as image:  # doctest: +SKIP
+        ...     rgb = image.convert("RGB")
+    """
     from PIL import Image
 
-    with Image.open(path) as image:
+    with warnings.catch_warnings():  # the ceiling below is discover's word on the size
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        opened = Image.open(path)
+    with opened as image:
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ImageTooLargeError(
+                f"{width} x {height} pixels, above discover's ceiling of "
+                f"{MAX_IMAGE_PIXELS:,} (discover.data.folders.MAX_IMAGE_PIXELS)"
+            )
+        yield image
+
+
+def _read_rgb(path: str) -> torch.Tensor:
+    with open_image(path) as image:
         return _to_rgb(image)
-
-
-class UnreadableImageError(InputError):
-    """An image of a :class:`RobustImageFolder` could not be decoded when it was loaded."""
 
 
 def _stat_key(stat: os.stat_result) -> list[int]:
@@ -95,7 +138,8 @@ class _DigestIndex:
 
         name = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:32]
         self.path = cache_root() / "digests" / f"{name}.json" if enabled else None
-        self.pillow = pillow  # decode verdicts hold for one Pillow version
+        # decode verdicts hold for one Pillow version and one pixel ceiling
+        self.pillow = f"{pillow} max {MAX_IMAGE_PIXELS}"
         self.entries: dict[str, dict[str, Any]] = {}
         self.changed = False
         if self.path is not None:
@@ -159,8 +203,10 @@ def _examine(path: str, decode: bool) -> dict[str, Any]:
         if decode:
             file.seek(0)
             try:
-                with Image.open(file) as image:
+                with open_image(file) as image:
                     _to_rgb(image)
+            except ImageTooLargeError as err:
+                result["error"] = f"too large: {err}"
             except Image.UnidentifiedImageError:
                 result["error"] = "not an image file Pillow can identify"
             except Exception as err:  # decoders raise many error types
@@ -340,7 +386,6 @@ class RobustImageFolder(ImageFolder):
         return results
 
     def _verify(self, mode: str) -> None:
-        from PIL import Image
 
         if mode == "full":
             results = self._examine_all(decode=True)
@@ -349,7 +394,7 @@ class RobustImageFolder(ImageFolder):
             errors = {}
             for path, _ in self.samples:
                 try:
-                    with Image.open(path) as image:
+                    with open_image(path) as image:
                         image.verify()
                 except Exception as err:  # see __getitem__
                     errors[path] = f"{type(err).__name__}: {err}"

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from discover._utils import atomic_path, cache_warning
+from discover._utils import atomic_path, cache_warning, require_int
 from discover.errors import InputError, NonFiniteError
 from discover.nn.lwta import LWTA, capture_winners, eval_policy
 
@@ -445,6 +445,7 @@ def record(
     missing = [n for n in modules if n not in pooling]
     if missing:
         raise InputError(f"no pooling given for layer(s) {', '.join(missing)}")
+    require_int(batch_size, "record: batch_size")
     if len(probe) == 0:
         raise InputError("the probe set is empty")
 

@@ -55,7 +55,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 from torch.utils.data import Dataset
 
-from discover._utils import atomic_path, read_json, write_files
+from discover._utils import atomic_path, read_json, require_int, write_files
 from discover.dissection.recording import (
     Recording,
     dataset_fingerprint,
@@ -616,8 +616,8 @@ def train_sae(
     """
     started = time.time()
     for name, value, low in (("k", k, 1), ("expansion", expansion, 1), ("epochs", epochs, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise InputError(f"train_sae: {name} must be an integer >= {low}, got {value!r}")
+        require_int(value, f"train_sae: {name}", low)
+    require_int(batch_size, "train_sae: batch_size")
     if sites not in SITES:
         raise InputError(f"train_sae: sites must be one of {SITES}, got {sites!r}")
     if not 0 <= val_fraction < 1:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from discover._utils import resolve_device, write_atomic
+from discover._utils import require_int, resolve_device, write_atomic
 from discover.errors import InputError, NonFiniteError
 from discover.evaluation.sparsity import LayerSparsity, SparsityMeter, format_sparsity
 from discover.nn.lwta import EVAL_POLICIES, average_logits, eval_policy, lwta_layers
@@ -111,8 +111,7 @@ def evaluate(
         raise InputError(
             f"unknown eval policy {policy!r}; expected one of {', '.join(EVAL_POLICIES)}"
         )
-    if samples < 1:
-        raise InputError(f"samples must be >= 1, got {samples}")
+    require_int(samples, "evaluate: samples")
     device = resolve_device(device)
     model = model.to(device).eval()
     torch.manual_seed(seed)
@@ -170,11 +169,14 @@ def evaluate_run(
     device: str = "cpu",
     limit: int | None = None,
     progress: bool = False,
+    data_root: str | Path | None = None,
 ) -> EvalResult:
     """Evaluate a training run directory on one split of its data set.
 
     ``weights`` is ``"best"`` (selected on the held-out part of the training split) or
     ``"last"``. The run's own data configuration gives the evaluation transform.
+    ``data_root`` is where the data set's files are (default: where the run was trained
+    from, as its ``config.json`` says; data sets that are generated or installed need none).
 
     Example:
         >>> print(evaluate_run("runs/shapes-u4", policy="sample", samples=6).summary())  # doctest: +SKIP
@@ -183,12 +185,13 @@ def evaluate_run(
     from discover.data.transforms import build_transforms
     from discover.training.runs import load_run
 
+    require_int(batch_size, "evaluate_run: batch_size")
     loaded = load_run(run, weights)
     model = loaded.model
     dataset = build_dataset(
         loaded.train.dataset,
         split,
-        root=loaded.train.data_root,
+        root=loaded.train.data_root if data_root is None else data_root,
         transform=build_transforms(loaded.data, train=False),
         **loaded.train.dataset_kwargs,
     )

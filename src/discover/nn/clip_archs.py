@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from discover._utils import import_extra
 from discover.errors import InputError
 from discover.nn.networks import SmallResNet
 
@@ -109,8 +110,9 @@ def register_open_clip_archs() -> list[str]:
         >>> SHAPES_CLIP_ARCH in register_open_clip_archs()
         True
     """
-    import open_clip
     import timm
+
+    open_clip = import_extra("open_clip", "discover's CLIP architectures")
     from timm.models import register_model
 
     for name, spec in _TRUNKS.items():

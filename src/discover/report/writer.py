@@ -42,6 +42,7 @@ from torch.utils.data import Dataset
 
 from discover import __version__
 from discover._utils import staged_dir
+from discover.data.folders import ImageTooLargeError, open_image
 from discover.dissection.core import DissectedLayer, Dissection, UnitDescription
 from discover.errors import InputError
 from discover.evaluation.explanations import ExplanationScores
@@ -393,9 +394,11 @@ def to_pil(image: Any, what: str = "image") -> Image.Image:
         if not Path(image).is_file():
             raise FileNotFoundError(f"{what}: no image file {image}")
         try:
-            with Image.open(image) as opened:
+            with open_image(image) as opened:
                 opened.load()
                 image = opened.copy()
+        except ImageTooLargeError as err:
+            raise InputError(f"{what}: image file {image} is too large: {err}") from None
         except OSError as err:
             raise InputError(f"{what}: cannot read image file {image}: {err}") from err
     if isinstance(image, Image.Image):

@@ -51,6 +51,7 @@ from discover._utils import (
     atomic_path,
     cache_root,
     dataclass_from_dict,
+    import_extra,
     read_json,
     require_file,
     staged_dir,
@@ -381,7 +382,7 @@ def train_shapes_clip(
         >>> clip = train_shapes_clip()  # doctest: +SKIP  (about 20 minutes on 2 CPU cores)
         >>> print(clip.summary())  # doctest: +SKIP
     """
-    import open_clip
+    open_clip = import_extra("open_clip", "train_shapes_clip")
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 

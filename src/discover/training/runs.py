@@ -36,7 +36,10 @@ class UntrustedConfigError(InputError):
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 _LARGEST = 1 << 16
 _BUILD = frozenset({"U", "num_classes", "tau", "temperature", "eval_policy", "include", "exclude"})
-_FORBIDDEN = ("pretrained", "checkpoint", "weights", "cache", "hf_", "file", "url", "path")
+_FORBIDDEN = (
+    "pretrained", "checkpoint", "weights", "cache", "hf_", "file", "url", "path", "root",
+    "download",
+)  # fmt: skip
 
 
 def _plain(value: Any, depth: int = 0) -> bool:
@@ -74,27 +77,31 @@ def saved_model_options(name: Any, options: Any, source: str | Path) -> tuple[st
             f"{source}: model name {name!r} is not a plain model name (a saved configuration "
             "may not point at a hub or a location)"
         )
+    _check_saved_options(options, source, "model", "model_kwargs")
+    return name, dict(options)
+
+
+def _check_saved_options(options: Any, source: str | Path, what: str, section: str) -> None:
     if not isinstance(options, dict):
-        raise UntrustedConfigError(f"{source}: model_kwargs must be an object, got {options!r}")
+        raise UntrustedConfigError(f"{source}: {section} must be an object, got {options!r}")
     for key, value in options.items():
         lowered = str(key).lower()
         if any(word in lowered for word in _FORBIDDEN):
             raise UntrustedConfigError(
-                f"{source}: model option {key!r} may not come from a saved configuration (it "
-                "could download weights or open a file); remove it, or build the model "
-                "yourself with discover.create_model"
+                f"{source}: {what} option {key!r} may not come from a saved configuration (it "
+                "could download something or open a file); remove it, or build the "
+                f"{what} yourself"
             )
-        if key in _BUILD:
+        if what == "model" and key in _BUILD:
             raise UntrustedConfigError(
                 f"{source}: model option {key!r} belongs in the model section itself, not "
                 "among its builder options"
             )
         if not _plain(value):
             raise UntrustedConfigError(
-                f"{source}: model option {key!r} = {str(value)[:80]!r} is not a number of at "
+                f"{source}: {what} option {key!r} = {str(value)[:80]!r} is not a number of at "
                 f"most {_LARGEST}, a boolean or a short plain name"
             )
-    return name, dict(options)
 
 
 @dataclass
@@ -171,6 +178,8 @@ def load_run(run: str | Path, weights: str = "best") -> Run:
         **build,
         **model_kwargs,
     )
+    _check_saved_options(config["train"].get("dataset_kwargs", {}), config_file, "data set",
+                         "train.dataset_kwargs")  # fmt: skip
     try:
         data = DataConfig.from_dict(config["data"])
         train = TrainConfig.from_dict(config["train"])

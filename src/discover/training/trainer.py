@@ -43,6 +43,7 @@ from discover._utils import (
     atomic_path,
     dataclass_from_dict,
     read_json,
+    require_int,
     resolve_device,
     write_atomic,
 )
@@ -136,8 +137,7 @@ class TrainConfig:
         recipe = self.resolved_recipe()
 
         def positive_int(name: str, value: Any, minimum: int = 1) -> None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+            require_int(value, name, minimum)
 
         def number(name: str, value: Any, low: float, high: float | None = None) -> None:
             ok = not isinstance(value, bool) and isinstance(value, (int, float))

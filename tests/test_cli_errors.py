@@ -190,9 +190,29 @@ def test_explain_conditioning_needs_an_embedder_that_can_look(capsys, tmp_path, 
     explained = ["explain", str(tmp_path / "red.png"), "--run", str(run)]
     explained += ["--dissection", str(tmp_path / "d")]
     _fails(capsys, [*explained, "--embedder", "dissection"], "ground-truth annotations")
+    # a dissection folder is untrusted: the embedder it records may not open a file elsewhere
+    data = json.loads((tmp_path / "d" / "dissection.json").read_text())
+    data["meta"]["embedder"].update(kind="vlm", spec="open_clip:ViT-B-32:/etc/passwd")
+    (tmp_path / "d" / "dissection.json").write_text(json.dumps(data))
+    _fails(
+        capsys,
+        [*explained, "--embedder", "dissection"],
+        "records the embedder 'open_clip:ViT-B-32:/etc/passwd'",
+        "a dissection may not choose files to open",
+    )
+    data["meta"]["embedder"].update(spec="hf:../../models/clip")
+    (tmp_path / "d" / "dissection.json").write_text(json.dumps(data))
+    _fails(capsys, [*explained, "--embedder", "dissection"], "outside the dissection folder")
+    inside = f"open_clip:ViT-B-32:{tmp_path / 'd' / 'missing.safetensors'}"
+    data["meta"]["embedder"].update(spec=inside)
+    (tmp_path / "d" / "dissection.json").write_text(json.dumps(data))
+    err = _fails(capsys, [*explained, "--embedder", "dissection"], "missing.safetensors")
+    assert "may not choose" not in err  # a file inside the folder is the dissection's own
     _fails(capsys, [*explained, "--min-percentile", "high"], "--min-percentile: expected a number")
     _fails(capsys, [*explained, "--min-percentile", "2"], "min_percentile must be in [0, 1]")
-    _fails(capsys, [*explained, "--candidates", "0"], "--candidates: expected an integer >= 1, got 0")
+    _fails(
+        capsys, [*explained, "--candidates", "0"], "--candidates: expected an integer >= 1, got 0"
+    )
 
 
 def test_a_run_with_nan_weights_is_a_one_line_error(run, tmp_path, capsys):
@@ -247,7 +267,8 @@ def test_activations_that_overflow_are_stopped_where_they_appear(run, tmp_path, 
         capsys,
         ["explain", str(tmp_path / "red.png"), "--run", str(broken)]
         + ["--dissection", str(tmp_path / "d")],
-        "outputs are NaN or infinite for 1 image(s) (", "red.png)",
+        "outputs are NaN or infinite for 1 image(s) (",
+        "red.png)",
     )
 
 
@@ -262,8 +283,15 @@ def test_activations_that_overflow_are_stopped_where_they_appear(run, tmp_path, 
         ({"dataset_kwargs": {"download": True}}, "data set option 'download'"),
         ({"dataset_kwargs": {"root": "/etc"}}, "data set option 'root'"),
     ],
-    ids=["pretrained", "checkpoint_path", "cfg_overlay", "path_value", "hub_name", "download",
-         "dataset_root"],  # fmt: skip
+    ids=[
+        "pretrained",
+        "checkpoint_path",
+        "cfg_overlay",
+        "path_value",
+        "hub_name",
+        "download",
+        "dataset_root",
+    ],  # fmt: skip
 )
 def test_a_crafted_run_config_is_data_not_instructions(
     run, tmp_path, capsys, monkeypatch, change, expected

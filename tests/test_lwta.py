@@ -283,6 +283,26 @@ def test_fused_kernel_matches_the_unfused_code_with_the_same_noise(shape, temper
 
 
 @needs_kernel
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_fused_kernel_keeps_nan_and_inf_visible(bad):
+    """Issue 22: the kernels are built with NaN semantics (no -ffinite-math-only), so a broken
+    input shows up as a non-finite output of its block, as in the unfused code, and the
+    recorder can refuse it; the other blocks are untouched."""
+    h = torch.randn(6, 4, 5)
+    h[2, 1, 3] = bad
+    noise = gumbel_noise(h)
+    for tau in (1.67, None):
+        out, _, soft = lwta_kernel.forward(h, 1.0, tau, noise=noise)
+        broken = ~torch.isfinite(out if soft is None else soft)
+        assert broken[2, :, 3].any()
+        assert not broken.sum(1).bool().flatten().tolist().count(True) > 1
+    healthy = torch.ones(6, 5, dtype=torch.bool)
+    healthy[2, 3] = False
+    out, _, _ = lwta_kernel.forward(h, 1.0, None, noise=noise)
+    assert torch.isfinite(out.permute(0, 2, 1)[healthy]).all()
+
+
+@needs_kernel
 @pytest.mark.parametrize("kind", ["tokens", "conv"])
 def test_fused_layer_trains_with_one_winner_per_block(kind):
     """The layer takes the fused path for float32 inputs: exact winners, finite gradients."""

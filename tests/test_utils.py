@@ -129,6 +129,20 @@ def test_loading_and_running_the_c_kernels_leaves_floating_point_alone():
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+def test_kernel_flags_are_cpu_independent_and_keep_nan_semantics(monkeypatch):
+    """Issue 22: -march=native made results depend on the CPU, and -ffinite-math-only lets
+    the compiler assume NaN never occurs. Neither is in the default build; the override
+    still works for users who want a CPU-tuned build."""
+    from discover._utils import C_FLAGS, C_FLAGS_ENV, c_flags
+
+    monkeypatch.delenv(C_FLAGS_ENV, raising=False)
+    forbidden = {"-march=native", "-mtune=native", "-ffinite-math-only", "-ffast-math", "-Ofast"}
+    assert not forbidden & set(c_flags()), c_flags()
+    assert c_flags() == C_FLAGS
+    monkeypatch.setenv(C_FLAGS_ENV, "-O2 -march=native -fPIC")
+    assert c_flags() == ("-O2", "-march=native", "-fPIC")
+
+
 def test_spreadsheet_safe_and_printable():
     from discover._utils import printable, spreadsheet_safe
 

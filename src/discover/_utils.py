@@ -629,26 +629,27 @@ class Registry(Generic[T]):
 # -- C kernels ----------------------------------------------------------------------------------
 C_FLAGS = (
     "-O3",
-    "-march=native",
     "-fno-math-errno",
     "-fno-trapping-math",
     "-fno-signed-zeros",
     "-fassociative-math",
     "-freciprocal-math",
-    "-ffinite-math-only",
     "-fopenmp",
     "-fPIC",
 )
 """How discover's C kernels are compiled: no ``-ffast-math``/``-Ofast`` (a library built
 with them can switch the whole process to flush-to-zero when it loads), only the
 individual optimisations that let loops vectorise, none of which touches the
-floating-point environment. The object is also *linked* without compile flags
-(:data:`LINK_FLAGS`). ``-march=native`` uses the CPU's full vector width, so results can
-differ in the last bits between CPUs, as torch's own CPU kernels do; non-finite inputs are
-the caller's to catch. ``benchmarks/results/kernel_flags.md`` measures the choices."""
+floating-point environment; the object is also *linked* without compile flags
+(:data:`LINK_FLAGS`). No ``-march=native``: the machine code is the same on every x86-64
+CPU, so a kernel gives the same bits on every machine (for a given thread count). No
+``-ffinite-math-only``: NaN and infinity keep their meaning, so a broken input shows up as
+non-finite output instead of a plausible number. ``benchmarks/results/kernel_flags.md``
+measures what each choice costs."""
 C_FLAGS_ENV = "DISCOVER_C_FLAGS"
 """Environment variable that replaces :data:`C_FLAGS` (space-separated), e.g. for a build
-without CPU-specific code: ``DISCOVER_C_FLAGS="-O3 -fopenmp -fPIC"``."""
+tuned to this CPU: ``DISCOVER_C_FLAGS="-O3 -march=native -fno-math-errno -fopenmp -fPIC"``
+(results may then differ in the last bits from other machines')."""
 
 
 def c_flags() -> tuple[str, ...]:

@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from discover._utils import printable, write_atomic
+from discover._utils import cache_root, printable, write_atomic
 from discover.data.folders import ImageTooLargeError, open_image
 from discover.dissection.core import Dissection, StaleDissectionError
 from discover.dissection.embedders import build_embedder
@@ -1241,12 +1241,28 @@ def _dissection_embedder(dissection: Dissection) -> str:
             f"the dissection in {dissection.folder} was made with ground-truth annotations, "
             "which cannot look at new images; pass another embedder (e.g. open_clip:ARCH:WEIGHTS)"
         )
-    if not about.embedder_spec:
+    spec = about.embedder_spec
+    if not spec:
         raise InputError(
             f"the dissection in {dissection.folder} does not record how to rebuild its embedder "
             f"({about.embedder or 'unknown'}); pass the embedder spec instead"
         )
-    return about.embedder_spec
+    # A dissection folder is untrusted data: the spec it records may not open a file of its
+    # choosing outside the folder and discover's cache (pass such a spec yourself instead).
+    kind, _, rest = str(spec).partition(":")
+    named = rest if kind == "hf" else rest.partition(":")[2] if kind == "open_clip" else ""
+    if named and (kind == "hf" or "/" in named or os.sep in named or Path(named).suffix):
+        where = Path(named).expanduser().resolve()
+        allowed = [Path(dissection.folder).resolve()] if dissection.folder else []
+        allowed.append(cache_root().resolve())
+        if not any(where.is_relative_to(root) for root in allowed):
+            raise InputError(
+                f"the dissection in {dissection.folder} records the embedder {printable(spec)!r}, "
+                f"which would open {where}, outside the dissection folder and discover's cache; "
+                "a dissection may not choose files to open: pass --embedder with that spec "
+                "yourself if you trust it"
+            )
+    return spec
 
 
 def explanations_to_json(explanations: Sequence[Explanation], path: str | Path) -> Path:

@@ -476,3 +476,42 @@ def test_batch_augment_refuses_what_it_cannot_augment():
         augment(torch.zeros(2, 1, 8, 8))
     with pytest.raises(ValueError, match="got torch.uint8 \\(2, 3, 8, 8\\)"):
         augment(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+
+
+def test_shapes_concept_masks_cover_the_object_or_the_background():
+    """Issue 23: pixel masks of every Shapes concept, checked against the rendered image."""
+    from discover.data.shapes import COLOURS, POSITIONS, ShapesWorld
+
+    ds = ShapesWorld(n=12, image_size=48, split="val", textures=("plain",))
+    for index in range(len(ds)):
+        concepts, masks = ds.concept_masks(index)
+        factors = ds.factors(index)
+        names = [ds.concept_names[c] for c in concepts]
+        assert names == [
+            factors.shape, factors.colour, f"{factors.background} background",
+            "plain background", factors.size, factors.position,
+        ]  # fmt: skip
+        assert torch.equal(ds.concepts(index).nonzero().flatten(), concepts.sort().values)
+        obj, background = masks[0], masks[2]
+        assert torch.equal(obj, masks[1]) and torch.equal(obj, masks[4])
+        assert torch.equal(obj, masks[5]) and torch.equal(background, masks[3])
+        assert bool((obj ^ background).all()) and 0 < int(obj.sum()) < obj.numel()
+        image = ds[index][0].permute(1, 2, 0).float()
+        colour = torch.tensor(COLOURS[factors.colour], dtype=torch.float32)
+        paper = torch.tensor(COLOURS[factors.background], dtype=torch.float32)
+        near_object = (image - colour).norm(dim=-1) < (image - paper).norm(dim=-1)
+        coverage = ds.mask(index)
+        assert torch.equal(obj, coverage >= 0.5)
+        whole = (coverage == 0) | (coverage == 1)  # away from the anti-aliased edge
+        assert torch.equal(near_object[whole], obj[whole])  # the mask is what one sees
+        ys, xs = obj.nonzero(as_tuple=True)
+        fx, fy = POSITIONS[factors.position]
+        centre = torch.tensor([xs.float().mean() + 0.5, ys.float().mean() + 0.5]) / 48
+        assert (centre - torch.tensor([fx, fy])).abs().max() < 0.15, (factors, centre)
+    areas = {}
+    for index in range(len(ds)):
+        areas.setdefault(ds.factors(index).size, []).append(
+            int(ds.concept_masks(index)[1][0].sum())
+        )
+    means = {size: np.mean(a) for size, a in areas.items()}
+    assert sorted(means, key=means.get) == [s for s in ("small", "medium", "large") if s in means]

@@ -455,3 +455,30 @@ def test_labels_carry_their_significance_against_a_shuffled_null():
     assert all(u.z is None and u.above_chance is None for u in none.layer("fc"))
     with pytest.raises(ValueError, match="null_repeats must be 0 or >= 2, got 1"):
         dissect(*args, AnnotationEmbedder(table, NAMES), "cos", null_repeats=1, **kw)
+
+
+def test_a_dissection_keeps_spatial_maps_and_an_old_one_loads_without(shapes_dissection, tmp_path):
+    """Issue 23: the maps of each unit's top images are saved with the dissection and read
+    back; a dissection saved before maps were kept still loads, with none."""
+    import shutil
+
+    from discover.dissection.core import MAPS_FILE, Dissection
+    from discover.dissection.recording import GALLERY_SIZE, top_images
+
+    folder, probe = shapes_dissection
+    loaded = Dissection.load(folder)
+    assert set(loaded.maps) == {"layer2.0.act2"}  # fc has no spatial extent
+    maps = loaded.maps["layer2.0.act2"]
+    Q = loaded.probe_activations("layer2.0.act2")
+    assert torch.equal(maps.indices, top_images(Q, GALLERY_SIZE))
+    assert maps.maps.shape[:2] == (Q.shape[1], GALLERY_SIZE) and maps.wins.dtype == torch.bool
+    assert maps.note.startswith("conv map")
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    (old / MAPS_FILE).unlink()
+    assert Dissection.load(old).maps == {}
+    again = Dissection.load(old)
+    again.maps = loaded.maps
+    again.save(tmp_path / "resaved")
+    back = Dissection.load(tmp_path / "resaved").maps["layer2.0.act2"]
+    assert torch.equal(back.maps, maps.maps) and torch.equal(back.indices, maps.indices)

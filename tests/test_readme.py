@@ -27,6 +27,10 @@ def test_readme_dissection_and_report_examples_run(tmp_path, monkeypatch, capsys
         "layer3.1.act2" in out
         and (tmp_path / "runs/shapes-u8/dissection/descriptions.csv").is_file()
     )
+    code = readme_python_block("evaluate_localization(model")
+    exec(compile(code.replace("n=2000", "n=120"), "README.md[localization]", "exec"), {})
+    assert "layer3.1.act2: 128 units" in capsys.readouterr().out
+    assert (tmp_path / "runs/shapes-u8/dissection/localization.json").is_file()
     code = readme_python_block("write_report(")
     exec(compile(code, "README.md[report]", "exec"), namespace)
     assert capsys.readouterr().out.strip().endswith("runs/shapes-u8/report/index.html")

@@ -201,3 +201,86 @@ def test_recorded_activations_are_copies_not_views():
     rec = record(model, ["inner"], probe, pooling="none", batch_size=3, progress=False)
     expected = model.inner(probe.tensors[0]).detach()
     assert torch.allclose(rec.activations["inner"], expected)  # not zeroed by the later mul_
+
+
+# -- spatial maps of the top images (issue 23) -------------------------------------------------
+def _full_maps(model, layer, probe, policy="argmax", batch_size=5):
+    """Every probe image's output of ``layer`` (the slow way), for checking the top-k; in
+    the recording's batches, so that near-tied LWTA winners fall the same way."""
+    from discover.dissection.recording import spatial_maps
+    from discover.nn.lwta import LWTA, capture_winners
+
+    module = dict(model.named_modules())[layer]
+    outputs, wins = [], []
+    handle = module.register_forward_hook(lambda m, i, o: outputs.append(o.detach().clone()))
+    try:
+        with torch.no_grad(), eval_policy(model.eval(), policy), capture_winners(model):
+            for start in range(0, len(probe), batch_size):
+                ids = range(start, min(start + batch_size, len(probe)))
+                model(torch.stack([probe[i][0] for i in ids]))
+                if isinstance(module, LWTA):
+                    wins.append(module.last_mask.clone())
+    finally:
+        handle.remove()
+    maps = spatial_maps(torch.cat(outputs), model)
+    return maps, (spatial_maps(torch.cat(wins), model) if wins else None)
+
+
+def test_conv_layer_keeps_the_maps_of_each_units_top_images():
+    from discover.dissection.recording import top_images
+
+    torch.manual_seed(0)
+    model = create_model(
+        "small_resnet", U=4, num_classes=4, img_size=16, widths=[8, 16], depths=[1, 1]
+    )
+    probe = _probe(n=23)
+    pooling = {"layer2.0.act2": "avg", "fc": "none"}
+    rec = record(model, ["layer2.0.act2", "fc"], probe, pooling, batch_size=5, progress=False)
+    assert "fc" not in rec.maps  # no spatial extent
+    maps = rec.maps["layer2.0.act2"]
+    full, wins = _full_maps(model, "layer2.0.act2", probe)
+    expected = top_images(rec.activations["layer2.0.act2"], 5)
+    assert torch.equal(maps.indices, expected)
+    K = full.shape[1]
+    assert maps.maps.shape == (K, 5, *full.shape[-2:]) and maps.note.startswith("conv map")
+    for k in range(K):
+        assert torch.allclose(maps.maps[k], full[expected[k], k], atol=1e-5), (
+            k,
+            (maps.maps[k] - full[expected[k], k]).abs().max(),
+        )
+        assert torch.equal(maps.wins[k], wins[expected[k], k])
+    # the unit's pooled activation is its map's mean: the maps are the images it was ranked by
+    assert torch.allclose(
+        maps.maps.mean(dim=(2, 3)), rec.activations["layer2.0.act2"].T.gather(1, expected)
+    )
+
+
+def test_token_layer_maps_are_the_patch_grid_without_the_class_token():
+    from discover.dissection.recording import top_images
+
+    torch.manual_seed(0)
+    model = _vit()
+    probe = _probe(n=9)
+    rec = record(model, ["blocks.1.mlp.act"], probe, "max", batch_size=4, progress=False)
+    maps = rec.maps["blocks.1.mlp.act"]
+    assert maps.maps.shape == (128, 5, 4, 4) and maps.wins.shape == (128, 5, 4, 4)
+    assert "1 class/register token(s) left out" in maps.note
+    full, _ = _full_maps(model, "blocks.1.mlp.act", probe, batch_size=4)
+    expected = top_images(rec.activations["blocks.1.mlp.act"], 5)
+    assert torch.equal(maps.indices, expected)
+    assert torch.allclose(maps.maps[7], full[expected[7], 7])
+    assert bool((maps.wins.sum(0) >= 0).all())
+
+
+def test_map_memory_does_not_grow_with_the_probe():
+    torch.manual_seed(0)
+    model = create_model(
+        "small_resnet", U=2, num_classes=4, img_size=16, widths=[8, 16], depths=[1, 1]
+    )
+    small = record(model, ["layer1.0.act1"], _probe(n=10), "avg", batch_size=10, progress=False)
+    large = record(model, ["layer1.0.act1"], _probe(n=300), "avg", batch_size=10, progress=False)
+    a, b = small.maps["layer1.0.act1"], large.maps["layer1.0.act1"]
+    assert a.maps.shape == b.maps.shape and a.wins.shape == b.wins.shape
+    assert int(b.indices.max()) > 10  # the later batches did reach the top
+    none = record(model, ["layer1.0.act1"], _probe(n=10), "avg", maps=0, progress=False)
+    assert none.maps == {}

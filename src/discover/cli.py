@@ -40,6 +40,11 @@ from discover.errors import DiscoverError, InputError
 from discover.evaluation.classification import EVAL_FILE, evaluate_run
 from discover.evaluation.descriptions import evaluate_descriptions
 from discover.evaluation.groundtruth import REPORT_CSV, REPORT_JSON, evaluate_groundtruth
+from discover.evaluation.localization import (
+    LOCALIZATION_CSV,
+    LOCALIZATION_JSON,
+    evaluate_localization,
+)
 from discover.evaluation.planted import VARIANTS, PlantedConfig, planted_recovery_on_probe
 from discover.evaluation.sparsity import photo_sparsity
 from discover.explanation import explain, explain_run, print_explanations
@@ -859,11 +864,21 @@ def _eval_descriptions_arguments(parser: argparse.ArgumentParser) -> None:
         "annotations (AUPRC, held-out IoU / F1, label = best concept, monosemanticity); give "
         "the probe options used to dissect (--probe, --probe-arg, ...)",
     )
+    parser.add_argument(
+        "--localization",
+        action="store_true",
+        default=None,
+        help="Network-Dissection IoU of every spatial layer's units with the probe's pixel "
+        "masks (best-IoU concept, unique detectors, label = best-IoU concept, with "
+        "shuffled-mask and random-unit baselines); needs --run and the probe options used "
+        "to dissect",
+    )
+    parser.add_argument("--run", help="with --localization: the training run the model comes from")
     _add_probe_arguments(parser)
     parser.add_argument(
         "--layer",
-        help="the classifier layer (default: the last dissected); with --ground-truth, the "
-        "one layer to score (default: all)",
+        help="the classifier layer (default: the last dissected); with --ground-truth or "
+        "--localization, the one layer to score (default: all)",
     )
     parser.add_argument(
         "--embedder",
@@ -909,18 +924,25 @@ _PROBE_OPTIONS = {
     "eval-descriptions",
     arguments=_eval_descriptions_arguments,
     help="score descriptions: a classifier layer's against its classes (--classes), every "
-    "layer's against the probe's ground truth (--ground-truth)",
+    "layer's against the probe's ground truth (--ground-truth), where units fire against "
+    "its pixel masks (--localization)",
 )
 def _eval_descriptions(args: argparse.Namespace) -> int:
-    if args.classes is None and not args.ground_truth:
+    if args.classes is None and not args.ground_truth and not args.localization:
         raise InputError(
             "give --classes (the final-layer protocol: unit k should be class k), "
-            "--ground-truth (scores against the probe set's annotations), or both"
+            "--ground-truth (scores against the probe set's annotations), --localization "
+            "(IoU with the probe's pixel masks), or several"
         )
     stray = [flag for dest, flag in _PROBE_OPTIONS.items() if getattr(args, dest) is not None]
-    stray += ["--bar"] if args.bar is not None else []
-    if stray and not args.ground_truth:
-        raise InputError(f"{', '.join(stray)}: only used with --ground-truth")
+    if stray and not (args.ground_truth or args.localization):
+        raise InputError(f"{', '.join(stray)}: only used with --ground-truth or --localization")
+    if args.bar is not None and not args.ground_truth:
+        raise InputError("--bar: only used with --ground-truth")
+    if args.localization and args.run is None:
+        raise InputError("--localization: give --run, the training run the dissected model is")
+    if args.run is not None and not args.localization:
+        raise InputError("--run: only used with --localization")
     if args.out is None:
         _check_default_output(args.dissection, "the dissection folder", "--out DIR")
     truth = scores = None
@@ -930,6 +952,17 @@ def _eval_descriptions(args: argparse.Namespace) -> int:
             options["layers"] = [args.layer]
         probe = _build_probe(args)
         truth = evaluate_groundtruth(args.dissection, probe, save=args.out is None, **options)
+    located = None
+    if args.localization:
+        located = evaluate_localization(
+            load_run(args.run).model,
+            args.dissection,
+            _build_probe(args),
+            save=args.out is None,
+            progress=True,
+            **({"layers": [args.layer]} if args.layer is not None else {}),
+            **_given(args, "seed"),
+        )
     if args.classes is not None:
         scores = evaluate_descriptions(
             args.dissection,
@@ -956,6 +989,15 @@ def _eval_descriptions(args: argparse.Namespace) -> int:
                     f"the probe): {', '.join(dropped)}"
                 )
             say(f"\nwritten: {path} and {path.parent / REPORT_CSV}")
+    if located is not None:
+        path = (
+            located.save(args.out) if args.out is not None else located.folder / LOCALIZATION_JSON
+        )
+        output["localization"] = located.to_dict()
+        if not args.json:
+            say("\n" if len(output) > 1 else "", end="")
+            say(located.table())
+            say(f"\nwritten: {path} and {path.parent / LOCALIZATION_CSV}")
     if args.json:
         say(json.dumps(output if len(output) > 1 else next(iter(output.values())), indent=2))
     return 0

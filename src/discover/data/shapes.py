@@ -454,6 +454,30 @@ class ShapesWorld(Dataset):
         coverage[layout.y0 : layout.y0 + h, layout.x0 : layout.x0 + w] = layout.alpha
         return torch.from_numpy(coverage)
 
+    def concept_masks(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pixels of each concept present in image ``index``: ``(concepts, masks)``,
+        ``concepts`` the ``(G,)`` indices into :attr:`concept_names` (one per factor group)
+        and ``masks`` a ``(G, H, W)`` bool tensor. Shape, colour, size and position concepts
+        cover the object (coverage >= 0.5); background-colour and texture concepts cover
+        the rest (the textures of this world are background textures). Every concept absent
+        from the image has no pixels. Only the layout is computed, not the image.
+
+        Example:
+            >>> ds = ShapesWorld(n=10, image_size=32)
+            >>> concepts, masks = ds.concept_masks(0)
+            >>> masks.shape, bool((masks[0] ^ masks[2]).all())  # shape vs background: a partition
+            (torch.Size([6, 32, 32]), True)
+        """
+        layout = self._layout(self._check_index(index))
+        size = self.config.image_size
+        inside = np.zeros((size, size), dtype=bool)
+        h, w = layout.alpha.shape
+        inside[layout.y0 : layout.y0 + h, layout.x0 : layout.x0 + w] = layout.alpha >= 0.5
+        obj = torch.from_numpy(inside)
+        on_background = {FACTORS.index("background"), FACTORS.index("texture")}
+        masks = torch.stack([~obj if g in on_background else obj for g in range(len(FACTORS))])
+        return torch.from_numpy(layout.codes + self._offsets), masks
+
     def _vocabularies(self) -> tuple[tuple[str, ...], ...]:
         cfg = self.config
         return (

@@ -51,6 +51,7 @@ from discover.dissection.labels import (
     label_defaults,
 )
 from discover.dissection.recording import (
+    LayerMaps,
     dataset_fingerprint,
     model_fingerprint,
     model_view,
@@ -96,12 +97,14 @@ CSV_COLUMNS = (
 )
 SCORES_FILE = "scores.safetensors"  # optional: the full score matrices (keep_scores=True)
 ACTIVATIONS_FILE = "activations.safetensors"  # Q and the winner fractions per layer
+MAPS_FILE = "maps.safetensors"  # spatial maps of each unit's top probe images
 OLD_SCORES_FILE = "scores.pt"  # the score matrices as written by discover 0.1; still read
 DISSECTION_FILES = (
     "descriptions.csv",
     "dissection.json",
     SCORES_FILE,
     ACTIVATIONS_FILE,
+    MAPS_FILE,
     OLD_SCORES_FILE,
 )
 DISSECTION_DIR = "dissection"  # a training run's dissection: RUN/dissection
@@ -291,6 +294,10 @@ class Dissection:
     concept_stats: ConceptStats | None = field(default=None, repr=False)
     """Each concept's mean and spread of ``P`` over the probe (``None``: saved by discover
     <= 0.3); image-conditioned explanations compare an image's concept scores with them."""
+    maps: dict[str, LayerMaps] = field(default_factory=dict, repr=False)
+    """``{layer: LayerMaps}``: for layers with spatial extent, the activation maps (and LWTA
+    winner maps) of each unit's top probe images (empty: a layer without spatial extent, or
+    a dissection saved before maps were kept)."""
 
     @property
     def layers(self) -> list[str]:
@@ -474,7 +481,7 @@ class Dissection:
         if self.scores:
             scores = {name: S.detach().float().contiguous() for name, S in self.scores.items()}
             head = {"id": stamp, "concepts": json.dumps(self.concepts)}
-            files[SCORES_FILE] = lambda path: _save_tensors(scores, path, head)
+            files[SCORES_FILE] = partial(_save_tensors, scores, head=head)
         if self.activations or self.winner_fractions or self.concept_stats:
             tensors = {f"Q/{k}": v for k, v in self.activations.items()}
             tensors.update({f"wins/{k}": v for k, v in self.winner_fractions.items()})
@@ -484,7 +491,14 @@ class Dissection:
                 tensors["P/std"] = self.concept_stats.std
                 head["concepts"] = json.dumps(self.concept_stats.names)
             tensors = {k: v.detach().float().contiguous() for k, v in tensors.items()}
-            files[ACTIVATIONS_FILE] = lambda path: _save_tensors(tensors, path, head)
+            files[ACTIVATIONS_FILE] = partial(_save_tensors, tensors, head=head)
+        if self.maps:
+            tensors_maps: dict[str, torch.Tensor] = {}
+            for name, layer_maps in self.maps.items():
+                tensors_maps.update(layer_maps.to_tensors(name))
+            tensors_maps = {k: v.detach().contiguous() for k, v in tensors_maps.items()}
+            head = {"id": stamp, "notes": json.dumps({n: m.note for n, m in self.maps.items()})}
+            files[MAPS_FILE] = partial(_save_tensors, tensors_maps, head=head)
         files["descriptions.csv"] = self.to_csv()
         files["dissection.json"] = json.dumps(payload, indent=2, default=str)  # last: the index
         try:
@@ -493,7 +507,7 @@ class Dissection:
                     write_files(staging, files)
             else:
                 write_files(out, files)
-                for name in (SCORES_FILE, ACTIVATIONS_FILE, OLD_SCORES_FILE):
+                for name in (SCORES_FILE, ACTIVATIONS_FILE, MAPS_FILE, OLD_SCORES_FILE):
                     if name not in files:  # never leave another dissection's data beside ours
                         (out / name).unlink(missing_ok=True)
         except OSError as error:
@@ -536,6 +550,15 @@ class Dissection:
                 k[5:]: v for k, v in tensors.items() if k.startswith("wins/")
             }
             result.concept_stats = _read_concept_stats(tensors, head)
+        maps = _read_tensors(out / MAPS_FILE, stamp, "spatial maps")
+        if maps is not None:
+            tensors, head = maps
+            notes = json.loads(head.get("notes") or "{}")
+            result.maps = {
+                name: LayerMaps.from_tensors(tensors, name, notes.get(name, ""))
+                for name in notes
+                if f"{name}.indices" in tensors and f"{name}.maps" in tensors
+            }
         scores = _read_tensors(out / SCORES_FILE, stamp, "score matrices")
         if scores is not None:
             result.scores, head = scores
@@ -1084,4 +1107,5 @@ def dissect(
         activations={name: recording.activations[name].float().cpu() for name in modules},
         winner_fractions=fractions,
         concept_stats=ConceptStats.of(P, names),
+        maps={name: recording.maps[name] for name in modules if name in recording.maps},
     )

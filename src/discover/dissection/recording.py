@@ -41,6 +41,9 @@ from discover.errors import InputError, NonFiniteError
 from discover.nn.lwta import LWTA, capture_winners, eval_policy
 
 __all__ = [
+    "GALLERY_SIZE",
+    "LayerMaps",
+    "spatial_maps",
     "model_view",
     "POOLINGS",
     "LayerInfo",
@@ -233,26 +236,157 @@ def pool_mask(mask: torch.Tensor, pooling: str, layer: str = "layer") -> torch.T
     return mask.sum(dim=dims, dtype=torch.float32) / positions
 
 
+GALLERY_SIZE = 5
+"""Top probe images per unit whose spatial maps a dissection keeps (and a report shows)."""
+
+
+def spatial_maps(output: torch.Tensor, model: nn.Module) -> torch.Tensor | None:
+    """A layer output as per-unit spatial maps ``(N, K, h, w)``, or ``None`` without spatial
+    extent. Conv maps are taken as they are; a token sequence ``(N, T, K)`` keeps its patch
+    tokens, reshaped to the model's patch grid, and leaves the class and register tokens
+    (``model.num_prefix_tokens``) out.
+
+    Example:
+        >>> spatial_maps(torch.ones(2, 8, 4, 4), nn.Identity()).shape
+        torch.Size([2, 8, 4, 4])
+    """
+    if output.dim() == 4:
+        return output
+    if output.dim() != 3:
+        return None
+    prefix = getattr(model, "num_prefix_tokens", None)
+    if prefix is None:
+        prefix = 1 if getattr(model, "cls_token", None) is not None else 0
+    patches = output.shape[1] - int(prefix)
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if grid is None or math.prod(grid) != patches:
+        side = math.isqrt(max(patches, 0))
+        if side * side != patches or patches == 0:
+            return None
+        grid = (side, side)
+    tokens = output[:, int(prefix) :]
+    return tokens.transpose(1, 2).reshape(output.shape[0], output.shape[2], *grid)
+
+
+@dataclass
+class LayerMaps:
+    """The spatial activation maps of each unit's top probe images (by pooled activation,
+    ties to the lower index, the order :func:`top_images` gives), kept while recording.
+
+    ``indices`` ``(K, k)`` probe indices, ``maps`` ``(K, k, h, w)`` the unit's activation map
+    on each, ``wins`` ``(K, k, h, w)`` (LWTA layers) where the unit won its block.
+    """
+
+    indices: torch.Tensor
+    maps: torch.Tensor
+    wins: torch.Tensor | None = None
+    note: str = ""
+
+    def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        tensors = {f"{prefix}.indices": self.indices, f"{prefix}.maps": self.maps}
+        if self.wins is not None:
+            tensors[f"{prefix}.wins"] = self.wins
+        return tensors
+
+    @classmethod
+    def from_tensors(
+        cls, tensors: dict[str, torch.Tensor], prefix: str, note: str = ""
+    ) -> LayerMaps:
+        return cls(
+            tensors[f"{prefix}.indices"],
+            tensors[f"{prefix}.maps"],
+            tensors.get(f"{prefix}.wins"),
+            note,
+        )
+
+
+def top_images(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """``(K, k)`` indices of each unit's ``k`` highest-scoring rows of ``scores`` ``(N, K)``,
+    best first, ties to the lower index.
+
+    Example:
+        >>> top_images(torch.tensor([[1.0], [3.0], [3.0]]), 2).tolist()
+        [[1, 2]]
+    """
+    order = torch.sort(scores.T, dim=1, descending=True, stable=True).indices
+    return order[:, : min(k, scores.shape[0])]
+
+
+class _TopMaps:
+    """Streaming top-k of one layer: memory ``K x k x h x w`` whatever the probe size."""
+
+    def __init__(self, k: int, note: str = "") -> None:
+        self.k = k
+        self.note = note
+        self.scores: torch.Tensor | None = None
+        self.indices: torch.Tensor | None = None
+        self.maps: torch.Tensor | None = None
+        self.wins: torch.Tensor | None = None
+        self.seen = 0
+
+    def update(self, scores: torch.Tensor, maps: torch.Tensor, wins: torch.Tensor | None) -> None:
+        """Merge one batch: ``scores`` ``(B, K)``, ``maps`` ``(B, K, h, w)``."""
+        batch = torch.arange(self.seen, self.seen + len(scores))
+        self.seen += len(scores)
+        cand_scores = scores.T.float()  # (K, B)
+        cand_index = batch.expand_as(cand_scores)
+        cand_maps = maps.transpose(0, 1).float()  # (K, B, h, w)
+        cand_wins = wins.transpose(0, 1) if wins is not None else None
+        if self.scores is not None:  # kept ones first: they hold the lower indices
+            cand_scores = torch.cat([self.scores, cand_scores], dim=1)
+            cand_index = torch.cat([self.indices, cand_index], dim=1)
+            cand_maps = torch.cat([self.maps, cand_maps], dim=1)
+            if cand_wins is not None and self.wins is not None:
+                cand_wins = torch.cat([self.wins, cand_wins], dim=1)
+        order = torch.sort(cand_scores, dim=1, descending=True, stable=True).indices[:, : self.k]
+        self.scores = cand_scores.gather(1, order)
+        self.indices = cand_index.gather(1, order)
+        rows = torch.arange(len(order))[:, None]
+        self.maps = cand_maps[rows, order].clone()
+        self.wins = cand_wins[rows, order].clone() if cand_wins is not None else None
+
+    def result(self) -> LayerMaps:
+        assert self.indices is not None and self.maps is not None
+        return LayerMaps(self.indices, self.maps, self.wins, self.note)
+
+
+def _maps_note(output: torch.Tensor, maps: torch.Tensor, model: nn.Module) -> str:
+    h, w = maps.shape[-2:]
+    if output.dim() == 4:
+        return f"conv map {h}x{w}"
+    prefix = output.shape[1] - h * w
+    return f"patch tokens on the {h}x{w} patch grid; {prefix} class/register token(s) left out"
+
+
 @dataclass
 class Recording:
-    """Pooled activations ``(N, K)`` per layer, with what produced them."""
+    """Pooled activations ``(N, K)`` per layer, with what produced them, and the spatial maps
+    of each unit's top images for layers with spatial extent."""
 
     activations: dict[str, torch.Tensor]
     wins: dict[str, torch.Tensor]  # LWTA layers: pooled winner mask (fraction of positions won)
     pooling: dict[str, str]
     meta: dict[str, Any] = field(default_factory=dict)
+    maps: dict[str, LayerMaps] = field(default_factory=dict)
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temporary file, then rename; nothing is left on failure)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        data = dataclasses.asdict(self)
+        data["maps"] = {n: {**m.to_tensors("m"), "note": m.note} for n, m in self.maps.items()}
         with atomic_path(path) as tmp:
-            torch.save(dataclasses.asdict(self), tmp)
+            torch.save(data, tmp)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> Recording:
-        return cls(**torch.load(path, map_location="cpu", weights_only=True))
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        data["maps"] = {
+            n: LayerMaps.from_tensors(t, "m", t.get("note", ""))
+            for n, t in data.get("maps", {}).items()
+        }
+        return cls(**data)
 
 
 # -- fingerprints for the cache key ------------------------------------------------------------
@@ -330,10 +464,13 @@ def _pooled_hooks(
     pooling: dict[str, str],
     sink: dict[str, list],
     allow_nonfinite: bool = False,
+    top_maps: dict[str, _TopMaps] | None = None,
+    maps_k: int = GALLERY_SIZE,
 ) -> Iterator[None]:
     """Forward hooks that append each layer's pooled output (and LWTA wins) to ``sink``;
     a non-finite output stops the recording at the batch where it appears unless
-    ``allow_nonfinite``."""
+    ``allow_nonfinite``. With ``top_maps``, each layer with spatial extent also streams the
+    maps of its units' top images into it."""
     handles = []
 
     def make(name: str, module: nn.Module):
@@ -354,6 +491,17 @@ def _pooled_hooks(
             if isinstance(module, LWTA):
                 wins = pool_mask(module.last_mask, pooling[name], name)
                 sink[f"{name}#wins"].append(wins.cpu())
+            if top_maps is not None and pooled.dim() == 2:
+                maps = spatial_maps(output.detach(), model)
+                if maps is not None and maps.shape[:2] == pooled.shape:
+                    won = (
+                        spatial_maps(module.last_mask, model) if isinstance(module, LWTA) else None
+                    )
+                    if name not in top_maps:
+                        top_maps[name] = _TopMaps(maps_k, _maps_note(output, maps, model))
+                    top_maps[name].update(
+                        sink[name][-1], maps.cpu(), won.cpu() if won is not None else None
+                    )
 
         return hook
 
@@ -420,6 +568,7 @@ def record(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     allow_nonfinite: bool = False,
+    maps: int = GALLERY_SIZE,
 ) -> Recording:
     """Pooled activations of ``layers`` over the probe set, streamed in batches.
 
@@ -431,7 +580,10 @@ def record(
     winner masks. With ``cache_dir`` the result is cached under a content key. NaN or
     infinite activations raise :class:`~discover.errors.NonFiniteError` at the batch where
     they appear; ``allow_nonfinite=True`` records them with a warning instead (dissection
-    then leaves those units unlabelled, "not finite").
+    then leaves those units unlabelled, "not finite"). For every layer with spatial extent
+    (a conv map, or the patch tokens of a ViT/DeiT token layer) the result also keeps the
+    maps of each unit's ``maps`` top images (:class:`LayerMaps`; LWTA layers also where the
+    unit won its block), as a streaming top-k: their memory does not grow with the probe.
 
     Example:
         >>> rec = record(model, ["layer3.1.act2"], probe, pooling="avg")  # doctest: +SKIP
@@ -446,6 +598,7 @@ def record(
     if missing:
         raise InputError(f"no pooling given for layer(s) {', '.join(missing)}")
     require_int(batch_size, "record: batch_size")
+    require_int(maps, "record: maps", 0)
     if len(probe) == 0:
         raise InputError("the probe set is empty")
 
@@ -461,7 +614,8 @@ def record(
         "probe": probe_id,
         "n": len(probe),
         "transform": repr(getattr(probe, "transform", None)),
-        "version": 2,
+        "maps": maps,
+        "version": 3,
     }
     cache_file = None
     key = _cache_key(key_parts)
@@ -478,6 +632,7 @@ def record(
     was_training = model.training
     model.to(device).eval()
     sink: dict[str, list] = {n: [] for n in modules}
+    top_maps: dict[str, _TopMaps] | None = {} if maps else None
     sink.update({f"{n}#wins": [] for n, m in modules.items() if isinstance(m, LWTA)})
     loader = DataLoader(probe, batch_size=batch_size, shuffle=False, num_workers=workers)
     batches = loader
@@ -490,7 +645,7 @@ def record(
         with (
             eval_policy(model, policy),
             capture_winners(model),
-            _pooled_hooks(model, modules, pooling, sink, allow_nonfinite),
+            _pooled_hooks(model, modules, pooling, sink, allow_nonfinite, top_maps, maps),
         ):
             for batch in batches:
                 images = batch[0] if isinstance(batch, (list, tuple)) else batch
@@ -516,6 +671,7 @@ def record(
         activations={n: torch.cat(sink[n]) for n in modules},
         wins={n: torch.cat(sink[f"{n}#wins"]) for n in modules if f"{n}#wins" in sink},
         pooling=dict(pooling),
+        maps={n: t.result() for n, t in (top_maps or {}).items()},
         meta={
             **{k: v for k, v in key_parts.items() if k != "model" and v is not None},
             **({"model_sha256": key_parts["model"]} if caching else {}),

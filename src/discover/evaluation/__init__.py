@@ -1,17 +1,26 @@
 """Stage 5, measurement: classification accuracy, sparsity, description quality,
-explanation precision, planted-concept recovery, ground-truth scores and similarity sanity
-tests.
+explanation precision, planted-concept recovery, ground-truth scores, similarity sanity
+tests and Network-Dissection localization (IoU with pixel masks).
 
 Imports the earlier stages, never :mod:`discover.report`.
 """
 
 from __future__ import annotations
 
-from . import classification, descriptions, explanations, groundtruth, planted, sparsity
+from . import (
+    classification,
+    descriptions,
+    explanations,
+    groundtruth,
+    localization,
+    planted,
+    sparsity,
+)
 from .classification import *  # noqa: F403
 from .descriptions import *  # noqa: F403
 from .explanations import *  # noqa: F403
 from .groundtruth import *  # noqa: F403
+from .localization import *  # noqa: F403
 from .planted import *  # noqa: F403
 from .sparsity import *  # noqa: F403
 
@@ -20,6 +29,7 @@ __all__ = [
     *descriptions.__all__,
     *explanations.__all__,
     *groundtruth.__all__,
+    *localization.__all__,
     *planted.__all__,
     *sparsity.__all__,
 ]

@@ -262,25 +262,26 @@ def test_to_dict_follows_the_report_schema_and_round_trips():
     )
     data = json.loads(json.dumps(e.to_dict()))
     assert set(data) == {
-        "image", "model", "prediction", "target", "policy", "layers", "contributions"
+        "image", "model", "prediction", "target", "policy", "layers", "contributions",
+        "class_evidence",
     }  # fmt: skip
     assert data["image"] == "shapes[7]" and data["target"] == {"index": 2, "label": "star"}
     assert set(data["prediction"]) == {"index", "label", "probability"}
     assert data["prediction"]["label"] in ("circle", "square", "star")
     layer = data["layers"][0]
     assert set(layer) == {
-        "layer", "kind", "units", "active", "active_fraction", "threshold", "winners"
+        "layer", "kind", "units", "active", "active_fraction", "threshold", "winners", "maps"
     }  # fmt: skip
     assert set(layer["winners"][0]) == {
         "unit", "block", "activation", "label", "score", "probe_percentile", "abstained",
-        "candidates", "seen",
+        "candidates", "seen", "map",
     }  # fmt: skip
     assert set(data["contributions"]) == {
         "layer", "class_index", "class_label", "logit", "bias", "explained_share", "units"
     }  # fmt: skip
     assert set(data["contributions"]["units"][0]) == {
         "unit", "label", "activation", "weight", "contribution", "abstained", "candidates", "seen",
-        "probe_percentile",
+        "probe_percentile", "map",
     }  # fmt: skip
     assert Explanation.from_dict(data) == e
 
@@ -615,3 +616,97 @@ def test_control_characters_in_labels_never_reach_the_terminal(capsys):
     assert "red" in out.getvalue() and "\x1b" not in out.getvalue()
     say("label:", "red\x1b[2J\x07")
     assert capsys.readouterr().out == "label: red\\x1b[2J\\x07\n"
+
+
+# -- where units fired (issue 23) ---------------------------------------------------------------
+def test_winners_carry_their_maps_and_dense_layers_say_they_have_none():
+    model = _resnet(U=4)
+    x = torch.randn(2, 3, 16, 16)
+    [e, _] = explain(model, x, _fake_dissection(model, ["layer2.0.act2"]), top=None)
+    layer = e.layer("layer2.0.act2")
+    assert layer.maps == "conv map 8x8"
+    for w in layer.winners:
+        grid = torch.tensor(w.map)
+        assert grid.shape == (8, 8)
+        assert abs(float(grid.mean()) - w.activation) < 1e-3  # avg pooling of this very map
+    assert all(u.map is not None for u in e.contributions.units)  # the features before pooling
+    assert e.class_evidence["method"] == "Grad-CAM"
+    assert torch.tensor(e.class_evidence["map"]).shape == (4, 4)  # the last conv map (16 px / 4)
+
+
+def test_class_evidence_is_grad_cam_of_the_predicted_class():
+    """captum's LayerGradCam, checked against Grad-CAM computed by hand: relu of the
+    activations weighted by the class logit's mean gradient per channel."""
+    torch.manual_seed(0)
+    model = _resnet(U=1).eval()
+    x = torch.randn(1, 3, 16, 16)
+    [e] = explain(model, x)
+    layer = dict(model.named_modules())[e.class_evidence["layer"]]
+    kept = {}
+    handle = layer.register_forward_hook(lambda m, i, o: kept.update(out=o))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(logits[0, e.prediction["index"]], kept["out"])
+    weights = grad.mean(dim=(2, 3), keepdim=True)
+    expected = (weights * kept["out"]).sum(dim=1)[0].clamp_min(0)
+    assert torch.allclose(torch.tensor(e.class_evidence["map"]), expected.detach(), atol=1e-4)
+
+
+def test_token_models_have_patch_grid_maps_and_say_why_no_grad_cam():
+    model = _vit(U=4)
+    [e] = explain(model, torch.randn(1, 3, 16, 16), top=3)
+    row = e.layers[0]
+    assert row.maps.startswith("patch grid")
+    assert torch.tensor(row.winners[0].map).dim() == 2
+    assert "token layer" in e.class_evidence["note"] and "map" not in e.class_evidence
+    assert "evidence for" in str(e)
+
+
+def test_a_planted_red_unit_fires_where_the_red_object_is():
+    """A hand-built unit that responds only to red pixels: its map, and the class evidence
+    of the class it drives, peak in the part of the image holding the red object."""
+    from discover.data import ShapesWorld
+    from discover.data.transforms import DataConfig
+
+    class RedNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 1)
+            with torch.no_grad():
+                self.conv.weight.copy_(torch.tensor([[1.0, -2.0, -2.0], [0.0, 0.0, 0.0]])[..., None, None])
+                self.conv.bias.copy_(torch.tensor([-0.2, -1.0]))
+            self.act = torch.nn.ReLU()
+            self.pool = torch.nn.AdaptiveAvgPool2d(1)
+            self.fc = torch.nn.Linear(2, 2)
+            with torch.no_grad():
+                self.fc.weight.copy_(torch.eye(2))
+                self.fc.bias.zero_()
+            self.data_config = DataConfig(input_size=(3, 48, 48), mean=(0.0,), std=(1.0,))
+
+        def forward(self, x):
+            return self.fc(self.pool(self.act(self.conv(x))).flatten(1))
+
+    probe = ShapesWorld(n=200, image_size=48, split="val", colours=("red",),
+                        background_colours=("white", "blue", "green"), textures=("plain",))  # fmt: skip
+    found = 0
+    for i in range(len(probe)):
+        factors = probe.factors(i)
+        if factors.position in ("center",):
+            continue
+        [e] = explain(RedNet(), [probe[i][0]], layers=["act"], top=2)
+        assert e.prediction["label"] == "class 0"
+        red = next(w for w in e.layer("act").winners if w.unit == 0)
+        assert red.where == factors.position, (i, factors)
+        assert _where_of(e.class_evidence["map"]) == factors.position
+        found += 1
+        if found == 4:
+            break
+    assert found == 4
+
+
+def _where_of(grid):
+    from discover.explanation import _where
+
+    return _where(grid)

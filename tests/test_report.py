@@ -133,9 +133,12 @@ def test_gallery_lists_units_by_score_with_their_top_images(built, report_dir):
     assert sorted(u for u, _ in cards) == sorted(rows)
     scores = [rows[u].score for u in live]
     assert scores == sorted(scores, reverse=True)
+    from discover.dissection.recording import top_images
+
+    expected = top_images(Q, 5)  # best first, ties to the lower index: the maps' order
     for unit, shown in cards:
         if unit in live:
-            assert shown == Q[:, unit].topk(5).indices.tolist()
+            assert shown == expected[unit].tolist()
     text = page.read_text()
     assert "wins its block" in text and "U = 2" in text
     assert "All 8 units" in text
@@ -411,3 +414,52 @@ def test_sections_named_like_the_reports_own_files_get_other_folders(built, tmp_
         for link in links.links:
             if "://" not in link and not link.startswith(("#", "data:")):
                 assert (page.parent / link.split("#")[0]).exists(), (page, link)
+
+
+def test_galleries_show_where_each_unit_fired(built, report_dir):
+    """Issue 23: a conv layer's gallery shows each top image with the unit's heatmap (from the
+    dissection's saved maps, no model run), a legend, and a layer without maps says so."""
+    from PIL import Image
+
+    sections, _, _ = built
+    maps = sections[0].dissection.maps["act1"]
+    page = next(p for p in report_dir.glob("*/act1.html") if "CVN" in p.parent.name)
+    text = page.read_text()
+    heat = re.findall(r'<img class="pixel heatmap" src="([^"]+)"', text)
+    live = int((maps.maps.flatten(1).amax(1) > 0).sum())
+    assert len(heat) == 5 * live and "heat-legend.png" in text
+    assert "cyan outline marks where it exceeds half" in text
+    for src in heat:
+        unit, index = map(int, Path(src).stem.split("_"))
+        assert index in maps.indices[unit].tolist()
+        with Image.open(page.parent / src) as image:
+            assert image.size[0] > 0 and image.mode == "RGB"
+    assert (page.parent / "heat-legend.png").is_file()
+    fc = next(p for p in report_dir.glob("*/act2.html") if "CVN" in p.parent.name).read_text()
+    assert "No maps: this layer has no spatial extent" in fc and "heatmap" not in fc
+
+
+def test_heatmap_outlines_the_region_above_half_the_peak(tmp_path):
+    from PIL import Image
+
+    from discover.report.writer import _heatmap_png
+
+    heat = np.zeros((4, 4), dtype=np.float32)
+    heat[1:3, 1:3] = 1.0
+    _heatmap_png(Image.new("RGB", (40, 40), (128, 128, 128)), heat, tmp_path / "h.png")
+    with Image.open(tmp_path / "h.png") as image:
+        pixels = np.asarray(image)
+    cyan = (pixels == (0, 255, 255)).all(axis=-1)
+    assert cyan.any() and not cyan[:8].any() and not cyan[-8:].any()  # around the centre only
+    assert pixels[20, 20].sum() > pixels[2, 2].sum()  # bright where the unit fired
+
+
+def test_explanation_pages_show_where_units_fired_and_the_class_evidence(report_dir):
+    pages = sorted((report_dir / "explanations").glob("*.html"))
+    text = pages[0].read_text()
+    assert '<img class="pixel explained heatmap"' in text and "Grad-CAM at act1" in text
+    thumbs = re.findall(r'<img class="pixel heatmap heatthumb" src="([^"]+)"', text)
+    assert thumbs and all((pages[0].parent / src).is_file() for src in thumbs)
+    assert "Maps: conv map 24x24" in text  # act1, at the 24 px probe size
+    assert "Maps: no spatial map: this layer has no spatial extent" in text  # act2 is dense
+    assert (report_dir / "explanations" / "heat-legend.png").is_file()

@@ -111,7 +111,7 @@ def _check_pages(browser, report, tmp_path):
     pages = sorted(report.rglob("*.html"))
     assert len(pages) == 1 + 4 + 4  # overview, 2 sections x 2 layers, 4 explanations
     browser.get_log("browser")  # start from an empty console
-    rendered = 0
+    rendered = heatmaps = 0
     for page in pages:
         browser.get(page.as_uri())
         _wait_until_loaded(browser)
@@ -123,11 +123,13 @@ def _check_pages(browser, report, tmp_path):
         broken = [src for src, complete, w, h in images if not (complete and w > 0 and h > 0)]
         assert not broken, f"{page.relative_to(report)}: images that did not render: {broken}"
         rendered += len(images)
+        heatmaps += browser.execute_script("return document.querySelectorAll('img.heatmap').length")
         if page.name == "index.html" and page.parent == report:
             body = browser.find_element("tag name", "body").text
             assert SCRIPT in body and QUOTES in body  # shown as text, never run as markup
             assert browser.title == "DISCOVER report"
     assert rendered > 100
+    assert heatmaps > 20  # the conv layers' galleries show where units fired (issue 23)
 
     browser.get((report / "index.html").as_uri())
     _wait_until_loaded(browser)

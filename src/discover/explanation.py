@@ -61,6 +61,7 @@ from discover.dissection.recording import (
     pool,
     pool_mask,
     resolve_layers,
+    spatial_maps,
     suggested_pooling,
 )
 from discover.dissection.sae import SAE, as_sae
@@ -114,11 +115,20 @@ class Winner:
     seen: list[tuple[str, float]] | None = None
     """The candidates by how strongly the embedder sees them in this image (standardised
     score, highest first); ``None`` without ``explain(embedder=...)``."""
+    map: list[list[float]] | None = None
+    """Where it fired on this image: its activation map (``h x w``, the layer's own
+    resolution; see :func:`~discover.dissection.recording.spatial_maps`); ``None`` for a
+    layer without spatial extent."""
 
     @property
     def conditioned_label(self) -> str | None:
         """The candidate this image shows most (``None`` without conditioning)."""
         return self.seen[0][0] if self.seen else None
+
+    @property
+    def where(self) -> str | None:
+        """The 3 x 3 part of the image where it fired most (``"top left"``, ...)."""
+        return _where(self.map)
 
 
 @dataclass
@@ -132,6 +142,8 @@ class LayerExplanation:
     active_fraction: float
     threshold: float | None
     winners: list[Winner] = field(default_factory=list)
+    maps: str | None = None
+    """What the winners' maps are (``"conv map 8x8"``, a patch grid), or why there are none."""
 
 
 @dataclass
@@ -147,11 +159,17 @@ class UnitContribution:
     candidates: list[str] = field(default_factory=list)
     seen: list[tuple[str, float]] | None = None  # as Winner.seen
     probe_percentile: float | None = None  # as Winner.probe_percentile
+    map: list[list[float]] | None = None  # as Winner.map: the feature before pooling
 
     @property
     def conditioned_label(self) -> str | None:
         """The candidate this image shows most (``None`` without conditioning)."""
         return self.seen[0][0] if self.seen else None
+
+    @property
+    def where(self) -> str | None:
+        """As :attr:`Winner.where`."""
+        return _where(self.map)
 
 
 @dataclass
@@ -182,6 +200,9 @@ class Explanation:
     policy: str | None
     layers: list[LayerExplanation]
     contributions: Contributions | None = None
+    class_evidence: dict[str, Any] | None = None
+    """Where the image holds evidence for the predicted class: ``{"method", "layer",
+    "class", "map"}`` (Grad-CAM, ``h x w``) or ``{"note"}`` saying why there is none."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (see the module docstring for the meaning of the fields)."""
@@ -232,19 +253,30 @@ class Explanation:
                 block = "" if w.block is None else f"block {w.block:>4}  "
                 score = "" if w.score is None else f"  ({w.score:.3g})"
                 pct = "" if w.probe_percentile is None else f"  p{100 * w.probe_percentile:.0f}"
+                where = f"  [{w.where}]" if w.where else ""
                 lines.append(
                     f"    unit {w.unit:>5}  {block}{w.activation:>+10.4f}{pct}  "
-                    f"{_shown(w.label, w.abstained, w.candidates)}{score}{_seen_text(w.seen)}"
+                    f"{_shown(w.label, w.abstained, w.candidates)}{score}{where}"
+                    f"{_seen_text(w.seen)}"
                 )
         c = self.contributions
         if c is not None:
             lines.append(_contributions_title(c))
             for u in c.units:
+                where = f"  [{u.where}]" if u.where else ""
                 lines.append(
                     f"    unit {u.unit:>5}  {u.activation:>+9.4f} x {u.weight:>+8.4f} = "
                     f"{u.contribution:>+9.4f}  {_shown(u.label, u.abstained, u.candidates)}"
-                    f"{_seen_text(u.seen)}"
+                    f"{where}{_seen_text(u.seen)}"
                 )
+        evidence = self.class_evidence
+        if evidence is not None:
+            lines.append(
+                f"  evidence for {self.prediction['label']!r} ({evidence['method']} at "
+                f"{evidence['layer']}): strongest at the {_where(evidence['map'])}"
+                if "map" in evidence
+                else f"  evidence for {self.prediction['label']!r}: {evidence['note']}"
+            )
         return printable("\n".join(lines))  # labels and file names are untrusted
 
     __str__ = to_text
@@ -293,6 +325,83 @@ class Explanation:
                 )
             parts.append(table)
         return Group(*parts)
+
+
+_ROWS, _COLUMNS = ("top", "middle", "bottom"), ("left", "center", "right")
+
+
+def _where(grid: list[list[float]] | None) -> str | None:
+    """The 3 x 3 part of a map where it fires: the centre of mass of its values at or above
+    half its peak, named like Shapes positions (``"top left"``, ..., ``"center"``)."""
+    if not grid or not grid[0]:
+        return None
+    values = torch.tensor(grid, dtype=torch.float64)
+    peak = float(values.max())
+    if peak <= 0:
+        return None
+    weights = torch.where(values >= peak / 2, values, torch.zeros_like(values))
+    h, w = values.shape
+    ys = (torch.arange(h, dtype=torch.float64) + 0.5)[:, None]
+    xs = (torch.arange(w, dtype=torch.float64) + 0.5)[None, :]
+    total = float(weights.sum())
+    cy, cx = float((weights * ys).sum()) / total, float((weights * xs).sum()) / total
+    name = f"{_ROWS[min(int(3 * cy / h), 2)]} {_COLUMNS[min(int(3 * cx / w), 2)]}"
+    return "center" if name == "middle center" else name
+
+
+def _as_grid(values: torch.Tensor) -> list[list[float]]:
+    return [[round(float(v), 4) for v in row] for row in values.tolist()]
+
+
+def _last_spatial_layer(model: nn.Module, example: torch.Tensor) -> tuple[str, int] | None:
+    """The last leaf module (in execution order) whose output has spatial extent (more than
+    one position), with its rank (4: a conv map, 3: tokens); ``None`` when none has."""
+    order: list[tuple[str, int]] = []
+    handles = []
+    for name, module in model.named_modules():
+        if not name or list(module.children()):
+            continue
+
+        def hook(_m, _i, out, name=name):
+            maps = spatial_maps(out, model) if isinstance(out, torch.Tensor) else None
+            if maps is not None and maps.shape[-2:].numel() > 1:  # not a pooled 1 x 1 map
+                order.append((name, out.dim()))
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            _forward(model, example)  # inputs the model cannot take: a clear error
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order[-1] if order else None
+
+
+def _class_evidence(
+    model: nn.Module, batch: torch.Tensor, classes: list[int], layer: tuple[str, int] | None
+) -> list[dict[str, Any]]:
+    """Grad-CAM (captum's ``LayerGradCam``) of each image's class at the last conv map."""
+    if layer is None:
+        return [{"note": "no layer with spatial extent: no map"}] * len(batch)
+    name, rank = layer
+    if rank != 4:
+        return [
+            {
+                "note": f"the last spatial layer ({name}) is a token layer; Grad-CAM needs a "
+                "conv feature map, so no class-evidence map is drawn"
+            }
+        ] * len(batch)
+    from captum.attr import LayerGradCam
+
+    module = dict(model.named_modules())[name]
+    with torch.enable_grad():
+        cams = LayerGradCam(model, module).attribute(
+            batch.clone().requires_grad_(True), target=classes, relu_attributions=True
+        )
+    return [
+        {"method": "Grad-CAM", "layer": name, "class": cls, "map": _as_grid(cam[0].detach())}
+        for cls, cam in zip(classes, cams, strict=True)
+    ]
 
 
 def _with_pairs(cls: type, data: dict[str, Any]) -> Any:
@@ -780,12 +889,28 @@ def explain(
     model.to(device).eval()
     if sae is not None:
         sae.to(device).eval()
-    policy_ctx = eval_policy(model, policy) if lwta else contextlib.nullcontext()
-    torch.manual_seed(seed)
+    def policy_ctx() -> contextlib.AbstractContextManager:
+        return eval_policy(model, policy) if lwta else contextlib.nullcontext()
+
     try:
-        with policy_ctx, capture_winners(model) as captured, _capture(modules, classifier) as store:
+        with policy_ctx():
+            last_spatial = _last_spatial_layer(model, batch[:1].to(device))
+        recorded = dict(modules)
+        if last_spatial is not None:  # its maps show where the classifier's features fired
+            recorded.setdefault(last_spatial[0], named[last_spatial[0]])
+        torch.manual_seed(seed)
+        with (
+            policy_ctx(),
+            capture_winners(model) as captured,
+            _capture(recorded, classifier) as store,
+        ):
             logits = _forward(model, batch.to(device))
             masks = {n: captured[n].last_mask.clone() for n in modules if n in captured}
+        torch.manual_seed(seed)  # the same winners as the pass above
+        with policy_ctx():
+            evidence = _class_evidence(
+                model, batch.to(device), [int(c) for c in logits.argmax(dim=1)], last_spatial
+            )
     finally:
         model.train(was_training)
     if logits.dim() != 2:
@@ -852,7 +977,21 @@ def explain(
             "fraction": raw_active.reshape(len(batch), -1).float().mean(dim=1),
         }
 
+    spatial: dict[str, torch.Tensor] = {}
+    for name in recorded:
+        if len(store[name]) == 1 and not (sae is not None and name == sae.layer):
+            found = spatial_maps(store[name][0].float(), model)
+            if found is not None:
+                spatial[name] = found.cpu()
     head = _classifier_features(store, logits, classifier, per_layer, threshold)
+    head_maps = None
+    if head is not None:
+        width = head["features"].shape[1]
+        candidates_maps = [head["layer"]] + ([last_spatial[0]] if last_spatial else [])
+        for name in candidates_maps:
+            if name in spatial and spatial[name].shape[1] == width:
+                head_maps = spatial[name]  # the classifier's features before pooling
+                break
     for name, data in per_layer.items():  # each unit's share of the probe below it, at once
         probe_q = dissection.activations.get(name) if dissection is not None else None
         data["percentile"] = _percentiles(probe_q, data["pooled"])
@@ -880,6 +1019,15 @@ def explain(
                 )
                 for unit in listed
             ]
+            if name in spatial:
+                for w in winners:
+                    w.map = _as_grid(spatial[name][i, w.unit])
+                h, w_ = spatial[name].shape[-2:]
+                maps_note = f"{'conv map' if store[name][0].dim() == 4 else 'patch grid'} {h}x{w_}"
+            elif kind == "sae":
+                maps_note = "no spatial maps: SAE latents"
+            else:
+                maps_note = "no spatial map: this layer has no spatial extent"
             rows.append(
                 LayerExplanation(
                     layer=name,
@@ -889,9 +1037,27 @@ def explain(
                     active_fraction=float(data["fraction"][i]),
                     threshold=float(threshold) if kind == "dense" else None,
                     winners=winners,
+                    maps=maps_note,
                 )
             )
         predicted = int(logits[i].argmax())
+        contributions = (
+            None
+            if head is None
+            else _contributions(
+                head,
+                i,
+                predicted,
+                class_names,
+                index,
+                top,
+                per_layer[head["layer"]]["percentile"] if head["layer"] in per_layer else None,
+                min_percentile,
+            )
+        )
+        if contributions is not None and head_maps is not None:
+            for u in contributions.units:
+                u.map = _as_grid(head_maps[i, u.unit])
         explanations.append(
             Explanation(
                 image=names[i],
@@ -906,18 +1072,10 @@ def explain(
                 else {"index": int(targets[i]), "label": class_names[int(targets[i])]},
                 policy=policy if lwta else None,
                 layers=rows,
-                contributions=None
-                if head is None
-                else _contributions(
-                    head,
-                    i,
-                    predicted,
-                    class_names,
-                    index,
-                    top,
-                    per_layer[head["layer"]]["percentile"] if head["layer"] in per_layer else None,
-                    min_percentile,
-                ),
+                contributions=contributions,
+                class_evidence={**evidence[i], "class": class_names[predicted]}
+                if "map" in evidence[i]
+                else evidence[i],
             )
         )
     if embedder is not None:

@@ -290,10 +290,11 @@ def localization_iou(
 
 
 class _Capture:
-    """Forward hooks that keep each layer's spatial maps of the current batch."""
+    """Forward hooks that keep each layer's spatial maps of the current batch (an SAE's
+    layer: its latents' maps)."""
 
-    def __init__(self, model: nn.Module, modules: dict[str, nn.Module]) -> None:
-        self.model, self.modules = model, modules
+    def __init__(self, model: nn.Module, modules: dict[str, nn.Module], sae: Any = None) -> None:
+        self.model, self.modules, self.sae = model, modules, sae
         self.maps: dict[str, Tensor] = {}
         self.handles: list[Any] = []
 
@@ -301,6 +302,8 @@ class _Capture:
         for name, module in self.modules.items():
 
             def hook(_m, _i, out, name=name):
+                if isinstance(out, Tensor) and self.sae is not None and name == self.sae.layer:
+                    out = self.sae.latent_map(out.detach())
                 maps = spatial_maps(out.detach(), self.model) if isinstance(out, Tensor) else None
                 if maps is None:
                     raise InputError(
@@ -337,6 +340,7 @@ def evaluate_localization(
     allow_mismatch: bool = False,
     save: bool = True,
     progress: bool = False,
+    sae: Any = None,
 ) -> LocalizationReport:
     """Network-Dissection IoU of a dissection's spatial layers on its annotated probe.
 
@@ -344,6 +348,8 @@ def evaluate_localization(
     (``concept_masks(i)`` and ``concept_names``, like ShapesWorld). The model runs twice
     over it (thresholds, then IoU; see the module docstring). With ``dissection`` a folder
     and ``save``, ``localization.json`` and ``localization_units.csv`` are written into it.
+    With ``sae`` (the :class:`~discover.dissection.sae.SAE` a dissection labelled), its
+    latents' per-position maps on its layer are the units.
 
     Raises:
         InputError: a probe without masks or not the dissection's, a layer without spatial
@@ -367,10 +373,15 @@ def evaluate_localization(
     require_int(batch_size, "evaluate_localization: batch_size")
     dissection.check_model(model, allow_mismatch=allow_mismatch)
     fingerprint = dissection.check_probe(probe)
+    if sae is not None:
+        from discover.dissection.sae import as_sae
+
+        sae = as_sae(sae)
+    with_maps = set(dissection.maps) | ({sae.layer} if sae is not None else set())
     names = (
         list(layers)
         if layers is not None
-        else [name for name in dissection.layers if name in dissection.maps]
+        else [name for name in dissection.layers if name in with_maps]
     )
     if not names:
         raise InputError(
@@ -380,7 +391,7 @@ def evaluate_localization(
     unknown = [n for n in names if n not in dissection.layers]
     if unknown:
         raise InputError(f"layers not in the dissection: {', '.join(unknown)}")
-    flat = [n for n in names if n not in dissection.maps]
+    flat = [n for n in names if n not in with_maps]
     if flat:
         raise InputError(
             f"--localization: layer(s) {', '.join(flat)} have no spatial maps in the "
@@ -412,7 +423,7 @@ def evaluate_localization(
             torch.no_grad(),
             eval_policy(model, policy),
             capture_winners(model),
-            _Capture(model, modules) as capture,
+            _Capture(model, modules, sae) as capture,
         ):
             for batch in items:
                 images = batch[0] if isinstance(batch, (list, tuple)) else batch

@@ -44,6 +44,7 @@ from discover import __version__
 from discover._utils import staged_dir
 from discover.data.folders import ImageTooLargeError, open_image
 from discover.dissection.core import DissectedLayer, Dissection, UnitDescription
+from discover.dissection.recording import top_images
 from discover.errors import InputError
 from discover.evaluation.explanations import ExplanationScores
 from discover.evaluation.groundtruth import GroundTruthReport, LayerGroundTruth, saved_groundtruth
@@ -445,6 +446,53 @@ def _probe_image(probe: Dataset, index: int) -> Any:
     return item[0] if isinstance(item, (tuple, list)) else item
 
 
+HEAT_COLORMAP = "inferno"
+"""The heatmaps' colour map: perceptually uniform, dark (the unit silent) to bright (its
+peak), readable in greyscale and by colour-blind readers."""
+HEAT_ALPHA = 0.6
+HEAT_OUTLINE = 0.5
+"""The outline on a heatmap marks where the unit exceeds this fraction of its peak over its
+top images (a NetDissect-style thresholded region)."""
+
+
+def _heatmap_png(image: Any, heat: np.ndarray, path: Path) -> None:
+    """``image`` (PIL) with ``heat`` (``h x w`` in [0, 1]) upsampled over it in
+    :data:`HEAT_COLORMAP` and the region above :data:`HEAT_OUTLINE` outlined in cyan."""
+    from matplotlib import colormaps
+
+    size = image.size
+    up = Image.fromarray(heat.astype(np.float32), mode="F").resize(size, Image.BILINEAR)
+    values = np.clip(np.asarray(up), 0.0, 1.0)
+    colours = (colormaps[HEAT_COLORMAP](values)[..., :3] * 255).astype(np.float32)
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    blend = (1 - HEAT_ALPHA) * base + HEAT_ALPHA * colours
+    inside = values > HEAT_OUTLINE
+    eroded = inside.copy()
+    eroded[1:, :] &= inside[:-1, :]
+    eroded[:-1, :] &= inside[1:, :]
+    eroded[:, 1:] &= inside[:, :-1]
+    eroded[:, :-1] &= inside[:, 1:]
+    blend[inside & ~eroded] = (0, 255, 255)
+    Image.fromarray(np.rint(blend).astype(np.uint8)).save(path)
+
+
+def _heat_legend_png(path: Path, size=(168, 30)) -> None:
+    """The heatmaps' colour bar: 0 (silent) to 1 (the unit's peak), the outline level marked."""
+    from matplotlib import colormaps
+
+    width, height = size
+    ramp = np.linspace(0.0, 1.0, width)
+    bar = (colormaps[HEAT_COLORMAP](ramp)[:, :3] * 255).astype(np.uint8)
+    image = Image.new("RGB", size, (255, 255, 255))
+    image.paste(Image.fromarray(np.repeat(bar[None], height - 12, axis=0)), (0, 0))
+    draw = ImageDraw.Draw(image)
+    x = round(HEAT_OUTLINE * (width - 1))
+    draw.line([x, 0, x, height - 12], fill=(0, 255, 255), width=2)
+    draw.text((0, height - 11), "0", fill=(60, 60, 60))
+    draw.text((width - 8, height - 11), "1", fill=(60, 60, 60))
+    image.save(path)
+
+
 def _histogram_png(values: np.ndarray, path: Path, bins: int, size=(168, 44)) -> dict[str, Any]:
     """A small activation histogram drawn straight into a PNG (a few hundred per second).
 
@@ -627,6 +675,8 @@ class _Writer:
             )
             layer_views.append(view)
 
+        if dissection.maps:
+            _heat_legend_png(folder / "heat-legend.png")
         pages = {v["layer"]: f"{slug}/{v['page']}" for v in layer_views}
         sparsity_rows = [
             {"layer": name, "fraction": float(frac), "U": lwta.get(name), "page": pages.get(name)}
@@ -751,26 +801,35 @@ class _Writer:
         dead = (Q.abs().sum(0) == 0).numpy()
         order = sorted(rows, key=lambda u: (bool(dead[u.unit]), -_finite(u.score), u.unit))
         shown = order if cfg.max_units is None else order[: cfg.max_units]
-        k = min(cfg.top_images, Q.shape[0])
-        top_values, top_index = Q.topk(k, dim=0)
+        top_index = top_images(Q, cfg.top_images).T  # (k, K), the order the maps were kept in
+        top_values = Q.gather(0, top_index)
         hist_dir = folder / "hist" / page
         hist_dir.mkdir(parents=True)
+        maps = section.dissection.maps.get(name)
+        heat_dir = folder / "heat" / page
+        if maps is not None:
+            heat_dir.mkdir(parents=True)
         cards = []
         for u in shown:
             column = Q[:, u.unit].numpy()
             hist = _histogram_png(column, hist_dir / f"{u.unit}.png", cfg.histogram_bins)
             images = []
             if not dead[u.unit]:
+                kept = maps.indices[u.unit].tolist() if maps is not None else []
+                peak = float(maps.maps[u.unit].max()) if maps is not None else 0.0
                 for value, idx in zip(
                     top_values[:, u.unit].tolist(), top_index[:, u.unit].tolist(), strict=True
                 ):
-                    images.append(
-                        {
-                            "src": self._save_probe(section, folder, idx, saved),
-                            "index": idx,
-                            "activation": value,
-                        }
-                    )
+                    src = self._save_probe(section, folder, idx, saved)
+                    heat = None
+                    if idx in kept and peak > 0:
+                        heat = f"heat/{page}/{u.unit}_{idx}.png"
+                        if not (folder / heat).exists():
+                            assert maps is not None
+                            unit_map = maps.maps[u.unit, kept.index(idx)].float().numpy() / peak
+                            with Image.open(folder / src) as thumb:
+                                _heatmap_png(thumb, unit_map, folder / heat)
+                    images.append({"src": src, "heat": heat, "index": idx, "activation": value})
             cards.append(
                 {
                     "unit": u.unit,
@@ -795,6 +854,8 @@ class _Writer:
             "page": f"{page}.html",
             "units": len(rows),
             "shown": len(cards),
+            "maps": maps.note if maps is not None else None,
+            "map_size": list(maps.maps.shape[-2:]) if maps is not None else None,
             "U": U,
             "sae": sae,
             "pooling": info.pooling,
@@ -832,20 +893,41 @@ class _Writer:
             return []
         folder = self.root / "explanations"
         folder.mkdir()
+        _heat_legend_png(folder / "heat-legend.png")
         pages = []
         for i, (data, image) in enumerate(self._bar(explanations, "explanations")):
             src = None
+            base = None
             if image is not None:
                 src = f"{i}.png"
-                to_pil(image, f"explanation {i}: image").save(folder / src)
+                base = to_pil(image, f"explanation {i}: image")
+                base.save(folder / src)
+
+            def heat(grid: Any, stem: str, base: Any = base) -> str | None:
+                """The map drawn over the explained image (each map to its own peak)."""
+                if base is None or not grid:
+                    return None
+                values = np.asarray(grid, dtype=np.float32)
+                peak = float(values.max())
+                if not np.isfinite(peak) or peak <= 0:
+                    return None
+                _heatmap_png(base, values / peak, folder / f"{stem}.png")
+                return f"{stem}.png"
+
+            evidence = dict(data.get("class_evidence") or {})
+            if evidence.get("map"):
+                evidence["heat"] = heat(evidence["map"], f"{i}-evidence")
             layers = []
-            for layer in data["layers"]:
-                winners = list(layer.get("winners") or [])
+            for j, layer in enumerate(data["layers"]):
+                winners = [
+                    {**w, "heat": heat(w.get("map"), f"{i}-l{j}-u{w['unit']}")}
+                    for w in list(layer.get("winners") or [])[: self.config.max_winners]
+                ]
                 layers.append(
                     {
                         **layer,
-                        "winners": winners[: self.config.max_winners],
-                        "total_winners": len(winners),
+                        "winners": winners,
+                        "total_winners": len(layer.get("winners") or []),
                     }
                 )
             contributions = data.get("contributions")
@@ -863,6 +945,7 @@ class _Writer:
                             "bar": 100 * abs(float(u.get("contribution", 0.0))) / peak
                             if peak
                             else 0,
+                            "heat": heat(u.get("map"), f"{i}-c{u.get('unit')}"),
                         }
                         for u in units
                     ],
@@ -880,6 +963,7 @@ class _Writer:
                 src=src,
                 layers=layers,
                 contributions=contributions,
+                evidence=evidence,
                 number=i,
                 total=len(explanations),
             )

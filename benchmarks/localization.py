@@ -27,7 +27,8 @@ each beside its shuffled-mask and random-unit baselines (see the evaluation's do
 Run (after ``benchmarks/accuracy.py --setting converged``; resumable subject by subject):
     python benchmarks/localization.py --runs benchmarks/runs/converged --jobs 2
     python benchmarks/localization.py --runs ... --render       # rebuild .md and .png
-Results: ``benchmarks/results/localization.{md,json,png}``.
+Results: ``benchmarks/results/localization.{md,json,png}`` and
+``localization_heatmaps.png`` (where the best detectors of one dense / CVN pair fire).
 """
 
 from __future__ import annotations
@@ -371,6 +372,67 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+FIGURE_SUBJECTS = (Subject("resnet", 0, "dense"), Subject("resnet", 0, "cvn", 4))
+FIGURE_LAYER = "layer3.0.act2"
+
+
+def figure(runs: Path, path: Path, units: int = 4) -> Path:
+    """Where the best detectors fire: for the dense ResNet and its CVN (U = 4, seed 0), the
+    ``units`` units of highest best IoU at ``layer3.0.act2``, each with its five top probe
+    images and the report's heatmaps (drawn from the dissection's saved maps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from discover import load_run
+    from discover.dissection import dissect
+    from discover.evaluation import evaluate_localization
+    from discover.report.writer import draw_heatmap, to_pil
+
+    probe = probe_set(PROBE_N, "test")
+    rows = []
+    for subject in FIGURE_SUBJECTS:
+        model = load_run(subject.run(runs)).model.eval()
+        dissection = dissect(
+            model, [FIGURE_LAYER], probe, "shapes", "annotations", null_repeats=0,
+            cache_dir=None, progress=False,
+        )  # fmt: skip
+        located = evaluate_localization(model, dissection, probe).layers[FIGURE_LAYER]
+        maps = dissection.maps[FIGURE_LAYER]
+        best = located.best_iou.argsort(descending=True)[:units].tolist()
+        for unit in best:
+            peak = float(maps.maps[unit].max()) or 1.0
+            pictures = [
+                draw_heatmap(
+                    to_pil(probe[int(i)][0]).resize((96, 96)), (maps.maps[unit, j] / peak).numpy()
+                )
+                for j, i in enumerate(maps.indices[unit].tolist())
+            ]
+            title = (
+                f"{subject.kind}{'' if subject.kind == 'dense' else f' U={subject.U}'} unit "
+                f"{unit}: {located.best_concepts[unit]} (IoU {float(located.best_iou[unit]):.2f})"
+            )
+            rows.append((title, pictures))
+    fig, axes = plt.subplots(len(rows), 5, figsize=(7.5, 1.65 * len(rows)), squeeze=False)
+    for (title, pictures), line in zip(rows, axes, strict=True):
+        for ax, picture in zip(line, pictures, strict=True):
+            ax.imshow(np.asarray(picture))
+            ax.set_xticks([])
+            ax.set_yticks([])
+        line[0].set_title(title, fontsize=7, loc="left")
+    fig.suptitle(
+        "Where the best detectors of small ResNet layer3.0.act2 fire on their top test images\n"
+        "(inferno: activation relative to the unit's peak; cyan: above half of it)",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
@@ -415,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += json.loads(file.read_text())["rows"]
     state = {**meta, "missing": missing, "rows": rows}
     print(write_report(state, args.out).read_text())
+    if all((r.run(args.runs) / "record.json").is_file() for r in FIGURE_SUBJECTS):
+        print(f"wrote {figure(args.runs, args.out / 'localization_heatmaps.png')}")
     return 0
 
 

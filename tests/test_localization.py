@@ -178,3 +178,29 @@ def test_cli_localization_of_a_training_run(tmp_path, capsys):
           "--run: only used with --localization")  # fmt: skip
     (folder / "maps.safetensors").unlink()
     fails(located, "the dissection has no layer with spatial maps")
+
+
+def test_the_report_shows_where_units_fire_from_the_saved_localization(planted, tmp_path):
+    import shutil
+
+    from discover.dissection.core import Dissection
+    from discover.evaluation.localization import saved_localization
+    from discover.report.writer import ReportSection, write_report
+
+    model, probe, folder = planted
+    copy = tmp_path / "dissection"
+    shutil.copytree(folder, copy)
+    evaluate_localization(model, copy, probe, quantile=_red_fraction(probe) * 1.05)
+    dissection = Dissection.load(copy)
+    assert saved_localization(dissection) is not None
+    out = write_report(
+        tmp_path / "report", [ReportSection("planted", None, dissection, probe)], progress=False
+    )
+    page = next(out.parent.glob("*/units.html")).read_text()
+    assert "Where units fire (Network Dissection)" in page
+    assert "<strong>1</strong> unique concept detectors" in page and ": red;" in page
+    assert "where it fires: red (IoU" in page and "a detector" in page
+    # a localization of other labels is ignored, with a warning
+    dissection.units[0].label = "square"
+    with pytest.warns(UserWarning, match="computed from another dissection"):
+        assert saved_localization(dissection) is None

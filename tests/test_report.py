@@ -442,11 +442,11 @@ def test_galleries_show_where_each_unit_fired(built, report_dir):
 def test_heatmap_outlines_the_region_above_half_the_peak(tmp_path):
     from PIL import Image
 
-    from discover.report.writer import _heatmap_png
+    from discover.report.writer import draw_heatmap
 
     heat = np.zeros((4, 4), dtype=np.float32)
     heat[1:3, 1:3] = 1.0
-    _heatmap_png(Image.new("RGB", (40, 40), (128, 128, 128)), heat, tmp_path / "h.png")
+    draw_heatmap(Image.new("RGB", (40, 40), (128, 128, 128)), heat).save(tmp_path / "h.png")
     with Image.open(tmp_path / "h.png") as image:
         pixels = np.asarray(image)
     cyan = (pixels == (0, 255, 255)).all(axis=-1)

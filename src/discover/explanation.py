@@ -889,6 +889,7 @@ def explain(
     model.to(device).eval()
     if sae is not None:
         sae.to(device).eval()
+
     def policy_ctx() -> contextlib.AbstractContextManager:
         return eval_policy(model, policy) if lwta else contextlib.nullcontext()
 

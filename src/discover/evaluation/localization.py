@@ -63,6 +63,7 @@ __all__ = [
     "LocalizationReport",
     "evaluate_localization",
     "localization_iou",
+    "saved_localization",
 ]
 
 DETECTOR_IOU = 0.04
@@ -501,4 +502,39 @@ def evaluate_localization(
     )
     if save and folder is not None:
         report.save(folder)
+    return report
+
+
+def saved_localization(dissection: Dissection) -> LocalizationReport | None:
+    """The localization saved in ``dissection``'s folder by :func:`evaluate_localization`, or
+    ``None`` when there is none. One computed from another dissection (the labels or the
+    number of units differ) or that cannot be read is ignored with a warning.
+
+    Example:
+        >>> report = saved_localization(Dissection.load("runs/u4/dissection"))  # doctest: +SKIP
+    """
+    import warnings
+
+    if dissection.folder is None or not (Path(dissection.folder) / LOCALIZATION_JSON).is_file():
+        return None
+    try:
+        report = LocalizationReport.load(dissection.folder)
+    except ValueError as error:
+        warnings.warn(f"{error}; ignoring it", UserWarning, stacklevel=2)
+        return None
+    for name, layer in report.layers.items():
+        shown = (
+            [None if u.abstained else u.label for u in dissection.layer(name)]
+            if name in dissection.layers
+            else None
+        )
+        if shown != layer.labels:
+            warnings.warn(
+                f"the localization in {dissection.folder} was computed from another dissection "
+                f"(layer {name}: other labels or units); ignoring it. Compute it again: "
+                f"`discover eval-descriptions {dissection.folder} --localization --run RUN`",
+                UserWarning,
+                stacklevel=2,
+            )
+            return None
     return report

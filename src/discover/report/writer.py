@@ -44,13 +44,14 @@ from discover import __version__
 from discover._utils import staged_dir
 from discover.data.folders import ImageTooLargeError, open_image
 from discover.dissection.core import DissectedLayer, Dissection, UnitDescription
-from discover.dissection.recording import top_images
+from discover.dissection.recording import GALLERY_SIZE, top_images
 from discover.errors import InputError
 from discover.evaluation.explanations import ExplanationScores
 from discover.evaluation.groundtruth import GroundTruthReport, LayerGroundTruth, saved_groundtruth
+from discover.evaluation.localization import LayerLocalization, saved_localization
 from discover.nn.models import count_parameters
 
-__all__ = ["ReportSection", "ReportConfig", "write_report"]
+__all__ = ["draw_heatmap", "ReportSection", "ReportConfig", "write_report"]
 
 GENERATOR = "discover.report.writer"
 """The ``generator`` key of ``report.json``: only folders that carry it are ever replaced."""
@@ -119,7 +120,7 @@ class ReportConfig:
         title: the report's title.
     """
 
-    top_images: int = 5
+    top_images: int = GALLERY_SIZE
     max_units: int | None = 128
     max_winners: int = 64
     histogram_bins: int = 40
@@ -455,10 +456,19 @@ HEAT_OUTLINE = 0.5
 top images (a NetDissect-style thresholded region)."""
 
 
-def _heatmap_png(image: Any, heat: np.ndarray, path: Path) -> None:
-    """``image`` (PIL) with ``heat`` (``h x w`` in [0, 1]) upsampled over it in
-    :data:`HEAT_COLORMAP` and the region above :data:`HEAT_OUTLINE` outlined in cyan."""
+def draw_heatmap(image: Any, heat: Any) -> Any:
+    """``image`` (PIL) with ``heat`` (an ``h x w`` array in [0, 1]) upsampled over it in
+    :data:`HEAT_COLORMAP` and the region above :data:`HEAT_OUTLINE` outlined in cyan; the
+    picture the report draws for a unit's map.
+
+    Example:
+        >>> from PIL import Image
+        >>> draw_heatmap(Image.new("RGB", (32, 32)), np.eye(4)).size
+        (32, 32)
+    """
     from matplotlib import colormaps
+
+    heat = np.asarray(heat, dtype=np.float32)
 
     size = image.size
     up = Image.fromarray(heat.astype(np.float32), mode="F").resize(size, Image.BILINEAR)
@@ -473,7 +483,7 @@ def _heatmap_png(image: Any, heat: np.ndarray, path: Path) -> None:
     eroded[:, 1:] &= inside[:, :-1]
     eroded[:, :-1] &= inside[:, 1:]
     blend[inside & ~eroded] = (0, 255, 255)
-    Image.fromarray(np.rint(blend).astype(np.uint8)).save(path)
+    return Image.fromarray(np.rint(blend).astype(np.uint8))
 
 
 def _heat_legend_png(path: Path, size=(168, 30)) -> None:
@@ -652,6 +662,8 @@ class _Writer:
         infos = {name: dissection.layer_info(name) for name in layers}
         truth = section.groundtruth or saved_groundtruth(dissection)
         truths = truth.layers if truth is not None else {}
+        located = saved_localization(dissection)
+        locations = located.layers if located is not None else {}
         lwta = {  # an SAE's latents are not LWTA units, whatever the layer under them is
             name: info.U for name, info in infos.items() if info.U and not info.sae
         }
@@ -672,6 +684,7 @@ class _Writer:
                 infos[name],
                 about.sae if infos[name].sae else None,
                 truths.get(name),
+                locations.get(name),
             )
             layer_views.append(view)
 
@@ -793,9 +806,11 @@ class _Writer:
         info: DissectedLayer,
         sae: dict[str, Any] | None = None,
         truth: LayerGroundTruth | None = None,
+        located: LayerLocalization | None = None,
     ) -> dict[str, Any]:
         cfg = self.config
         truths = {u.unit: u for u in truth.units} if truth is not None else {}
+        where = {row["unit"]: row for row in located.rows()} if located is not None else {}
         rows: list[UnitDescription] = section.dissection.layer(name)
         Q = Q.detach().float().cpu()
         dead = (Q.abs().sum(0) == 0).numpy()
@@ -828,7 +843,7 @@ class _Writer:
                             assert maps is not None
                             unit_map = maps.maps[u.unit, kept.index(idx)].float().numpy() / peak
                             with Image.open(folder / src) as thumb:
-                                _heatmap_png(thumb, unit_map, folder / heat)
+                                draw_heatmap(thumb, unit_map).save(folder / heat)
                     images.append({"src": src, "heat": heat, "index": idx, "activation": value})
             cards.append(
                 {
@@ -847,6 +862,7 @@ class _Writer:
                     "hist": f"hist/{page}/{u.unit}.png",
                     "hist_info": hist,
                     "truth": truths.get(u.unit),
+                    "where": where.get(u.unit),
                 }
             )
         view = {
@@ -862,6 +878,7 @@ class _Writer:
             "dead": int(dead[[u.unit for u in rows]].sum()),
             "mean_score": float(np.mean([_finite(u.score) for u in rows])),
             "truth": truth.summary() if truth is not None else None,
+            "localization": located.summary() if located is not None else None,
         }
         self._render(
             "layer.html",
@@ -911,7 +928,7 @@ class _Writer:
                 peak = float(values.max())
                 if not np.isfinite(peak) or peak <= 0:
                     return None
-                _heatmap_png(base, values / peak, folder / f"{stem}.png")
+                draw_heatmap(base, values / peak).save(folder / f"{stem}.png")
                 return f"{stem}.png"
 
             evidence = dict(data.get("class_evidence") or {})

@@ -433,10 +433,6 @@ def figure(runs: Path, path: Path, units: int = 4) -> Path:
     return path
 
 
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("benchmarks/runs/converged"))
@@ -459,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         with cf.ProcessPoolExecutor(
             max_workers=args.jobs,
             mp_context=context,
-            initializer=_init_worker,
+            initializer=torch.set_num_threads,
             initargs=(args.threads,),
         ) as pool:
             futures = {pool.submit(measure, s, args.runs, args.workdir): s for s in todo}

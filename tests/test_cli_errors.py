@@ -217,42 +217,36 @@ def test_explain_conditioning_needs_an_embedder_that_can_look(capsys, tmp_path, 
 
 def test_a_run_with_nan_weights_is_a_one_line_error(run, tmp_path, capsys):
     """Issue 22: evaluate used to report loss nan and exit 0; explain printed "(nan %)"."""
+    broken, key = _with_weight(run, tmp_path / "broken", float("nan"), lambda v: True)
+    _fails(capsys, ["evaluate", str(broken)], "non-finite weights", key)
+
+
+def _with_weight(run, out, value, pick):
+    """A copy of ``run`` whose first floating tensor that ``pick`` accepts is set to ``value``:
+    ``(folder, tensor name)``."""
     import shutil
 
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    broken = tmp_path / "broken"
-    shutil.copytree(run, broken)
-    weights = broken / "best.safetensors"
+    shutil.copytree(run, out)
+    weights = out / "best.safetensors"
     with safe_open(str(weights), framework="pt") as f:
         metadata = f.metadata()
     state = load_file(str(weights))
-    key = next(k for k, v in state.items() if v.is_floating_point())
-    state[key][...] = float("nan")
+    key = next(k for k, v in state.items() if v.is_floating_point() and pick(v))
+    state[key][...] = value
     save_file(state, str(weights), metadata=metadata)
-    _fails(capsys, ["evaluate", str(broken)], "non-finite weights", key)
+    return out, key
 
 
 def test_activations_that_overflow_are_stopped_where_they_appear(run, tmp_path, capsys):
     """Issue 22: finite weights can still give NaN or infinite activations (here a weight of
     3e38 overflows). Dissect stops at the recording, evaluate and explain at the logits;
     --allow-nonfinite dissects with a warning and leaves those units unlabelled."""
-    import shutil
-
     from PIL import Image
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
 
-    broken = tmp_path / "overflow"
-    shutil.copytree(run, broken)
-    weights = broken / "best.safetensors"
-    with safe_open(str(weights), framework="pt") as f:
-        metadata = f.metadata()
-    state = load_file(str(weights))
-    key = next(k for k, v in state.items() if v.is_floating_point() and v.dim() == 4)
-    state[key][...] = 3e38
-    save_file(state, str(weights), metadata=metadata)
+    broken, _ = _with_weight(run, tmp_path / "overflow", 3e38, lambda v: v.dim() == 4)
     _fails(capsys, ["evaluate", str(broken)], "evaluate: the model's outputs are NaN or infinite")
     argv = _dissect(broken, tmp_path)
     err = _fails(capsys, argv, "layer 'fc' produced NaN or infinite activations", "first at")

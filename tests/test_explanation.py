@@ -675,7 +675,9 @@ def test_a_planted_red_unit_fires_where_the_red_object_is():
             super().__init__()
             self.conv = torch.nn.Conv2d(3, 2, 1)
             with torch.no_grad():
-                self.conv.weight.copy_(torch.tensor([[1.0, -2.0, -2.0], [0.0, 0.0, 0.0]])[..., None, None])
+                self.conv.weight.copy_(
+                    torch.tensor([[1.0, -2.0, -2.0], [0.0, 0.0, 0.0]])[..., None, None]
+                )
                 self.conv.bias.copy_(torch.tensor([-0.2, -1.0]))
             self.act = torch.nn.ReLU()
             self.pool = torch.nn.AdaptiveAvgPool2d(1)

@@ -51,6 +51,7 @@ __all__ = [
     "import_extra",
     "require_int",
     "read_json",
+    "read_saved_result",
     "resolve_device",
     "replace_dir",
     "staged_dir",
@@ -398,6 +399,30 @@ def read_json(
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"{what} {path} is not valid JSON ({error}); was it cut short?") from None
+
+
+def read_saved_result(
+    out: str | os.PathLike[str], what: str, name: str, parse: Callable[[Any], T], redo: str
+) -> tuple[T, dict[str, Any], Path]:
+    """A result saved as JSON (the folder ``out`` holding ``name``, or the file itself):
+    ``(parse(data), data["meta"], folder)``; a file that ``parse`` cannot read is an
+    :class:`~discover.errors.InputError` naming it and the command that recomputes it.
+
+    Example:
+        >>> layers, meta, folder = read_saved_result(  # doctest: +SKIP
+        ...     "runs/u4/dissection", "localization report", "localization.json",
+        ...     lambda data: data["layers"], "discover eval-descriptions D --localization")
+    """
+    data = read_json(out, what, name=name)
+    try:
+        parsed = parse(data)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise InputError(
+            f"{what} {out} cannot be read ({type(error).__name__}: {error}): the file is damaged "
+            f"or not a {what}; compute it again with `{redo}`"
+        ) from None
+    folder = Path(out) if Path(out).is_dir() else Path(out).parent
+    return parsed, dict(data.get("meta") or {}), folder
 
 
 _SIMPLE_TYPES: dict[Any, tuple[type, ...]] = {

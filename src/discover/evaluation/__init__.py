@@ -12,6 +12,7 @@ from . import (
     descriptions,
     explanations,
     groundtruth,
+    layered,
     localization,
     planted,
     sparsity,
@@ -20,6 +21,7 @@ from .classification import *  # noqa: F403
 from .descriptions import *  # noqa: F403
 from .explanations import *  # noqa: F403
 from .groundtruth import *  # noqa: F403
+from .layered import *  # noqa: F403
 from .localization import *  # noqa: F403
 from .planted import *  # noqa: F403
 from .sparsity import *  # noqa: F403
@@ -29,6 +31,7 @@ __all__ = [
     *descriptions.__all__,
     *explanations.__all__,
     *groundtruth.__all__,
+    *layered.__all__,
     *localization.__all__,
     *planted.__all__,
     *sparsity.__all__,

@@ -101,6 +101,7 @@ from discover.dissection.core import Dissection
 from discover.dissection.embedders.annotations import probe_annotations
 from discover.dissection.similarity import DEFAULT_SIMILARITY, SIMILARITIES, get_similarity
 from discover.errors import InputError
+from discover.evaluation.layered import LayeredReport
 from discover.evaluation.planted import PlantedConfig, planted_neurons
 
 __all__ = [
@@ -605,8 +606,15 @@ def _summary_line(s: Mapping[str, Any]) -> str:
 
 
 @dataclass
-class GroundTruthReport:
-    """Ground-truth scores of several layers, with how they were computed.
+class GroundTruthReport(
+    LayeredReport,
+    files=(REPORT_JSON, REPORT_CSV),
+    what="ground-truth report",
+    redo="discover eval-descriptions DISSECTION --ground-truth",
+    layer_type=LayerGroundTruth,
+):
+    """Ground-truth scores of several layers, with how they were computed; saved as
+    ``groundtruth.json`` (everything) and ``groundtruth_units.csv`` (one row per unit).
 
     Attributes:
         layers: ``{layer: LayerGroundTruth}`` in layer order.
@@ -614,68 +622,16 @@ class GroundTruthReport:
             the dissection it scores (``dissection_digest``) and, from
             :func:`evaluate_groundtruth`, the probe and the concepts it dropped.
         folder: the folder it was saved to or loaded from, if any (not saved).
+
+    Example:
+        >>> GroundTruthReport.load(report.save("out")).table()  # doctest: +SKIP
     """
 
     layers: dict[str, LayerGroundTruth]
-    meta: dict[str, Any] = field(default_factory=dict)
-    folder: Path | None = field(default=None, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        for name, layer in self.layers.items():
-            if name != layer.layer:
-                raise InputError(f"layers: key {name!r} holds layer {layer.layer!r}")
-
-    def layer(self, name: str) -> LayerGroundTruth:
-        """The scores of layer ``name``."""
-        if name not in self.layers:
-            raise InputError(f"no layer {name!r} in this report; it has {', '.join(self.layers)}")
-        return self.layers[name]
-
-    def summary(self) -> list[dict[str, Any]]:
-        """One :meth:`LayerGroundTruth.summary` per layer."""
-        return [layer.summary() for layer in self.layers.values()]
 
     def table(self) -> str:
         """One summary line per layer."""
         return "\n".join(_summary_line(s) for s in self.summary())
-
-    def to_csv(self) -> str:
-        """One row per (layer, unit)."""
-        return csv_text([row for layer in self.layers.values() for row in layer.rows()])
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe: ``meta`` and one :meth:`LayerGroundTruth.to_dict` per layer."""
-        return {
-            "meta": self.meta,
-            "layers": [layer.to_dict() for layer in self.layers.values()],
-        }
-
-    def save(self, out: str | Path) -> Path:
-        """Write ``groundtruth.json`` (everything) and ``groundtruth_units.csv`` (one row per
-        unit) into folder ``out``, atomically as a pair; returns the JSON path.
-
-        Example:
-            >>> GroundTruthReport.load(report.save("out")).table()  # doctest: +SKIP
-        """
-        text = json.dumps(self.to_dict(), indent=1) + "\n"
-        folder = write_files(out, {REPORT_JSON: text, REPORT_CSV: self.to_csv()})
-        self.folder = folder
-        return folder / REPORT_JSON
-
-    @classmethod
-    def load(cls, out: str | Path) -> GroundTruthReport:
-        """Read a report folder written by :meth:`save` (or the JSON file itself)."""
-        data = read_json(out, "ground-truth report", name=REPORT_JSON)
-        try:
-            layers = [LayerGroundTruth.from_dict(d) for d in data["layers"]]
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise InputError(
-                f"ground-truth report {out} cannot be read ({type(error).__name__}: {error}): "
-                "the file is damaged or not a ground-truth report; compute it again with "
-                "`discover eval-descriptions DISSECTION --ground-truth`"
-            ) from None
-        folder = Path(out) if Path(out).is_dir() else Path(out).parent
-        return cls({layer.layer: layer for layer in layers}, dict(data.get("meta") or {}), folder)
 
 
 # --------------------------------------------------------------------------- scoring

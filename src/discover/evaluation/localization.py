@@ -36,7 +36,6 @@ Two passes over the probe run the model (thresholds, then IoU); memory is
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -48,10 +47,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from discover._utils import csv_text, read_json, require_int, write_files
+from discover._utils import require_int
 from discover.dissection.core import Dissection
 from discover.dissection.recording import model_view, resolve_layers, spatial_maps
 from discover.errors import InputError
+from discover.evaluation.layered import LayeredReport
 from discover.nn.lwta import capture_winners, eval_policy
 
 __all__ = [
@@ -201,15 +201,17 @@ class LayerLocalization:
 
 
 @dataclass
-class LocalizationReport:
-    """Localization of several layers (``{layer: LayerLocalization}``), with provenance."""
+class LocalizationReport(
+    LayeredReport,
+    files=(LOCALIZATION_JSON, LOCALIZATION_CSV),
+    what="localization report",
+    redo="discover eval-descriptions DISSECTION --localization --run RUN",
+    layer_type=LayerLocalization,
+):
+    """Localization of several layers (``{layer: LayerLocalization}``), with provenance;
+    saved as ``localization.json`` and ``localization_units.csv``."""
 
     layers: dict[str, LayerLocalization]
-    meta: dict[str, Any] = field(default_factory=dict)
-    folder: Path | None = field(default=None, repr=False, compare=False)
-
-    def summary(self) -> list[dict[str, Any]]:
-        return [layer.summary() for layer in self.layers.values()]
 
     def table(self) -> str:
         """One line per layer: the figures and, in brackets, the two baselines."""
@@ -226,30 +228,6 @@ class LocalizationReport:
                 f"{s['labelled_units']} labelled units"
             )
         return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"meta": self.meta, "layers": [layer.to_dict() for layer in self.layers.values()]}
-
-    def save(self, out: str | os.PathLike[str]) -> Path:
-        """Write ``localization.json`` and ``localization_units.csv`` into folder ``out``."""
-        rows = [row for layer in self.layers.values() for row in layer.rows()]
-        text = json.dumps(self.to_dict(), indent=1) + "\n"
-        folder = write_files(out, {LOCALIZATION_JSON: text, LOCALIZATION_CSV: csv_text(rows)})
-        self.folder = folder
-        return folder / LOCALIZATION_JSON
-
-    @classmethod
-    def load(cls, out: str | os.PathLike[str]) -> LocalizationReport:
-        data = read_json(out, "localization report", name=LOCALIZATION_JSON)
-        try:
-            layers = [LayerLocalization.from_dict(d) for d in data["layers"]]
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise InputError(
-                f"localization report {out} cannot be read ({type(error).__name__}: {error}); "
-                "compute it again with `discover eval-descriptions DISSECTION --localization`"
-            ) from None
-        folder = Path(out) if Path(out).is_dir() else Path(out).parent
-        return cls({layer.layer: layer for layer in layers}, dict(data.get("meta") or {}), folder)
 
 
 def localization_iou(

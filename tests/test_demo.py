@@ -85,6 +85,15 @@ def test_demo_fast_end_to_end(tmp_path, capsys, monkeypatch):
         assert (out / run / "dissection" / "descriptions.csv").is_file()
         assert (out / run / "dissection-final" / "dissection.json").is_file()
 
+    # where units fired: heatmaps in the galleries and on the explanation pages, in a browser
+    from test_report_browser import check_heatmaps_in_browser
+
+    report = out / "report"
+    layer_pages = [p for p in report.glob("*/*.html") if 'class="pixel heatmap"' in p.read_text()]
+    explained = sorted((report / "explanations").glob("*.html"))
+    assert layer_pages and 'class="pixel explained heatmap"' in explained[0].read_text()
+    assert check_heatmaps_in_browser([layer_pages[0], explained[0]]) > 5
+
     # the README's explain example runs on the demo's output
     from discover.data import ShapesWorld
 

@@ -142,3 +142,23 @@ def _check_pages(browser, report, tmp_path):
     with Image.open(shot) as im:
         assert im.size[0] >= 1000 and im.size[1] >= 600
         assert len(im.convert("RGB").getcolors(1 << 20) or []) > 50  # a real page, not blank
+
+
+def check_heatmaps_in_browser(pages: list[Path]) -> int:
+    """Load each page in headless Chromium, wait for it, and check that it has no console
+    errors and every image rendered; returns how many ``img.heatmap`` the pages hold."""
+    heatmaps = 0
+    with chromium() as browser:
+        browser.get_log("browser")
+        for page in pages:
+            browser.get(page.resolve().as_uri())
+            _wait_until_loaded(browser)
+            errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+            assert not errors, f"{page}: console errors {errors}"
+            images = browser.execute_script(IMAGES)
+            broken = [src for src, complete, w, h in images if not (complete and w > 0 and h > 0)]
+            assert not broken, f"{page}: images that did not render: {broken}"
+            heatmaps += browser.execute_script(
+                "return document.querySelectorAll('img.heatmap').length"
+            )
+    return heatmaps

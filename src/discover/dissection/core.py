@@ -398,6 +398,7 @@ class Dissection:
             activations={k: v for p in parts for k, v in p.activations.items()},
             winner_fractions={k: v for p in parts for k, v in p.winner_fractions.items()},
             concept_stats=ConceptStats.merge(*(p.concept_stats for p in parts)),
+            maps={k: v for p in parts for k, v in p.maps.items()},
         )
 
     def layer(self, name: str) -> list[UnitDescription]:

@@ -176,6 +176,20 @@ def test_cli_localization_of_a_training_run(tmp_path, capsys):
     fails(located[:3] + probe, "--localization: give --run")
     fails(["eval-descriptions", str(folder), "--ground-truth", "--run", str(run), *probe],
           "--run: only used with --localization")  # fmt: skip
+    # the explanation can show the units' best-IoU concepts instead of their text labels
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "red.png")
+    explained = ["explain", str(tmp_path / "red.png"), "--run", str(run)]
+    explained += ["--dissection", str(folder), "--labels", "iou", "--json"]
+    assert main(explained) == 0
+    data = json.loads(capsys.readouterr().out)
+    layer = next(row for row in data[0]["layers"] if row["layer"] == "layer2.0.act2")
+    rows = LocalizationReport.load(folder).layers["layer2.0.act2"].rows()
+    best = {r["unit"]: r["best_iou_concept"] for r in rows}
+    assert layer["winners"]
+    for w in layer["winners"]:  # the label, or the first candidate when shown unlabelled
+        assert (w["label"] or w["candidates"][0]) == best[w["unit"]], w
     (folder / "maps.safetensors").unlink()
     fails(located, "the dissection has no layer with spatial maps")
 
@@ -204,3 +218,30 @@ def test_the_report_shows_where_units_fire_from_the_saved_localization(planted, 
     dissection.units[0].label = "square"
     with pytest.warns(UserWarning, match="computed from another dissection"):
         assert saved_localization(dissection) is None
+
+
+def test_best_iou_concepts_as_labels(planted, tmp_path):
+    """Issue 23: the best-IoU concept is available as a unit's label (Network Dissection's
+    labels): a detector gets its concept, other units are shown unlabelled."""
+    import shutil
+
+    from discover.dissection.core import Dissection
+    from discover.evaluation.localization import iou_labelled
+
+    model, probe, folder = planted
+    copy = tmp_path / "dissection"
+    shutil.copytree(folder, copy)
+    for name in ("localization.json", "localization_units.csv"):
+        (copy / name).unlink(missing_ok=True)
+    dissection = Dissection.load(copy)
+    with pytest.raises(ValueError, match="has no localization"):
+        iou_labelled(dissection)
+    evaluate_localization(model, copy, probe, quantile=_red_fraction(probe) * 1.05)
+    relabelled = iou_labelled(Dissection.load(copy))
+    units = relabelled.layer("units")
+    assert units[0].label == "red" and units[0].abstained is None and units[0].score >= 0.9
+    assert units[0].top[0][0] == "red" and len(units[0].top) == 5
+    assert units[1].abstained == "no detector"
+    assert units[2].abstained == "dead"  # never active: stays dead
+    assert relabelled.shown_labels("units") == ["red", None, None]
+    assert relabelled.meta["labels"].startswith("best-IoU concept")

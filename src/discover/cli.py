@@ -28,7 +28,7 @@ from discover import __version__
 from discover._utils import check_writable, printable
 from discover.data.registry import build_probe
 from discover.demo import DEMO_DATA, DemoConfig, run_demo
-from discover.dissection.core import default_dissection_dir, dissect
+from discover.dissection.core import Dissection, default_dissection_dir, dissect
 from discover.dissection.labels import LABEL_DEFAULTS
 from discover.dissection.recording import list_layers
 from discover.dissection.sae import PROBE_SPLIT, SAE, SITES, default_sae_dir, train_sae
@@ -44,6 +44,7 @@ from discover.evaluation.localization import (
     LOCALIZATION_CSV,
     LOCALIZATION_JSON,
     evaluate_localization,
+    iou_labelled,
 )
 from discover.evaluation.planted import VARIANTS, PlantedConfig, planted_recovery_on_probe
 from discover.evaluation.sparsity import photo_sparsity
@@ -725,6 +726,14 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument(
+        "--labels",
+        choices=["text", "iou"],
+        default="text",
+        help="text: the dissection's labels (image-text similarity); iou: each unit's "
+        "best-IoU concept from the dissection's saved localization (Network Dissection; "
+        "`discover eval-descriptions DISSECTION --localization` first)",
+    )
+    parser.add_argument(
         "--allow-stale-dissection",
         dest="allow_mismatch",
         action="store_true",
@@ -739,10 +748,14 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     help="explain predictions through the labelled units that fired",
 )
 def _explain(args: argparse.Namespace) -> int:
+    dissection = args.dissection
+    if args.labels == "iou":  # the units' best-IoU concepts from the saved localization
+        folder = dissection or default_dissection_dir(args.run)
+        dissection = iou_labelled(Dissection.load(folder))
     result = explain_run(
         args.run,
         args.images,
-        args.dissection,
+        dissection,
         **_given(
             args,
             "weights",

@@ -69,7 +69,7 @@ MATCH_SIMILARITY = "corr"
 """The function whose score of a unit's label is its ``match`` (the effect size)."""
 TIE_RTOL = 1e-6
 """Scores within this fraction of the unit's largest ``|S|`` of each other count as tied."""
-ABSTAIN_REASONS = ("not finite", "dead", "tie", "not significant", "weak match")
+ABSTAIN_REASONS = ("not finite", "dead", "tie", "not significant", "weak match", "no detector")
 """Why a unit is shown unlabelled, in the order they are checked."""
 
 

@@ -62,6 +62,7 @@ __all__ = [
     "LayerLocalization",
     "LocalizationReport",
     "evaluate_localization",
+    "iou_labelled",
     "localization_iou",
     "saved_localization",
 ]
@@ -516,3 +517,54 @@ def saved_localization(dissection: Dissection) -> LocalizationReport | None:
             )
             return None
     return report
+
+
+def iou_labelled(dissection: Dissection, report: LocalizationReport | None = None) -> Dissection:
+    """A copy of ``dissection`` whose localized layers are labelled the Network-Dissection way:
+    each unit by its best-IoU concept (``score`` its IoU, ``top`` its five best concepts by
+    IoU), shown unlabelled ("no detector") unless the IoU is above :data:`DETECTOR_IOU`; dead
+    and non-finite units stay unlabelled as they were. Other layers keep their text labels.
+    ``report`` defaults to the localization saved in the dissection's folder.
+
+    Example:
+        >>> relabelled = iou_labelled(Dissection.load("runs/u4/dissection"))  # doctest: +SKIP
+        >>> relabelled.shown_labels("layer3.0.act2")[:3]  # doctest: +SKIP
+        ['circle', None, 'red']
+    """
+    import dataclasses
+
+    report = report if report is not None else saved_localization(dissection)
+    if report is None:
+        raise InputError(
+            f"the dissection in {dissection.folder} has no localization to label units with; "
+            f"compute it first: `discover eval-descriptions {dissection.folder or 'DISSECTION'} "
+            "--localization --run RUN`"
+        )
+    units = []
+    for unit in dissection.units:
+        located = report.layers.get(unit.layer)
+        if located is None:
+            units.append(unit)
+            continue
+        iou = located.iou[unit.unit]
+        order = iou.argsort(descending=True, stable=True)[:5].tolist()
+        best = float(iou[order[0]])
+        keep = unit.abstained in ("dead", "not finite")
+        units.append(
+            dataclasses.replace(
+                unit,
+                label=located.concepts[order[0]],
+                score=best,
+                top=[(located.concepts[j], float(iou[j])) for j in order],
+                z=None,
+                p_null=None,
+                match=None,
+                abstained=unit.abstained
+                if keep
+                else None
+                if best > DETECTOR_IOU
+                else "no detector",
+            )
+        )
+    meta = {**dissection.meta, "labels": "best-IoU concept (Network Dissection)"}
+    return dataclasses.replace(dissection, units=units, meta=meta)

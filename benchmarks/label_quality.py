@@ -32,6 +32,13 @@ split (Shapes ``val``) and a *test* split (Shapes ``test``):
   candidates of a random shown unit of the same layer (``control_random_units``): the
   margin over the latter is what the unit adds to what the embedder sees anyway.
 
+* **IoU labels** (``similarity`` ``iou (Network Dissection)``, annotations only): every
+  unit labelled with its best-IoU concept against the probe's pixel masks
+  (:func:`discover.evaluation.iou_labelled`; no detector above IoU 0.04: unlabelled),
+  scored exactly like the text labels beside them (issue 23). Their units carry no
+  ``p_null`` or ``match``, so only the percentile rule applies to them; they are never a
+  candidate default.
+
 Three abstention rules are tuned, all applied after dissecting and explaining (the labels,
 ``p_null``, ``match`` and the listed rows do not depend on them), so one dissection per
 (model, embedder, similarity, split) serves every setting of :data:`SETTINGS`: a unit
@@ -104,6 +111,11 @@ ALT_POOLING = {"resnet": "max", "vit": "mean"}
 token for ViT tokens), with :data:`ALT_POOLING_SIMILARITY`; the contribution table keeps
 the pooling that feeds the classifier (its labels would otherwise describe other numbers)."""
 ALT_POOLING_SIMILARITY = "corr"
+IOU_LABELS = "iou (Network Dissection)"
+"""The labels of :func:`discover.evaluation.iou_labelled`: each unit's best-IoU concept with
+the probe's pixel masks (annotations embedder only; every layer has spatial extent here),
+scored like a similarity's labels but never a candidate default (no text similarity)."""
+IOU_BASE_SIMILARITY = "jsd"  # the dissection whose activations and rows IoU labels replace
 
 
 @dataclass(frozen=True)
@@ -365,6 +377,99 @@ def measure_subject(
                 f"  {subject.name} {split} {emb_name} {similarity_name}: {time.time() - t0:.0f} s",
                 flush=True,
             )
+    return rows
+
+
+def measure_iou_subject(subject: Subject, runs: Path, split: str, cache: Path, quick: bool):
+    """The rows of :data:`IOU_LABELS` for one model on one split (annotations embedder)."""
+    from discover.dissection.core import dissect
+    from discover.dissection.embedders import AnnotationEmbedder
+    from discover.dissection.recording import model_view, record
+    from discover.evaluation import evaluate_localization, iou_labelled
+    from discover.evaluation.explanations import ExplanationRows
+    from discover.explanation import default_layers, explain
+    from discover.training.runs import load_run
+
+    t0 = time.time()
+    run = load_run(runs / subject.name)
+    model = run.model.eval()
+    layers, _, added = head_layers(model, default_layers(model))
+    probe, held = worlds(split, quick)
+    names = list(probe.concept_names)
+    truth_held = held.concepts_table()
+    images = [held[i][0] for i in range(len(held))]
+    looker = AnnotationEmbedder(truth_held, names)  # the images' own ground truth
+    P_held = looker.concept_matrix(images, names, progress=False)
+    text = dissect(
+        model, layers, probe, "shapes", "annotations", IOU_BASE_SIMILARITY, abstain_p=None,
+        min_match=None, null_repeats=0, cache_dir=cache, progress=False,
+    )  # fmt: skip
+    located = evaluate_localization(model, text, probe, layers=list(text.maps))
+    dissection = iou_labelled(text, located)
+    pooling = {layer: dissection.pooling(layer) for layer in layers}
+    held_q = record(model, layers, model_view(model, held), pooling, progress=False)
+    lift = {n: lifts(held_q.activations[n], truth_held) for n in layers}
+    explanations = explain(
+        model, images, dissection, layers=layers, top=TOP, class_names=run.class_names,
+        embedder=looker, candidates=CANDIDATES, min_percentile=None,
+    )  # fmt: skip
+    Z_held = dissection.concept_stats.standardise(names, P_held)
+    listed = ExplanationRows.of(explanations, names)
+    rows = []
+    for abstain_p, min_match, min_percentile in SETTINGS:
+        per_layer = measure_dissection(
+            dissection, listed, truth_held, names, Z_held, lift, abstain_p, min_match,
+            min_percentile, no_winners=added,
+        )  # fmt: skip
+        for layer, figures in per_layer.items():
+            rows.append(
+                {
+                    "dataset": "shapes",
+                    "split": split,
+                    "embedder": "annotations",
+                    "similarity": IOU_LABELS,
+                    "abstain_p": abstain_p,
+                    "min_match": min_match,
+                    "min_percentile": min_percentile,
+                    "model": subject.family,
+                    "U": subject.U,
+                    "seed": subject.seed,
+                    "layer": layer,
+                    "pooling": pooling[layer],
+                    "iou_layers": sorted(located.layers),
+                    **figures,
+                }
+            )
+    print(f"  {subject.name} {split} {IOU_LABELS}: {time.time() - t0:.0f} s", flush=True)
+    return rows
+
+
+def measured_iou_rows(
+    subject: Subject, runs: Path, split: str, cache: Path, quick: bool
+) -> list[dict[str, Any]]:
+    """:func:`measure_iou_subject`, kept in ``cache/rows/`` like :func:`measured_rows`."""
+    weights = runs / subject.name / "best.safetensors"
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "subject": subject.name,
+                "weights": hashlib.sha256(weights.read_bytes()).hexdigest(),
+                "split": split,
+                "labels": IOU_LABELS,
+                "base": IOU_BASE_SIMILARITY,
+                "quick": quick,
+                "settings": [list(s) for s in SETTINGS],
+                "version": ROWS_VERSION,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:20]
+    path = cache / "rows" / f"iou-{subject.name}-{split}-{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    rows = measure_iou_subject(subject, runs, split, cache, quick)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, rows)
     return rows
 
 
@@ -682,7 +787,7 @@ def write_report(state: dict[str, Any], rows: list[dict[str, Any]], out: Path) -
     header = ["embedder", "similarity", "setting", *FIGURE_HEADER]
     table = []
     for emb in sorted({k[1] for k in means}):
-        for sim in SIMILARITIES:
+        for sim in (*SIMILARITIES, IOU_LABELS):
             t = tuned.get((emb, sim))
             e = at("test", emb, sim, t["setting"]) if t else None
             if e:
@@ -872,6 +977,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="small probe and held-out sets, plumbing only"
     )
+    parser.add_argument("--no-iou", action="store_true", help=f"leave out the {IOU_LABELS} labels")
     parser.add_argument("--jobs", type=int, default=2, help="models measured in parallel")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument("--out", default="benchmarks/results")
@@ -912,6 +1018,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs == 1:  # in this process
         for subject, split in jobs:
             rows += measured_rows(subject, runs, split, *common)
+            if not args.no_iou:
+                rows += measured_iou_rows(subject, runs, split, Path(args.cache), args.quick)
     else:
         with concurrent.futures.ProcessPoolExecutor(
             max_workers=args.jobs,
@@ -920,6 +1028,11 @@ def main(argv: list[str] | None = None) -> int:
             initargs=(args.threads,),
         ) as pool:
             futures = [pool.submit(measured_rows, s, runs, split, *common) for s, split in jobs]
+            if not args.no_iou:
+                futures += [
+                    pool.submit(measured_iou_rows, s, runs, split, Path(args.cache), args.quick)
+                    for s, split in jobs
+                ]
             for future in futures:
                 rows += future.result()
     probe, held = worlds("test", args.quick)

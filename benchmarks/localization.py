@@ -253,16 +253,17 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
                 more = sum(d > 0 for _, _, d in diffs)
                 fewer = sum(d < 0 for _, _, d in diffs)
                 detail = ", ".join(f"U={U} s{seed}: {d:+d}" for U, seed, d in sorted(diffs))
-                word = (
-                    "more"
-                    if more and not fewer
-                    else "fewer"
-                    if fewer and not more
-                    else "no consistent difference in"
-                )
+                n = len(diffs)
+                if fewer == n or more == n:
+                    word = f"{'fewer' if fewer else 'more'} unique detectors in every pair"
+                elif fewer and not more:
+                    word = f"never more unique detectors, fewer in {fewer} of {n} pairs"
+                elif more and not fewer:
+                    word = f"never fewer unique detectors, more in {more} of {n} pairs"
+                else:
+                    word = f"no consistent difference ({more} of {n} pairs more, {fewer} fewer)"
                 lines.append(
-                    f"- **{family} {layer}, {subject} vs dense (same seed):** {word} unique "
-                    f"detectors ({more} of {len(diffs)} pairs more, {fewer} fewer; {detail})."
+                    f"- **{family} {layer}, {subject} vs dense (same seed):** {word} ({detail})."
                 )
     return lines
 
@@ -471,6 +472,11 @@ def main(argv: list[str] | None = None) -> int:
         file = records / f"{subject.name}.json"
         if file.is_file():
             rows += json.loads(file.read_text())["rows"]
+    previous = args.out / "localization.json"
+    if args.render and previous.is_file():  # the records were measured by the earlier command
+        measured = json.loads(previous.read_text())
+        keep = ("command", "git_head", "git_dirty", "date", "machine", "torch")
+        meta = {**{k: measured[k] for k in keep if k in measured}, "rendered_by": meta["command"]}
     state = {**meta, "missing": missing, "rows": rows}
     print(write_report(state, args.out).read_text())
     if all((r.run(args.runs) / "record.json").is_file() for r in FIGURE_SUBJECTS):

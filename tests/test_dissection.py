@@ -482,3 +482,28 @@ def test_a_dissection_keeps_spatial_maps_and_an_old_one_loads_without(shapes_dis
     again.save(tmp_path / "resaved")
     back = Dissection.load(tmp_path / "resaved").maps["layer2.0.act2"]
     assert torch.equal(back.maps, maps.maps) and torch.equal(back.indices, maps.indices)
+
+
+def test_a_token_layer_dissection_keeps_patch_grid_maps(tmp_path):
+    """Issue 23: a ViT token layer's maps are its patch tokens on the patch grid (the class
+    token left out), saved with the dissection and read back."""
+    from discover.data import ShapesWorld
+    from discover.dissection.core import Dissection, dissect
+    from discover.nn.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(
+        "small_vit", U=4, num_classes=10, img_size=16, patch_size=4, depth=1, embed_dim=16,
+        num_heads=2,
+    )  # fmt: skip
+    probe = ShapesWorld(n=24, image_size=16, split="val")
+    result = dissect(
+        model, ["blocks.0.mlp.act"], probe, "shapes", "annotations", null_repeats=0,
+        cache_dir=None, progress=False,
+    )  # fmt: skip
+    maps = result.maps["blocks.0.mlp.act"]
+    assert maps.maps.shape == (64, 5, 4, 4) and maps.wins.shape == (64, 5, 4, 4)
+    assert "1 class/register token(s) left out" in maps.note
+    result.save(tmp_path / "d")
+    back = Dissection.load(tmp_path / "d").maps["blocks.0.mlp.act"]
+    assert torch.equal(back.maps, maps.maps) and back.note == maps.note

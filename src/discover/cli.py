@@ -728,8 +728,7 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--labels",
         choices=["text", "iou"],
-        default="text",
-        help="text: the dissection's labels (image-text similarity); iou: each unit's "
+        help="text (unless given): the dissection's labels (image-text similarity); iou: each unit's "
         "best-IoU concept from the dissection's saved localization (Network Dissection; "
         "`discover eval-descriptions DISSECTION --localization` first)",
     )

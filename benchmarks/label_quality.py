@@ -788,7 +788,9 @@ def write_report(state: dict[str, Any], rows: list[dict[str, Any]], out: Path) -
     table = []
     for emb in sorted({k[1] for k in means}):
         for sim in (*SIMILARITIES, IOU_LABELS):
-            t = tuned.get((emb, sim))
+            # IoU labels leave non-detectors unlabelled by design: shown untuned when no
+            # setting meets the constraints
+            t = tuned.get((emb, sim)) or ({"setting": PAPER} if sim == IOU_LABELS else None)
             e = at("test", emb, sim, t["setting"]) if t else None
             if e:
                 mark = " **(default)**" if chosen.get(emb, {}).get("similarity") == sim else ""

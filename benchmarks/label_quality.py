@@ -794,7 +794,10 @@ def write_report(state: dict[str, Any], rows: list[dict[str, Any]], out: Path) -
             e = at("test", emb, sim, t["setting"]) if t else None
             if e:
                 mark = " **(default)**" if chosen.get(emb, {}).get("similarity") == sim else ""
-                table.append([emb, f"{sim}{mark}", _describe(t["setting"]), *_figures(e)])
+                setting = _describe(t["setting"])
+                if sim == IOU_LABELS and t["setting"] == PAPER:
+                    setting = "detectors (IoU > 0.04) labelled, every other unit unlabelled"
+                table.append([emb, f"{sim}{mark}", setting, *_figures(e)])
         paper = at("test", emb, "soft_wpmi", PAPER)
         if paper:
             table.append([emb, "soft_wpmi (paper)", _describe(PAPER), *_figures(paper)])

@@ -576,7 +576,7 @@ def provenance() -> dict[str, Any]:
         "git_head": head,
         "files": files,
         "kernel_available": lwta_kernel.available(),
-        "kernel_library": lwta_kernel.library_path(),
+        "kernel_library": portable(str(lwta_kernel.library_path())),
         "pythonpath": os.environ.get("PYTHONPATH"),
     }
 

@@ -34,7 +34,14 @@ conv maps):
 * the layer of a sparse autoencoder whose latents were dissected (``dissect(..., sae=)``) is
   explained through its latents (kind ``sae``): a latent is active if it is nonzero after
   pooling (:meth:`~discover.dissection.sae.SAE.image_latents`), ``active_fraction`` is the
-  share of nonzero (latent, position) entries (``k / latents`` per position).
+  share of nonzero (latent, position) entries (``k / latents`` per position);
+* **where it fired**: each listed winner of a layer with spatial extent, and each listed
+  contribution (the classifier's features before pooling), carries its ``map`` on the image
+  (the layer's resolution; :func:`~discover.dissection.recording.spatial_maps`) and
+  ``where``, the 3 x 3 part of the image holding the centre of its above-half-peak region;
+  a layer without spatial extent says so in ``maps``. ``class_evidence`` is a Grad-CAM map
+  of the predicted class at the last conv map (captum's ``LayerGradCam``, ReLU'd), or a note
+  saying why there is none (a token model).
 """
 
 from __future__ import annotations

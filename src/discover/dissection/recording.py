@@ -44,6 +44,7 @@ __all__ = [
     "GALLERY_SIZE",
     "LayerMaps",
     "spatial_maps",
+    "top_images",
     "model_view",
     "POOLINGS",
     "LayerInfo",

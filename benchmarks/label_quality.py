@@ -904,8 +904,8 @@ def write_report(state: dict[str, Any], rows: list[dict[str, Any]], out: Path) -
         setting = _config(r)[3:]
         if t and setting == t["setting"]:
             kept.append({**r, "setting": "tuned"})
-        if r["similarity"] == "soft_wpmi" and setting == PAPER:
-            kept.append({**r, "setting": "paper"})
+        if r["similarity"] in ("soft_wpmi", IOU_LABELS) and setting == PAPER:
+            kept.append({**r, "setting": "paper"})  # IoU labels: every detector labelled
     state["rows"] = kept
     state["grid"] = [
         {

@@ -416,8 +416,12 @@ def test_label_quality_runs_end_to_end_on_tiny_runs(tmp_path, monkeypatch):
     assert data["command"].startswith("python benchmarks/label_quality.py --runs")
     assert (out / "label_quality.png").is_file()
     # a second run reads the measured rows back instead of measuring again
-    assert len(list((tmp_path / "cache" / "rows").glob("*.json"))) == 4
+    assert len(list((tmp_path / "cache" / "rows").glob("*.json"))) == 4 + 4  # + the IoU labels
+    iou = [r for r in data["rows"] if r["similarity"] == lq.IOU_LABELS]
+    assert iou and {r["embedder"] for r in iou} == {"annotations"}
+    assert "iou (Network Dissection)" in text  # scored beside the text labels (issue 23)
     monkeypatch.setattr(lq, "measure_subject", lambda *a, **k: pytest.fail("measured again"))
+    monkeypatch.setattr(lq, "measure_iou_subject", lambda *a, **k: pytest.fail("measured again"))
     assert (
         lq.main(
             [

@@ -654,13 +654,31 @@ def test_class_evidence_is_grad_cam_of_the_predicted_class():
     assert torch.allclose(torch.tensor(e.class_evidence["map"]), expected.detach(), atol=1e-4)
 
 
-def test_token_models_have_patch_grid_maps_and_say_why_no_grad_cam():
-    model = _vit(U=4)
-    [e] = explain(model, torch.randn(1, 3, 16, 16), top=3)
+def test_token_models_have_patch_grid_maps_and_grad_cam_at_the_last_block():
+    """Grad-CAM for a ViT at the input of its last block, on the patch grid, checked against
+    a hand computation (mean gradient per channel over the patches, ReLU)."""
+    torch.manual_seed(0)
+    model = _vit(U=1)
+    x = torch.randn(1, 3, 16, 16)
+    [e] = explain(model, x, top=3)
     row = e.layers[0]
     assert row.maps.startswith("patch grid")
     assert torch.tensor(row.winners[0].map).dim() == 2
-    assert "token layer" in e.class_evidence["note"] and "map" not in e.class_evidence
+    evidence = e.class_evidence
+    assert evidence["method"] == "Grad-CAM (patch tokens)" and evidence["layer"].endswith("norm1")
+    layer = dict(model.named_modules())[evidence["layer"]]
+    kept = {}
+    handle = layer.register_forward_hook(lambda m, i, o: kept.update(out=o))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(logits[0, e.prediction["index"]], kept["out"])
+    patches_g, patches_a = grad[0, 1:], kept["out"][0, 1:].detach()  # the class token left out
+    weights = patches_g.mean(dim=0)
+    side = int(len(patches_a) ** 0.5)
+    expected = (patches_a @ weights).clamp_min(0).reshape(side, side)
+    assert torch.allclose(torch.tensor(evidence["map"]), expected, atol=1e-4)
     assert "evidence for" in str(e)
 
 

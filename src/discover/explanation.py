@@ -40,8 +40,9 @@ conv maps):
   (the layer's resolution; :func:`~discover.dissection.recording.spatial_maps`) and
   ``where``, the 3 x 3 part of the image holding the centre of its above-half-peak region;
   a layer without spatial extent says so in ``maps``. ``class_evidence`` is a Grad-CAM map
-  of the predicted class at the last conv map (captum's ``LayerGradCam``, ReLU'd), or a note
-  saying why there is none (a token model).
+  of the predicted class (ReLU'd): at the last conv map (captum's ``LayerGradCam``), or for
+  a ViT/DeiT at the input of its last block on the patch grid; or a note saying why there
+  is none.
 """
 
 from __future__ import annotations
@@ -387,26 +388,45 @@ def _last_spatial_layer(model: nn.Module, example: torch.Tensor) -> tuple[str, i
 def _class_evidence(
     model: nn.Module, batch: torch.Tensor, classes: list[int], layer: tuple[str, int] | None
 ) -> list[dict[str, Any]]:
-    """Grad-CAM (captum's ``LayerGradCam``) of each image's class at the last conv map."""
+    """Grad-CAM of each image's class: at the last conv map with captum's ``LayerGradCam``;
+    for a token model at the input of its last block (``*.norm1``: after it, only the class
+    token reaches the classifier), as Grad-CAM for ViTs is usually taken, computed here on
+    the patch grid because captum's ``LayerGradCam`` averages over the wrong axis of tokens."""
     if layer is None:
         return [{"note": "no layer with spatial extent: no map"}] * len(batch)
     name, rank = layer
-    if rank != 4:
-        return [
-            {
-                "note": f"the last spatial layer ({name}) is a token layer; Grad-CAM needs a "
-                "conv feature map, so no class-evidence map is drawn"
-            }
-        ] * len(batch)
-    from captum.attr import LayerGradCam
+    named = dict(model.named_modules())
+    if rank == 4:
+        from captum.attr import LayerGradCam
 
-    module = dict(model.named_modules())[name]
-    with torch.enable_grad():
-        cams = LayerGradCam(model, module).attribute(
-            batch.clone().requires_grad_(True), target=classes, relu_attributions=True
-        )
+        with torch.enable_grad():
+            cams = LayerGradCam(model, named[name]).attribute(
+                batch.clone().requires_grad_(True), target=classes, relu_attributions=True
+            )
+        cams = cams[:, 0]
+        method = "Grad-CAM"
+    else:
+        blocks = [n for n in named if n.endswith(".norm1")]
+        if not blocks:
+            note = f"the last spatial layer ({name}) is a token layer of no known block layout"
+            return [{"note": note}] * len(batch)
+        name = blocks[-1]
+        kept: dict[str, torch.Tensor] = {}
+        handle = named[name].register_forward_hook(lambda m, i, o: kept.update(out=o))
+        try:
+            with torch.enable_grad():
+                logits = model(batch.clone().requires_grad_(True))
+                chosen = logits.gather(1, torch.tensor(classes, device=logits.device)[:, None])
+                (grads,) = torch.autograd.grad(chosen.sum(), kept["out"])
+        finally:
+            handle.remove()
+        acts, grads = spatial_maps(kept["out"].detach(), model), spatial_maps(grads, model)
+        if acts is None or grads is None:
+            return [{"note": f"{name}: its tokens do not form a patch grid"}] * len(batch)
+        cams = (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1).clamp_min(0)
+        method = "Grad-CAM (patch tokens)"
     return [
-        {"method": "Grad-CAM", "layer": name, "class": cls, "map": _as_grid(cam[0].detach())}
+        {"method": method, "layer": name, "class": cls, "map": _as_grid(cam.detach())}
         for cls, cam in zip(classes, cams, strict=True)
     ]
 

@@ -256,6 +256,40 @@ def measure_dissection(
     return results
 
 
+def setting_rows(
+    subject: Subject, about: dict[str, Any], dissection: Any, listed: Any,
+    truth_held: torch.Tensor, names: list[str], Z_held: torch.Tensor,
+    lift: dict[str, torch.Tensor], pooling: dict[str, str], added: str | None,
+    extra: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per abstention setting and layer of one dissection: ``about`` (split,
+    embedder, similarity), the setting, the model, the layer, ``extra`` and the figures."""
+    rows = []
+    for abstain_p, min_match, min_percentile in SETTINGS:
+        per_layer = measure_dissection(
+            dissection, listed, truth_held, names, Z_held, lift, abstain_p, min_match,
+            min_percentile, no_winners=added,
+        )  # fmt: skip
+        for layer, figures in per_layer.items():
+            rows.append(
+                {
+                    "dataset": "shapes",
+                    **about,
+                    "abstain_p": abstain_p,
+                    "min_match": min_match,
+                    "min_percentile": min_percentile,
+                    "model": subject.family,
+                    "U": subject.U,
+                    "seed": subject.seed,
+                    "layer": layer,
+                    "pooling": pooling[layer],
+                    **(extra or {}),
+                    **figures,
+                }
+            )
+    return rows
+
+
 def head_layers(model: Any, layers: list[str]) -> tuple[list[str], str | None, str | None]:
     """``layers`` plus, if none of them feeds the classifier, the module that does (a ViT's
     final norm, :func:`discover.explanation.classifier_input_layer`), so that ViT
@@ -342,37 +376,11 @@ def measure_subject(
             )
             Z_held = dissection.concept_stats.standardise(names, P_held)
             listed = ExplanationRows.of(explanations, names)
-            for abstain_p, min_match, min_percentile in SETTINGS:
-                per_layer = measure_dissection(
-                    dissection,
-                    listed,
-                    truth_held,
-                    names,
-                    Z_held,
-                    lift_cache[key],
-                    abstain_p,
-                    min_match,
-                    min_percentile,
-                    no_winners=added,
-                )
-                for layer, figures in per_layer.items():
-                    rows.append(
-                        {
-                            "dataset": "shapes",
-                            "split": split,
-                            "embedder": emb_name,
-                            "similarity": similarity_name,
-                            "abstain_p": abstain_p,
-                            "min_match": min_match,
-                            "min_percentile": min_percentile,
-                            "model": subject.family,
-                            "U": subject.U,
-                            "seed": subject.seed,
-                            "layer": layer,
-                            "pooling": pooling[layer],
-                            **figures,
-                        }
-                    )
+            about = {"split": split, "embedder": emb_name, "similarity": similarity_name}
+            rows += setting_rows(
+                subject, about, dissection, listed, truth_held, names, Z_held,
+                lift_cache[key], pooling, added,
+            )  # fmt: skip
             print(
                 f"  {subject.name} {split} {emb_name} {similarity_name}: {time.time() - t0:.0f} s",
                 flush=True,
@@ -415,31 +423,11 @@ def measure_iou_subject(subject: Subject, runs: Path, split: str, cache: Path, q
     )  # fmt: skip
     Z_held = dissection.concept_stats.standardise(names, P_held)
     listed = ExplanationRows.of(explanations, names)
-    rows = []
-    for abstain_p, min_match, min_percentile in SETTINGS:
-        per_layer = measure_dissection(
-            dissection, listed, truth_held, names, Z_held, lift, abstain_p, min_match,
-            min_percentile, no_winners=added,
-        )  # fmt: skip
-        for layer, figures in per_layer.items():
-            rows.append(
-                {
-                    "dataset": "shapes",
-                    "split": split,
-                    "embedder": "annotations",
-                    "similarity": IOU_LABELS,
-                    "abstain_p": abstain_p,
-                    "min_match": min_match,
-                    "min_percentile": min_percentile,
-                    "model": subject.family,
-                    "U": subject.U,
-                    "seed": subject.seed,
-                    "layer": layer,
-                    "pooling": pooling[layer],
-                    "iou_layers": sorted(located.layers),
-                    **figures,
-                }
-            )
+    about = {"split": split, "embedder": "annotations", "similarity": IOU_LABELS}
+    rows = setting_rows(
+        subject, about, dissection, listed, truth_held, names, Z_held, lift, pooling, added,
+        extra={"iou_layers": sorted(located.layers)},
+    )  # fmt: skip
     print(f"  {subject.name} {split} {IOU_LABELS}: {time.time() - t0:.0f} s", flush=True)
     return rows
 
@@ -448,6 +436,20 @@ def measured_iou_rows(
     subject: Subject, runs: Path, split: str, cache: Path, quick: bool
 ) -> list[dict[str, Any]]:
     """:func:`measure_iou_subject`, kept in ``cache/rows/`` like :func:`measured_rows`."""
+    parts = {"labels": IOU_LABELS, "base": IOU_BASE_SIMILARITY}
+    return _cached_rows(
+        cache, f"iou-{subject.name}-{split}", subject, runs, split, quick, parts,
+        lambda: measure_iou_subject(subject, runs, split, cache, quick),
+    )  # fmt: skip
+
+
+def _cached_rows(
+    cache: Path, stem: str, subject: Subject, runs: Path, split: str, quick: bool,
+    parts: dict[str, Any], measure: Any,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The rows ``measure()`` gives, kept in ``cache/rows/STEM-KEY.json`` under a key of
+    everything that decides them (``parts``, the model's weights file, the split, the
+    settings), so an interrupted benchmark continues where it stopped."""
     weights = runs / subject.name / "best.safetensors"
     key = hashlib.sha256(
         json.dumps(
@@ -455,19 +457,19 @@ def measured_iou_rows(
                 "subject": subject.name,
                 "weights": hashlib.sha256(weights.read_bytes()).hexdigest(),
                 "split": split,
-                "labels": IOU_LABELS,
-                "base": IOU_BASE_SIMILARITY,
                 "quick": quick,
                 "settings": [list(s) for s in SETTINGS],
                 "version": ROWS_VERSION,
+                **parts,
             },
             sort_keys=True,
         ).encode()
     ).hexdigest()[:20]
-    path = cache / "rows" / f"iou-{subject.name}-{split}-{key}.json"
+    path = cache / "rows" / f"{stem}-{key}.json"
     if path.is_file():
+        print(f"  {stem}: measured before ({path.name})", flush=True)
         return json.loads(path.read_text())
-    rows = measure_iou_subject(subject, runs, split, cache, quick)
+    rows = measure()
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, rows)
     return rows
@@ -487,32 +489,16 @@ def measured_rows(
     continues where it stopped."""
     from discover.dissection.embedders import build_embedder
 
-    weights = runs / subject.name / "best.safetensors"
-    key = hashlib.sha256(
-        json.dumps(
-            {
-                "subject": subject.name,
-                "weights": hashlib.sha256(weights.read_bytes()).hexdigest(),
-                "split": split,
-                "embedders": {name: build_embedder(spec).id for name, spec in embedders.items()},
-                "similarities": similarities,
-                "quick": quick,
-                "settings": [list(s) for s in SETTINGS],
-                "version": ROWS_VERSION,
-                # ViTs also dissect the classifier's input (their final norm) since 3
-                **({"head_input": ["norm", "fc_norm"]} if subject.family == "vit" else {}),
-            },
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()[:20]
-    path = cache / "rows" / f"{subject.name}-{split}-{key}.json"
-    if path.is_file():
-        print(f"  {subject.name} {split}: measured before ({path.name})", flush=True)
-        return json.loads(path.read_text())
-    rows = measure_subject(subject, runs, split, embedders, similarities, cache, quick)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, rows)
-    return rows
+    parts = {
+        "embedders": {name: build_embedder(spec).id for name, spec in embedders.items()},
+        "similarities": similarities,
+        # ViTs also dissect the classifier's input (their final norm) since 3
+        **({"head_input": ["norm", "fc_norm"]} if subject.family == "vit" else {}),
+    }
+    return _cached_rows(
+        cache, f"{subject.name}-{split}", subject, runs, split, quick, parts,
+        lambda: measure_subject(subject, runs, split, embedders, similarities, cache, quick),
+    )  # fmt: skip
 
 
 # -- summarising ---------------------------------------------------------------------------------

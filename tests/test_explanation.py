@@ -641,6 +641,15 @@ def test_class_evidence_is_grad_cam_of_the_predicted_class():
     model = _resnet(U=1).eval()
     x = torch.randn(1, 3, 16, 16)
     [e] = explain(model, x)
+    out, grad = _evidence_gradient(model, x, e)
+    weights = grad.mean(dim=(2, 3), keepdim=True)
+    expected = (weights * out).sum(dim=1)[0].clamp_min(0)
+    assert torch.allclose(torch.tensor(e.class_evidence["map"]), expected, atol=1e-4)
+
+
+def _evidence_gradient(model, x, e):
+    """The output of the explanation's class-evidence layer and the predicted class logit's
+    gradient with respect to it (the hand computation Grad-CAM is checked against)."""
     layer = dict(model.named_modules())[e.class_evidence["layer"]]
     kept = {}
     handle = layer.register_forward_hook(lambda m, i, o: kept.update(out=o))
@@ -649,9 +658,7 @@ def test_class_evidence_is_grad_cam_of_the_predicted_class():
     finally:
         handle.remove()
     (grad,) = torch.autograd.grad(logits[0, e.prediction["index"]], kept["out"])
-    weights = grad.mean(dim=(2, 3), keepdim=True)
-    expected = (weights * kept["out"]).sum(dim=1)[0].clamp_min(0)
-    assert torch.allclose(torch.tensor(e.class_evidence["map"]), expected.detach(), atol=1e-4)
+    return kept["out"].detach(), grad
 
 
 def test_token_models_have_patch_grid_maps_and_grad_cam_at_the_last_block():
@@ -666,15 +673,8 @@ def test_token_models_have_patch_grid_maps_and_grad_cam_at_the_last_block():
     assert torch.tensor(row.winners[0].map).dim() == 2
     evidence = e.class_evidence
     assert evidence["method"] == "Grad-CAM (patch tokens)" and evidence["layer"].endswith("norm1")
-    layer = dict(model.named_modules())[evidence["layer"]]
-    kept = {}
-    handle = layer.register_forward_hook(lambda m, i, o: kept.update(out=o))
-    try:
-        logits = model(x)
-    finally:
-        handle.remove()
-    (grad,) = torch.autograd.grad(logits[0, e.prediction["index"]], kept["out"])
-    patches_g, patches_a = grad[0, 1:], kept["out"][0, 1:].detach()  # the class token left out
+    out, grad = _evidence_gradient(model, x, e)
+    patches_g, patches_a = grad[0, 1:], out[0, 1:]  # the class token left out
     weights = patches_g.mean(dim=0)
     side = int(len(patches_a) ** 0.5)
     expected = (patches_a @ weights).clamp_min(0).reshape(side, side)

@@ -77,7 +77,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import markdown_table, provenance, utc_date, write_json
+from common import markdown_table, portable, provenance, utc_date, write_json
 
 from discover import TrainConfig, evaluate_run, train
 
@@ -498,7 +498,7 @@ def _run_arm(
         "U": arm.U,
         "variant": arm.variant,
         "seed": seed,
-        "run": str(out),
+        "run": portable(str(out)),
         "epochs": len(history),
         "train_images": fit,
         "train_seconds": sum(h["seconds"] for h in history),

@@ -1205,7 +1205,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     head = git_head()
     rec = {
-        "command": command_line(argv, python=sys.executable),
+        "command": command_line(argv),
         "started": started,
         "elapsed_s": wall,
         "quick": args.quick,

@@ -165,7 +165,7 @@ def render_markdown(rec: dict[str, Any], result: SanityResult) -> str:
         "`discover.evaluation.similarity_sanity`; the definitions are in the docstring of "
         "`discover/evaluation/groundtruth.py` (part B).",
         "",
-        f"- **Command:** `{rec['provenance']['command']}` (cwd `{REPO}`)",
+        f"- **Command:** `{rec['provenance']['command']}`",
         f"- **Date:** {rec['provenance']['date']} (run took {rec['seconds']:.0f} s)",
         f"- **Machine:** {rec['provenance']['machine']}",
         f"- **Code:** git {rec['provenance']['git_head']}"

@@ -662,10 +662,10 @@ C_FLAGS = (
     "-fopenmp",
     "-fPIC",
 )
-"""How discover's C kernels are compiled: no ``-ffast-math``/``-Ofast`` (a library built
-with them can switch the whole process to flush-to-zero when it loads), only the
-individual optimisations that let loops vectorise, none of which touches the
-floating-point environment; the object is also *linked* without compile flags
+"""How discover's C kernels are compiled: no fast-math option or optimisation level that
+implies it (a library built so can switch the whole process to flush-to-zero when it
+loads), only the individual optimisations that let loops vectorise, none of which touches
+the floating-point environment; the object is also *linked* without compile flags
 (:data:`LINK_FLAGS`). No ``-march=native``: the machine code is the same on every x86-64
 CPU, so a kernel gives the same bits on every machine (for a given thread count). No
 ``-ffinite-math-only``: NaN and infinity keep their meaning, so a broken input shows up as

@@ -19,7 +19,8 @@ from discover import (
     set_eval_policy,
     to_cvn,
 )
-from discover.nn.models import CheckpointMismatchError, SharedActivation
+from discover.nn.checkpoints import CheckpointMismatchError
+from discover.nn.models import SharedActivation
 
 
 def _exactly_one_over(U, model, x):
@@ -291,7 +292,7 @@ def test_register_model_rejects_duplicates():
 def test_non_finite_weights_are_refused_where_they_are_loaded(tmp_path):
     """Issue 22: a NaN weight used to dissect into identical confident labels and explain
     into "(nan %)". Loading names the tensors; allow_nonfinite=True loads with a warning."""
-    from discover.nn.models import NonFiniteWeightsError
+    from discover.nn.checkpoints import NonFiniteWeightsError
 
     model = create_model("small_resnet", U=4, num_classes=5)
     with torch.no_grad():

@@ -49,8 +49,9 @@ from discover.evaluation.localization import (
 from discover.evaluation.planted import VARIANTS, PlantedConfig, planted_recovery_on_probe
 from discover.evaluation.sparsity import photo_sparsity
 from discover.explanation import explain, explain_run, print_explanations
+from discover.nn.checkpoints import count_parameters, save_checkpoint
 from discover.nn.lwta import EVAL_POLICIES, lwta_layers
-from discover.nn.models import count_parameters, create_model, list_models, save_checkpoint
+from discover.nn.models import create_model, list_models
 from discover.training.clip import ShapesCLIPConfig, train_shapes_clip
 from discover.training.recipes import RECIPES
 from discover.training.runs import load_run

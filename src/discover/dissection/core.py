@@ -66,8 +66,8 @@ from discover.dissection.significance import (
 )
 from discover.dissection.similarity import get_similarity
 from discover.errors import InputError
+from discover.nn.checkpoints import count_parameters
 from discover.nn.lwta import LWTA
-from discover.nn.models import count_parameters
 
 __all__ = [
     "UnitDescription",

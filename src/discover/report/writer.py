@@ -49,7 +49,7 @@ from discover.errors import InputError
 from discover.evaluation.explanations import ExplanationScores
 from discover.evaluation.groundtruth import GroundTruthReport, LayerGroundTruth, saved_groundtruth
 from discover.evaluation.localization import LayerLocalization, saved_localization
-from discover.nn.models import count_parameters
+from discover.nn.checkpoints import count_parameters
 
 __all__ = ["draw_heatmap", "ReportSection", "ReportConfig", "write_report"]
 

@@ -50,8 +50,9 @@ from discover._utils import (
 from discover.data.registry import build_dataset
 from discover.data.transforms import BatchAugment, DataConfig, build_transforms
 from discover.errors import InputError
+from discover.nn.checkpoints import load_checkpoint, save_checkpoint
 from discover.nn.lwta import TemperatureSchedule, set_temperature
-from discover.nn.models import create_model, load_checkpoint, save_checkpoint
+from discover.nn.models import create_model
 from discover.training.recipes import Recipe, build_optimizer, build_scheduler, get_recipe
 
 __all__ = [

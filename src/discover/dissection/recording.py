@@ -683,7 +683,8 @@ def record(
     if cache_file is not None:
         written = _write_cached(result, cache_file)
         result.meta["cache"] = {"file": str(cache_file) if written else None, "hit": False}
-    _check_finite(result, allow_nonfinite)
+    if allow_nonfinite:  # otherwise the hooks refused every non-finite batch already
+        _check_finite(result, allow_nonfinite)
     return result
 
 

@@ -70,10 +70,17 @@ def test_demo_fast_end_to_end(tmp_path, capsys, monkeypatch):
     assert "top-5" in dense and "CVN (U=4) final-layer labels (" in printed
     assert summary[-1] == f"report: {out / 'report' / 'index.html'}"
     assert (out / "report" / "index.html").is_file()
+    # a CI-sized demo has not converged, and says so on screen and in the report
+    note = next(line for line in summary if line.startswith("NOTE: Not a verdict on competition"))
+    assert "had not converged" in note and "benchmarks/results/evidence.md" in note
+    index = (out / "report" / "index.html").read_text()
+    assert '<p class="note">Not a verdict on competition' in index
     saved = json.loads((out / "demo.json").read_text())
     assert saved["config"]["fast"] is True and saved["config"]["threads"] == 1
     result = saved["result"]
     assert set(result["accuracy"]) == {"CVN (U=4)", "dense twin (U=1)"}
+    assert set(result["convergence"]) == set(result["accuracy"])
+    assert not all(check["plateaued"] for check in result["convergence"].values())
     assert len(result["final_labels"]["CVN (U=4)"]) == 10
     explanations = json.loads((out / "explanations.json").read_text())
     assert len(explanations) == 2 * 3  # 3 held-out images, both models

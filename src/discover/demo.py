@@ -40,7 +40,15 @@ from torch.utils.data import Dataset, Subset
 from discover._utils import Registry, dataclass_from_dict, require_int
 from discover.errors import InputError
 
-__all__ = ["DemoConfig", "DemoResult", "DemoData", "DEMO_DATA", "register_demo_data", "run_demo"]
+__all__ = [
+    "DemoConfig",
+    "DemoResult",
+    "DemoData",
+    "DEMO_DATA",
+    "convergence_notes",
+    "register_demo_data",
+    "run_demo",
+]
 
 
 @dataclass
@@ -251,6 +259,12 @@ class DemoResult:
     policy: str
     test_images: int
     seconds: dict[str, float] = field(default_factory=dict)
+    # model -> the plateau rule on its validation curve (discover.training.plateau)
+    convergence: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def notes(self) -> list[str]:
+        """What the figures do not say: a warning when a model was still learning."""
+        return convergence_notes(self.convergence)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -291,6 +305,7 @@ class DemoResult:
                 f"{model} final-layer labels ({matched} of {len(self.class_names)} = the class "
                 f"name): {', '.join(labels)}"
             )
+        lines += [f"NOTE: {note}" for note in self.notes()]
         total = sum(self.seconds.values())
         lines.append(
             f"(LWTA policy {self.policy}; {self.test_images} held-out test images; "
@@ -299,6 +314,30 @@ class DemoResult:
         lines.append(f"explained images: {self.out / 'explanations.json'}")
         lines.append(f"report: {self.report}")
         return "\n".join(lines)
+
+
+def convergence_notes(convergence: dict[str, dict[str, Any]]) -> list[str]:
+    """A warning for models that had not plateaued (``{model: Plateau.to_dict()}``); ``[]``
+    when every model had.
+
+    Example:
+        >>> convergence_notes({"dense twin": {"plateaued": True, "reason": ""}})
+        []
+    """
+    learning = {
+        model: check.get("reason") or "not plateaued"
+        for model, check in convergence.items()
+        if not check.get("plateaued", True)
+    }
+    if not learning:
+        return []
+    which = "; ".join(f"{model}: {reason}" for model, reason in learning.items())
+    return [
+        "Not a verdict on competition: these models had not converged (the plateau rule on "
+        f"their validation top-1; {which}), so their accuracy gap says little about what "
+        "competition costs. For CVNs against dense twins trained until they plateau, over "
+        "several seeds, see the project's evidence page (benchmarks/results/evidence.md)."
+    ]
 
 
 def _percent(value: Any) -> str:
@@ -380,6 +419,7 @@ def run_demo(
     from discover.evaluation.explanations import score_explanations
     from discover.explanation import explain, explanations_to_json, find_classifier
     from discover.nn.lwta import lwta_layers
+    from discover.training.convergence import plateau
     from discover.training.runs import load_run
 
     spec = get_demo_data(config.data)
@@ -426,10 +466,13 @@ def run_demo(
         models: dict[str, nn.Module] = {}
         loaded: dict[str, Any] = {}
         evaluations: dict[str, Any] = {}
+        convergence: dict[str, dict[str, Any]] = {}
         for key, run in runs.items():
             done = step("evaluate")
             loaded[key] = load_run(run)
             models[key] = loaded[key].model
+            curve = [h["val_top1"] for h in loaded[key].history if h.get("val_top1") is not None]
+            convergence[names[key]] = plateau(curve).to_dict()
             evaluations[key] = evaluate_run(
                 run,
                 split="test",
@@ -592,6 +635,7 @@ def run_demo(
             meta={"demo": config.to_dict(), "seconds": dict(seconds)},
             config=ReportConfig(title=f"discover demo: {spec.name}"),
             progress=progress,
+            notes=convergence_notes(convergence),
         )
         done()
 
@@ -610,6 +654,7 @@ def run_demo(
         policy=config.policy,
         test_images=evaluations["cvn"].images,
         seconds=seconds,
+        convergence=convergence,
     )
     _atomic_json(out / "demo.json", {"config": config.to_dict(), "result": result.to_dict()})
     return result

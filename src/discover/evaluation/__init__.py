@@ -1,6 +1,7 @@
 """Stage 5, measurement: classification accuracy, sparsity, description quality,
 explanation precision, planted-concept recovery, ground-truth scores, similarity sanity
-tests and Network-Dissection localization (IoU with pixel masks).
+tests, Network-Dissection localization (IoU with pixel masks) and paired comparisons over
+seeds.
 
 Imports the earlier stages, never :mod:`discover.report`.
 """
@@ -14,6 +15,7 @@ from . import (
     groundtruth,
     layered,
     localization,
+    paired,
     planted,
     sparsity,
 )
@@ -23,6 +25,7 @@ from .explanations import *  # noqa: F403
 from .groundtruth import *  # noqa: F403
 from .layered import *  # noqa: F403
 from .localization import *  # noqa: F403
+from .paired import *  # noqa: F403
 from .planted import *  # noqa: F403
 from .sparsity import *  # noqa: F403
 
@@ -33,6 +36,7 @@ __all__ = [
     *groundtruth.__all__,
     *layered.__all__,
     *localization.__all__,
+    *paired.__all__,
     *planted.__all__,
     *sparsity.__all__,
 ]

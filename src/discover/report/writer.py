@@ -153,6 +153,7 @@ def write_report(
     config: ReportConfig | None = None,
     progress: bool = True,
     allow_mismatch: bool = False,
+    notes: Sequence[str] = (),
 ) -> Path:
     """Write the static HTML report into the folder ``out``; returns ``out/index.html``.
 
@@ -167,6 +168,8 @@ def write_report(
         meta: run metadata shown on the overview and saved in ``report.json``.
         config: what to show (:class:`ReportConfig`).
         progress: show tqdm progress bars.
+        notes: sentences shown prominently at the top of the overview (and saved in
+            ``report.json``), e.g. that the compared models were still learning.
         allow_mismatch: report a section whose dissection does not describe its model
             (other weights, layers or ``U``, see
             :meth:`~discover.dissection.core.Dissection.check_model`) with a warning instead of
@@ -187,7 +190,9 @@ def write_report(
         if section.model is not None:
             section.dissection.check_model(section.model, allow_mismatch=allow_mismatch)
     with staged_dir(out) as staging:  # a failure (disk full too) leaves the old report intact
-        _Writer(staging, config, progress).write(sections, explanations, dict(meta or {}))
+        _Writer(staging, config, progress).write(
+            sections, explanations, dict(meta or {}), [str(n) for n in notes]
+        )
     return out / "index.html"
 
 
@@ -611,6 +616,7 @@ class _Writer:
         sections: list[ReportSection],
         explanations: list[tuple[dict[str, Any], Any]],
         meta: dict[str, Any],
+        notes: list[str],
     ) -> None:
         t0 = time.time()
         (self.root / "style.css").write_text(
@@ -629,6 +635,7 @@ class _Writer:
             sections=views,
             explanations=pages,
             meta=_rows(meta),
+            notes=notes,
         )
         summary = {
             "generator": GENERATOR,
@@ -637,6 +644,7 @@ class _Writer:
             "seconds": round(time.time() - t0, 3),
             "config": dataclasses.asdict(self.config),
             "meta": _jsonable(meta),
+            "notes": notes,
             "sections": [v["summary"] for v in views],
             "explanations": [
                 {

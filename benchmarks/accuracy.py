@@ -699,6 +699,8 @@ def write_report(
         out / f"accuracy{suffix}.json",
         {
             "machine": machine,
+            "git_head": args.git_head,
+            "date": utc_date(),
             "command": args.command,
             "wall_seconds": seconds,
             "setting": {
@@ -719,6 +721,7 @@ def write_report(
         "",
         f"Command: `{args.command}`  ",
         f"Machine: {machine}  ",
+        f"Commit: {args.git_head}  ",
         f"Date: {utc_date()}; wall time {seconds / 60:.1f} min "
         f"(this invocation; finished runs are reused)  ",
         f"Runs: {len(records)} finished. Seeds: {', '.join(map(str, args.seeds))}. Epochs: "
@@ -923,7 +926,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     meta = provenance(argv, device=args.device, threads=args.threads, jobs=args.jobs)
-    args.command = meta["command"]
+    args.command, args.git_head = meta["command"], meta["git_head"]
     setting = dataclasses.replace(SETTINGS[args.setting])
     if args.epochs:
         setting.epochs = args.epochs

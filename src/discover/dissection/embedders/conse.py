@@ -100,7 +100,7 @@ class ConSEEmbedder(Embedder):
     ImageNet class covers it); Fashion-MNIST zero-shot top-1 is about 25 % (21-27 % depending
     on sentence model, template and colour inversion; chance 10 %). This class, with the
     raw class names as texts, gets 13.4 % on the Fashion-MNIST probe of
-    ``benchmarks/claims.py`` (``benchmarks/results/claims.md``). Speed is the classifier's:
+    ``benchmarks/claims.py`` (``benchmarks/results/claims-converged.md``). Speed is the classifier's:
     about 45-50 s per 1,000 images on 2 CPU cores.
 
     Limits (§4.3):

@@ -45,6 +45,7 @@ __all__ = [
     "provenance",
     "markdown_table",
     "write_json",
+    "run_identity",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -235,3 +236,14 @@ def write_json(path: Path | str, data: Any) -> Path:
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     tmp.replace(path)
     return path
+
+
+def run_identity(run: Path | str) -> str | None:
+    """A short content hash of a finished training run's ``record.json`` (``None`` when it
+    has none): a measurement keyed by it is stale once the run is trained again."""
+    import hashlib
+
+    record = Path(run) / "record.json"
+    if not record.is_file():
+        return None
+    return hashlib.sha256(record.read_bytes()).hexdigest()[:16]

@@ -44,14 +44,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import markdown_table, portable, provenance, write_json
+from common import markdown_table, portable, provenance, run_identity, write_json
 
 LAYERS = {
     "resnet": ("layer2.0.act2", "layer3.0.act2"),
     "vit": ("blocks.2.mlp.act", "blocks.5.mlp.act"),
 }
 MATCHED_U = (2, 4, 8)
-SEEDS = (0, 1)
+SEEDS = (0, 1, 2, 3, 4)  # every seed of the converged study (U = 8: 0-2)
 EXPANSION = 4
 PROBE_N = 1000
 SAE_IMAGES = 4000
@@ -434,6 +434,14 @@ def figure(runs: Path, path: Path, units: int = 4) -> Path:
     return path
 
 
+def _current(file: Path, subject: Subject, runs: Path) -> bool:
+    """Whether ``file`` holds a measurement of the subject's run as it is now (a run trained
+    again makes it stale)."""
+    if not file.is_file():
+        return False
+    return json.loads(file.read_text()).get("run_identity") == run_identity(subject.run(runs))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("benchmarks/runs/converged"))
@@ -450,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     subjects, missing = find_subjects(args.runs, args.families, args.seeds)
     meta = provenance(argv, threads=args.threads, jobs=args.jobs)
     if not args.render:
-        todo = [s for s in subjects if not (records / f"{s.name}.json").is_file()]
+        todo = [s for s in subjects if not _current(records / f"{s.name}.json", s, args.runs)]
         print(f"{len(subjects)} subjects, {len(todo)} to measure", flush=True)
         context = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(
@@ -464,13 +472,18 @@ def main(argv: list[str] | None = None) -> int:
                 subject = futures[future]
                 rows = future.result()
                 write_json(
-                    records / f"{subject.name}.json", {"subject": asdict(subject), "rows": rows}
+                    records / f"{subject.name}.json",
+                    {
+                        "subject": asdict(subject),
+                        "run_identity": run_identity(subject.run(args.runs)),
+                        "rows": rows,
+                    },
                 )
                 print(f"done {subject.name} ({rows[0]['seconds']:.0f} s)", flush=True)
     rows = []
     for subject in subjects:
         file = records / f"{subject.name}.json"
-        if file.is_file():
+        if _current(file, subject, args.runs):
             rows += json.loads(file.read_text())["rows"]
     previous = args.out / "localization.json"
     if args.render and previous.is_file():  # the records were measured by the earlier command

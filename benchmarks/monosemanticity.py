@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import markdown_table, portable, provenance, write_json
+from common import markdown_table, portable, provenance, run_identity, write_json
 
 LAYERS = {"resnet": "layer3.0.act2", "vit": "blocks.5.mlp.act"}
 CLAIM_U = (2, 4, 8)  # the CVNs claim 3 compares with their dense twins
@@ -322,7 +322,13 @@ def measure(subject: Subject, runs: Path, workdir: Path, cache: Path) -> dict[st
                 median_z=statistics.median(zs) if zs else None,
             )
     row["seconds"] = time.time() - t0
+    row["run_identity"] = {k: run_identity(r) for k, r in _runs_of(subject, runs).items()}
     return row
+
+
+def _runs_of(subject: Subject, runs: Path) -> dict[str, Path]:
+    """The training runs a subject's figures depend on."""
+    return {"run": subject.run(runs), "twin": subject.twin(runs)}
 
 
 @torch.no_grad()
@@ -640,12 +646,18 @@ def main(argv: list[str] | None = None) -> int:
     subjects, missing = find_subjects(
         runs, args.datasets, args.families, args.U, args.seeds, args.sae_U, args.sae_sources
     )
-    rows = [
-        json.loads((records / f"{s.name}.json").read_text())
-        for s in subjects
-        if (records / f"{s.name}.json").is_file()
-    ]
-    todo = [s for s in subjects if not (records / f"{s.name}.json").is_file()]
+
+    def current(subject: Subject) -> dict[str, Any] | None:
+        """The subject's record, if it measured the runs as they are now."""
+        file = records / f"{subject.name}.json"
+        if not file.is_file():
+            return None
+        row = json.loads(file.read_text())
+        identity = {k: run_identity(r) for k, r in _runs_of(subject, runs).items()}
+        return row if row.get("run_identity") == identity else None
+
+    rows = [row for row in map(current, subjects) if row is not None]
+    todo = [s for s in subjects if current(s) is None]
     print(f"{len(subjects)} subjects: {len(rows)} done, {len(todo)} to measure", flush=True)
     if "fashion-mnist" in args.datasets and todo:  # ConSE's P once, before the workers
         from discover.dissection import concept_matrix

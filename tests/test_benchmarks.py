@@ -230,83 +230,88 @@ def test_monosemanticity_subjects_and_report(tmp_path):
         (runs / name).mkdir()
         (runs / name / "record.json").write_text("{}")
     (runs / "shapes-resnet-u4-anneal-s1").mkdir()  # not finished: no record.json
-    subjects, missing = mono.find_subjects(runs, ["shapes"], ["resnet"], [4, 8], [0, 1])
+    subjects, missing = mono.find_subjects(
+        runs, ["shapes"], ["resnet"], [4], [0, 1], [4], ["dense", "cvn"]
+    )
     names = [s.name for s in subjects]
     assert names == [
         "shapes-resnet-s0-dense", "shapes-resnet-s0-lwta-u4", "shapes-resnet-s0-sae1x-u4",
-        "shapes-resnet-s0-sae4x-u4", "shapes-resnet-s1-dense",
+        "shapes-resnet-s0-sae4x-u4", "shapes-resnet-s0-sae1x-u4-cvn",
+        "shapes-resnet-s0-sae4x-u4-cvn", "shapes-resnet-s1-dense",
     ]  # fmt: skip
-    assert len(missing) == 3 and "shapes-resnet-u4-anneal-s1 not trained" in missing
-    assert subjects[2].run(runs).name == "shapes-resnet-u1-s0"  # SAEs sit on the dense twin
+    assert missing == ["shapes-resnet-u4-anneal-s1 not trained"]
+    assert subjects[2].run(runs).name == "shapes-resnet-u1-s0"  # fitted to the dense twin
+    assert subjects[4].run(runs).name == "shapes-resnet-u4-anneal-s0"  # fitted to the CVN
+    assert all(s.twin(runs).name.startswith("shapes-resnet-u1-") for s in subjects)
 
-    def row(kind, seed, good, expansion=None):
+    figures = [key for key, *_ in mono.FIGURES]
+
+    def row(kind, seed, good, expansion=None, source=None):
         return {
             "dataset": "shapes", "family": "resnet", "seed": seed, "kind": kind,
-            "U": None if kind == "dense" else 4, "expansion": expansion, "units": 64,
-            "dead": 2, "label_is_best": good, "mean_label_auprc": good, "monosemantic": good,
-            "mean_best_auprc": good, "simulation": good, "above_chance": good, "median_z": 3.0,
-            "active_fraction": 0.25, "accuracy_cost": -0.01,
+            "U": None if kind == "dense" else 4, "expansion": expansion, "source": source,
+            "units": 64, "dead": 2, "active_fraction": 0.25,
+            **{key: good for key in figures if key != "dead_share"},
         }  # fmt: skip
 
-    rows = [row("dense", s, 0.5) for s in (0, 1)] + [row("lwta", s, 0.8 + s / 100) for s in (0, 1)]
-    rows += [row("sae", s, 0.3 + s / 100, e) for s in (0, 1) for e in (1, 4)]
+    seeds = (0, 1, 2)
+    rows = [row("dense", s, 0.5 + s / 10) for s in seeds]
+    rows += [row("lwta", s, 0.6 + s / 10 + s / 1000) for s in seeds]  # +0.1 on every seed
+    rows += [row("sae", s, 0.9 + s / 10 - s / 1000, 1, "dense") for s in seeds]
     state = {"command": "c", "machine": "m", "date": "d", "minutes": 1.0, "runs": "r", "rows": rows}
-    path = mono.write_report(state, tmp_path)
-    text = path.read_text()
-    assert "competition wins" in text and "label = best" in text
-    assert (tmp_path / "monosemanticity.png").is_file()
+    text = mono.write_report(state, tmp_path).read_text()
+    assert "## Paired differences" in text and (tmp_path / "monosemanticity.png").is_file()
     lwta = next(e for e in state["summary"] if e["kind"] == "lwta")
-    assert lwta["dead_share"] == [2 / 64, 2 / 64] and lwta["seeds"] == [0, 1]
-    rows[2]["monosemantic"], rows[3]["monosemantic"] = 0.31, 0.3  # LWTA = SAE within the noise
-    rows[6]["monosemantic"], rows[7]["monosemantic"] = 0.29, 0.32
-    assert "monosemantic units: inside the noise" in mono.write_report(state, tmp_path).read_text()
+    assert lwta["dead_share"] == [2 / 64] * 3 and lwta["seeds"] == [0, 1, 2]
+    paired = {(r["comparison"], r["metric"]): r for r in state["paired"]}
+    auprc = paired["cvn vs dense", "mean_label_auprc_corr"]
+    assert auprc["seeds"] == [0, 1, 2] and auprc["mean"] == pytest.approx(0.101)
+    assert auprc["verdict"] == "holds"  # paired: the seed effect cancels
+    assert paired["lwta vs sae", "monosemantic"]["verdict"] == "does not hold"
+    assert ("cvn vs dense", "accuracy_cost") not in paired
 
 
-def test_monosemanticity_keeps_an_earlier_runs_rows_outside_its_scope():
-    mono = _script("monosemanticity")
+def test_evidence_verdicts_follow_the_paired_rule_on_made_up_records():
+    evidence = _script("evidence")
 
-    def row(dataset, family, kind):
-        return {"dataset": dataset, "family": family, "kind": kind, "name": f"{dataset}-{family}"}
+    def rec(U, seed, sample6, argmax=None):
+        return {
+            "dataset": "shapes", "family": "resnet", "U": U, "seed": seed,
+            "variant": None if U == 1 else "anneal", "top1_sample6": sample6,
+            "top1_argmax": sample6 if argmax is None else argmax,
+            "active_fraction": 0.48 if U == 1 else 1 / U, "train_seconds": 60.0,
+        }  # fmt: skip
 
-    earlier = {
-        "command": "python benchmarks/monosemanticity.py", "date": "2026-12-01", "git_head": "abc",
-        "rows": [row("shapes", "resnet", "dense"), row("shapes", "vit", "dense")],
-        "missing": ["shapes-resnet-u24-anneal-s0 not trained",
-                    "shapes-vit-u1-s0 (dense twin) not finished"],
-        "failed": ["shapes-vit-s0-dense: RuntimeError: x"],
-    }  # fmt: skip
-    state = {
-        "rows": [row("shapes", "vit", "lwta")],
-        "missing": ["shapes-vit-u8-anneal-s1 not trained"],
-    }
-    mono.keep_outside(state, earlier, ["shapes"], ["vit"])
-    assert [(r["family"], r["kind"]) for r in state["rows"]] == [
-        ("resnet", "dense"),
-        ("vit", "lwta"),
+    dense = [0.92, 0.95, 0.90, 0.93, 0.91]  # a large seed effect, shared by the pairs
+    records = [rec(1, s, d) for s, d in enumerate(dense)]
+    records += [rec(2, s, d - 0.003) for s, d in enumerate(dense)]  # -0.3 points: holds
+    records += [rec(4, s, d - 0.02 - 0.001 * s) for s, d in enumerate(dense)]  # -2: not
+    noisy = (-0.025, 0.005, -0.015, 0.002, -0.012)
+    records += [
+        rec(8, s, d + e, d + e - 0.02) for s, (d, e) in enumerate(zip(dense, noisy, strict=True))
     ]
-    assert state["missing"] == [
-        "shapes-resnet-u24-anneal-s0 not trained", "shapes-vit-u8-anneal-s1 not trained"
-    ]  # fmt: skip
-    assert state["failed"] == []  # the vit failure is this run's business now
-    assert state["kept"]["rows"] == 1 and state["kept"]["pairs"] == ["shapes resnet"]
-    assert state["kept"]["date"] == "2026-12-01"
-    later = {"rows": [row("shapes", "vit", "dense")], "missing": []}
-    mono.keep_outside(
-        later, {**state, "command": "again", "date": "2026-12-02"}, ["shapes"], ["vit"]
-    )
-    assert later["kept"]["date"] == "2026-12-01"  # the run that measured the kept rows
+    rows = evidence.accuracy_rows({"records": records})
+    verdict = {(r["claim"], r["U"]): r["verdict"] for r in rows}
+    assert verdict["accuracy", 2] == "holds"
+    assert verdict["accuracy", 4] == "does not hold"
+    assert verdict["accuracy", 8] == "inconclusive"  # straddles -1
+    assert verdict["deterministic", 8] == "does not hold"  # argmax 2 points under sample6
+    assert verdict["deterministic", 2] == "holds" and verdict["sparsity", 4] == "holds"
+    acc2 = next(r for r in rows if (r["claim"], r["U"]) == ("accuracy", 2))
+    assert acc2["paired_diff_mean"] == pytest.approx(-0.3)
+    assert acc2["split"] == "test" and acc2["seeds"] == [0, 1, 2, 3, 4]
+    assert {"claim", "dataset", "model", "U", "metric", "seeds", "paired_diff_mean", "ci_low",
+            "ci_high", "verdict", "split"} <= set(acc2)  # fmt: skip
 
 
-@pytest.mark.parametrize("content", [None, "not json", '{"rows": []}'])
-def test_monosemanticity_keep_names_a_bad_file_before_measuring(tmp_path, capsys, content):
-    mono = _script("monosemanticity")
-    keep = tmp_path / "earlier.json"
-    if content is not None:
-        keep.write_text(content)
-    with pytest.raises(SystemExit) as exit_info:  # before --runs is even looked at
-        mono.main(["--runs", str(tmp_path / "absent"), "--keep", str(keep), "--out", str(tmp_path)])
-    assert exit_info.value.code == 2
-    assert f"--keep: {keep} is not an earlier monosemanticity.json" in capsys.readouterr().err
+def test_readme_verdicts_are_generated_from_evidence_json():
+    evidence = _script("evidence")
+    data = json.loads((BENCHMARKS / "results" / "evidence.json").read_text())
+    readme = (BENCHMARKS.parent / "README.md").read_text()
+    block = readme[readme.index(evidence.START) : readme.index(evidence.END) + len(evidence.END)]
+    assert block == evidence.readme_block(data)
+    for row in data["rows"]:
+        assert row["verdict"] in ("holds", "does not hold", "inconclusive")
 
 
 def test_gpu_line_says_whether_a_gpu_column_exists(common):

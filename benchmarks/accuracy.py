@@ -302,7 +302,7 @@ def train_config(arm: Arm, seed: int, setting: Setting, device: str, out: Path) 
     """The training configuration of one run."""
     spec = setting.models[arm.dataset][arm.family]
     recipe = setting.recipes[arm.family]
-    return TrainConfig(
+    fields: dict[str, Any] = dict(
         model=spec["name"],
         U=arm.U,
         model_kwargs=spec["kwargs"],
@@ -316,16 +316,16 @@ def train_config(arm: Arm, seed: int, setting: Setting, device: str, out: Path) 
         seed=seed,
         device=device,
         out=str(out),
-        warmup_epochs=setting.warmup_epochs
-        if setting.recipes[arm.family].startswith("deit")
-        else None,
+        warmup_epochs=setting.warmup_epochs if recipe.startswith("deit") else None,
         warmup_lr=setting.warmup_lr,
         train_subset=setting.limit_train
         or (setting.train_subset if arm.dataset != "shapes" else None),
         eval_samples=1,
         **(VARIANTS[arm.variant] if arm.variant else {}),
-        **setting.overrides.get(f"{arm.dataset}/{arm.family}", {}),
     )
+    # the group's own choices (made on validation data) replace the setting's
+    fields.update(setting.overrides.get(f"{arm.dataset}/{arm.family}", {}))
+    return TrainConfig(**fields)
 
 
 def run_spec(config: TrainConfig, setting: Setting) -> dict[str, Any]:

@@ -721,7 +721,7 @@ def write_report(state: dict[str, Any], out: Path) -> Path:
         + (" (claim 3 on the converged models)" if converged else ""),
         "",
         f"Command: `{state['command']}`  ",
-        f"Machine: {state['machine']}  ",
+        f"Commit: {state.get('git_head')}; machine: {state['machine']}  ",
         f"Date: {state['date']}; wall time {state.get('minutes', 0):.1f} min  ",
         f"Seeds: {', '.join(map(str, state['seeds']))} (claim 3: {models}; LWTA policy "
         f"`{policy}`); claims 1-2 from "
@@ -1206,6 +1206,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     state: dict[str, Any] = {
         "command": meta["command"],
+        "git_head": meta["git_head"],
         "machine": meta["machine"],
         "date": meta["date"],
         "name": args.name,

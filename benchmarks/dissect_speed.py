@@ -1206,6 +1206,7 @@ def main(argv: list[str] | None = None) -> int:
     head = git_head()
     rec = {
         "command": command_line(argv),
+        "git_head": head,
         "started": started,
         "elapsed_s": wall,
         "quick": args.quick,

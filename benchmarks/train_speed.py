@@ -175,6 +175,7 @@ def write_report(state: dict[str, Any], out: Path) -> Path:
         "",
         f"Command: `{state['command']}`  ",
         f"Machine: {state['machine']}  ",
+        f"Commit: {state.get('git_head')}  ",
         f"Date: {state['date']}",
         "",
         "Training steps (forward, backward, AdamW) on random 28 px batches of the converged "

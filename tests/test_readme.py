@@ -1,8 +1,16 @@
-"""The README's Python examples run as written."""
+"""The README's Python examples run as written, and the figures it quotes come from results
+files."""
+
+import json
+import re
+from pathlib import Path
 
 import pytest
 
-from _helpers import readme_python_block, train_tiny_shapes
+from _helpers import README, readme_python_block, train_tiny_shapes
+from discover.demo import DemoResult
+
+RESULTS = README.parent / "benchmarks" / "results"
 
 
 @pytest.mark.slow
@@ -56,3 +64,30 @@ def test_readme_deterministic_deployment_example_runs(capsys):
     exec(compile(code, "README.md[deterministic]", "exec"), {})
     out = capsys.readouterr().out.splitlines()
     assert 0.25 <= float(out[0]) <= 1.0 and out[1] == "tensor(0.2500)"
+
+
+def _readme_block(containing: str) -> str:
+    """The one fenced block (any language) of the README that contains ``containing``."""
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", README.read_text(), flags=re.S)
+    found = [b for b in blocks if containing in b]
+    assert len(found) == 1, f"{len(found)} README blocks contain {containing!r}"
+    return found[0]
+
+
+def test_readme_demo_summary_is_the_one_in_its_results_file():
+    saved = json.loads((RESULTS / "demo.json").read_text())
+    data = saved["result"]
+    result = DemoResult(**{**data, "out": Path(data["out"]), "report": Path(data["report"])})
+    assert _readme_block("final-layer descriptions").rstrip("\n") == result.summary()
+
+
+def test_readme_links_into_the_results_resolve_and_results_carry_no_machine_paths():
+    text = README.read_text()
+    quoted = set(re.findall(r"benchmarks/results/[\w./-]+\w", text))
+    assert quoted, "the README quotes no results file"
+    missing = [q for q in quoted if not (README.parent / q).exists()]
+    assert not missing, f"the README points to results that do not exist: {missing}"
+    machine = re.compile(r"(/work/|/home/|/root/|/tmp/|/private/|[A-Z]:\\\\)")
+    for path in [README, *RESULTS.rglob("*.md"), *RESULTS.rglob("*.json")]:
+        hit = machine.search(path.read_text())
+        assert hit is None, f"{path.name} holds a machine path: ...{hit.group(0)}..."

@@ -252,9 +252,12 @@ SETTINGS: dict[str, Setting] = {
     ),
     "converged": Setting(
         epochs=15,
-        # Shapes ViTs start slowly (one seed sat at chance for 5 epochs) and were still
-        # gaining 0.8-1.5 points at 20 epochs; Fashion-MNIST ResNet CVNs at U = 4 ended 1.1
-        # points under dense at 15 epochs, with U = 2 and 8 still gaining.
+        # Which split chose the budgets: Shapes ViTs were still gaining 0.8-1.5 points of
+        # *validation* top-1 at 20 epochs, so 40. The Fashion-MNIST ResNets' 25 was first
+        # chosen after a U = 4 *test* result at 15 epochs (issue 24); judged on validation
+        # alone it stands (the plateau rule passes for the runs at 25 epochs or the report
+        # says by how much it does not), but a shorter budget was not re-tested. Fashion-MNIST
+        # ViTs keep 20: the report lists the runs still gaining on validation, and by how much.
         family_epochs={"resnet": 15, "vit": 20, "shapes/vit": 40, "fashion-mnist/resnet": 25},
         batch_size=128,
         lr=2e-3,
@@ -276,6 +279,9 @@ SETTINGS: dict[str, Setting] = {
         # at least 5 seeds where the claims are judged (dense, U = 2, 4), 3 for the curve
         seed_limits={8: (0, 1, 2), 16: (0, 1, 2), 24: (0, 1, 2)},
         seeds=(0, 1, 2, 3, 4),
+        # Shapes ViTs: a 5-epoch warm-up (pilot.md, "vit-start": with one warm-up epoch two of
+        # three dense seeds sat near chance for several epochs; chosen on validation data)
+        overrides={"shapes/vit": {"warmup_epochs": 5}},
         # Shapes first (claim 3 dissects its checkpoints), cheapest group first
         group_order=("shapes/resnet", "shapes/vit", "fashion-mnist/resnet", "fashion-mnist/vit"),
         curve_notes=(

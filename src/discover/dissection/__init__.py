@@ -1,13 +1,14 @@
 """Stages 2-4: recording activations (Q), concept sets and embedders (P), similarity
 functions and :func:`dissect`, which saves a :class:`Dissection`; sparse autoencoders on
-recorded activations (:func:`train_sae`), whose latents :func:`dissect` can label.
+recorded activations (:func:`train_sae`), whose latents :func:`dissect` can label; the same
+similarities streamed over row blocks and shards (:mod:`.streaming`).
 
 Imports :mod:`discover.nn` and :mod:`discover.data`.
 """
 
 from __future__ import annotations
 
-from . import concepts, core, embedders, labels, recording, sae, similarity
+from . import concepts, core, embedders, labels, recording, sae, similarity, streaming
 from .concepts import *  # noqa: F403
 from .core import *  # noqa: F403
 from .embedders import *  # noqa: F403

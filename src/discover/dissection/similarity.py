@@ -869,6 +869,7 @@ def rank_reorder(
     min_avg: float = 1e-6,
     chunk_size: int = 8,
     concept_chunk_size: int = 256,
+    top_n: int | None = None,
     info: dict[str, Any] | None = None,
 ) -> Tensor:
     """Rank-reorder score (CLIP-Dissect ``rank_reorder``), ``method.md`` §7.5.
@@ -890,6 +891,10 @@ def rank_reorder(
     non-positive mean score finite (they rank last), and a zero baseline (a unit whose top-n
     activations are all equal, e.g. a dead unit) gives ``S = 0``.
 
+    ``top_n`` sets ``n`` directly (clamped to ``N``) instead of ``top_fraction``: a streamed
+    dissection (:mod:`discover.dissection.streaming`) scores the rows of the units' top
+    images only, with the ``n`` of the whole probe.
+
     How: every concept column is ranked once over all ``N`` images (one sort per concept);
     a unit's ordering of its ``n`` images is then a sort of small integer keys (concept rank,
     then position in the unit's top list), done for ``chunk_size`` units at a time on all
@@ -909,9 +914,9 @@ def rank_reorder(
     chunk_size = _positive_int("chunk_size", chunk_size)
     concept_chunk_size = _positive_int("concept_chunk_size", concept_chunk_size)
     (N, M), K = P.shape, Q.shape[1]
-    requested = math.floor(top_fraction * N)
-    n = max(1, requested)
-    if n != requested:
+    requested = math.floor(top_fraction * N) if top_n is None else _positive_int("top_n", top_n)
+    n = min(N, max(1, requested))
+    if n != requested and top_n is None:
         warnings.warn(
             f"top_fraction={top_fraction} of N={N} images is {requested}; using 1 image",
             stacklevel=3,

@@ -1,0 +1,468 @@
+"""Similarity over a probe set streamed in row blocks, from statistics that merge across shards.
+
+The similarity functions of :mod:`discover.dissection.similarity` take the whole ``P``
+(``N x M``) and ``Q`` (``N x K``). Here the same scores are computed from *row sources*,
+which hand out the rows of ``P`` or ``Q`` block by block in probe order and gather rows by
+image index, so that neither matrix need be held whole: an in-memory tensor
+(:class:`TensorRows`) or row blocks saved as safetensors files and read memory-mapped
+(:class:`FileRows`, written by :class:`RowWriter`).
+
+What each function needs, and how it is computed here (exactly, not approximated):
+
+* ``cos``: per unit and concept the sum of products ``sum_n q p``, and the column sums of
+  squares: one pass.
+* ``corr`` and ``cos3``: the same sums over centred (``corr``) or centred and cubed
+  (``cos3``) columns. The column means come first (pass 1, :class:`Scan`), the centred sums
+  second (pass 2, :class:`Products`); both add up over blocks and shards.
+* ``wpmi`` and ``soft_wpmi``: each unit's ``top_k`` images (pass 1 keeps a running top-k per
+  unit, ties to the lower image index as in the in-memory functions), then the function
+  itself on the rows of those images only. It reads ``P`` nowhere else (its row
+  normalisers and the prior need only those rows and all units), so the scores are the
+  in-memory ones. Memory: ``O(K top_k (M + K))`` for the gathered rows, whatever ``N``.
+* ``rank_reorder``: the same with each unit's top ``floor(top_fraction N)`` images (its
+  memory grows with ``top_fraction N``).
+* ``jsd``: each column's mean and population standard deviation (pass 1, merged with Chan's
+  formula), each unit's and each concept's ``support_k`` top images, then the function on
+  the rows of their union, z-scored with the whole probe's statistics. Its support can span
+  up to ``(K + M) support_k`` images.
+
+A shard of the probe (its own image offset) runs pass 1 on its rows; :meth:`Scan.merge`
+joins the shards' scans in any order to the scan of the whole probe, and
+:meth:`Products.merge` does the same for pass 2. :meth:`Scan.state` /
+:meth:`Scan.from_state` (and the same on :class:`Products`) turn them into tensors and back,
+for shard files.
+
+Example:
+    >>> P, Q = torch.rand(500, 7), torch.randn(500, 4)
+    >>> S = streamed_similarity("corr", TensorRows(P), TensorRows(Q), block_rows=64)
+    >>> torch.allclose(S, get_similarity("corr")(P, Q), atol=1e-6)
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors import safe_open
+from torch import Tensor
+
+from discover._utils import write_atomic
+from discover.dissection.similarity import get_similarity
+from discover.errors import InputError
+
+__all__ = [
+    "RowSource",
+    "TensorRows",
+    "RowWriter",
+    "FileRows",
+    "Scan",
+    "Products",
+    "scan",
+    "STREAMED",
+    "streamed_similarity",
+]
+
+BLOCK_ROWS = 4096
+# the in-memory functions' defaults that the streamed ones need before calling them
+_TOP_DEFAULTS = {"wpmi": 28, "soft_wpmi": 100}
+_TRANSFORMS = {"cos": "raw", "corr": "centred", "cos3": "cubed"}
+STREAMED = ("cos", "corr", "cos3", "wpmi", "soft_wpmi", "rank_reorder", "jsd")
+
+
+class RowSource(Protocol):
+    """Rows of an ``N x C`` matrix: blocks in order, and rows gathered by index."""
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    def blocks(self, rows: int) -> Iterator[tuple[int, Tensor]]:
+        """``(first row, block)`` pairs covering every row once, in order."""
+        ...
+
+    def gather(self, index: Tensor) -> Tensor:
+        """The rows ``index`` (ascending, unique), ``len(index) x C``."""
+        ...
+
+
+@dataclass(frozen=True)
+class TensorRows:
+    """A row source over a tensor in memory."""
+
+    data: Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.data.shape)  # type: ignore[return-value]
+
+    def blocks(self, rows: int) -> Iterator[tuple[int, Tensor]]:
+        for start in range(0, self.data.shape[0], rows):
+            yield start, self.data[start : start + rows]
+
+    def gather(self, index: Tensor) -> Tensor:
+        return self.data.index_select(0, index)
+
+
+class RowWriter:
+    """Appends row blocks of one matrix to a folder (``rows-NNNNN.safetensors`` and
+    ``rows.json``), each file written atomically, so an interrupted writer leaves whole files.
+
+    Example:
+        >>> with RowWriter("cache/Q-layer3") as writer:  # doctest: +SKIP
+        ...     for block in blocks:
+        ...         writer.append(block)
+        >>> FileRows("cache/Q-layer3").shape  # doctest: +SKIP
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.files: list[dict[str, Any]] = []
+        self.rows = 0
+        self.columns: int | None = None
+
+    def append(self, block: Tensor) -> None:
+        from safetensors.torch import save
+
+        if block.dim() != 2:
+            raise InputError(f"RowWriter: a block must be 2-D, got shape {tuple(block.shape)}")
+        if self.columns is not None and block.shape[1] != self.columns:
+            raise InputError(
+                f"RowWriter: a block of {block.shape[1]} columns after blocks of {self.columns}"
+            )
+        self.columns = block.shape[1]
+        name = f"rows-{len(self.files):05d}.safetensors"
+        write_atomic(self.folder / name, save({"rows": block.detach().contiguous().cpu()}))
+        self.files.append({"file": name, "start": self.rows, "rows": block.shape[0]})
+        self.rows += block.shape[0]
+
+    def close(self) -> None:
+        index = {"rows": self.rows, "columns": self.columns, "files": self.files}
+        write_atomic(self.folder / "rows.json", json.dumps(index, indent=1))
+
+    def __enter__(self) -> RowWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+
+
+class FileRows:
+    """A row source over the files of a :class:`RowWriter`, read memory-mapped."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        index_file = self.folder / "rows.json"
+        if not index_file.is_file():
+            raise InputError(f"{self.folder}: no rows.json (not a finished RowWriter folder)")
+        index = json.loads(index_file.read_text())
+        self.files = index["files"]
+        self._shape = (int(index["rows"]), int(index["columns"] or 0))
+        self.starts = torch.tensor([f["start"] for f in self.files], dtype=torch.long)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._shape
+
+    def _read(self, i: int, lo: int, hi: int) -> Tensor:
+        with safe_open(self.folder / self.files[i]["file"], framework="pt") as f:
+            return f.get_slice("rows")[lo:hi]
+
+    def blocks(self, rows: int) -> Iterator[tuple[int, Tensor]]:
+        for i, entry in enumerate(self.files):
+            for lo in range(0, entry["rows"], rows):
+                hi = min(lo + rows, entry["rows"])
+                yield entry["start"] + lo, self._read(i, lo, hi)
+
+    def gather(self, index: Tensor) -> Tensor:
+        out: Tensor | None = None
+        which = torch.searchsorted(self.starts, index, right=True) - 1
+        for i in which.unique().tolist():
+            pick = (which == i).nonzero()[:, 0]
+            local = index[pick] - self.files[i]["start"]
+            lo, hi = int(local.min()), int(local.max()) + 1
+            rows = self._read(i, lo, hi).index_select(0, local - lo)
+            if out is None:
+                out = torch.empty(len(index), self.shape[1], dtype=rows.dtype)
+            out[pick] = rows
+        return out if out is not None else torch.empty(0, self.shape[1])
+
+
+# -- pass 1 -----------------------------------------------------------------------------------
+def _top_merge(values: Tensor, index: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` best of every row of ``values`` ``[c, n]`` (descending, ties to the lower
+    ``index``), with their indices."""
+    index, order = index.sort(dim=1, stable=True)
+    values = values.gather(1, order)
+    values, order = values.sort(dim=1, descending=True, stable=True)
+    return values[:, :k], index.gather(1, order)[:, :k]
+
+
+@dataclass
+class _Moments:
+    """Count, mean and sum of squared deviations of every column (Chan's merge)."""
+
+    n: int = 0
+    mean: Tensor | None = None
+    m2: Tensor | None = None
+
+    def add(self, x: Tensor) -> None:
+        x = x.double()
+        b_n, b_mean = x.shape[0], x.mean(dim=0)
+        b_m2 = (x - b_mean).square().sum(dim=0)
+        self.join(_Moments(b_n, b_mean, b_m2))
+
+    def join(self, other: _Moments) -> None:
+        if other.n == 0:
+            return
+        if self.n == 0:
+            self.n, self.mean, self.m2 = other.n, other.mean.clone(), other.m2.clone()
+            return
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * (other.n / n)
+        self.m2 = self.m2 + other.m2 + delta.square() * (self.n * other.n / n)
+        self.n = n
+
+
+@dataclass
+class Scan:
+    """Pass 1 over the probe: column moments of ``P`` and ``Q`` and running top images.
+
+    ``top_units`` images are kept per unit (``0``: none), ``top_concepts`` per concept.
+    """
+
+    top_units: int = 0
+    top_concepts: int = 0
+    p: _Moments = field(default_factory=_Moments)
+    q: _Moments = field(default_factory=_Moments)
+    unit_values: Tensor | None = None  # [K, top] descending
+    unit_index: Tensor | None = None
+    concept_values: Tensor | None = None  # [M, top] descending
+    concept_index: Tensor | None = None
+
+    def update(self, start: int, P: Tensor, Q: Tensor) -> None:
+        """Add the rows ``start ..`` of the probe (the same images in ``P`` and ``Q``)."""
+        if P.shape[0] != Q.shape[0]:
+            raise InputError(f"Scan: {P.shape[0]} rows of P with {Q.shape[0]} rows of Q")
+        self.p.add(P)
+        self.q.add(Q)
+        rows = torch.arange(start, start + P.shape[0]).expand(Q.shape[1], -1)
+        if self.top_units:
+            self.unit_values, self.unit_index = self._keep(
+                self.unit_values, self.unit_index, Q, rows, self.top_units
+            )
+        if self.top_concepts:
+            rows = torch.arange(start, start + P.shape[0]).expand(P.shape[1], -1)
+            self.concept_values, self.concept_index = self._keep(
+                self.concept_values, self.concept_index, P, rows, self.top_concepts
+            )
+
+    @staticmethod
+    def _keep(values: Tensor | None, index: Tensor | None, x: Tensor, rows: Tensor, k: int):
+        new = x.T.add(0.0)  # -0.0 ranks as +0.0, as in the in-memory functions
+        if values is not None:
+            new = torch.cat([values, new], dim=1)
+            rows = torch.cat([index, rows], dim=1)
+        return _top_merge(new, rows, k)
+
+    def merge(self, other: Scan) -> Scan:
+        """The scan of both sets of rows (shards of one probe, any order)."""
+        if (self.top_units, self.top_concepts) != (other.top_units, other.top_concepts):
+            raise InputError("Scan.merge: scans of different settings (top images kept)")
+        out = Scan(self.top_units, self.top_concepts)
+        for mine, theirs, joined in ((self.p, other.p, out.p), (self.q, other.q, out.q)):
+            joined.join(mine)
+            joined.join(theirs)
+        for attr, k in (("unit", self.top_units), ("concept", self.top_concepts)):
+            parts = [
+                (getattr(s, f"{attr}_values"), getattr(s, f"{attr}_index"))
+                for s in (self, other)
+                if getattr(s, f"{attr}_values") is not None
+            ]
+            if parts:
+                values = torch.cat([v for v, _ in parts], dim=1)
+                index = torch.cat([i for _, i in parts], dim=1)
+                merged = _top_merge(values, index, k)
+                setattr(out, f"{attr}_values", merged[0])
+                setattr(out, f"{attr}_index", merged[1])
+        return out
+
+    @property
+    def rows(self) -> int:
+        return self.q.n
+
+    def state(self) -> dict[str, Tensor]:
+        """Tensors for a shard file (:meth:`from_state` reads them back)."""
+        out = {"settings": torch.tensor([self.top_units, self.top_concepts, self.q.n])}
+        for name, m in (("p", self.p), ("q", self.q)):
+            out[f"{name}_mean"], out[f"{name}_m2"] = m.mean, m.m2
+        for name in ("unit_values", "unit_index", "concept_values", "concept_index"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor]) -> Scan:
+        top_units, top_concepts, n = (int(v) for v in state["settings"])
+        scan = cls(top_units, top_concepts)
+        scan.p = _Moments(n, state["p_mean"], state["p_m2"])
+        scan.q = _Moments(n, state["q_mean"], state["q_m2"])
+        for name in ("unit_values", "unit_index", "concept_values", "concept_index"):
+            setattr(scan, name, state.get(name))
+        return scan
+
+
+# -- pass 2 -----------------------------------------------------------------------------------
+def _transform(x: Tensor, kind: str, mean: Tensor) -> Tensor:
+    x = x.double()
+    if kind == "raw":
+        return x
+    x = x - mean
+    return x.pow_(3) if kind == "cubed" else x
+
+
+@dataclass
+class Products:
+    """Pass 2 of ``cos``, ``corr`` and ``cos3``: sums over images of products of the
+    transformed columns (float64), given pass 1's means."""
+
+    kind: str  # "raw" (cos), "centred" (corr) or "cubed" (cos3)
+    qp: Tensor | None = None  # [K, M]
+    qq: Tensor | None = None  # [K]
+    pp: Tensor | None = None  # [M]
+
+    def update(self, P: Tensor, Q: Tensor, scan: Scan) -> None:
+        p = _transform(P, self.kind, scan.p.mean)
+        q = _transform(Q, self.kind, scan.q.mean)
+        qp, qq, pp = q.T @ p, q.square().sum(0), p.square().sum(0)
+        if self.qp is None:
+            self.qp, self.qq, self.pp = qp, qq, pp
+        else:
+            self.qp += qp
+            self.qq += qq
+            self.pp += pp
+
+    def merge(self, other: Products) -> Products:
+        if self.kind != other.kind:
+            raise InputError(f"Products.merge: {self.kind!r} sums with {other.kind!r} sums")
+        if self.qp is None or other.qp is None:
+            return other if self.qp is None else self
+        return Products(self.kind, self.qp + other.qp, self.qq + other.qq, self.pp + other.pp)
+
+    def scores(self, min_norm: float, dtype: torch.dtype = torch.float32) -> Tensor:
+        """``S[k, m] = qp / (max(|q|, min_norm) max(|p|, min_norm))``."""
+        q_norm = self.qq.sqrt().clamp_min(min_norm)
+        p_norm = self.pp.sqrt().clamp_min(min_norm)
+        return (self.qp / q_norm[:, None] / p_norm[None, :]).to(dtype)
+
+    def state(self) -> dict[str, Tensor]:
+        return {"qp": self.qp, "qq": self.qq, "pp": self.pp}
+
+    @classmethod
+    def from_state(cls, kind: str, state: dict[str, Tensor]) -> Products:
+        return cls(kind, state["qp"], state["qq"], state["pp"])
+
+
+# -- the functions ------------------------------------------------------------------------------
+def _paired_blocks(P: RowSource, Q: RowSource, rows: int) -> Iterator[tuple[int, Tensor, Tensor]]:
+    for (start, p), (q_start, q) in zip(P.blocks(rows), Q.blocks(rows), strict=True):
+        if start != q_start or p.shape[0] != q.shape[0]:
+            raise InputError(
+                f"P and Q blocks disagree: rows {start}+{p.shape[0]} and {q_start}+{q.shape[0]}"
+            )
+        yield start, p, q
+
+
+def scan(
+    P: RowSource, Q: RowSource, *, top_units: int = 0, top_concepts: int = 0,
+    block_rows: int = BLOCK_ROWS,
+) -> Scan:  # fmt: skip
+    """Pass 1 over every row of ``P`` and ``Q``."""
+    if P.shape[0] != Q.shape[0]:
+        raise InputError(f"P has {P.shape[0]} rows and Q {Q.shape[0]}: not the same images")
+    result = Scan(min(top_units, P.shape[0]), min(top_concepts, P.shape[0]))
+    for start, p, q in _paired_blocks(P, Q, block_rows):
+        result.update(start, p, q)
+    return result
+
+
+def _top_count(name: str, params: dict[str, Any], n: int) -> tuple[int, int]:
+    """(top images per unit, per concept) the function ``name`` reads."""
+    if name in _TOP_DEFAULTS:
+        return min(params.get("top_k", _TOP_DEFAULTS[name]), n), 0
+    if name == "rank_reorder":
+        return max(1, math.floor(params.get("top_fraction", 0.05) * n)), 0
+    if name == "jsd":
+        support, k = params.get("support", "union_topk"), min(params.get("support_k", 100), n)
+        if support == "all":
+            raise InputError("streamed jsd: support='all' reads every image; stream 'union_topk'")
+        return k, (k if support == "union_topk" else 0)
+    return 0, 0
+
+
+def streamed_similarity(
+    name: str,
+    P: RowSource,
+    Q: RowSource,
+    *,
+    block_rows: int = BLOCK_ROWS,
+    scan_result: Scan | None = None,
+    **params: Any,
+) -> Tensor:
+    """``get_similarity(name)(P, Q, **params)`` from row sources, one row block at a time.
+
+    ``scan_result``: pass 1 already done (e.g. merged from shards); it must keep at least the
+    top images the function reads. Scores equal the in-memory function's: exactly for
+    ``wpmi``, ``soft_wpmi`` and ``rank_reorder`` (the same arithmetic on the same rows),
+    to float32 rounding for ``cos``, ``corr``, ``cos3`` (float64 sums) and ``jsd`` (the
+    z-scores come from merged moments).
+
+    Example:
+        >>> S = streamed_similarity("soft_wpmi", TensorRows(P), TensorRows(Q))  # doctest: +SKIP
+    """
+    if name not in STREAMED:
+        raise InputError(f"streamed_similarity: {name!r} is not streamed; streamed: {STREAMED}")
+    N = P.shape[0]
+    top_units, top_concepts = _top_count(name, params, N)
+    result = scan_result or scan(
+        P, Q, top_units=top_units, top_concepts=top_concepts, block_rows=block_rows
+    )
+    if result.rows != N:
+        raise InputError(f"the scan covers {result.rows} images, the sources {N}")
+    if result.top_units < top_units or result.top_concepts < top_concepts:
+        raise InputError(
+            f"streamed {name}: the scan kept {result.top_units} images per unit and "
+            f"{result.top_concepts} per concept; it needs {top_units} and {top_concepts}"
+        )
+    if name in _TRANSFORMS:
+        sums = Products(_TRANSFORMS[name])
+        for _, p, q in _paired_blocks(P, Q, block_rows):
+            sums.update(p, q, result)
+        default = 1e-3 if name == "cos3" else 1e-12
+        return sums.scores(params.get("min_norm", default))
+    # the functions that read only some images: their rows, then the function itself
+    parts = [result.unit_index[:, :top_units].reshape(-1)]
+    if top_concepts:
+        parts.append(result.concept_index[:, :top_concepts].reshape(-1))
+    rows = torch.cat(parts).unique()  # ascending: ties still go to the lower image
+    P_rows, Q_rows = P.gather(rows), Q.gather(rows)
+    fn = get_similarity(name)
+    if name == "rank_reorder":
+        return fn(P_rows, Q_rows, **{**params, "top_n": top_units})
+    if name == "jsd":
+        params = dict(params)
+        min_std = params.get("min_std", 1e-12)
+        for key, x, m in (("transform_p", P_rows, result.p), ("transform_q", Q_rows, result.q)):
+            if params.get(key, "zscore") == "zscore":
+                std = (m.m2 / m.n).sqrt().clamp_min(min_std)
+                x.copy_((x.double() - m.mean) / std)
+                params[key] = "identity"
+        return fn(P_rows, Q_rows, **params)
+    return fn(P_rows, Q_rows, **params)

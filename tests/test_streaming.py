@@ -1,0 +1,130 @@
+"""Streamed similarity: the in-memory functions' scores from row blocks and merged shards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from discover.dissection.similarity import get_similarity
+from discover.dissection.streaming import (
+    STREAMED,
+    FileRows,
+    Products,
+    RowWriter,
+    Scan,
+    TensorRows,
+    scan,
+    streamed_similarity,
+)
+from discover.errors import InputError
+
+# small settings so that the top-image functions read a strict subset of the probe
+PARAMS = {
+    "cos": {},
+    "corr": {},
+    "cos3": {},
+    "wpmi": {"top_k": 7},
+    "soft_wpmi": {"top_k": 9},
+    "rank_reorder": {"top_fraction": 0.04},
+    "jsd": {"support_k": 6},
+}
+
+
+@pytest.fixture(scope="module")
+def probe():
+    g = torch.Generator().manual_seed(0)
+    N, M, K = 300, 11, 8
+    P = torch.rand(N, M, generator=g)
+    Q = torch.randn(N, K, generator=g)
+    Q[:, 0] = torch.relu(Q[:, 0]).round()  # ties, zeros and -0.0 at the top-k boundary
+    Q[::3, 1] = -0.0
+    Q[:, 2] = 0.0  # a dead unit
+    Q[:, 3] = 3 * P[:, 4] + 0.1 * Q[:, 3]  # a unit that detects concept 4
+    P[:, 5] = P[:, 5].round(decimals=1)  # ties in a concept (rank_reorder, jsd supports)
+    return P, Q
+
+
+def test_every_similarity_function_is_streamed():
+    assert set(STREAMED) == set(PARAMS)
+
+
+@pytest.mark.parametrize("name", list(PARAMS))
+@pytest.mark.parametrize("block_rows", [1, 37, 1000])
+def test_streamed_scores_equal_the_in_memory_ones(probe, name, block_rows):
+    P, Q = probe
+    expected = get_similarity(name)(P, Q, **PARAMS[name])
+    got = streamed_similarity(name, TensorRows(P), TensorRows(Q), block_rows=block_rows,
+                              **PARAMS[name])  # fmt: skip
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    scale = expected.abs().max()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(scale))
+    assert torch.equal(got.argmax(1), expected.argmax(1))  # the same label for every unit
+    if name in ("wpmi", "soft_wpmi", "rank_reorder"):  # the same arithmetic on the same rows
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("name", ["corr", "cos3", "soft_wpmi", "jsd"])
+def test_shards_merge_into_the_whole_probes_scores(probe, name):
+    P, Q = probe
+    cuts = [0, 90, 91, 300]  # uneven shards, one of a single image
+    top_units, top_concepts = {"soft_wpmi": (9, 0), "jsd": (6, 6)}.get(name, (0, 0))
+    shards = []
+    for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+        part = Scan(top_units, top_concepts)
+        part.update(lo, P[lo:hi], Q[lo:hi])
+        shards.append(Scan.from_state(part.state()))  # through a shard file's tensors
+    merged = shards[2].merge(shards[0]).merge(shards[1])  # any order
+    whole = scan(TensorRows(P), TensorRows(Q), top_units=top_units, top_concepts=top_concepts)
+    torch.testing.assert_close(merged.q.mean, whole.q.mean)
+    torch.testing.assert_close(merged.p.m2, whole.p.m2)
+    if top_units:
+        assert torch.equal(merged.unit_index, whole.unit_index)
+    got = streamed_similarity(name, TensorRows(P), TensorRows(Q), scan_result=merged,
+                              **PARAMS[name])  # fmt: skip
+    expected = get_similarity(name)(P, Q, **PARAMS[name])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_pass_two_sums_merge_across_shards(probe):
+    P, Q = probe
+    whole = scan(TensorRows(P), TensorRows(Q))
+    a, b = Products("centred"), Products("centred")
+    a.update(P[:100], Q[:100], whole)
+    b.update(P[100:], Q[100:], whole)
+    merged = Products.from_state("centred", b.merge(a).state())
+    torch.testing.assert_close(merged.scores(1e-12), get_similarity("corr")(P, Q))
+    with pytest.raises(InputError, match="'centred' sums with 'cubed'"):
+        a.merge(Products("cubed"))
+
+
+def test_file_rows_read_back_blocks_and_gathers(probe, tmp_path):
+    P, Q = probe
+    with RowWriter(tmp_path / "Q") as writer:
+        for start in range(0, len(Q), 64):
+            writer.append(Q[start : start + 64])
+    rows = FileRows(tmp_path / "Q")
+    assert rows.shape == tuple(Q.shape)
+    assert torch.equal(torch.cat([b for _, b in rows.blocks(50)]), Q)
+    index = torch.tensor([0, 5, 63, 64, 200, 299])
+    assert torch.equal(rows.gather(index), Q[index])
+    got = streamed_similarity("soft_wpmi", TensorRows(P), rows, block_rows=64, top_k=9)
+    assert torch.equal(got, get_similarity("soft_wpmi")(P, Q, top_k=9))
+
+
+def test_bad_inputs_are_named(probe, tmp_path):
+    P, Q = probe
+    with pytest.raises(InputError, match="not the same images"):
+        streamed_similarity("cos", TensorRows(P[:10]), TensorRows(Q))
+    with pytest.raises(InputError, match="is not streamed"):
+        streamed_similarity("nope", TensorRows(P), TensorRows(Q))
+    with pytest.raises(InputError, match="support='all'"):
+        streamed_similarity("jsd", TensorRows(P), TensorRows(Q), support="all")
+    small = scan(TensorRows(P), TensorRows(Q), top_units=3)
+    with pytest.raises(InputError, match="it needs 9"):
+        streamed_similarity("soft_wpmi", TensorRows(P), TensorRows(Q), scan_result=small, top_k=9)
+    with pytest.raises(InputError, match="no rows.json"):
+        FileRows(tmp_path)
+    writer = RowWriter(tmp_path / "w")
+    writer.append(Q[:4])
+    with pytest.raises(InputError, match="columns"):
+        writer.append(P[:4])

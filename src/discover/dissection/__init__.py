@@ -8,7 +8,7 @@ Imports :mod:`discover.nn` and :mod:`discover.data`.
 
 from __future__ import annotations
 
-from . import concepts, core, embedders, labels, recording, sae, similarity, streaming
+from . import concepts, core, embedders, labels, recording, sae, similarity, streaming  # noqa: F401
 from .concepts import *  # noqa: F403
 from .core import *  # noqa: F403
 from .embedders import *  # noqa: F403

@@ -5,15 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
+from discover.dissection.significance import label_significance
 from discover.dissection.similarity import get_similarity
 from discover.dissection.streaming import (
     STREAMED,
     FileRows,
+    PermutedRows,
+    ProductRows,
     Products,
     RowWriter,
     Scan,
     TensorRows,
     scan,
+    streamed_significance,
     streamed_similarity,
 )
 from discover.errors import InputError
@@ -128,3 +132,32 @@ def test_bad_inputs_are_named(probe, tmp_path):
     writer.append(Q[:4])
     with pytest.raises(InputError, match="columns"):
         writer.append(P[:4])
+
+
+def test_permuted_and_product_rows(probe):
+    P, Q = probe
+    perm = torch.randperm(len(Q), generator=torch.Generator().manual_seed(3))
+    shuffled = PermutedRows(TensorRows(Q), perm)
+    assert torch.equal(torch.cat([b for _, b in shuffled.blocks(41)]), Q[perm])
+    assert torch.equal(shuffled.gather(torch.tensor([2, 7])), Q[perm[[2, 7]]])
+    images, texts = torch.randn(len(Q), 5), torch.randn(11, 5)
+    concept_rows = ProductRows(TensorRows(images), texts)
+    assert concept_rows.shape == (len(Q), 11)
+    torch.testing.assert_close(torch.cat([b for _, b in concept_rows.blocks(50)]), images @ texts.T)
+    got = streamed_similarity("corr", concept_rows, TensorRows(Q), block_rows=64)
+    torch.testing.assert_close(
+        got, get_similarity("corr")(images @ texts.T, Q), atol=1e-6, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize(("name", "params"), [("corr", {}), ("soft_wpmi", {"top_k": 9})])
+def test_streamed_significance_is_label_significance(probe, name, params):
+    P, Q = probe
+    fn = get_similarity(name)
+    best = fn(P, Q, **params).amax(1)
+    expected = label_significance(P, Q, best, fn, params, repeats=5, seed=4)
+    got = streamed_significance(name, TensorRows(P), TensorRows(Q), best, repeats=5, seed=4,
+                                block_rows=64, **params)  # fmt: skip
+    torch.testing.assert_close(got.null_mean, expected.null_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.z, expected.z, rtol=1e-4, atol=1e-4)
+    assert torch.equal(got.above_chance, expected.above_chance)

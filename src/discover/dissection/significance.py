@@ -39,7 +39,14 @@ from torch import Tensor
 
 from discover.errors import InputError
 
-__all__ = ["SIGNIFICANT_P", "SIGNIFICANCE_SIMILARITY", "Significance", "label_significance"]
+__all__ = [
+    "SIGNIFICANT_P",
+    "SIGNIFICANCE_SIMILARITY",
+    "Significance",
+    "label_significance",
+    "null_permutations",
+    "significance_from_null",
+]
 
 SIGNIFICANT_P = 1e-3
 SIGNIFICANCE_SIMILARITY = "corr"
@@ -97,14 +104,35 @@ def label_significance(
             f"label_significance: P has {P.shape[0]} images and Q {N}; best must have shape "
             f"({K},), got {tuple(best.shape)}"
         )
-    generator = torch.Generator().manual_seed(seed)
     null = torch.empty(repeats, K, dtype=torch.float64)
-    for r in range(repeats):
-        perm = torch.randperm(N, generator=generator).to(Q.device)
+    for r, perm in enumerate(null_permutations(N, repeats, seed)):
         with warnings.catch_warnings():  # the caller's own scoring has warned already
             warnings.simplefilter("ignore", UserWarning)
-            S = score_fn(P, Q.index_select(0, perm), **(params or {}))
+            S = score_fn(P, Q.index_select(0, perm.to(Q.device)), **(params or {}))
         null[r] = S.amax(dim=1).double().cpu()
+    return significance_from_null(null, best)
+
+
+def null_permutations(N: int, repeats: int, seed: int) -> list[Tensor]:
+    """The image permutations of the null draws, in order (a local generator seeded with
+    ``seed``; the global RNG is untouched)."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randperm(N, generator=generator) for _ in range(repeats)]
+
+
+def significance_from_null(null: Tensor, best: Tensor) -> Significance:
+    """``z`` and ``p`` of each unit's ``best`` score ``[K]`` in its null of best scores on
+    shuffled images, ``null`` ``[repeats, K]`` (see the module docstring).
+
+    Example:
+        >>> sig = significance_from_null(torch.tensor([[0.1], [0.2], [0.15]]), torch.tensor([0.9]))
+        >>> bool(sig.above_chance[0])
+        True
+    """
+    repeats = null.shape[0]
+    if repeats < 2:
+        raise InputError(f"repeats must be >= 2 (a spread needs two draws), got {repeats}")
+    null = null.double().cpu()
     mean, std = null.mean(dim=0), null.std(dim=0)
     observed = best.double().cpu()
     z = (observed - mean) / std.clamp_min(1e-12)

@@ -53,12 +53,19 @@ from safetensors import safe_open
 from torch import Tensor
 
 from discover._utils import write_atomic
+from discover.dissection.significance import (
+    Significance,
+    null_permutations,
+    significance_from_null,
+)
 from discover.dissection.similarity import get_similarity
 from discover.errors import InputError
 
 __all__ = [
     "RowSource",
     "TensorRows",
+    "PermutedRows",
+    "ProductRows",
     "RowWriter",
     "FileRows",
     "Scan",
@@ -66,6 +73,7 @@ __all__ = [
     "scan",
     "STREAMED",
     "streamed_similarity",
+    "streamed_significance",
 ]
 
 BLOCK_ROWS = 4096
@@ -106,6 +114,48 @@ class TensorRows:
 
     def gather(self, index: Tensor) -> Tensor:
         return self.data.index_select(0, index)
+
+
+@dataclass(frozen=True)
+class PermutedRows:
+    """Row ``i`` of ``source`` is row ``perm[i]`` here (the shuffled images of a null draw)."""
+
+    source: RowSource
+    perm: Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.source.shape
+
+    def gather(self, index: Tensor) -> Tensor:
+        wanted = self.perm.index_select(0, index)
+        rows, inverse = wanted.unique(return_inverse=True)  # sources gather ascending rows
+        return self.source.gather(rows).index_select(0, inverse)
+
+    def blocks(self, rows: int) -> Iterator[tuple[int, Tensor]]:
+        for start in range(0, self.shape[0], rows):
+            index = torch.arange(start, min(start + rows, self.shape[0]))
+            yield start, self.gather(index)
+
+
+@dataclass(frozen=True)
+class ProductRows:
+    """Rows of ``left @ right.T`` (e.g. ``P`` from image embeddings ``N x D`` and concept
+    embeddings ``M x D``), computed block by block, never held whole."""
+
+    left: RowSource
+    right: Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.left.shape[0], self.right.shape[0])
+
+    def blocks(self, rows: int) -> Iterator[tuple[int, Tensor]]:
+        for start, block in self.left.blocks(rows):
+            yield start, block.to(self.right.dtype) @ self.right.T
+
+    def gather(self, index: Tensor) -> Tensor:
+        return self.left.gather(index).to(self.right.dtype) @ self.right.T
 
 
 class RowWriter:
@@ -466,3 +516,30 @@ def streamed_similarity(
                 params[key] = "identity"
         return fn(P_rows, Q_rows, **params)
     return fn(P_rows, Q_rows, **params)
+
+
+def streamed_significance(
+    name: str,
+    P: RowSource,
+    Q: RowSource,
+    best: Tensor,
+    *,
+    repeats: int = 16,
+    seed: int = 0,
+    block_rows: int = BLOCK_ROWS,
+    **params: Any,
+) -> Significance:
+    """:func:`~discover.dissection.significance.label_significance` from row sources: each
+    null draw scores ``P`` against the images of ``Q`` shuffled by the same seeded
+    permutations, with :func:`streamed_similarity`.
+
+    Example:
+        >>> sig = streamed_significance("corr", TensorRows(P), TensorRows(Q), best)  # doctest: +SKIP
+    """
+    if repeats < 2:
+        raise InputError(f"repeats must be >= 2 (a spread needs two draws), got {repeats}")
+    null = torch.empty(repeats, Q.shape[1], dtype=torch.float64)
+    for r, perm in enumerate(null_permutations(Q.shape[0], repeats, seed)):
+        S = streamed_similarity(name, P, PermutedRows(Q, perm), block_rows=block_rows, **params)
+        null[r] = S.amax(dim=1).double()
+    return significance_from_null(null, best)

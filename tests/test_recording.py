@@ -15,6 +15,7 @@ from discover.dissection.recording import (
     record,
     resolve_layers,
 )
+from discover.errors import InputError
 
 
 def _vit():
@@ -284,3 +285,30 @@ def test_map_memory_does_not_grow_with_the_probe():
     assert int(b.indices.max()) > 10  # the later batches did reach the top
     none = record(model, ["layer1.0.act1"], _probe(n=10), "avg", maps=0, progress=False)
     assert none.maps == {}
+
+
+def test_record_rows_writes_what_record_returns(tmp_path):
+    from discover.dissection.recording import record_rows
+
+    torch.manual_seed(0)
+    model = create_model(
+        "small_resnet", U=4, num_classes=4, img_size=16, widths=[8, 16], depths=[1, 1]
+    )
+    probe = _probe(n=23)
+    layers, pooling = ["layer2.0.act2", "fc"], {"layer2.0.act2": "avg", "fc": "none"}
+    rec = record(model, layers, probe, pooling, batch_size=5, progress=False)
+    rows = record_rows(model, layers, probe, tmp_path / "rows", pooling, batch_size=5,
+                       progress=False)  # fmt: skip
+    assert rows.pooling == rec.pooling
+    for layer in layers:
+        written = rows.activations[layer]
+        assert written.shape == tuple(rec.activations[layer].shape)
+        assert len(written.files) == 5  # one file per batch: nothing held back
+        assert torch.equal(torch.cat([b for _, b in written.blocks(7)]), rec.activations[layer])
+    assert set(rows.wins) == {"layer2.0.act2"}
+    assert torch.equal(
+        rows.wins["layer2.0.act2"].gather(torch.arange(23)), rec.wins["layer2.0.act2"]
+    )
+    assert torch.equal(rows.maps["layer2.0.act2"].indices, rec.maps["layer2.0.act2"].indices)
+    with pytest.raises(InputError, match="empty"):
+        record_rows(model, layers, Subset(probe, []), tmp_path / "x")

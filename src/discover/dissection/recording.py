@@ -49,11 +49,13 @@ __all__ = [
     "POOLINGS",
     "LayerInfo",
     "Recording",
+    "RowsRecording",
     "pool_mask",
     "list_layers",
     "resolve_layers",
     "pool",
     "record",
+    "record_rows",
     "model_fingerprint",
     "dataset_fingerprint",
 ]
@@ -458,12 +460,34 @@ def _require_finite(activations: torch.Tensor, layer: str, first: int = 0) -> No
         )
 
 
+class _Rows:
+    """One layer's recorded rows, chunk by chunk: kept in memory, or (with ``writer``, a
+    :class:`~discover.dissection.streaming.RowWriter`) written out as they come."""
+
+    def __init__(self, writer: Any = None) -> None:
+        self.chunks: list[torch.Tensor] = []
+        self.count = 0
+        self.last: torch.Tensor | None = None
+        self.writer = writer
+
+    def append(self, rows: torch.Tensor) -> None:
+        self.count += len(rows)
+        self.last = rows
+        if self.writer is not None:
+            self.writer.append(rows)
+        else:
+            self.chunks.append(rows)
+
+    def tensor(self) -> torch.Tensor:
+        return torch.cat(self.chunks)
+
+
 @contextlib.contextmanager
 def _pooled_hooks(
     model: nn.Module,
     modules: dict[str, nn.Module],
     pooling: dict[str, str],
-    sink: dict[str, list],
+    sink: dict[str, _Rows],
     allow_nonfinite: bool = False,
     top_maps: dict[str, _TopMaps] | None = None,
     maps_k: int = GALLERY_SIZE,
@@ -487,7 +511,7 @@ def _pooled_hooks(
             # and a later in-place op could change the recorded values.
             pooled = pool(output.detach(), pooling[name], name)
             if not allow_nonfinite:
-                _require_finite(pooled, name, first=sum(len(c) for c in sink[name]))
+                _require_finite(pooled, name, first=sink[name].count)
             sink[name].append(pooled.to(device="cpu", dtype=torch.float32, copy=True))
             if isinstance(module, LWTA):
                 wins = pool_mask(module.last_mask, pooling[name], name)
@@ -501,7 +525,7 @@ def _pooled_hooks(
                     if name not in top_maps:
                         top_maps[name] = _TopMaps(maps_k, _maps_note(output, maps, model))
                     top_maps[name].update(
-                        sink[name][-1], maps.cpu(), won.cpu() if won is not None else None
+                        sink[name].last, maps.cpu(), won.cpu() if won is not None else None
                     )
 
         return hook
@@ -591,17 +615,7 @@ def record(
         >>> rec.activations["layer3.1.act2"].shape  # doctest: +SKIP
         torch.Size([1000, 128])
     """
-    modules = resolve_layers(model, layers)
-    if isinstance(pooling, str):
-        pooling = {n: pooling for n in modules}
-    pooling = dict(pooling)
-    missing = [n for n in modules if n not in pooling]
-    if missing:
-        raise InputError(f"no pooling given for layer(s) {', '.join(missing)}")
-    require_int(batch_size, "record: batch_size")
-    require_int(maps, "record: maps", 0)
-    if len(probe) == 0:
-        raise InputError("the probe set is empty")
+    modules, pooling = _setup(model, layers, probe, pooling, batch_size, maps)
 
     # Fingerprints (hashing every weight, statting every file) only serve the cache.
     caching = cache_dir is not None
@@ -629,12 +643,146 @@ def record(
                 _check_finite(cached, allow_nonfinite)
                 return cached
 
+    sink = {n: _Rows() for n in modules}
+    sink.update({f"{n}#wins": _Rows() for n, m in modules.items() if isinstance(m, LWTA)})
+    top_maps: dict[str, _TopMaps] | None = {} if maps else None
+    _run_probe(
+        model, modules, probe, pooling, sink, top_maps, batch_size=batch_size, device=device,
+        policy=policy, seed=seed, workers=workers, progress=progress,
+        allow_nonfinite=allow_nonfinite, maps=maps,
+    )  # fmt: skip
+    result = Recording(
+        activations={n: sink[n].tensor() for n in modules},
+        wins={n: sink[f"{n}#wins"].tensor() for n in modules if f"{n}#wins" in sink},
+        pooling=dict(pooling),
+        maps={n: t.result() for n, t in (top_maps or {}).items()},
+        meta={
+            **{k: v for k, v in key_parts.items() if k != "model" and v is not None},
+            **({"model_sha256": key_parts["model"]} if caching else {}),
+            "images": len(probe),
+            **({"cache_key": key} if cache_file is not None else {}),
+        },
+    )
+    if cache_file is not None:
+        written = _write_cached(result, cache_file)
+        result.meta["cache"] = {"file": str(cache_file) if written else None, "hit": False}
+    if allow_nonfinite:  # otherwise the hooks refused every non-finite batch already
+        _check_finite(result, allow_nonfinite)
+    return result
+
+
+def _setup(
+    model: nn.Module,
+    layers: Sequence[str],
+    probe: Dataset,
+    pooling: str | dict[str, str],
+    batch_size: int,
+    maps: int,
+) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """The layers and their poolings, after checking a recording's options."""
+    modules = resolve_layers(model, layers)
+    if isinstance(pooling, str):
+        pooling = {n: pooling for n in modules}
+    pooling = dict(pooling)
+    missing = [n for n in modules if n not in pooling]
+    if missing:
+        raise InputError(f"no pooling given for layer(s) {', '.join(missing)}")
+    require_int(batch_size, "record: batch_size")
+    require_int(maps, "record: maps", 0)
+    if len(probe) == 0:
+        raise InputError("the probe set is empty")
+    return modules, pooling
+
+
+@dataclass
+class RowsRecording:
+    """A recording written to a folder as it ran: each layer's pooled activations (and LWTA
+    winner fractions) as row files (:class:`~discover.dissection.streaming.FileRows`), so its
+    memory does not grow with the probe."""
+
+    folder: Path
+    activations: dict[str, Any]  # layer -> FileRows (N x K)
+    wins: dict[str, Any]  # LWTA layer -> FileRows (N x K)
+    pooling: dict[str, str]
+    maps: dict[str, LayerMaps] = field(default_factory=dict)
+
+
+def record_rows(
+    model: nn.Module,
+    layers: Sequence[str],
+    probe: Dataset,
+    folder: str | Path,
+    pooling: str | dict[str, str] = "auto",
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    policy: str = "argmax",
+    seed: int = 0,
+    workers: int = 0,
+    progress: bool = True,
+    allow_nonfinite: bool = False,
+    maps: int = GALLERY_SIZE,
+) -> RowsRecording:
+    """:func:`record`, with every batch's rows written to ``folder`` as it comes (one
+    sub-folder of row files per layer, ``layer-<i>`` in the order of ``layers``): the
+    same values, and memory that does not grow with the probe.
+
+    Example:
+        >>> rec = record_rows(model, ["layer3.1.act2"], probe, "cache/rows")  # doctest: +SKIP
+        >>> rec.activations["layer3.1.act2"].shape  # doctest: +SKIP
+        (1000000, 128)
+    """
+    from discover.dissection.streaming import FileRows, RowWriter
+
+    modules, pooling = _setup(model, layers, probe, pooling, batch_size, maps)
+    folder = Path(folder)
+    sink = {n: _Rows(RowWriter(folder / f"layer-{i}")) for i, n in enumerate(modules)}
+    sink.update(
+        {
+            f"{n}#wins": _Rows(RowWriter(folder / f"layer-{i}-wins"))
+            for i, (n, m) in enumerate(modules.items())
+            if isinstance(m, LWTA)
+        }
+    )
+    top_maps: dict[str, _TopMaps] | None = {} if maps else None
+    _run_probe(
+        model, modules, probe, pooling, sink, top_maps, batch_size=batch_size, device=device,
+        policy=policy, seed=seed, workers=workers, progress=progress,
+        allow_nonfinite=allow_nonfinite, maps=maps,
+    )  # fmt: skip
+    for rows in sink.values():
+        rows.writer.close()
+    return RowsRecording(
+        folder=folder,
+        activations={n: FileRows(sink[n].writer.folder) for n in modules},
+        wins={n: FileRows(sink[f"{n}#wins"].writer.folder) for n in modules if f"{n}#wins" in sink},
+        pooling=dict(pooling),
+        maps={n: t.result() for n, t in (top_maps or {}).items()},
+    )
+
+
+def _run_probe(
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    probe: Dataset,
+    pooling: dict[str, str],
+    sink: dict[str, _Rows],
+    top_maps: dict[str, _TopMaps] | None,
+    *,
+    batch_size: int,
+    device: str | torch.device,
+    policy: str,
+    seed: int,
+    workers: int,
+    progress: bool,
+    allow_nonfinite: bool,
+    maps: int,
+) -> None:
+    """The forward passes of a recording: every probe batch through the model with the
+    hooks feeding ``sink``, then the checks that each layer ran once per image."""
     device = torch.device(device)
     was_training = model.training
     model.to(device).eval()
-    sink: dict[str, list] = {n: [] for n in modules}
-    top_maps: dict[str, _TopMaps] | None = {} if maps else None
-    sink.update({f"{n}#wins": [] for n, m in modules.items() if isinstance(m, LWTA)})
     loader = DataLoader(probe, batch_size=batch_size, shuffle=False, num_workers=workers)
     batches = loader
     if progress:
@@ -653,39 +801,22 @@ def record(
                 model(images.to(device))
     finally:
         model.train(was_training)
-    empty = [n for n in modules if not sink[n]]
+    empty = [n for n in modules if not sink[n].count]
     if empty:
         raise InputError(
             f"layer(s) {', '.join(empty)} produced no output during the forward "
             "pass (not used by this model's forward?)"
         )
-    rows = {n: sum(len(chunk) for chunk in sink[n]) for n in modules}
     repeated = [
-        f"{n} ({rows[n] // len(probe)} calls per forward)" for n in modules if rows[n] != len(probe)
+        f"{n} ({sink[n].count // len(probe)} calls per forward)"
+        for n in modules
+        if sink[n].count != len(probe)
     ]
     if repeated:
         raise InputError(
             f"layer(s) {', '.join(repeated)} run more than once per forward pass; "
             "record one call site (e.g. a SharedActivation's numbered children)"
         )
-    result = Recording(
-        activations={n: torch.cat(sink[n]) for n in modules},
-        wins={n: torch.cat(sink[f"{n}#wins"]) for n in modules if f"{n}#wins" in sink},
-        pooling=dict(pooling),
-        maps={n: t.result() for n, t in (top_maps or {}).items()},
-        meta={
-            **{k: v for k, v in key_parts.items() if k != "model" and v is not None},
-            **({"model_sha256": key_parts["model"]} if caching else {}),
-            "images": len(probe),
-            **({"cache_key": key} if cache_file is not None else {}),
-        },
-    )
-    if cache_file is not None:
-        written = _write_cached(result, cache_file)
-        result.meta["cache"] = {"file": str(cache_file) if written else None, "hit": False}
-    if allow_nonfinite:  # otherwise the hooks refused every non-finite batch already
-        _check_finite(result, allow_nonfinite)
-    return result
 
 
 def _check_finite(recording: Recording, allow: bool) -> None:

@@ -118,7 +118,7 @@ def tiny_open_clip(tmp_path_factory):
 
 
 @pytest.mark.parametrize("filename", ["tiny.safetensors", "tiny.bin"])
-def test_open_clip_loads_weights_from_a_file(tiny_open_clip, filename) -> None:
+def test_open_clip_loads_weights_from_a_file(tiny_open_clip, filename, tmp_path) -> None:
     import open_clip
 
     model, folder = tiny_open_clip
@@ -143,6 +143,11 @@ def test_open_clip_loads_weights_from_a_file(tiny_open_clip, filename) -> None:
 
     P = embedder.concept_matrix(images, TEXTS, batch_size=2, progress=False)
     torch.testing.assert_close(P, vectors @ texts.T)
+    # streamed: the image vectors go to row files, each row of P is computed when read
+    rows = embedder.concept_rows(images, TEXTS, tmp_path / "rows", batch_size=2, progress=False)
+    assert rows.shape == tuple(P.shape) and len(rows.left.files) == 2
+    torch.testing.assert_close(torch.cat([b for _, b in rows.blocks(2)]), P)
+    torch.testing.assert_close(rows.gather(torch.tensor([0, 2])), P[[0, 2]])
 
 
 def test_open_clip_uses_its_own_preprocessing(tiny_open_clip) -> None:
@@ -421,6 +426,8 @@ def test_annotations_give_the_multi_hot_columns() -> None:
 
     subset = Subset(world, [5, 1, 7])
     assert torch.equal(embedder.concept_matrix(subset, concepts), P[[5, 1, 7]])
+    rows = embedder.concept_rows(world, concepts)
+    assert torch.equal(torch.cat([b for _, b in rows.blocks(16)]), P)
 
 
 def test_annotations_unknown_concepts() -> None:

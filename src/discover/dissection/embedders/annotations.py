@@ -153,6 +153,13 @@ class AnnotationEmbedder(Embedder):
         index = {name: i for i, name in enumerate(names)}
         return table[:, [index[c] for c in kept]].clone()
 
+    def concept_rows(self, probe: Any, concepts: Concepts, folder: Any = None, **_: Any) -> Any:
+        """``P`` as a row source: the annotation columns (the probe holds its table in
+        memory already; ``folder`` is not needed)."""
+        from discover.dissection.streaming import TensorRows
+
+        return TensorRows(self.concept_matrix(probe, concepts))
+
 
 def _split_known(requested: list[str], names: list[str]) -> tuple[list[str], list[str]]:
     vocabulary = set(names)

@@ -15,7 +15,7 @@ import functools
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -306,9 +306,47 @@ class Embedder(ABC):
             >>> P.shape  # doctest: +SKIP
             torch.Size([8, 2])
         """
-        texts = concept_list(concepts)
+        text_vectors = self._text_vectors(concept_list(concepts), batch_size, progress)
+        rows = [
+            vectors @ text_vectors.T
+            for vectors in self._image_vectors(probe, batch_size, num_workers, progress)
+        ]
+        if not rows:
+            raise InputError("concept_matrix: the probe set is empty")
+        return torch.cat(rows)
+
+    def concept_rows(
+        self,
+        probe: Images,
+        concepts: Concepts,
+        folder: str | Path,
+        *,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        progress: bool = True,
+    ) -> Any:
+        """``P`` as a row source (:mod:`discover.dissection.streaming`): the image vectors
+        are written to ``folder`` batch by batch and each row of ``P`` is computed when read,
+        so ``P`` is never held whole (the same rows as :meth:`concept_matrix`).
+
+        Example:
+            >>> P = embedder.concept_rows(probe, ["a", "b"], "cache/images")  # doctest: +SKIP
+            >>> P.shape  # doctest: +SKIP
+            (1000000, 2)
+        """
+        from discover.dissection.streaming import FileRows, ProductRows, RowWriter
+
+        text_vectors = self._text_vectors(concept_list(concepts), batch_size, progress)
+        with RowWriter(folder) as writer:
+            for vectors in self._image_vectors(probe, batch_size, num_workers, progress):
+                writer.append(vectors)
+        if not writer.rows:
+            raise InputError("concept_rows: the probe set is empty")
+        return ProductRows(FileRows(folder), text_vectors)
+
+    def _text_vectors(self, texts: list[str], batch_size: int, progress: bool) -> Tensor:
         starts = range(0, len(texts), batch_size)
-        text_vectors = torch.cat(
+        return torch.cat(
             [
                 self.encode_texts(texts[i : i + batch_size])
                 for i in tqdm(
@@ -319,6 +357,11 @@ class Embedder(ABC):
                 )
             ]
         )
+
+    def _image_vectors(
+        self, probe: Images, batch_size: int, num_workers: int, progress: bool
+    ) -> Iterator[Tensor]:
+        """The image vectors of the probe, batch by batch, in probe order."""
         preprocessed = False
         if isinstance(probe, Tensor):
             batches: Iterable[Any] = probe.split(batch_size)
@@ -332,7 +375,6 @@ class Embedder(ABC):
                 num_workers=num_workers,
             )
             total, preprocessed = len(probe), True
-        rows = []
         with tqdm(total=total, desc=f"P: {self.name}", unit="img", disable=not progress) as bar:
             for batch in batches:
                 if isinstance(batch, (tuple, list)):
@@ -340,8 +382,5 @@ class Embedder(ABC):
                 vectors = (
                     self.encode_preprocessed(batch) if preprocessed else self.encode_images(batch)
                 )
-                rows.append(vectors @ text_vectors.T)
                 bar.update(len(vectors))
-        if not rows:
-            raise InputError("concept_matrix: the probe set is empty")
-        return torch.cat(rows)
+                yield vectors

@@ -8,11 +8,13 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from _helpers import train_tiny
-from discover import LWTA
+from discover import LWTA, create_model
+from discover.data import ShapesWorld
 from discover.dissection.concepts import concept_set_from_lines
 from discover.dissection.core import DissectConfig, Dissection, concept_matrix, dissect
-from discover.dissection.embedders import AnnotationEmbedder
+from discover.dissection.embedders import AnnotationEmbedder, Embedder, ImageTransform
 from discover.dissection.labels import label_defaults
+from discover.errors import InputError
 
 NAMES = ["red", "star", "striped background", "small", "top left", "circle"]
 
@@ -507,3 +509,91 @@ def test_a_token_layer_dissection_keeps_patch_grid_maps(tmp_path):
     result.save(tmp_path / "d")
     back = Dissection.load(tmp_path / "d").maps["blocks.0.mlp.act"]
     assert torch.equal(back.maps, maps.maps) and back.note == maps.note
+
+
+class _Projection(Embedder):
+    """Images -> a fixed random projection of their pixels; texts -> seeded vectors."""
+
+    name = "projection"
+    image_transform = ImageTransform(size=16)
+
+    @property
+    def id(self):
+        return "projection:v1"
+
+    def encode_preprocessed(self, pixels):
+        g = torch.Generator().manual_seed(1)
+        weights = torch.randn(pixels[0].numel(), 12, generator=g)
+        return torch.nn.functional.normalize(pixels.flatten(1) @ weights, dim=1)
+
+    def encode_texts(self, texts):
+        vectors = [torch.randn(12, generator=torch.Generator().manual_seed(sum(map(ord, t))))
+                   for t in texts]  # fmt: skip
+        return torch.nn.functional.normalize(torch.stack(vectors), dim=1)
+
+
+@pytest.mark.parametrize(
+    ("similarity", "params", "embedder"),
+    [
+        ("soft_wpmi", {"top_k": 6}, "annotations"),
+        ("corr", {}, "annotations"),
+        ("cos3", {}, "projection"),
+        ("rank_reorder", {"top_fraction": 0.2}, "annotations"),
+        ("jsd", {"support_k": 5}, "projection"),
+        ("wpmi", {"top_k": 5}, "projection"),
+        ("cos", {}, "projection"),
+    ],
+)
+def test_streamed_dissection_gives_the_in_memory_labels(similarity, params, embedder, tmp_path):
+    from _helpers import SHAPES_PROBE
+
+    probe = ShapesWorld(**SHAPES_PROBE, split="val")
+    torch.manual_seed(0)
+    model = create_model(
+        "small_resnet", U=2, num_classes=10, img_size=16, widths=[8, 16], depths=[1, 1]
+    )
+    emb = _Projection() if embedder == "projection" else embedder
+    runs = {
+        stream: dissect(
+            model,
+            ["layer2.0.act2", "fc"],
+            probe,
+            "shapes",
+            emb,
+            similarity,
+            similarity_params=params,
+            null_repeats=4,
+            abstain_p=None,
+            keep_scores=True,
+            cache_dir=tmp_path if stream else None,
+            progress=False,
+            stream=stream,
+        )  # fmt: skip
+        for stream in (False, True)
+    }
+    memory, streamed = runs[False], runs[True]
+    assert streamed.meta["concept_matrix_cache"]["streamed"] is True
+    for layer in ("layer2.0.act2", "fc"):
+        assert streamed.labels(layer) == memory.labels(layer)
+        expected = memory.scores[layer]
+        torch.testing.assert_close(
+            streamed.scores[layer], expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max())
+        )
+        z = [u.z for u in streamed.layer(layer)], [u.z for u in memory.layer(layer)]
+        torch.testing.assert_close(torch.tensor(z[0]), torch.tensor(z[1]), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(streamed.concept_stats.std, memory.concept_stats.std)
+    if embedder == "projection":  # the image vectors are cached, not P
+        assert list((tmp_path / "image-vectors").iterdir())
+        again = dissect(
+            model, ["fc"], probe, "shapes", emb, similarity, similarity_params=params,
+            null_repeats=0, cache_dir=tmp_path, progress=False, stream=True,
+        )  # fmt: skip
+        assert again.meta["concept_matrix_cache"]["hit"] is True
+        assert again.labels("fc") == memory.labels("fc")
+
+
+def test_stream_must_be_a_known_choice(tmp_path):
+    model = create_model("small_resnet", U=2, num_classes=10, img_size=16, widths=[8], depths=[1])
+    with pytest.raises(InputError, match="stream must be"):
+        dissect(model, ["fc"], ShapesWorld(n=8, image_size=16), "shapes", "annotations",
+                stream="yes", progress=False, cache_dir=None)  # fmt: skip

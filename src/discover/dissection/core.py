@@ -11,10 +11,12 @@ run's ``data_config`` when it has one); the embedder applies its own preprocessi
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
+import tempfile
 import time
 import uuid
 import warnings
@@ -65,6 +67,12 @@ from discover.dissection.significance import (
     label_significance,
 )
 from discover.dissection.similarity import get_similarity
+from discover.dissection.streaming import (
+    TensorRows,
+    column_stats,
+    streamed_significance,
+    streamed_similarity,
+)
 from discover.errors import InputError
 from discover.nn.checkpoints import count_parameters
 from discover.nn.lwta import LWTA
@@ -820,6 +828,61 @@ def concept_matrix(
     return P
 
 
+STREAM_ENTRIES = 2**26
+"""``dissect(stream="auto")`` streams ``P`` when it would hold at least this many entries
+(``N x M``; 2**26 float32 values are 256 MiB)."""
+
+
+def concept_rows(
+    probe: Dataset,
+    concepts: str | ConceptSet,
+    embedder: str | Embedder,
+    folder: str | Path,
+    *,
+    batch_size: int = 64,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    info: dict[str, Any] | None = None,
+) -> Any:
+    """``P`` as a row source (:mod:`discover.dissection.streaming`), never held whole: the
+    probe's image vectors are written to row files and each row of ``P`` is computed when it
+    is read (annotations: their columns). With ``cache_dir`` the image vectors are cached
+    under a key of the embedder's id and the probe's content (not the concepts: every
+    concept set reuses them); without, they go to ``folder``.
+
+    Example:
+        >>> P = concept_rows(probe, "20k", "conse", "tmp/vectors")  # doctest: +SKIP
+    """
+    from discover.dissection.streaming import FileRows, ProductRows, RowWriter, TensorRows
+
+    concept_set = load_concepts(concepts)
+    emb = build_embedder(embedder)
+    texts = list(concept_set.concepts)
+    if info is not None:
+        info.update(file=None, hit=False, streamed=True)
+    own = type(emb).concept_rows is not Embedder.concept_rows  # e.g. annotations
+    if own:
+        return emb.concept_rows(probe, texts, folder, batch_size=batch_size, progress=progress)
+    if type(emb).concept_matrix is not Embedder.concept_matrix:  # P its own way, in memory
+        return TensorRows(
+            emb.concept_matrix(probe, texts, batch_size=batch_size, progress=progress)
+        )
+    probe_id = dataset_fingerprint(probe)
+    if cache_dir is None or not probe_id:
+        return emb.concept_rows(probe, texts, folder, batch_size=batch_size, progress=progress)
+    key = hashlib.sha256(json.dumps([emb.id, probe_id, len(probe), 1]).encode()).hexdigest()
+    cached = Path(cache_dir).expanduser() / "image-vectors" / key
+    hit = (cached / "rows.json").is_file() and FileRows(cached).shape[0] == len(probe)
+    if not hit:
+        with staged_dir(cached) as staging:
+            with RowWriter(staging) as writer:
+                for vectors in emb.image_vectors(probe, batch_size, progress=progress):
+                    writer.append(vectors)
+    if info is not None:
+        info.update(file=str(cached), hit=hit)
+    return ProductRows(FileRows(cached), emb.text_vectors(texts, batch_size, progress))
+
+
 def _read_concept_matrix(path: Path, key: str, shape: tuple[int, int]) -> torch.Tensor | None:
     """The cached ``P`` at ``path``, or ``None`` (a miss, with a warning naming the file)."""
     try:
@@ -871,6 +934,7 @@ def dissect(
     abstain_p: float | str | None = "default",
     min_match: float | str | None = "default",
     allow_nonfinite: bool = False,
+    stream: bool | str = "auto",
 ) -> Dissection:
     """Describe every unit of ``layers`` with a concept (CLIP-Dissect, method.md §6-7).
 
@@ -923,6 +987,11 @@ def dissect(
         allow_nonfinite: record NaN or infinite activations with a warning (those units
             stay unlabelled, "not finite") instead of raising
             :class:`~discover.errors.NonFiniteError` where they first appear.
+        stream: compute ``P`` row block by row block instead of holding it whole
+            (:func:`concept_rows`; the image vectors are cached, not ``P``), and every score
+            from those blocks (:mod:`discover.dissection.streaming`): the same labels, scores
+            equal to float32 rounding. ``"auto"``: when ``P`` would hold
+            :data:`STREAM_ENTRIES` or more values.
 
     Example:
         >>> from discover.data import ShapesWorld
@@ -958,7 +1027,7 @@ def dissect(
         )
     score_fn = get_similarity(similarity)
     judge = significance_similarity or similarity
-    judge_fn = get_similarity(judge)
+    get_similarity(judge)  # an unknown name fails now
     # checked before the (long) recording, not after it
     check_options(
         score_fn, dict(similarity_params or {}), f"similarity_params: similarity {similarity!r}"
@@ -1000,16 +1069,71 @@ def dissect(
         progress=progress,
         allow_nonfinite=allow_nonfinite,
     )
+    if stream not in (True, False, "auto"):
+        raise InputError(f"stream must be True, False or 'auto', got {stream!r}")
+    if stream == "auto":
+        stream = len(probe) * len(concept_set) >= STREAM_ENTRIES
     p_cache: dict[str, Any] = {}
-    P = concept_matrix(
-        probe,
-        concept_set,
-        emb,
-        batch_size=batch_size,
-        cache_dir=cache,
-        progress=progress,
-        info=p_cache,
+    with contextlib.ExitStack() as scratch:
+        P: Any
+        if stream:  # the image vectors (or annotations): never N x M in memory
+            folder = scratch.enter_context(tempfile.TemporaryDirectory(prefix="discover-P-"))
+            P = concept_rows(
+                probe, concept_set, emb, folder, batch_size=batch_size, cache_dir=cache,
+                progress=progress, info=p_cache,
+            )  # fmt: skip
+        else:
+            P = concept_matrix(
+                probe, concept_set, emb, batch_size=batch_size, cache_dir=cache,
+                progress=progress, info=p_cache,
+            )  # fmt: skip
+        return _dissect_layers(
+            model, modules, probe, P, concept_set, emb, config, recording, sae=sae,
+            keep_scores=keep_scores, p_cache=p_cache, t0=t0,
+        )  # fmt: skip
+
+
+def _score(name: str, P: Any, Q: torch.Tensor, params: dict[str, Any], info=None) -> torch.Tensor:
+    """``S`` of one similarity function: in memory, or from row sources when ``P`` is one."""
+    if isinstance(P, torch.Tensor):
+        return get_similarity(name)(P, Q, **params, info=info)
+    return streamed_similarity(name, P, TensorRows(Q), info=info, **params)
+
+
+def _significance(
+    name: str, P: Any, Q: torch.Tensor, judged: torch.Tensor, params: dict[str, Any],
+    repeats: int, seed: int,
+) -> Any:  # fmt: skip
+    """The labels' significance: in memory, or from row sources when ``P`` is one."""
+    if isinstance(P, torch.Tensor):
+        return label_significance(
+            P, Q, judged, get_similarity(name), params, repeats=repeats, seed=seed
+        )
+    return streamed_significance(
+        name, P, TensorRows(Q), judged, repeats=repeats, seed=seed, **params
     )
+
+
+def _dissect_layers(
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    probe: Dataset,
+    P: Any,
+    concept_set: ConceptSet,
+    emb: Embedder,
+    config: DissectConfig,
+    recording: Any,
+    *,
+    sae: Any,
+    keep_scores: bool,
+    p_cache: dict[str, Any],
+    t0: float,
+) -> Dissection:
+    """Score, label and judge every recorded layer; ``P`` is a tensor or a row source."""
+    similarity, judge, seed = config.similarity, config.significance_similarity, config.seed
+    null_repeats, top_k = config.null_repeats, config.top_k
+    abstain_p, min_match = config.abstain_p, config.min_match
+    judge = judge or similarity
     k = min(top_k, len(concept_set))
     names = list(concept_set.concepts)
     units: list[UnitDescription] = []
@@ -1019,13 +1143,13 @@ def dissect(
     for name, module in modules.items():
         Q = recording.activations[name]
         info: dict[str, Any] = {}
-        S = score_fn(P, Q, **config.similarity_params, info=info)
+        S = _score(similarity, P, Q, config.similarity_params, info)
         if keep_scores:
             scores[name] = S.detach().float().cpu()
         computed = {similarity: S}  # each score matrix once (the tie-break and match: corr)
         for extra in (TIE_BREAK_SIMILARITY, MATCH_SIMILARITY):
             if extra not in computed:
-                computed[extra] = get_similarity(extra)(P, Q)
+                computed[extra] = _score(extra, P, Q, {})
         choice = choose_labels(S, computed[TIE_BREAK_SIMILARITY], names, k)
         top_scores, top_idx = choice.scores, choice.top
         match = computed[MATCH_SIMILARITY].float().cpu().gather(1, top_idx[:, :1]).squeeze(1)
@@ -1035,11 +1159,9 @@ def dissect(
                 params, judged = config.similarity_params, top_scores[:, 0]
             else:  # the label's score under the judge, against the judge's best by chance
                 params = {}
-                judging = computed[judge] if judge in computed else judge_fn(P, Q)
+                judging = computed[judge] if judge in computed else _score(judge, P, Q, {})
                 judged = judging.float().cpu().gather(1, top_idx[:, :1]).squeeze(1)
-            sig = label_significance(
-                P, Q, judged, judge_fn, params, repeats=null_repeats, seed=seed
-            )
+            sig = _significance(judge, P, Q, judged, params, null_repeats, seed)
         reasons = abstentions(
             Q, choice.tie, sig.p if sig is not None else None, abstain_p, match, min_match
         )
@@ -1107,6 +1229,8 @@ def dissect(
         list(concept_set.concepts) if keep_scores else None,
         activations={name: recording.activations[name].float().cpu() for name in modules},
         winner_fractions=fractions,
-        concept_stats=ConceptStats.of(P, names),
+        concept_stats=ConceptStats.of(P, names)
+        if isinstance(P, torch.Tensor)
+        else ConceptStats(names, *column_stats(P)),
         maps={name: recording.maps[name] for name in modules if name in recording.maps},
     )

@@ -74,6 +74,7 @@ __all__ = [
     "STREAMED",
     "streamed_similarity",
     "streamed_significance",
+    "column_stats",
 ]
 
 BLOCK_ROWS = 4096
@@ -464,6 +465,7 @@ def streamed_similarity(
     *,
     block_rows: int = BLOCK_ROWS,
     scan_result: Scan | None = None,
+    info: dict[str, Any] | None = None,
     **params: Any,
 ) -> Tensor:
     """``get_similarity(name)(P, Q, **params)`` from row sources, one row block at a time.
@@ -493,10 +495,20 @@ def streamed_similarity(
         )
     if name in _TRANSFORMS:
         sums = Products(_TRANSFORMS[name])
+        dtype = torch.float32
         for _, p, q in _paired_blocks(P, Q, block_rows):
             sums.update(p, q, result)
-        default = 1e-3 if name == "cos3" else 1e-12
-        return sums.scores(params.get("min_norm", default))
+            if torch.float64 in (p.dtype, q.dtype):
+                dtype = torch.float64
+        min_norm = params.get("min_norm", 1e-3 if name == "cos3" else 1e-12)
+        if info is not None:
+            dead = (result.q.mean == 0) & (result.q.m2 == 0)
+            info.update(
+                similarity=name, num_images=N, num_concepts=P.shape[1], num_neurons=Q.shape[1],
+                num_dead_neurons=int(dead.sum()), compute_dtype=str(dtype).removeprefix("torch."),
+                min_norm=min_norm,
+            )  # fmt: skip
+        return sums.scores(min_norm, dtype)
     # the functions that read only some images: their rows, then the function itself
     parts = [result.unit_index[:, :top_units].reshape(-1)]
     if top_concepts:
@@ -504,18 +516,34 @@ def streamed_similarity(
     rows = torch.cat(parts).unique()  # ascending: ties still go to the lower image
     P_rows, Q_rows = P.gather(rows), Q.gather(rows)
     fn = get_similarity(name)
+    S = _on_rows(name, fn, P_rows, Q_rows, result, top_units, info, params)
+    if info is not None:  # the function saw the gathered rows; the probe has N
+        info.update(num_images=N, rows_read=len(rows))
+    return S
+
+
+def _on_rows(
+    name: str, fn: Any, P_rows: Tensor, Q_rows: Tensor, result: Scan, top_units: int,
+    info: dict[str, Any] | None, params: dict[str, Any],
+) -> Tensor:  # fmt: skip
+    """The function itself on the gathered rows of the images it reads."""
     if name == "rank_reorder":
-        return fn(P_rows, Q_rows, **{**params, "top_n": top_units})
+        return fn(P_rows, Q_rows, **{**params, "top_n": top_units}, info=info)
     if name == "jsd":
-        params = dict(params)
+        asked, params = params, dict(params)
         min_std = params.get("min_std", 1e-12)
         for key, x, m in (("transform_p", P_rows, result.p), ("transform_q", Q_rows, result.q)):
             if params.get(key, "zscore") == "zscore":
                 std = (m.m2 / m.n).sqrt().clamp_min(min_std)
                 x.copy_((x.double() - m.mean) / std)
                 params[key] = "identity"
-        return fn(P_rows, Q_rows, **params)
-    return fn(P_rows, Q_rows, **params)
+        S = fn(P_rows, Q_rows, **params, info=info)
+        if info is not None:  # the definition asked for: z-scored with all images' statistics
+            info["definition"].update(
+                {key: asked.get(key, "zscore") for key in ("transform_p", "transform_q")}
+            )
+        return S
+    return fn(P_rows, Q_rows, **params, info=info)
 
 
 def streamed_significance(
@@ -543,3 +571,13 @@ def streamed_significance(
         S = streamed_similarity(name, P, PermutedRows(Q, perm), block_rows=block_rows, **params)
         null[r] = S.amax(dim=1).double()
     return significance_from_null(null, best)
+
+
+def column_stats(source: RowSource, block_rows: int = BLOCK_ROWS) -> tuple[Tensor, Tensor]:
+    """Mean and population standard deviation of every column, in one pass (float32)."""
+    moments = _Moments()
+    for _, block in source.blocks(block_rows):
+        moments.add(block)
+    if moments.n == 0:
+        raise InputError("column_stats: the source has no rows")
+    return moments.mean.float(), (moments.m2 / moments.n).sqrt().float()

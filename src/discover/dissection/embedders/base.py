@@ -306,10 +306,10 @@ class Embedder(ABC):
             >>> P.shape  # doctest: +SKIP
             torch.Size([8, 2])
         """
-        text_vectors = self._text_vectors(concept_list(concepts), batch_size, progress)
+        text_vectors = self.text_vectors(concept_list(concepts), batch_size, progress)
         rows = [
             vectors @ text_vectors.T
-            for vectors in self._image_vectors(probe, batch_size, num_workers, progress)
+            for vectors in self.image_vectors(probe, batch_size, num_workers, progress)
         ]
         if not rows:
             raise InputError("concept_matrix: the probe set is empty")
@@ -336,15 +336,19 @@ class Embedder(ABC):
         """
         from discover.dissection.streaming import FileRows, ProductRows, RowWriter
 
-        text_vectors = self._text_vectors(concept_list(concepts), batch_size, progress)
+        text_vectors = self.text_vectors(concept_list(concepts), batch_size, progress)
         with RowWriter(folder) as writer:
-            for vectors in self._image_vectors(probe, batch_size, num_workers, progress):
+            for vectors in self.image_vectors(probe, batch_size, num_workers, progress):
                 writer.append(vectors)
         if not writer.rows:
             raise InputError("concept_rows: the probe set is empty")
         return ProductRows(FileRows(folder), text_vectors)
 
-    def _text_vectors(self, texts: list[str], batch_size: int, progress: bool) -> Tensor:
+    def text_vectors(
+        self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
+    ) -> Tensor:
+        """The concept strings' vectors, ``(M, D)``, in batches."""
+        texts = list(texts)
         starts = range(0, len(texts), batch_size)
         return torch.cat(
             [
@@ -358,8 +362,8 @@ class Embedder(ABC):
             ]
         )
 
-    def _image_vectors(
-        self, probe: Images, batch_size: int, num_workers: int, progress: bool
+    def image_vectors(
+        self, probe: Images, batch_size: int = 64, num_workers: int = 0, progress: bool = False
     ) -> Iterator[Tensor]:
         """The image vectors of the probe, batch by batch, in probe order."""
         preprocessed = False

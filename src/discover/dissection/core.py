@@ -828,9 +828,11 @@ def concept_matrix(
     return P
 
 
-STREAM_ENTRIES = 2**26
+STREAM_ENTRIES = 2**30
 """``dissect(stream="auto")`` streams ``P`` when it would hold at least this many entries
-(``N x M``; 2**26 float32 values are 256 MiB)."""
+(``N x M``; 2**30 float32 values are 4 GiB). Below it the in-memory path is faster: a
+streamed significance draw recomputes ``P``'s blocks from the image vectors (the scale
+benchmark of issue 25 is to set this threshold by measurement)."""
 
 
 def concept_rows(

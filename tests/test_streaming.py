@@ -161,3 +161,19 @@ def test_streamed_significance_is_label_significance(probe, name, params):
     torch.testing.assert_close(got.null_mean, expected.null_mean, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got.z, expected.z, rtol=1e-4, atol=1e-4)
     assert torch.equal(got.above_chance, expected.above_chance)
+
+
+@pytest.mark.parametrize("name", ["cos", "corr"])
+def test_factored_scores_never_form_p_and_agree(name):
+    g = torch.Generator().manual_seed(5)
+    images = torch.nn.functional.normalize(torch.randn(400, 16, generator=g) + 2.0, dim=1)
+    texts = torch.nn.functional.normalize(torch.randn(30, 16, generator=g) + 2.0, dim=1)
+    P = images @ texts.T  # cosines sharing a large offset, as a CLIP's do
+    Q = torch.relu(torch.randn(400, 6, generator=g)) + 3.0  # units with a large mean
+    info = {}
+    got = streamed_similarity(name, ProductRows(TensorRows(images), texts), TensorRows(Q),
+                              block_rows=64, info=info)  # fmt: skip
+    assert info["factored"] is True and info["num_images"] == 400
+    expected = get_similarity(name)(P, Q)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    assert torch.equal(got.argmax(1), expected.argmax(1))

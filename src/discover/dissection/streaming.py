@@ -10,7 +10,10 @@ image index, so that neither matrix need be held whole: an in-memory tensor
 What each function needs, and how it is computed here (exactly, not approximated):
 
 * ``cos``: per unit and concept the sum of products ``sum_n q p``, and the column sums of
-  squares: one pass.
+  squares: one pass. When ``P = V T^T`` comes from image and concept vectors
+  (:class:`ProductRows`), ``cos`` and ``corr`` never form ``P``: the sums are
+  ``(sum_n q v^T) T^T`` and ``T (sum_n v v^T) T^T``, ``N (K + D) D + K D M`` operations instead
+  of ``N K M`` (the null draws of the significance profit most).
 * ``corr`` and ``cos3``: the same sums over centred (``corr``) or centred and cubed
   (``cos3``) columns. The column means come first (pass 1, :class:`Scan`), the centred sums
   second (pass 2, :class:`Products`); both add up over blocks and shards.
@@ -493,6 +496,17 @@ def streamed_similarity(
             f"streamed {name}: the scan kept {result.top_units} images per unit and "
             f"{result.top_concepts} per concept; it needs {top_units} and {top_concepts}"
         )
+    if name in ("cos", "corr") and isinstance(P, ProductRows):
+        min_norm = params.get("min_norm", 1e-12)
+        S = _factored(name, P, Q, block_rows, min_norm)
+        if info is not None:
+            dead = (result.q.mean == 0) & (result.q.m2 == 0)
+            info.update(
+                similarity=name, num_images=N, num_concepts=P.shape[1], num_neurons=Q.shape[1],
+                num_dead_neurons=int(dead.sum()), compute_dtype="float32", min_norm=min_norm,
+                factored=True,
+            )  # fmt: skip
+        return S
     if name in _TRANSFORMS:
         sums = Products(_TRANSFORMS[name])
         dtype = torch.float32
@@ -520,6 +534,33 @@ def streamed_similarity(
     if info is not None:  # the function saw the gathered rows; the probe has N
         info.update(num_images=N, rows_read=len(rows))
     return S
+
+
+def _factored(name: str, P: ProductRows, Q: RowSource, block_rows: int, min_norm: float) -> Tensor:
+    """``cos`` or ``corr`` of ``Q`` with ``P = V T^T`` without forming ``P``: the sums over
+    images of ``q v^T``, ``v v^T``, ``v`` and ``q`` (one pass, ``N (K + D) D``), then the
+    concepts' ``T`` (``K D M``), all in float64."""
+    qv = vv = sv = sq = sqq = None
+    n = 0
+    for _, v, q in _paired_blocks(P.left, Q, block_rows):
+        v, q = v.double(), q.double()
+        parts = (q.T @ v, v.T @ v, v.sum(0), q.sum(0), q.square().sum(0))
+        if qv is None:
+            qv, vv, sv, sq, sqq = parts
+        else:
+            for total, part in zip((qv, vv, sv, sq, sqq), parts, strict=True):
+                total += part
+        n += len(q)
+    T = P.right.double()
+    qp, sp = qv @ T.T, T @ sv
+    spp = ((T @ vv) * T).sum(1)
+    if name == "corr":  # centred sums: subtract the product of the means
+        qp = qp - sq[:, None] * (sp[None, :] / n)
+        sqq = sqq - sq.square() / n
+        spp = spp - sp.square() / n
+    q_norm = sqq.clamp_min(0).sqrt().clamp_min(min_norm)
+    p_norm = spp.clamp_min(0).sqrt().clamp_min(min_norm)
+    return (qp / q_norm[:, None] / p_norm[None, :]).float()
 
 
 def _on_rows(

@@ -223,3 +223,24 @@ def test_eval_descriptions_ground_truth_mistakes(shapes_dissection, extra, messa
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (shapes_dissection[0] / "groundtruth.json").exists()
+
+
+@pytest.mark.parametrize(("flag", "expected"), [("on", True), ("off", False), ("auto", "auto")])
+def test_dissect_stream_flag_reaches_the_api(monkeypatch, tmp_path, flag, expected):
+    import functools
+
+    import discover.cli as cli
+
+    seen = {}
+
+    @functools.wraps(cli.dissect)  # the help reads its defaults from the signature
+    def fake_dissect(model, layers, probe, **options):
+        seen.update(options)
+        raise SystemExit(0)  # stop before saving: only the options matter here
+
+    monkeypatch.setattr(cli, "dissect", fake_dissect)
+    argv = ["dissect", "--model", "small_resnet", "--layers", "fc", "--probe", "shapes",
+            "--probe-arg", "n=8", "--out", str(tmp_path / "d"), "--stream", flag]  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert seen["stream"] == expected

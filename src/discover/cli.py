@@ -301,6 +301,12 @@ def _add_dissect_options(parser: argparse.ArgumentParser) -> None:
         help="record NaN or infinite activations with a warning instead of stopping; those "
         "units stay unlabelled ('not finite')",
     )
+    parser.add_argument(
+        "--stream",
+        choices=["auto", "on", "off"],
+        help="compute P block by block from cached image vectors instead of holding it "
+        "whole (the same labels; default: auto, by the size of P: see discover.dissect)",
+    )
     parser.add_argument("--out", required=True, help="output directory")
 
 
@@ -319,6 +325,8 @@ def _dissect_options(args: argparse.Namespace) -> dict[str, Any]:
         options["abstain_p"] = _number_or_none(args.abstain_p, "--abstain-p")
     if args.min_match is not None:
         options["min_match"] = _number_or_none(args.min_match, "--min-match")
+    if args.stream is not None:
+        options["stream"] = {"on": True, "off": False}.get(args.stream, args.stream)
     if args.no_cache:
         options["cache_dir"] = None
     elif args.cache_dir is not None:

@@ -597,3 +597,37 @@ def test_stream_must_be_a_known_choice(tmp_path):
     with pytest.raises(InputError, match="stream must be"):
         dissect(model, ["fc"], ShapesWorld(n=8, image_size=16), "shapes", "annotations",
                 stream="yes", progress=False, cache_dir=None)  # fmt: skip
+
+
+def test_streamed_dissection_keeps_q_in_row_files_and_saves_them(tmp_path):
+    from _helpers import SHAPES_PROBE
+    from discover.dissection.streaming import FileRows
+
+    probe = ShapesWorld(**SHAPES_PROBE, split="val")
+    torch.manual_seed(0)
+    model = create_model(
+        "small_resnet", U=2, num_classes=10, img_size=16, widths=[8, 16], depths=[1, 1]
+    )
+    layers = ["layer2.0.act2", "fc"]
+    kwargs = dict(similarity="corr", null_repeats=3, cache_dir=tmp_path / "cache", progress=False)
+    memory = dissect(model, layers, probe, "shapes", "annotations", stream=False, **kwargs)
+    streamed = dissect(model, layers, probe, "shapes", "annotations", stream=True, **kwargs)
+    assert all(isinstance(streamed.activations[layer], FileRows) for layer in layers)
+    assert streamed.meta["recording"]["streamed"] is True
+    for layer in layers:
+        assert streamed.labels(layer) == memory.labels(layer)
+        assert torch.equal(streamed.probe_activations(layer), memory.probe_activations(layer))
+        info = streamed.layer_info(layer)
+        assert info.dead_units == memory.layer_info(layer).dead_units
+    torch.testing.assert_close(
+        streamed.winner_fractions["layer2.0.act2"], memory.winner_fractions["layer2.0.act2"]
+    )
+    folder = streamed.save(tmp_path / "dissection")
+    assert (folder / "rows" / "layer-0" / "rows.json").is_file()
+    loaded = Dissection.load(folder)
+    assert isinstance(loaded.activations["fc"], FileRows)
+    assert torch.equal(loaded.probe_activations("fc"), memory.probe_activations("fc"))
+    again = loaded.save(folder)  # saving over itself keeps its rows
+    assert torch.equal(
+        Dissection.load(again).probe_activations("fc"), memory.probe_activations("fc")
+    )

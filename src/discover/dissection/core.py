@@ -11,11 +11,13 @@ run's ``data_config`` when it has one); the embedder applies its own preprocessi
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import csv
 import hashlib
 import io
 import json
+import shutil
 import tempfile
 import time
 import uuid
@@ -50,6 +52,7 @@ from discover.dissection.labels import (
     TIE_BREAK_SIMILARITY,
     abstentions,
     choose_labels,
+    column_flags,
     label_defaults,
 )
 from discover.dissection.recording import (
@@ -58,6 +61,7 @@ from discover.dissection.recording import (
     model_fingerprint,
     model_view,
     record,
+    record_rows,
     resolve_layers,
 )
 from discover.dissection.sae import SAE, as_sae, record_latents
@@ -68,6 +72,8 @@ from discover.dissection.significance import (
 )
 from discover.dissection.similarity import get_similarity
 from discover.dissection.streaming import (
+    BLOCK_ROWS,
+    FileRows,
     TensorRows,
     column_stats,
     streamed_significance,
@@ -107,6 +113,7 @@ SCORES_FILE = "scores.safetensors"  # optional: the full score matrices (keep_sc
 ACTIVATIONS_FILE = "activations.safetensors"  # Q and the winner fractions per layer
 MAPS_FILE = "maps.safetensors"  # spatial maps of each unit's top probe images
 OLD_SCORES_FILE = "scores.pt"  # the score matrices as written by discover 0.1; still read
+ROWS_DIR = "rows"  # a streamed dissection's Q, one folder of row files per layer
 DISSECTION_FILES = (
     "descriptions.csv",
     "dissection.json",
@@ -322,7 +329,10 @@ class Dissection:
                 "by an older discover, or its activations file is missing); redissect it with "
                 "`discover dissect ... --out DIR` or discover.dissect(...)"
             )
-        return self.activations[name]
+        Q = self.activations[name]
+        if isinstance(Q, torch.Tensor):
+            return Q
+        return torch.cat([block for _, block in Q.blocks(BLOCK_ROWS)]).float()
 
     def layer_info(self, name: str) -> DissectedLayer:
         """What the dissection recorded about layer ``name``."""
@@ -491,8 +501,12 @@ class Dissection:
             scores = {name: S.detach().float().contiguous() for name, S in self.scores.items()}
             head = {"id": stamp, "concepts": json.dumps(self.concepts)}
             files[SCORES_FILE] = partial(_save_tensors, scores, head=head)
+        streamed = {k: v for k, v in self.activations.items() if not isinstance(v, torch.Tensor)}
+        payload["rows"] = {k: f"{ROWS_DIR}/layer-{i}" for i, k in enumerate(streamed)}
         if self.activations or self.winner_fractions or self.concept_stats:
-            tensors = {f"Q/{k}": v for k, v in self.activations.items()}
+            tensors = {
+                f"Q/{k}": v for k, v in self.activations.items() if isinstance(v, torch.Tensor)
+            }
             tensors.update({f"wins/{k}": v for k, v in self.winner_fractions.items()})
             head = {"id": stamp}
             if self.concept_stats is not None:
@@ -514,8 +528,10 @@ class Dissection:
             if _replaceable(out):
                 with staged_dir(out) as staging:
                     write_files(staging, files)
+                    _copy_rows(streamed, payload["rows"], staging)
             else:
                 write_files(out, files)
+                _copy_rows(streamed, payload["rows"], out)
                 for name in (SCORES_FILE, ACTIVATIONS_FILE, MAPS_FILE, OLD_SCORES_FILE):
                     if name not in files:  # never leave another dissection's data beside ours
                         (out / name).unlink(missing_ok=True)
@@ -551,10 +567,13 @@ class Dissection:
             ) from None
         result = cls(units, config, data.get("meta") or {}, folder=out)
         stamp = data.get("id")
+        for name, folder in (data.get("rows") or {}).items():
+            if (out / folder / "rows.json").is_file():
+                result.activations[name] = FileRows(out / folder)
         activations = _read_tensors(out / ACTIVATIONS_FILE, stamp, "probe activations")
         if activations is not None:
             tensors, head = activations
-            result.activations = {k[2:]: v for k, v in tensors.items() if k.startswith("Q/")}
+            result.activations.update({k[2:]: v for k, v in tensors.items() if k.startswith("Q/")})
             result.winner_fractions = {
                 k[5:]: v for k, v in tensors.items() if k.startswith("wins/")
             }
@@ -732,6 +751,14 @@ def default_dissection_dir(run: str | Path) -> Path:
     return Path(run) / DISSECTION_DIR
 
 
+def _copy_rows(sources: dict[str, Any], folders: dict[str, str], out: Path) -> None:
+    """Copy the row files of a streamed dissection's ``Q`` into ``out``."""
+    for name, source in sources.items():
+        target = out / folders[name]
+        if target.resolve() != Path(source.folder).resolve():
+            shutil.copytree(source.folder, target, dirs_exist_ok=True)
+
+
 def _replaceable(out: Path) -> bool:
     """Whether ``out`` is missing or holds nothing but a dissection and its derived results."""
     if not out.exists():
@@ -739,7 +766,8 @@ def _replaceable(out: Path) -> bool:
     if not out.is_dir():
         raise InputError(f"dissection destination {out} is a file, expected a folder")
     return all(
-        entry.is_file()
+        (entry.is_dir() and entry.name == ROWS_DIR)
+        or entry.is_file()
         and (
             entry.name in DISSECTION_FILES
             or entry.name.startswith(_DERIVED_PREFIXES)
@@ -1058,23 +1086,22 @@ def dissect(
     )
     if null_repeats and null_repeats < 2:
         raise InputError(f"null_repeats must be 0 or >= 2, got {null_repeats}")
-    recording = (record if sae is None else partial(record_latents, sae=sae))(
-        model,
-        list(modules),
-        model_view(model, probe, transform),
-        pooling,
-        batch_size=batch_size,
-        device=device,
-        policy=policy,
-        seed=seed,
-        cache_dir=cache,
-        progress=progress,
-        allow_nonfinite=allow_nonfinite,
-    )
     if stream not in (True, False, "auto"):
         raise InputError(f"stream must be True, False or 'auto', got {stream!r}")
     if stream == "auto":
         stream = len(probe) * len(concept_set) >= STREAM_ENTRIES
+    view = model_view(model, probe, transform)
+    common = dict(
+        batch_size=batch_size, device=device, policy=policy, seed=seed, progress=progress,
+        allow_nonfinite=allow_nonfinite,
+    )  # fmt: skip
+    if stream and sae is None:  # Q to row files as it is recorded: never N x K in memory
+        rows_dir = _rows_folder(cache)
+        recording = record_rows(model, list(modules), view, rows_dir, pooling, **common)
+    else:
+        recording = (record if sae is None else partial(record_latents, sae=sae))(
+            model, list(modules), view, pooling, cache_dir=cache, **common
+        )
     p_cache: dict[str, Any] = {}
     with contextlib.ExitStack() as scratch:
         P: Any
@@ -1095,24 +1122,41 @@ def dissect(
         )  # fmt: skip
 
 
-def _score(name: str, P: Any, Q: torch.Tensor, params: dict[str, Any], info=None) -> torch.Tensor:
-    """``S`` of one similarity function: in memory, or from row sources when ``P`` is one."""
-    if isinstance(P, torch.Tensor):
+def _rows_folder(cache: Path | None) -> Path:
+    """Where a streamed dissection's ``Q`` rows go: under the cache root, or a temporary
+    folder (removed when the process exits); :meth:`Dissection.save` copies them."""
+    if cache is not None:
+        folder = cache.expanduser() / "rows" / uuid.uuid4().hex
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    folder = Path(tempfile.mkdtemp(prefix="discover-Q-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def _rows(Q: Any) -> Any:
+    return TensorRows(Q) if isinstance(Q, torch.Tensor) else Q
+
+
+def _score(name: str, P: Any, Q: Any, params: dict[str, Any], info=None) -> torch.Tensor:
+    """``S`` of one similarity function: in memory, or from row sources when ``P`` or ``Q``
+    is one."""
+    if isinstance(P, torch.Tensor) and isinstance(Q, torch.Tensor):
         return get_similarity(name)(P, Q, **params, info=info)
-    return streamed_similarity(name, P, TensorRows(Q), info=info, **params)
+    return streamed_similarity(name, _rows(P), _rows(Q), info=info, **params)
 
 
 def _significance(
     name: str, P: Any, Q: torch.Tensor, judged: torch.Tensor, params: dict[str, Any],
     repeats: int, seed: int,
 ) -> Any:  # fmt: skip
-    """The labels' significance: in memory, or from row sources when ``P`` is one."""
-    if isinstance(P, torch.Tensor):
+    """The labels' significance: in memory, or from row sources when ``P`` or ``Q`` is one."""
+    if isinstance(P, torch.Tensor) and isinstance(Q, torch.Tensor):
         return label_significance(
             P, Q, judged, get_similarity(name), params, repeats=repeats, seed=seed
         )
     return streamed_significance(
-        name, P, TensorRows(Q), judged, repeats=repeats, seed=seed, **params
+        name, _rows(P), _rows(Q), judged, repeats=repeats, seed=seed, **params
     )
 
 
@@ -1169,7 +1213,11 @@ def _dissect_layers(
         )
         U = module.U if isinstance(module, LWTA) else None
         wins = recording.wins.get(name)
-        active = wins.float().mean(0) if wins is not None else None
+        active = None
+        if wins is not None:
+            active = (
+                wins.float().mean(0) if isinstance(wins, torch.Tensor) else column_stats(wins)[0]
+            )
         if active is not None:
             fractions[name] = active.cpu()
         for unit in range(S.shape[0]):
@@ -1192,7 +1240,7 @@ def _dissect_layers(
                     match=float(match[unit]),
                 )
             )
-        dead = int((Q.abs().sum(0) == 0).sum())
+        dead = int(column_flags(Q)[0].sum())
         layer_meta[name] = {
             "units": int(S.shape[0]),
             "pooling": recording.pooling[name],
@@ -1229,7 +1277,12 @@ def _dissect_layers(
         meta,
         scores,
         list(concept_set.concepts) if keep_scores else None,
-        activations={name: recording.activations[name].float().cpu() for name in modules},
+        activations={
+            name: recording.activations[name].float().cpu()
+            if isinstance(recording.activations[name], torch.Tensor)
+            else recording.activations[name]  # row files (a streamed dissection)
+            for name in modules
+        },
         winner_fractions=fractions,
         concept_stats=ConceptStats.of(P, names)
         if isinstance(P, torch.Tensor)

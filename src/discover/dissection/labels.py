@@ -60,6 +60,7 @@ __all__ = [
     "LABEL_DEFAULTS",
     "label_defaults",
     "choose_labels",
+    "column_flags",
     "abstentions",
 ]
 
@@ -199,6 +200,19 @@ def choose_labels(
     return LabelChoice(top=top, scores=scores.detach().cpu().gather(1, top).float(), tie=tie)
 
 
+def column_flags(Q: Any) -> tuple[Tensor, Tensor]:
+    """Which units of ``Q`` (``N x K``, a tensor or a row source of
+    :mod:`discover.dissection.streaming`) are dead (all zero) and which are finite."""
+    if isinstance(Q, Tensor):
+        return Q.abs().sum(dim=0) == 0, torch.isfinite(Q).all(dim=0)
+    dead = torch.ones(Q.shape[1], dtype=torch.bool)
+    finite = torch.ones(Q.shape[1], dtype=torch.bool)
+    for _, block in Q.blocks(4096):
+        dead &= (block == 0).all(dim=0)
+        finite &= torch.isfinite(block).all(dim=0)
+    return dead, finite
+
+
 def abstentions(
     Q: Tensor,
     tie: Tensor,
@@ -224,8 +238,7 @@ def abstentions(
         ...             torch.tensor([0.0, 0.9, 0.9, 0.05]), 0.1)
         ['dead', 'tie', 'not significant', 'weak match']
     """
-    dead = (Q.abs().sum(dim=0) == 0).tolist()
-    finite = torch.isfinite(Q).all(dim=0).tolist()
+    dead, finite = (x.tolist() for x in column_flags(Q))
     tied = tie.tolist()
     p = p_null.tolist() if p_null is not None else [None] * len(tied)
     r = match.tolist() if match is not None else [None] * len(tied)

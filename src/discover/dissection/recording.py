@@ -705,6 +705,7 @@ class RowsRecording:
     wins: dict[str, Any]  # LWTA layer -> FileRows (N x K)
     pooling: dict[str, str]
     maps: dict[str, LayerMaps] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def record_rows(
@@ -758,7 +759,11 @@ def record_rows(
         wins={n: FileRows(sink[f"{n}#wins"].writer.folder) for n in modules if f"{n}#wins" in sink},
         pooling=dict(pooling),
         maps={n: t.result() for n, t in (top_maps or {}).items()},
-    )
+        meta={
+            "layers": list(modules), "pooling": dict(pooling), "policy": policy, "seed": seed,
+            "n": len(probe), "images": len(probe), "maps": maps, "streamed": True,
+        },
+    )  # fmt: skip
 
 
 def _run_probe(

@@ -75,6 +75,7 @@ __all__ = [
     "Products",
     "scan",
     "STREAMED",
+    "BLOCK_ROWS",
     "streamed_similarity",
     "streamed_significance",
     "column_stats",

@@ -84,6 +84,9 @@ from discover.nn.checkpoints import count_parameters
 from discover.nn.lwta import LWTA
 
 __all__ = [
+    "label_layers",
+    "model_about",
+    "probe_about",
     "UnitDescription",
     "ConceptStats",
     "DissectedLayer",
@@ -92,6 +95,8 @@ __all__ = [
     "DissectConfig",
     "StaleDissectionError",
     "concept_matrix",
+    "concept_rows",
+    "STREAM_ENTRIES",
     "default_dissection_dir",
     "dissect",
 ]
@@ -1116,10 +1121,32 @@ def dissect(
                 probe, concept_set, emb, batch_size=batch_size, cache_dir=cache,
                 progress=progress, info=p_cache,
             )  # fmt: skip
-        return _dissect_layers(
-            model, modules, probe, P, concept_set, emb, config, recording, sae=sae,
-            keep_scores=keep_scores, p_cache=p_cache, t0=t0,
+        units_per_block = {n: m.U if isinstance(m, LWTA) else None for n, m in modules.items()}
+        return label_layers(
+            recording, P, concept_set, emb, config, units_per_block,
+            model_about(model, recording.meta.get("model_sha256")), probe_about(probe),
+            sae=sae, keep_scores=keep_scores, p_cache=p_cache, t0=t0,
         )  # fmt: skip
+
+
+def model_about(model: nn.Module, sha256: str | None = None) -> dict[str, Any]:
+    """What a dissection records about its model (``sha256``: its fingerprint if known)."""
+    return {
+        "model": getattr(getattr(model, "cvn_config", None), "to_dict", dict)(),
+        "model_class": type(model).__name__,
+        "parameters": count_parameters(model),
+        "model_sha256": sha256 or model_fingerprint(model),
+    }
+
+
+def probe_about(probe: Dataset) -> dict[str, Any]:
+    """What a dissection records about its probe set."""
+    return {
+        "images": len(probe),
+        "skipped_unreadable": _skipped(probe),
+        "fingerprint": dataset_fingerprint(probe),
+        "type": type(probe).__name__,
+    }
 
 
 def _rows_folder(cache: Path | None) -> Path:
@@ -1160,22 +1187,36 @@ def _significance(
     )
 
 
-def _dissect_layers(
-    model: nn.Module,
-    modules: dict[str, nn.Module],
-    probe: Dataset,
+def label_layers(
+    recording: Any,
     P: Any,
     concept_set: ConceptSet,
     emb: Embedder,
     config: DissectConfig,
-    recording: Any,
+    units_per_block: dict[str, int | None],
+    model_info: dict[str, Any],
+    probe_info: dict[str, Any],
     *,
-    sae: Any,
-    keep_scores: bool,
-    p_cache: dict[str, Any],
-    t0: float,
+    sae: Any = None,
+    keep_scores: bool = False,
+    p_cache: dict[str, Any] | None = None,
+    t0: float | None = None,
 ) -> Dissection:
-    """Score, label and judge every recorded layer; ``P`` is a tensor or a row source."""
+    """Score, label and judge every layer of a recording: the second half of :func:`dissect`
+    (which records first), also used to merge the shards of a sharded dissection
+    (:mod:`discover.dissection.shards`).
+
+    Args:
+        recording: a :class:`~discover.dissection.recording.Recording` or
+            :class:`~discover.dissection.recording.RowsRecording` (``activations``,
+            ``wins``, ``pooling``, ``maps``, ``meta``).
+        P: ``N x M`` concept matrix, a tensor or a row source.
+        units_per_block: each layer's competition block size ``U`` (``None``: not LWTA).
+        model_info, probe_info: :func:`model_about` and :func:`probe_about` of what was
+            recorded.
+    """
+    t0 = time.time() if t0 is None else t0
+    p_cache = {} if p_cache is None else p_cache
     similarity, judge, seed = config.similarity, config.significance_similarity, config.seed
     null_repeats, top_k = config.null_repeats, config.top_k
     abstain_p, min_match = config.abstain_p, config.min_match
@@ -1186,7 +1227,7 @@ def _dissect_layers(
     layer_meta: dict[str, Any] = {}
     scores: dict[str, torch.Tensor] = {}
     fractions: dict[str, torch.Tensor] = {}
-    for name, module in modules.items():
+    for name in config.layers:
         Q = recording.activations[name]
         info: dict[str, Any] = {}
         S = _score(similarity, P, Q, config.similarity_params, info)
@@ -1211,7 +1252,7 @@ def _dissect_layers(
         reasons = abstentions(
             Q, choice.tie, sig.p if sig is not None else None, abstain_p, match, min_match
         )
-        U = module.U if isinstance(module, LWTA) else None
+        U = units_per_block.get(name)
         wins = recording.wins.get(name)
         active = None
         if wins is not None:
@@ -1256,18 +1297,10 @@ def _dissect_layers(
         "layers": layer_meta,
         "concept_set": concept_set.summary(),
         "embedder": emb.metadata(),
-        "probe": {
-            "images": len(probe),
-            "skipped_unreadable": _skipped(probe),
-            "fingerprint": dataset_fingerprint(probe),
-            "type": type(probe).__name__,
-        },
+        "probe": probe_info,
         "recording": recording.meta,
         "concept_matrix_cache": p_cache,
-        "model": getattr(getattr(model, "cvn_config", None), "to_dict", dict)(),
-        "model_class": type(model).__name__,
-        "parameters": count_parameters(model),
-        "model_sha256": recording.meta.get("model_sha256") or model_fingerprint(model),
+        **model_info,
         "seconds": time.time() - t0,
         **({"sae": sae.provenance()} if sae is not None else {}),
     }
@@ -1281,11 +1314,11 @@ def _dissect_layers(
             name: recording.activations[name].float().cpu()
             if isinstance(recording.activations[name], torch.Tensor)
             else recording.activations[name]  # row files (a streamed dissection)
-            for name in modules
+            for name in config.layers
         },
         winner_fractions=fractions,
         concept_stats=ConceptStats.of(P, names)
         if isinstance(P, torch.Tensor)
         else ConceptStats(names, *column_stats(P)),
-        maps={name: recording.maps[name] for name in modules if name in recording.maps},
+        maps={name: recording.maps[name] for name in config.layers if name in recording.maps},
     )

@@ -74,6 +74,7 @@ from discover.dissection.similarity import get_similarity
 from discover.dissection.streaming import (
     BLOCK_ROWS,
     FileRows,
+    RowWriter,
     TensorRows,
     column_stats,
     streamed_significance,
@@ -96,6 +97,7 @@ __all__ = [
     "StaleDissectionError",
     "concept_matrix",
     "concept_rows",
+    "dissect_config",
     "STREAM_ENTRIES",
     "default_dissection_dir",
     "dissect",
@@ -757,11 +759,18 @@ def default_dissection_dir(run: str | Path) -> Path:
 
 
 def _copy_rows(sources: dict[str, Any], folders: dict[str, str], out: Path) -> None:
-    """Copy the row files of a streamed dissection's ``Q`` into ``out``."""
+    """Write the rows of a streamed dissection's ``Q`` into ``out`` (row files are copied,
+    other row sources, such as the shards of a merge, written block by block)."""
     for name, source in sources.items():
         target = out / folders[name]
-        if target.resolve() != Path(source.folder).resolve():
-            shutil.copytree(source.folder, target, dirs_exist_ok=True)
+        folder = getattr(source, "folder", None)
+        if folder is not None:
+            if target.resolve() != Path(folder).resolve():
+                shutil.copytree(folder, target, dirs_exist_ok=True)
+            continue
+        with RowWriter(target) as writer:
+            for _, block in source.blocks(BLOCK_ROWS):
+                writer.append(block)
 
 
 def _replaceable(out: Path) -> bool:
@@ -944,6 +953,80 @@ def _skipped(probe: Dataset) -> dict[str, str]:
     return {str(k): str(v) for k, v in (getattr(probe, "skipped", None) or {}).items()}
 
 
+def dissect_config(
+    model: nn.Module,
+    layers: Sequence[str],
+    concepts: str | ConceptSet,
+    embedder: str | Embedder,
+    similarity: str | None,
+    *,
+    similarity_params: dict[str, Any] | None = None,
+    pooling: str | dict[str, str] = "auto",
+    policy: str = "argmax",
+    seed: int = 0,
+    batch_size: int = 64,
+    top_k: int = 5,
+    null_repeats: int = 16,
+    significance_similarity: str | None = SIGNIFICANCE_SIMILARITY,
+    abstain_p: float | str | None = "default",
+    min_match: float | str | None = "default",
+) -> tuple[DissectConfig, ConceptSet, Embedder, dict[str, nn.Module]]:
+    """:func:`dissect`'s options checked and resolved (the embedder kind's defaults filled
+    in) before anything is recorded: the configuration, the concept set, the embedder and
+    the layers. Shared with the sharded dissection (:mod:`discover.dissection.shards`)."""
+    concept_set = load_concepts(concepts)
+    emb = build_embedder(embedder)
+    defaults = label_defaults(emb.kind)
+    if similarity is None:
+        similarity = defaults.similarity
+        if similarity_params is None:
+            similarity_params = dict(defaults.similarity_params)
+    if isinstance(abstain_p, str):
+        if abstain_p != "default":
+            raise InputError(f"abstain_p must be a number, None or 'default', got {abstain_p!r}")
+        abstain_p = defaults.abstain_p if null_repeats else None
+    elif abstain_p is not None and not 0 < abstain_p <= 1:
+        raise InputError(f"abstain_p must be in (0, 1] or None, got {abstain_p!r}")
+    if isinstance(min_match, str):
+        if min_match != "default":
+            raise InputError(f"min_match must be a number, None or 'default', got {min_match!r}")
+        min_match = defaults.min_match
+    elif min_match is not None and not -1 <= min_match <= 1:
+        raise InputError(f"min_match must be in [-1, 1] or None, got {min_match!r}")
+    if abstain_p is not None and not null_repeats:
+        raise InputError(
+            f"abstain_p={abstain_p} judges labels by their significance, which needs "
+            "null_repeats >= 2 (shuffled-image draws); pass abstain_p=None to skip it"
+        )
+    score_fn = get_similarity(similarity)
+    judge = significance_similarity or similarity
+    get_similarity(judge)  # an unknown name fails now
+    # checked before the (long) recording, not after it
+    check_options(
+        score_fn, dict(similarity_params or {}), f"similarity_params: similarity {similarity!r}"
+    )
+    modules = resolve_layers(model, layers)
+    if null_repeats and null_repeats < 2:
+        raise InputError(f"null_repeats must be 0 or >= 2, got {null_repeats}")
+    config = DissectConfig(
+        layers=list(modules),
+        concepts=concept_set.name,
+        embedder=emb.id,
+        similarity=similarity,
+        similarity_params=dict(similarity_params or {}),
+        pooling=pooling,
+        policy=policy,
+        seed=seed,
+        batch_size=batch_size,
+        top_k=top_k,
+        null_repeats=null_repeats,
+        significance_similarity=judge if null_repeats else None,
+        abstain_p=abstain_p,
+        min_match=min_match,
+    )
+    return config, concept_set, emb, modules
+
+
 def dissect(
     model: nn.Module,
     layers: Sequence[str],
@@ -1036,61 +1119,17 @@ def dissect(
         ['circle', 'square', 'triangle']
     """
     t0 = time.time()
-    concept_set = load_concepts(concepts)
-    emb = build_embedder(embedder)
-    defaults = label_defaults(emb.kind)
-    if similarity is None:
-        similarity = defaults.similarity
-        if similarity_params is None:
-            similarity_params = dict(defaults.similarity_params)
-    if isinstance(abstain_p, str):
-        if abstain_p != "default":
-            raise InputError(f"abstain_p must be a number, None or 'default', got {abstain_p!r}")
-        abstain_p = defaults.abstain_p if null_repeats else None
-    elif abstain_p is not None and not 0 < abstain_p <= 1:
-        raise InputError(f"abstain_p must be in (0, 1] or None, got {abstain_p!r}")
-    if isinstance(min_match, str):
-        if min_match != "default":
-            raise InputError(f"min_match must be a number, None or 'default', got {min_match!r}")
-        min_match = defaults.min_match
-    elif min_match is not None and not -1 <= min_match <= 1:
-        raise InputError(f"min_match must be in [-1, 1] or None, got {min_match!r}")
-    if abstain_p is not None and not null_repeats:
-        raise InputError(
-            f"abstain_p={abstain_p} judges labels by their significance, which needs "
-            "null_repeats >= 2 (shuffled-image draws); pass abstain_p=None to skip it"
-        )
-    score_fn = get_similarity(similarity)
-    judge = significance_similarity or similarity
-    get_similarity(judge)  # an unknown name fails now
-    # checked before the (long) recording, not after it
-    check_options(
-        score_fn, dict(similarity_params or {}), f"similarity_params: similarity {similarity!r}"
-    )
+    config, concept_set, emb, modules = dissect_config(
+        model, layers, concepts, embedder, similarity, similarity_params=similarity_params,
+        pooling=pooling, policy=policy, seed=seed, batch_size=batch_size, top_k=top_k,
+        null_repeats=null_repeats, significance_similarity=significance_similarity,
+        abstain_p=abstain_p, min_match=min_match,
+    )  # fmt: skip
     resolve_device(device)
-    modules = resolve_layers(model, layers)
     sae = as_sae(sae) if sae is not None else None
     # P and record expand "~"; only the string "auto" means the cache root
     auto = isinstance(cache_dir, str) and cache_dir == "auto"
     cache = cache_root() if auto else Path(cache_dir) if cache_dir is not None else None
-    config = DissectConfig(
-        layers=list(modules),
-        concepts=concept_set.name,
-        embedder=emb.id,
-        similarity=similarity,
-        similarity_params=dict(similarity_params or {}),
-        pooling=pooling,
-        policy=policy,
-        seed=seed,
-        batch_size=batch_size,
-        top_k=top_k,
-        null_repeats=null_repeats,
-        significance_similarity=judge if null_repeats else None,
-        abstain_p=abstain_p,
-        min_match=min_match,
-    )
-    if null_repeats and null_repeats < 2:
-        raise InputError(f"null_repeats must be 0 or >= 2, got {null_repeats}")
     if stream not in (True, False, "auto"):
         raise InputError(f"stream must be True, False or 'auto', got {stream!r}")
     if stream == "auto":
@@ -1123,7 +1162,7 @@ def dissect(
             )  # fmt: skip
         units_per_block = {n: m.U if isinstance(m, LWTA) else None for n, m in modules.items()}
         return label_layers(
-            recording, P, concept_set, emb, config, units_per_block,
+            recording, P, concept_set, emb.metadata(), config, units_per_block,
             model_about(model, recording.meta.get("model_sha256")), probe_about(probe),
             sae=sae, keep_scores=keep_scores, p_cache=p_cache, t0=t0,
         )  # fmt: skip
@@ -1191,7 +1230,7 @@ def label_layers(
     recording: Any,
     P: Any,
     concept_set: ConceptSet,
-    emb: Embedder,
+    embedder_info: dict[str, Any],
     config: DissectConfig,
     units_per_block: dict[str, int | None],
     model_info: dict[str, Any],
@@ -1211,6 +1250,7 @@ def label_layers(
             :class:`~discover.dissection.recording.RowsRecording` (``activations``,
             ``wins``, ``pooling``, ``maps``, ``meta``).
         P: ``N x M`` concept matrix, a tensor or a row source.
+        embedder_info: the embedder's ``metadata()``.
         units_per_block: each layer's competition block size ``U`` (``None``: not LWTA).
         model_info, probe_info: :func:`model_about` and :func:`probe_about` of what was
             recorded.
@@ -1296,7 +1336,7 @@ def label_layers(
     meta = {
         "layers": layer_meta,
         "concept_set": concept_set.summary(),
-        "embedder": emb.metadata(),
+        "embedder": embedder_info,
         "probe": probe_info,
         "recording": recording.meta,
         "concept_matrix_cache": p_cache,

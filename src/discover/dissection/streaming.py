@@ -67,6 +67,7 @@ from discover.errors import InputError
 __all__ = [
     "RowSource",
     "TensorRows",
+    "ConcatRows",
     "PermutedRows",
     "ProductRows",
     "RowWriter",
@@ -119,6 +120,46 @@ class TensorRows:
 
     def gather(self, index: Tensor) -> Tensor:
         return self.data.index_select(0, index)
+
+
+@dataclass(frozen=True)
+class ConcatRows:
+    """The rows of several sources one after another (the shards of a probe, in order)."""
+
+    parts: tuple[Any, ...]
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            raise InputError("ConcatRows: no sources")
+        widths = {part.shape[1] for part in self.parts}
+        if len(widths) != 1:
+            raise InputError(f"ConcatRows: sources of different widths {sorted(widths)}")
+
+    @property
+    def starts(self) -> list[int]:
+        starts, total = [], 0
+        for part in self.parts:
+            starts.append(total)
+            total += part.shape[0]
+        return starts
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (sum(part.shape[0] for part in self.parts), self.parts[0].shape[1])
+
+    def blocks(self, rows: int) -> Iterator[tuple[int, Tensor]]:
+        for offset, part in zip(self.starts, self.parts, strict=True):
+            for start, block in part.blocks(rows):
+                yield offset + start, block
+
+    def gather(self, index: Tensor) -> Tensor:
+        starts = torch.tensor(self.starts)
+        which = torch.searchsorted(starts, index, right=True) - 1
+        pieces = [
+            self.parts[i].gather(index[which == i] - int(starts[i]))
+            for i in which.unique().tolist()
+        ]
+        return torch.cat(pieces) if pieces else torch.empty(0, self.shape[1])
 
 
 @dataclass(frozen=True)
@@ -427,12 +468,24 @@ class Products:
 
 # -- the functions ------------------------------------------------------------------------------
 def _paired_blocks(P: RowSource, Q: RowSource, rows: int) -> Iterator[tuple[int, Tensor, Tensor]]:
-    for (start, p), (q_start, q) in zip(P.blocks(rows), Q.blocks(rows), strict=True):
-        if start != q_start or p.shape[0] != q.shape[0]:
-            raise InputError(
-                f"P and Q blocks disagree: rows {start}+{p.shape[0]} and {q_start}+{q.shape[0]}"
-            )
-        yield start, p, q
+    """Blocks of the same images of ``P`` and ``Q``, cut where either source's blocks end
+    (the sources may cut their blocks at different rows, e.g. shards)."""
+    p_blocks, q_blocks = P.blocks(rows), Q.blocks(rows)
+    p = q = None
+    start = 0
+    while True:
+        if p is None or len(p) == 0:
+            p = next((b for _, b in p_blocks), None)
+        if q is None or len(q) == 0:
+            q = next((b for _, b in q_blocks), None)
+        if p is None or q is None:
+            if p is not None or q is not None:
+                raise InputError(f"P and Q have different numbers of rows (after row {start})")
+            return
+        n = min(len(p), len(q))
+        yield start, p[:n], q[:n]
+        start += n
+        p, q = p[n:], q[n:]
 
 
 def scan(

@@ -1,0 +1,103 @@
+"""Sharded dissection: shards recorded apart and merged equal one streamed dissection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _helpers import SHAPES_PROBE
+from discover import create_model
+from discover.data import ShapesWorld
+from discover.dissection.core import Dissection, dissect
+from discover.dissection.shards import (
+    ShardMismatchError,
+    dissect_shard,
+    merge_shards,
+    parse_shard,
+)
+from discover.errors import InputError
+
+LAYERS = ["layer2.0.act2", "fc"]
+OPTIONS = {"similarity": "soft_wpmi", "similarity_params": {"top_k": 6}, "null_repeats": 3}
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return create_model(
+        "small_resnet", U=2, num_classes=10, img_size=16, widths=[8, 16], depths=[1, 1]
+    )
+
+
+@pytest.fixture(scope="module")
+def probe():
+    return ShapesWorld(**SHAPES_PROBE, split="val")
+
+
+def test_parse_shard():
+    assert parse_shard("3/4") == (3, 4) and parse_shard((0, 1)) == (0, 1)
+    for bad in ("4/4", "-1/2", "a/b", "3"):
+        with pytest.raises(InputError, match="shard"):
+            parse_shard(bad)
+
+
+def test_merged_shards_equal_one_dissection(probe, tmp_path):
+    model = _model()
+    whole = dissect(model, LAYERS, probe, "shapes", "annotations", stream=True, cache_dir=None,
+                    progress=False, **OPTIONS)  # fmt: skip
+    shards = [
+        dissect_shard(
+            model,
+            LAYERS,
+            probe,
+            tmp_path / f"s{i}",
+            (i, 3),
+            "shapes",
+            "annotations",
+            progress=False,
+            **OPTIONS,
+        )  # fmt: skip
+        for i in (2, 0, 1)  # any order
+    ]
+    merged = merge_shards(shards, out=tmp_path / "merged", progress=False)
+    assert merged.meta["recording"]["shards"] == 3
+    for layer in LAYERS:
+        assert merged.labels(layer) == whole.labels(layer)
+        torch.testing.assert_close(
+            torch.tensor([u.score for u in merged.layer(layer)]),
+            torch.tensor([u.score for u in whole.layer(layer)]),
+            rtol=1e-5, atol=1e-6,
+        )  # fmt: skip
+        assert torch.equal(merged.probe_activations(layer), whole.probe_activations(layer))
+        assert [u.z for u in merged.layer(layer)] == pytest.approx(
+            [u.z for u in whole.layer(layer)], rel=1e-4, abs=1e-4
+        )
+    maps, expected = merged.maps["layer2.0.act2"], whole.maps["layer2.0.act2"]
+    assert torch.equal(maps.indices, expected.indices)
+    torch.testing.assert_close(maps.maps, expected.maps)
+    torch.testing.assert_close(
+        merged.winner_fractions["layer2.0.act2"], whole.winner_fractions["layer2.0.act2"]
+    )
+    loaded = Dissection.load(tmp_path / "merged")
+    assert loaded.labels("fc") == whole.labels("fc")
+    assert torch.equal(loaded.probe_activations("fc"), whole.probe_activations("fc"))
+
+
+def test_shards_that_do_not_belong_together_are_refused(probe, tmp_path):
+    a = dissect_shard(_model(0), LAYERS, probe, tmp_path / "a", "0/2", "shapes", "annotations",
+                      progress=False, **OPTIONS)  # fmt: skip
+    b = dissect_shard(_model(1), LAYERS, probe, tmp_path / "b", "1/2", "shapes", "annotations",
+                      progress=False, **OPTIONS)  # fmt: skip
+    with pytest.raises(ShardMismatchError, match="differ in model") as error:
+        merge_shards([a, b], out=tmp_path / "never")
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "never").exists()  # nothing written
+    c = dissect_shard(_model(0), LAYERS, probe, tmp_path / "c", "1/2", "shapes", "annotations",
+                      progress=False, **{**OPTIONS, "null_repeats": 4})  # fmt: skip
+    with pytest.raises(ShardMismatchError, match="differ in config"):
+        merge_shards([a, c])
+    with pytest.raises(ShardMismatchError, match=r"missing \[1\]"):
+        merge_shards([a])
+    with pytest.raises(ShardMismatchError, match=r"given twice \[0\]"):
+        merge_shards([a, a])
+    with pytest.raises(InputError, match="not a shard"):
+        merge_shards([tmp_path])

@@ -101,3 +101,68 @@ def test_shards_that_do_not_belong_together_are_refused(probe, tmp_path):
         merge_shards([a, a])
     with pytest.raises(InputError, match="not a shard"):
         merge_shards([tmp_path])
+
+
+DISSECT = ["dissect", "--run-folder", "run", "--layers", "layer1.0.act2", "fc", "--probe", "shapes",
+           "--probe-arg", "n=24", "--probe-arg", "image_size=16", "--concepts", "shapes",
+           "--embedder", "annotations", "--similarity", "corr", "--null-repeats", "3"]  # fmt: skip
+
+
+def _run(args: list[str], cwd, nproc: int = 0):
+    import os
+    import subprocess
+    import sys
+
+    launcher = [sys.executable, "-m", "discover"]
+    if nproc:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc_per_node={nproc}", "-m", "discover"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DISCOVER_CACHE": str(cwd / "cache")}
+    return subprocess.run([*launcher, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ddp")  # one torchrun at a time
+def test_cli_shards_merge_and_two_process_gloo_match_one_process(tmp_path):
+    from _helpers import train_tiny
+
+    train_tiny(tmp_path / "run", U=2)  # the same weights in every process
+    one = _run([*DISSECT, "--stream", "on", "--out", "one"], tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    for i in range(2):
+        shard = _run([*DISSECT, "--shard", f"{i}/2", "--out", f"shard{i}"], tmp_path)
+        assert shard.returncode == 0, shard.stderr[-3000:]
+        assert f"shard {i}/2 written" in shard.stdout
+    merged = _run(["merge", "shard1", "shard0", "--out", "merged"], tmp_path)
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    two = _run([*DISSECT, "--out", "two"], tmp_path, nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert not (tmp_path / "two.shards").exists()  # process 0 removed the shards
+    expected = Dissection.load(tmp_path / "one")
+    for folder in ("merged", "two"):
+        got = Dissection.load(tmp_path / folder)
+        for layer in ("layer1.0.act2", "fc"):
+            assert got.labels(layer) == expected.labels(layer), folder
+            assert [u.score for u in got.layer(layer)] == pytest.approx(
+                [u.score for u in expected.layer(layer)], rel=1e-5, abs=1e-6
+            )
+            assert torch.equal(got.probe_activations(layer), expected.probe_activations(layer))
+    bad = _run(["merge", "shard0", "--out", "partial"], tmp_path)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: shards of 2: missing [1]")
+    assert not (tmp_path / "partial").exists()
+
+
+def test_a_finished_shard_is_not_recorded_again(probe, tmp_path, monkeypatch):
+    import discover.dissection.shards as shards
+
+    model = _model()
+    folder = dissect_shard(model, LAYERS, probe, tmp_path / "s0", "0/2", "shapes", "annotations",
+                           progress=False, **OPTIONS)  # fmt: skip
+    monkeypatch.setattr(shards, "record_rows", lambda *a, **k: pytest.fail("recorded again"))
+    again = dissect_shard(model, LAYERS, probe, folder, "0/2", "shapes", "annotations",
+                          progress=False, **OPTIONS)  # fmt: skip
+    assert again == folder
+    with pytest.raises(pytest.fail.Exception, match="recorded again"):  # other options: records
+        dissect_shard(model, LAYERS, probe, folder, "0/2", "shapes", "annotations",
+                      progress=False, **{**OPTIONS, "null_repeats": 5})  # fmt: skip

@@ -32,6 +32,7 @@ from discover.dissection.core import Dissection, default_dissection_dir, dissect
 from discover.dissection.labels import LABEL_DEFAULTS
 from discover.dissection.recording import list_layers
 from discover.dissection.sae import PROBE_SPLIT, SAE, SITES, default_sae_dir, train_sae
+from discover.dissection.shards import dissect_distributed, dissect_shard, merge_shards
 from discover.dissection.similarity import (
     SIMILARITIES,
     nest_similarity_params,
@@ -300,6 +301,12 @@ def _add_dissect_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="record NaN or infinite activations with a warning instead of stopping; those "
         "units stay unlabelled ('not finite')",
+    )
+    parser.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="record shard I of N of the probe into --out (from 0; e.g. one Slurm array task "
+        "each), then `discover merge` the shards; under torchrun each process takes its own",
     )
     parser.add_argument(
         "--stream",
@@ -632,7 +639,13 @@ def _layers(args: argparse.Namespace) -> int:
 # -- discover dissect -----------------------------------------------------------------------
 def _dissect_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", help="a training run directory (model, weights, preprocessing)")
+    source.add_argument(
+        "--run",
+        "--run-folder",  # under torchrun, which takes --run for its own --run-path
+        dest="run",
+        help="a training run directory (model, weights, preprocessing); --run-folder under "
+        "torchrun",
+    )
     source.add_argument("--model", help="a model name (with -U, --checkpoint, --model-arg)")
     _add_model_options(parser)
     parser.add_argument(
@@ -667,8 +680,31 @@ def _dissect_arguments(parser: argparse.ArgumentParser) -> None:
 def _dissect(args: argparse.Namespace) -> int:
     model = load_run(args.run, **_given(args, "weights")).model if args.run else _build_model(args)
     options = {**_dissect_options(args), **_given(args, "sae")}
-    result = dissect(model, args.layers, _build_probe(args), **options)
-    out = result.save(args.out)
+    sharded = args.shard is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if sharded:  # shards record; the merge scores (streamed, with the cache of no use)
+        if "sae" in options:
+            raise InputError("--shard and torchrun dissect a model's layers, not an SAE's latents")
+        for unused in ("cache_dir", "stream"):
+            options.pop(unused, None)
+    if args.shard is not None:
+        folder = dissect_shard(model, args.layers, _build_probe(args), args.out, args.shard,
+                               **options)  # fmt: skip
+        say(f"shard {args.shard} written: {folder}; merge all shards with "
+            f"`discover merge SHARD... --out DIR`")  # fmt: skip
+        return 0
+    if sharded:
+        result = dissect_distributed(model, args.layers, _build_probe(args), args.out, **options)
+        if result is None:  # not process 0: it recorded its shard
+            return 0
+        out = Path(args.out)
+    else:
+        result = dissect(model, args.layers, _build_probe(args), **options)
+        out = result.save(args.out)
+    _print_dissection(result, out)
+    return 0
+
+
+def _print_dissection(result: Dissection, out: Path) -> None:
     for layer in result.config.layers:
         labels = [label or "(unlabelled)" for label in result.shown_labels(layer)]
         info = result.layer_info(layer)
@@ -683,6 +719,21 @@ def _dissect(args: argparse.Namespace) -> int:
     listed = f", skipped {skipped} unreadable image(s) (listed in dissection.json)"
     say(f"probe: {about.probe_images} images{listed if skipped else ''}")
     say(f"written: {out / 'descriptions.csv'} and {out / 'dissection.json'}")
+
+
+def _merge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("shards", nargs="+", metavar="SHARD", help="shard folders (any order)")
+    parser.add_argument("--out", required=True, help="output directory of the dissection")
+
+
+@command(
+    "merge",
+    arguments=_merge_arguments,
+    help="merge the shards of `discover dissect --shard I/N` into one dissection",
+)
+def _merge(args: argparse.Namespace) -> int:
+    result = merge_shards(args.shards, out=args.out)
+    _print_dissection(result, Path(args.out))
     return 0
 
 

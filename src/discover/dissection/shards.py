@@ -56,7 +56,14 @@ from discover.dissection.streaming import (
 from discover.errors import InputError
 from discover.nn.lwta import LWTA
 
-__all__ = ["SHARD_FILE", "ShardMismatchError", "parse_shard", "dissect_shard", "merge_shards"]
+__all__ = [
+    "SHARD_FILE",
+    "ShardMismatchError",
+    "parse_shard",
+    "dissect_shard",
+    "merge_shards",
+    "dissect_distributed",
+]
 
 SHARD_FILE = "shard.json"
 VERSION = 1
@@ -119,6 +126,13 @@ def dissect_shard(
     lo, hi = i * N // n, (i + 1) * N // n
     if hi <= lo:
         raise InputError(f"shard {i}/{n} of a probe of {N} images is empty; use fewer shards")
+    identity = {
+        "shard": [i, n], "rows": [lo, hi], "config": asdict(config),
+        "concept_set": asdict(concept_set), "embedder": emb.metadata(),
+        "model": model_about(model), "probe": probe_about(probe), "keep_scores": keep_scores,
+    }  # fmt: skip
+    if _finished(Path(out), identity):  # a resumed sharded dissection skips finished shards
+        return Path(out)
     part = Subset(probe, range(lo, hi))
     view = model_view(model, part, transform)
     with staged_dir(out) as staging:
@@ -132,21 +146,14 @@ def dissect_shard(
         _write_maps(recording, lo, staging / "maps.safetensors")
         manifest = {
             "version": VERSION,
-            "shard": [i, n],
-            "rows": [lo, hi],
+            **identity,
             "shards": n,
-            "config": asdict(config),
-            "concept_set": asdict(concept_set),
-            "embedder": emb.metadata(),
             "concept_rows": kind,
-            "model": model_about(model),
-            "probe": probe_about(probe),
             "units_per_block": {
                 name: module.U if isinstance(module, LWTA) else None
                 for name, module in modules.items()
             },
             "recording": {k: v for k, v in recording.meta.items() if k not in ("n", "images")},
-            "keep_scores": keep_scores,
             "layers": {
                 name: {"q": f"q/{Path(rows.folder).name}", "wins": _wins_folder(recording, name)}
                 for name, rows in recording.activations.items()
@@ -154,6 +161,55 @@ def dissect_shard(
         }
         write_atomic(staging / SHARD_FILE, json.dumps(manifest, indent=1, default=str))
     return Path(out)
+
+
+def _finished(folder: Path, identity: dict[str, Any]) -> bool:
+    """Whether ``folder`` holds this very shard, finished (same inputs and options)."""
+    path = folder / SHARD_FILE
+    if not path.is_file():
+        return False
+    try:
+        saved = json.loads(json.dumps(json.loads(path.read_text()), default=str))
+    except ValueError:
+        return False
+    wanted = json.loads(json.dumps(identity, default=str))
+    return saved.get("version") == VERSION and all(saved.get(k) == v for k, v in wanted.items())
+
+
+def dissect_distributed(
+    model: nn.Module, layers: Sequence[str], probe: Dataset, out: str | Path, *args: Any,
+    device: str = "cpu", **kwargs: Any,
+) -> Dissection | None:  # fmt: skip
+    """The dissection of ``probe`` by every process of a ``torchrun`` job: each records its
+    shard (rank ``r`` of ``w``) into ``OUT.shards/r`` (a folder all processes can read: one
+    machine, or a shared file system across machines), then process 0 merges them into
+    ``out`` and removes the shards. A job run again after an interruption skips the shards
+    that were finished. Returns the dissection on process 0, ``None`` on the others.
+
+    Example:
+        >>> # torchrun --nproc_per_node=4 -m discover dissect ... --out runs/u8/dissection
+    """
+    import shutil
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    out = Path(out)
+    folder = out.parent / f"{out.name}.shards"
+    shard = dissect_shard(
+        model, layers, probe, folder / str(rank), (rank, world), *args, device=device,
+        progress=kwargs.pop("progress", True) and rank == 0, **kwargs,
+    )  # fmt: skip
+    dist.barrier()
+    result = None
+    if rank == 0:
+        result = merge_shards([folder / str(r) for r in range(world)], out=out)
+        shutil.rmtree(folder, ignore_errors=True)
+    dist.barrier()
+    del shard
+    return result
 
 
 def _wins_folder(recording: RowsRecording, name: str) -> str | None:

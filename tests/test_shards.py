@@ -40,10 +40,25 @@ def test_parse_shard():
             parse_shard(bad)
 
 
-def test_merged_shards_equal_one_dissection(probe, tmp_path):
+SIMILARITIES = {
+    "cos": {},
+    "cos3": {},
+    "corr": {},
+    "wpmi": {"top_k": 5},
+    "soft_wpmi": {"top_k": 6},
+    "rank_reorder": {"top_fraction": 0.2},
+    "jsd": {"support_k": 5},
+}
+
+
+@pytest.mark.parametrize("similarity", list(SIMILARITIES))
+def test_merged_shards_equal_one_dissection(probe, tmp_path, similarity):
     model = _model()
-    whole = dissect(model, LAYERS, probe, "shapes", "annotations", stream=True, cache_dir=None,
-                    progress=False, **OPTIONS)  # fmt: skip
+    options = {**OPTIONS, "similarity": similarity, "similarity_params": SIMILARITIES[similarity]}
+    common = {"cache_dir": None, "progress": False, **options}
+    whole = dissect(model, LAYERS, probe, "shapes", "annotations", stream=True, **common)
+    in_memory = dissect(model, LAYERS, probe, "shapes", "annotations", stream=False, **common)
+    assert all(in_memory.labels(layer) == whole.labels(layer) for layer in LAYERS)
     shards = [
         dissect_shard(
             model,
@@ -54,7 +69,7 @@ def test_merged_shards_equal_one_dissection(probe, tmp_path):
             "shapes",
             "annotations",
             progress=False,
-            **OPTIONS,
+            **options,
         )  # fmt: skip
         for i in (2, 0, 1)  # any order
     ]
@@ -166,3 +181,53 @@ def test_a_finished_shard_is_not_recorded_again(probe, tmp_path, monkeypatch):
     with pytest.raises(pytest.fail.Exception, match="recorded again"):  # other options: records
         dissect_shard(model, LAYERS, probe, folder, "0/2", "shapes", "annotations",
                       progress=False, **{**OPTIONS, "null_repeats": 5})  # fmt: skip
+
+
+GLOO_SCRIPT = """
+import json, sys
+import torch
+from discover import load_run
+from discover.data import ShapesWorld
+from discover.dissection.shards import dissect_distributed
+
+similarities = json.loads(sys.argv[1])
+model = load_run("run").model
+probe = ShapesWorld(n=24, image_size=16, split="val")
+for name, params in similarities.items():
+    dissect_distributed(model, ["layer1.0.act2", "fc"], probe, f"gloo-{name}", "shapes",
+                        "annotations", name, similarity_params=params, null_repeats=3,
+                        progress=False)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ddp")  # one torchrun at a time
+def test_two_process_gloo_dissection_equals_one_process_for_every_function(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from _helpers import train_tiny
+    from discover import load_run
+
+    train_tiny(tmp_path / "run", U=2)
+    (tmp_path / "gloo.py").write_text(GLOO_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", "gloo.py", json.dumps(SIMILARITIES)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    model = load_run(tmp_path / "run").model
+    probe = ShapesWorld(n=24, image_size=16, split="val")
+    for name, params in SIMILARITIES.items():
+        expected = dissect(model, ["layer1.0.act2", "fc"], probe, "shapes", "annotations", name,
+                           similarity_params=params, null_repeats=3, cache_dir=None,
+                           progress=False, stream=False)  # fmt: skip
+        got = Dissection.load(tmp_path / f"gloo-{name}")
+        for layer in ("layer1.0.act2", "fc"):
+            assert got.labels(layer) == expected.labels(layer), (name, layer)
+            scores = [u.score for u in got.layer(layer)]
+            assert scores == pytest.approx([u.score for u in expected.layer(layer)],
+                                           rel=1e-5, abs=1e-6), name  # fmt: skip

@@ -789,11 +789,10 @@ def _run_probe(
     was_training = model.training
     model.to(device).eval()
     loader = DataLoader(probe, batch_size=batch_size, shuffle=False, num_workers=workers)
-    batches = loader
-    if progress:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        batches = tqdm(loader, desc="record", leave=False, dynamic_ncols=True)
+    bar = tqdm(total=len(probe), desc="record", unit="img", unit_scale=True, leave=False,
+               dynamic_ncols=True, disable=not progress)  # fmt: skip
     torch.manual_seed(seed)
     try:
         with (
@@ -801,10 +800,12 @@ def _run_probe(
             capture_winners(model),
             _pooled_hooks(model, modules, pooling, sink, allow_nonfinite, top_maps, maps),
         ):
-            for batch in batches:
+            for batch in loader:
                 images = batch[0] if isinstance(batch, (list, tuple)) else batch
                 model(images.to(device))
+                bar.update(len(images))  # images per second, whatever the batch size
     finally:
+        bar.close()
         model.train(was_training)
     empty = [n for n in modules if not sink[n].count]
     if empty:

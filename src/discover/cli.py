@@ -54,6 +54,7 @@ from discover.nn.checkpoints import count_parameters, save_checkpoint
 from discover.nn.lwta import EVAL_POLICIES, lwta_layers
 from discover.nn.models import create_model, list_models
 from discover.training.clip import ShapesCLIPConfig, train_shapes_clip
+from discover.training.export import export_run
 from discover.training.recipes import RECIPES
 from discover.training.runs import load_run
 from discover.training.trainer import NonFiniteLossError, TrainConfig, train
@@ -734,6 +735,34 @@ def _merge_arguments(parser: argparse.ArgumentParser) -> None:
 def _merge(args: argparse.Namespace) -> int:
     result = merge_shards(args.shards, out=args.out)
     _print_dissection(result, Path(args.out))
+    return 0
+
+
+# -- discover export -------------------------------------------------------------------------
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="training run directory (`discover train`)")
+    parser.add_argument("--format", choices=["onnx"], help=_default(export_run, "format"))
+    parser.add_argument("--out", required=True, help="the exported file, e.g. model.onnx")
+    parser.add_argument("--weights", choices=["best", "last"], help=_default(export_run, "weights"))
+    parser.add_argument(
+        "--policy",
+        choices=["argmax", "sample"],
+        help="LWTA winners in the export: only argmax (deterministic) can be exported "
+        f"({_default(export_run, 'policy')})",
+    )
+    parser.add_argument(
+        "--limit", type=int, help="check the export on the first N test images (default: all)"
+    )
+
+
+@command(
+    "export",
+    arguments=_export_arguments,
+    help="export a run's model (deterministic winners) to ONNX, checked on its test split",
+)
+def _export(args: argparse.Namespace) -> int:
+    result = export_run(args.run, args.out, **_given(args, "format", "weights", "policy", "limit"))
+    say(result.summary())
     return 0
 
 

@@ -65,7 +65,6 @@ from discover.dissection.core import Dissection, StaleDissectionError
 from discover.dissection.embedders import build_embedder
 from discover.dissection.labels import LABEL_DEFAULTS
 from discover.dissection.recording import (
-    default_input_size,
     pool,
     pool_mask,
     resolve_layers,
@@ -75,6 +74,7 @@ from discover.dissection.recording import (
 from discover.dissection.sae import SAE, as_sae
 from discover.errors import InputError, NonFiniteError
 from discover.nn.lwta import LWTA, capture_winners, eval_policy, lwta_layers
+from discover.nn.models import default_input_size
 
 __all__ = [
     "DEFAULT_THRESHOLD",

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from discover._utils import atomic_path, cache_warning, require_int
 from discover.errors import InputError, NonFiniteError
 from discover.nn.lwta import LWTA, capture_winners, eval_policy
+from discover.nn.models import default_input_size
 
 __all__ = [
     "GALLERY_SIZE",
@@ -135,15 +136,6 @@ def list_layers(
         for name, module in model.named_modules()
         if name and fnmatch.fnmatchcase(name, pattern)
     ]
-
-
-def default_input_size(model: nn.Module) -> tuple[int, int, int]:
-    """The ``(C, H, W)`` input a model expects (its build config, else its timm config)."""
-    config = getattr(model, "cvn_config", None)
-    if config is not None and config.input_size:
-        return tuple(config.input_size)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return tuple(cfg.get("input_size", (3, 224, 224)))
 
 
 def resolve_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:

@@ -5,9 +5,10 @@ Imports only :mod:`discover._utils`.
 
 from __future__ import annotations
 
-from . import checkpoints, clip_archs, lwta, models, networks
+from . import checkpoints, clip_archs, export, lwta, models, networks
 from .checkpoints import *  # noqa: F403
 from .clip_archs import *  # noqa: F403
+from .export import *  # noqa: F403
 from .lwta import *  # noqa: F403
 from .models import *  # noqa: F403
 from .networks import *  # noqa: F403
@@ -15,6 +16,7 @@ from .networks import *  # noqa: F403
 __all__ = [
     *checkpoints.__all__,
     *clip_archs.__all__,
+    *export.__all__,
     *lwta.__all__,
     *models.__all__,
     *networks.__all__,

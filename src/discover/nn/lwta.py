@@ -95,6 +95,19 @@ def _winner_mask(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mask, top
 
 
+def _exported_competition(blocks: torch.Tensor, layer: LWTA) -> torch.Tensor:
+    """Deterministic winners in operators every exporter knows (argmax, one-hot, multiply):
+    the same outputs as the ``"argmax"`` policy, ties going to the first unit as there."""
+    if layer.stochastic:
+        raise InputError(
+            f"LWTA {layer._label()}: sampled winners cannot be exported (an exported graph has "
+            "no seeded draw that matches PyTorch's); export with the 'argmax' policy"
+        )
+    winners = blocks.argmax(dim=1, keepdim=True)
+    hard = torch.zeros_like(blocks).scatter(1, winners, 1.0)
+    return blocks * hard
+
+
 def _strictly_channels_last(x: torch.Tensor, unit_dim: int) -> bool:
     """A conv map (units on dim 1) laid out channels_last, and not also plain contiguous."""
     return (
@@ -311,6 +324,9 @@ class LWTA(nn.Module):
         # (M, U, 1) when the units are the last dim.
         outer = math.prod(shape[:unit_dim]) * (width // self.U)
         blocks = x.reshape(outer, self.U, math.prod(shape[unit_dim + 1 :]))
+        if torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+            out = _exported_competition(blocks, self).reshape(shape)
+            return out.permute(0, 3, 1, 2) if nhwc else out
         temperature = self._temperature if self.stochastic else 0.0
         fused = lwta_kernel.supports(blocks)
         if self.training and torch.is_grad_enabled() and blocks.requires_grad:

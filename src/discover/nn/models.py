@@ -31,6 +31,7 @@ from discover.nn.lwta import LWTA, EvalPolicy, lwta_layers
 
 __all__ = [
     "ACTIVATION_TYPES",
+    "default_input_size",
     "register_activation",
     "register_model",
     "register_placement",
@@ -553,3 +554,17 @@ def create_model(
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model
+
+
+def default_input_size(model: nn.Module) -> tuple[int, int, int]:
+    """The ``(C, H, W)`` input a model expects (its build config, else its timm config).
+
+    Example:
+        >>> default_input_size(create_model("small_resnet", img_size=32))
+        (3, 32, 32)
+    """
+    config = getattr(model, "cvn_config", None)
+    if config is not None and config.input_size:
+        return tuple(config.input_size)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return tuple(cfg.get("input_size", (3, 224, 224)))

@@ -5,9 +5,10 @@ Imports :mod:`discover.nn` and :mod:`discover.data`.
 
 from __future__ import annotations
 
-from . import clip, convergence, recipes, runs, trainer
+from . import clip, convergence, export, recipes, runs, trainer
 from .clip import *  # noqa: F403
 from .convergence import *  # noqa: F403
+from .export import *  # noqa: F403
 from .recipes import *  # noqa: F403
 from .runs import *  # noqa: F403
 from .trainer import *  # noqa: F403
@@ -15,6 +16,7 @@ from .trainer import *  # noqa: F403
 __all__ = [
     *clip.__all__,
     *convergence.__all__,
+    *export.__all__,
     *recipes.__all__,
     *runs.__all__,
     *trainer.__all__,

@@ -177,3 +177,38 @@ def test_factored_scores_never_form_p_and_agree(name):
     expected = get_similarity(name)(P, Q)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
     assert torch.equal(got.argmax(1), expected.argmax(1))
+
+
+def test_jsd_in_concept_chunks_equals_the_whole(probe, monkeypatch):
+    import discover.dissection.streaming as streaming
+
+    P, Q = probe
+    monkeypatch.setattr(streaming, "JSD_CONCEPTS", 4)  # 11 concepts: chunks of 4, 4 and 3
+    info = {}
+    got = streamed_similarity("jsd", TensorRows(P), TensorRows(Q), block_rows=50, info=info,
+                              support_k=6)  # fmt: skip
+    expected = get_similarity("jsd")(P, Q, support_k=6)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert info["definition"]["transform_p"] == "zscore" and info["num_concepts"] == 11
+    assert info["rows_read"] < len(P)  # only the top images' rows
+
+
+def test_gathering_columns_reads_only_those(probe, tmp_path):
+    P, Q = probe
+    with RowWriter(tmp_path / "P") as writer:
+        for start in range(0, len(P), 100):
+            writer.append(P[start : start + 100])
+    index, cs = torch.tensor([3, 99, 100, 250]), slice(2, 7)
+    for source in (TensorRows(P), FileRows(tmp_path / "P"),
+                   streaming_concat(FileRows(tmp_path / "P"))):  # fmt: skip
+        assert torch.equal(source.gather(index, cs), P[index][:, cs])
+    images, texts = torch.randn(len(P), 5), torch.randn(11, 5)
+    torch.testing.assert_close(
+        ProductRows(TensorRows(images), texts).gather(index, cs), (images @ texts.T)[index][:, cs]
+    )
+
+
+def streaming_concat(rows):
+    from discover.dissection.streaming import ConcatRows
+
+    return ConcatRows((rows,))

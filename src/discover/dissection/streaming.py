@@ -22,12 +22,13 @@ What each function needs, and how it is computed here (exactly, not approximated
   itself on the rows of those images only. It reads ``P`` nowhere else (its row
   normalisers and the prior need only those rows and all units), so the scores are the
   in-memory ones. Memory: ``O(K top_k (M + K))`` for the gathered rows, whatever ``N``.
-* ``rank_reorder``: the same with each unit's top ``floor(top_fraction N)`` images (its
-  memory grows with ``top_fraction N``).
+* ``rank_reorder``: the same with each unit's top ``floor(top_fraction N)`` images: its
+  memory grows with ``top_fraction N`` (by definition it reads 5 % of the probe per unit).
 * ``jsd``: each column's mean and population standard deviation (pass 1, merged with Chan's
-  formula), each unit's and each concept's ``support_k`` top images, then the function on
-  the rows of their union, z-scored with the whole probe's statistics. Its support can span
-  up to ``(K + M) support_k`` images.
+  formula), each unit's and each concept's ``support_k`` top images, then the function one
+  chunk of concepts at a time on the rows of the units' and the chunk's concepts' top
+  images, z-scored with the whole probe's statistics (a concept's scores depend on its own
+  column only). Memory: ``O((K + chunk) support_k (chunk + K))``, whatever ``N``.
 
 A shard of the probe (its own image offset) runs pass 1 on its rows; :meth:`Scan.merge`
 joins the shards' scans in any order to the scan of the whole probe, and
@@ -99,8 +100,8 @@ class RowSource(Protocol):
         """``(first row, block)`` pairs covering every row once, in order."""
         ...
 
-    def gather(self, index: Tensor) -> Tensor:
-        """The rows ``index`` (ascending, unique), ``len(index) x C``."""
+    def gather(self, index: Tensor, columns: slice | None = None) -> Tensor:
+        """The rows ``index`` (ascending, unique), ``len(index) x C`` (or only ``columns``)."""
         ...
 
 
@@ -118,8 +119,9 @@ class TensorRows:
         for start in range(0, self.data.shape[0], rows):
             yield start, self.data[start : start + rows]
 
-    def gather(self, index: Tensor) -> Tensor:
-        return self.data.index_select(0, index)
+    def gather(self, index: Tensor, columns: slice | None = None) -> Tensor:
+        data = self.data if columns is None else self.data[:, columns]
+        return data.index_select(0, index)
 
 
 @dataclass(frozen=True)
@@ -152,14 +154,15 @@ class ConcatRows:
             for start, block in part.blocks(rows):
                 yield offset + start, block
 
-    def gather(self, index: Tensor) -> Tensor:
+    def gather(self, index: Tensor, columns: slice | None = None) -> Tensor:
         starts = torch.tensor(self.starts)
         which = torch.searchsorted(starts, index, right=True) - 1
         pieces = [
-            self.parts[i].gather(index[which == i] - int(starts[i]))
+            self.parts[i].gather(index[which == i] - int(starts[i]), columns)
             for i in which.unique().tolist()
         ]
-        return torch.cat(pieces) if pieces else torch.empty(0, self.shape[1])
+        width = len(range(self.shape[1])[columns or slice(None)])
+        return torch.cat(pieces) if pieces else torch.empty(0, width)
 
 
 @dataclass(frozen=True)
@@ -173,10 +176,10 @@ class PermutedRows:
     def shape(self) -> tuple[int, int]:
         return self.source.shape
 
-    def gather(self, index: Tensor) -> Tensor:
+    def gather(self, index: Tensor, columns: slice | None = None) -> Tensor:
         wanted = self.perm.index_select(0, index)
         rows, inverse = wanted.unique(return_inverse=True)  # sources gather ascending rows
-        return self.source.gather(rows).index_select(0, inverse)
+        return self.source.gather(rows, columns).index_select(0, inverse)
 
     def blocks(self, rows: int) -> Iterator[tuple[int, Tensor]]:
         for start in range(0, self.shape[0], rows):
@@ -200,8 +203,9 @@ class ProductRows:
         for start, block in self.left.blocks(rows):
             yield start, block.to(self.right.dtype) @ self.right.T
 
-    def gather(self, index: Tensor) -> Tensor:
-        return self.left.gather(index).to(self.right.dtype) @ self.right.T
+    def gather(self, index: Tensor, columns: slice | None = None) -> Tensor:
+        right = self.right if columns is None else self.right[columns]
+        return self.left.gather(index).to(right.dtype) @ right.T
 
 
 class RowWriter:
@@ -266,9 +270,10 @@ class FileRows:
     def shape(self) -> tuple[int, int]:
         return self._shape
 
-    def _read(self, i: int, lo: int, hi: int) -> Tensor:
+    def _read(self, i: int, lo: int, hi: int, columns: slice | None = None) -> Tensor:
         with safe_open(self.folder / self.files[i]["file"], framework="pt") as f:
-            return f.get_slice("rows")[lo:hi]
+            rows = f.get_slice("rows")
+            return rows[lo:hi] if columns is None else rows[lo:hi, columns]
 
     def blocks(self, rows: int) -> Iterator[tuple[int, Tensor]]:
         for i, entry in enumerate(self.files):
@@ -276,18 +281,19 @@ class FileRows:
                 hi = min(lo + rows, entry["rows"])
                 yield entry["start"] + lo, self._read(i, lo, hi)
 
-    def gather(self, index: Tensor) -> Tensor:
+    def gather(self, index: Tensor, columns: slice | None = None) -> Tensor:
         out: Tensor | None = None
+        width = len(range(self.shape[1])[columns or slice(None)])
         which = torch.searchsorted(self.starts, index, right=True) - 1
         for i in which.unique().tolist():
             pick = (which == i).nonzero()[:, 0]
             local = index[pick] - self.files[i]["start"]
             lo, hi = int(local.min()), int(local.max()) + 1
-            rows = self._read(i, lo, hi).index_select(0, local - lo)
+            rows = self._read(i, lo, hi, columns).index_select(0, local - lo)
             if out is None:
-                out = torch.empty(len(index), self.shape[1], dtype=rows.dtype)
+                out = torch.empty(len(index), width, dtype=rows.dtype)
             out[pick] = rows
-        return out if out is not None else torch.empty(0, self.shape[1])
+        return out if out is not None else torch.empty(0, width)
 
 
 # -- pass 1 -----------------------------------------------------------------------------------
@@ -578,13 +584,14 @@ def streamed_similarity(
             )  # fmt: skip
         return sums.scores(min_norm, dtype)
     # the functions that read only some images: their rows, then the function itself
-    parts = [result.unit_index[:, :top_units].reshape(-1)]
-    if top_concepts:
-        parts.append(result.concept_index[:, :top_concepts].reshape(-1))
-    rows = torch.cat(parts).unique()  # ascending: ties still go to the lower image
-    P_rows, Q_rows = P.gather(rows), Q.gather(rows)
     fn = get_similarity(name)
-    S = _on_rows(name, fn, P_rows, Q_rows, result, top_units, info, params)
+    if name == "jsd":
+        return _streamed_jsd(fn, P, Q, result, top_units, top_concepts, info, params)
+    rows = result.unit_index[:, :top_units].reshape(-1).unique()  # ascending: ties as before
+    P_rows, Q_rows = P.gather(rows), Q.gather(rows)
+    if name == "rank_reorder":  # the n of the whole probe, not of the gathered rows
+        params = {**params, "top_n": top_units}
+    S = fn(P_rows, Q_rows, **params, info=info)
     if info is not None:  # the function saw the gathered rows; the probe has N
         info.update(num_images=N, rows_read=len(rows))
     return S
@@ -617,28 +624,54 @@ def _factored(name: str, P: ProductRows, Q: RowSource, block_rows: int, min_norm
     return (qp / q_norm[:, None] / p_norm[None, :]).float()
 
 
-def _on_rows(
-    name: str, fn: Any, P_rows: Tensor, Q_rows: Tensor, result: Scan, top_units: int,
+JSD_CONCEPTS = 256  # concepts per chunk of a streamed jsd
+
+
+def _streamed_jsd(
+    fn: Any, P: RowSource, Q: RowSource, result: Scan, top_units: int, top_concepts: int,
     info: dict[str, Any] | None, params: dict[str, Any],
 ) -> Tensor:  # fmt: skip
-    """The function itself on the gathered rows of the images it reads."""
-    if name == "rank_reorder":
-        return fn(P_rows, Q_rows, **{**params, "top_n": top_units}, info=info)
-    if name == "jsd":
-        asked, params = params, dict(params)
-        min_std = params.get("min_std", 1e-12)
-        for key, x, m in (("transform_p", P_rows, result.p), ("transform_q", Q_rows, result.q)):
-            if params.get(key, "zscore") == "zscore":
-                std = (m.m2 / m.n).sqrt().clamp_min(min_std)
-                x.copy_((x.double() - m.mean) / std)
-                params[key] = "identity"
-        S = fn(P_rows, Q_rows, **params, info=info)
-        if info is not None:  # the definition asked for: z-scored with all images' statistics
-            info["definition"].update(
-                {key: asked.get(key, "zscore") for key in ("transform_p", "transform_q")}
-            )
-        return S
-    return fn(P_rows, Q_rows, **params, info=info)
+    """``jsd`` one chunk of concepts at a time, on the rows of the units' top images and of
+    the chunk's concepts' top images, z-scored with the whole probe's moments: a concept's
+    scores depend on its own column only, so each chunk's are the in-memory ones, and memory
+    is ``O((K + chunk) support_k (chunk + K))`` whatever ``N``."""
+    asked, params = params, dict(params)
+    min_std = params.get("min_std", 1e-12)
+    zscore = {key: params.get(key, "zscore") == "zscore" for key in ("transform_p", "transform_q")}
+    params.update({key: "identity" for key, z in zscore.items() if z})
+
+    def standard(x: Tensor, m: _Moments, columns: slice) -> Tensor:
+        std = (m.m2[columns] / m.n).sqrt().clamp_min(min_std)
+        return ((x.double() - m.mean[columns]) / std).to(x.dtype)
+
+    unit_rows = result.unit_index[:, :top_units].reshape(-1)
+    K, M = Q.shape[1], P.shape[1]
+    out: Tensor | None = None
+    read = 0
+    for start in range(0, M, JSD_CONCEPTS):
+        cs = slice(start, min(start + JSD_CONCEPTS, M))
+        parts = [unit_rows]
+        if top_concepts:
+            parts.append(result.concept_index[cs, :top_concepts].reshape(-1))
+        rows = torch.cat(parts).unique()  # ascending: ties still go to the lower image
+        P_rows, Q_rows = P.gather(rows, cs), Q.gather(rows)
+        if zscore["transform_p"]:
+            P_rows = standard(P_rows, result.p, cs)
+        if zscore["transform_q"]:
+            Q_rows = standard(Q_rows, result.q, slice(None))
+        chunk_info: dict[str, Any] | None = {} if info is not None and start == 0 else None
+        S = fn(P_rows, Q_rows, **params, info=chunk_info)
+        if out is None:
+            out = torch.empty(K, M, dtype=S.dtype)
+        out[:, cs] = S
+        read = max(read, len(rows))
+        if chunk_info is not None:
+            info.update(chunk_info)
+    assert out is not None
+    if info is not None:  # the definition asked for: z-scored with all images' statistics
+        info["definition"].update({key: asked.get(key, "zscore") for key in zscore})
+        info.update(num_images=P.shape[0], num_concepts=M, rows_read=read)
+    return out
 
 
 def streamed_significance(

@@ -349,13 +349,17 @@ class Scan:
     concept_values: Tensor | None = None  # [M, top] descending
     concept_index: Tensor | None = None
 
-    def update(self, start: int, P: Tensor, Q: Tensor) -> None:
-        """Add the rows ``start ..`` of the probe (the same images in ``P`` and ``Q``)."""
-        if P.shape[0] != Q.shape[0]:
+    def update(self, start: int, P: Tensor | None, Q: Tensor) -> None:
+        """Add the rows ``start ..`` of the probe (the same images in ``P`` and ``Q``;
+        ``P`` ``None``: its moments and top images are not needed)."""
+        if P is not None and P.shape[0] != Q.shape[0]:
             raise InputError(f"Scan: {P.shape[0]} rows of P with {Q.shape[0]} rows of Q")
-        self.p.add(P)
+        if P is None and self.top_concepts:
+            raise InputError("Scan: the concepts' top images need the rows of P")
+        if P is not None:
+            self.p.add(P)
         self.q.add(Q)
-        rows = torch.arange(start, start + P.shape[0]).expand(Q.shape[1], -1)
+        rows = torch.arange(start, start + Q.shape[0]).expand(Q.shape[1], -1)
         if self.top_units:
             self.unit_values, self.unit_index = self._keep(
                 self.unit_values, self.unit_index, Q, rows, self.top_units
@@ -496,15 +500,25 @@ def _paired_blocks(P: RowSource, Q: RowSource, rows: int) -> Iterator[tuple[int,
 
 def scan(
     P: RowSource, Q: RowSource, *, top_units: int = 0, top_concepts: int = 0,
-    block_rows: int = BLOCK_ROWS,
+    block_rows: int = BLOCK_ROWS, read_p: bool = True,
 ) -> Scan:  # fmt: skip
-    """Pass 1 over every row of ``P`` and ``Q``."""
+    """Pass 1 over every row of ``Q`` and (``read_p``, or the concepts' top images wanted)
+    of ``P``."""
     if P.shape[0] != Q.shape[0]:
         raise InputError(f"P has {P.shape[0]} rows and Q {Q.shape[0]}: not the same images")
     result = Scan(min(top_units, P.shape[0]), min(top_concepts, P.shape[0]))
+    if not read_p and not top_concepts:  # P's rows are not needed: Q alone
+        for start, q in Q.blocks(block_rows):
+            result.update(start, None, q)
+        return result
     for start, p, q in _paired_blocks(P, Q, block_rows):
         result.update(start, p, q)
     return result
+
+
+def _reads_p(name: str, P: RowSource) -> bool:
+    """Whether pass 1 of ``name`` needs the rows of ``P`` (its column moments)."""
+    return name in ("cos3", "jsd") or (name == "corr" and not isinstance(P, ProductRows))
 
 
 def _top_count(name: str, params: dict[str, Any], n: int) -> tuple[int, int]:
@@ -547,8 +561,11 @@ def streamed_similarity(
     N = P.shape[0]
     top_units, top_concepts = _top_count(name, params, N)
     result = scan_result or scan(
-        P, Q, top_units=top_units, top_concepts=top_concepts, block_rows=block_rows
-    )
+        P, Q, top_units=top_units, top_concepts=top_concepts, block_rows=block_rows,
+        read_p=_reads_p(name, P),
+    )  # fmt: skip
+    if _reads_p(name, P) and result.p.n != N:
+        raise InputError(f"streamed {name}: the scan did not read the rows of P")
     if result.rows != N:
         raise InputError(f"the scan covers {result.rows} images, the sources {N}")
     if result.top_units < top_units or result.top_concepts < top_concepts:
@@ -702,7 +719,23 @@ def streamed_significance(
 
 
 def column_stats(source: RowSource, block_rows: int = BLOCK_ROWS) -> tuple[Tensor, Tensor]:
-    """Mean and population standard deviation of every column, in one pass (float32)."""
+    """Mean and population standard deviation of every column, in one pass (float32); of
+    ``P = V T^T`` (:class:`ProductRows`) from the mean and covariance of the rows of ``V``,
+    without forming ``P``."""
+    if isinstance(source, ProductRows):
+        n, total, outer = 0, None, None
+        for _, v in source.left.blocks(block_rows):
+            v = v.double()
+            parts = (v.sum(0), v.T @ v)
+            total, outer = parts if total is None else (total + parts[0], outer + parts[1])
+            n += len(v)
+        if not n:
+            raise InputError("column_stats: the source has no rows")
+        mean_v = total / n
+        cov = outer / n - torch.outer(mean_v, mean_v)
+        T = source.right.double()
+        var = ((T @ cov) * T).sum(1).clamp_min(0)
+        return (T @ mean_v).float(), var.sqrt().float()
     moments = _Moments()
     for _, block in source.blocks(block_rows):
         moments.add(block)

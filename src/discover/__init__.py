@@ -12,8 +12,6 @@ Example:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .dissection import (
     SAE,
     SIMILARITIES,
@@ -64,6 +62,7 @@ from .nn import (
 )
 from .report import ReportSection, write_report
 from .training import TrainConfig, load_run, train
+from .version import __version__
 
 __all__ = [
     "__version__",

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from discover import __version__
 from discover._utils import check_writable, printable
 from discover.data.registry import build_probe
 from discover.demo import DEMO_DATA, DemoConfig, run_demo
@@ -58,6 +57,7 @@ from discover.training.export import export_run
 from discover.training.recipes import RECIPES
 from discover.training.runs import load_run
 from discover.training.trainer import NonFiniteLossError, TrainConfig, train
+from discover.version import __version__
 
 __all__ = ["main", "command"]
 

@@ -40,7 +40,6 @@ from PIL import Image, ImageDraw
 from torch import nn
 from torch.utils.data import Dataset
 
-from discover import __version__
 from discover._utils import staged_dir
 from discover.data.folders import ImageTooLargeError, open_image
 from discover.dissection.core import DissectedLayer, Dissection, UnitDescription
@@ -50,6 +49,7 @@ from discover.evaluation.explanations import ExplanationScores
 from discover.evaluation.groundtruth import GroundTruthReport, LayerGroundTruth, saved_groundtruth
 from discover.evaluation.localization import LayerLocalization, saved_localization
 from discover.nn.checkpoints import count_parameters
+from discover.version import __version__
 
 __all__ = ["draw_heatmap", "ReportSection", "ReportConfig", "write_report"]
 

@@ -212,3 +212,13 @@ def streaming_concat(rows):
     from discover.dissection.streaming import ConcatRows
 
     return ConcatRows((rows,))
+
+
+def test_a_scan_without_p_goes_through_a_shard_file(probe):
+    P, Q = probe
+    scanned = scan(TensorRows(P), TensorRows(Q), top_units=5, read_p=False)
+    assert scanned.p.n == 0 and scanned.q.n == len(Q)
+    back = Scan.from_state(scanned.state())
+    assert back.p.n == 0 and torch.equal(back.unit_index, scanned.unit_index)
+    with pytest.raises(InputError, match="did not read the rows of P"):
+        streamed_similarity("cos3", TensorRows(P), TensorRows(Q), scan_result=back)

@@ -1189,13 +1189,14 @@ def probe_about(probe: Dataset) -> dict[str, Any]:
 
 
 def _rows_folder(cache: Path | None) -> Path:
-    """Where a streamed dissection's ``Q`` rows go: under the cache root, or a temporary
-    folder (removed when the process exits); :meth:`Dissection.save` copies them."""
+    """Where a streamed dissection's ``Q`` rows go while the process runs: a temporary folder
+    (on the cache's disk when there is a cache), removed when the process exits;
+    :meth:`Dissection.save` copies them into the dissection."""
+    parent = None
     if cache is not None:
-        folder = cache.expanduser() / "rows" / uuid.uuid4().hex
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
-    folder = Path(tempfile.mkdtemp(prefix="discover-Q-"))
+        parent = cache.expanduser() / "tmp"
+        parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="discover-Q-", dir=parent))
     atexit.register(shutil.rmtree, folder, True)
     return folder
 

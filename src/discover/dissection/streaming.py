@@ -406,9 +406,10 @@ class Scan:
 
     def state(self) -> dict[str, Tensor]:
         """Tensors for a shard file (:meth:`from_state` reads them back)."""
-        out = {"settings": torch.tensor([self.top_units, self.top_concepts, self.q.n])}
+        out = {"settings": torch.tensor([self.top_units, self.top_concepts, self.q.n, self.p.n])}
         for name, m in (("p", self.p), ("q", self.q)):
-            out[f"{name}_mean"], out[f"{name}_m2"] = m.mean, m.m2
+            if m.n:  # P is not read by every function
+                out[f"{name}_mean"], out[f"{name}_m2"] = m.mean, m.m2
         for name in ("unit_values", "unit_index", "concept_values", "concept_index"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
@@ -416,9 +417,9 @@ class Scan:
 
     @classmethod
     def from_state(cls, state: dict[str, Tensor]) -> Scan:
-        top_units, top_concepts, n = (int(v) for v in state["settings"])
+        top_units, top_concepts, n, n_p = (int(v) for v in state["settings"])
         scan = cls(top_units, top_concepts)
-        scan.p = _Moments(n, state["p_mean"], state["p_m2"])
+        scan.p = _Moments(n_p, state.get("p_mean"), state.get("p_m2"))
         scan.q = _Moments(n, state["q_mean"], state["q_m2"])
         for name in ("unit_values", "unit_index", "concept_values", "concept_index"):
             setattr(scan, name, state.get(name))

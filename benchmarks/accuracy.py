@@ -750,8 +750,10 @@ def write_report(
         f"{sum(r.get('train_seconds') or 0 for r in records) / 3600:.1f} process-hours of "
         f"training (one torch thread each). Seeds: {', '.join(map(str, args.seeds))}. Epochs: "
         f"{setting.describe_epochs()}, batch {setting.batch_size}, lr {setting.lr or 'recipe'}, warm-up "
-        f"{setting.warmup_epochs} epoch(s) at lr {setting.warmup_lr or 'recipe warmup_lr'}, cosine "
-        f"schedule (stepped per epoch) to min_lr. Training images (after the 10 % hold-out): "
+        f"{setting.warmup_epochs} epoch(s) at lr {setting.warmup_lr or 'recipe warmup_lr'}"
+        + "".join(f" ({group}: {json.dumps(o)})" for group, o in setting.overrides.items())
+        + ", cosine "
+        "schedule (stepped per epoch) to min_lr. Training images (after the 10 % hold-out): "
         + ", ".join(f"{d} {n:,}" for d, n in train_images)
         + ". Test images: "
         + ", ".join(f"{d} {n:,}" for d, n in test_images)

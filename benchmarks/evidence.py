@@ -119,7 +119,7 @@ def description_rows(mono: dict[str, Any] | None, loc: dict[str, Any] | None) ->
     for p in (mono or {}).get("paired", []):
         claim = "descriptions" if p["comparison"] == "cvn vs dense" else "sae"
         metric = p["metric"] if claim == "descriptions" else f"{p['metric']} vs {p['against']}"
-        d = paired_difference([m for m in p["differences"]], [0.0] * len(p["differences"]))
+        d = paired_difference(p["differences"], [0.0] * len(p["differences"]))
         rows.append(_row(claim, p["dataset"], p["family"], p["U"], metric, d,
                          DESCRIPTION_MARGIN, "monosemanticity.json", seeds=p["seeds"],
                          title=p["title"]))  # fmt: skip

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ from torch.utils.data import Dataset, Subset
 from discover._utils import staged_dir, write_atomic
 from discover.dissection.concepts import ConceptSet
 from discover.dissection.core import (
+    DissectConfig,
     Dissection,
     concept_rows,
     dissect_config,
@@ -198,7 +200,7 @@ def dissect_distributed(
     rank, world = dist.get_rank(), dist.get_world_size()
     out = Path(out)
     folder = out.parent / f"{out.name}.shards"
-    shard = dissect_shard(
+    dissect_shard(
         model, layers, probe, folder / str(rank), (rank, world), *args, device=device,
         progress=kwargs.pop("progress", True) and rank == 0, **kwargs,
     )  # fmt: skip
@@ -208,7 +210,6 @@ def dissect_distributed(
         result = merge_shards([folder / str(r) for r in range(world)], out=out)
         shutil.rmtree(folder, ignore_errors=True)
     dist.barrier()
-    del shard
     return result
 
 
@@ -290,14 +291,25 @@ def _difference(a: Any, b: Any) -> str:
 
 def _merged_maps(folders: list[Path], layers: list[str], k: int) -> dict[str, LayerMaps]:
     """Each unit's top-``k`` maps over all shards (ties to the lower image index)."""
+    with contextlib.ExitStack() as opened:
+        files = [opened.enter_context(safe_open(f / "maps.safetensors", framework="pt"))
+                 for f in folders]  # fmt: skip
+        return _merge_layer_maps(files, layers, k)
+
+
+def _merge_layer_maps(files: list[Any], layers: list[str], k: int) -> dict[str, LayerMaps]:
     out = {}
-    files = [safe_open(f / "maps.safetensors", framework="pt") for f in folders]
     notes = json.loads((files[0].metadata() or {}).get("notes") or "{}")
     for name in layers:
         if f"{name}.indices" not in files[0].keys():  # noqa: SIM118
             continue
-        parts = [LayerMaps.from_tensors({key: f.get_tensor(key) for key in f.keys()}, name)  # noqa: SIM118
-                 for f in files]  # fmt: skip
+        wanted = [f"{name}.{part}" for part in ("indices", "maps", "wins")]
+        parts = [  # this layer's tensors only
+            LayerMaps.from_tensors(
+                {key: f.get_tensor(key) for key in wanted if key in f.keys()}, name
+            )  # noqa: SIM118
+            for f in files
+        ]
         scores = torch.cat([f.get_tensor(f"{name}.scores") for f in files], dim=1)
         index = torch.cat([p.indices for p in parts], dim=1)
         order = index.sort(dim=1, stable=True).indices
@@ -335,8 +347,6 @@ def merge_shards(
     ordered = sorted(zip(manifests, folders, strict=True), key=lambda mf: mf[0]["shard"][0])
     manifests, folders = [m for m, _ in ordered], [f for _, f in ordered]
     first = manifests[0]
-    from discover.dissection.core import DissectConfig
-
     config = DissectConfig(**first["config"])
     concept_set = ConceptSet(**{**first["concept_set"],
                                 "duplicates": tuple(first["concept_set"]["duplicates"])})  # fmt: skip

@@ -324,7 +324,7 @@ class LWTA(nn.Module):
         # (M, U, 1) when the units are the last dim.
         outer = math.prod(shape[:unit_dim]) * (width // self.U)
         blocks = x.reshape(outer, self.U, math.prod(shape[unit_dim + 1 :]))
-        if torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+        if not self.training and (torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()):
             out = _exported_competition(blocks, self).reshape(shape)
             return out.permute(0, 3, 1, 2) if nhwc else out
         temperature = self._temperature if self.stochastic else 0.0

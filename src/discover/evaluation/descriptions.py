@@ -1,20 +1,15 @@
-"""How right are the descriptions? The final-layer protocol and the simulation score.
+"""How right are the descriptions? The final-layer protocol (method.md §9).
 
-Two measurements, each reported next to two baselines (method.md §9):
+Classifier units have ground truth: unit ``k`` should be described as class ``k``. From a
+dissection of the classifier layer, :func:`evaluate_descriptions` reports top-1 / top-5
+description accuracy, mean and median rank of the true class among each unit's scores, the
+AUC of a unit's best score against top-1 correctness, and the **matched-pair** cosine
+between each description and its class name, in the embedder's text space and in a
+sentence-model space (all-mpnet-base-v2 when installed, else all-MiniLM-L6-v2). For hidden
+layers without ground truth, see the simulation score (:mod:`discover.evaluation.simulation`).
 
-* **Final-layer protocol** (:func:`evaluate_descriptions`). Classifier units have ground
-  truth: unit ``k`` should be described as class ``k``. From a dissection of the classifier
-  layer it reports top-1 / top-5 description accuracy, mean and median rank of the true class
-  among each unit's scores, the AUC of a unit's best score against top-1 correctness, and the
-  **matched-pair** cosine between each description and its class name, in the embedder's
-  text space and in a sentence-model space (all-mpnet-base-v2 when installed, else
-  all-MiniLM-L6-v2).
-* **Simulation score** (:func:`simulation_score`), for hidden layers without ground truth:
-  label every unit on one half of the probe set, then correlate the unit's activations on the
-  *other* half with its label's column of the concept matrix ``P``. A good label predicts
-  when its unit fires.
-
-Baselines, each as mean ± std over ``null_repeats`` seeded draws:
+Every figure is reported next to two baselines, each as mean ± std over ``null_repeats``
+seeded draws:
 
 * **random concept**: every unit gets a concept drawn uniformly from the concept set (for the
   rank figures: a uniformly random rank of the true class);
@@ -34,22 +29,17 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
-from discover._utils import csv_text, write_files
 from discover.dissection.concepts import ConceptSet, load_concepts
 from discover.dissection.core import Dissection, UnitDescription
 from discover.dissection.embedders import (
@@ -59,8 +49,13 @@ from discover.dissection.embedders import (
     build_embedder,
     load_sentence_model,
 )
-from discover.dissection.similarity import DEFAULT_SIMILARITY, get_similarity
 from discover.errors import InputError
+from discover.evaluation.metrics import Metric, NullStats, SaveableScores, metrics_table
+from discover.evaluation.ranks import RANK_METRICS, rank_figures, ranks_from_scores, ranks_from_top
+
+# Moved to discover.evaluation.simulation; imported back so that the old import path works
+# (as are NullStats and Metric, now in discover.evaluation.metrics).
+from discover.evaluation.simulation import SimulationScores, evaluate_simulation, simulation_score
 
 __all__ = [
     "NullStats",
@@ -77,18 +72,7 @@ __all__ = [
 TextEncoder = Callable[[Sequence[str]], Tensor]
 """``texts -> (len(texts), D)`` L2-normalised vectors."""
 
-RANK_METRICS = ("top1", "top5", "mean_rank", "median_rank", "auc")
-METRIC_TITLES = {
-    "top1": "top-1 accuracy",
-    "top5": "top-5 accuracy",
-    "mean_rank": "mean rank",
-    "median_rank": "median rank",
-    "auc": "AUC (best score vs top-1 correct)",
-    "embedder_cos": "matched cosine, embedder text space",
-    "sentence_cos": "matched cosine, sentence model",
-    "correlation": "held-out correlation (label column vs activation)",
-    "oracle_correlation": "ceiling: best concept chosen on the held-out half",
-}
+_LOWER_IS_BETTER = ("mean_rank", "median_rank")
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,145 +81,7 @@ METRIC_TITLES = {
 
 
 @dataclass
-class NullStats:
-    """A baseline over repeated draws: mean and standard deviation of the figure.
-
-    ``repeats`` counts the draws in which the figure was defined (an AUC needs both correct
-    and incorrect units); ``None`` when it never was.
-    """
-
-    mean: float | None
-    std: float | None
-    repeats: int
-
-    @classmethod
-    def of(cls, values: Tensor) -> NullStats:
-        """Summarise one figure per draw, skipping undefined (non-finite) draws."""
-        v = values.double()
-        v = v[torch.isfinite(v)]
-        if v.numel() == 0:
-            return cls(None, None, 0)
-        std = float(v.std(correction=1)) if v.numel() > 1 else 0.0
-        return cls(float(v.mean()), std, int(v.numel()))
-
-    def __str__(self) -> str:
-        return "n/a" if self.mean is None else f"{_fmt(self.mean)} ± {_fmt(self.std)}"
-
-
-@dataclass
-class Metric:
-    """One figure with its two baselines; ``note`` says why a figure is missing (``None``)."""
-
-    value: float | None
-    random_concept: NullStats | None = None
-    shuffled_neurons: NullStats | None = None
-    higher_is_better: bool = True
-    note: str = ""
-
-
-def _fmt(x: float | None) -> str:
-    if x is None:
-        return "n/a"
-    if math.isinf(x):
-        return "inf"
-    return f"{x:.4f}" if abs(x) < 10 else f"{x:.2f}"
-
-
-def _metrics_table(metrics: dict[str, Metric]) -> str:
-    lines = [f"{'metric':<52} {'value':>9}  {'random concept':>18}  {'shuffled neurons':>18}"]
-    for name, m in metrics.items():
-        line = (
-            f"{METRIC_TITLES.get(name, name):<52} {_fmt(m.value):>9}  "
-            f"{str(m.random_concept or 'n/a'):>18}  {str(m.shuffled_neurons or 'n/a'):>18}"
-        )
-        if m.note:
-            line += f"  ({m.note})"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def _metrics_csv(metrics: dict[str, Metric]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(
-        [
-            "metric",
-            "value",
-            "random_concept_mean",
-            "random_concept_std",
-            "shuffled_neurons_mean",
-            "shuffled_neurons_std",
-            "higher_is_better",
-            "note",
-        ]
-    )
-    for name, m in metrics.items():
-        row: list[Any] = [name, "" if m.value is None else f"{m.value:.6g}"]
-        for null in (m.random_concept, m.shuffled_neurons):
-            row += (
-                ["", ""]
-                if null is None or null.mean is None
-                else [
-                    f"{null.mean:.6g}",
-                    f"{null.std:.6g}",
-                ]
-            )
-        writer.writerow([*row, m.higher_is_better, m.note])
-    return buffer.getvalue()
-
-
-class _Saveable:
-    """``to_dict`` / ``save`` shared by the result types (JSON + two CSV tables)."""
-
-    _stem: str
-    dissection_folder: ClassVar[Path | None] = None
-    """The folder of the saved dissection the figures come from (where :meth:`save` writes
-    by default); set per result, not saved."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Everything, JSON-serialisable (``float('inf')`` ranks become ``null``)."""
-        return _json_safe(asdict(self))  # type: ignore[call-overload]
-
-    def save(self, out: str | Path | None = None) -> Path:
-        """Write ``<stem>.json`` (everything), ``<stem>.csv`` (one row per figure, with both
-        baselines) and ``<stem>_units.csv`` (one row per unit) into ``out``, by default the
-        folder of the dissection they were computed from; returns the JSON path. The three
-        are written as one unit (all in full under temporary names, then renamed) and
-        overwritten, never appended; a failure leaves the old ones unchanged.
-
-        Example:
-            >>> evaluate_descriptions("runs/u8/fc", "shapes_classes").save()  # doctest: +SKIP
-            PosixPath('runs/u8/fc/description_scores.json')
-        """
-        if out is None:
-            if self.dissection_folder is None:
-                raise InputError(
-                    "out: these figures come from a dissection that was never saved; "
-                    "give the folder to write them to"
-                )
-            out = self.dissection_folder
-        out = Path(out)
-        files = {
-            f"{self._stem}.csv": _metrics_csv(self.metrics),  # type: ignore[attr-defined]
-            f"{self._stem}_units.csv": csv_text(self.per_unit),  # type: ignore[attr-defined]
-            f"{self._stem}.json": json.dumps(self.to_dict(), indent=2),
-        }
-        write_files(out, files)
-        return out / f"{self._stem}.json"
-
-
-def _json_safe(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _json_safe(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [_json_safe(v) for v in data]
-    if isinstance(data, float) and not math.isfinite(data):
-        return None
-    return data
-
-
-@dataclass
-class DescriptionScores(_Saveable):
+class DescriptionScores(SaveableScores):
     """The final-layer protocol's figures for one layer (see :func:`evaluate_descriptions`).
 
     Attributes:
@@ -270,53 +116,13 @@ class DescriptionScores(_Saveable):
             f"({self.settings.get('concept_set')}, {self.concepts} concepts; similarity "
             f"{self.settings.get('similarity')}; ranks {self.settings.get('ranks')})"
         )
-        lines = [head, _metrics_table(self.metrics)]
+        lines = [head, metrics_table(self.metrics)]
         if self.missing_classes:
             lines.append(
                 f"class names not in the concept set ({len(self.missing_classes)}): "
                 + ", ".join(self.missing_classes)
             )
         return "\n".join(lines)
-
-
-@dataclass
-class SimulationScores(_Saveable):
-    """Simulation score of one layer's labels (see :func:`simulation_score`).
-
-    Attributes:
-        layer: the layer.
-        similarity: the similarity function that chose the labels on the fitting half.
-        units: unit count.
-        scored_units: units active (non-constant) on both halves.
-        fit_images, heldout_images: sizes of the two halves.
-        metrics: ``correlation`` (mean held-out Pearson r, with both baselines) and
-            ``oracle_correlation`` (a ceiling: the best concept picked on the held-out half).
-        per_unit: ``unit, label, correlation, best_heldout_concept, best_heldout_correlation``.
-        settings: seed, fit fraction, repeats, similarity parameters.
-    """
-
-    layer: str
-    similarity: str
-    units: int
-    scored_units: int
-    fit_images: int
-    heldout_images: int
-    metrics: dict[str, Metric]
-    per_unit: list[dict[str, Any]] = field(default_factory=list)
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def _stem(self) -> str:
-        return f"simulation_scores-{self.layer}"
-
-    def summary(self) -> str:
-        """A printable table of every figure with its baselines."""
-        head = (
-            f"simulation score: layer {self.layer}, {self.scored_units}/{self.units} units "
-            f"active on both halves; labels by {self.similarity} on {self.fit_images} images, "
-            f"scored on {self.heldout_images} held-out images"
-        )
-        return "\n".join([head, _metrics_table(self.metrics)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,76 +281,6 @@ def _concept_list(dissection: Dissection) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Rank figures
-# --------------------------------------------------------------------------------------------
-
-
-def ranks_from_scores(S: Tensor, columns: Tensor) -> Tensor:
-    """``R[k, j]``: pessimistic 1-based rank of concept ``columns[j]`` among ``S[k, :]``."""
-    if not torch.isfinite(S).all():
-        raise InputError("the dissection's score matrix holds NaN or Inf values")
-    ascending = S.double().sort(dim=1).values
-    values = S.double()[:, columns].contiguous()
-    below = torch.searchsorted(ascending, values, side="left")
-    return (S.shape[1] - below).double()
-
-
-def _ranks_from_top(rows: Sequence[UnitDescription], classes: Sequence[str]) -> Tensor:
-    """Ranks from the stored top-n lists; ``inf`` where a class is beyond a unit's top-n."""
-    ranks = torch.full((len(rows), len(classes)), math.inf, dtype=torch.float64)
-    for k, row in enumerate(rows):
-        position = {}
-        for r, (concept, _) in enumerate(row.top, start=1):
-            position.setdefault(concept, r)
-        for j, name in enumerate(classes):
-            if name in position:
-                ranks[k, j] = position[name]
-    return ranks
-
-
-def _average_ranks(x: Tensor) -> Tensor:
-    from scipy.stats import rankdata
-
-    return torch.as_tensor(rankdata(x.double().numpy()), dtype=torch.float64)
-
-
-def _auc(scores: Tensor, positive: Tensor) -> Tensor:
-    """ROC AUC of ``scores`` ``[n]`` for each row of labels ``positive`` ``[R, n]`` (ties 1/2).
-
-    ``nan`` for a row whose labels are all equal (the AUC is undefined there).
-    """
-    ranks = _average_ranks(scores)
-    pos = positive.double()
-    n_pos = pos.sum(-1)
-    n_neg = pos.shape[-1] - n_pos
-    u = (pos * ranks).sum(-1) - n_pos * (n_pos + 1) / 2
-    auc = u / (n_pos * n_neg)
-    return torch.where((n_pos > 0) & (n_neg > 0), auc, torch.full_like(auc, math.nan))
-
-
-def _median(x: Tensor) -> Tensor:
-    s = x.sort(dim=-1).values
-    n = s.shape[-1]
-    return (s[..., (n - 1) // 2] + s[..., n // 2]) / 2
-
-
-def _rank_figures(ranks: Tensor, best: Tensor) -> dict[str, Tensor]:
-    """Each rank figure for every row of ``ranks`` ``[R, n]``: ``{name: [R]}``."""
-    return {
-        "top1": (ranks <= 1).double().mean(-1),
-        "top5": (ranks <= 5).double().mean(-1),
-        "mean_rank": ranks.mean(-1),
-        "median_rank": _median(ranks),
-        "auc": _auc(best, ranks <= 1),
-    }
-
-
-def _value(x: Tensor) -> float | None:
-    v = float(x)
-    return v if math.isfinite(v) else None
-
-
-# --------------------------------------------------------------------------------------------
 # The final-layer protocol
 # --------------------------------------------------------------------------------------------
 
@@ -568,7 +304,9 @@ def evaluate_descriptions(
     (top-1/top-5, mean/median rank, AUC) need each unit's score for its class: exact when
     the dissection kept its score matrices (``dissect(..., keep_scores=True)``), otherwise
     taken from the stored top-n lists, where a class beyond a unit's top-n has an unknown
-    rank (top-k for ``k <= n`` stays exact; a mean rank is then reported as missing).
+    rank (top-k for ``k <= n`` stays exact; a mean rank is then reported as missing). Class
+    names missing from the concept set are listed in ``missing_classes`` and warned about;
+    the rank figures cover the other units only.
 
     Args:
         dissection: a :class:`~discover.dissection.core.Dissection` or its saved directory.
@@ -594,9 +332,6 @@ def evaluate_descriptions(
             unknown layer, or a concept set that cannot be recovered.
         StaleDissectionError: ``model`` is not the dissected model.
 
-    Class names missing from the concept set are listed in ``missing_classes`` and warned
-    about; the rank figures cover the other units only.
-
     Example:
         >>> d = dissect(model, ["fc"], probe, "shapes_classes", AnnotationEmbedder(),
         ...             keep_scores=True)  # doctest: +SKIP
@@ -604,129 +339,216 @@ def evaluate_descriptions(
         >>> scores.metrics["top1"].value, scores.metrics["top1"].shuffled_neurons.mean  # doctest: +SKIP
         (0.9, 0.1)
     """
+    dissection = _checked_dissection(dissection, model, allow_mismatch)
+    _check_at_least_one(null_repeats=null_repeats, max_random_concepts=max_random_concepts)
+    classes = resolve_class_names(class_names)
+    layer = layer or dissection.config.layers[-1]
+    rows = _classifier_units(dissection, layer, classes)
+    concepts = _concept_list(dissection)
+    present, missing = _classes_in_concepts(classes, concepts, dissection)
+    generator = torch.Generator().manual_seed(seed)
+    R, rank_source = _class_ranks(dissection, layer, classes, concepts, present)
+    best = torch.tensor([rows[k].score for k in present], dtype=torch.float64)
+    metrics, ranks = _rank_metrics(R, best, len(concepts), null_repeats, generator)
+    pool_size = min(len(concepts), max_random_concepts)
+    encoders = [
+        ("embedder_cos", *_embedder_text(embedder, dissection)),
+        ("sentence_cos", text_encoder(sentence_model), "no sentence model (sentence_model=None)"),
+    ]
+    cosines, matched, encoder_names = _cosine_metrics(
+        [r.label for r in rows], classes, concepts, encoders, pool_size, null_repeats, generator
+    )
+    metrics.update(cosines)
+    per_unit = _unit_rows(rows, classes, dict(zip(present, ranks, strict=True)), matched)
+    settings = _protocol_settings(
+        dissection, layer, classes, rank_source, encoder_names,
+        seed=seed, null_repeats=null_repeats, pool_size=pool_size,
+    )  # fmt: skip
+    scores = DescriptionScores(
+        layer, len(rows), len(present), len(concepts), missing, metrics, per_unit, settings
+    )
+    scores.dissection_folder = dissection.folder
+    return scores
+
+
+def _checked_dissection(
+    dissection: Dissection | str | os.PathLike[str], model: nn.Module | None, allow_mismatch: bool
+) -> Dissection:
+    """The dissection (loaded from its folder), checked against ``model`` when given."""
     if not isinstance(dissection, Dissection):
         dissection = Dissection.load(dissection)
     if model is not None:
         dissection.check_model(model, allow_mismatch=allow_mismatch)
-    if null_repeats < 1:
-        raise InputError(f"null_repeats must be >= 1, got {null_repeats}")
-    if max_random_concepts < 1:
-        raise InputError(f"max_random_concepts must be >= 1, got {max_random_concepts}")
-    classes = resolve_class_names(class_names)
-    layer = layer or dissection.config.layers[-1]
+    return dissection
+
+
+def _check_at_least_one(**counts: int) -> None:
+    for name, value in counts.items():
+        if value < 1:
+            raise InputError(f"{name} must be >= 1, got {value}")
+
+
+def _classifier_units(
+    dissection: Dissection, layer: str, classes: Sequence[str]
+) -> list[UnitDescription]:
+    """The layer's units, one per class (unit ``k`` is class ``k``)."""
     rows = dissection.layer(layer)
-    K = len(rows)
-    if K != len(classes):
+    if len(rows) != len(classes):
         raise InputError(
-            f"layer {layer!r} has {K} units but {len(classes)} class names were given: the "
-            "final-layer protocol needs one class per unit (unit k is class k). Pick the "
+            f"layer {layer!r} has {len(rows)} units but {len(classes)} class names were given: "
+            "the final-layer protocol needs one class per unit (unit k is class k). Pick the "
             f"classifier layer (layers here: {', '.join(dissection.config.layers)}) and the "
             "model's own class list."
         )
-    concepts = _concept_list(dissection)
-    M = len(concepts)
-    index: dict[str, int] = {}
-    for i, c in enumerate(concepts):
-        index.setdefault(c, i)
-    present = [k for k in range(K) if classes[k] in index]
-    missing = [classes[k] for k in range(K) if classes[k] not in index]
+    return rows
+
+
+def _classes_in_concepts(
+    classes: Sequence[str], concepts: Sequence[str], dissection: Dissection
+) -> tuple[list[int], list[str]]:
+    """The units whose class is in the concept set, and the class names that are not (with
+    a warning)."""
+    known = set(concepts)
+    present = [k for k, name in enumerate(classes) if name in known]
+    missing = [name for name in classes if name not in known]
     if missing:
         warnings.warn(
-            f"{len(missing)} of {K} class names are not in the concept set "
+            f"{len(missing)} of {len(classes)} class names are not in the concept set "
             f"{dissection.config.concepts!r} ({', '.join(missing[:10])}"
             f"{' ...' if len(missing) > 10 else ''}); the rank figures cover the other "
             f"{len(present)} units only",
-            stacklevel=2,
+            stacklevel=3,
         )
-    generator = torch.Generator().manual_seed(seed)
-    labels = [r.label for r in rows]
-    best = torch.tensor([r.score for r in rows], dtype=torch.float64)
+    return present, missing
 
+
+def _class_ranks(
+    dissection: Dissection,
+    layer: str,
+    classes: Sequence[str],
+    concepts: Sequence[str],
+    present: Sequence[int],
+) -> tuple[Tensor, str]:
+    """``R[i, j]``: the rank of the class of unit ``present[j]`` among the scores of unit
+    ``present[i]``, from the stored score matrix or else the top-n lists; and which it was."""
+    K, M = len(classes), len(concepts)
     S = dissection.scores.get(layer)
     if S is not None:
         if tuple(S.shape) != (K, M):
             raise InputError(
                 f"the stored score matrix of {layer!r} is {tuple(S.shape)}, expected ({K}, {M})"
             )
+        index: dict[str, int] = {}
+        for i, c in enumerate(concepts):
+            index.setdefault(c, i)
         columns = torch.tensor([index[classes[k]] for k in present], dtype=torch.long)
         R = ranks_from_scores(S[present], columns) if present else torch.empty(0, 0)
-        rank_source = "exact (full score matrix)"
-    else:
-        R = _ranks_from_top([rows[k] for k in present], [classes[k] for k in present])
-        depth = min((len(r.top) for r in rows), default=0)
-        rank_source = (
-            "exact (top lists cover every concept)"
-            if depth >= M
-            else f"from the stored top-{depth} lists (deeper ranks unknown)"
+        return R, "exact (full score matrix)"
+    rows = dissection.layer(layer)
+    R = ranks_from_top([rows[k] for k in present], [classes[k] for k in present])
+    depth = min((len(r.top) for r in rows), default=0)
+    if depth >= M:
+        return R, "exact (top lists cover every concept)"
+    return R, f"from the stored top-{depth} lists (deeper ranks unknown)"
+
+
+def _rank_metrics(
+    R: Tensor, best: Tensor, M: int, null_repeats: int, generator: torch.Generator
+) -> tuple[dict[str, Metric], list[float]]:
+    """Each rank figure of the units whose class is in the concept set (``best``: their best
+    scores), with both baselines; and each such unit's rank."""
+    n = len(best)
+    if not n:
+        note = "no class name is in the concept set"
+        metrics = {
+            name: Metric(None, higher_is_better=name not in _LOWER_IS_BETTER, note=note)
+            for name in RANK_METRICS
+        }
+        return metrics, []
+    ranks = R.diagonal()
+    observed = rank_figures(ranks[None], best)
+    uniform = torch.randint(1, M + 1, (null_repeats, n), generator=generator).double()
+    randoms = rank_figures(uniform, best)
+    perms = torch.stack([torch.randperm(n, generator=generator) for _ in range(null_repeats)])
+    shuffled = rank_figures(R[torch.arange(n)[None], perms], best)
+    metrics = {}
+    for name in RANK_METRICS:
+        value = _value(observed[name][0])
+        note = ""
+        if value is None:
+            note = (
+                "undefined: every scored unit is correct, or none is"
+                if name == "auc"
+                else "some ranks lie beyond the stored top lists; dissect with keep_scores=True"
+            )
+        metrics[name] = Metric(
+            value,
+            NullStats.of(randoms[name]),
+            NullStats.of(shuffled[name]),
+            higher_is_better=name not in _LOWER_IS_BETTER,
+            note=note,
         )
+    return metrics, ranks.tolist()
 
-    metrics: dict[str, Metric] = {}
-    per_rank: Tensor | None = None
-    n = len(present)
-    if n:
-        per_rank = R.diagonal()
-        b = best[present]
-        observed = _rank_figures(per_rank[None], b)
-        uniform = torch.randint(1, M + 1, (null_repeats, n), generator=generator).double()
-        randoms = _rank_figures(uniform, b)
-        perms = torch.stack([torch.randperm(n, generator=generator) for _ in range(null_repeats)])
-        shuffled = _rank_figures(R[torch.arange(n)[None], perms], b)
-        for name in RANK_METRICS:
-            value = _value(observed[name][0])
-            note = ""
-            if value is None:
-                note = (
-                    "undefined: every scored unit is correct, or none is"
-                    if name == "auc"
-                    else "some ranks lie beyond the stored top lists; dissect with keep_scores=True"
-                )
-            metrics[name] = Metric(
-                value,
-                NullStats.of(randoms[name]),
-                NullStats.of(shuffled[name]),
-                higher_is_better=name not in ("mean_rank", "median_rank"),
-                note=note,
-            )
-    else:
-        for name in RANK_METRICS:
-            metrics[name] = Metric(
-                None,
-                higher_is_better=name not in ("mean_rank", "median_rank"),
-                note="no class name is in the concept set",
-            )
 
-    pool_size = min(M, max_random_concepts)
+def _value(x: Tensor) -> float | None:
+    v = float(x)
+    return v if math.isfinite(v) else None
+
+
+def _cosine_metrics(
+    labels: Sequence[str],
+    classes: Sequence[str],
+    concepts: Sequence[str],
+    encoders: Sequence[tuple[str, tuple[str, TextEncoder] | None, str]],
+    pool_size: int,
+    null_repeats: int,
+    generator: torch.Generator,
+) -> tuple[dict[str, Metric], dict[str, Tensor | None], dict[str, str | None]]:
+    """For each ``(figure, encoder or None, why none)``: the mean cosine of every unit's
+    description with its class name, with both baselines (a random concept of a seeded pool
+    of ``pool_size``, the classes permuted); each unit's cosine; the encoder's name."""
+    M, K = len(concepts), len(classes)
     pool = (
         concepts
         if pool_size == M
         else [concepts[i] for i in torch.randperm(M, generator=generator)[:pool_size]]
     )
     draws = torch.randint(0, pool_size, (null_repeats, K), generator=generator)
-    perms_all = torch.stack([torch.randperm(K, generator=generator) for _ in range(null_repeats)])
-    cosines: dict[str, Tensor | None] = {}
-    encoders: dict[str, str | None] = {}
-    for key, encoder, why in (
-        ("embedder_cos", *_embedder_text(embedder, dissection)),
-        ("sentence_cos", text_encoder(sentence_model), "no sentence model (sentence_model=None)"),
-    ):
+    perms = torch.stack([torch.randperm(K, generator=generator) for _ in range(null_repeats)])
+    metrics: dict[str, Metric] = {}
+    matched: dict[str, Tensor | None] = {}
+    names: dict[str, str | None] = {}
+    for key, encoder, why in encoders:
         if encoder is None:
             metrics[key] = Metric(None, note=f"n/a: {why}")
-            cosines[key], encoders[key] = None, None
+            matched[key], names[key] = None, None
             continue
         name, encode = encoder
         E_desc, E_class = _encode(encode, labels), _encode(encode, classes)
         cross = E_desc @ E_class.T  # [K, K]: description i vs class j
-        matched = cross.diagonal()
-        E_pool = _encode(encode, pool)
-        pool_cos = E_pool @ E_class.T  # [pool, K]
-        random_cos = pool_cos[draws, torch.arange(K)[None]].mean(-1)
-        shuffled_cos = cross[torch.arange(K)[None], perms_all].mean(-1)
+        pool_cos = _encode(encode, pool) @ E_class.T  # [pool, K]
         metrics[key] = Metric(
-            float(matched.mean()), NullStats.of(random_cos), NullStats.of(shuffled_cos)
+            float(cross.diagonal().mean()),
+            NullStats.of(pool_cos[draws, torch.arange(K)[None]].mean(-1)),
+            NullStats.of(cross[torch.arange(K)[None], perms].mean(-1)),
         )
-        cosines[key], encoders[key] = matched, name
+        matched[key], names[key] = cross.diagonal(), name
+    return metrics, matched, names
 
-    rank_of = dict(zip(present, per_rank.tolist() if per_rank is not None else [], strict=True))
+
+def _unit_rows(
+    rows: Sequence[UnitDescription],
+    classes: Sequence[str],
+    rank_of: dict[int, float],
+    matched: dict[str, Tensor | None],
+) -> list[dict[str, Any]]:
+    """One row per unit: its class, label, best score, rank of its class and cosines."""
+
+    def cosine(key: str, k: int) -> float | None:
+        values = matched[key]
+        return None if values is None else float(values[k])
+
     per_unit = []
     for k, row in enumerate(rows):
         rank = rank_of.get(k)
@@ -738,15 +560,27 @@ def evaluate_descriptions(
                 "score": row.score,
                 "rank": None if rank is None or math.isinf(rank) else int(rank),
                 "correct": None if rank is None else bool(rank <= 1),
-                "embedder_cos": None
-                if cosines["embedder_cos"] is None
-                else float(cosines["embedder_cos"][k]),
-                "sentence_cos": None
-                if cosines["sentence_cos"] is None
-                else float(cosines["sentence_cos"][k]),
+                "embedder_cos": cosine("embedder_cos", k),
+                "sentence_cos": cosine("sentence_cos", k),
             }
         )
-    settings = {
+    return per_unit
+
+
+def _protocol_settings(
+    dissection: Dissection,
+    layer: str,
+    classes: Sequence[str],
+    rank_source: str,
+    encoders: dict[str, str | None],
+    *,
+    seed: int,
+    null_repeats: int,
+    pool_size: int,
+) -> dict[str, Any]:
+    """How the figures were obtained: the dissection's settings, the rank source and rule,
+    the text encoders and the baselines' draws."""
+    return {
         "layer": layer,
         "class_names": classes,
         "concept_set": dissection.config.concepts,
@@ -768,9 +602,6 @@ def evaluate_descriptions(
             "(rank figures: among units whose class is in the concept set)",
         },
     }
-    scores = DescriptionScores(layer, K, n, M, missing, metrics, per_unit, settings)
-    scores.dissection_folder = dissection.folder
-    return scores
 
 
 def _embedder_text(
@@ -791,215 +622,3 @@ def _embedder_text(
             stacklevel=3,
         )
     return text_encoder(emb), ""
-
-
-# --------------------------------------------------------------------------------------------
-# Simulation score
-# --------------------------------------------------------------------------------------------
-
-
-def _zscore(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Column z-scores (population std) and a mask of non-constant columns."""
-    std, mean = torch.std_mean(x, dim=0, correction=0)
-    active = std > 1e-12 * (1 + mean.abs())
-    return (x - mean) / torch.where(active, std, torch.ones_like(std)) * active, active
-
-
-def simulation_score(
-    concept_acts: Tensor,
-    neuron_acts: Tensor,
-    concepts: Sequence[str] | ConceptSet,
-    *,
-    layer: str = "layer",
-    similarity: str = DEFAULT_SIMILARITY,
-    similarity_params: dict[str, Any] | None = None,
-    fit_fraction: float = 0.5,
-    seed: int = 0,
-    null_repeats: int = 200,
-) -> SimulationScores:
-    """How well each unit's label predicts its activations on held-out images.
-
-    The probe images are split at random (seeded) into a fitting part (``fit_fraction``) and
-    a held-out part. Labels are chosen on the fitting part exactly as a dissection would
-    (``similarity`` on ``P`` and ``Q`` restricted to it); on the held-out part, the score of
-    unit ``k`` is the Pearson correlation between ``Q[:, k]`` and ``P[:, label_k]``. Units
-    constant on either part (e.g. LWTA units that never win) are left out and counted; a
-    concept constant on the held-out part correlates 0.
-
-    Args:
-        concept_acts: ``P`` ``(N, M)``.
-        neuron_acts: ``Q`` ``(N, K)``, the layer's pooled activations on the same images.
-        concepts: the ``M`` concept strings.
-        layer: name for the report.
-        similarity: a name in :data:`discover.dissection.similarity.SIMILARITIES`.
-        similarity_params: its keyword arguments.
-        fit_fraction: share of images used to choose labels.
-        seed: seeds the split and both baselines.
-        null_repeats: draws per baseline.
-
-    Example:
-        >>> P = torch.rand(400, 6); Q = P[:, [2, 4]] + 0.1 * torch.randn(400, 2)
-        >>> s = simulation_score(P, Q, list("abcdef"), similarity="cos3")
-        >>> [u["label"] for u in s.per_unit], s.metrics["correlation"].value > 0.9
-        (['c', 'e'], True)
-    """
-    names = list(concepts.concepts if isinstance(concepts, ConceptSet) else concepts)
-    P, Q = torch.as_tensor(concept_acts), torch.as_tensor(neuron_acts)
-    if P.ndim != 2 or Q.ndim != 2 or P.shape[0] != Q.shape[0]:
-        raise InputError(
-            f"simulation_score: P must be (N, M) and Q (N, K) over the same images, got "
-            f"{tuple(P.shape)} and {tuple(Q.shape)}"
-        )
-    if P.shape[1] != len(names):
-        raise InputError(f"simulation_score: P has {P.shape[1]} columns for {len(names)} concepts")
-    if not 0 < fit_fraction < 1:
-        raise InputError(f"fit_fraction must be in (0, 1), got {fit_fraction}")
-    if null_repeats < 1:
-        raise InputError(f"null_repeats must be >= 1, got {null_repeats}")
-    N, K = Q.shape
-    M = P.shape[1]
-    n_fit = round(fit_fraction * N)
-    if n_fit < 2 or N - n_fit < 2:
-        raise InputError(f"simulation_score: {N} images cannot be split {fit_fraction}:rest")
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(N, generator=generator)
-    fit, held = order[:n_fit], order[n_fit:]
-    params = dict(similarity_params or {})
-    S = get_similarity(similarity)(P[fit], Q[fit], **params)
-    labels = S.argmax(dim=1)
-    Pz, _ = _zscore(P[held].double())
-    Qz, active_held = _zscore(Q[held].double())
-    _, active_fit = _zscore(Q[fit].double())
-    C = Qz.T @ Pz / len(held)  # [K, M] held-out Pearson correlations
-    scored = torch.nonzero(active_fit & active_held).flatten()
-    n = len(scored)
-    own = C[torch.arange(K), labels]
-    best = C.max(dim=1)
-    metrics: dict[str, Metric] = {}
-    if n:
-        Cs, ls = C[scored], labels[scored]
-        draws = torch.randint(0, M, (null_repeats, n), generator=generator)
-        perms = torch.stack([torch.randperm(n, generator=generator) for _ in range(null_repeats)])
-        rows = torch.arange(n)[None]
-        metrics["correlation"] = Metric(
-            float(own[scored].mean()),
-            NullStats.of(Cs[rows, draws].mean(-1)),
-            NullStats.of(Cs[rows, ls[perms]].mean(-1)),
-        )
-        metrics["oracle_correlation"] = Metric(
-            float(best.values[scored].mean()),
-            note="ceiling, not a description: the best concept picked on the held-out half",
-        )
-    else:
-        note = "no unit is active on both halves"
-        metrics["correlation"] = Metric(None, note=note)
-        metrics["oracle_correlation"] = Metric(None, note=note)
-    is_scored = torch.zeros(K, dtype=torch.bool)
-    is_scored[scored] = True
-    per_unit = [
-        {
-            "unit": k,
-            "label": names[int(labels[k])],
-            "active": bool(is_scored[k]),
-            "correlation": float(own[k]) if is_scored[k] else None,
-            "best_heldout_concept": names[int(best.indices[k])] if is_scored[k] else None,
-            "best_heldout_correlation": float(best.values[k]) if is_scored[k] else None,
-        }
-        for k in range(K)
-    ]
-    settings = {
-        "layer": layer,
-        "similarity": similarity,
-        "similarity_params": params,
-        "fit_fraction": fit_fraction,
-        "seed": seed,
-        "null_repeats": null_repeats,
-        "concepts": M,
-        "correlation": "Pearson, on the held-out images",
-        "baselines": {
-            "random_concept": "each unit's label replaced by a uniformly random concept",
-            "shuffled_neurons": "labels permuted across the scored units",
-        },
-    }
-    return SimulationScores(
-        layer, similarity, K, n, len(fit), len(held), metrics, per_unit, settings
-    )
-
-
-def evaluate_simulation(
-    dissection: Dissection,
-    probe: Dataset,
-    embedder: str | Embedder | None = None,
-    *,
-    layers: Sequence[str] | None = None,
-    P: Tensor | None = None,
-    similarity: str | None = None,
-    similarity_params: dict[str, Any] | None = None,
-    fit_fraction: float = 0.5,
-    seed: int = 0,
-    null_repeats: int = 200,
-    batch_size: int = 64,
-    cache_dir: str | Path | None = None,
-    progress: bool = True,
-) -> dict[str, SimulationScores]:
-    """:func:`simulation_score` for the layers of a dissection, from what it saved.
-
-    ``Q`` comes from the dissection (its probe activations), ``P`` from
-    :func:`discover.dissection.concept_matrix` on the same probe set, concept set and embedder
-    (cached with ``cache_dir``), or is passed in. Nothing runs the model again.
-
-    Args:
-        dissection: the dissection (it must hold its probe activations).
-        probe: the raw probe set the dissection was made on (checked by fingerprint).
-        embedder: the dissection's embedder (name or instance; its id must match); not needed
-            with ``P``.
-        layers: the layers to score (default: all of the dissection's).
-        P: a concept matrix already computed for this probe set and concept set.
-        similarity, similarity_params: default: the dissection's.
-
-    Example:
-        >>> d = discover.dissect(model, ["layer3"], probe, "shapes", "annotations")  # doctest: +SKIP
-        >>> sims = evaluate_simulation(d, probe, "annotations")  # doctest: +SKIP
-        >>> print(sims["layer3"].summary())  # doctest: +SKIP
-    """
-    from discover.dissection.core import concept_matrix
-
-    names = list(layers) if layers is not None else dissection.layers
-    Qs = {name: dissection.probe_activations(name) for name in names}
-    dissection.check_probe(probe, "evaluate_simulation: probe")
-    concept_set = load_concepts(dissection.config.concepts)
-    if P is None:
-        if embedder is None:
-            raise InputError(
-                "evaluate_simulation: pass the dissection's embedder (or P, the concept matrix)"
-            )
-        emb = build_embedder(embedder)
-        if emb.id != dissection.config.embedder:
-            raise InputError(
-                f"evaluate_simulation: embedder {emb.id!r} is not the dissection's "
-                f"({dissection.config.embedder!r})"
-            )
-        P = concept_matrix(
-            probe,
-            concept_set,
-            emb,
-            batch_size=batch_size,
-            cache_dir=cache_dir,
-            progress=progress,
-        )
-    return {
-        name: simulation_score(
-            P,
-            Q,
-            concept_set,
-            layer=name,
-            similarity=similarity or dissection.config.similarity,
-            similarity_params=dissection.config.similarity_params
-            if similarity_params is None and similarity is None
-            else similarity_params,
-            fit_fraction=fit_fraction,
-            seed=seed,
-            null_repeats=null_repeats,
-        )
-        for name, Q in Qs.items()
-    }

@@ -213,22 +213,8 @@ def score_explanations(
         if isinstance(explanations, ExplanationRows)
         else ExplanationRows.of(explanations, concept_names)
     )
-    if rows.images != truth.shape[0] or truth.shape[1] != len(concept_names):
-        raise InputError(
-            f"score_explanations: {rows.images} explanations, truth of shape "
-            f"{tuple(truth.shape)} and {len(concept_names)} concept names do not fit"
-        )
-    if image_scores is not None and image_scores.shape != truth.shape:
-        raise InputError(
-            f"score_explanations: image_scores {tuple(image_scores.shape)} must have the "
-            f"shape of truth {tuple(truth.shape)}"
-        )
-    column = {c: j for j, c in enumerate(concept_names)}
-    unknown = sorted({u.label for u in dissection.units if u.label not in column})
-    if unknown:
-        raise InputError(
-            f"score_explanations: labels that are not ground-truth concepts: {unknown[:5]}"
-        )
+    _check_shapes(rows.images, truth, concept_names, image_scores)
+    column = _label_columns(dissection, concept_names)
     truth = truth.bool()
     generator = torch.Generator().manual_seed(seed)
     # one more column, always false: an image-conditioned label outside the vocabulary
@@ -237,47 +223,13 @@ def score_explanations(
     for layer in dissection.layers:
         units = dissection.layer(layer)
         shown = [label_shown(u, abstain_p, min_match) for u in units]
-        labels = torch.tensor([column[u.label] for u, s in zip(units, shown, strict=True) if s])
-        info: dict[str, Any] = {
-            "shown": np.array(shown, dtype=bool),
-            "label": np.array([column[u.label] for u in units], dtype=np.int64),
-            "shuffled": truth[:, labels].float().mean(dim=1).numpy() if len(labels) else None,
-        }
-        if image_scores is not None:
-            controls = _controls(units, shown, column, truth, image_scores, candidates, generator)
-            info.update({k: v.numpy() for k, v in controls.items()})
-        per_layer[layer] = info
+        per_layer[layer] = _layer_labels(
+            units, shown, column, truth, image_scores, candidates, generator
+        )
 
     def table(name: str, layer: str | None) -> TableScores:
-        data = rows.tables.get(name)
         info = per_layer.get(layer) if layer is not None else None
-        listed = 0 if data is None else len(data["image"])
-        if info is None or not listed:
-            return TableScores(listed=listed, shown=0, precision=None, shuffled=None)
-        unit = data["unit"]
-        keep = info["shown"][unit] & ~data["abstained"]
-        if min_percentile is not None:
-            keep &= ~(data["percentile"] < min_percentile)  # an unknown percentile is kept
-        image = data["image"][keep]
-        seen = data["seen"][keep]
-        conditioned = seen >= 0
-
-        def mean(values: np.ndarray | None) -> float | None:
-            return float(values.mean()) if values is not None and len(values) else None
-
-        return TableScores(
-            listed=listed,
-            shown=int(keep.sum()),
-            precision=mean(truth_np[image, info["label"][unit[keep]]]),
-            shuffled=mean(info["shuffled"][image] if info["shuffled"] is not None else None),
-            conditioned=mean(truth_np[image[conditioned], seen[conditioned]]),
-            control_random_units=mean(
-                info["random_units"][image[conditioned]] if "random_units" in info else None
-            ),
-            control_random_concepts=mean(
-                info["random_concepts"][image[conditioned]] if "random_concepts" in info else None
-            ),
-        )
+        return _table_scores(rows.tables.get(name), info, truth_np, min_percentile)
 
     contributions = (
         table("contributions", rows.contribution_layer) if "contributions" in rows.tables else None
@@ -289,6 +241,92 @@ def score_explanations(
     }
     chance = float(truth.float().mean()) if truth.numel() else 0.0
     return ExplanationScores(rows.images, chance, contributions, winners)
+
+
+def _check_shapes(
+    images: int, truth: Tensor, concept_names: Sequence[str], image_scores: Tensor | None
+) -> None:
+    if images != truth.shape[0] or truth.shape[1] != len(concept_names):
+        raise InputError(
+            f"score_explanations: {images} explanations, truth of shape "
+            f"{tuple(truth.shape)} and {len(concept_names)} concept names do not fit"
+        )
+    if image_scores is not None and image_scores.shape != truth.shape:
+        raise InputError(
+            f"score_explanations: image_scores {tuple(image_scores.shape)} must have the "
+            f"shape of truth {tuple(truth.shape)}"
+        )
+
+
+def _label_columns(dissection: Dissection, concept_names: Sequence[str]) -> dict[str, int]:
+    """``{concept: column of truth}``; every label of the dissection must be one."""
+    column = {c: j for j, c in enumerate(concept_names)}
+    unknown = sorted({u.label for u in dissection.units if u.label not in column})
+    if unknown:
+        raise InputError(
+            f"score_explanations: labels that are not ground-truth concepts: {unknown[:5]}"
+        )
+    return column
+
+
+def _layer_labels(
+    units: Sequence[Any],
+    shown: Sequence[bool],
+    column: dict[str, int],
+    truth: Tensor,
+    image_scores: Tensor | None,
+    candidates: int,
+    generator: torch.Generator,
+) -> dict[str, Any]:
+    """What scoring a layer's rows needs: which units are shown, each unit's label column,
+    the shuffled-labels precision per image and, with ``image_scores``, the controls."""
+    labels = torch.tensor([column[u.label] for u, s in zip(units, shown, strict=True) if s])
+    info: dict[str, Any] = {
+        "shown": np.array(shown, dtype=bool),
+        "label": np.array([column[u.label] for u in units], dtype=np.int64),
+        "shuffled": truth[:, labels].float().mean(dim=1).numpy() if len(labels) else None,
+    }
+    if image_scores is not None:
+        controls = _controls(units, shown, column, truth, image_scores, candidates, generator)
+        info.update({k: v.numpy() for k, v in controls.items()})
+    return info
+
+
+def _mean(values: np.ndarray | None) -> float | None:
+    return float(values.mean()) if values is not None and len(values) else None
+
+
+def _table_scores(
+    data: dict[str, np.ndarray] | None,
+    info: dict[str, Any] | None,
+    truth: np.ndarray,
+    min_percentile: float | None,
+) -> TableScores:
+    """The precision of one table's rows (``data``) with the labels of their layer (``info``)
+    against ``truth`` (with its always-false last column), and the baselines."""
+    listed = 0 if data is None else len(data["image"])
+    if data is None or info is None or not listed:
+        return TableScores(listed=listed, shown=0, precision=None, shuffled=None)
+    unit = data["unit"]
+    keep = info["shown"][unit] & ~data["abstained"]
+    if min_percentile is not None:
+        keep &= ~(data["percentile"] < min_percentile)  # an unknown percentile is kept
+    image = data["image"][keep]
+    seen = data["seen"][keep]
+    conditioned = seen >= 0
+    return TableScores(
+        listed=listed,
+        shown=int(keep.sum()),
+        precision=_mean(truth[image, info["label"][unit[keep]]]),
+        shuffled=_mean(info["shuffled"][image] if info["shuffled"] is not None else None),
+        conditioned=_mean(truth[image[conditioned], seen[conditioned]]),
+        control_random_units=_mean(
+            info["random_units"][image[conditioned]] if "random_units" in info else None
+        ),
+        control_random_concepts=_mean(
+            info["random_concepts"][image[conditioned]] if "random_concepts" in info else None
+        ),
+    )
 
 
 def _controls(

@@ -36,9 +36,10 @@ Two passes over the probe run the model (thresholds, then IoU); memory is
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,11 +344,7 @@ def evaluate_localization(
     if isinstance(dissection, (str, os.PathLike)):
         folder = Path(dissection)
         dissection = Dissection.load(folder)
-    if not callable(getattr(probe, "concept_masks", None)) or not hasattr(probe, "concept_names"):
-        raise InputError(
-            f"--localization: the probe ({type(probe).__name__}) has no pixel masks; it needs "
-            "concept_masks(i) and concept_names, as ShapesWorld has"
-        )
+    _check_probe_has_masks(probe)
     if not 0 < quantile < 1:
         raise InputError(f"quantile must be in (0, 1), got {quantile}")
     require_int(batch_size, "evaluate_localization: batch_size")
@@ -357,6 +354,72 @@ def evaluate_localization(
         from discover.dissection.sae import as_sae
 
         sae = as_sae(sae)
+    names = _localized_layers(dissection, layers, sae)
+    modules = resolve_layers(model, names)
+    concepts = list(probe.concept_names)  # type: ignore[attr-defined]
+    _check_resizes_only(model)
+    loader = DataLoader(model_view(model, probe), batch_size=batch_size, shuffle=False)
+    model.to(device).eval()
+    batches = functools.partial(
+        _map_batches, model, loader, modules, sae,
+        policy=policy, seed=seed, device=device, progress=progress,
+    )  # fmt: skip
+    thresholds = _thresholds(batches("localization thresholds"), quantile, len(probe))
+    sums, map_size = _iou_sums(
+        batches("localization IoU"), probe, thresholds, len(concepts), quantile, seed
+    )
+    result = {}
+    for name in names:
+        kinds = {kind: _iou_of(*acc) for kind, acc in sums[name].items()}
+        result[name] = LayerLocalization(
+            layer=name,
+            concepts=concepts,
+            iou=kinds.pop("model"),
+            thresholds=thresholds[name],
+            labels=[None if u.abstained else u.label for u in dissection.layer(name)],
+            baselines=kinds,
+            map_size=map_size[name],
+            note=dissection.maps[name].note if name in dissection.maps else "",
+        )
+    meta = _provenance(dissection, probe, fingerprint, quantile=quantile, policy=policy, seed=seed)
+    report = LocalizationReport(result, meta)
+    if save and folder is not None:
+        report.save(folder)
+    return report
+
+
+def _provenance(
+    dissection: Dissection,
+    probe: Dataset,
+    fingerprint: str | None,
+    *,
+    quantile: float,
+    policy: str,
+    seed: int,
+) -> dict[str, Any]:
+    """How the localization was computed, saved with it."""
+    return {
+        "dissection": str(dissection.folder) if dissection.folder else None,
+        "probe": {"type": type(probe).__name__, "images": len(probe), "fingerprint": fingerprint},
+        "quantile": quantile,
+        "detector_iou": DETECTOR_IOU,
+        "policy": policy,
+        "seed": seed,
+        "upsampling": "bilinear to the probe image size, then thresholded",
+    }
+
+
+def _check_probe_has_masks(probe: Dataset) -> None:
+    if not callable(getattr(probe, "concept_masks", None)) or not hasattr(probe, "concept_names"):
+        raise InputError(
+            f"--localization: the probe ({type(probe).__name__}) has no pixel masks; it needs "
+            "concept_masks(i) and concept_names, as ShapesWorld has"
+        )
+
+
+def _localized_layers(dissection: Dissection, layers: Sequence[str] | None, sae: Any) -> list[str]:
+    """The layers to localize (default: every layer with spatial maps, an SAE's included),
+    each checked to have maps in the dissection."""
     with_maps = set(dissection.maps) | ({sae.layer} if sae is not None else set())
     names = (
         list(layers)
@@ -378,56 +441,84 @@ def evaluate_localization(
             "dissection: no spatial extent (a fully connected layer), or dissected before "
             "maps were kept (dissect again)"
         )
-    modules = resolve_layers(model, names)
-    concepts = list(probe.concept_names)  # type: ignore[attr-defined]
+    return names
+
+
+def _check_resizes_only(model: nn.Module) -> None:
+    """Maps align with the probe's masks only when the model's transform does not crop."""
     config = getattr(model, "data_config", None)
     if config is not None and getattr(config, "crop_pct", 1.0) < 1.0:
         raise InputError(
             f"--localization: the model's transform crops (crop_pct {config.crop_pct}), so its "
             "maps cannot be aligned with the probe's masks; use a model that resizes only"
         )
-    view = model_view(model, probe)
-    n = len(probe)
-    loader = DataLoader(view, batch_size=batch_size, shuffle=False)
-    model.to(device).eval()
 
-    def batches(desc: str):
-        items = loader
-        if progress:
-            from tqdm.auto import tqdm
 
-            items = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
-        start = 0
-        torch.manual_seed(seed)
-        with (
-            torch.no_grad(),
-            eval_policy(model, policy),
-            capture_winners(model),
-            _Capture(model, modules, sae) as capture,
-        ):
-            for batch in items:
-                images = batch[0] if isinstance(batch, (list, tuple)) else batch
-                model(images.to(device))
-                yield range(start, start + len(images)), capture.maps
-                start += len(images)
+_Batches = Iterator[tuple[range, dict[str, Tensor]]]
+"""``(probe indices of the batch, {layer: maps (B, K, h, w)})`` per batch."""
 
-    # pass 1: each unit's top-quantile threshold, exactly, by a streaming top-m
+
+def _map_batches(
+    model: nn.Module,
+    loader: DataLoader,
+    modules: dict[str, nn.Module],
+    sae: Any,
+    desc: str,
+    *,
+    policy: str,
+    seed: int,
+    device: str,
+    progress: bool,
+) -> _Batches:
+    """One pass of the model over the probe, yielding each batch's spatial maps."""
+    items = loader
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    start = 0
+    torch.manual_seed(seed)
+    with (
+        torch.no_grad(),
+        eval_policy(model, policy),
+        capture_winners(model),
+        _Capture(model, modules, sae) as capture,
+    ):
+        for batch in items:
+            images = batch[0] if isinstance(batch, (list, tuple)) else batch
+            model(images.to(device))
+            yield range(start, start + len(images)), capture.maps
+            start += len(images)
+
+
+def _thresholds(batches: _Batches, quantile: float, n: int) -> dict[str, Tensor]:
+    """Pass 1: each unit's top-``quantile`` threshold, exactly, by a streaming top-m."""
     top: dict[str, Tensor] = {}
     keep: dict[str, int] = {}
-    for _, maps in batches("localization thresholds"):
+    for _, maps in batches:
         for name, m in maps.items():
             values = m.transpose(0, 1).reshape(m.shape[1], -1)  # (K, B*h*w)
             keep.setdefault(name, max(1, math.ceil(quantile * n * m.shape[2] * m.shape[3])))
             merged = values if name not in top else torch.cat([top[name], values], dim=1)
             top[name] = merged.topk(min(keep[name], merged.shape[1]), dim=1).values
-    thresholds = {name: values[:, -1].clone() for name, values in top.items()}
+    return {name: values[:, -1].clone() for name, values in top.items()}
 
-    # pass 2: IoU sums, with the shuffled-mask and random-unit baselines
-    M = len(concepts)
+
+def _iou_sums(
+    batches: _Batches,
+    probe: Dataset,
+    thresholds: dict[str, Tensor],
+    num_concepts: int,
+    quantile: float,
+    seed: int,
+) -> tuple[dict[str, dict[str, list[Tensor]]], dict[str, tuple[int, int]]]:
+    """Pass 2: the IoU sums of every layer, ``{layer: {kind: [intersection, unit area,
+    concept area]}}`` for the model and both baselines, and each layer's map size."""
+    n = len(probe)
     generator = torch.Generator().manual_seed(seed)
     sums: dict[str, dict[str, list[Tensor]]] = {}
     map_size: dict[str, tuple[int, int]] = {}
-    for indices, maps in batches("localization IoU"):
+    for indices, maps in batches:
         concept_idx, masks = _mask_batch(probe, list(indices))
         # a fixed derangement of the probe: image i meets the masks of image i + n // 2
         shuffled = _mask_batch(probe, [(i + max(1, n // 2)) % n for i in indices])
@@ -435,10 +526,10 @@ def evaluate_localization(
             map_size[name] = (int(m.shape[2]), int(m.shape[3]))
             noise = torch.rand(m.shape, generator=generator)
             parts = {
-                "model": localization_iou(m, thresholds[name], concept_idx, masks, M),
-                "shuffled_masks": localization_iou(m, thresholds[name], *shuffled, M),
+                "model": localization_iou(m, thresholds[name], concept_idx, masks, num_concepts),
+                "shuffled_masks": localization_iou(m, thresholds[name], *shuffled, num_concepts),
                 "random_units": localization_iou(
-                    noise, torch.full((m.shape[1],), 1 - quantile), concept_idx, masks, M
+                    noise, torch.full((m.shape[1],), 1 - quantile), concept_idx, masks, num_concepts
                 ),
             }
             for kind, (inter, area_k, area_c) in parts.items():
@@ -448,40 +539,12 @@ def evaluate_localization(
                 acc[0] += inter
                 acc[1] += area_k
                 acc[2] += area_c
+    return sums, map_size
 
-    def iou_of(inter: Tensor, area_k: Tensor, area_c: Tensor) -> Tensor:
-        union = area_k[:, None] + area_c[None, :] - inter
-        return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter)).float()
 
-    result: dict[str, LayerLocalization] = {}
-    for name in names:
-        kinds = {kind: iou_of(*acc) for kind, acc in sums[name].items()}
-        labels = [None if u.abstained else u.label for u in dissection.layer(name)]
-        result[name] = LayerLocalization(
-            layer=name,
-            concepts=concepts,
-            iou=kinds.pop("model"),
-            thresholds=thresholds[name],
-            labels=labels,
-            baselines=kinds,
-            map_size=map_size[name],
-            note=dissection.maps[name].note if name in dissection.maps else "",
-        )
-    report = LocalizationReport(
-        result,
-        {
-            "dissection": str(dissection.folder) if dissection.folder else None,
-            "probe": {"type": type(probe).__name__, "images": n, "fingerprint": fingerprint},
-            "quantile": quantile,
-            "detector_iou": DETECTOR_IOU,
-            "policy": policy,
-            "seed": seed,
-            "upsampling": "bilinear to the probe image size, then thresholded",
-        },
-    )
-    if save and folder is not None:
-        report.save(folder)
-    return report
+def _iou_of(inter: Tensor, area_k: Tensor, area_c: Tensor) -> Tensor:
+    union = area_k[:, None] + area_c[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter)).float()
 
 
 def saved_localization(dissection: Dissection) -> LocalizationReport | None:

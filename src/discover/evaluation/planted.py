@@ -55,7 +55,7 @@ from discover.dissection.core import concept_matrix
 from discover.dissection.embedders import Embedder, build_embedder
 from discover.dissection.similarity import SIMILARITIES, get_similarity
 from discover.errors import InputError
-from discover.evaluation.descriptions import ranks_from_scores
+from discover.evaluation.ranks import ranks_from_scores
 
 __all__ = [
     "PlantedConfig",
@@ -79,6 +79,9 @@ VariantFn = Callable[[Tensor, "PlantedConfig", torch.Generator], Tensor]
 """``(y [N, n], config, generator) -> activations [N, n]``, ``y`` the noisy monotone signal."""
 
 VARIANTS: Registry[VariantFn] = Registry("planted variant")
+
+_Cell = tuple[str, float, Tensor, Tensor]
+"""``(variant, noise, planted concept ids, synthetic activations Q)``: one scored layer."""
 
 
 def register_variant(name: str) -> Callable[[VariantFn], VariantFn]:
@@ -302,16 +305,43 @@ def planted_recovery(
         >>> r.rows[0]["top1"] > 0.5
         True
     """
+    config = _resolve_config(config, overrides)
+    P, usable = _usable_columns(concept_acts, concepts)
+    N, M = P.shape
+    cells = _plant_cells(P, usable, config)
+    rows = _recovery_rows(P, cells, config, progress)
+    meta = {
+        "images": N,
+        "concepts": M,
+        "usable_concepts": len(usable),
+        "units_per_cell": config.units,
+        "chance_top1": 1 / M,
+        "chance_topk": min(1.0, config.top_k / M),
+        "concept_names": list(concepts)[:50] if concepts is not None else None,
+        "tie_rule": "pessimistic: concepts tied with the planted one rank above it",
+        "definition": "y = f(zscore(P[:, m]) + noise * eps), f in "
+        f"{list(TRANSFERS)} per unit; variants {list(config.variants)}",
+    }
+    return PlantedResult(rows, _ranking(rows, config.similarities), config.to_dict(), meta)
+
+
+def _resolve_config(config: PlantedConfig | None, overrides: dict[str, Any]) -> PlantedConfig:
+    """``config`` (default: the defaults) with the fields in ``overrides`` replaced."""
     if config is None:
-        config = PlantedConfig(**overrides)
-    elif overrides:
-        config = PlantedConfig(**{**config.to_dict(), **overrides})
+        return PlantedConfig(**overrides)
+    if overrides:
+        return PlantedConfig(**{**config.to_dict(), **overrides})
+    return config
+
+
+def _usable_columns(concept_acts: Tensor, concepts: Sequence[str] | None) -> tuple[Tensor, Tensor]:
+    """``P`` as float32, checked, and its non-constant columns (the concepts to plant)."""
     P = torch.as_tensor(concept_acts).float()
     if P.ndim != 2:
         raise InputError(f"planted_recovery: P must be (N, M), got shape {tuple(P.shape)}")
     if not torch.isfinite(P).all():
         raise InputError("planted_recovery: P holds NaN or Inf values")
-    N, M = P.shape
+    M = P.shape[1]
     if concepts is not None and len(concepts) != M:
         raise InputError(f"planted_recovery: {len(concepts)} concept names for {M} columns of P")
     usable = torch.nonzero(P.std(dim=0) > 0).flatten()
@@ -319,6 +349,12 @@ def planted_recovery(
         raise InputError(
             f"planted_recovery: P needs at least 2 non-constant concept columns, has {len(usable)}"
         )
+    return P, usable
+
+
+def _plant_cells(P: Tensor, usable: Tensor, config: PlantedConfig) -> list[_Cell]:
+    """One layer of ``config.units`` synthetic units per ``(variant, noise)`` cell, each
+    planted with a concept drawn from ``usable`` (with replacement when there are fewer)."""
     generator = torch.Generator().manual_seed(config.seed)
     cells = []
     for variant in config.variants:
@@ -332,6 +368,13 @@ def planted_recovery(
             ids = usable[pick]
             Q = planted_neurons(P, ids, variant, sigma, config=config, generator=generator)
             cells.append((variant, sigma, ids, Q))
+    return cells
+
+
+def _recovery_rows(
+    P: Tensor, cells: Sequence[_Cell], config: PlantedConfig, progress: bool
+) -> list[dict[str, Any]]:
+    """Top-1, top-k and mean rank of the planted concepts, per similarity and cell."""
     rows = []
     bar = tqdm(
         total=len(config.similarities) * len(cells),
@@ -360,8 +403,13 @@ def planted_recovery(
             )
             bar.update()
     bar.close()
+    return rows
+
+
+def _ranking(rows: Sequence[dict[str, Any]], similarities: Sequence[str]) -> list[dict[str, Any]]:
+    """The similarity functions by mean top-1 (then top-k, then mean rank) over all cells."""
     ranking = []
-    for name in config.similarities:
+    for name in similarities:
         mine = [r for r in rows if r["similarity"] == name]
         ranking.append(
             {
@@ -375,19 +423,7 @@ def planted_recovery(
     ranking.sort(key=lambda r: (-r["top1"], -r["topk"], r["mean_rank"]))
     for place, entry in enumerate(ranking, start=1):
         entry["place"] = place
-    meta = {
-        "images": N,
-        "concepts": M,
-        "usable_concepts": len(usable),
-        "units_per_cell": config.units,
-        "chance_top1": 1 / M,
-        "chance_topk": min(1.0, config.top_k / M),
-        "concept_names": list(concepts)[:50] if concepts is not None else None,
-        "tie_rule": "pessimistic: concepts tied with the planted one rank above it",
-        "definition": "y = f(zscore(P[:, m]) + noise * eps), f in "
-        f"{list(TRANSFERS)} per unit; variants {list(config.variants)}",
-    }
-    return PlantedResult(rows, ranking, config.to_dict(), meta)
+    return ranking
 
 
 def planted_recovery_on_probe(
@@ -417,10 +453,7 @@ def planted_recovery_on_probe(
         ...                                    progress=False)  # doctest: +SKIP
         >>> print(result.table())  # doctest: +SKIP
     """
-    if config is None:  # the settings are checked before any work
-        config = PlantedConfig(**overrides)
-    elif overrides:
-        config = PlantedConfig(**{**config.to_dict(), **overrides})
+    config = _resolve_config(config, overrides)  # the settings are checked before any work
     concept_set = load_concepts(concepts)
     emb = build_embedder(embedder)
     P = concept_matrix(probe, concept_set, emb, batch_size=batch_size, progress=progress)

@@ -70,11 +70,11 @@ def _add_argument_calls():
 
     import discover.cli
 
-    tree = ast.parse(Path(discover.cli.__file__).read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
-            names = [a.value for a in node.args if isinstance(a, ast.Constant)]
-            yield node, names, {k.arg: k.value for k in node.keywords}
+    for path in sorted(Path(discover.cli.__file__).parent.glob("*.py")):  # the cli package
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+                names = [a.value for a in node.args if isinstance(a, ast.Constant)]
+                yield node, names, {k.arg: k.value for k in node.keywords}
 
 
 def test_cli_options_take_their_defaults_from_the_api():
@@ -124,7 +124,7 @@ def test_help_shows_the_api_defaults():
 def test_options_not_given_are_not_passed(monkeypatch, capsys, tmp_path):
     import functools
 
-    import discover.cli as cli
+    import discover.cli.evaluate as cli
 
     calls = []
 
@@ -229,7 +229,7 @@ def test_eval_descriptions_ground_truth_mistakes(shapes_dissection, extra, messa
 def test_dissect_stream_flag_reaches_the_api(monkeypatch, tmp_path, flag, expected):
     import functools
 
-    import discover.cli as cli
+    import discover.cli.dissect as cli
 
     seen = {}
 

@@ -434,7 +434,7 @@ def test_an_unwritable_default_output_is_refused_before_evaluating(
 ):
     import functools
 
-    import discover.cli as cli
+    import discover.cli.evaluate as cli
 
     def unwritable(path, what, **kwargs):
         raise cli.InputError(f"{what} {path}: cannot write in {path} (Read-only file system)")

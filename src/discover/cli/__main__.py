@@ -1,0 +1,7 @@
+"""``python -m discover.cli``: the same as ``python -m discover``."""
+
+import sys
+
+from discover.cli import main
+
+sys.exit(main())

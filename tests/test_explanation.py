@@ -727,6 +727,6 @@ def test_a_planted_red_unit_fires_where_the_red_object_is():
 
 
 def _where_of(grid):
-    from discover.explanation import _where
+    from discover.explanation.maps import where as _where
 
     return _where(grid)

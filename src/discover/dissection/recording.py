@@ -1,30 +1,25 @@
 """Record pooled activations of any layer of any model over a probe set.
 
-* :func:`list_layers` shows every addressable layer (dotted name, output shape, suggested
-  pooling) from one dry forward pass.
 * :func:`record` streams a probe set through the model and keeps, per layer, one pooled
   vector per image: an ``(N, K)`` matrix, never the raw feature maps. LWTA layers also keep
-  the pooled winner mask (how often each unit won, per image).
+  the pooled winner mask (how often each unit won, per image). :func:`record_rows` writes the
+  same rows to files as they come.
 * Results are cached under a key that hashes everything they depend on (weights, layers,
   pooling, eval policy and seed, the probe set's content fingerprint and transform), so a
   changed input never reuses a stale entry. Writes are atomic; an entry that cannot be read
   (cut short, damaged, another key or shape) is a miss that warns, naming the file, and is
   recomputed and replaced; a write that fails (disk full, read-only) warns and carries on.
 
-Pooling is explicit and recorded: conv maps ``(N, C, H, W)`` use ``avg`` or ``max`` over
-space, token sequences ``(N, T, D)`` use ``cls`` (token 0), ``mean`` or ``max`` over tokens,
-vectors ``(N, K)`` use ``none``.
+Layers are addressed and pooled as :mod:`discover.dissection.layers` says; the spatial maps
+of each unit's top images are kept as :mod:`discover.dissection.spatial` says.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
-import fnmatch
 import hashlib
 import json
-import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -37,9 +32,26 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from discover._utils import atomic_path, cache_warning, require_int
+from discover.dissection.layers import (
+    POOLINGS,
+    LayerInfo,
+    list_layers,
+    pool,
+    pool_mask,
+    resolve_layers,
+    suggested_pooling,
+)
+from discover.dissection.rows import FileRows, RowWriter
+from discover.dissection.spatial import (
+    GALLERY_SIZE,
+    LayerMaps,
+    TopMaps,
+    maps_note,
+    spatial_maps,
+    top_images,
+)
 from discover.errors import InputError, NonFiniteError
 from discover.nn.lwta import LWTA, capture_winners, eval_policy
-from discover.nn.models import default_input_size
 
 __all__ = [
     "GALLERY_SIZE",
@@ -60,297 +72,6 @@ __all__ = [
     "model_fingerprint",
     "dataset_fingerprint",
 ]
-
-POOLINGS: dict[int, tuple[str, ...]] = {4: ("avg", "max"), 3: ("cls", "mean", "max"), 2: ("none",)}
-"""Poolings by output rank; the first of each is the suggestion."""
-
-
-@dataclass
-class LayerInfo:
-    """One addressable layer: dotted name, module type, output shape for one image."""
-
-    name: str
-    type: str
-    output_shape: tuple[int, ...] | None
-    suggested_pooling: str | None
-    U: int | None = None  # LWTA competitors per block
-
-    def __str__(self) -> str:
-        shape = "x".join(map(str, self.output_shape)) if self.output_shape else "-"
-        lwta = f"  LWTA U={self.U}" if self.U else ""
-        return f"{self.name:<36} {self.type:<22} {shape:<16} {self.suggested_pooling or '-'}{lwta}"
-
-
-def suggested_pooling(shape: tuple[int, ...] | None, model: nn.Module) -> str | None:
-    """The default pooling for a layer output of ``shape`` (batch dim excluded), or ``None``."""
-    if shape is None or len(shape) + 1 not in POOLINGS:
-        return None
-    rank = len(shape) + 1
-    if rank == 3 and getattr(model, "cls_token", None) is None:
-        return "mean"  # token sequences without a class token
-    return POOLINGS[rank][0]
-
-
-def list_layers(
-    model: nn.Module, input_size: Sequence[int] | None = None, pattern: str = "*"
-) -> list[LayerInfo]:
-    """Every named submodule with its output shape for one image of ``input_size`` (C, H, W).
-
-    ``input_size`` defaults to the model's ``cvn_config``/``pretrained_cfg`` input size;
-    ``pattern`` keeps the layers whose dotted name matches it (a glob, e.g.
-    ``blocks.*.mlp.act``).
-
-    Example:
-        >>> [str(info).split()[0] for info in list_layers(create_model("small_vit"))][:3]  # doctest: +SKIP
-        ['patch_embed', 'patch_embed.proj', 'patch_embed.norm']
-    """
-    input_size = tuple(input_size or default_input_size(model))
-    shapes: dict[str, tuple[int, ...] | None] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if not name:
-            continue
-
-        def hook(_m, _i, out, name=name):
-            if name not in shapes:
-                shapes[name] = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None
-
-        handles.append(module.register_forward_hook(hook))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_size))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return [
-        LayerInfo(
-            name,
-            type(module).__name__,
-            shapes.get(name),
-            suggested_pooling(shapes.get(name), model),
-            module.U if isinstance(module, LWTA) else None,
-        )
-        for name, module in model.named_modules()
-        if name and fnmatch.fnmatchcase(name, pattern)
-    ]
-
-
-def resolve_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
-    """Modules by dotted name, glob pattern, or ``"lwta"`` for every LWTA layer.
-
-    A name that is a module's dotted name is that module (also when it is ``"lwta"``); a name
-    with ``*``, ``?`` or ``[`` is a pattern over all dotted names (``blocks.*.mlp.act``);
-    ``"lwta"`` is every :class:`~discover.LWTA` layer, in model order. Duplicates are dropped.
-    An unknown name, or a pattern or ``"lwta"`` that matches nothing, is an error listing
-    the closest names.
-
-    Example:
-        >>> list(resolve_layers(create_model("small_resnet"), ["layer3.1"]))  # doctest: +SKIP
-        ['layer3.1']
-        >>> len(resolve_layers(create_model("deit_tiny_patch16_224", U=8), ["lwta"]))  # doctest: +SKIP
-        12
-    """
-    modules = {n: m for n, m in model.named_modules() if n}
-    if not names:
-        raise InputError("no layers given; see `discover layers MODEL` for the names")
-    resolved: dict[str, nn.Module] = {}
-    for name in names:
-        if name in modules:
-            matches = [name]
-        elif name == "lwta":
-            matches = [n for n, m in modules.items() if isinstance(m, LWTA)]
-            if not matches:
-                raise InputError("'lwta' selects every LWTA layer, but this model has none")
-        elif any(c in name for c in "*?["):
-            matches = fnmatch.filter(modules, name)
-            if not matches:
-                raise InputError(
-                    f"layer pattern {name!r} matches no layer (list them with `discover layers MODEL`)"
-                )
-        else:
-            close = difflib.get_close_matches(name, list(modules), n=5, cutoff=0.5)
-            raise InputError(
-                f"unknown layer {name!r}. Closest names: {', '.join(close) or 'none'}"
-                " (list them all with `discover layers MODEL`)"
-            )
-        resolved.update((n, modules[n]) for n in matches)
-    return resolved
-
-
-def _check_pooling(output: torch.Tensor, pooling: str, layer: str) -> None:
-    allowed = POOLINGS.get(output.dim())
-    if allowed is None or pooling not in allowed:
-        expected = ", ".join(f"{r}-D: {'/'.join(p)}" for r, p in POOLINGS.items())
-        raise InputError(
-            f"pooling {pooling!r} does not fit layer {layer!r} with output shape "
-            f"{tuple(output.shape)}; poolings by output rank: {expected}"
-        )
-
-
-def pool(output: torch.Tensor, pooling: str, layer: str = "layer") -> torch.Tensor:
-    """Reduce one layer output to ``(N, K)`` with the named pooling.
-
-    Example:
-        >>> pool(torch.ones(2, 8, 4, 4), "avg").shape
-        torch.Size([2, 8])
-    """
-    _check_pooling(output, pooling, layer)
-    rank = output.dim()
-    if rank == 4:
-        return output.mean(dim=(2, 3)) if pooling == "avg" else output.amax(dim=(2, 3))
-    if rank == 3:
-        if pooling == "cls":
-            return output[:, 0]
-        return output.mean(dim=1) if pooling == "mean" else output.amax(dim=1)
-    return output
-
-
-def pool_mask(mask: torch.Tensor, pooling: str, layer: str = "layer") -> torch.Tensor:
-    """Pool a boolean winner mask like :func:`pool` pools activations, as ``float32``.
-
-    ``avg``/``mean`` give the fraction of positions a unit won, ``max`` whether it won
-    anywhere, ``cls`` whether it won at the class token. The mask is never expanded to a
-    float tensor of its full size.
-
-    Example:
-        >>> pool_mask(torch.ones(2, 8, 4, 4, dtype=torch.bool), "avg")[0, 0].item()
-        1.0
-    """
-    _check_pooling(mask, pooling, layer)
-    if mask.dim() == 2 or pooling == "none":
-        return mask.float()
-    if pooling == "cls":
-        return mask[:, 0].float()
-    dims = (2, 3) if mask.dim() == 4 else (1,)
-    if pooling == "max":
-        return mask.any(dim=dims).float()
-    positions = math.prod(mask.shape[d] for d in dims)
-    return mask.sum(dim=dims, dtype=torch.float32) / positions
-
-
-GALLERY_SIZE = 5
-"""Top probe images per unit whose spatial maps a dissection keeps (and a report shows)."""
-
-
-def spatial_maps(output: torch.Tensor, model: nn.Module) -> torch.Tensor | None:
-    """A layer output as per-unit spatial maps ``(N, K, h, w)``, or ``None`` without spatial
-    extent. Conv maps are taken as they are; a token sequence ``(N, T, K)`` keeps its patch
-    tokens, reshaped to the model's patch grid, and leaves the class and register tokens
-    (``model.num_prefix_tokens``) out.
-
-    Example:
-        >>> spatial_maps(torch.ones(2, 8, 4, 4), nn.Identity()).shape
-        torch.Size([2, 8, 4, 4])
-    """
-    if output.dim() == 4:
-        return output
-    if output.dim() != 3:
-        return None
-    prefix = getattr(model, "num_prefix_tokens", None)
-    if prefix is None:
-        prefix = 1 if getattr(model, "cls_token", None) is not None else 0
-    patches = output.shape[1] - int(prefix)
-    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
-    if grid is None or math.prod(grid) != patches:
-        side = math.isqrt(max(patches, 0))
-        if side * side != patches or patches == 0:
-            return None
-        grid = (side, side)
-    tokens = output[:, int(prefix) :]
-    return tokens.transpose(1, 2).reshape(output.shape[0], output.shape[2], *grid)
-
-
-@dataclass
-class LayerMaps:
-    """The spatial activation maps of each unit's top probe images (by pooled activation,
-    ties to the lower index, the order :func:`top_images` gives), kept while recording.
-
-    ``indices`` ``(K, k)`` probe indices, ``maps`` ``(K, k, h, w)`` the unit's activation map
-    on each, ``wins`` ``(K, k, h, w)`` (LWTA layers) where the unit won its block.
-    """
-
-    indices: torch.Tensor
-    maps: torch.Tensor
-    wins: torch.Tensor | None = None
-    note: str = ""
-
-    def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        tensors = {f"{prefix}.indices": self.indices, f"{prefix}.maps": self.maps}
-        if self.wins is not None:
-            tensors[f"{prefix}.wins"] = self.wins
-        return tensors
-
-    @classmethod
-    def from_tensors(
-        cls, tensors: dict[str, torch.Tensor], prefix: str, note: str = ""
-    ) -> LayerMaps:
-        return cls(
-            tensors[f"{prefix}.indices"],
-            tensors[f"{prefix}.maps"],
-            tensors.get(f"{prefix}.wins"),
-            note,
-        )
-
-
-def top_images(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """``(K, k)`` indices of each unit's ``k`` highest-scoring rows of ``scores`` ``(N, K)``,
-    best first, ties to the lower index.
-
-    Example:
-        >>> top_images(torch.tensor([[1.0], [3.0], [3.0]]), 2).tolist()
-        [[1, 2]]
-    """
-    order = torch.sort(scores.T, dim=1, descending=True, stable=True).indices
-    return order[:, : min(k, scores.shape[0])]
-
-
-class _TopMaps:
-    """Streaming top-k of one layer: memory ``K x k x h x w`` whatever the probe size."""
-
-    def __init__(self, k: int, note: str = "") -> None:
-        self.k = k
-        self.note = note
-        self.scores: torch.Tensor | None = None
-        self.indices: torch.Tensor | None = None
-        self.maps: torch.Tensor | None = None
-        self.wins: torch.Tensor | None = None
-        self.seen = 0
-
-    def update(self, scores: torch.Tensor, maps: torch.Tensor, wins: torch.Tensor | None) -> None:
-        """Merge one batch: ``scores`` ``(B, K)``, ``maps`` ``(B, K, h, w)``."""
-        batch = torch.arange(self.seen, self.seen + len(scores))
-        self.seen += len(scores)
-        cand_scores = scores.T.float()  # (K, B)
-        cand_index = batch.expand_as(cand_scores)
-        cand_maps = maps.transpose(0, 1).float()  # (K, B, h, w)
-        cand_wins = wins.transpose(0, 1) if wins is not None else None
-        if self.scores is not None:  # kept ones first: they hold the lower indices
-            cand_scores = torch.cat([self.scores, cand_scores], dim=1)
-            cand_index = torch.cat([self.indices, cand_index], dim=1)
-            cand_maps = torch.cat([self.maps, cand_maps], dim=1)
-            if cand_wins is not None and self.wins is not None:
-                cand_wins = torch.cat([self.wins, cand_wins], dim=1)
-        order = torch.sort(cand_scores, dim=1, descending=True, stable=True).indices[:, : self.k]
-        self.scores = cand_scores.gather(1, order)
-        self.indices = cand_index.gather(1, order)
-        rows = torch.arange(len(order))[:, None]
-        self.maps = cand_maps[rows, order].clone()
-        self.wins = cand_wins[rows, order].clone() if cand_wins is not None else None
-
-    def result(self) -> LayerMaps:
-        assert self.indices is not None and self.maps is not None
-        return LayerMaps(self.indices, self.maps, self.wins, self.note)
-
-
-def _maps_note(output: torch.Tensor, maps: torch.Tensor, model: nn.Module) -> str:
-    h, w = maps.shape[-2:]
-    if output.dim() == 4:
-        return f"conv map {h}x{w}"
-    prefix = output.shape[1] - h * w
-    return f"patch tokens on the {h}x{w} patch grid; {prefix} class/register token(s) left out"
 
 
 @dataclass
@@ -481,7 +202,7 @@ def _pooled_hooks(
     pooling: dict[str, str],
     sink: dict[str, _Rows],
     allow_nonfinite: bool = False,
-    top_maps: dict[str, _TopMaps] | None = None,
+    top_maps: dict[str, TopMaps] | None = None,
     maps_k: int = GALLERY_SIZE,
 ) -> Iterator[None]:
     """Forward hooks that append each layer's pooled output (and LWTA wins) to ``sink``;
@@ -515,7 +236,7 @@ def _pooled_hooks(
                         spatial_maps(module.last_mask, model) if isinstance(module, LWTA) else None
                     )
                     if name not in top_maps:
-                        top_maps[name] = _TopMaps(maps_k, _maps_note(output, maps, model))
+                        top_maps[name] = TopMaps(maps_k, maps_note(output, maps, model))
                     top_maps[name].update(
                         sink[name].last, maps.cpu(), won.cpu() if won is not None else None
                     )
@@ -608,36 +329,18 @@ def record(
         torch.Size([1000, 128])
     """
     modules, pooling = _setup(model, layers, probe, pooling, batch_size, maps)
-
-    # Fingerprints (hashing every weight, statting every file) only serve the cache.
     caching = cache_dir is not None
-    probe_id = dataset_fingerprint(probe) if caching else None
-    key_parts = {
-        "model": model_fingerprint(model) if caching else None,
-        "layers": list(modules),
-        "pooling": pooling,
-        "policy": policy,
-        "seed": seed,
-        "probe": probe_id,
-        "n": len(probe),
-        "transform": repr(getattr(probe, "transform", None)),
-        "maps": maps,
-        "version": 3,
-    }
-    cache_file = None
+    key_parts = _key_parts(model, list(modules), probe, pooling, policy, seed, maps, caching)
     key = _cache_key(key_parts)
-    if caching and probe_id is not None:
+    cache_file = None
+    if caching and key_parts["probe"] is not None:
         cache_file = Path(cache_dir).expanduser() / "activations" / f"{key}.pt"
-        if cache_file.is_file():
-            cached = _read_cached(cache_file, key, list(modules), len(probe))
-            if cached is not None:
-                cached.meta["cache"] = {"file": str(cache_file), "hit": True}
-                _check_finite(cached, allow_nonfinite)
-                return cached
-
-    sink = {n: _Rows() for n in modules}
-    sink.update({f"{n}#wins": _Rows() for n, m in modules.items() if isinstance(m, LWTA)})
-    top_maps: dict[str, _TopMaps] | None = {} if maps else None
+        cached = _cached(cache_file, key, list(modules), len(probe))
+        if cached is not None:
+            _check_finite(cached, allow_nonfinite)
+            return cached
+    sink = _sinks(modules)
+    top_maps: dict[str, TopMaps] | None = {} if maps else None
     _run_probe(
         model, modules, probe, pooling, sink, top_maps, batch_size=batch_size, device=device,
         policy=policy, seed=seed, workers=workers, progress=progress,
@@ -661,6 +364,55 @@ def record(
     if allow_nonfinite:  # otherwise the hooks refused every non-finite batch already
         _check_finite(result, allow_nonfinite)
     return result
+
+
+def _key_parts(
+    model: nn.Module, layers: list[str], probe: Dataset, pooling: dict[str, str], policy: str,
+    seed: int, maps: int, caching: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """Everything a recording depends on, hashed into its cache key. The fingerprints
+    (hashing every weight, statting every file) only serve the cache: ``None`` without one."""
+    probe_id = dataset_fingerprint(probe) if caching else None
+    return {
+        "model": model_fingerprint(model) if caching else None,
+        "layers": layers,
+        "pooling": pooling,
+        "policy": policy,
+        "seed": seed,
+        "probe": probe_id,
+        "n": len(probe),
+        "transform": repr(getattr(probe, "transform", None)),
+        "maps": maps,
+        "version": 3,
+    }
+
+
+def _cached(path: Path, key: str, layers: Sequence[str], n: int) -> Recording | None:
+    """The recording of the cache entry at ``path``, when there is one for this key."""
+    if not path.is_file():
+        return None
+    cached = _read_cached(path, key, layers, n)
+    if cached is not None:
+        cached.meta["cache"] = {"file": str(path), "hit": True}
+    return cached
+
+
+def _sinks(modules: dict[str, nn.Module], folder: Path | None = None) -> dict[str, _Rows]:
+    """The rows of each layer and of each LWTA layer's wins (``"<layer>#wins"``): kept in
+    memory or, with ``folder``, written to its ``layer-<i>`` and ``layer-<i>-wins``."""
+
+    def rows(name: str) -> _Rows:
+        return _Rows(RowWriter(folder / name) if folder is not None else None)
+
+    sink = {n: rows(f"layer-{i}") for i, n in enumerate(modules)}
+    sink.update(
+        {
+            f"{n}#wins": rows(f"layer-{i}-wins")
+            for i, (n, m) in enumerate(modules.items())
+            if isinstance(m, LWTA)
+        }
+    )
+    return sink
 
 
 def _setup(
@@ -725,19 +477,10 @@ def record_rows(
         >>> rec.activations["layer3.1.act2"].shape  # doctest: +SKIP
         (1000000, 128)
     """
-    from discover.dissection.streaming import FileRows, RowWriter
-
     modules, pooling = _setup(model, layers, probe, pooling, batch_size, maps)
     folder = Path(folder)
-    sink = {n: _Rows(RowWriter(folder / f"layer-{i}")) for i, n in enumerate(modules)}
-    sink.update(
-        {
-            f"{n}#wins": _Rows(RowWriter(folder / f"layer-{i}-wins"))
-            for i, (n, m) in enumerate(modules.items())
-            if isinstance(m, LWTA)
-        }
-    )
-    top_maps: dict[str, _TopMaps] | None = {} if maps else None
+    sink = _sinks(modules, folder)
+    top_maps: dict[str, TopMaps] | None = {} if maps else None
     _run_probe(
         model, modules, probe, pooling, sink, top_maps, batch_size=batch_size, device=device,
         policy=policy, seed=seed, workers=workers, progress=progress,
@@ -764,7 +507,7 @@ def _run_probe(
     probe: Dataset,
     pooling: dict[str, str],
     sink: dict[str, _Rows],
-    top_maps: dict[str, _TopMaps] | None,
+    top_maps: dict[str, TopMaps] | None,
     *,
     batch_size: int,
     device: str | torch.device,

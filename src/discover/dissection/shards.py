@@ -39,23 +39,14 @@ from torch.utils.data import Dataset, Subset
 
 from discover._utils import staged_dir, write_atomic
 from discover.dissection.concepts import ConceptSet
-from discover.dissection.core import (
-    DissectConfig,
-    Dissection,
-    concept_rows,
-    dissect_config,
-    label_layers,
-    model_about,
-    probe_about,
-)
-from discover.dissection.recording import LayerMaps, RowsRecording, model_view, record_rows
-from discover.dissection.streaming import (
-    BLOCK_ROWS,
-    ConcatRows,
-    FileRows,
-    ProductRows,
-    RowWriter,
-)
+from discover.dissection.core import dissect_config, label_layers, model_about, probe_about
+from discover.dissection.probe_concepts import concept_rows
+from discover.dissection.recording import RowsRecording, model_view, record_rows
+from discover.dissection.records import DissectConfig
+from discover.dissection.result import Dissection
+from discover.dissection.rows import ConcatRows, FileRows, ProductRows, RowWriter
+from discover.dissection.spatial import LayerMaps
+from discover.dissection.streaming import BLOCK_ROWS
 from discover.errors import InputError
 from discover.nn.lwta import LWTA
 

@@ -3,9 +3,9 @@
 The similarity functions of :mod:`discover.dissection.similarity` take the whole ``P``
 (``N x M``) and ``Q`` (``N x K``). Here the same scores are computed from *row sources*,
 which hand out the rows of ``P`` or ``Q`` block by block in probe order and gather rows by
-image index, so that neither matrix need be held whole: an in-memory tensor
-(:class:`TensorRows`) or row blocks saved as safetensors files and read memory-mapped
-(:class:`FileRows`, written by :class:`RowWriter`).
+image index, so that neither matrix need be held whole (:mod:`discover.dissection.rows`): an
+in-memory tensor (:class:`TensorRows`) or row blocks saved as safetensors files and read
+memory-mapped (:class:`FileRows`, written by :class:`RowWriter`).
 
 What each function needs, and how it is computed here (exactly, not approximated):
 
@@ -45,18 +45,23 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
-from discover._utils import write_atomic
+from discover.dissection.rows import (
+    ConcatRows,
+    FileRows,
+    PermutedRows,
+    ProductRows,
+    RowSource,
+    RowWriter,
+    TensorRows,
+)
 from discover.dissection.significance import (
     Significance,
     null_permutations,
@@ -88,212 +93,6 @@ BLOCK_ROWS = 4096
 _TOP_DEFAULTS = {"wpmi": 28, "soft_wpmi": 100}
 _TRANSFORMS = {"cos": "raw", "corr": "centred", "cos3": "cubed"}
 STREAMED = ("cos", "corr", "cos3", "wpmi", "soft_wpmi", "rank_reorder", "jsd")
-
-
-class RowSource(Protocol):
-    """Rows of an ``N x C`` matrix: blocks in order, and rows gathered by index."""
-
-    @property
-    def shape(self) -> tuple[int, int]: ...
-
-    def blocks(self, rows: int) -> Iterator[tuple[int, Tensor]]:
-        """``(first row, block)`` pairs covering every row once, in order."""
-        ...
-
-    def gather(self, index: Tensor, columns: slice | None = None) -> Tensor:
-        """The rows ``index`` (ascending, unique), ``len(index) x C`` (or only ``columns``)."""
-        ...
-
-
-@dataclass(frozen=True)
-class TensorRows:
-    """A row source over a tensor in memory."""
-
-    data: Tensor
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.data.shape)  # type: ignore[return-value]
-
-    def blocks(self, rows: int) -> Iterator[tuple[int, Tensor]]:
-        for start in range(0, self.data.shape[0], rows):
-            yield start, self.data[start : start + rows]
-
-    def gather(self, index: Tensor, columns: slice | None = None) -> Tensor:
-        data = self.data if columns is None else self.data[:, columns]
-        return data.index_select(0, index)
-
-
-@dataclass(frozen=True)
-class ConcatRows:
-    """The rows of several sources one after another (the shards of a probe, in order)."""
-
-    parts: tuple[Any, ...]
-
-    def __post_init__(self) -> None:
-        if not self.parts:
-            raise InputError("ConcatRows: no sources")
-        widths = {part.shape[1] for part in self.parts}
-        if len(widths) != 1:
-            raise InputError(f"ConcatRows: sources of different widths {sorted(widths)}")
-
-    @property
-    def starts(self) -> list[int]:
-        starts, total = [], 0
-        for part in self.parts:
-            starts.append(total)
-            total += part.shape[0]
-        return starts
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (sum(part.shape[0] for part in self.parts), self.parts[0].shape[1])
-
-    def blocks(self, rows: int) -> Iterator[tuple[int, Tensor]]:
-        for offset, part in zip(self.starts, self.parts, strict=True):
-            for start, block in part.blocks(rows):
-                yield offset + start, block
-
-    def gather(self, index: Tensor, columns: slice | None = None) -> Tensor:
-        starts = torch.tensor(self.starts)
-        which = torch.searchsorted(starts, index, right=True) - 1
-        pieces = [
-            self.parts[i].gather(index[which == i] - int(starts[i]), columns)
-            for i in which.unique().tolist()
-        ]
-        width = len(range(self.shape[1])[columns or slice(None)])
-        return torch.cat(pieces) if pieces else torch.empty(0, width)
-
-
-@dataclass(frozen=True)
-class PermutedRows:
-    """Row ``i`` of ``source`` is row ``perm[i]`` here (the shuffled images of a null draw)."""
-
-    source: RowSource
-    perm: Tensor
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.source.shape
-
-    def gather(self, index: Tensor, columns: slice | None = None) -> Tensor:
-        wanted = self.perm.index_select(0, index)
-        rows, inverse = wanted.unique(return_inverse=True)  # sources gather ascending rows
-        return self.source.gather(rows, columns).index_select(0, inverse)
-
-    def blocks(self, rows: int) -> Iterator[tuple[int, Tensor]]:
-        for start in range(0, self.shape[0], rows):
-            index = torch.arange(start, min(start + rows, self.shape[0]))
-            yield start, self.gather(index)
-
-
-@dataclass(frozen=True)
-class ProductRows:
-    """Rows of ``left @ right.T`` (e.g. ``P`` from image embeddings ``N x D`` and concept
-    embeddings ``M x D``), computed block by block, never held whole."""
-
-    left: RowSource
-    right: Tensor
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.left.shape[0], self.right.shape[0])
-
-    def blocks(self, rows: int) -> Iterator[tuple[int, Tensor]]:
-        for start, block in self.left.blocks(rows):
-            yield start, block.to(self.right.dtype) @ self.right.T
-
-    def gather(self, index: Tensor, columns: slice | None = None) -> Tensor:
-        right = self.right if columns is None else self.right[columns]
-        return self.left.gather(index).to(right.dtype) @ right.T
-
-
-class RowWriter:
-    """Appends row blocks of one matrix to a folder (``rows-NNNNN.safetensors`` and
-    ``rows.json``), each file written atomically, so an interrupted writer leaves whole files.
-
-    Example:
-        >>> with RowWriter("cache/Q-layer3") as writer:  # doctest: +SKIP
-        ...     for block in blocks:
-        ...         writer.append(block)
-        >>> FileRows("cache/Q-layer3").shape  # doctest: +SKIP
-    """
-
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.files: list[dict[str, Any]] = []
-        self.rows = 0
-        self.columns: int | None = None
-
-    def append(self, block: Tensor) -> None:
-        from safetensors.torch import save
-
-        if block.dim() != 2:
-            raise InputError(f"RowWriter: a block must be 2-D, got shape {tuple(block.shape)}")
-        if self.columns is not None and block.shape[1] != self.columns:
-            raise InputError(
-                f"RowWriter: a block of {block.shape[1]} columns after blocks of {self.columns}"
-            )
-        self.columns = block.shape[1]
-        name = f"rows-{len(self.files):05d}.safetensors"
-        write_atomic(self.folder / name, save({"rows": block.detach().contiguous().cpu()}))
-        self.files.append({"file": name, "start": self.rows, "rows": block.shape[0]})
-        self.rows += block.shape[0]
-
-    def close(self) -> None:
-        index = {"rows": self.rows, "columns": self.columns, "files": self.files}
-        write_atomic(self.folder / "rows.json", json.dumps(index, indent=1))
-
-    def __enter__(self) -> RowWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is None:
-            self.close()
-
-
-class FileRows:
-    """A row source over the files of a :class:`RowWriter`, read memory-mapped."""
-
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        index_file = self.folder / "rows.json"
-        if not index_file.is_file():
-            raise InputError(f"{self.folder}: no rows.json (not a finished RowWriter folder)")
-        index = json.loads(index_file.read_text())
-        self.files = index["files"]
-        self._shape = (int(index["rows"]), int(index["columns"] or 0))
-        self.starts = torch.tensor([f["start"] for f in self.files], dtype=torch.long)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self._shape
-
-    def _read(self, i: int, lo: int, hi: int, columns: slice | None = None) -> Tensor:
-        with safe_open(self.folder / self.files[i]["file"], framework="pt") as f:
-            rows = f.get_slice("rows")
-            return rows[lo:hi] if columns is None else rows[lo:hi, columns]
-
-    def blocks(self, rows: int) -> Iterator[tuple[int, Tensor]]:
-        for i, entry in enumerate(self.files):
-            for lo in range(0, entry["rows"], rows):
-                hi = min(lo + rows, entry["rows"])
-                yield entry["start"] + lo, self._read(i, lo, hi)
-
-    def gather(self, index: Tensor, columns: slice | None = None) -> Tensor:
-        out: Tensor | None = None
-        width = len(range(self.shape[1])[columns or slice(None)])
-        which = torch.searchsorted(self.starts, index, right=True) - 1
-        for i in which.unique().tolist():
-            pick = (which == i).nonzero()[:, 0]
-            local = index[pick] - self.files[i]["start"]
-            lo, hi = int(local.min()), int(local.max()) + 1
-            rows = self._read(i, lo, hi, columns).index_select(0, local - lo)
-            if out is None:
-                out = torch.empty(len(index), width, dtype=rows.dtype)
-            out[pick] = rows
-        return out if out is not None else torch.empty(0, width)
 
 
 # -- pass 1 -----------------------------------------------------------------------------------
@@ -559,8 +358,36 @@ def streamed_similarity(
     """
     if name not in STREAMED:
         raise InputError(f"streamed_similarity: {name!r} is not streamed; streamed: {STREAMED}")
+    top_units, top_concepts = _top_count(name, params, P.shape[0])
+    result = _checked_scan(name, P, Q, scan_result, top_units, top_concepts, block_rows)
+    if name in ("cos", "corr") and isinstance(P, ProductRows):
+        min_norm = params.get("min_norm", 1e-12)
+        S = _factored(name, P, Q, block_rows, min_norm)
+        _summary(info, name, P, Q, result, compute_dtype="float32", min_norm=min_norm,
+                 factored=True)  # fmt: skip
+        return S
+    if name in _TRANSFORMS:
+        return _summed(name, P, Q, result, block_rows, params, info)
+    # the functions that read only some images: their rows, then the function itself
+    fn = get_similarity(name)
+    if name == "jsd":
+        return _streamed_jsd(fn, P, Q, result, top_units, top_concepts, info, params)
+    rows = result.unit_index[:, :top_units].reshape(-1).unique()  # ascending: ties as before
+    P_rows, Q_rows = P.gather(rows), Q.gather(rows)
+    if name == "rank_reorder":  # the n of the whole probe, not of the gathered rows
+        params = {**params, "top_n": top_units}
+    S = fn(P_rows, Q_rows, **params, info=info)
+    if info is not None:  # the function saw the gathered rows; the probe has N
+        info.update(num_images=P.shape[0], rows_read=len(rows))
+    return S
+
+
+def _checked_scan(
+    name: str, P: RowSource, Q: RowSource, scan_result: Scan | None, top_units: int,
+    top_concepts: int, block_rows: int,
+) -> Scan:  # fmt: skip
+    """Pass 1 for ``name`` (or ``scan_result``, checked to cover what ``name`` reads)."""
     N = P.shape[0]
-    top_units, top_concepts = _top_count(name, params, N)
     result = scan_result or scan(
         P, Q, top_units=top_units, top_concepts=top_concepts, block_rows=block_rows,
         read_p=_reads_p(name, P),
@@ -574,45 +401,38 @@ def streamed_similarity(
             f"streamed {name}: the scan kept {result.top_units} images per unit and "
             f"{result.top_concepts} per concept; it needs {top_units} and {top_concepts}"
         )
-    if name in ("cos", "corr") and isinstance(P, ProductRows):
-        min_norm = params.get("min_norm", 1e-12)
-        S = _factored(name, P, Q, block_rows, min_norm)
-        if info is not None:
-            dead = (result.q.mean == 0) & (result.q.m2 == 0)
-            info.update(
-                similarity=name, num_images=N, num_concepts=P.shape[1], num_neurons=Q.shape[1],
-                num_dead_neurons=int(dead.sum()), compute_dtype="float32", min_norm=min_norm,
-                factored=True,
-            )  # fmt: skip
-        return S
-    if name in _TRANSFORMS:
-        sums = Products(_TRANSFORMS[name])
-        dtype = torch.float32
-        for _, p, q in _paired_blocks(P, Q, block_rows):
-            sums.update(p, q, result)
-            if torch.float64 in (p.dtype, q.dtype):
-                dtype = torch.float64
-        min_norm = params.get("min_norm", 1e-3 if name == "cos3" else 1e-12)
-        if info is not None:
-            dead = (result.q.mean == 0) & (result.q.m2 == 0)
-            info.update(
-                similarity=name, num_images=N, num_concepts=P.shape[1], num_neurons=Q.shape[1],
-                num_dead_neurons=int(dead.sum()), compute_dtype=str(dtype).removeprefix("torch."),
-                min_norm=min_norm,
-            )  # fmt: skip
-        return sums.scores(min_norm, dtype)
-    # the functions that read only some images: their rows, then the function itself
-    fn = get_similarity(name)
-    if name == "jsd":
-        return _streamed_jsd(fn, P, Q, result, top_units, top_concepts, info, params)
-    rows = result.unit_index[:, :top_units].reshape(-1).unique()  # ascending: ties as before
-    P_rows, Q_rows = P.gather(rows), Q.gather(rows)
-    if name == "rank_reorder":  # the n of the whole probe, not of the gathered rows
-        params = {**params, "top_n": top_units}
-    S = fn(P_rows, Q_rows, **params, info=info)
-    if info is not None:  # the function saw the gathered rows; the probe has N
-        info.update(num_images=N, rows_read=len(rows))
-    return S
+    return result
+
+
+def _summary(
+    info: dict[str, Any] | None, name: str, P: RowSource, Q: RowSource, result: Scan,
+    **params: Any,
+) -> None:  # fmt: skip
+    """The in-memory functions' ``info`` of a streamed ``cos``, ``corr`` or ``cos3``."""
+    if info is None:
+        return
+    dead = (result.q.mean == 0) & (result.q.m2 == 0)
+    info.update(
+        similarity=name, num_images=P.shape[0], num_concepts=P.shape[1], num_neurons=Q.shape[1],
+        num_dead_neurons=int(dead.sum()), **params,
+    )  # fmt: skip
+
+
+def _summed(
+    name: str, P: RowSource, Q: RowSource, result: Scan, block_rows: int,
+    params: dict[str, Any], info: dict[str, Any] | None,
+) -> Tensor:  # fmt: skip
+    """``cos``, ``corr`` or ``cos3`` from pass 2's sums over every row block."""
+    sums = Products(_TRANSFORMS[name])
+    dtype = torch.float32
+    for _, p, q in _paired_blocks(P, Q, block_rows):
+        sums.update(p, q, result)
+        if torch.float64 in (p.dtype, q.dtype):
+            dtype = torch.float64
+    min_norm = params.get("min_norm", 1e-3 if name == "cos3" else 1e-12)
+    _summary(info, name, P, Q, result, compute_dtype=str(dtype).removeprefix("torch."),
+             min_norm=min_norm)  # fmt: skip
+    return sums.scores(min_norm, dtype)
 
 
 def _factored(name: str, P: ProductRows, Q: RowSource, block_rows: int, min_norm: float) -> Tensor:

@@ -156,7 +156,7 @@ class AnnotationEmbedder(Embedder):
     def concept_rows(self, probe: Any, concepts: Concepts, folder: Any = None, **_: Any) -> Any:
         """``P`` as a row source: the annotation columns (the probe holds its table in
         memory already; ``folder`` is not needed)."""
-        from discover.dissection.streaming import TensorRows
+        from discover.dissection.rows import TensorRows
 
         return TensorRows(self.concept_matrix(probe, concepts))
 

@@ -334,7 +334,7 @@ class Embedder(ABC):
             >>> P.shape  # doctest: +SKIP
             (1000000, 2)
         """
-        from discover.dissection.streaming import FileRows, ProductRows, RowWriter
+        from discover.dissection.rows import FileRows, ProductRows, RowWriter
 
         text_vectors = self.text_vectors(concept_list(concepts), batch_size, progress)
         with RowWriter(folder) as writer:

@@ -172,27 +172,10 @@ class OpenCLIPEmbedder(_LocalCLIP):
         """
         open_clip = import_extra("open_clip", "the open_clip embedder")
 
-        register_open_clip_archs()  # discover's own (e.g. the Shapes world's small CLIP)
-        if arch not in open_clip.list_models():
-            close = difflib.get_close_matches(arch, open_clip.list_models(), n=3, cutoff=0.6)
-            hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
-            raise InputError(
-                f"open_clip: unknown architecture {arch!r}.{hint} See open_clip.list_models()."
-            )
-        pretrained = os.fspath(pretrained)
-        tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained)
-        path = Path(pretrained).expanduser()
-        if tag_cfg and not path.exists():
-            checkpoint = _cached_tag_file(arch, pretrained, tag_cfg, cache_dir)
-            preprocess = {k: tag_cfg[k] for k in _PREPROCESS_KEYS if k in tag_cfg}
-            force_quick_gelu = force_quick_gelu or bool(tag_cfg.get("quick_gelu"))
-            label = f"{arch}:{pretrained}"
-        else:
-            checkpoint = _weights_file(arch, pretrained)
-            preprocess = _tag_preprocess(arch, preprocess_tag)
-            label = arch
-        if force_quick_gelu and not arch.endswith("-quickgelu"):
-            label = label.replace(arch, f"{arch}+quickgelu", 1)
+        _check_arch(open_clip, arch)
+        checkpoint, preprocess, force_quick_gelu, label = _resolve_weights(
+            open_clip, arch, os.fspath(pretrained), force_quick_gelu, preprocess_tag, cache_dir
+        )
         try:
             model = open_clip.create_model(
                 arch,
@@ -208,14 +191,56 @@ class OpenCLIPEmbedder(_LocalCLIP):
                 f"{type(error).__name__}: {str(error).split('. ')[0].splitlines()[0][:160]}. "
                 "Expected an open_clip checkpoint (.pt/.bin/.safetensors) of that architecture"
             ) from None
-        try:
-            tokenizer = open_clip.get_tokenizer(arch)
-        except Exception as err:  # HF tokenizers of some archs need a download
-            raise InputError(
-                f"open_clip: the tokenizer of {arch!r} is not available offline "
-                f"({err}); put it in the Hugging Face cache first"
-            ) from err
-        return cls(model, tokenizer, name=label, device=device)
+        return cls(model, _offline_tokenizer(open_clip, arch), name=label, device=device)
+
+
+def _check_arch(open_clip: Any, arch: str) -> None:
+    """Refuse an architecture open_clip does not know (discover's own registered first)."""
+    register_open_clip_archs()  # discover's own (e.g. the Shapes world's small CLIP)
+    if arch not in open_clip.list_models():
+        close = difflib.get_close_matches(arch, open_clip.list_models(), n=3, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise InputError(
+            f"open_clip: unknown architecture {arch!r}.{hint} See open_clip.list_models()."
+        )
+
+
+def _resolve_weights(
+    open_clip: Any,
+    arch: str,
+    pretrained: str,
+    force_quick_gelu: bool,
+    preprocess_tag: str | None,
+    cache_dir: str | None,
+) -> tuple[Path, dict[str, Any], bool, str]:
+    """``(checkpoint file, preprocessing, force_quick_gelu, label)`` of ``pretrained``: a
+    pretrained tag found in the local caches (its own preprocessing and QuickGELU), or a
+    weights file or folder (the preprocessing of ``preprocess_tag`` or the architecture)."""
+    tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained)
+    path = Path(pretrained).expanduser()
+    if tag_cfg and not path.exists():
+        checkpoint = _cached_tag_file(arch, pretrained, tag_cfg, cache_dir)
+        preprocess = {k: tag_cfg[k] for k in _PREPROCESS_KEYS if k in tag_cfg}
+        force_quick_gelu = force_quick_gelu or bool(tag_cfg.get("quick_gelu"))
+        label = f"{arch}:{pretrained}"
+    else:
+        checkpoint = _weights_file(arch, pretrained)
+        preprocess = _tag_preprocess(arch, preprocess_tag)
+        label = arch
+    if force_quick_gelu and not arch.endswith("-quickgelu"):
+        label = label.replace(arch, f"{arch}+quickgelu", 1)
+    return checkpoint, preprocess, force_quick_gelu, label
+
+
+def _offline_tokenizer(open_clip: Any, arch: str) -> Any:
+    """The tokenizer of ``arch``, or an error saying it must be in the Hugging Face cache."""
+    try:
+        return open_clip.get_tokenizer(arch)
+    except Exception as err:  # HF tokenizers of some archs need a download
+        raise InputError(
+            f"open_clip: the tokenizer of {arch!r} is not available offline "
+            f"({err}); put it in the Hugging Face cache first"
+        ) from err
 
 
 def how_to_get_weights(arch: str) -> str:

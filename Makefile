@@ -1,4 +1,5 @@
-# One command each, on a fresh clone, offline: `make test` and `make demo`.
+# One command each, on a fresh clone, offline: `make test` and `make demo` (and `make docs`, the
+# documentation site).
 # Both create .venv and install what is missing (torch and torchvision first, then the package
 # with every extra), at the exact versions of constraints.txt. System packages (Fashion-MNIST,
 # Chromium) are installed with apt-get when we are root and they are missing; without them the
@@ -12,13 +13,14 @@ VENV ?= .venv
 DEMO_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.discover-installed
+DOCS_STAMP := $(VENV)/.discover-docs-installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 # this machine's pip config lists local package folders that may be absent: hide that noise
 QUIET := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: venv test test-fast demo system-deps bench lint clean
+.PHONY: venv test test-fast demo system-deps bench lint docs clean
 
 venv: $(STAMP)
 
@@ -48,5 +50,16 @@ bench: venv
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
 
+# The documentation site (docs/, mkdocs.yml) into site/: MkDocs with the Material theme and an
+# API reference from the docstrings (mkdocstrings). Offline: no web fonts, no external
+# inventories, no plugin that fetches; --strict fails the build on any warning. The docs extra
+# is installed into .venv when missing (not part of [dev], which make test installs).
+$(DOCS_STAMP): $(STAMP)
+	$(PIP) install -c constraints.txt -e ".[docs]" $(QUIET)
+	@touch $@
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) .pytest_cache build src/*.egg-info
+	rm -rf $(VENV) .pytest_cache build site src/*.egg-info

@@ -1,4 +1,4 @@
-"""Shared test helpers: README code blocks and tiny Shapes training runs."""
+"""Shared test helpers: code blocks of the README and the docs pages, tiny Shapes training runs."""
 
 from __future__ import annotations
 
@@ -6,19 +6,38 @@ import re
 from pathlib import Path
 from typing import Any
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 
 SHAPES_PROBE = {"n": 32, "image_size": 16}
 """The probe of conftest's ``shapes_dissection``: ``ShapesWorld(**SHAPES_PROBE, split="val")``,
 ``--probe-arg n=32 --probe-arg image_size=16`` on the command line."""
 
 
+def doc_page(page: str) -> Path:
+    """``"README.md"`` or a page of docs/ (``"dissection.md"``, ``"api/nn.md"``)."""
+    return README if page == "README.md" else DOCS / page
+
+
+def doc_block(page: str, containing: str, language: str | None = None) -> str:
+    """The one fenced code block of ``page`` that contains ``containing``: of any language, or
+    of ``language`` (``""``: a block without one)."""
+    text = doc_page(page).read_text()
+    blocks = re.findall(r"^```([\w-]*)\n(.*?)^```", text, flags=re.S | re.M)
+    found = [b for lang, b in blocks if containing in b and language in (None, lang)]
+    assert len(found) == 1, f"{len(found)} blocks of {page} contain {containing!r}"
+    return found[0]
+
+
+def doc_python_block(page: str, containing: str) -> str:
+    """The one ```python block of ``page`` (see :func:`doc_page`) that contains ``containing``."""
+    return doc_block(page, containing, "python")
+
+
 def readme_python_block(containing: str) -> str:
     """The one ```python block of the README that contains ``containing``."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    found = [b for b in blocks if containing in b]
-    assert len(found) == 1, f"{len(found)} README python blocks contain {containing!r}"
-    return found[0]
+    return doc_python_block("README.md", containing)
 
 
 def tiny_train_kwargs(*, n: int = 64, image_size: int = 16, **changes: Any) -> dict[str, Any]:

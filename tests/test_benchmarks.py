@@ -305,11 +305,16 @@ def test_evidence_verdicts_follow_the_paired_rule_on_made_up_records():
 
 
 def test_readme_verdicts_are_generated_from_evidence_json():
+    """The verdict block of the README and of docs/results.md, each with links relative to
+    itself, is what `evidence.py --readme` writes from evidence.json."""
     evidence = _script("evidence")
     data = json.loads((BENCHMARKS / "results" / "evidence.json").read_text())
-    readme = (BENCHMARKS.parent / "README.md").read_text()
-    block = readme[readme.index(evidence.START) : readme.index(evidence.END) + len(evidence.END)]
-    assert block == evidence.readme_block(data)
+    assert evidence.BLOCK_FILES[0] == BENCHMARKS.parent / "README.md"
+    for path in evidence.BLOCK_FILES:
+        text = path.read_text()
+        block = text[text.index(evidence.START) : text.index(evidence.END) + len(evidence.END)]
+        assert block == evidence.block_for(path, data), path.name
+    assert "](benchmarks/results/evidence.json)" in evidence.block_for(evidence.README, data)
     for row in data["rows"]:
         assert row["verdict"] in ("holds", "does not hold", "inconclusive")
 

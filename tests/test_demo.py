@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from _helpers import readme_python_block
+from _helpers import doc_python_block
 from discover.cli import main
 from discover.demo import DEMO_DATA, DemoConfig, run_demo
 
@@ -60,7 +60,7 @@ def test_missing_fashion_mnist_names_the_debian_package(tmp_path, monkeypatch, c
 @pytest.mark.slow
 def test_demo_fast_end_to_end(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    out = Path("runs/demo")  # where the README's examples expect it
+    out = Path("runs/demo")  # where the docs' examples expect it
     assert main(["demo", "--fast", "--out", str(out), "--quiet", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     summary = printed[printed.rindex("final-layer descriptions") :].splitlines()
@@ -101,12 +101,12 @@ def test_demo_fast_end_to_end(tmp_path, capsys, monkeypatch):
     assert layer_pages and 'class="pixel explained heatmap"' in explained[0].read_text()
     assert check_heatmaps_in_browser([layer_pages[0], explained[0]]) > 5
 
-    # the README's explain example runs on the demo's output
+    # the docs' explain example (explanations.md) runs on the demo's output
     from discover.data import ShapesWorld
 
     image, _ = ShapesWorld(n=1, image_size=32, split="test")[0]
     Image.fromarray(image.permute(1, 2, 0).numpy()).save("star.png")
-    block = readme_python_block('load_run("runs/demo/cvn")')
+    block = doc_python_block("explanations.md", 'load_run("runs/demo/cvn")')
     capsys.readouterr()
-    exec(compile(block, "README.md[explain]", "exec"), {})
+    exec(compile(block, "explanations.md[explain]", "exec"), {})
     assert "layer3.0.act2 [lwta]" in capsys.readouterr().out

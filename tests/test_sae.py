@@ -261,13 +261,13 @@ def test_bad_arguments_name_the_parameter(model, probe):
             train_sae(model, args.pop("layer"), probe, **args, **SMALL)
 
 
-def test_readme_sae_example_runs(tmp_path, monkeypatch, capsys):
-    from _helpers import readme_python_block, train_tiny_shapes
+def test_docs_sae_example_runs(tmp_path, monkeypatch, capsys):
+    from _helpers import doc_python_block, train_tiny_shapes
 
     monkeypatch.chdir(tmp_path)
     train_tiny_shapes("runs/shapes-u8", U=2, widths=[8, 16, 32], depths=[1, 1, 2])
-    code = readme_python_block("discover.train_sae(")
+    code = doc_python_block("sae.md", "discover.train_sae(")
     code = code.replace("n=2000", "n=40").replace("sae=sae)", "sae=sae, progress=False)")
-    exec(compile(code, "README.md[sae]", "exec"), {})
+    exec(compile(code, "sae.md[sae]", "exec"), {})
     assert capsys.readouterr().out.split("\n")[-2] == str(8 * 32)
     assert (tmp_path / "runs/shapes-u8/sae/layer3/sae.json").is_file()

@@ -78,7 +78,7 @@ def test_read_json_takes_the_file_or_its_folder_and_require_file_says_how_to_mak
 def test_replace_dir_swaps_in_when_another_writer_creates_the_folder_first(tmp_path, monkeypatch):
     # Two writers both see no output folder; the other one renames its folder in first. Ours
     # must then take the swap path, not fail with "Directory not empty" (seen in CI).
-    from discover import _utils
+    from discover._utils import files as _utils
 
     out, ours, theirs = tmp_path / "out", tmp_path / "ours", tmp_path / "theirs"
     for folder, text in ((ours, "ours"), (theirs, "theirs")):

@@ -267,6 +267,27 @@ def to_cvn(
     """
     if isinstance(U, bool) or not isinstance(U, int) or U < 1:
         raise InputError(f"to_cvn: U must be an integer >= 1, got {U!r}")
+    names, skipped = _select_sites(model, include, exclude)
+    report = ConversionReport(U=U, skipped=skipped)
+    shapes: dict[str, list] = {}
+    if example_input is not None:
+        shapes = _dry_run(model, names, example_input)
+        _check_widths(shapes, U)
+        calls = {n: len(s) for n, s in shapes.items()}
+        report.call_counting = "dry-run"
+    else:
+        counts = _fx_call_counts(model)
+        report.call_counting = "fx" if counts is not None else "none"
+        calls = {n: counts.get(n, 0) for n in names} if counts is not None else {}
+    options = dict(tau=tau, temperature=temperature, eval_policy=eval_policy)
+    report.replaced = _replace_sites(model, names, calls, shapes, U, options)
+    return report
+
+
+def _select_sites(
+    model: nn.Module, include: Sequence[str] | None, exclude: Sequence[str] | None
+) -> tuple[list[str], list[str]]:
+    """The activation sites to replace and those the patterns leave alone; none is an error."""
     all_sites = activation_sites(model)
     names = activation_sites(model, include, exclude)
     if not names:
@@ -281,33 +302,39 @@ def to_cvn(
             f"to_cvn: no activation module matched include={list(include or ['*'])} "
             f"exclude={list(exclude or [])}.{hint}"
         )
-    report = ConversionReport(U=U, skipped=[n for n in all_sites if n not in names])
+    return names, [n for n in all_sites if n not in names]
+
+
+def _check_widths(shapes: dict[str, list], U: int) -> None:
+    """Raise when ``U`` does not divide the width of a call measured by the dry run."""
+    for n, call_shapes in shapes.items():
+        for shape in call_shapes:
+            if shape is None:
+                continue
+            width = _unit_width(shape)
+            if width is not None and width % U:
+                raise InputError(
+                    f"to_cvn: layer {n!r} has {'C' if len(shape) == 4 else 'K'}={width} "
+                    f"units (output shape {shape}), which U={U} does not divide. Choose a "
+                    f"U that divides {width}, or exclude the layer with exclude=[{n!r}]."
+                )
+
+
+def _replace_sites(
+    model: nn.Module,
+    names: list[str],
+    calls: dict[str, int],
+    shapes: dict[str, list],
+    U: int,
+    options: dict[str, Any],
+) -> list[ReplacedSite]:
+    """Put an LWTA (``options``: its keyword arguments) in place of each named activation;
+    one called at several sites of its owner becomes a :class:`SharedActivation`."""
     modules = dict(model.named_modules(remove_duplicate=False))
-
-    shapes: dict[str, list] = {}
-    if example_input is not None:
-        shapes = _dry_run(model, names, example_input)
-        calls = {n: len(s) for n, s in shapes.items()}
-        report.call_counting = "dry-run"
-        for n, call_shapes in shapes.items():
-            for shape in call_shapes:
-                if shape is None:
-                    continue
-                width = _unit_width(shape)
-                if width is not None and width % U:
-                    raise InputError(
-                        f"to_cvn: layer {n!r} has {'C' if len(shape) == 4 else 'K'}={width} "
-                        f"units (output shape {shape}), which U={U} does not divide. Choose a "
-                        f"U that divides {width}, or exclude the layer with exclude=[{n!r}]."
-                    )
-    else:
-        counts = _fx_call_counts(model)
-        report.call_counting = "fx" if counts is not None else "none"
-        calls = {n: counts.get(n, 0) for n in names} if counts is not None else {}
-
     owners = {id(m): 0 for m in modules.values()}
     for n in names:
         owners[id(modules[n])] += 1
+    replaced: list[ReplacedSite] = []
     for n in names:
         original = modules[n]
         n_calls = calls.get(n)
@@ -315,32 +342,32 @@ def to_cvn(
         act = original if U == 1 else None
         shared_by_names = owners[id(original)] > 1
         if n_calls and n_calls > 1 and not shared_by_names:
-            sites = [
-                LWTA(
-                    U,
-                    tau=tau,
-                    temperature=temperature,
-                    eval_policy=eval_policy,
-                    activation=act,
-                    name=f"{n}.{i}",
-                )
-                for i in range(n_calls)
-            ]
-            shared = SharedActivation(sites)
-            _set_submodule(model, n, shared)
-            owner_name = n.rpartition(".")[0]
-            owner = model.get_submodule(owner_name) if owner_name else model
-            owner.register_forward_pre_hook(shared.reset_calls)
-            report.replaced += [
+            _split_shared(model, n, n_calls, U, act, options)
+            replaced += [
                 ReplacedSite(f"{n}.{i}", type(original).__name__, 1, width) for i in range(n_calls)
             ]
         else:
-            layer = LWTA(
-                U, tau=tau, temperature=temperature, eval_policy=eval_policy, activation=act, name=n
-            )
-            _set_submodule(model, n, layer)
-            report.replaced.append(ReplacedSite(n, type(original).__name__, n_calls, width))
-    return report
+            _set_submodule(model, n, LWTA(U, activation=act, name=n, **options))
+            replaced.append(ReplacedSite(n, type(original).__name__, n_calls, width))
+    return replaced
+
+
+def _split_shared(
+    model: nn.Module,
+    name: str,
+    n_calls: int,
+    U: int,
+    activation: nn.Module | None,
+    options: dict[str, Any],
+) -> None:
+    """Replace the activation ``name``, called ``n_calls`` times per forward of its owner,
+    by one LWTA per call site; the owner's forward pre-hook restarts the count."""
+    sites = [LWTA(U, activation=activation, name=f"{name}.{i}", **options) for i in range(n_calls)]
+    shared = SharedActivation(sites)
+    _set_submodule(model, name, shared)
+    owner_name = name.rpartition(".")[0]
+    owner = model.get_submodule(owner_name) if owner_name else model
+    owner.register_forward_pre_hook(shared.reset_calls)
 
 
 # -- model registry --------------------------------------------------------------------------

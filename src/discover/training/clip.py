@@ -383,19 +383,12 @@ def train_shapes_clip(
         >>> print(clip.summary())  # doctest: +SKIP
     """
     open_clip = import_extra("open_clip", "train_shapes_clip")
-    from safetensors.torch import save_file
-    from tqdm.auto import tqdm
-
     config = config or ShapesCLIPConfig()
     register_open_clip_archs()
     if config.arch not in open_clip.list_models():
         raise InputError(f"ShapesCLIPConfig.arch: {config.arch!r} is not an open_clip architecture")
     key = clip_key(config)
-    if out is not None:
-        folder = Path(out)
-    else:
-        root = cache_root() if cache_dir == "auto" else Path(cache_dir or cache_root())
-        folder = Path(root).expanduser() / "shapes_clip" / key
+    folder = _result_folder(key, out, cache_dir)
     if (folder / RESULT_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
         found = ShapesCLIP.load(folder)
         if found.key == key:
@@ -403,6 +396,35 @@ def train_shapes_clip(
 
     t0 = time.time()
     torch.manual_seed(config.seed)
+    model, prep, tokenizer = _create_model(open_clip, config)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    data = _ClipData.render(config, progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    state_path = folder / STATE_FILE
+    start_epoch, history = _resume(state_path, key, model, optimizer)
+    for epoch in range(start_epoch, config.epochs):
+        losses = _train_epoch(model, prep, tokenizer, optimizer, data, config, epoch, progress)
+        accuracy = _zero_shot(model, prep, tokenizer, data)
+        spent = round((history[-1]["seconds"] if history else 0.0) + time.time() - t0, 1)
+        t0 = time.time()
+        loss = sum(losses) / len(losses)
+        history.append({"epoch": epoch + 1, "loss": loss, "zero_shot": accuracy, "seconds": spent})
+        _save_state(state_path, key, epoch + 1, model, optimizer, history)
+    return _save_result(folder, key, config, model, history, data.eval_world)
+
+
+def _result_folder(key: str, out: str | Path | None, cache_dir: str | Path | None) -> Path:
+    """``out``, or the configuration's folder in the cache."""
+    if out is not None:
+        return Path(out)
+    root = cache_root() if cache_dir == "auto" else Path(cache_dir or cache_root())
+    return Path(root).expanduser() / "shapes_clip" / key
+
+
+def _create_model(open_clip: Any, config: ShapesCLIPConfig) -> tuple[nn.Module, nn.Module, Any]:
+    """A fresh open_clip model of ``config.arch``, its image preprocessing and its tokenizer."""
     with _quiet_root_logger():  # "No pretrained weights loaded": training from scratch is the point
         model = open_clip.create_model(config.arch, pretrained=None, output_dict=True)
     size = model.visual.image_size
@@ -414,97 +436,147 @@ def train_shapes_clip(
         )
     preprocess = open_clip.get_model_preprocess_cfg(model)
     prep = _Normalise(preprocess["mean"], preprocess["std"])
-    tokenizer = open_clip.get_tokenizer(config.arch)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    return model, prep, open_clip.get_tokenizer(config.arch)
 
-    train_world = _world(config, "train", config.images, config.world_seed)
-    eval_world = _world(config, "val", config.eval_images, config.world_seed + 1)
-    images = _render(train_world, progress, "rendering training images")
-    concepts = train_world.concept_names
-    codes = torch.from_numpy(train_world.factor_codes()).long()
-    names = [
-        [group[c] for group, c in zip(train_world.concept_groups.values(), row, strict=True)]
-        for row in codes.tolist()
-    ]
-    eval_images = _render(eval_world, progress, "rendering held-out images")
 
-    steps_per_epoch = config.images // config.batch_size
-    total = steps_per_epoch * config.epochs
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    folder.mkdir(parents=True, exist_ok=True)
-    state_path = folder / STATE_FILE
-    if state_path.is_file():  # resume after the last finished epoch
+@dataclass
+class _ClipData:
+    """The rendered training images with their factor codes and concept names, and the
+    held-out images the zero-shot accuracy is measured on."""
+
+    images: Tensor
+    codes: Tensor  # (N, factors): each image's concept index per factor
+    names: list[list[str]]  # each image's concept name per factor
+    concepts: list[str]  # every concept name, in the world's order
+    eval_world: ShapesWorld
+    eval_images: Tensor
+
+    @classmethod
+    def render(cls, config: ShapesCLIPConfig, progress: bool) -> _ClipData:
+        train_world = _world(config, "train", config.images, config.world_seed)
+        eval_world = _world(config, "val", config.eval_images, config.world_seed + 1)
+        images = _render(train_world, progress, "rendering training images")
+        codes = torch.from_numpy(train_world.factor_codes()).long()
+        names = [
+            [group[c] for group, c in zip(train_world.concept_groups.values(), row, strict=True)]
+            for row in codes.tolist()
+        ]
+        eval_images = _render(eval_world, progress, "rendering held-out images")
+        return cls(images, codes, names, train_world.concept_names, eval_world, eval_images)
+
+
+def _resume(
+    state_path: Path, key: str, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[int, list[dict[str, Any]]]:
+    """The epoch to start from and the history so far: after the last finished epoch of a
+    run of the same configuration, else from scratch."""
+    if state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         if state.get("key") == key:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-            history = json.loads(state["history"])
-            start_epoch = int(state["epoch"])
+            return int(state["epoch"]), json.loads(state["history"])
+    return 0, []
 
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        rng = random.Random(f"{config.seed}/{epoch}")
-        order = torch.randperm(
-            config.images, generator=torch.Generator().manual_seed(rng.randrange(2**31))
+
+def _positives(codes: Tensor, named: Sequence[list[int]]) -> Tensor:
+    """``(images, captions)``: 1 where caption j is true of image i (every factor it names
+    agrees with the image's)."""
+    mentioned = torch.zeros(len(codes), len(FACTORS), dtype=torch.bool)
+    for j, factors in enumerate(named):
+        mentioned[j, factors] = True
+    agree = codes[:, None, :] == codes[None, :, :]  # image i, caption j
+    return (agree | ~mentioned[None]).all(dim=-1).float()
+
+
+def _train_epoch(
+    model: nn.Module,
+    prep: nn.Module,
+    tokenizer: Any,
+    optimizer: torch.optim.Optimizer,
+    data: _ClipData,
+    config: ShapesCLIPConfig,
+    epoch: int,
+    progress: bool,
+) -> list[float]:
+    """One epoch over the training images, fresh captions for each; the batch losses."""
+    from tqdm.auto import tqdm
+
+    steps_per_epoch = config.images // config.batch_size
+    total = steps_per_epoch * config.epochs
+    model.train()
+    rng = random.Random(f"{config.seed}/{epoch}")
+    order = torch.randperm(
+        config.images, generator=torch.Generator().manual_seed(rng.randrange(2**31))
+    )
+    losses = []
+    bar = tqdm(
+        range(steps_per_epoch),
+        desc=f"Shapes CLIP epoch {epoch + 1}/{config.epochs}",
+        disable=not progress,
+        leave=False,
+    )
+    for b in bar:
+        idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+        captions, named = zip(
+            *(shapes_caption(data.names[i], rng, config) for i in idx.tolist()), strict=True
         )
-        losses = []
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"Shapes CLIP epoch {epoch + 1}/{config.epochs}",
-            disable=not progress,
-            leave=False,
-        )
-        for b in bar:
-            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-            captions, named = zip(
-                *(shapes_caption(names[i], rng, config) for i in idx.tolist()), strict=True
-            )
-            mentioned = torch.zeros(len(idx), len(FACTORS), dtype=torch.bool)
-            for j, factors in enumerate(named):
-                mentioned[j, factors] = True
-            batch_codes = codes[idx]
-            agree = batch_codes[:, None, :] == batch_codes[None, :, :]  # image i, caption j
-            positives = (agree | ~mentioned[None]).all(dim=-1).float()
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(epoch * steps_per_epoch + b, total, config)
-            outputs = model(prep(images[idx]), tokenizer(list(captions)))
-            logits = outputs["logit_scale"] * outputs["image_features"] @ outputs["text_features"].T
-            loss = _multi_positive_loss(logits, positives)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        model.eval()
+        positives = _positives(data.codes[idx], named)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(epoch * steps_per_epoch + b, total, config)
+        outputs = model(prep(data.images[idx]), tokenizer(list(captions)))
+        logits = outputs["logit_scale"] * outputs["image_features"] @ outputs["text_features"].T
+        loss = _multi_positive_loss(logits, positives)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
         with torch.no_grad():
-            text = F.normalize(model.encode_text(tokenizer(concepts)).float(), dim=-1)
-            accuracy = zero_shot_accuracy(_encode_all(model, prep, eval_images), text, eval_world)
-        spent = (history[-1]["seconds"] if history else 0.0) + time.time() - t0
-        t0 = time.time()
-        history.append(
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    return losses
+
+
+@torch.no_grad()
+def _zero_shot(model: nn.Module, prep: nn.Module, tokenizer: Any, data: _ClipData) -> dict:
+    """Zero-shot accuracy per factor on the held-out images."""
+    model.eval()
+    text = F.normalize(model.encode_text(tokenizer(data.concepts)).float(), dim=-1)
+    return zero_shot_accuracy(_encode_all(model, prep, data.eval_images), text, data.eval_world)
+
+
+def _save_state(
+    path: Path,
+    key: str,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    history: list[dict[str, Any]],
+) -> None:
+    """The resume point after ``epoch`` finished epochs."""
+    with atomic_path(path) as tmp:
+        torch.save(
             {
-                "epoch": epoch + 1,
-                "loss": sum(losses) / len(losses),
-                "zero_shot": accuracy,
-                "seconds": round(spent, 1),
-            }
+                "key": key,
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "history": json.dumps(history),
+            },
+            tmp,
         )
-        with atomic_path(state_path) as tmp:
-            torch.save(
-                {
-                    "key": key,
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "history": json.dumps(history),
-                },
-                tmp,
-            )
+
+
+def _save_result(
+    folder: Path,
+    key: str,
+    config: ShapesCLIPConfig,
+    model: nn.Module,
+    history: list[dict[str, Any]],
+    eval_world: ShapesWorld,
+) -> ShapesCLIP:
+    """Write the weights, ``clip.json`` and the learning curve to ``folder`` as one unit."""
+    from safetensors.torch import save_file
 
     chance = {
         f: 1 / len(g) for f, g in zip(FACTORS, eval_world.concept_groups.values(), strict=True)

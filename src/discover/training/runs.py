@@ -22,8 +22,8 @@ from discover._utils import dataclass_from_dict, read_json, require_file
 from discover.data.transforms import DataConfig
 from discover.errors import InputError
 from discover.nn.models import create_model
+from discover.training.config import TrainConfig
 from discover.training.recipes import Recipe
-from discover.training.trainer import TrainConfig
 
 __all__ = ["Run", "UntrustedConfigError", "load_run", "saved_model_options"]
 

@@ -5,13 +5,14 @@ Imports only :mod:`discover._utils`.
 
 from __future__ import annotations
 
-from . import checkpoints, clip_archs, export, lwta, models, networks
+from . import checkpoints, clip_archs, export, lwta, models, networks, sparse
 from .checkpoints import *  # noqa: F403
 from .clip_archs import *  # noqa: F403
 from .export import *  # noqa: F403
 from .lwta import *  # noqa: F403
 from .models import *  # noqa: F403
 from .networks import *  # noqa: F403
+from .sparse import *  # noqa: F403
 
 __all__ = [
     *checkpoints.__all__,
@@ -20,4 +21,5 @@ __all__ = [
     *lwta.__all__,
     *models.__all__,
     *networks.__all__,
+    *sparse.__all__,
 ]

@@ -28,6 +28,7 @@ from discover._utils import Registry, check_options
 from discover.errors import InputError
 from discover.nn.checkpoints import load_checkpoint
 from discover.nn.lwta import LWTA, EvalPolicy, lwta_layers
+from discover.nn.sparse import sparsify_mlps
 
 __all__ = [
     "ACTIVATION_TYPES",
@@ -248,6 +249,10 @@ def to_cvn(
     ``tau`` is the Gumbel-softmax relaxation temperature, ``temperature`` the competition
     temperature ``T`` (winners ~ ``softmax(h_b / T)``; see :class:`LWTA`).
 
+    A timm ``Mlp`` whose activation became an LWTA is wrapped in a
+    :class:`~discover.nn.sparse.SparseLWTAMlp` (same submodules and state dict): under the
+    ``"argmax"`` policy, in inference, its second product reads only the winners' weights.
+
     With ``example_input`` a dry run counts the call sites and checks that ``U`` divides every
     layer's width *before* anything is changed; without it, call sites come from a torch.fx
     trace when the model is traceable and widths are checked at the first forward.
@@ -281,6 +286,7 @@ def to_cvn(
         calls = {n: counts.get(n, 0) for n in names} if counts is not None else {}
     options = dict(tau=tau, temperature=temperature, eval_policy=eval_policy)
     report.replaced = _replace_sites(model, names, calls, shapes, U, options)
+    sparsify_mlps(model)  # winners-only second products under "argmax", where measured faster
     return report
 
 

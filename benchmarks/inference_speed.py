@@ -1,0 +1,347 @@
+"""Sparse deterministic inference: CVN forward passes under ``"argmax"`` against the dense twin.
+
+What is measured
+----------------
+Inference (``eval()``, ``torch.no_grad()``) wall-clock time of
+
+* ``dense`` -- the network with its own activation (GELU), same weights where shapes agree;
+* ``plain`` -- the CVN under the ``"argmax"`` policy with the sparse path switched off
+  (``discover.nn.sparse.enabled(False)``): LWTA, then the full second product;
+* ``sparse`` -- the same CVN as :func:`discover.create_model` builds it: each MLP's second
+  product over the winners only (:mod:`discover.nn.sparse`) where ``U >= SPARSE_MIN_U``.
+
+Cases: timm DeiT-Tiny (224 px) at ``U = 24``, batch 64 and batch 1 (the issue's targets), and
+discover's small ViT (64 px, batch 128) at ``U`` in {2, 4, 8, 16, 24}. Layer cases (the MLP
+alone, ``Linear -> LWTA -> Linear`` on DeiT-Tiny's and the small ViT's token shapes) decide
+``SPARSE_MIN_U``: the smallest ``U`` at which the sparse product beats the plain one in both
+shapes, and at every larger ``U`` measured.
+
+Before timing, every case checks that the sparse and plain CVNs agree: logits within 1e-4
+and the same top-1 class for every input.
+
+How it is timed
+---------------
+Variants of a case run round-robin (one call each per round, the first variant rotating), so
+machine noise hits them alike; warm-up rounds are dropped. Reported: the median and
+interquartile range of the timed rounds, and the median (q1-q3) of the per-round ratios,
+which the verdicts are taken on. The arithmetic limit beside each speed-up is the model's
+FLOPs (``torch.utils.flop_counter``) over the FLOPs left when every LWTA MLP's second product
+costs ``1/U``: no kernel can beat it.
+
+Usage::
+
+    python benchmarks/inference_speed.py            # about 10 min on 2 idle cores
+    python benchmarks/inference_speed.py --quick    # a smoke run, not a measurement
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import (
+    REPO,
+    cpu_snapshot,
+    load_average,
+    markdown_table,
+    other_cpu_share,
+    provenance,
+    write_json,
+)
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from discover import LWTA, create_model
+from discover.nn import sparse
+from discover.nn.sparse import SparseLWTAMlp
+
+RESULTS = REPO / "benchmarks" / "results"
+TARGETS = {"deit_b64": 1.2, "deit_b1": 1.0, "small_vit_u8plus": 1.0, "u2_floor": 1.0}
+LAYER_US = (2, 3, 4, 6, 8, 12, 16, 24)
+
+
+# -- timing ------------------------------------------------------------------------------------
+def timed_rounds(
+    variants: dict[str, Callable[[], Any]], warmup: int, rounds: int
+) -> dict[str, list[float]]:
+    """Seconds per call of every variant, round-robin with a rotating start; warm-up dropped."""
+    names = list(variants)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(warmup + rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            variants[name]()
+            elapsed = time.perf_counter() - t0
+            if r >= warmup:
+                times[name].append(elapsed)
+    return times
+
+
+def quartiles(values: list[float]) -> dict[str, float]:
+    if len(values) < 2:
+        return {"median": values[0], "q1": values[0], "q3": values[0]}
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return {"median": q2, "q1": q1, "q3": q3}
+
+
+def speedup(times: dict[str, list[float]], slow: str, fast: str) -> dict[str, float]:
+    """Per-round ratios ``slow / fast`` (> 1: ``fast`` is faster): median and quartiles."""
+    return quartiles([a / b for a, b in zip(times[slow], times[fast], strict=True)])
+
+
+# -- models ------------------------------------------------------------------------------------
+def flops(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """(total FLOPs of one forward, FLOPs of the second products of the LWTA MLPs)."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), sparse.enabled(False), counter:  # the dense products, fc2 included
+        model(x)
+    per_module = counter.get_flop_counts()
+    fc2 = 0
+    for name, module in model.named_modules():
+        if isinstance(module, SparseLWTAMlp):
+            counts = per_module.get(f"{type(model).__name__}.{name}.fc2", {})
+            fc2 += sum(counts.values())
+    return counter.get_total_flops(), fc2
+
+
+def arithmetic_limit(model: nn.Module, x: torch.Tensor, U: int) -> float:
+    total, fc2 = flops(model, x)
+    return total / (total - fc2 * (1 - 1 / U))
+
+
+def build_pair(arch: str, U: int, **kwargs: Any) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    cvn = create_model(arch, U=U, eval_policy="argmax", **kwargs).eval()
+    dense = create_model(arch, **kwargs).eval()
+    dense.load_state_dict(cvn.state_dict())  # LWTA has no parameters: same weights
+    return dense, cvn
+
+
+def check_agreement(cvn: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    with torch.no_grad():
+        fast = cvn(x)
+        with sparse.enabled(False):
+            plain = cvn(x)
+    return {
+        "max_abs_logit_diff": float((fast - plain).abs().max()),
+        "top1_equal": bool(torch.equal(fast.argmax(1), plain.argmax(1))),
+    }
+
+
+def model_case(
+    label: str, arch: str, U: int, batch: int, warmup: int, rounds: int, **kwargs: Any
+) -> dict[str, Any]:
+    dense, cvn = build_pair(arch, U, **kwargs)
+    size = kwargs.get("img_size") or cvn.pretrained_cfg["input_size"][-1]
+    torch.manual_seed(1)
+    x = torch.randn(batch, 3, size, size)
+    check = check_agreement(cvn, x)
+
+    def plain() -> None:
+        with sparse.enabled(False):
+            cvn(x)
+
+    with torch.no_grad():
+        times = timed_rounds(
+            {"dense": lambda: dense(x), "plain": plain, "sparse": lambda: cvn(x)}, warmup, rounds
+        )
+    return {
+        "case": label,
+        "arch": arch,
+        "U": U,
+        "batch": batch,
+        "check": check,
+        "ms": {k: {q: v * 1e3 for q, v in quartiles(t).items()} for k, t in times.items()},
+        "sparse_over_dense": speedup(times, "dense", "sparse"),
+        "sparse_over_plain": speedup(times, "plain", "sparse"),
+        "arithmetic_limit": arithmetic_limit(cvn, x[:1], U),
+        "sparse_path": U >= sparse.SPARSE_MIN_U,
+    }
+
+
+def layer_case(tokens: int, width: int, hidden: int, U: int, warmup: int, rounds: int) -> dict:
+    torch.manual_seed(0)
+    fc1, fc2 = nn.Linear(width, hidden), nn.Linear(hidden, width)
+    act = LWTA(U=U, eval_policy="argmax").eval()
+    x = torch.randn(tokens, width)
+    weight_t = fc2.weight.detach().t().contiguous()
+    with torch.no_grad():
+        times = timed_rounds(
+            {
+                "plain": lambda: fc2(act(fc1(x))),
+                "sparse": lambda: sparse.sparse_linear(fc1(x), U, weight_t, fc2.bias),
+            },
+            warmup,
+            rounds,
+        )
+    return {
+        "tokens": tokens,
+        "width": width,
+        "hidden": hidden,
+        "U": U,
+        "sparse_over_plain": speedup(times, "plain", "sparse"),
+    }
+
+
+def choose_min_u(layers: list[dict[str, Any]]) -> int | None:
+    """The smallest U from which on the sparse MLP is faster in every layer shape measured."""
+    for U in sorted({r["U"] for r in layers}):
+        later = [r for r in layers if r["U"] >= U]
+        if all(r["sparse_over_plain"]["median"] > 1.0 for r in later):
+            return U
+    return None
+
+
+# -- report ------------------------------------------------------------------------------------
+def fmt(q: dict[str, float], digits: int = 2) -> str:
+    return f"{q['median']:.{digits}f} ({q['q1']:.{digits}f}-{q['q3']:.{digits}f})"
+
+
+def verdicts(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for r in models:
+        ratio = r["sparse_over_dense"]["median"]
+        if r["arch"] == "deit_tiny_patch16_224":
+            key = "deit_b64" if r["batch"] > 1 else "deit_b1"
+            target = TARGETS[key]
+            ok = ratio >= target if r["batch"] > 1 else ratio > target
+        elif r["U"] >= 8:
+            key, target, ok = "small_vit_u8plus", TARGETS["small_vit_u8plus"], ratio >= 1.0
+        else:
+            plain = r["sparse_over_plain"]["median"]
+            key, target, ok = "u2_floor", TARGETS["u2_floor"], r["U"] > 2 or plain >= 0.97
+        out.append({"case": r["case"], "target": key, "value": ratio, "holds": ok})
+    return out
+
+
+def render(record: dict[str, Any]) -> str:
+    lines = [
+        "# Sparse deterministic inference",
+        "",
+        f"- **command:** `{record['provenance']['command']}`",
+        f"- **commit:** `{record['provenance']['git_head']}`; {record['provenance']['date']}",
+        f"- **machine:** {record['provenance']['machine']}; {record['threads']} torch thread(s); "
+        f"load average before {record['load_before']}, after {record['load_after']}; other "
+        f"processes used {record['other_cpu_share']:.0%} of the CPU during the run",
+        f"- **rounds:** {record['warmup']} warm-up + {record['rounds']} timed per case, "
+        "round-robin; figures are medians (q1-q3); verdicts on the median of paired ratios",
+    ]
+    if record["quick"]:
+        lines.append("- **--quick: small shapes and few rounds, a smoke run, not a measurement**")
+    lines += ["", "## Models", ""]
+    header = [
+        "case",
+        "U",
+        "batch",
+        "dense ms",
+        "plain ms",
+        "sparse ms",
+        "dense / sparse",
+        "plain / sparse",
+        "arithmetic limit",
+        "sparse = plain",
+    ]
+    rows = [
+        [
+            r["case"],
+            r["U"],
+            r["batch"],
+            fmt(r["ms"]["dense"], 1),
+            fmt(r["ms"]["plain"], 1),
+            fmt(r["ms"]["sparse"], 1),
+            f"**{fmt(r['sparse_over_dense'])}**",
+            fmt(r["sparse_over_plain"]),
+            f"{r['arithmetic_limit']:.2f}x",
+            f"top-1 {'equal' if r['check']['top1_equal'] else 'DIFFERS'}, "
+            f"max diff {r['check']['max_abs_logit_diff']:.1e}",
+        ]
+        for r in record["models"]
+    ]
+    lines += markdown_table(header, rows)
+    lines += ["", "## Verdicts", ""]
+    lines += markdown_table(
+        ["case", "target", "median", "verdict"],
+        [
+            [v["case"], v["target"], f"{v['value']:.2f}x", "holds" if v["holds"] else "FAILS"]
+            for v in record["verdicts"]
+        ],
+    )
+    lines += ["", "## The MLP alone (chooses `SPARSE_MIN_U`)", ""]
+    lines += markdown_table(
+        ["tokens x width -> hidden", "U", "plain / sparse"],
+        [
+            [f"{r['tokens']} x {r['width']} -> {r['hidden']}", r["U"], fmt(r["sparse_over_plain"])]
+            for r in record["layers"]
+        ],
+    )
+    lines += [
+        "",
+        f"Chosen `SPARSE_MIN_U` = {record['chosen_min_u']} (in the code: "
+        f"{record['code_min_u']}). The torch fallback (`embedding_bag`) is not selected "
+        "automatically (`SPARSE_TORCH_MIN_U`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 9)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default all)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run, not a measurement")
+    parser.add_argument("--out", type=Path, default=RESULTS / "inference_speed")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rounds = args.rounds or (2 if args.quick else 9)
+    warmup = 1 if args.quick else args.warmup
+    load_before, start = load_average(), cpu_snapshot()
+    deit = dict(img_size=64) if args.quick else {}
+    models = [
+        model_case("DeiT-Tiny", "deit_tiny_patch16_224", 24, b, warmup, rounds, **deit)
+        for b in ((4, 1) if args.quick else (64, 1))
+    ]
+    for U in (2, 4, 8, 16, 24):
+        models.append(
+            model_case("small ViT", "small_vit", U, 16 if args.quick else 128, warmup, rounds)
+        )
+    shapes = [(64 * 197, 192, 768), (128 * 65, 96, 384)]
+    if args.quick:
+        shapes = [(4 * 197, 192, 768), (16 * 65, 96, 384)]
+    layers = [layer_case(t, w, h, U, warmup, rounds) for t, w, h in shapes for U in LAYER_US]
+    record = {
+        "provenance": provenance(
+            sys.argv if argv is None else ["inference_speed.py", *argv],
+            threads=torch.get_num_threads(),
+        ),
+        "threads": torch.get_num_threads(),
+        "quick": args.quick,
+        "warmup": warmup,
+        "rounds": rounds,
+        "load_before": load_before,
+        "load_after": load_average(),
+        "other_cpu_share": other_cpu_share(start) or 0.0,
+        "kernel_available": sparse.kernel_available(),
+        "models": models,
+        "verdicts": verdicts(models),
+        "layers": layers,
+        "chosen_min_u": choose_min_u(layers),
+        "code_min_u": sparse.SPARSE_MIN_U,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out.with_suffix(".json"), record)
+    args.out.with_suffix(".md").write_text(render(record))
+    print(render(record))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,7 +2,7 @@
 
 Every factor (shape, colour, background colour, texture, size, position) is known, so each
 image of a :class:`ShapesWorld` carries an exact multi-hot concept vector: a ground truth for
-dissection (method.md §6) that needs no image-text model. Nothing is stored or downloaded.
+dissection (docs/method.md §6) that needs no image-text model. Nothing is stored or downloaded.
 Here live the shape drawing helpers, the factor vocabularies (:data:`SHAPES`, :data:`COLOURS`,
 :data:`TEXTURES`, :data:`SIZES`, :data:`POSITIONS`, :data:`FACTORS`), the :data:`SPLITS` every
 data set serves, :class:`ShapesConfig`, :class:`ShapeFactors` and :class:`ShapesWorld`.

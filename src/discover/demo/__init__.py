@@ -3,7 +3,7 @@
 :func:`run_demo` trains a small CVN and its non-competitive twin (same architecture,
 ``U = 1``), evaluates both, dissects every LWTA layer of the CVN and the same layers of the
 twin, dissects the final layer with the class names as concepts and scores those
-descriptions against the class names (method.md §9), explains a few held-out images and
+descriptions against the class names (docs/method.md §9), explains a few held-out images and
 writes an HTML report. Everything lands in ``OUT``::
 
     OUT/demo.json            the DemoConfig and the figures of the summary

@@ -164,7 +164,7 @@ def _convergence(twins: list[_Twin]) -> dict[str, dict[str, Any]]:
 # -- 2. dissect ---------------------------------------------------------------------------------
 def _dissect_both(demo: _Demo, twins: list[_Twin], class_names: list[str]) -> tuple[Dataset, Any]:
     """Dissect both models: the hidden layers with the data set's concepts, the classifier
-    with the class names (method.md §9); returns the probe set and the embedder."""
+    with the class names (docs/method.md §9); returns the probe set and the embedder."""
     from discover.dissection.concepts import concept_set_from_lines
     from discover.dissection.embedders import build_embedder
     from discover.explanation import find_classifier
@@ -229,7 +229,7 @@ def _dissect(
     )
     final.save(twin.folder / "dissection-final")
     # one dissection for the report and the explanations: the hidden layers labelled
-    # with the data set's concepts, the classifier with the class names (method.md §9)
+    # with the data set's concepts, the classifier with the class names (docs/method.md §9)
     twin.dissection = Dissection.merge(hidden_dissection, final)
     twin.final_labels = final.labels(classifier)
     scores = evaluate_descriptions(

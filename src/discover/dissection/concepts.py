@@ -14,7 +14,7 @@ Reading rules (applied to shipped and user files alike):
   repeats are kept there, with a warning;
 * the number of dropped lines is reported (:attr:`ConceptSet.dropped_empty`,
   :attr:`ConceptSet.dropped_duplicates`) and :attr:`ConceptSet.sha256` hashes the final list,
-  so caches keyed on it notice any change of content (method.md §11, pitfall 5).
+  so caches keyed on it notice any change of content (docs/method.md §11, pitfall 5).
 
 Example:
     >>> from discover.dissection.concepts import load_concepts
@@ -290,7 +290,7 @@ _PLACES_LINE = re.compile(r"^/[a-z]/(?P<name>\S+)\s+(?P<index>\d+)$")
 
 
 def clean_places365_category(line: str) -> str:
-    """``"/a/apartment_building/outdoor 1"`` -> ``"apartment_building/outdoor"`` (method.md §9.1).
+    """``"/a/apartment_building/outdoor 1"`` -> ``"apartment_building/outdoor"`` (docs/method.md §9.1).
 
     Example:
         >>> clean_places365_category("/a/apartment_building/outdoor 1")
@@ -304,7 +304,7 @@ def clean_places365_category(line: str) -> str:
 
 @register_concept_set("places365_categories")
 def _places365_categories() -> ConceptSet:
-    """The 365 Places365 class names in class-index order, cleaned as in method.md §9.1."""
+    """The 365 Places365 class names in class-index order, cleaned as in docs/method.md §9.1."""
     raw = _read_resource("categories_places365.txt", "places365_categories", keep_duplicates=True)
     indices = [int(line.rsplit(maxsplit=1)[-1]) for line in raw.concepts]
     if indices != list(range(len(indices))):

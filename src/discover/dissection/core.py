@@ -3,7 +3,7 @@
 For a probe set of ``N`` raw images and ``M`` concept strings, the embedder gives the
 image-concept matrix ``P`` (``N x M``); recording gives each layer's pooled activations ``Q``
 (``N x K``, post-competition for LWTA layers); a similarity function scores ``S = sim(P, Q)``
-(``K x M``) and unit ``k`` is described by ``argmax_m S[k, m]`` (method.md §6).
+(``K x M``) and unit ``k`` is described by ``argmax_m S[k, m]`` (docs/method.md §6).
 
 The target model sees the probe through its own evaluation transform (from the training
 run's ``data_config`` when it has one); the embedder applies its own preprocessing.
@@ -204,7 +204,7 @@ def dissect(
     allow_nonfinite: bool = False,
     stream: bool | str = "auto",
 ) -> Dissection:
-    """Describe every unit of ``layers`` with a concept (CLIP-Dissect, method.md §6-7).
+    """Describe every unit of ``layers`` with a concept (CLIP-Dissect, docs/method.md §6-7).
 
     Args:
         model: any model; LWTA layers are recorded after competition.

@@ -1,4 +1,4 @@
-"""How right are the descriptions? The final-layer protocol (method.md §9).
+"""How right are the descriptions? The final-layer protocol (docs/method.md §9).
 
 Classifier units have ground truth: unit ``k`` should be described as class ``k``. From a
 dissection of the classifier layer, :func:`evaluate_descriptions` reports top-1 / top-5
@@ -298,7 +298,7 @@ def evaluate_descriptions(
     model: nn.Module | None = None,
     allow_mismatch: bool = False,
 ) -> DescriptionScores:
-    """Score a classifier layer's descriptions against its class names (method.md §9).
+    """Score a classifier layer's descriptions against its class names (docs/method.md §9).
 
     Unit ``k`` of ``layer`` should be described as ``class_names[k]``. The rank figures
     (top-1/top-5, mean/median rank, AUC) need each unit's score for its class: exact when

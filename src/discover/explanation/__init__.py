@@ -1,4 +1,4 @@
-"""Per-image explanations: the few units that fired, with their labels (method.md §8).
+"""Per-image explanations: the few units that fired, with their labels (docs/method.md §8).
 
 :func:`explain` runs one forward pass and reads, for every LWTA layer, the units that won
 their competition (from the winner **mask**, never from an argmax over the signed outputs:

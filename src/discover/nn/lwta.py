@@ -8,7 +8,7 @@ parameters and replacing an activation by it keeps a network's parameter count.
 Training uses a Gumbel-softmax straight-through estimator: the forward pass is exactly
 one-hot, the gradient flows through the soft sample (temperature ``tau``). At evaluation
 the winner is either *sampled* from ``softmax(h_b)`` (the reference behaviour) or taken as
-the largest pre-activation (``"argmax"``). See ``method.md`` §2 of the project docs.
+the largest pre-activation (``"argmax"``). See ``docs/method.md`` §2.
 """
 
 from __future__ import annotations

@@ -411,7 +411,7 @@ def register_placement(
     )
 
 
-# The paper's placements (method.md §3): ViT/DeiT MLP activation only; ResNets every ReLU
+# The paper's placements (docs/method.md §3): ViT/DeiT MLP activation only; ResNets every ReLU
 # (the default: every activation module), including the one after the residual addition.
 register_placement("VisionTransformer", include=["*mlp.act", "*.mlp.1"])
 

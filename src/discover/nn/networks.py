@@ -116,7 +116,7 @@ class SmallResNet(nn.Module):
         self.pretrained_cfg = _cfg(
             (in_chans, img_size, img_size), (0.5,) * in_chans, (0.25,) * in_chans
         )
-        for m in self.modules():  # torchvision's init (method.md §3.1)
+        for m in self.modules():  # torchvision's init (docs/method.md §3.1)
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):

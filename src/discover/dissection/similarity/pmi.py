@@ -222,7 +222,7 @@ def wpmi(
     concept_chunk_size: int = 4096,
     info: dict[str, Any] | None = None,
 ) -> Tensor:
-    """Weighted pointwise mutual information (CLIP-Dissect ``wpmi``), ``method.md`` §7.3.
+    """Weighted pointwise mutual information (CLIP-Dissect ``wpmi``), ``docs/method.md`` §7.3.
 
     ``P~ = softmax(a P)`` over concepts (row-wise), ``A_k`` = top-k images of unit ``k``::
 
@@ -269,7 +269,7 @@ def soft_wpmi(
     concept_chunk_size: int = 4096,
     info: dict[str, Any] | None = None,
 ) -> Tensor:
-    """Soft WPMI (CLIP-Dissect ``soft_wpmi``; ``PAPER_SIMILARITY``), ``method.md`` §7.4.
+    """Soft WPMI (CLIP-Dissect ``soft_wpmi``; ``PAPER_SIMILARITY``), ``docs/method.md`` §7.4.
 
     ``P~ = softmax(a P)`` over concepts; ``i_0, ..., i_{top_k-1}`` are the top images of unit
     ``k`` in descending activation order; image ``i_j`` counts as evidence with probability

@@ -234,7 +234,7 @@ def rank_reorder(
     top_n: int | None = None,
     info: dict[str, Any] | None = None,
 ) -> Tensor:
-    """Rank-reorder score (CLIP-Dissect ``rank_reorder``), ``method.md`` §7.5.
+    """Rank-reorder score (CLIP-Dissect ``rank_reorder``), ``docs/method.md`` §7.5.
 
     With ``n = clamp(floor(top_fraction N), 1, N)``, the top-n activations
     ``a_1 >= ... >= a_n`` of unit ``k`` on images ``A_k`` and ``c_i = P[A_k[i], m]``::

@@ -5,7 +5,9 @@
 * the package's modules import each other without cycles (module-level and function-level
   imports both count);
 * nothing loads with ``weights_only=False`` and nothing uses pickle: a run folder or cache
-  from someone else must not be able to execute code.
+  from someone else must not be able to execute code;
+* no module is over :data:`MAX_MODULE_LINES` lines and no function over
+  :data:`MAX_FUNCTION_LINES`, except the entries of :data:`SIZE_ALLOWED`, each with its reason.
 """
 
 from __future__ import annotations
@@ -142,3 +144,31 @@ def test_stages_import_only_earlier_stages():
             if dependency not in LAYERS[stage]:
                 offences.append(f"{importer} ({stage}) imports {target} ({dependency})")
     assert not offences, "a stage imports a later one:\n" + "\n".join(sorted(offences))
+
+
+# Size limits: a module or function past them is split along a seam a reader can follow.
+MAX_MODULE_LINES = 700
+MAX_FUNCTION_LINES = 100
+SIZE_ALLOWED: dict[str, str] = {
+    # "discover.module" or "discover.module:function": why it stays long
+}
+
+
+def test_modules_and_functions_stay_within_the_size_limits():
+    offences = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        text = path.read_text()
+        lines = len(text.splitlines())
+        if lines > MAX_MODULE_LINES and module not in SIZE_ALLOWED:
+            offences.append(f"{module}: {lines} lines (limit {MAX_MODULE_LINES})")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                where = f"{module}:{node.name}"
+                if length > MAX_FUNCTION_LINES and where not in SIZE_ALLOWED:
+                    offences.append(f"{where}: {length} lines (limit {MAX_FUNCTION_LINES})")
+    stale = [k for k in SIZE_ALLOWED if k.split(":")[0] not in _modules()]
+    assert not stale, f"allow-list entries for modules that no longer exist: {stale}"
+    assert not offences, "too long:\n" + "\n".join(offences)

@@ -74,6 +74,12 @@ def test_conv_cvn_winners_come_from_the_mask():
             assert values == sorted(values, reverse=True)
 
 
+def test_top_zero_lists_no_units_but_still_counts_them():
+    model = _resnet(U=4)
+    (e,) = explain(model, torch.randn(1, 3, 16, 16), top=0)
+    assert all(row.winners == [] and row.active > 0 for row in e.layers)
+
+
 def test_token_cvn_lists_exactly_one_winner_per_block_including_negative_ones():
     model = _vit(U=4)
     with torch.no_grad():  # every unit of block 0 below zero: its winner is negative

@@ -98,6 +98,8 @@ def percentiles(probe_q: torch.Tensor | None, pooled: torch.Tensor) -> torch.Ten
 
 def strongest(values: torch.Tensor, active: torch.Tensor, top: int | None) -> list[int]:
     """The active units by decreasing ``|value|`` (ties: lower unit first), the first ``top``."""
+    if top == 0:
+        return []
     units = active.nonzero().flatten()
     if top is not None and len(units) > top:
         magnitude = values[units].abs()

@@ -172,3 +172,27 @@ def test_modules_and_functions_stay_within_the_size_limits():
     stale = [k for k in SIZE_ALLOWED if k.split(":")[0] not in _modules()]
     assert not stale, f"allow-list entries for modules that no longer exist: {stale}"
     assert not offences, "too long:\n" + "\n".join(offences)
+
+
+def test_dotted_names_in_the_source_exist():
+    """Every ``discover.x.y`` written in the package (docstrings, saved metadata, messages)
+    names a module that exists and, after the module, an attribute it has: no stale names
+    from modules that were moved or removed."""
+    import importlib
+    import importlib.util
+    import re
+
+    stale = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for match in re.finditer(r"(?<![\w/.-])discover(?:\.[A-Za-z_]\w*)+", path.read_text()):
+            parts = match.group(0).split(".")
+            for i in range(len(parts), 0, -1):  # the longest importable prefix
+                try:
+                    if importlib.util.find_spec(".".join(parts[:i])) is not None:
+                        break
+                except ModuleNotFoundError:  # a parent that is a module, not a package
+                    continue
+            module = importlib.import_module(".".join(parts[:i]))
+            if i < len(parts) and not hasattr(module, parts[i]):
+                stale.add(f"{path.relative_to(ROOT)}: {match.group(0)}")
+    assert not stale, "names of things that do not exist:\n" + "\n".join(sorted(stale))

@@ -95,7 +95,7 @@ class DemoData(ABC):
     """How the demo uses one data set: training data, probe set, held-out images, concepts."""
 
     name: str
-    dataset: str  # name in discover.data.datasets's registry
+    dataset: str  # a name in the data-set registry (discover.data.list_datasets())
     embedders: tuple[str, ...]  # embedders that work on it (the first is the default)
     concepts: str  # concept set for the hidden layers
     defaults: dict[str, Any] = {}

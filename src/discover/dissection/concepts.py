@@ -319,13 +319,13 @@ def _places365_categories() -> ConceptSet:
 
 @register_concept_set("shapes")
 def _shapes_concepts() -> ConceptSet:
-    """The concept names of the default :class:`~discover.data.datasets.ShapesWorld`."""
+    """The concept names of the default :class:`~discover.data.shapes.ShapesWorld`."""
     from discover.data.shapes import ShapesWorld
 
     return concept_set_from_lines(
         ShapesWorld(n=1).concept_names,
         name="shapes",
-        source="discover.data.datasets.ShapesWorld.concept_names",
+        source="discover.data.shapes.ShapesWorld.concept_names",
     )
 
 
@@ -337,6 +337,6 @@ def _shapes_classes() -> ConceptSet:
     return concept_set_from_lines(
         ShapesWorld(n=1).class_names,
         name="shapes_classes",
-        source="discover.data.datasets.ShapesWorld.class_names",
+        source="discover.data.shapes.ShapesWorld.class_names",
         keep_duplicates=True,
     )

@@ -36,7 +36,7 @@ class AnnotationEmbedder(Embedder):
     ``concept_matrix(probe, concepts)`` returns the probe's multi-hot annotation table
     restricted to the requested concepts: ``P[n, m] = 1`` when image ``n`` is labelled with
     concept ``m``. The table comes from ``probe.concepts_table()`` with names
-    ``probe.concept_names`` (as :class:`discover.data.datasets.ShapesWorld` provides; a
+    ``probe.concept_names`` (as :class:`discover.data.shapes.ShapesWorld` provides; a
     ``torch.utils.data.Subset`` of such a dataset works too), or from a fixed ``table`` and
     ``concept_names`` given here. There is no image or text encoder: ``encode_images`` and
     ``encode_texts`` raise.

@@ -149,3 +149,29 @@ def test_only_lwta_mlps_are_wrapped_and_others_are_refused_in_one_line():
     assert sparsify_mlps(dense) == 0  # GELU MLPs stay as they are
     with pytest.raises(InputError, match="expected a timm-style Mlp.*got Linear"):
         SparseLWTAMlp(torch.nn.Linear(3, 3))
+
+
+def test_docs_sparse_inference_example_runs(monkeypatch):
+    from _helpers import doc_python_block
+
+    calls = _count_sparse_calls(monkeypatch)
+    code = doc_python_block("training.md", "each block's fc2 reads")
+    namespace: dict = {}
+    exec(compile(code, "docs/training.md[sparse]", "exec"), namespace)
+    assert namespace["logits"].shape == (8, 10) and calls == [16] * 6
+
+
+def test_the_kernel_gives_the_same_bits_for_any_thread_count():
+    if not sparse.kernel_available():
+        pytest.skip("no C compiler here")
+    torch.manual_seed(2)
+    h, weight_t, bias = torch.randn(301, 96), torch.randn(96, 70), torch.randn(70)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = sparse_linear(h, 8, weight_t, bias)
+        torch.set_num_threads(max(2, threads))
+        many = sparse_linear(h, 8, weight_t, bias)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, many)

@@ -16,11 +16,13 @@ import fnmatch
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from discover.errors import InputError
+from discover.nn.hooks import capture
 from discover.nn.lwta import LWTA
 from discover.nn.models import default_input_size
 
@@ -79,25 +81,14 @@ def list_layers(
     """
     input_size = tuple(input_size or default_input_size(model))
     shapes: dict[str, tuple[int, ...] | None] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if not name:
-            continue
 
-        def hook(_m, _i, out, name=name):
-            if name not in shapes:
-                shapes[name] = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None
+    def hook(name: str, _m: nn.Module, _i: Any, out: Any) -> None:
+        if name not in shapes:
+            shapes[name] = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None
 
-        handles.append(module.register_forward_hook(hook))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_size))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    modules = {name: module for name, module in model.named_modules() if name}
+    with capture(model, modules, hook, mode=False), torch.no_grad():
+        model(torch.zeros(1, *input_size))
     return [
         LayerInfo(
             name,

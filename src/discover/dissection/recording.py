@@ -51,6 +51,8 @@ from discover.dissection.spatial import (
     top_images,
 )
 from discover.errors import InputError, NonFiniteError
+from discover.nn.checkpoints import state_dict_sha256
+from discover.nn.hooks import capture, training_mode
 from discover.nn.lwta import LWTA, capture_winners, eval_policy
 
 __all__ = [
@@ -107,13 +109,14 @@ class Recording:
 
 # -- fingerprints for the cache key ------------------------------------------------------------
 def model_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of every state-dict tensor (names, dtypes, shapes and bytes)."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
+    """SHA-256 of every state-dict tensor (names, dtypes, shapes and bytes):
+    :func:`~discover.nn.state_dict_sha256` with its default ``name:dtype:shape`` headers.
+
+    Saved in every dissection and checked against the model it is used with, so its bytes
+    never change. (``module_sha256``, behind embedder ids, hashes the same way but also the
+    module's ``repr``, with ``|`` headers: also saved, so it keeps its own format.)
+    """
+    return state_dict_sha256(model.state_dict())
 
 
 def dataset_fingerprint(dataset: Dataset) -> str | None:
@@ -209,47 +212,36 @@ def _pooled_hooks(
     a non-finite output stops the recording at the batch where it appears unless
     ``allow_nonfinite``. With ``top_maps``, each layer with spatial extent also streams the
     maps of its units' top images into it."""
-    handles = []
 
-    def make(name: str, module: nn.Module):
-        def hook(_m, _inputs, output):
-            if not isinstance(output, torch.Tensor):
-                raise InputError(
-                    f"layer {name!r} returned {type(output).__name__}, not a "
-                    "tensor; choose a layer that outputs one (see `discover layers`)"
+    def hook(name: str, module: nn.Module, _inputs: Any, output: Any) -> None:
+        if not isinstance(output, torch.Tensor):
+            raise InputError(
+                f"layer {name!r} returned {type(output).__name__}, not a "
+                "tensor; choose a layer that outputs one (see `discover layers`)"
+            )
+        if pooling[name] == "auto":  # resolved on the first output, then recorded
+            pooling[name] = suggested_pooling(tuple(output.shape[1:]), model) or "none"
+        # Copy: a view (``cls`` pooling, or no pooling) would pin the whole layer output,
+        # and a later in-place op could change the recorded values.
+        pooled = pool(output.detach(), pooling[name], name)
+        if not allow_nonfinite:
+            _require_finite(pooled, name, first=sink[name].count)
+        sink[name].append(pooled.to(device="cpu", dtype=torch.float32, copy=True))
+        if isinstance(module, LWTA):
+            wins = pool_mask(module.last_mask, pooling[name], name)
+            sink[f"{name}#wins"].append(wins.cpu())
+        if top_maps is not None and pooled.dim() == 2:
+            maps = spatial_maps(output.detach(), model)
+            if maps is not None and maps.shape[:2] == pooled.shape:
+                won = spatial_maps(module.last_mask, model) if isinstance(module, LWTA) else None
+                if name not in top_maps:
+                    top_maps[name] = TopMaps(maps_k, maps_note(output, maps, model))
+                top_maps[name].update(
+                    sink[name].last, maps.cpu(), won.cpu() if won is not None else None
                 )
-            if pooling[name] == "auto":  # resolved on the first output, then recorded
-                pooling[name] = suggested_pooling(tuple(output.shape[1:]), model) or "none"
-            # Copy: a view (``cls`` pooling, or no pooling) would pin the whole layer output,
-            # and a later in-place op could change the recorded values.
-            pooled = pool(output.detach(), pooling[name], name)
-            if not allow_nonfinite:
-                _require_finite(pooled, name, first=sink[name].count)
-            sink[name].append(pooled.to(device="cpu", dtype=torch.float32, copy=True))
-            if isinstance(module, LWTA):
-                wins = pool_mask(module.last_mask, pooling[name], name)
-                sink[f"{name}#wins"].append(wins.cpu())
-            if top_maps is not None and pooled.dim() == 2:
-                maps = spatial_maps(output.detach(), model)
-                if maps is not None and maps.shape[:2] == pooled.shape:
-                    won = (
-                        spatial_maps(module.last_mask, model) if isinstance(module, LWTA) else None
-                    )
-                    if name not in top_maps:
-                        top_maps[name] = TopMaps(maps_k, maps_note(output, maps, model))
-                    top_maps[name].update(
-                        sink[name].last, maps.cpu(), won.cpu() if won is not None else None
-                    )
 
-        return hook
-
-    try:
-        for name, module in modules.items():
-            handles.append(module.register_forward_hook(make(name, module)))
+    with capture(model, modules, hook):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _cache_key(parts: dict[str, Any]) -> str:
@@ -521,8 +513,7 @@ def _run_probe(
     """The forward passes of a recording: every probe batch through the model with the
     hooks feeding ``sink``, then the checks that each layer ran once per image."""
     device = torch.device(device)
-    was_training = model.training
-    model.to(device).eval()
+    model.to(device)
     loader = DataLoader(probe, batch_size=batch_size, shuffle=False, num_workers=workers)
     from tqdm.auto import tqdm
 
@@ -531,6 +522,7 @@ def _run_probe(
     torch.manual_seed(seed)
     try:
         with (
+            training_mode(model, False),
             eval_policy(model, policy),
             capture_winners(model),
             _pooled_hooks(model, modules, pooling, sink, allow_nonfinite, top_maps, maps),
@@ -541,7 +533,6 @@ def _run_probe(
                 bar.update(len(images))  # images per second, whatever the batch size
     finally:
         bar.close()
-        model.train(was_training)
     empty = [n for n in modules if not sink[n].count]
     if empty:
         raise InputError(

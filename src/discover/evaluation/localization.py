@@ -53,6 +53,7 @@ from discover.dissection.core import Dissection
 from discover.dissection.recording import model_view, resolve_layers, spatial_maps
 from discover.errors import InputError
 from discover.evaluation.layered import LayeredReport
+from discover.nn.hooks import capture
 from discover.nn.lwta import capture_winners, eval_policy
 
 __all__ = [
@@ -270,36 +271,23 @@ def localization_iou(
     return intersection, area_k, area_c
 
 
-class _Capture:
-    """Forward hooks that keep each layer's spatial maps of the current batch (an SAE's
-    layer: its latents' maps)."""
+def _maps_hook(model: nn.Module, sae: Any, maps: dict[str, Tensor]):
+    """A forward hook (for :func:`~discover.nn.capture`) that keeps each layer's spatial maps
+    of the current batch in ``maps`` (an SAE's layer: its latents' maps)."""
 
-    def __init__(self, model: nn.Module, modules: dict[str, nn.Module], sae: Any = None) -> None:
-        self.model, self.modules, self.sae = model, modules, sae
-        self.maps: dict[str, Tensor] = {}
-        self.handles: list[Any] = []
+    def hook(name: str, _m: nn.Module, _i: Any, out: Any) -> None:
+        if isinstance(out, Tensor) and sae is not None and name == sae.layer:
+            out = sae.latent_map(out.detach())
+        layer_maps = spatial_maps(out.detach(), model) if isinstance(out, Tensor) else None
+        if layer_maps is None:
+            raise InputError(
+                f"--localization: layer {name!r} has no spatial extent (output "
+                f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}); "
+                "choose a conv layer or a ViT token layer"
+            )
+        maps[name] = layer_maps.float().cpu()
 
-    def __enter__(self) -> _Capture:
-        for name, module in self.modules.items():
-
-            def hook(_m, _i, out, name=name):
-                if isinstance(out, Tensor) and self.sae is not None and name == self.sae.layer:
-                    out = self.sae.latent_map(out.detach())
-                maps = spatial_maps(out.detach(), self.model) if isinstance(out, Tensor) else None
-                if maps is None:
-                    raise InputError(
-                        f"--localization: layer {name!r} has no spatial extent (output "
-                        f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}); "
-                        "choose a conv layer or a ViT token layer"
-                    )
-                self.maps[name] = maps.float().cpu()
-
-            self.handles.append(module.register_forward_hook(hook))
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for handle in self.handles:
-            handle.remove()
+    return hook
 
 
 def _mask_batch(probe: Dataset, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
@@ -477,17 +465,18 @@ def _map_batches(
 
         items = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
     start = 0
+    maps: dict[str, Tensor] = {}
     torch.manual_seed(seed)
     with (
         torch.no_grad(),
         eval_policy(model, policy),
         capture_winners(model),
-        _Capture(model, modules, sae) as capture,
+        capture(model, modules, _maps_hook(model, sae, maps)),
     ):
         for batch in items:
             images = batch[0] if isinstance(batch, (list, tuple)) else batch
             model(images.to(device))
-            yield range(start, start + len(images)), capture.maps
+            yield range(start, start + len(images)), maps
             start += len(images)
 
 

@@ -68,12 +68,12 @@ __all__ = [
     "planted_recovery_on_probe",
 ]
 
-TRANSFERS: dict[str, Callable[[Tensor], Tensor]] = {
-    "linear": lambda x: x,
-    "exp": torch.exp,
-    "tanh": torch.tanh,
-}
-"""Increasing transfer functions ``f``; each synthetic unit draws one."""
+TRANSFERS: Registry[Callable[[Tensor], Tensor]] = Registry("transfer function")
+"""Increasing transfer functions ``f``; each synthetic unit draws one, by its position in
+registration order (``TRANSFERS.register(name, fn)`` adds one and so changes the draws)."""
+TRANSFERS.register("linear", lambda x: x)
+TRANSFERS.register("exp", torch.exp)
+TRANSFERS.register("tanh", torch.tanh)
 
 VariantFn = Callable[[Tensor, "PlantedConfig", torch.Generator], Tensor]
 """``(y [N, n], config, generator) -> activations [N, n]``, ``y`` the noisy monotone signal."""

@@ -18,6 +18,7 @@ from torch import nn
 
 from discover.data.photos import sample_photos
 from discover.errors import InputError
+from discover.nn.hooks import capture, training_mode
 from discover.nn.lwta import LWTA, capture_winners, eval_policy, lwta_layers
 from discover.nn.models import activation_sites, create_model
 
@@ -97,12 +98,12 @@ class SparsityMeter(contextlib.AbstractContextManager):
                 self._stack.enter_context(capture_winners(self.model))
                 for name, layer in layers.items():
                     self._rows[name] = LayerSparsity(name, "lwta", layer.U, 0, 0)
-                    self._hook(layer, self._lwta_hook(name))
+                self._stack.enter_context(capture(self.model, layers, self._lwta_hook))
             else:
-                modules = dict(self.model.named_modules(remove_duplicate=False))
-                for name in activation_sites(self.model):
+                sites = activation_sites(self.model)
+                for name in sites:
                     self._rows[name] = LayerSparsity(name, "dense", None, 0, 0)
-                    self._hook(modules[name], self._dense_hook(name))
+                self._stack.enter_context(capture(self.model, sites, self._dense_hook))
         except BaseException:
             self._stack.close()
             raise
@@ -111,32 +112,22 @@ class SparsityMeter(contextlib.AbstractContextManager):
     def __exit__(self, *exc_info) -> None:
         self._stack.close()
 
-    def _hook(self, module: nn.Module, fn) -> None:
-        handle = module.register_forward_hook(fn)
-        self._stack.callback(handle.remove)
+    def _lwta_hook(self, name: str, layer: LWTA, inputs: tuple, _output: Any) -> None:
+        if self._paused:
+            return
+        mask = layer.last_mask
+        row = self._rows[name]
+        row.units += mask.numel()
+        row.active += int(mask.sum())
+        row.shape = tuple(inputs[0].shape)
 
-    def _lwta_hook(self, name: str):
-        def hook(layer: LWTA, inputs, _output) -> None:
-            if self._paused:
-                return
-            mask = layer.last_mask
-            row = self._rows[name]
-            row.units += mask.numel()
-            row.active += int(mask.sum())
-            row.shape = tuple(inputs[0].shape)
-
-        return hook
-
-    def _dense_hook(self, name: str):
-        def hook(_module, inputs, output) -> None:
-            if self._paused or not isinstance(output, torch.Tensor):
-                return
-            row = self._rows[name]
-            row.units += output.numel()
-            row.active += int((output.detach().abs() > self.threshold).sum())
-            row.shape = tuple(inputs[0].shape)
-
-        return hook
+    def _dense_hook(self, name: str, _module: nn.Module, inputs: tuple, output: Any) -> None:
+        if self._paused or not isinstance(output, torch.Tensor):
+            return
+        row = self._rows[name]
+        row.units += output.numel()
+        row.active += int((output.detach().abs() > self.threshold).sum())
+        row.shape = tuple(inputs[0].shape)
 
     def results(self) -> list[LayerSparsity]:
         """One row per measured layer, in module order."""
@@ -276,14 +267,10 @@ def photo_sparsity(
         )
     torch.manual_seed(seed)
     net = create_model(model, **model_options) if isinstance(model, str) else model
-    was_training = net.training
-    net.eval()
-    try:
-        with eval_policy(net, policy):  # the caller's model keeps its own policy
-            names, batch = sample_photos(net)
-            rows = measure_sparsity(net, batch)
-    finally:
-        net.train(was_training)
+    # the caller's model keeps its own mode and policy
+    with training_mode(net, False), eval_policy(net, policy):
+        names, batch = sample_photos(net)
+        rows = measure_sparsity(net, batch)
     config = getattr(net, "cvn_config", None)
     return PhotoSparsity(
         model=model if isinstance(model, str) else getattr(config, "name", type(net).__name__),

@@ -38,6 +38,7 @@ from discover.explanation.selection import (
     strongest,
     winner,
 )
+from discover.nn.hooks import capture, training_mode
 from discover.nn.lwta import LWTA, capture_winners, eval_policy, lwta_layers
 
 __all__ = ["DEFAULT_THRESHOLD", "DEFAULT_TOP", "DEFAULT_CANDIDATES", "explain"]
@@ -178,33 +179,24 @@ class _Captured:
 
 @contextlib.contextmanager
 def _capture(
-    modules: dict[str, nn.Module], classifier: tuple[str, nn.Linear] | None
+    model: nn.Module, modules: dict[str, nn.Module], classifier: tuple[str, nn.Linear] | None
 ) -> Iterator[tuple[dict[str, list], list]]:
     """Forward hooks keeping every output of ``modules`` and the classifier's input/output."""
     outputs: dict[str, list] = {name: [] for name in modules}
     calls: list = []
-    handles = []
-    try:
-        for name, module in modules.items():
-            handles.append(
-                module.register_forward_hook(
-                    lambda _m, _i, out, name=name: (
-                        outputs[name].append(out.detach())
-                        if isinstance(out, torch.Tensor)
-                        else None
-                    )
-                )
-            )
-        if classifier is not None:
-            handles.append(
-                classifier[1].register_forward_hook(
-                    lambda _m, inputs, out: calls.append((inputs[0].detach(), out.detach()))
-                )
-            )
+
+    def keep(name: str, _m: nn.Module, _inputs: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            outputs[name].append(out.detach())
+
+    def keep_call(_name: str, _m: nn.Module, inputs: Any, out: Any) -> None:
+        calls.append((inputs[0].detach(), out.detach()))
+
+    with (
+        capture(model, modules, keep),
+        capture(model, dict([classifier]) if classifier is not None else {}, keep_call),
+    ):
         yield outputs, calls
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _forward_with_capture(
@@ -222,15 +214,14 @@ def _forward_with_capture(
     classifier and the last spatial layer; then Grad-CAM of the predicted classes with the
     same winners. ``policy`` is the LWTA policy (``None``: a model without LWTA layers)."""
     device = torch.device(device)
-    was_training = model.training
-    model.to(device).eval()
+    model.to(device)
     if sae is not None:
         sae.to(device).eval()
 
     def policy_ctx() -> contextlib.AbstractContextManager:
         return eval_policy(model, policy) if policy is not None else contextlib.nullcontext()
 
-    try:
+    with training_mode(model, False):
         with policy_ctx():
             last_spatial = last_spatial_layer(model, batch[:1].to(device))
         recorded = dict(modules)
@@ -240,7 +231,7 @@ def _forward_with_capture(
         with (
             policy_ctx(),
             capture_winners(model) as captured,
-            _capture(recorded, classifier) as (outputs, calls),
+            _capture(model, recorded, classifier) as (outputs, calls),
         ):
             logits = forward_logits(model, batch.to(device))
             masks = {n: captured[n].last_mask.clone() for n in modules if n in captured}
@@ -248,8 +239,6 @@ def _forward_with_capture(
         with policy_ctx():
             classes = [int(c) for c in logits.argmax(dim=1)]
             evidence = class_evidence(model, batch.to(device), classes, last_spatial)
-    finally:
-        model.train(was_training)
     return _Captured(logits, outputs, calls, masks, last_spatial, evidence)
 
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from discover.dissection.recording import spatial_maps
 from discover.explanation.inputs import forward_logits
+from discover.nn.hooks import capture
 
 _ROWS, _COLUMNS = ("top", "middle", "bottom"), ("left", "center", "right")
 
@@ -42,23 +43,15 @@ def last_spatial_layer(model: nn.Module, example: torch.Tensor) -> tuple[str, in
     """The last leaf module (in execution order) whose output has spatial extent (more than
     one position), with its rank (4: a conv map, 3: tokens); ``None`` when none has."""
     order: list[tuple[str, int]] = []
-    handles = []
-    for name, module in model.named_modules():
-        if not name or list(module.children()):
-            continue
 
-        def hook(_m, _i, out, name=name):
-            maps = spatial_maps(out, model) if isinstance(out, torch.Tensor) else None
-            if maps is not None and maps.shape[-2:].numel() > 1:  # not a pooled 1 x 1 map
-                order.append((name, out.dim()))
+    def hook(name: str, _m: nn.Module, _i: Any, out: Any) -> None:
+        maps = spatial_maps(out, model) if isinstance(out, torch.Tensor) else None
+        if maps is not None and maps.shape[-2:].numel() > 1:  # not a pooled 1 x 1 map
+            order.append((name, out.dim()))
 
-        handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            forward_logits(model, example)  # inputs the model cannot take: a clear error
-    finally:
-        for handle in handles:
-            handle.remove()
+    leaves = {n: m for n, m in model.named_modules() if n and not list(m.children())}
+    with capture(model, leaves, hook), torch.no_grad():
+        forward_logits(model, example)  # inputs the model cannot take: a clear error
     return order[-1] if order else None
 
 
@@ -103,14 +96,11 @@ def _token_grad_cam(
         return [{"note": note}] * len(batch)
     name = blocks[-1]
     kept: dict[str, torch.Tensor] = {}
-    handle = named[name].register_forward_hook(lambda m, i, o: kept.update(out=o))
-    try:
+    with capture(model, {name: named[name]}, lambda _n, _m, _i, o: kept.update(out=o)):
         with torch.enable_grad():
             logits = model(batch.clone().requires_grad_(True))
             chosen = logits.gather(1, torch.tensor(classes, device=logits.device)[:, None])
             (grads,) = torch.autograd.grad(chosen.sum(), kept["out"])
-    finally:
-        handle.remove()
     acts, grads = spatial_maps(kept["out"].detach(), model), spatial_maps(grads, model)
     if acts is None or grads is None:
         return [{"note": f"{name}: its tokens do not form a patch grid"}] * len(batch)

@@ -3,8 +3,10 @@ back with a clear error for every mismatch and a refusal of NaN or infinite weig
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -19,6 +21,7 @@ __all__ = [
     "count_parameters",
     "load_checkpoint",
     "save_checkpoint",
+    "state_dict_sha256",
 ]
 
 
@@ -33,6 +36,37 @@ class NonFiniteWeightsError(NonFiniteError):
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (each shared tensor counted once)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def state_dict_sha256(
+    state: Mapping[str, torch.Tensor],
+    *,
+    header: str = "{name}:{dtype}:{shape}",
+    prefix: bytes = b"",
+) -> str:
+    """SHA-256 of a state dict: ``prefix``, then for every tensor in order its ``header``
+    (formatted with its ``name``, ``dtype`` and ``shape`` as a tuple) and its raw bytes
+    (row-major, as stored on the CPU; nothing for an empty tensor).
+
+    Bit-identical weights under the same names, dtypes and shapes give the same digest,
+    whatever device or memory layout they were read from. The default header is the one of
+    :func:`~discover.dissection.model_fingerprint`; ``module_sha256`` (embedder ids) uses
+    ``"{name}|{dtype}|{shape}|"`` after the module's ``repr``. Both digests are saved (in
+    dissections, caches and results), so each keeps its own byte format.
+
+    Example:
+        >>> w = torch.arange(6.0).reshape(3, 2)
+        >>> state_dict_sha256({"w": w.t()}) == state_dict_sha256({"w": w.t().contiguous()})
+        True
+        >>> state_dict_sha256({"w": w}) == state_dict_sha256({"w": w.reshape(2, 3)})
+        False
+    """
+    digest = hashlib.sha256(prefix)
+    for name, tensor in state.items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(header.format(name=name, dtype=t.dtype, shape=tuple(t.shape)).encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 def save_checkpoint(

@@ -25,6 +25,7 @@ from torch import nn
 
 from discover._utils import import_extra
 from discover.errors import InputError
+from discover.nn.hooks import training_mode
 from discover.nn.lwta import eval_policy
 from discover.nn.models import default_input_size
 
@@ -76,20 +77,20 @@ def export_onnx(
     out.parent.mkdir(parents=True, exist_ok=True)
     if example is None:
         example = torch.rand(4, *_input_size(model), generator=torch.Generator().manual_seed(0))
-    was_training = model.training
-    model.eval()
-    try:
-        with eval_policy(model, "argmax"), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's own progress chatter
-            expected = model(example)
-            batch = torch.export.Dim("batch", min=1)
-            torch.onnx.export(
-                model, (example,), str(out), dynamo=True, opset_version=opset,
-                input_names=["images"], output_names=["logits"],
-                dynamic_shapes=({0: batch},), external_data=False, report=False, verbose=False,
-            )  # fmt: skip
-    finally:
-        model.train(was_training)
+    with (
+        training_mode(model, False),
+        eval_policy(model, "argmax"),
+        torch.no_grad(),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")  # the exporter's own progress chatter
+        expected = model(example)
+        batch = torch.export.Dim("batch", min=1)
+        torch.onnx.export(
+            model, (example,), str(out), dynamo=True, opset_version=opset,
+            input_names=["images"], output_names=["logits"],
+            dynamic_shapes=({0: batch},), external_data=False, report=False, verbose=False,
+        )  # fmt: skip
     got = run_onnx(out, example)
     worst = float((got - expected).abs().max())
     same = bool(torch.equal(got.argmax(1), expected.argmax(1)))

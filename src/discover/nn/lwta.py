@@ -17,13 +17,14 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from discover.errors import InputError
 from discover.nn import lwta_kernel
+from discover.nn.hooks import capture
 
 __all__ = [
     "LWTA",
@@ -551,12 +552,11 @@ def winner_peakedness(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
         {'blocks.0.mlp.act': 0.61, ...}
     """
     sums: dict[str, list[float]] = {}
-    hooks = []
 
-    def hook(layer: LWTA, args: tuple[torch.Tensor, ...], name: str) -> None:
-        h = args[0].detach().float()
+    def hook(name: str, layer: LWTA, args: tuple[torch.Tensor, ...], _output: Any) -> None:
         if layer.U == 1:
             return
+        h = args[0].detach().float()  # the layer's input (LWTA leaves it unchanged)
         unit_dim = layer._unit_dim(h)
         shape = h.shape
         blocks = h.reshape(
@@ -572,17 +572,8 @@ def winner_peakedness(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
         entry[0] += float(top) * blocks.shape[0]
         entry[1] += blocks.shape[0]
 
-    try:
-        for name, layer in lwta_layers(model).items():
-            hooks.append(
-                layer.register_forward_pre_hook(
-                    lambda module, args, name=name: hook(module, args, name)
-                )
-            )
+    with capture(model, lwta_layers(model), hook):
         model(x)
-    finally:
-        for handle in hooks:
-            handle.remove()
     return {name: total / count for name, (total, count) in sums.items()}
 
 

@@ -27,6 +27,7 @@ from torch import nn
 from discover._utils import Registry, check_options
 from discover.errors import InputError
 from discover.nn.checkpoints import load_checkpoint
+from discover.nn.hooks import capture
 from discover.nn.lwta import LWTA, EvalPolicy, lwta_layers
 from discover.nn.sparse import sparsify_mlps
 
@@ -184,24 +185,13 @@ def _unit_width(shape: torch.Size) -> int | None:
 
 def _dry_run(model: nn.Module, names: list[str], example_input: torch.Tensor) -> dict[str, list]:
     """Run ``model`` once and record the output shape of every call of the named modules."""
-    modules = dict(model.named_modules(remove_duplicate=False))
     shapes: dict[str, list] = {n: [] for n in names}
-    handles = []
-    for n in names:
 
-        def hook(_m, _inp, out, n=n):
-            shapes[n].append(tuple(out.shape) if isinstance(out, torch.Tensor) else None)
+    def hook(name: str, _m: nn.Module, _inputs: Any, out: Any) -> None:
+        shapes[name].append(tuple(out.shape) if isinstance(out, torch.Tensor) else None)
 
-        handles.append(modules[n].register_forward_hook(hook))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    with capture(model, names, hook, mode=False), torch.no_grad():
+        model(example_input)
     return shapes
 
 
@@ -378,7 +368,8 @@ def _split_shared(
 
 # -- model registry --------------------------------------------------------------------------
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
-_PLACEMENTS: dict[str, tuple[list[str] | None, list[str] | None]] = {}
+PLACEMENTS: Registry[tuple[list[str] | None, list[str] | None]] = Registry("LWTA placement")
+"""Where LWTA goes by model class name: ``(include, exclude)`` patterns (:func:`register_placement`)."""
 
 
 def register_model(name: str | None = None) -> Callable:
@@ -398,17 +389,21 @@ def register_model(name: str | None = None) -> Callable:
 
 
 def register_placement(
-    class_name: str, include: Sequence[str] | None = None, exclude: Sequence[str] | None = None
+    class_name: str,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    *,
+    overwrite: bool = False,
 ) -> None:
     """Declare where LWTA goes in models of class ``class_name`` (used by :func:`create_model`).
+
+    Declaring a class twice raises unless ``overwrite`` is true.
 
     Example:
         >>> register_placement("ConvNeXt", include=["stages.*.mlp.act"])
     """
-    _PLACEMENTS[class_name] = (
-        list(include) if include else None,
-        list(exclude) if exclude else None,
-    )
+    placement = (list(include) if include else None, list(exclude) if exclude else None)
+    PLACEMENTS.register(class_name, placement, overwrite=overwrite)
 
 
 # The paper's placements (docs/method.md §3): ViT/DeiT MLP activation only; ResNets every ReLU
@@ -555,7 +550,8 @@ def create_model(
     if isinstance(U, bool) or not isinstance(U, int) or U < 1:
         raise InputError(f"create_model: U must be an integer >= 1, got {U!r}")
     model = _build_dense(name, num_classes, dict(kwargs))
-    placement_inc, placement_exc = _PLACEMENTS.get(type(model).__name__, (None, None))
+    cls = type(model).__name__
+    placement_inc, placement_exc = PLACEMENTS[cls] if cls in PLACEMENTS else (None, None)
     include = list(include) if include is not None else placement_inc
     exclude = list(exclude) if exclude is not None else placement_exc
     input_size = _input_size(model, kwargs)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from discover._utils import cache_root
 from discover.dissection.concepts import ConceptSet
 from discover.errors import InputError
+from discover.nn.checkpoints import state_dict_sha256
 
 __all__ = [
     "Images",
@@ -57,17 +58,19 @@ def module_sha256(module: nn.Module) -> str:
 
     Two modules get the same digest exactly when they print the same (layers, activations such
     as QuickGELU vs GELU) and hold bit-identical weights and buffers, however they were loaded.
+    It is :func:`~discover.nn.state_dict_sha256` after the ``repr``, with ``name|dtype|shape|``
+    headers; ``model_fingerprint`` hashes the weights alone with ``name:dtype:shape`` headers.
+    Both formats predate the shared hasher and are saved (embedder ids are part of cache keys
+    and results; model fingerprints are checked when a dissection is loaded), so each keeps
+    its bytes.
 
     Example:
         >>> module_sha256(torch.nn.Linear(2, 2)) != module_sha256(torch.nn.Linear(2, 2))
         True
     """
-    digest = hashlib.sha256(repr(module).encode())
-    for key, tensor in module.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
+    return state_dict_sha256(
+        module.state_dict(), header="{name}|{dtype}|{shape}|", prefix=repr(module).encode()
+    )
 
 
 def json_sha256(data: Any) -> str:

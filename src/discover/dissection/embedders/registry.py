@@ -34,7 +34,10 @@ EmbedderBuilder = Callable[..., Embedder]
 EMBEDDERS: Registry[EmbedderBuilder] = Registry("embedder")
 """Embedder builders by spec prefix: ``builder(argument, **kwargs)``, where ``argument`` is
 the text after ``"<prefix>:"`` (``None`` without a colon)."""
-_USAGE: dict[str, str] = {}
+_USAGE: Registry[str] = Registry("embedder usage")
+"""The spec format of each prefix, for error messages; written only by :func:`register_embedder`
+after :data:`EMBEDDERS` accepted the prefix (a builder registered on :data:`EMBEDDERS` directly
+shows its bare prefix)."""
 
 
 def register_embedder(
@@ -54,8 +57,9 @@ def register_embedder(
         raise InputError(f"register_embedder: prefix {prefix!r} must not contain ':'")
 
     def decorator(fn: EmbedderBuilder) -> EmbedderBuilder:
-        EMBEDDERS.register(prefix, fn)
-        _USAGE[prefix] = usage or prefix
+        EMBEDDERS.register(prefix, fn)  # a taken prefix is refused here
+        # overwrite: the usage follows its builder (a prefix unregistered and registered again)
+        _USAGE.register(prefix, usage or prefix, overwrite=True)
         return fn
 
     return decorator
@@ -80,7 +84,7 @@ def build_embedder(spec: str | Embedder, **kwargs: Any) -> Embedder:
         return spec
     prefix, colon, argument = spec.partition(":")
     if prefix not in EMBEDDERS:
-        formats = "; ".join(_USAGE[p] for p in list_embedders())
+        formats = "; ".join(_USAGE[p] if p in _USAGE else p for p in list_embedders())
         close = difflib.get_close_matches(prefix, list(EMBEDDERS), n=2, cutoff=0.5)
         hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
         raise InputError(

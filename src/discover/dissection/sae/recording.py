@@ -18,6 +18,7 @@ from discover.dissection.layers import pool, resolve_layers, suggested_pooling
 from discover.dissection.recording import Recording, model_fingerprint, record
 from discover.dissection.sae.model import SAE, as_sae, position_vectors
 from discover.errors import InputError
+from discover.nn.hooks import capture
 
 __all__ = ["record_latents", "record_sites"]
 
@@ -47,19 +48,16 @@ class _Tapped(nn.Module):
         super().__init__()
         self.model = model
         self.tap = tap
-        self._target = (resolve_layers(model, [layer])[layer],)  # a tuple: not a submodule
+        self._target = {layer: resolve_layers(model, [layer])[layer]}  # a dict: not a submodule
         self.training = model.training  # record restores this mode: the model keeps its own
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        def hook(_module, _inputs, output):
+        def hook(_name: str, _module: nn.Module, _inputs: Any, output: Any) -> None:
             if isinstance(output, torch.Tensor):
                 self.tap(output)  # returns None: the model's own output is unchanged
 
-        handle = self._target[0].register_forward_hook(hook)
-        try:
+        with capture(self.model, self._target, hook):
             return self.model(x)
-        finally:
-            handle.remove()
 
 
 def record_latents(

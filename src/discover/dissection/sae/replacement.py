@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,6 +14,7 @@ from torch import nn
 from discover.dissection.layers import resolve_layers
 from discover.dissection.sae.model import SAE, as_sae, position_vectors
 from discover.errors import InputError
+from discover.nn.hooks import capture
 from discover.nn.lwta import eval_policy
 
 __all__ = ["Replacement", "sae_replacement_accuracy"]
@@ -62,41 +64,35 @@ def sae_replacement_accuracy(
     if layer != sae.layer:
         raise InputError(f"sae: the SAE describes layer {sae.layer!r}, not layer {layer!r}")
     device_ = torch.device(device)
-    was_training = model.training
-    model.to(device_).eval()
+    model.to(device_)
     sae.to(device_).eval()
     replace = {"on": False}
     stats = _Spread(sae.config.width)
 
-    def hook(_module, _inputs, output):
+    def hook(_name: str, _module: nn.Module, _inputs: Any, output: Any) -> Any:
         if not replace["on"]:
             return None
         rebuilt = sae.reconstruct(output.float())
         stats.add(position_vectors(output.float()), position_vectors(rebuilt))
-        return rebuilt.to(output.dtype)
+        return rebuilt.to(output.dtype)  # replaces the layer's output
 
     correct = {"original": 0, "replaced": 0}
     images = agree = 0
-    handle = module.register_forward_hook(hook)
-    try:
-        with eval_policy(model, policy):
-            for batch in loader:
-                if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-                    raise InputError(
-                        "sae_replacement_accuracy: loader must yield (images, targets, ...) batches"
-                    )
-                x, y = batch[0].to(device_), batch[1].to(device_)
-                predicted = {}
-                for name, on in (("original", False), ("replaced", True)):
-                    replace["on"] = on
-                    torch.manual_seed(seed)  # the same LWTA samples under policy="sample"
-                    predicted[name] = model(x).argmax(1)
-                    correct[name] += int((predicted[name] == y).sum())
-                agree += int((predicted["original"] == predicted["replaced"]).sum())
-                images += len(x)
-    finally:
-        handle.remove()
-        model.train(was_training)
+    with capture(model, {layer: module}, hook, mode=False), eval_policy(model, policy):
+        for batch in loader:
+            if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+                raise InputError(
+                    "sae_replacement_accuracy: loader must yield (images, targets, ...) batches"
+                )
+            x, y = batch[0].to(device_), batch[1].to(device_)
+            predicted = {}
+            for name, on in (("original", False), ("replaced", True)):
+                replace["on"] = on
+                torch.manual_seed(seed)  # the same LWTA samples under policy="sample"
+                predicted[name] = model(x).argmax(1)
+                correct[name] += int((predicted[name] == y).sum())
+            agree += int((predicted["original"] == predicted["replaced"]).sum())
+            images += len(x)
     if images == 0:
         raise InputError("sae_replacement_accuracy: the loader yielded no images")
     return Replacement(

@@ -21,6 +21,7 @@ from discover.dissection.recording import dataset_fingerprint, model_fingerprint
 from discover.dissection.sae.model import CONFIG_FILE, SAE, SITES, SAEConfig
 from discover.dissection.sae.recording import record_sites
 from discover.errors import InputError
+from discover.nn.hooks import training_mode
 
 __all__ = ["PROBE_SPLIT", "STATE_FILE", "default_sae_dir", "train_sae"]
 
@@ -269,14 +270,13 @@ def _epoch(run: _Run, x_train: torch.Tensor, x_held: torch.Tensor, epoch: int) -
         )
         for index in order.split(training["batch_size"])
     ]
-    sae.eval()
-    entry = {
-        "epoch": epoch + 1,
-        "loss": sum(losses) / len(losses),
-        "fve": sae.variance_explained(x_held.to(device)) if len(x_held) else None,
-        "dead": int((run.since_fired > training["dead_after"]).sum()),
-    }
-    sae.train()
+    with training_mode(sae, False):
+        entry = {
+            "epoch": epoch + 1,
+            "loss": sum(losses) / len(losses),
+            "fve": sae.variance_explained(x_held.to(device)) if len(x_held) else None,
+            "dead": int((run.since_fired > training["dead_after"]).sum()),
+        }
     run.history.append(entry)
     return entry
 

@@ -71,7 +71,6 @@ import concurrent.futures
 import dataclasses
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import statistics
@@ -82,7 +81,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import markdown_table, portable, provenance, utc_date, write_json
+from common import (
+    interval,
+    markdown_table,
+    mean_of,
+    pm,
+    portable,
+    process_pool,
+    provenance,
+    report_header,
+    utc_date,
+    write_json,
+)
 
 from discover import TrainConfig, evaluate_run, train
 from discover.evaluation import paired_difference
@@ -298,10 +308,6 @@ def _tier(arm: Arm) -> int:
     if arm.U in CURVE_U:
         return 2
     return 1 if arm.variant == "t1" else 0
-
-
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
 
 
 def train_config(arm: Arm, seed: int, setting: Setting, device: str, out: Path) -> TrainConfig:
@@ -552,17 +558,6 @@ def kept_record(records: Path | None, name: str, spec: dict[str, Any]) -> dict[s
 
 
 # -- report ---------------------------------------------------------------------------------
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{100 * values[0]:.2f}"
-    return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
-
-
-def _fmean(values: list[float | None]) -> float | None:
-    v = [x for x in values if x is not None]
-    return statistics.fmean(v) if v else None
-
-
 def _key(r: dict[str, Any]) -> tuple[str, str, int, str]:
     return (r["dataset"], r["family"], r["U"], r["variant"] or "")
 
@@ -594,8 +589,8 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "train_images": recs[0]["train_images"],
                 "test_images": recs[0]["test_images"],
                 "active_fraction": statistics.fmean(r["active_fraction"] for r in recs),
-                "peakedness": _fmean([r["peakedness"] for r in recs]),
-                "train_img_per_s": _fmean([r["train_img_per_s"] for r in recs]),
+                "peakedness": mean_of([r["peakedness"] for r in recs]),
+                "train_img_per_s": mean_of([r["train_img_per_s"] for r in recs]),
                 "plateaued": sum(r["plateau"]["plateaued"] for r in recs),
                 "runs": [
                     {
@@ -698,13 +693,12 @@ def plot_curves(records: list[dict[str, Any]], setting: str, out: Path) -> list[
 
 def _interval(d: dict[str, Any]) -> str:
     """A paired difference in points: ``-0.40 [-0.62, -0.18] (n=5)``."""
-    if d["n"] < 2:
-        return f"{d['mean']:+.2f} (n=1)"
-    return f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] (n={d['n']})"
+    return interval(d["mean"], d["low"], d["high"], d["n"])
 
 
 def _pm(mean: float, std: float, n: int) -> str:
-    return f"{100 * mean:.2f}" if n == 1 else f"{100 * mean:.2f} ± {100 * std:.2f}"
+    """A top-1 in %: ``91.23 ± 0.45`` over seeds, ``91.23`` for one seed."""
+    return pm(mean, std if n > 1 else None, scale=100)
 
 
 def write_report(
@@ -739,13 +733,16 @@ def write_report(
     test_images = sorted({(r["dataset"], r["test_images"]) for r in records})
     train_images = sorted({(r["dataset"], r["train_images"]) for r in records})
     lines = [
-        f"# CVN accuracy vs. dense baseline ({args.setting} setting)",
-        "",
-        f"Command: `{args.command}`  ",
-        f"Machine: {machine}  ",
-        f"Commit: {args.git_head}  ",
-        f"Date: {utc_date()}; wall time {seconds / 60:.1f} min "
-        f"(this invocation; finished runs are reused)  ",
+        *report_header(
+            f"CVN accuracy vs. dense baseline ({args.setting} setting)",
+            {
+                "command": args.command,
+                "machine": machine,
+                "git_head": args.git_head,
+                "date": utc_date(),
+            },
+            took=f"; wall time {seconds / 60:.1f} min (this invocation; finished runs are reused)",
+        ),
         f"Runs: {len(records)} finished, "
         f"{sum(r.get('train_seconds') or 0 for r in records) / 3600:.1f} process-hours of "
         f"training (one torch thread each). Seeds: {', '.join(map(str, args.seeds))}. Epochs: "
@@ -1034,12 +1031,7 @@ def main(argv: list[str] | None = None) -> int:
         write_report(records, args, setting, machine, out, time.time() - t0)
     todo = [job for job in jobs if states[job] != "finished"]
     failed: list[str] = []
-    with concurrent.futures.ProcessPoolExecutor(
-        max_workers=args.jobs,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(args.threads,),
-    ) as pool:
+    with process_pool(args.jobs, args.threads) as pool:
         futures = {
             pool.submit(run_arm, arm, seed, setting, args.device, workdir, records_dir): arm.name(
                 seed

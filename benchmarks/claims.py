@@ -62,7 +62,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import json
-import multiprocessing
 import re
 import statistics
 import sys
@@ -73,7 +72,17 @@ from typing import Any
 
 import torch
 from accuracy import RECORD, SETTINGS
-from common import markdown_table, provenance, utc_date, write_json
+from common import (
+    load_average,
+    markdown_table,
+    percent,
+    pm,
+    process_pool,
+    provenance,
+    report_header,
+    utc_date,
+    write_json,
+)
 
 from discover import TrainConfig, load_run, train
 from discover.data import FASHION_MNIST_CLASSES, ShapesWorld, build_dataset
@@ -172,10 +181,6 @@ def conse_job(n: int, workdir: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # Jobs (run in worker processes)
 # --------------------------------------------------------------------------------------------
-
-
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
 
 
 def train_job(
@@ -551,11 +556,8 @@ def _verdict(cvn: dict, base: dict, floor: float) -> str:
 
 
 def _pm(s: dict, scale: float = 1.0, digits: int = 2) -> str:
-    if s["mean"] is None:
-        return "n/a"
-    if s["n"] == 1:
-        return f"{scale * s['mean']:.{digits}f}"
-    return f"{scale * s['mean']:.{digits}f} ± {scale * s['std']:.{digits}f}"
+    """A :func:`_stats` entry: ``mean ± std``, the mean alone for one value, ``n/a``."""
+    return pm(s["mean"], s["std"] if s["n"] > 1 else None, scale=scale, digits=digits)
 
 
 def _metric(records: list[dict], part: str, name: str, field: str = "value") -> dict:
@@ -703,7 +705,9 @@ def _claim3_models(state: dict[str, Any]) -> str:
     )
 
 
-def write_report(state: dict[str, Any], out: Path) -> Path:
+def write_report(state: dict[str, Any], out: Path, load_end: str | None = None) -> Path:
+    """``NAME.json`` and ``NAME.md`` from ``state``; ``load_end``: the load average now, when
+    the state was measured by this invocation."""
     name = state.get("name", "claims")
     write_json(out / f"{name}.json", state)
     acc = state.get("accuracy")
@@ -717,12 +721,13 @@ def write_report(state: dict[str, Any], out: Path) -> Path:
         else f"reduced setting, {state.get('epochs')} epochs, trained by this command"
     )
     lines = [
-        "# DISCOVER's claims on our data"
-        + (" (claim 3 on the converged models)" if converged else ""),
-        "",
-        f"Command: `{state['command']}`  ",
-        f"Commit: {state.get('git_head')}; machine: {state['machine']}  ",
-        f"Date: {state['date']}; wall time {state.get('minutes', 0):.1f} min  ",
+        *report_header(
+            "DISCOVER's claims on our data"
+            + (" (claim 3 on the converged models)" if converged else ""),
+            state,
+            took=f"; wall time {state.get('minutes', 0):.1f} min",
+            load_end=load_end,
+        ),
         f"Seeds: {', '.join(map(str, state['seeds']))} (claim 3: {models}; LWTA policy "
         f"`{policy}`); claims 1-2 from "
         f"`{acc['command'] if acc else 'benchmarks/accuracy.py'}` "
@@ -892,8 +897,8 @@ def _runs_section(state: dict[str, Any]) -> list[str]:
         ],
         (
             [
-                r["name"], r["epochs"], _percent(r.get("best_val_top1")),
-                _percent(r["top1_sample"]), _percent(r["top1_argmax"]),
+                r["name"], r["epochs"], percent(r.get("best_val_top1"), 2),
+                percent(r["top1_sample"], 2), percent(r["top1_argmax"], 2),
                 {True: "yes", False: "**no**"}.get(r.get("plateaued"), "n/a"),
                 f"{r['train_seconds'] / 60:.1f}",
                 (
@@ -909,10 +914,6 @@ def _runs_section(state: dict[str, Any]) -> list[str]:
     if state.get("skipped"):
         lines += ["Left out:", ""] + [f"* {note}" for note in state["skipped"]] + [""]
     return lines
-
-
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}"
 
 
 def _notes(state: dict[str, Any]) -> list[str]:
@@ -1241,12 +1242,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     with (
         tempfile.TemporaryDirectory() as tmp,
-        cf.ProcessPoolExecutor(
-            max_workers=args.jobs,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(args.threads,),
-        ) as pool,
+        process_pool(args.jobs, args.threads) as pool,
     ):
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -1341,11 +1337,11 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 state["description_rows"] = summarise(state["described"], state["trained"])
                 state["minutes"] = (time.time() - t0) / 60
-                write_report(state, out)  # partial results survive an interruption
+                write_report(state, out, load_average(1, ", "))  # an interruption keeps these
     state["u24"] = {d: measured_u24(d) for d in args.datasets}
     state["description_rows"] = summarise(state["described"], state["trained"])
     state["minutes"] = (time.time() - t0) / 60
-    path = write_report(state, out)
+    path = write_report(state, out, load_average(1, ", "))
     print(f"written: {path}")
     return 0
 

@@ -1,13 +1,23 @@
-"""What the benchmark scripts share: the machine, provenance, Markdown tables and JSON results.
+"""What the benchmark scripts share: the machine, provenance, worker processes, the timing
+harness, number formats, the report header, Markdown tables and JSON results.
 
 Every script in ``benchmarks/`` runs as ``python benchmarks/NAME.py``, so this folder is
 ``sys.path[0]`` and ``from common import ...`` works without touching ``sys.path``.
 
-* :func:`cpu_model`, :func:`load_average`, :func:`memory_gb`, :func:`cpu_snapshot` and
-  :func:`other_cpu_share`: the machine a measurement ran on and how busy it was;
+* :func:`cpu_model`, :func:`load_average`, :func:`memory_gb`, :func:`cpu_snapshot`,
+  :func:`other_cpu_share` and :class:`Window`: the machine a measurement ran on and how busy
+  it was;
 * :func:`machine_description`: all of it in one sentence (CPU, cores, load, torch, processes);
 * :func:`command_line`, :func:`portable`, :func:`git`, :func:`git_head`, :func:`git_dirty`, :func:`utc_date`,
   :func:`now_iso` and :func:`provenance`: how and from which code a result was produced;
+  :func:`measured_files` adds which files of the package a measurement ran;
+* :func:`process_pool`: spawned worker processes with a set number of torch threads each;
+* :func:`rotation`, :func:`timed_rounds`, :func:`median_seconds`, :func:`quartiles`,
+  :func:`round_ratios` and :func:`paired_ratio`: the timing harness (round-robin rounds with a
+  rotating start, warm-up rounds dropped; medians, quartiles and per-round ratios);
+* :func:`mean_of`, :func:`ci95_half_width`, :func:`pm`, :func:`mean_std`, :func:`interval`,
+  :func:`median_iqr`, :func:`percent` and :func:`pass_fail`: how the reports write numbers;
+* :func:`report_header`: the lines every results page starts with;
 * :func:`markdown_table`: a header and rows as the lines of a Markdown table;
 * :func:`write_json`: a results file, written atomically (an interrupted write leaves the
   previous file).
@@ -15,17 +25,24 @@ Every script in ``benchmarks/`` runs as ``python benchmarks/NAME.py``, so this f
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as _dt
+import hashlib
 import json
+import math
+import multiprocessing
 import os
 import platform
+import resource
 import shlex
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "REPO",
@@ -34,7 +51,10 @@ __all__ = [
     "memory_gb",
     "cpu_snapshot",
     "other_cpu_share",
+    "Window",
     "machine_description",
+    "gpu_name",
+    "gpu_line",
     "command_line",
     "portable",
     "git",
@@ -43,10 +63,31 @@ __all__ = [
     "utc_date",
     "now_iso",
     "provenance",
+    "measured_files",
+    "set_threads",
+    "process_pool",
+    "rotation",
+    "Rounds",
+    "timed_rounds",
+    "median_seconds",
+    "quartiles",
+    "round_ratios",
+    "paired_ratio",
+    "mean_of",
+    "ci95_half_width",
+    "pm",
+    "mean_std",
+    "interval",
+    "median_iqr",
+    "percent",
+    "pass_fail",
+    "report_header",
     "markdown_table",
     "write_json",
     "run_identity",
 ]
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -102,6 +143,30 @@ def other_cpu_share(start: tuple[float, float, float] | None) -> float | None:
     wall = end[2] - start[2]
     others = (end[0] - start[0]) - (end[1] - start[1])
     return max(others, 0.0) / (wall * (os.cpu_count() or 1))
+
+
+@dataclass
+class Window:
+    """How busy the machine was over a measurement: :meth:`open` it at the start (the load
+    average and a :func:`cpu_snapshot`), :meth:`close` it at the end."""
+
+    load_start: str
+    snapshot: tuple[float, float, float] | None
+    started: float
+
+    @classmethod
+    def open(cls) -> Window:
+        return cls(load_average(), cpu_snapshot(), time.perf_counter())
+
+    def close(self) -> dict[str, Any]:
+        """``load_start`` and ``load_end`` (:func:`load_average`), ``other_cpu_share``
+        (:func:`other_cpu_share`; ``None`` without ``/proc/stat``) and ``seconds`` (wall)."""
+        return {
+            "load_start": self.load_start,
+            "load_end": load_average(),
+            "other_cpu_share": other_cpu_share(self.snapshot),
+            "seconds": time.perf_counter() - self.started,
+        }
 
 
 def machine_description(device: str = "cpu", *, threads: int = 1, jobs: int = 1) -> str:
@@ -213,7 +278,271 @@ def provenance(
     }
 
 
+def measured_files(*files: str) -> dict[str, Any]:
+    """Which code of the ``discover`` package a measurement ran, an addition to
+    :func:`provenance` for a benchmark that times a few of its files: where ``discover`` was
+    imported from (``discover_file``), the full commit checked out (``git_head``), and for each
+    file (a path inside the package folder) its git blob id (``blob``), whether it is the
+    file at HEAD (``matches_head``; ``None`` when git cannot tell) and the first commit that
+    holds it (``first_commit``; ``None``: never committed); then ``PYTHONPATH``."""
+    import discover
+
+    init = Path(discover.__file__).resolve()
+    rows = []
+    for rel in files:
+        data = (init.parent / rel).read_bytes()
+        blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's blob id
+        head_blob = git("rev-parse", f"HEAD:src/discover/{rel}")
+        found = git("log", "--all", "--reverse", "--format=%h", f"--find-object={blob}")
+        rows.append(
+            {
+                "file": rel,
+                "blob": blob,
+                "matches_head": None if head_blob is None else blob == head_blob,
+                "first_commit": (found or "").split("\n")[0] or None,
+            }
+        )
+    return {
+        "discover_file": portable(str(init)),
+        "git_head": git_head(short=False),
+        "files": rows,
+        "pythonpath": os.environ.get("PYTHONPATH"),
+    }
+
+
+# -- worker processes --------------------------------------------------------------------------
+def set_threads(threads: int) -> None:
+    """Use ``threads`` torch threads in this process (the initializer of :func:`process_pool`)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def process_pool(jobs: int, threads: int = 1) -> concurrent.futures.ProcessPoolExecutor:
+    """``jobs`` worker processes (a ``with`` block shuts them down), each started fresh
+    (``spawn``: no torch state or threads inherited) and using ``threads`` torch threads.
+
+    What is submitted must be importable by name: a top-level function of the script (its
+    workers import the script as ``__mp_main__``) or of a module.
+    """
+    return concurrent.futures.ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=set_threads,
+        initargs=(threads,),
+    )
+
+
+# -- timing ------------------------------------------------------------------------------------
+def rotation(names: Sequence[T], r: int) -> list[T]:
+    """Round ``r``'s order of ``names``: rotated by one a round, so each goes first in turn.
+
+    Example:
+        >>> [rotation("abc", r) for r in range(4)]
+        [['a', 'b', 'c'], ['b', 'c', 'a'], ['c', 'a', 'b'], ['a', 'b', 'c']]
+    """
+    k = r % len(names)
+    return [*names[k:], *names[:k]]
+
+
+@dataclass
+class Rounds:
+    """What :func:`timed_rounds` measured: per variant, one value a timed round."""
+
+    seconds: dict[str, list[float]]
+    cpu_seconds: dict[str, list[float]]  # this process's CPU time (all its threads)
+    minor_faults: dict[str, list[int]]  # fresh memory being touched
+    results: dict[str, Any]  # each variant's last result (``keep=True`` only)
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def timed_rounds(
+    variants: Mapping[str, Callable[[], Any]],
+    rounds: int,
+    *,
+    warmup: int = 0,
+    orders: Sequence[Sequence[str]] | None = None,
+    sync: Callable[[], None] | None = None,
+    keep: bool = False,
+) -> Rounds:
+    """Call every variant once a round, round-robin, so that the machine's noise hits them
+    alike: ``warmup`` rounds, dropped, then ``rounds`` timed ones.
+
+    Each round's order is :func:`rotation` of the variants (counting the warm-up rounds),
+    or ``orders[r]`` (one order a round, warm-up rounds first). ``sync`` runs before and after
+    every call (a device synchronisation). With ``keep``, each variant's last result is kept
+    in ``results`` (the previous one is let go before the next call).
+    """
+    names = list(variants)
+    orders = [rotation(names, r) for r in range(warmup + rounds)] if orders is None else orders
+    if len(orders) != warmup + rounds:
+        raise ValueError(f"{len(orders)} orders for {warmup} + {rounds} rounds")
+    out = Rounds({n: [] for n in names}, {n: [] for n in names}, {n: [] for n in names}, {})
+    for r, order in enumerate(orders):
+        for name in order:
+            call = variants[name]
+            if keep:
+                out.results.pop(name, None)
+            if sync is not None:
+                sync()
+            f0, c0, t0 = _minor_faults(), time.process_time(), time.perf_counter()
+            if keep:
+                out.results[name] = call()
+            else:
+                call()
+            if sync is not None:
+                sync()
+            t1, c1, f1 = time.perf_counter(), time.process_time(), _minor_faults()
+            if r >= warmup:
+                out.seconds[name].append(t1 - t0)
+                out.cpu_seconds[name].append(c1 - c0)
+                out.minor_faults[name].append(f1 - f0)
+    return out
+
+
+def median_seconds(call: Callable[[], Any], calls: int = 3) -> float:
+    """The median wall time of ``calls`` calls of ``call`` in a row."""
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def quartiles(values: Sequence[float]) -> dict[str, float]:
+    """``median``, ``q1`` and ``q3`` of ``values`` (inclusive method; one value is all three)."""
+    if len(values) < 2:
+        return {"median": values[0], "q1": values[0], "q3": values[0]}
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return {"median": q2, "q1": q1, "q3": q3}
+
+
+def round_ratios(num: Sequence[float], den: Sequence[float]) -> list[float]:
+    """The per-round ratios ``num[r] / den[r]`` of two variants timed in the same rounds."""
+    return [a / b for a, b in zip(num, den, strict=True)]
+
+
+def paired_ratio(num: Sequence[float], den: Sequence[float]) -> dict[str, float]:
+    """:func:`quartiles` of the per-round ratios ``num / den``: a round's noise hits both."""
+    return quartiles(round_ratios(num, den))
+
+
+# -- numbers in reports ------------------------------------------------------------------------
+def mean_of(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that are not ``None``; ``None`` when there are none."""
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if known else None
+
+
+def ci95_half_width(values: Sequence[float]) -> float | None:
+    """Half the width of the 95 % Student-t interval of the mean; ``None`` under two values."""
+    if len(values) < 2:
+        return None
+    from scipy import stats
+
+    t = float(stats.t.ppf(0.975, len(values) - 1))
+    return t * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def pm(
+    mean: float | None,
+    std: float | None = None,
+    *,
+    scale: float = 1.0,
+    digits: int = 2,
+    none: str = "n/a",
+) -> str:
+    """``mean ± std``, both times ``scale``; the mean alone without a ``std``, ``none``
+    without a mean.
+
+    Example:
+        >>> pm(0.9123, 0.0045, scale=100), pm(0.9123, scale=100), pm(None)
+        ('91.23 ± 0.45', '91.23', 'n/a')
+    """
+    if mean is None:
+        return none
+    text = f"{scale * mean:.{digits}f}"
+    return text if std is None else f"{text} ± {scale * std:.{digits}f}"
+
+
+def mean_std(
+    values: Sequence[float], *, scale: float = 1.0, digits: int = 2, empty: str = "-"
+) -> str:
+    """:func:`pm` of the mean and sample standard deviation of ``values`` (the value alone
+    when there is one, ``empty`` when there is none)."""
+    if not values:
+        return empty
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return pm(statistics.fmean(values), std, scale=scale, digits=digits)
+
+
+def interval(
+    mean: float,
+    low: float | None = None,
+    high: float | None = None,
+    n: int | None = None,
+    *,
+    digits: int = 2,
+) -> str:
+    """A signed difference and its interval; ``(n=N)`` after it where ``n`` is given. With
+    fewer than two pairs, or no bounds, the difference alone.
+
+    Example:
+        >>> interval(-0.4, -0.62, -0.18, 5), interval(-0.4, n=1), interval(0.1, 0.0, 0.2)
+        ('-0.40 [-0.62, -0.18] (n=5)', '-0.40 (n=1)', '+0.10 [+0.00, +0.20]')
+    """
+    text = f"{mean:+.{digits}f}"
+    if low is not None and high is not None and (n is None or n >= 2):
+        text += f" [{low:+.{digits}f}, {high:+.{digits}f}]"
+    return text if n is None else f"{text} (n={n})"
+
+
+def median_iqr(median: float, q1: float, q3: float, digits: int = 2) -> str:
+    """``median (q1-q3)``: a median and its interquartile range, e.g. ``12.3 (11.9-13.0)``."""
+    return f"{median:.{digits}f} ({q1:.{digits}f}-{q3:.{digits}f})"
+
+
+def percent(fraction: float | None, digits: int = 1, none: str = "n/a") -> str:
+    """A fraction in percent without the sign: ``percent(0.1234)`` is ``"12.3"``."""
+    return none if fraction is None else f"{100 * fraction:.{digits}f}"
+
+
+def pass_fail(ok: bool) -> str:
+    """``PASS`` or ``FAIL``: a measurement against its target."""
+    return "PASS" if ok else "FAIL"
+
+
 # -- results -----------------------------------------------------------------------------------
+def report_header(
+    title: str, meta: Mapping[str, Any], *, took: str = "", load_end: str | None = None
+) -> list[str]:
+    """The lines every results page starts with: the title, then from ``meta`` (a
+    :func:`provenance`, or a mapping with its keys) the ``command`` that wrote it, the
+    ``machine`` (with the load average at the start), the commit (``git_head``, and whether
+    ``src/`` had uncommitted changes: ``git_dirty``) and the ``date``, which ``took`` follows
+    (the wall time, say); then, where known, the load average at the end.
+
+    Each line after the title ends in two spaces, a Markdown line break, so that the page's
+    own lines may follow at once or after a blank line.
+    """
+    changes = " (uncommitted changes under src/)" if meta.get("git_dirty") else ""
+    lines = [
+        f"# {title}",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']}  ",
+        f"Commit: {meta.get('git_head') or 'n/a'}{changes}  ",
+        f"Date: {meta['date']}{took}  ",
+    ]
+    if load_end:
+        lines.append(f"Load average at end: {load_end}  ")
+    return lines
+
+
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     """The lines of a Markdown table: ``| a | b |``, ``|---|---|``, then one line per row.
 

@@ -100,7 +100,6 @@ import inspect
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -116,18 +115,24 @@ import numpy as np
 import torch
 from common import (
     REPO,
+    Window,
     command_line,
     cpu_model,
-    cpu_snapshot,
     git_dirty,
     git_head,
     gpu_line,
     gpu_name,
-    load_average,
     markdown_table,
+    median_iqr,
+    median_seconds,
     memory_gb,
     now_iso,
-    other_cpu_share,
+    pass_fail,
+    quartiles,
+    report_header,
+    rotation,
+    round_ratios,
+    timed_rounds,
     write_json,
 )
 
@@ -349,13 +354,14 @@ def _round_orders(names: list[str], rounds: int) -> list[list[str]]:
     units = (
         [pair] + [[v] for v in names if v not in pair] if len(pair) == 2 else [[v] for v in names]
     )
-    orders = []
-    for r in range(rounds):
-        rotated = units[r % len(units) :] + units[: r % len(units)]
-        orders.append(
-            [v for unit in rotated for v in (unit[::-1] if r % 2 and len(unit) == 2 else unit)]
-        )
-    return orders
+    return [
+        [
+            v
+            for unit in rotation(units, r)
+            for v in (unit[::-1] if r % 2 and len(unit) == 2 else unit)
+        ]
+        for r in range(rounds)
+    ]
 
 
 def worker_reference(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -383,19 +389,10 @@ def worker_reference(cfg: dict[str, Any]) -> dict[str, Any]:
     if name in ("wpmi", "soft_wpmi"):  # the first line of the reference, N x M
         a = {"wpmi": 2.0, "soft_wpmi": 10.0}[name]
         variants["softmax"] = lambda: torch.nn.functional.softmax(a * P, dim=1)
-    times: dict[str, list[float]] = {v: [] for v in variants}
-    cpus: dict[str, list[float]] = {v: [] for v in variants}
-    results: dict[str, torch.Tensor] = {}
-    for order in _round_orders(list(variants), cfg["rounds"]):
-        for v in order:
-            results.pop(v, None)
-            c0, t0 = time.process_time(), time.perf_counter()
-            results[v] = variants[v]()
-            t1, c1 = time.perf_counter(), time.process_time()
-            times[v].append(t1 - t0)
-            cpus[v].append(c1 - c0)
-    S_ours, S_ref = results["discover"][:k_ref], results["reference"]
-    out: dict[str, Any] = {"times_s": times, "cpu_s": cpus, "k_ref": k_ref}
+    orders = _round_orders(list(variants), cfg["rounds"])
+    rounds = timed_rounds(variants, cfg["rounds"], orders=orders, keep=True)
+    S_ours, S_ref = rounds.results["discover"][:k_ref], rounds.results["reference"]
+    out: dict[str, Any] = {"times_s": rounds.seconds, "cpu_s": rounds.cpu_seconds, "k_ref": k_ref}
     if name == "rank_reorder":
         out["sort_floor"] = _sort_floor(cfg["N"], cfg["M"], cfg["K"], cfg["sort_floor_neurons"])
     if name == "rank_reorder":
@@ -564,29 +561,7 @@ def worker_record(cfg: dict[str, Any]) -> dict[str, Any]:
     )
     del rec, mine
 
-    times: dict[str, list[float]] = {n: [] for n in variants}
-    cpus: dict[str, list[float]] = {n: [] for n in variants}
-    faults: dict[str, list[int]] = {n: [] for n in variants}  # minor page faults per pass
-    names = list(variants)
-    for r in range(cfg["warmup"] + cfg["rounds"]):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            c0, t0 = time.process_time(), time.perf_counter()
-            variants[name]()
-            t1, c1 = time.perf_counter(), time.process_time()
-            if r >= cfg["warmup"]:
-                times[name].append(t1 - t0)
-                cpus[name].append(c1 - c0)
-                faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-
-    def median_of(fn: Callable[[], Any], n: int = 3) -> float:
-        out = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
-        return statistics.median(out)
+    rounds = timed_rounds(variants, cfg["rounds"], warmup=cfg["warmup"])
 
     # Cost of expanding every layer's winner mask for one batch, as record's hook does.
     # And how much memory each kept chunk pins: record's hook appends
@@ -604,17 +579,19 @@ def worker_record(cfg: dict[str, Any]) -> dict[str, Any]:
     handle = first.register_forward_hook(storage_probe)
     with torch.no_grad(), eval_policy(model, "argmax"), capture_winners(model):
         model(x)
-        mask_s = median_of(lambda: [lay.last_mask.to(torch.float32) for lay in layers.values()])
+        mask_s = median_seconds(
+            lambda: [lay.last_mask.to(torch.float32) for lay in layers.values()]
+        )
         mask_bytes = sum(lay.last_mask.numel() * 4 for lay in layers.values())
     handle.remove()
 
     return {
-        "times_s": times,
-        "cpu_s": cpus,
-        "minor_faults": faults,
+        "times_s": rounds.seconds,
+        "cpu_s": rounds.cpu_seconds,
+        "minor_faults": rounds.minor_faults,  # per pass
         "same_output_lean_vs_record": same,
-        "model_fingerprint_s": median_of(lambda: model_fingerprint(model)),
-        "dataset_fingerprint_s": median_of(lambda: dataset_fingerprint(probe)),
+        "model_fingerprint_s": median_seconds(lambda: model_fingerprint(model)),
+        "dataset_fingerprint_s": median_seconds(lambda: dataset_fingerprint(probe)),
         "mask_expansion_per_batch_s": mask_s,
         "mask_bytes_per_batch": mask_bytes,
         "batches": -(-cfg["images"] // batch),
@@ -747,10 +724,7 @@ def similarity_rows(sizes: dict[str, int], args: argparse.Namespace) -> list[dic
                 # paired: the median of each round's ratio (the two calls run back to back),
                 # which cancels the machine's drift across rounds
                 row["matmul_ratio"] = statistics.median(
-                    d / m
-                    for d, m in zip(
-                        cmp["times_s"]["discover"], cmp["times_s"]["matmul"], strict=True
-                    )
+                    round_ratios(cmp["times_s"]["discover"], cmp["times_s"]["matmul"])
                 )
                 row["matmul_pass"] = row["matmul_ratio"] <= MATMUL_TARGET
             _log(
@@ -801,9 +775,7 @@ def record_result(sizes: dict[str, int], args: argparse.Namespace) -> dict[str, 
     res["median_s"] = med
     res["ratio"] = med["record"] / med["plain"]
     res["lean_ratio"] = med["lean"] / med["plain"]
-    res["paired_ratios"] = [
-        r / p for r, p in zip(res["times_s"]["record"], res["times_s"]["plain"], strict=True)
-    ]
+    res["paired_ratios"] = round_ratios(res["times_s"]["record"], res["times_s"]["plain"])
     res["pass"] = res["ratio"] <= RECORD_TARGET
     _log(
         f"  plain {med['plain']:.2f} s, record {med['record']:.2f} s, lean {med['lean']:.2f} s"
@@ -817,10 +789,6 @@ def _fmt_s(seconds: float) -> str:
     return f"{seconds:,.1f}" if seconds >= 10 else f"{seconds:.2f}"
 
 
-def _pf(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
 def _same_best_ok(agreement: dict[str, Any]) -> bool:
     return agreement["same_best_concept"] >= 0.995
 
@@ -829,20 +797,26 @@ def render_markdown(rec: dict[str, Any]) -> str:
     s, m = rec["sizes"], rec["machine"]
     N, K, M = s["N"], s["K"], s["M"]
     out = [
-        "# Dissection speed benchmark",
+        *report_header(
+            "Dissection speed benchmark",
+            {
+                "command": rec["command"],
+                "machine": f"CPU `{m['cpu']}`, {m['cores']} cores (load average at start "
+                f"{rec['load_start']}), {m['memory_gb']:.0f} GB RAM; torch {m['torch']} with "
+                f"**{rec['threads']} thread(s)**; Python {m['python']}; {m['platform']}",
+                "git_head": m["git"],
+                "date": rec["started"],
+            },
+            took=f" (run took {rec['elapsed_s']:.0f} s)",
+            load_end=rec["load_end"],
+        ),
         "",
         "Similarity functions (discover vs float32 transcriptions of the reference code, "
         "and vs a bare matmul for the GEMM-bound ones) and the overhead of `discover`'s "
         "`record` over plain inference. Produced by `benchmarks/dissect_speed.py`; how each number is obtained is "
         "in that file's docstring and summarised below each table.",
         "",
-        f"- **Command:** `{rec['command']}` (cwd `{REPO}`)",
-        f"- **Date:** {rec['started']} (run took {rec['elapsed_s']:.0f} s)",
-        f"- **Machine:** CPU `{m['cpu']}`, {m['cores']} cores, {m['memory_gb']:.0f} GB RAM; "
-        f"torch {m['torch']} with **{rec['threads']} thread(s)**; Python {m['python']}; "
-        f"{m['platform']}; git {m['git']}",
-        f"- **Load average** (1/5/15 min) at start: {rec['load_start']}; at end: "
-        f"{rec['load_end']}. Other processes used {rec['others_cpu_share']:.0%} of the machine's "
+        f"- **Other processes** used {rec['others_cpu_share']:.0%} of the machine's "
         f"CPU capacity during the run"
         + (
             f"; competing benchmark(s) running at start: `{rec['competing_at_start']}`"
@@ -872,7 +846,7 @@ def render_markdown(rec: dict[str, Any]) -> str:
         old = f"{row['speedup']:.1f}x" if "speedup" in row else "-"
         if "reference" not in row:
             vec = _fmt_s(row["vectorised_s"])
-            table.append([row["fn"], vec, *["-"] * 7, mem, _pf(row["memory_pass"]), "-", old])
+            table.append([row["fn"], vec, *["-"] * 7, mem, pass_fail(row["memory_pass"]), "-", old])
             continue
         cmp = row["reference"]
         ref = _fmt_s(row["reference_s"]) + (
@@ -888,7 +862,7 @@ def render_markdown(rec: dict[str, Any]) -> str:
             else ""
         )
         target = (
-            f">= {row['reference_target']:.0f}x: {_pf(row['reference_pass'])}"
+            f">= {row['reference_target']:.0f}x: {pass_fail(row['reference_pass'])}"
             if "reference_pass" in row
             else "-"
         )
@@ -897,7 +871,7 @@ def render_markdown(rec: dict[str, Any]) -> str:
                 f"**{row['matmul_ratio']:.3f}** (matmul {_fmt_s(row['matmul_s'])} s; best of "
                 f"rounds {best['discover'] / best['matmul']:.3f})"
             )
-            mm_target = f"<= {MATMUL_TARGET:.2f}: {_pf(row['matmul_pass'])}"
+            mm_target = f"<= {MATMUL_TARGET:.2f}: {pass_fail(row['matmul_pass'])}"
         else:
             mm = mm_target = "-"
         ag = cmp["agreement"]
@@ -921,7 +895,7 @@ def render_markdown(rec: dict[str, Any]) -> str:
         table.append(
             [
                 row["fn"], _fmt_s(row["discover_s"]), ref, ratio, target, mm, mm_target, floor,
-                over, mem, _pf(row["memory_pass"]), agree, old,
+                over, mem, pass_fail(row["memory_pass"]), agree, old,
             ]
         )  # fmt: skip
     out += markdown_table(
@@ -1009,15 +983,10 @@ def render_markdown(rec: dict[str, Any]) -> str:
         "",
     ]
     r = rec["record"]
-    med, times = r["median_s"], r["times_s"]
+    times = r["times_s"]
 
     def stat(name: str) -> str:
-        q = (
-            statistics.quantiles(times[name], n=4, method="inclusive")
-            if len(times[name]) > 1
-            else [times[name][0]] * 3
-        )
-        return f"{med[name]:.2f} ({q[0]:.2f}-{q[2]:.2f})"
+        return median_iqr(**quartiles(times[name]))
 
     paired = statistics.median(r["paired_ratios"])
     peaks = r["peak_extra_bytes"]
@@ -1035,7 +1004,7 @@ def render_markdown(rec: dict[str, Any]) -> str:
             [
                 f"`{r['module']}.record(...)`", stat("record"),
                 f"**{r['ratio']:.3f}x** (paired {paired:.3f})",
-                f"{peaks['record'] / 2**20:,.0f}", flt["record"], _pf(r["pass"]),
+                f"{peaks['record'] / 2**20:,.0f}", flt["record"], pass_fail(r["pass"]),
             ],
             [
                 "lean recorder (benchmark-only, same output: "
@@ -1083,7 +1052,7 @@ def render_markdown(rec: dict[str, Any]) -> str:
         if "reference_pass" in row:
             out.append(
                 f"- {row['fn']}: reference / discover {row['reference_ratio']:.1f}x >= "
-                f"{row['reference_target']:.0f}x: **{_pf(row['reference_pass'])}**"
+                f"{row['reference_target']:.0f}x: **{pass_fail(row['reference_pass'])}**"
             )
         if "reference_pass" in row and not row["reference_pass"] and "floor" in row:
             fl = row["floor"]
@@ -1095,7 +1064,7 @@ def render_markdown(rec: dict[str, Any]) -> str:
         if "matmul_pass" in row:
             out.append(
                 f"- {row['fn']}: discover / bare matmul {row['matmul_ratio']:.3f} <= "
-                f"{MATMUL_TARGET:.2f}: **{_pf(row['matmul_pass'])}**"
+                f"{MATMUL_TARGET:.2f}: **{pass_fail(row['matmul_pass'])}**"
             )
         if "matmul_pass" in row and not row["matmul_pass"] and "floor" in row:
             fl = row["floor"]
@@ -1109,15 +1078,15 @@ def render_markdown(rec: dict[str, Any]) -> str:
             out.append(
                 f"- {row['fn']}: same best concept as the reference for "
                 f"{ag['same_best_concept']:.1%} of units (>= 99.5%; scores: rel. diff "
-                f"{ag['rel_diff']:.1e}): **{_pf(_same_best_ok(ag))}**"
+                f"{ag['rel_diff']:.1e}): **{pass_fail(_same_best_ok(ag))}**"
             )
     worst = max(rec["similarity"], key=lambda row: row["peak_extra_gb"])
     out.append(
         f"- peak extra memory <= 2 GB for every function (largest: {worst['fn']}, "
         f"{worst['peak_extra_gb']:.2f} GB): "
-        f"**{_pf(all(row['memory_pass'] for row in rec['similarity']))}**"
+        f"**{pass_fail(all(row['memory_pass'] for row in rec['similarity']))}**"
     )
-    out.append(f"- record / plain {r['ratio']:.3f}x <= 1.1x: **{_pf(r['pass'])}**")
+    out.append(f"- record / plain {r['ratio']:.3f}x <= 1.1x: **{pass_fail(r['pass'])}**")
     out += [
         "",
         "Notes: wall-clock times on a shared machine; a load average above the core "
@@ -1195,14 +1164,15 @@ def main(argv: list[str] | None = None) -> int:
         sizes["rank_reorder_concepts"] = args.rank_reorder_concepts
     torch.set_num_threads(args.threads)
     started = now_iso()
-    load_start, cpu0, t0 = load_average(), cpu_snapshot(), time.perf_counter()
+    window = Window.open()
     competing = competing_benchmarks()
-    _log(f"load average {load_start}; sizes {sizes}; threads {args.threads}")
+    _log(f"load average {window.load_start}; sizes {sizes}; threads {args.threads}")
 
     similarity = similarity_rows(sizes, args)
     recording = record_result(sizes, args)
 
-    wall = time.perf_counter() - t0
+    load = window.close()
+    wall = load["seconds"]
     head = git_head()
     rec = {
         "command": command_line(argv),
@@ -1213,9 +1183,9 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "max_repeats": args.max_repeats,
         "min_repeat_s": args.min_repeat_s,
-        "load_start": load_start,
-        "load_end": load_average(),
-        "others_cpu_share": other_cpu_share(cpu0),
+        "load_start": load["load_start"],
+        "load_end": load["load_end"],
+        "others_cpu_share": load["other_cpu_share"],
         "competing_at_start": competing,
         "machine": {
             "cpu": cpu_model(),

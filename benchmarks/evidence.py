@@ -36,7 +36,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common import REPO, markdown_table, provenance, write_json
+from common import (
+    REPO,
+    interval,
+    load_average,
+    markdown_table,
+    provenance,
+    report_header,
+    write_json,
+)
 
 from discover.evaluation import paired_difference
 
@@ -174,11 +182,8 @@ def _fmt(row: dict[str, Any]) -> str:
     if row["claim"] == "sparsity":
         return f"max |deviation| {row['paired_diff_mean']:.1e}"
     if row["n"] < 2:
-        return f"{row['paired_diff_mean']:+.{digits}f} (one seed)"
-    return (
-        f"{row['paired_diff_mean']:+.{digits}f} [{row['ci_low']:+.{digits}f}, "
-        f"{row['ci_high']:+.{digits}f}]"
-    )
+        return f"{interval(row['paired_diff_mean'], digits=digits)} (one seed)"
+    return interval(row["paired_diff_mean"], row["ci_low"], row["ci_high"], digits=digits)
 
 
 def _counts(rows: list[dict[str, Any]]) -> str:
@@ -231,13 +236,11 @@ def readme_block(data: dict[str, Any], root: str = "") -> str:
     return "\n".join(lines)
 
 
-def write_page(data: dict[str, Any], out: Path) -> Path:
+def write_page(data: dict[str, Any], out: Path, load_end: str | None = None) -> Path:
+    """``evidence.json`` and ``evidence.md``; ``load_end``: the load average now."""
     write_json(out / "evidence.json", data)
     lines = [
-        "# What the evidence says",
-        "",
-        f"Command: `{data['command']}`  ",
-        f"Commit: {data['git_head']}; date: {data['date']}; machine: {data['machine']}  ",
+        *report_header("What the evidence says", data, load_end=load_end),
         "",
         "Every row: one claim on one data set, model and U; the mean paired difference over "
         "seeds (each CVN minus the dense twin of its own seed; each LWTA layer minus the SAE "
@@ -314,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = build(provenance(argv))
-    print(f"written: {write_page(data, out)}")
+    print(f"written: {write_page(data, out, load_average(1, ', '))}")
     if args.readme:
         for path in update_readme(data):
             print(f"updated: {path.relative_to(REPO)}")

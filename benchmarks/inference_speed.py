@@ -37,21 +37,20 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from common import (
     REPO,
-    cpu_snapshot,
-    load_average,
+    Window,
     markdown_table,
-    other_cpu_share,
+    median_iqr,
+    paired_ratio,
     provenance,
+    quartiles,
+    report_header,
+    timed_rounds,
     write_json,
 )
 from torch import nn
@@ -64,36 +63,6 @@ from discover.nn.sparse import SparseLWTAMlp
 RESULTS = REPO / "benchmarks" / "results"
 TARGETS = {"deit_b64": 1.2, "deit_b1": 1.0, "small_vit_u8plus": 1.0, "u2_floor": 1.0}
 LAYER_US = (2, 3, 4, 6, 8, 12, 16, 24)
-
-
-# -- timing ------------------------------------------------------------------------------------
-def timed_rounds(
-    variants: dict[str, Callable[[], Any]], warmup: int, rounds: int
-) -> dict[str, list[float]]:
-    """Seconds per call of every variant, round-robin with a rotating start; warm-up dropped."""
-    names = list(variants)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(warmup + rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            t0 = time.perf_counter()
-            variants[name]()
-            elapsed = time.perf_counter() - t0
-            if r >= warmup:
-                times[name].append(elapsed)
-    return times
-
-
-def quartiles(values: list[float]) -> dict[str, float]:
-    if len(values) < 2:
-        return {"median": values[0], "q1": values[0], "q3": values[0]}
-    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return {"median": q2, "q1": q1, "q3": q3}
-
-
-def speedup(times: dict[str, list[float]], slow: str, fast: str) -> dict[str, float]:
-    """Per-round ratios ``slow / fast`` (> 1: ``fast`` is faster): median and quartiles."""
-    return quartiles([a / b for a, b in zip(times[slow], times[fast], strict=True)])
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -150,8 +119,10 @@ def model_case(
 
     with torch.no_grad():
         times = timed_rounds(
-            {"dense": lambda: dense(x), "plain": plain, "sparse": lambda: cvn(x)}, warmup, rounds
-        )
+            {"dense": lambda: dense(x), "plain": plain, "sparse": lambda: cvn(x)},
+            rounds,
+            warmup=warmup,
+        ).seconds
     return {
         "case": label,
         "arch": arch,
@@ -159,8 +130,9 @@ def model_case(
         "batch": batch,
         "check": check,
         "ms": {k: {q: v * 1e3 for q, v in quartiles(t).items()} for k, t in times.items()},
-        "sparse_over_dense": speedup(times, "dense", "sparse"),
-        "sparse_over_plain": speedup(times, "plain", "sparse"),
+        # per-round ratios slow / fast (> 1: sparse is faster)
+        "sparse_over_dense": paired_ratio(times["dense"], times["sparse"]),
+        "sparse_over_plain": paired_ratio(times["plain"], times["sparse"]),
         "arithmetic_limit": arithmetic_limit(cvn, x[:1], U),
         "sparse_path": U >= sparse.SPARSE_MIN_U,
     }
@@ -178,15 +150,15 @@ def layer_case(tokens: int, width: int, hidden: int, U: int, warmup: int, rounds
                 "plain": lambda: fc2(act(fc1(x))),
                 "sparse": lambda: sparse.sparse_linear(fc1(x), U, weight_t, fc2.bias),
             },
-            warmup,
             rounds,
-        )
+            warmup=warmup,
+        ).seconds
     return {
         "tokens": tokens,
         "width": width,
         "hidden": hidden,
         "U": U,
-        "sparse_over_plain": speedup(times, "plain", "sparse"),
+        "sparse_over_plain": paired_ratio(times["plain"], times["sparse"]),
     }
 
 
@@ -200,10 +172,6 @@ def choose_min_u(layers: list[dict[str, Any]]) -> int | None:
 
 
 # -- report ------------------------------------------------------------------------------------
-def fmt(q: dict[str, float], digits: int = 2) -> str:
-    return f"{q['median']:.{digits}f} ({q['q1']:.{digits}f}-{q['q3']:.{digits}f})"
-
-
 def verdicts(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for r in models:
@@ -222,14 +190,16 @@ def verdicts(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def render(record: dict[str, Any]) -> str:
+    prov = record["provenance"]
     lines = [
-        "# Sparse deterministic inference",
+        *report_header(
+            "Sparse deterministic inference",
+            {**prov, "machine": f"{prov['machine']}; {record['threads']} torch thread(s)"},
+            load_end=record["load_after"],
+        ),
         "",
-        f"- **command:** `{record['provenance']['command']}`",
-        f"- **commit:** `{record['provenance']['git_head']}`; {record['provenance']['date']}",
-        f"- **machine:** {record['provenance']['machine']}; {record['threads']} torch thread(s); "
-        f"load average before {record['load_before']}, after {record['load_after']}; other "
-        f"processes used {record['other_cpu_share']:.0%} of the CPU during the run",
+        f"- **other processes** used {record['other_cpu_share']:.0%} of the CPU during the run "
+        f"(load average before {record['load_before']})",
         f"- **rounds:** {record['warmup']} warm-up + {record['rounds']} timed per case, "
         "round-robin; figures are medians (q1-q3); verdicts on the median of paired ratios",
     ]
@@ -253,11 +223,11 @@ def render(record: dict[str, Any]) -> str:
             r["case"],
             r["U"],
             r["batch"],
-            fmt(r["ms"]["dense"], 1),
-            fmt(r["ms"]["plain"], 1),
-            fmt(r["ms"]["sparse"], 1),
-            f"**{fmt(r['sparse_over_dense'])}**",
-            fmt(r["sparse_over_plain"]),
+            median_iqr(**r["ms"]["dense"], digits=1),
+            median_iqr(**r["ms"]["plain"], digits=1),
+            median_iqr(**r["ms"]["sparse"], digits=1),
+            f"**{median_iqr(**r['sparse_over_dense'])}**",
+            median_iqr(**r["sparse_over_plain"]),
             f"{r['arithmetic_limit']:.2f}x",
             f"top-1 {'equal' if r['check']['top1_equal'] else 'DIFFERS'}, "
             f"max diff {r['check']['max_abs_logit_diff']:.1e}",
@@ -277,7 +247,11 @@ def render(record: dict[str, Any]) -> str:
     lines += markdown_table(
         ["tokens x width -> hidden", "U", "plain / sparse"],
         [
-            [f"{r['tokens']} x {r['width']} -> {r['hidden']}", r["U"], fmt(r["sparse_over_plain"])]
+            [
+                f"{r['tokens']} x {r['width']} -> {r['hidden']}",
+                r["U"],
+                median_iqr(**r["sparse_over_plain"]),
+            ]
             for r in record["layers"]
         ],
     )
@@ -303,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     rounds = args.rounds or (2 if args.quick else 9)
     warmup = 1 if args.quick else args.warmup
-    load_before, start = load_average(), cpu_snapshot()
+    meta = provenance(argv, threads=torch.get_num_threads(), script=__file__)
+    window = Window.open()
     deit = dict(img_size=64) if args.quick else {}
     models = [
         model_case("DeiT-Tiny", "deit_tiny_patch16_224", 24, b, warmup, rounds, **deit)
@@ -317,18 +292,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         shapes = [(4 * 197, 192, 768), (16 * 65, 96, 384)]
     layers = [layer_case(t, w, h, U, warmup, rounds) for t, w, h in shapes for U in LAYER_US]
+    load = window.close()
     record = {
-        "provenance": provenance(
-            sys.argv if argv is None else ["inference_speed.py", *argv],
-            threads=torch.get_num_threads(),
-        ),
+        "provenance": meta,
         "threads": torch.get_num_threads(),
         "quick": args.quick,
         "warmup": warmup,
         "rounds": rounds,
-        "load_before": load_before,
-        "load_after": load_average(),
-        "other_cpu_share": other_cpu_share(start) or 0.0,
+        "load_before": load["load_start"],
+        "load_after": load["load_end"],
+        "other_cpu_share": load["other_cpu_share"] or 0.0,
         "kernel_available": sparse.kernel_available(),
         "models": models,
         "verdicts": verdicts(models),

@@ -37,10 +37,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import markdown_table, provenance, write_json
+from common import (
+    load_average,
+    markdown_table,
+    median_seconds,
+    provenance,
+    report_header,
+    rotation,
+    round_ratios,
+    write_json,
+)
 from safetensors.torch import load_file, save_file
 
 OLD_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC")
@@ -85,12 +93,7 @@ def _worker(flags: list[str] | None, out: str) -> None:
     result: dict = {"seconds": {}, "outputs": {}}
     for name, call in calls.items():
         out_t = call()  # warm-up (and the build, on first use)
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - t0)
-        result["seconds"][name] = statistics.median(times)
+        result["seconds"][name] = median_seconds(call, 5)
         save_file({"out": out_t.contiguous()}, f"{out}.{name}.safetensors")
     result["python_subnormal_survives"] = 2.2250738585072014e-308 / 2 != 0.0
     result["torch_subnormal_survives"] = bool((torch.tensor(1e-40) * 1).item() != 0.0)
@@ -132,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            names = list(variants)
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for name in order:
+            for name in rotation(list(variants), r):
                 out = Path(tmp) / f"{name}-{r}.json"
                 runs[name].append(_run(variants[name], out))
                 for kernel in runs[name][-1]["seconds"]:
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         old = [run["seconds"][kernel] for run in runs["old"]]
         for name in variants:
             times = [run["seconds"][kernel] for run in runs[name]]
-            ratios = [t / o for t, o in zip(times, old, strict=True)]
+            ratios = round_ratios(times, old)
             rows.append(
                 {
                     "kernel": kernel,
@@ -189,14 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "kernel_flags.json", state)
     lines = [
-        "# C kernel flags: speed, agreement and the process's floating point",
+        *report_header(
+            "C kernel flags: speed, agreement and the process's floating point",
+            state,
+            load_end=load_average(1, ", "),
+        ),
         "",
         "Produced by `benchmarks/kernel_flags.py`; how it measures is in its docstring.",
         "",
-        f"- **Command:** `{state['command']}`",
-        f"- **Code:** git {state['git_head']}",
-        f"- **Date:** {state['date']}",
-        f"- **Machine:** {state['machine']}",
         *(f"- **{name}:** `{' '.join(flags)}`" for name, flags in state["variants"].items()),
         "- **Link:** `-shared -fopenmp` (compiled and linked apart)",
         f"- **Rounds:** {args.rounds} (a fresh process per variant and round, order rotating)",

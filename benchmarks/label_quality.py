@@ -70,12 +70,9 @@ Results: ``benchmarks/results/label_quality.{md,json,png}``.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
-import math
-import multiprocessing
 import shutil
 import statistics
 import time
@@ -84,7 +81,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import markdown_table, portable, provenance, write_json
+from common import (
+    ci95_half_width,
+    load_average,
+    markdown_table,
+    percent,
+    portable,
+    process_pool,
+    provenance,
+    report_header,
+    write_json,
+)
 
 SPLITS = {"validation": "val", "test": "test"}
 PROBE_N, HELD_N = 2000, 500
@@ -621,19 +628,7 @@ def paired(
     diffs = [ma[m] - mb[m] for m in common]
     if len(diffs) < 2:
         return None
-    t = student_t(len(diffs) - 1)
-    return statistics.mean(diffs), t * statistics.stdev(diffs) / math.sqrt(len(diffs)), len(diffs)
-
-
-def student_t(df: int) -> float:
-    """The two-sided 95 % quantile of Student's t with ``df`` degrees of freedom."""
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, df))
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}"
+    return statistics.mean(diffs), ci95_half_width(diffs), len(diffs)
 
 
 def _describe(setting: Setting) -> str:
@@ -648,15 +643,15 @@ def _describe(setting: Setting) -> str:
 
 def _figures(e: dict[str, Any]) -> list[str]:
     return [
-        f"{_pct(e['explanation_precision'])} ({_pct(e['explanation_shuffled'])}; "
-        f"{_pct(e['contributions_shown'])})",
-        f"{_pct(e['winner_precision'])} ({_pct(e['winner_shuffled'])})",
-        f"{_pct(e['conditioned_precision'])} ({_pct(e['control_random_units'])} / "
-        f"{_pct(e['control_random_concepts'])})",
-        _pct(e["unit_label_precision"]),
-        _pct(e["shown_label_precision"]),
-        _pct(e["label_is_best"]),
-        f"{_pct(e['abstained'])} ({_pct(e['abstained_detecting'])})",
+        f"{percent(e['explanation_precision'])} ({percent(e['explanation_shuffled'])}; "
+        f"{percent(e['contributions_shown'])})",
+        f"{percent(e['winner_precision'])} ({percent(e['winner_shuffled'])})",
+        f"{percent(e['conditioned_precision'])} ({percent(e['control_random_units'])} / "
+        f"{percent(e['control_random_concepts'])})",
+        percent(e["unit_label_precision"]),
+        percent(e["shown_label_precision"]),
+        percent(e["label_is_best"]),
+        f"{percent(e['abstained'])} ({percent(e['abstained_detecting'])})",
     ]
 
 
@@ -689,9 +684,9 @@ def _what_reaches(means: dict[Config, dict[str, Any]], emb: str, key: str, bar: 
     test = means.get(("test", *k[1:]), {})
     return [
         f"  - what reaches it: `{k[2]}` with {_describe(k[3:])} reaches "
-        f"{_pct(entry.get(key))} % on validation (test {_pct(test.get(key))} %), but labels "
-        f"only {_pct(shown)} % of the contribution-table rows on validation (test "
-        f"{_pct(test.get('contributions_shown'))} %), below the {int(100 * MIN_SHOWN)} % the "
+        f"{percent(entry.get(key))} % on validation (test {percent(test.get(key))} %), but labels "
+        f"only {percent(shown)} % of the contribution-table rows on validation (test "
+        f"{percent(test.get('contributions_shown'))} %), below the {int(100 * MIN_SHOWN)} % the "
         "defaults must keep; the other rows are shown unlabelled ('weak here' or abstained)."
     ]
 
@@ -714,7 +709,11 @@ def _clip_lines(training: dict[str, Any] | None) -> list[str]:
     ]
 
 
-def write_report(state: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> None:
+def write_report(
+    state: dict[str, Any], rows: list[dict[str, Any]], out: Path, load_end: str | None = None
+) -> None:
+    """``label_quality.json``, ``.md`` and ``.png`` from the measured rows; ``load_end``: the
+    load average now, when they were measured by this invocation."""
     means = config_means(rows)
     tuned = tune(means)
     chosen = choose_defaults(tuned)
@@ -726,25 +725,25 @@ def write_report(state: dict[str, Any], rows: list[dict[str, Any]], out: Path) -
         return means.get((split, emb, sim, *setting))
 
     lines = [
-        "# Label quality end to end (issue 21)",
+        *report_header(
+            "Label quality end to end (issue 21)",
+            state,
+            took=f"; run took {state['minutes']:.0f} min (the rows of a model and split "
+            "measured by an earlier run with the same key are read from `--cache`; measuring "
+            "one takes about 2-3 min on one core)",
+            load_end=load_end,
+        ),
         "",
         "Are the words a user reads true? Produced by `benchmarks/label_quality.py`; the",
         "definitions are in its docstring.",
         "",
-        f"- **Command:** `{state['command']}`",
-        f"- **Code:** git {state['git_head']}"
-        f"{' (uncommitted changes under src/)' if state['git_dirty'] else ''}",
-        f"- **Date:** {state['date']}; run took {state['minutes']:.0f} min (the rows of a "
-        "model and split measured by an earlier run with the same key are read from `--cache`; "
-        "measuring one takes about 2-3 min on one core)",
-        f"- **Machine:** {state['machine']}",
         f"- **Models** ({len(state['subjects'])}): {', '.join(state['subjects'])}",
         f"- **Embedders:** `annotations` (ground truth) and the Shapes CLIP `{state['clip']}`"
         f" (zero-shot on held-out images: {state['clip_zero_shot']})",
         *_clip_lines(state.get("clip_training")),
         f"- **Probe / held-out images:** {state['probe_n']} / {state['held_n']} per split "
         "(Shapes `val` = validation, `test` = test; seeds 0 / 1). Chance: "
-        f"{_pct(chance)} % (6 of 46 concepts per image).",
+        f"{percent(chance)} % (6 of 46 concepts per image).",
         f"- **Settings tried** (every dissection, validation split): a unit unlabelled when "
         f"p_null > {' or '.join(str(p) for p in ABSTAIN_P)}, when its match < "
         f"{' or '.join(str(r) for r in MIN_MATCH)}; a listed unit unlabelled below its probe "
@@ -805,11 +804,11 @@ def write_report(state: dict[str, Any], rows: list[dict[str, Any]], out: Path) -
                 extra = f"; {100 * margin:+.1f} points over the random-units control (target +15)"
             if key == "unit_label_precision" and e:
                 extra = (
-                    f"; abstention among detecting units {_pct(e.get('abstained_detecting'))} % "
+                    f"; abstention among detecting units {percent(e.get('abstained_detecting'))} % "
                     "(target <= 30)"
                 )
             lines.append(
-                f"- {key}, labels from {emb}: {_pct(value)} % (target {100 * bar:.0f} %): "
+                f"- {key}, labels from {emb}: {percent(value)} % (target {100 * bar:.0f} %): "
                 f"**{verdict}**{extra}"
             )
             if value is not None and value < bar:
@@ -1012,12 +1011,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_iou:
                 rows += measured_iou_rows(subject, runs, split, Path(args.cache), args.quick)
     else:
-        with concurrent.futures.ProcessPoolExecutor(
-            max_workers=args.jobs,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=torch.set_num_threads,
-            initargs=(args.threads,),
-        ) as pool:
+        with process_pool(args.jobs, args.threads) as pool:
             futures = [pool.submit(measured_rows, s, runs, split, *common) for s, split in jobs]
             if not args.no_iou:
                 futures += [
@@ -1041,7 +1035,7 @@ def main(argv: list[str] | None = None) -> int:
         "min_percentile": list(MIN_PERCENTILE),
         "lift_bar": LIFT_BAR,
     }
-    write_report(state, rows, out)
+    write_report(state, rows, out, load_average(1, ", "))
     print(f"written: {out / 'label_quality.md'}")
     return 0
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import json
-import multiprocessing
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -44,7 +43,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import markdown_table, portable, provenance, run_identity, write_json
+from common import (
+    load_average,
+    markdown_table,
+    mean_std,
+    portable,
+    process_pool,
+    provenance,
+    report_header,
+    run_identity,
+    write_json,
+)
 
 LAYERS = {
     "resnet": ("layer2.0.act2", "layer3.0.act2"),
@@ -190,16 +199,12 @@ def measure(subject: Subject, runs: Path, workdir: Path) -> list[dict[str, Any]]
 
 
 # -- summary --------------------------------------------------------------------------------------
-def _mean_sd(values: list[float]) -> tuple[float, float | None]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
-
-
 def _cell(values: list[float], digits: int = 2) -> str:
+    """``mean ± sd (each seed's value)``."""
     if not values:
         return "-"
-    mean, sd = _mean_sd(values)
     each = ", ".join(f"{v:.{digits}f}" for v in values)
-    return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "") + f" ({each})"
+    return f"{mean_std(values, digits=digits)} ({each})"
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -268,7 +273,9 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write_report(state: dict[str, Any], out: Path) -> Path:
+def write_report(state: dict[str, Any], out: Path, load_end: str | None = None) -> Path:
+    """``localization.json``, ``.md`` and ``.png`` from ``state``; ``load_end``: the load
+    average now, when the state was measured by this invocation."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "localization.json", state)
     summary = summarise(state["rows"])
@@ -304,15 +311,14 @@ def write_report(state: dict[str, Any], out: Path) -> Path:
         for s in summary
     ]
     lines = [
-        "# Where units fire: Network-Dissection IoU of dense, CVN and SAE units (Shapes)",
+        *report_header(
+            "Where units fire: Network-Dissection IoU of dense, CVN and SAE units (Shapes)",
+            state,
+            load_end=load_end,
+        ),
         "",
         "Produced by `benchmarks/localization.py`; what it measures is in its docstring.",
         "",
-        f"- **Command:** `{state['command']}`",
-        f"- **Code:** git {state['git_head']}"
-        + (" (uncommitted changes)" if state["git_dirty"] else ""),
-        f"- **Date:** {state['date']}",
-        f"- **Machine:** {state['machine']}",
         f"- **Probe:** {PROBE_N} Shapes `test` images at {IMAGE_SIZE} px (pixel masks from the "
         "generator); thresholds at each unit's top 0.5 % value; detector: IoU > 0.04.",
         *(f"- **Not measured:** {m}" for m in state.get("missing", [])),
@@ -460,13 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.render:
         todo = [s for s in subjects if not _current(records / f"{s.name}.json", s, args.runs)]
         print(f"{len(subjects)} subjects, {len(todo)} to measure", flush=True)
-        context = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(
-            max_workers=args.jobs,
-            mp_context=context,
-            initializer=torch.set_num_threads,
-            initargs=(args.threads,),
-        ) as pool:
+        with process_pool(args.jobs, args.threads) as pool:
             futures = {pool.submit(measure, s, args.runs, args.workdir): s for s in todo}
             for future in cf.as_completed(futures):
                 subject = futures[future]
@@ -491,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         keep = ("command", "git_head", "git_dirty", "date", "machine", "torch")
         meta = {**{k: measured[k] for k in keep if k in measured}, "rendered_by": meta["command"]}
     state = {**meta, "missing": missing, "rows": rows}
-    print(write_report(state, args.out).read_text())
+    load_end = None if args.render else load_average(1, ", ")
+    print(write_report(state, args.out, load_end).read_text())
     if all((r.run(args.runs) / "record.json").is_file() for r in FIGURE_SUBJECTS):
         print(f"wrote {figure(args.runs, args.out / 'localization_heatmaps.png')}")
     return 0

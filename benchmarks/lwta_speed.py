@@ -79,15 +79,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import math
 import os
 import platform
-import resource
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,18 +93,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from common import (
+    Window,
     command_line,
     cpu_model,
-    cpu_snapshot,
-    git,
-    git_head,
     gpu_line,
     gpu_name,
-    load_average,
     markdown_table,
+    measured_files,
+    median_iqr,
     now_iso,
-    other_cpu_share,
+    paired_ratio,
+    pass_fail,
     portable,
+    quartiles,
+    report_header,
+    timed_rounds,
     write_json,
 )
 from torch import nn
@@ -390,29 +390,15 @@ class Variant:
     saved_mb: float | None = None
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _minflt() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def round_robin(variants: list[Variant], warmup: int, repeats: int, device: torch.device) -> None:
-    """Run every variant once per round, rotating the start; keep the timed rounds only."""
-    for r in range(warmup + repeats):
-        k = r % len(variants)
-        for v in variants[k:] + variants[:k]:
-            _sync(device)
-            f0, c0, t0 = _minflt(), time.process_time(), time.perf_counter()
-            v.step()
-            _sync(device)
-            t1, c1, f1 = time.perf_counter(), time.process_time(), _minflt()
-            if r >= warmup:
-                v.times_s.append(t1 - t0)
-                v.cpu_s.append(c1 - c0)
-                v.faults.append(f1 - f0)
+def time_variants(variants: list[Variant], warmup: int, repeats: int, device: torch.device) -> None:
+    """Time every variant once per round, round-robin (:func:`common.timed_rounds`), and keep
+    its timed rounds: wall and process CPU seconds, minor page faults."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    rounds = timed_rounds({v.name: v.step for v in variants}, repeats, warmup=warmup, sync=sync)
+    for v in variants:
+        v.times_s = rounds.seconds[v.name]
+        v.cpu_s = rounds.cpu_seconds[v.name]
+        v.faults = rounds.minor_faults[v.name]
 
 
 def saved_for_backward_mb(step: Step) -> float:
@@ -430,27 +416,17 @@ def saved_for_backward_mb(step: Step) -> float:
 
 
 def summary(times: list[float]) -> dict[str, float]:
-    """Median, quartiles (inclusive method) and IQR, in milliseconds."""
-    ms = sorted(t * 1e3 for t in times)
-    if len(ms) >= 2:
-        q1, q2, q3 = statistics.quantiles(ms, n=4, method="inclusive")
-    else:
-        q1 = q2 = q3 = ms[0]
+    """Median, quartiles (inclusive method), IQR and minimum, in milliseconds."""
+    ms = [t * 1e3 for t in times]
+    q = quartiles(ms)
     return {
-        "median_ms": q2,
-        "q1_ms": q1,
-        "q3_ms": q3,
-        "iqr_ms": q3 - q1,
-        "min_ms": ms[0],
+        "median_ms": q["median"],
+        "q1_ms": q["q1"],
+        "q3_ms": q["q3"],
+        "iqr_ms": q["q3"] - q["q1"],
+        "min_ms": min(ms),
         "n": len(ms),
     }
-
-
-def paired_ratio(num: Variant, den: Variant) -> dict[str, float]:
-    """Median and quartiles of the per-round ratios num/den (same round = same noise)."""
-    ratios = [a / b for a, b in zip(num.times_s, den.times_s, strict=True)]
-    s = summary([r / 1e3 for r in ratios])  # summary() multiplies by 1e3
-    return {"median": s["median_ms"], "q1": s["q1_ms"], "q3": s["q3_ms"]}
 
 
 def variant_record(v: Variant) -> dict[str, Any]:
@@ -469,7 +445,7 @@ def ratios(num: Variant, den: Variant) -> dict[str, Any]:
     return {
         "median": a["median_ms"] / b["median_ms"],
         "of_mins": a["min_ms"] / b["min_ms"],
-        "paired": paired_ratio(num, den),
+        "paired": paired_ratio(num.times_s, den.times_s),  # same round = same noise
     }
 
 
@@ -551,47 +527,26 @@ def model_variants(
 MEASURED_FILES = ("nn/lwta.py", "nn/lwta_kernel.py", "nn/csrc/lwta.c")
 
 
-def provenance() -> dict[str, Any]:
-    """Which discover code was measured: the imported LWTA files and how they relate to HEAD."""
-    package = Path(discover.__file__).resolve().parent
-    head = git_head(short=False)
-    files = []
-    for rel in MEASURED_FILES:
-        data = (package / rel).read_bytes()
-        blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git's blob id
-        head_blob = git("rev-parse", f"HEAD:src/discover/{rel}")
-        first = (
-            git("log", "--all", "--reverse", "--format=%h", f"--find-object={blob}") or ""
-        ).split("\n")[0]
-        files.append(
-            {
-                "file": rel,
-                "blob": blob,
-                "matches_head": None if head_blob is None else blob == head_blob,
-                "first_commit": first or None,
-            }
-        )
+def measured_code() -> dict[str, Any]:
+    """Which discover code was measured (the ``provenance`` of the results file):
+    :func:`common.measured_files` of the LWTA files, and the fused kernel loaded."""
     return {
-        "discover_file": portable(str(Path(discover.__file__).resolve())),
-        "git_head": head,
-        "files": files,
+        **measured_files(*MEASURED_FILES),
         "kernel_available": lwta_kernel.available(),
         "kernel_library": portable(str(lwta_kernel.library_path())),
-        "pythonpath": os.environ.get("PYTHONPATH"),
     }
 
 
 def fmt_stat(s: dict[str, float]) -> str:
-    return f"{s['median_ms']:.1f} ({s['q1_ms']:.1f}-{s['q3_ms']:.1f})"
+    return median_iqr(s["median_ms"], s["q1_ms"], s["q3_ms"], digits=1)
 
 
 def fmt_ratio(r: dict[str, Any]) -> str:
-    p = r["paired"]
-    return f"{p['median']:.2f} ({p['q1']:.2f}-{p['q3']:.2f})"
+    return median_iqr(**r["paired"])
 
 
 def verdict(ratio: float, target: float) -> str:
-    return "PASS" if ratio <= target else "FAIL"
+    return pass_fail(ratio <= target)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -650,12 +605,10 @@ def main(argv: list[str] | None = None) -> int:
 
     command = command_line(argv)
     started = now_iso(utc=False)
-    load_start = load_average()
-    wall0 = time.perf_counter()
-    cpu0 = cpu_snapshot()
+    window = Window.open()
     torch.manual_seed(args.seed)
 
-    prov = provenance()
+    prov = measured_code()
     print(
         f"measuring {prov['discover_file']} ("
         + ", ".join(f"{f['file']} matches HEAD: {f['matches_head']}" for f in prov["files"])
@@ -698,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
             f"timing {kind} {shape}: {len(variants)} variants x {warmup}+{layer_repeats} rounds",
             flush=True,
         )
-        round_robin(variants, warmup, layer_repeats, device)
+        time_variants(variants, warmup, layer_repeats, device)
         by_name = {v.name: v for v in variants}
         plain, floor = variants[-2], variants[-1]
         for U in us:
@@ -740,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{warmup}+{model_repeats} rounds",
                 flush=True,
             )
-            round_robin(variants, warmup, model_repeats, device)
+            time_variants(variants, warmup, model_repeats, device)
             fu, un, dense = variants
             model_results.append(
                 {
@@ -762,7 +715,8 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
 
-    elapsed = time.perf_counter() - wall0
+    load = window.close()
+    elapsed = load["seconds"]
     machine = {
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -774,9 +728,9 @@ def main(argv: list[str] | None = None) -> int:
         "platform": platform.platform(),
         "device": str(device),
         "gpu": gpu_name(),
-        "load_average_start": load_start,
-        "load_average_end": load_average(),
-        "other_processes_cpu_share": other_cpu_share(cpu0),
+        "load_average_start": load["load_start"],
+        "load_average_end": load["load_end"],
+        "other_processes_cpu_share": load["other_cpu_share"],
     }
     settings = {
         "quick": quick,
@@ -827,20 +781,32 @@ def _version(module: str) -> str:
         return "n/a"
 
 
-def _machine_lines(rec: dict[str, Any]) -> list[str]:
+def _header(rec: dict[str, Any]) -> list[str]:
+    """:func:`common.report_header` from a results record (this run's or a saved one)."""
     m, s, p = rec["machine"], rec["settings"], rec["provenance"]
     threads_note = ", set by --threads" if s.get("threads") is not None else ", the default"
+    return report_header(
+        "LWTA speed benchmark",
+        {
+            "command": rec["command"],
+            "machine": f"CPU `{m['cpu_model']}`, {m['cpu_count']} cores (load average at start "
+            f"{m['load_average_start']}; torch threads {m['torch_threads']}{threads_note}), "
+            f"device `{m['device']}`; {m['platform']}",
+            "git_head": (p["git_head"] or "n/a")[:12],
+            "date": rec["date"],
+        },
+        took=f" (run took {rec['elapsed_s']:.0f} s)",
+        load_end=m["load_average_end"],
+    )
+
+
+def _machine_lines(rec: dict[str, Any]) -> list[str]:
+    m, s, p = rec["machine"], rec["settings"], rec["provenance"]
     lines = [
-        f"- **Command:** `{rec['command']}` (cwd `{rec['cwd']}`)",
-        f"- **Date:** {rec['date']} (run took {rec['elapsed_s']:.0f} s)",
-        f"- **Machine:** CPU `{m['cpu_model']}`, {m['cpu_count']} cores "
-        f"(torch threads {m['torch_threads']}{threads_note}), device `{m['device']}`; "
-        f"{m['platform']}",
+        f"- **Run from:** `{rec['cwd']}`",
         f"- **Software:** torch {m['torch']}, timm {m['timm']}, discover {m['discover']}, "
         f"Python {m['python']}",
         gpu_line(m.get("gpu"), timed="the CPU (the fused kernel is a CPU kernel)"),
-        f"- **Load average** (1/5/15 min) at start: {m['load_average_start']}; "
-        f"at end: {m['load_average_end']}",
     ]
     share = m.get("other_processes_cpu_share")
     if share is not None:
@@ -868,8 +834,8 @@ def _machine_lines(rec: dict[str, Any]) -> list[str]:
         for f in p["files"]
     )
     lines.append(
-        f"- **Code measured:** `{p['discover_file']}` at git HEAD `{(p['git_head'] or 'n/a')[:12]}`:"
-        f" {files}; fused kernel loaded from `{p['kernel_library']}`"
+        f"- **Code measured:** `{p['discover_file']}`: {files}; fused kernel loaded from "
+        f"`{p['kernel_library']}`"
         + (f"; PYTHONPATH=`{p['pythonpath']}`" if p["pythonpath"] else "")
     )
     if s["quick"]:
@@ -975,7 +941,7 @@ def _ok(check: dict[str, Any]) -> str:
 def render_markdown(rec: dict[str, Any]) -> str:
     """The human-readable report."""
     lines = [
-        "# LWTA speed benchmark",
+        *_header(rec),
         "",
         "Training-mode forward + backward time of discover's `LWTA` (fused C kernel, and the "
         "unfused torch code for context) against a transcription of the reference code path "
@@ -1097,13 +1063,13 @@ def _verdict_lines(rec: dict[str, Any]) -> list[str]:
     lines = [
         f"- Correctness cross-checks (float64 unfused = reference; float32 fused = unfused = "
         f"reference; fused winner frequencies = softmax(h / T)): {n_ok} of {len(checks)} "
-        f"passed: **{'PASS' if n_ok == len(checks) else 'FAIL'}**",
+        f"passed: **{pass_fail(n_ok == len(checks))}**",
     ]
     layers = rec["layers"]
     layer_pass = all(r["fused_over_reference"]["median"] <= LAYER_TARGET for r in layers)
     lines.append(
         f"- fused / reference <= {LAYER_TARGET} on every layer case: "
-        f"**{'PASS' if layer_pass else 'FAIL'}** ("
+        f"**{pass_fail(layer_pass)}** ("
         + ", ".join(
             f"{r['kind']} U={r['U']} {r['fused_over_reference']['median']:.2f}x" for r in layers
         )
@@ -1134,7 +1100,7 @@ def _verdict_lines(rec: dict[str, Any]) -> list[str]:
         model_pass = all(r["fused_over_dense"]["median"] <= MODEL_TARGET for r in models)
         lines.append(
             f"- LWTA model (fused) / dense twin <= {MODEL_TARGET} on every model case: "
-            f"**{'PASS' if model_pass else 'FAIL'}** ("
+            f"**{pass_fail(model_pass)}** ("
             + ", ".join(
                 f"{r['model']} U={r['U']} {r['fused_over_dense']['median']:.2f}x" for r in models
             )

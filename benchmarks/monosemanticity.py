@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import json
-import multiprocessing
 import statistics
 import sys
 import time
@@ -61,7 +60,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import markdown_table, portable, provenance, run_identity, write_json
+from common import (
+    interval,
+    load_average,
+    markdown_table,
+    mean_of,
+    mean_std,
+    portable,
+    process_pool,
+    provenance,
+    report_header,
+    run_identity,
+    write_json,
+)
 
 LAYERS = {"resnet": "layer3.0.act2", "vit": "blocks.5.mlp.act"}
 CLAIM_U = (2, 4, 8)  # the CVNs claim 3 compares with their dense twins
@@ -389,15 +400,6 @@ def _group_key(row: dict[str, Any]) -> tuple:
     )  # fmt: skip
 
 
-def _cell(values: list[float], scale: float, digits: int) -> str:
-    if not values:
-        return "-"
-    mean = statistics.fmean(values) * scale
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
-
-
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per (data set, family, kind, U, source, expansion): figures over seeds, and
     per figure the values by seed (``by_seed``) for paired comparisons."""
@@ -410,12 +412,11 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (dataset, family, kind, U, source, expansion), members in groups.items():
         members.sort(key=lambda m: m["seed"])
-        fractions = [m["active_fraction"] for m in members if m.get("active_fraction") is not None]
         entry: dict[str, Any] = {
             "dataset": dataset, "family": family, "kind": kind, "U": U, "source": source,
             "expansion": expansion, "seeds": [m["seed"] for m in members],
             "units": members[0]["units"],
-            "active_fraction": statistics.fmean(fractions) if fractions else None,
+            "active_fraction": mean_of(m.get("active_fraction") for m in members),
             "by_seed": {},
         }  # fmt: skip
         for key, *_ in FIGURES:
@@ -473,28 +474,21 @@ def paired_rows(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _interval(row: dict[str, Any], digits: int = 3) -> str:
-    if row["n"] < 2:
-        return f"{row['mean']:+.{digits}f} (n=1)"
-    return (
-        f"{row['mean']:+.{digits}f} [{row['low']:+.{digits}f}, {row['high']:+.{digits}f}] "
-        f"(n={row['n']})"
-    )
-
-
-def write_report(state: dict[str, Any], out: Path) -> Path:
+def write_report(state: dict[str, Any], out: Path, load_end: str | None = None) -> Path:
+    """``monosemanticity.json``, ``.md`` and ``.png`` from ``state``; ``load_end``: the load
+    average now, when the state was measured by this invocation."""
     rows = state["rows"]
     summary = summarise(rows)
     state["summary"] = summary
     state["paired"] = paired_rows(summary)
     write_json(out / "monosemanticity.json", state)
     lines = [
-        "# Claim 3 and the SAE comparison: descriptions of dense, competitive and SAE units",
-        "",
-        f"Command: `{state['command']}`  ",
-        f"Commit: {state.get('git_head')}; machine: {state['machine']}  ",
-        f"Date: {state['date']}; {state['minutes']:.1f} min (this invocation; finished "
-        "subjects are reused)  ",
+        *report_header(
+            "Claim 3 and the SAE comparison: descriptions of dense, competitive and SAE units",
+            state,
+            took=f"; {state['minutes']:.1f} min (this invocation; finished subjects are reused)",
+            load_end=load_end,
+        ),
         f"Models: the converged accuracy study's runs (`{state['runs']}`), dense twins and the "
         "`anneal` CVNs; layers: "
         + ", ".join(f"{f} `{layer}`" for f, layer in LAYERS.items())
@@ -515,7 +509,7 @@ def write_report(state: dict[str, Any], out: Path) -> Path:
             f"{e['active_fraction']:.4f}" if e["active_fraction"] is not None else "",
             ", ".join(map(str, e["seeds"])),
         ]
-        + [_cell(e[key], scale, digits) for key, _, scale, digits in FIGURES]
+        + [mean_std(e[key], scale=scale, digits=digits) for key, _, scale, digits in FIGURES]
         for e in summary
     ]  # fmt: skip
     lines += markdown_table(header, table)
@@ -534,7 +528,8 @@ def write_report(state: dict[str, Any], out: Path) -> Path:
     lines += markdown_table(
         ["comparison", "family", "U", "against", "metric", "paired difference", "verdict"],
         [
-            [r["comparison"], r["family"], r["U"], r["against"], r["title"], _interval(r),
+            [r["comparison"], r["family"], r["U"], r["against"], r["title"],
+             interval(r["mean"], r["low"], r["high"], r["n"], digits=3),
              r["verdict"]]
             for r in state["paired"]
         ],
@@ -552,8 +547,7 @@ def write_report(state: dict[str, Any], out: Path) -> Path:
 
 
 def _mean(entry: dict[str, Any], key: str) -> float | None:
-    values = entry.get(key) or []
-    return statistics.fmean(values) if values else None
+    return mean_of(entry.get(key) or [])
 
 
 def plot_summary(summary: list[dict[str, Any]], out: Path) -> Path | None:
@@ -611,10 +605,6 @@ def plot_summary(summary: list[dict[str, Any]], out: Path) -> Path | None:
 
 
 # -- main -------------------------------------------------------------------------------------
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", default="benchmarks/runs/converged", help="the study's runs")
@@ -673,12 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ConSE P of the Fashion-MNIST probe: {time.time() - t0:.0f} s", flush=True)
     state = {**meta, "runs": portable(str(runs)), "missing": missing, "rows": rows, "failed": []}
     t0 = time.time()
-    with cf.ProcessPoolExecutor(
-        max_workers=args.jobs,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(args.threads,),
-    ) as pool:
+    with process_pool(args.jobs, args.threads) as pool:
         futures = {pool.submit(measure, s, runs, workdir, cache): s for s in todo}
         for i, future in enumerate(cf.as_completed(futures), start=1):
             subject = futures[future]
@@ -698,9 +683,9 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             state["minutes"] = (time.time() - t0) / 60
-            write_report(state, out)
+            write_report(state, out, load_average(1, ", "))
     state["minutes"] = (time.time() - t0) / 60
-    print(f"written: {write_report(state, out)}")
+    print(f"written: {write_report(state, out, load_average(1, ', '))}")
     return 1 if state["failed"] else 0
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 from accuracy import SETTINGS, Arm, train_config
-from common import markdown_table, provenance
+from common import ci95_half_width, load_average, markdown_table, provenance, report_header
 
 from discover import train
 
@@ -134,12 +134,8 @@ def run_pilot_arm(
 
 
 def _ci95(values: list[float]) -> str:
-    if len(values) < 2:
-        return ""
-    from scipy import stats
-
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
-    return f"± {100 * half:.2f}"
+    half = ci95_half_width(values)
+    return "" if half is None else f"± {100 * half:.2f}"
 
 
 def _decision(pilot: str, arms: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -162,10 +158,13 @@ def _decision(pilot: str, arms: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
-def write_summary(rows: list[dict[str, Any]], path: Path) -> Path:
-    """The Markdown summary of every pilot in ``rows``."""
+def write_summary(
+    rows: list[dict[str, Any]], path: Path, meta: dict[str, Any], load_end: str | None = None
+) -> Path:
+    """The Markdown summary of every pilot in ``rows``, written by the command of ``meta``
+    (:func:`provenance`); ``load_end``: the load average now, after training."""
     lines = [
-        "# Recipe pilots (validation split only)",
+        *report_header("Recipe pilots (validation split only)", meta, load_end=load_end),
         "",
         "Each row: one arm of one pilot, over its seeds; top-1 (%) on the run's held-out "
         "validation part of the training split (10 %, drawn per seed), never the test split. "
@@ -239,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         [json.loads(x) for x in out.read_text().splitlines() if x.strip()] if out.is_file() else []
     )
     if args.render:
-        print(f"written: {write_summary(rows, out.with_suffix('.md'))}")
+        print(f"written: {write_summary(rows, out.with_suffix('.md'), meta)}")
         return 0
     done = {(r["pilot"], r["arm"], r["seed"]) for r in rows}
     arm = Arm(args.dataset, args.family, args.U, "anneal" if args.U > 1 else None)
@@ -266,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"after {row['epochs_run']} epochs (50 % at epoch {row['start_epoch']})",
                 flush=True,
             )
-            write_summary(rows, out.with_suffix(".md"))
-    write_summary(rows, out.with_suffix(".md"))
+            write_summary(rows, out.with_suffix(".md"), meta, load_average(1, ", "))
+    write_summary(rows, out.with_suffix(".md"), meta, load_average(1, ", "))
     return 0
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import markdown_table, provenance, write_json
+from common import load_average, markdown_table, provenance, report_header, write_json
 
 FUNCTIONS = ("cos", "corr", "cos3", "wpmi", "soft_wpmi", "rank_reorder", "jsd")
 D, M, K = 512, 20_000, 768
@@ -99,13 +99,15 @@ def measure(folder: Path, name: str, mode: str) -> dict[str, Any]:
 
 
 def write_report(state: dict[str, Any], out: Path) -> Path:
+    """``scale.json`` and ``scale.md`` from the rows measured so far."""
     write_json(out / "scale.json", state)
     rows = state["rows"]
     lines = [
-        "# Dissection at scale: memory and time against the probe size",
-        "",
-        f"Command: `{state['command']}`  ",
-        f"Commit: {state['git_head']}; date: {state['date']}; machine: {state['machine']}  ",
+        *report_header(
+            "Dissection at scale: memory and time against the probe size",
+            state,
+            load_end=load_average(1, ", "),
+        ),
         "",
         f"Synthetic data (see `benchmarks/scale.py`): K = {K} units, M = {M:,} concepts, "
         f"D = {D}. Peak: resident memory of the process (``ru_maxrss``), the data loading "

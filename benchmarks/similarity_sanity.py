@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import REPO, markdown_table, provenance, write_json
+from common import (
+    REPO,
+    load_average,
+    markdown_table,
+    percent,
+    provenance,
+    report_header,
+    write_json,
+)
 
 from discover.data import ShapesWorld
 from discover.dissection.labels import LABEL_DEFAULTS
@@ -39,10 +47,6 @@ from discover.dissection.similarity import DEFAULT_SIMILARITY
 from discover.evaluation import SanityResult, similarity_sanity
 
 TESTS = ("missing", "extra")
-
-
-def _percent(x: float) -> str:
-    return f"{100 * x:.1f}"
 
 
 def _rate_table(result: SanityResult, count: str = "passed", by_fraction: bool = False):
@@ -59,7 +63,7 @@ def _rate_table(result: SanityResult, count: str = "passed", by_fraction: bool =
         for f in result.config["fractions"] if by_fraction else [None]:
             row: list[Any] = [shown] + ([f"{f:g}"] if by_fraction else [])
             row += [
-                _percent(result.rate(name, s, t, f, count=count)) for s in sources for t in TESTS
+                percent(result.rate(name, s, t, f, count=count)) for s in sources for t in TESTS
             ]
             if not by_fraction and count == "passed":
                 row.append("**yes**" if result.verdicts()[name] else "no")
@@ -77,7 +81,7 @@ def _failures(result: SanityResult, name: str) -> list[str]:
                 tied = result.rate(name, source, test, count="tied")
                 share = tied / (1 - rate) if rate < 1 else 0.0
                 out.append(
-                    f"{test} labels on {source} ({_percent(rate)} % passed; "
+                    f"{test} labels on {source} ({percent(rate)} % passed; "
                     f"{100 * share:.0f} % of the failures are exact ties)"
                 )
     return out
@@ -152,24 +156,24 @@ def _notes(result: SanityResult) -> list[str]:
     return notes
 
 
-def render_markdown(rec: dict[str, Any], result: SanityResult) -> str:
-    cfg, meta = rec["config"], rec["meta"]
+def render_markdown(rec: dict[str, Any], result: SanityResult, load_end: str | None = None) -> str:
+    """The report; ``load_end``: the load average at the end of the run."""
+    cfg, meta, prov = rec["config"], rec["meta"], rec["provenance"]
     sources = meta["sources"]
     planted, shapes = sources.get("planted"), sources.get("shapes")
     out = [
-        "# Similarity sanity tests: missing and extra labels",
+        *report_header(
+            "Similarity sanity tests: missing and extra labels",
+            prov,
+            took=f" (run took {rec['seconds']:.0f} s)",
+            load_end=load_end,
+        ),
         "",
         "Does each similarity function of `discover.dissection.similarity` score a unit's "
         "true concept above a corrupted copy of it? After Neuron_Eval (Oikarinen, Yan & Weng, "
         "ICML 2025). Produced by `benchmarks/similarity_sanity.py` with "
         "`discover.evaluation.similarity_sanity`; the definitions are in the docstring of "
         "`discover/evaluation/groundtruth.py` (part B).",
-        "",
-        f"- **Command:** `{rec['provenance']['command']}`",
-        f"- **Date:** {rec['provenance']['date']} (run took {rec['seconds']:.0f} s)",
-        f"- **Machine:** {rec['provenance']['machine']}",
-        f"- **Code:** git {rec['provenance']['git_head']}"
-        + (" with uncommitted changes under src/" if rec["provenance"]["git_dirty"] else ""),
         "",
         "## Setup",
         "",
@@ -266,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "similarity-sanity.json", rec)
-    (args.out / "similarity-sanity.md").write_text(render_markdown(rec, result))
+    markdown = render_markdown(rec, result, load_average(1, ", "))
+    (args.out / "similarity-sanity.md").write_text(markdown)
     print(f"wrote {args.out / 'similarity-sanity.md'} and .json ({rec['seconds']:.0f} s)")
     return 0
 

@@ -35,7 +35,15 @@ from typing import Any
 
 import torch
 from accuracy import SETTINGS
-from common import markdown_table, provenance, write_json
+from common import (
+    load_average,
+    markdown_table,
+    process_pool,
+    provenance,
+    report_header,
+    round_ratios,
+    write_json,
+)
 
 DATASET = "fashion-mnist"
 FAMILIES = ("resnet", "vit")
@@ -83,10 +91,9 @@ def images_per_second(step, batch: int, steps: int) -> float:
     return batch * steps / (time.perf_counter() - t0)
 
 
-def _single_thread_run(args: tuple[str, int, int, int, Any]) -> float:
+def _single_thread_run(args: tuple[str, int, int, Any]) -> float:
     """A worker of the ``2 processes`` variant: waits for its sibling, then times."""
-    family, U, steps, threads, barrier = args
-    torch.set_num_threads(threads)
+    family, U, steps, barrier = args
     step, _ = make_step(build(family, U), BATCH, False, False)
     barrier.wait()
     return images_per_second(step, BATCH, steps)
@@ -94,12 +101,11 @@ def _single_thread_run(args: tuple[str, int, int, int, Any]) -> float:
 
 def two_processes(family: str, U: int, steps: int) -> float:
     """Images per second of two 1-thread processes training at the same time, added up."""
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Manager() as manager:
+    with multiprocessing.get_context("spawn").Manager() as manager:
         barrier = manager.Barrier(2)
-        with ctx.Pool(2) as pool:
-            rates = pool.map(_single_thread_run, [(family, U, steps, 1, barrier)] * 2)
-    return sum(rates)
+        with process_pool(2, threads=1) as pool:
+            rates = pool.map(_single_thread_run, [(family, U, steps, barrier)] * 2)
+            return sum(rates)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 torch.set_num_threads(1)
                 rates["2 processes"].append(two_processes(family, U, args.steps))
             for name, values in rates.items():
-                ratios = [v / b for v, b in zip(values, rates["baseline"], strict=True)]
+                ratios = round_ratios(values, rates["baseline"])
                 rows.append(
                     {
                         "family": family,
@@ -165,18 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "train_speed.json", {**meta, "rows": rows})
-    print(f"written: {write_report({**meta, 'rows': rows}, out)}")
+    print(f"written: {write_report({**meta, 'rows': rows}, out, load_average(1, ', '))}")
     return 0
 
 
-def write_report(state: dict[str, Any], out: Path) -> Path:
+def write_report(state: dict[str, Any], out: Path, load_end: str | None = None) -> Path:
+    """``train_speed.md``; ``load_end``: the load average at the end of the run."""
     lines = [
-        "# Training speed levers on CPU (the converged study's models)",
-        "",
-        f"Command: `{state['command']}`  ",
-        f"Machine: {state['machine']}  ",
-        f"Commit: {state.get('git_head')}  ",
-        f"Date: {state['date']}",
+        *report_header(
+            "Training speed levers on CPU (the converged study's models)", state, load_end=load_end
+        ),
         "",
         "Training steps (forward, backward, AdamW) on random 28 px batches of the converged "
         "setting's Fashion-MNIST models. Ratio: images per second against the baseline "

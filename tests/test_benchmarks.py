@@ -91,10 +91,7 @@ def test_the_checker_catches_what_it_forbids(tmp_path):
 
 @pytest.fixture(scope="module")
 def common():
-    spec = importlib.util.spec_from_file_location("benchmarks_common", BENCHMARKS / "common.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("common")
 
 
 def test_markdown_table(common):
@@ -116,6 +113,76 @@ def test_write_json_and_command_line(common, tmp_path):
     assert path.read_text().endswith("}\n") and not (tmp_path / "r.json.tmp").exists()
     command = common.command_line(["--out", "a b"])
     assert command.startswith("python ") and command.endswith(" --out 'a b'")
+
+
+def test_timing_harness_rotates_drops_warmup_and_pairs_rounds(common):
+    calls = []
+    variants = {name: (lambda name=name: calls.append(name) or name) for name in "abc"}
+    rounds = common.timed_rounds(variants, 2, warmup=1, keep=True)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # start rotates each round
+    assert {n: len(t) for n, t in rounds.seconds.items()} == {"a": 2, "b": 2, "c": 2}
+    assert all(len(v) == 2 for v in [*rounds.cpu_seconds.values(), *rounds.minor_faults.values()])
+    assert rounds.results == {"a": "a", "b": "b", "c": "c"}
+    calls.clear()
+    common.timed_rounds(variants, 2, orders=[["c", "a", "b"], ["b", "a", "c"]])
+    assert calls == ["c", "a", "b", "b", "a", "c"]
+    with pytest.raises(ValueError, match="1 orders for 0 \\+ 2 rounds"):
+        common.timed_rounds(variants, 2, orders=[["a"]])
+    assert common.quartiles([4.0]) == {"median": 4.0, "q1": 4.0, "q3": 4.0}
+    assert common.quartiles([1.0, 2.0, 3.0, 4.0, 5.0]) == {"median": 3.0, "q1": 2.0, "q3": 4.0}
+    assert common.round_ratios([2.0, 6.0], [1.0, 2.0]) == [2.0, 3.0]
+    assert common.paired_ratio([2.0, 6.0, 4.0], [1.0, 2.0, 4.0])["median"] == 2.0
+    assert common.median_seconds(lambda: None, 3) >= 0.0
+
+
+def test_number_formats(common):
+    assert common.pm(0.9123, 0.0045, scale=100) == "91.23 ± 0.45"
+    assert common.pm(0.9123, scale=100, digits=1) == "91.2" and common.pm(None) == "n/a"
+    assert common.mean_std([1.0, 3.0], digits=1) == "2.0 ± 1.4"
+    assert common.mean_std([2.0]) == "2.00" and common.mean_std([]) == "-"
+    assert common.interval(-0.4, -0.62, -0.18, 5) == "-0.40 [-0.62, -0.18] (n=5)"
+    assert common.interval(-0.4, None, None, 1) == "-0.40 (n=1)"
+    assert common.interval(0.1234, 0.0, 0.2, digits=3) == "+0.123 [+0.000, +0.200]"
+    assert common.median_iqr(12.34, 11.9, 13.0, digits=1) == "12.3 (11.9-13.0)"
+    assert common.percent(0.1234) == "12.3" and common.percent(None) == "n/a"
+    assert common.percent(0.1234, 2) == "12.34"
+    assert common.mean_of([1.0, None, 3.0]) == 2.0 and common.mean_of([None]) is None
+    assert common.ci95_half_width([1.0]) is None
+    assert common.ci95_half_width([1.0, 2.0, 3.0]) == pytest.approx(4.302653 / 3**0.5, rel=1e-6)
+    assert (common.pass_fail(True), common.pass_fail(False)) == ("PASS", "FAIL")
+
+
+def test_report_header(common):
+    meta = {"command": "python x.py", "machine": "m", "git_head": "abc", "date": "d"}
+    assert common.report_header("T", meta, took="; 2 min") == [
+        "# T",
+        "",
+        "Command: `python x.py`  ",
+        "Machine: m  ",
+        "Commit: abc  ",
+        "Date: d; 2 min  ",
+    ]
+    lines = common.report_header("T", {**meta, "git_dirty": True}, load_end="1.0, 1.0, 1.0")
+    assert lines[4] == "Commit: abc (uncommitted changes under src/)  "
+    assert lines[-1] == "Load average at end: 1.0, 1.0, 1.0  "
+
+
+def test_process_pool_spawns_workers_with_the_threads_asked_for(monkeypatch):
+    import os
+
+    import torch
+
+    before = "common" in sys.modules
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as a script has it: its workers import
+    import common  # common by this name to run its initializer
+
+    try:
+        with common.process_pool(1, threads=1) as pool:
+            assert pool.submit(torch.get_num_threads).result(timeout=120) == 1
+            assert pool.submit(os.getpid).result(timeout=120) != os.getpid()
+    finally:
+        if not before:
+            sys.modules.pop("common", None)
 
 
 def _script(name: str):

@@ -548,3 +548,24 @@ def test_label_quality_dissects_a_vits_classifier_input():
     ).eval()
     layers, head, added = lq.head_layers(resnet, default_layers(resnet))
     assert added is None and head == layers[-1] and head in default_layers(resnet)
+
+
+@pytest.mark.slow
+def test_scale_measures_each_row_in_its_own_process_and_resumes(tmp_path, capsys):
+    scale = _script("scale")
+    args = ["--sizes", "600", "1200", "--functions", "cos", "--threads", "1"]
+    args += ["--out", str(tmp_path / "out"), "--workdir", str(tmp_path / "data")]
+    assert scale.main(args) == 0
+    saved = json.loads((tmp_path / "out" / "scale.json").read_text())
+    rows = saved["rows"]
+    assert [(r["N"], r["mode"]) for r in rows] == [
+        (600, "in memory"), (600, "streamed"), (1200, "in memory"), (1200, "streamed")
+    ]
+    assert all(r["peak_gb"] > 0 and r["shape"] == [scale.K, scale.M] for r in rows)
+    (flat,) = saved["flatness"]
+    assert flat["function"] == "cos" and flat["from"] == 600 and flat["to"] == 1200
+    assert (tmp_path / "out" / "scale.png").stat().st_size > 0
+    capsys.readouterr()
+    assert scale.main(args) == 0  # everything kept: nothing measured again
+    assert "{'N'" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "scale.json").read_text())["rows"] == rows

@@ -26,7 +26,9 @@ machine noise hits them alike; warm-up rounds are dropped. Reported: the median 
 interquartile range of the timed rounds, and the median (q1-q3) of the per-round ratios,
 which the verdicts are taken on. The arithmetic limit beside each speed-up is the model's
 FLOPs (``torch.utils.flop_counter``) over the FLOPs left when every LWTA MLP's second product
-costs ``1/U``: no kernel can beat it.
+costs ``1/U``. It counts matrix products only: the sparse path also skips the activation's
+own elementwise pass (LWTA in the plain CVN, GELU in the dense twin), which has no FLOPs in
+that count, so a measured speed-up over dense can exceed it.
 
 Usage::
 
@@ -173,19 +175,24 @@ def choose_min_u(layers: list[dict[str, Any]]) -> int | None:
 
 # -- report ------------------------------------------------------------------------------------
 def verdicts(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets, each judged on the median of the paired per-round ratios:
+    DeiT-Tiny U = 24 at least 1.2x dense at batch 64 and faster than dense at batch 1; the
+    small ViT at U >= 8 at least as fast as dense; and every CVN never slower with the sparse
+    path than with the plain one (below ``SPARSE_MIN_U`` the two are the same code)."""
     out = []
     for r in models:
-        ratio = r["sparse_over_dense"]["median"]
+        dense, plain = r["sparse_over_dense"]["median"], r["sparse_over_plain"]["median"]
+        case = f"{r['case']} U={r['U']} batch {r['batch']}"
         if r["arch"] == "deit_tiny_patch16_224":
             key = "deit_b64" if r["batch"] > 1 else "deit_b1"
-            target = TARGETS[key]
-            ok = ratio >= target if r["batch"] > 1 else ratio > target
+            ok = dense >= TARGETS[key] if r["batch"] > 1 else dense > TARGETS[key]
+            out.append({"case": case, "target": f"dense / sparse {'>=' if r['batch'] > 1 else '>'} "
+                        f"{TARGETS[key]}", "value": dense, "holds": ok})  # fmt: skip
         elif r["U"] >= 8:
-            key, target, ok = "small_vit_u8plus", TARGETS["small_vit_u8plus"], ratio >= 1.0
-        else:
-            plain = r["sparse_over_plain"]["median"]
-            key, target, ok = "u2_floor", TARGETS["u2_floor"], r["U"] > 2 or plain >= 0.97
-        out.append({"case": r["case"], "target": key, "value": ratio, "holds": ok})
+            out.append({"case": case, "target": "dense / sparse >= 1.0", "value": dense,
+                        "holds": dense >= TARGETS["small_vit_u8plus"]})  # fmt: skip
+        out.append({"case": case, "target": "plain / sparse >= 1.0", "value": plain,
+                    "holds": plain >= TARGETS["u2_floor"] or not r["sparse_path"]})  # fmt: skip
     return out
 
 
@@ -235,7 +242,15 @@ def render(record: dict[str, Any]) -> str:
         for r in record["models"]
     ]
     lines += markdown_table(header, rows)
-    lines += ["", "## Verdicts", ""]
+    lines += [
+        "",
+        "The arithmetic limit counts matrix products only; the sparse path also skips the "
+        "activation's elementwise pass (LWTA in the plain CVN, GELU in the dense twin), so a "
+        "measured speed-up over dense can exceed it.",
+        "",
+        "## Verdicts",
+        "",
+    ]
     lines += markdown_table(
         ["case", "target", "median", "verdict"],
         [

@@ -1,6 +1,9 @@
 """Sparse deterministic inference: the winners-only second product of an LWTA MLP equals the
 dense computation, and the sparse path steps aside wherever it would change behaviour."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -119,12 +122,24 @@ def test_the_sparse_path_steps_aside_where_it_would_change_behaviour(monkeypatch
     assert calls == [8] * 5  # only the hooked run, and only its 5 other blocks, went sparse
 
 
-def test_small_u_keeps_the_plain_path(monkeypatch):
+def test_below_sparse_min_u_the_plain_path_runs(monkeypatch):
     model = _vit(U=2)
     calls = _count_sparse_calls(monkeypatch)
     with torch.no_grad():
         model(torch.randn(1, 3, 32, 32))
-    assert sparse.SPARSE_MIN_U > 2 and calls == []
+    assert calls == [2] * 6  # U = 2 is at the measured threshold: sparse
+    monkeypatch.setattr(sparse, "SPARSE_MIN_U", 3)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    assert len(calls) == 6
+
+
+def test_the_threshold_is_the_one_the_benchmark_chose():
+    """A default must win its own measurement: SPARSE_MIN_U is the smallest U from which the
+    sparse MLP was faster in every shape of the last inference benchmark."""
+    results = Path(__file__).resolve().parents[1] / "benchmarks/results/inference_speed.json"
+    saved = json.loads(results.read_text())
+    assert not saved["quick"] and saved["chosen_min_u"] == sparse.SPARSE_MIN_U
 
 
 def test_wrapping_keeps_the_state_dict_and_the_weight_cache_follows_updates():

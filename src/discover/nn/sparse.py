@@ -42,9 +42,11 @@ __all__ = [
     "sparsify_mlps",
 ]
 
-SPARSE_MIN_U = 4
-"""The smallest ``U`` for which the C kernel's sparse product replaces the dense one (below
-it the dense GEMM is faster: ``benchmarks/results/inference_speed.md``)."""
+SPARSE_MIN_U = 2
+"""The smallest ``U`` for which the C kernel's sparse product replaces LWTA + the dense
+product: every ``U`` measured, down to 2, was faster sparse in both MLP shapes of
+``benchmarks/results/inference_speed.md`` (the kernel skips the LWTA pass as well as
+``(U - 1) / U`` of the multiply-adds)."""
 
 SPARSE_TORCH_MIN_U = 1_000_000
 """The same for the torch fallback (``embedding_bag``): it was slower than the dense GEMM at

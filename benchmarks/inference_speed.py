@@ -151,6 +151,7 @@ def layer_case(tokens: int, width: int, hidden: int, U: int, warmup: int, rounds
             {
                 "plain": lambda: fc2(act(fc1(x))),
                 "sparse": lambda: sparse.sparse_linear(fc1(x), U, weight_t, fc2.bias),
+                "torch": lambda: sparse.sparse_linear(fc1(x), U, weight_t, fc2.bias, kernel=False),
             },
             rounds,
             warmup=warmup,
@@ -161,7 +162,17 @@ def layer_case(tokens: int, width: int, hidden: int, U: int, warmup: int, rounds
         "hidden": hidden,
         "U": U,
         "sparse_over_plain": paired_ratio(times["plain"], times["sparse"]),
+        "torch_over_plain": paired_ratio(times["plain"], times["torch"]),
     }
+
+
+def choose_torch_min_u(layers: list[dict[str, Any]]) -> int | None:
+    """The same choice for the torch fallback (``embedding_bag``); ``None``: never faster."""
+    for U in sorted({r["U"] for r in layers}):
+        later = [r for r in layers if r["U"] >= U]
+        if all(r["torch_over_plain"]["median"] > 1.0 for r in later):
+            return U
+    return None
 
 
 def choose_min_u(layers: list[dict[str, Any]]) -> int | None:
@@ -260,12 +271,13 @@ def render(record: dict[str, Any]) -> str:
     )
     lines += ["", "## The MLP alone (chooses `SPARSE_MIN_U`)", ""]
     lines += markdown_table(
-        ["tokens x width -> hidden", "U", "plain / sparse"],
+        ["tokens x width -> hidden", "U", "plain / sparse", "plain / torch fallback"],
         [
             [
                 f"{r['tokens']} x {r['width']} -> {r['hidden']}",
                 r["U"],
                 median_iqr(**r["sparse_over_plain"]),
+                median_iqr(**r["torch_over_plain"]),
             ]
             for r in record["layers"]
         ],
@@ -273,8 +285,9 @@ def render(record: dict[str, Any]) -> str:
     lines += [
         "",
         f"Chosen `SPARSE_MIN_U` = {record['chosen_min_u']} (in the code: "
-        f"{record['code_min_u']}). The torch fallback (`embedding_bag`) is not selected "
-        "automatically (`SPARSE_TORCH_MIN_U`).",
+        f"{record['code_min_u']}). The same choice for the torch fallback (`embedding_bag`, "
+        f"used without the C kernel): {record['chosen_torch_min_u'] or 'never faster'} (in "
+        f"the code: `SPARSE_TORCH_MIN_U` = {record['code_torch_min_u']}).",
         "",
     ]
     return "\n".join(lines)
@@ -323,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         "layers": layers,
         "chosen_min_u": choose_min_u(layers),
         "code_min_u": sparse.SPARSE_MIN_U,
+        "chosen_torch_min_u": choose_torch_min_u(layers),
+        "code_torch_min_u": sparse.SPARSE_TORCH_MIN_U,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out.with_suffix(".json"), record)

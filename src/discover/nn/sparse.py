@@ -49,9 +49,9 @@ product: every ``U`` measured, down to 2, was faster sparse in both MLP shapes o
 ``(U - 1) / U`` of the multiply-adds)."""
 
 SPARSE_TORCH_MIN_U = 1_000_000
-"""The same for the torch fallback (``embedding_bag``): it was slower than the dense GEMM at
-every ``U`` measured on CPU, so it is not selected automatically; ``sparse_linear(...,
-kernel=False)`` still runs it (checks, devices without the kernel)."""
+"""The same for the torch fallback (``embedding_bag``, where the kernel is missing): never
+selected on its own (the benchmark's choice for it is recorded beside the kernel's);
+``sparse_linear(..., kernel=False)`` still runs it (checks, other devices)."""
 
 
 def _declare(lib: ctypes.CDLL) -> None:

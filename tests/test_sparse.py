@@ -140,6 +140,7 @@ def test_the_threshold_is_the_one_the_benchmark_chose():
     results = Path(__file__).resolve().parents[1] / "benchmarks/results/inference_speed.json"
     saved = json.loads(results.read_text())
     assert not saved["quick"] and saved["chosen_min_u"] == sparse.SPARSE_MIN_U
+    assert saved["chosen_torch_min_u"] == sparse.SPARSE_TORCH_MIN_U
 
 
 def test_wrapping_keeps_the_state_dict_and_the_weight_cache_follows_updates():
@@ -190,3 +191,18 @@ def test_the_kernel_gives_the_same_bits_for_any_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, many)
+
+
+def test_without_the_kernel_the_torch_fallback_takes_over_from_its_own_threshold(monkeypatch):
+    calls = _count_sparse_calls(monkeypatch)
+    for U, expected in ((2, []), (4, [4] * 6)):
+        model = _vit(U=U)
+        x = torch.randn(2, 3, 32, 32)
+        with torch.no_grad(), sparse.enabled(False):
+            fast = model(x)
+            monkeypatch.setattr(sparse, "SPARSE_TORCH_MIN_U", 10**6)
+            plain = model(x)
+            monkeypatch.setattr(sparse, "SPARSE_TORCH_MIN_U", 3)
+        assert calls == expected
+        calls.clear()
+        torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)

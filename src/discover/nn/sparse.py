@@ -11,8 +11,8 @@ plain path's within float32 rounding (the sum runs in another order).
 The sparse path is taken only when it is both valid and measured to be faster
 (``benchmarks/results/inference_speed.md``): evaluation mode, the ``"argmax"`` policy, no
 gradient, no hooks on the MLP's inner modules, no winner capture, not while exporting or
-compiling, and ``U`` at least :data:`SPARSE_MIN_U` (:data:`SPARSE_TORCH_MIN_U` without the
-kernel). Everything else runs the MLP exactly as timm's ``Mlp`` does.
+compiling, on CPU, and ``U`` at least :data:`SPARSE_MIN_U` (:data:`SPARSE_TORCH_MIN_U`
+without the kernel). Everything else runs the MLP exactly as timm's ``Mlp`` does.
 
 Example:
     >>> from discover import create_model
@@ -48,10 +48,10 @@ product: every ``U`` measured, down to 2, was faster sparse in both MLP shapes o
 ``benchmarks/results/inference_speed.md`` (the kernel skips the LWTA pass as well as
 ``(U - 1) / U`` of the multiply-adds)."""
 
-SPARSE_TORCH_MIN_U = 1_000_000
-"""The same for the torch fallback (``embedding_bag``, where the kernel is missing): never
-selected on its own (the benchmark's choice for it is recorded beside the kernel's);
-``sparse_linear(..., kernel=False)`` still runs it (checks, other devices)."""
+SPARSE_TORCH_MIN_U = 3
+"""The same for the torch fallback (``embedding_bag``), used on CPU where the C kernel is
+missing: from ``U = 3`` on it beat LWTA + the dense product in both shapes measured (at
+``U = 2`` it lost in one). Other devices keep the plain path: nothing was measured there."""
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -218,7 +218,9 @@ class SparseLWTAMlp(nn.Module):
             for m in (act, self.drop1, self.norm, self.fc2, self.drop2)
         ):
             return False
-        kernel = x.dtype == torch.float32 and x.device.type == "cpu" and kernel_available()
+        if x.device.type != "cpu":
+            return False
+        kernel = x.dtype == torch.float32 and kernel_available()
         return act.U >= (SPARSE_MIN_U if kernel else SPARSE_TORCH_MIN_U)
 
     def _transposed_weight(self) -> torch.Tensor:

@@ -6,7 +6,7 @@ Inference (``eval()``, ``torch.no_grad()``) wall-clock time of
 
 * ``dense`` -- the network with its own activation (GELU), same weights where shapes agree;
 * ``plain`` -- the CVN under the ``"argmax"`` policy with the sparse path switched off
-  (``discover.nn.sparse.enabled(False)``): LWTA, then the full second product;
+  (``discover.nn.sparse.sparse_path(False)``): LWTA, then the full second product;
 * ``sparse`` -- the same CVN as :func:`discover.create_model` builds it: each MLP's second
   product over the winners only (:mod:`discover.nn.sparse`) where ``U >= SPARSE_MIN_U``.
 
@@ -71,7 +71,7 @@ LAYER_US = (2, 3, 4, 6, 8, 12, 16, 24)
 def flops(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     """(total FLOPs of one forward, FLOPs of the second products of the LWTA MLPs)."""
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), sparse.enabled(False), counter:  # the dense products, fc2 included
+    with torch.no_grad(), sparse.sparse_path(False), counter:  # the dense products, fc2 included
         model(x)
     per_module = counter.get_flop_counts()
     fc2 = 0
@@ -98,7 +98,7 @@ def build_pair(arch: str, U: int, **kwargs: Any) -> tuple[nn.Module, nn.Module]:
 def check_agreement(cvn: nn.Module, x: torch.Tensor) -> dict[str, Any]:
     with torch.no_grad():
         fast = cvn(x)
-        with sparse.enabled(False):
+        with sparse.sparse_path(False):
             plain = cvn(x)
     return {
         "max_abs_logit_diff": float((fast - plain).abs().max()),
@@ -116,7 +116,7 @@ def model_case(
     check = check_agreement(cvn, x)
 
     def plain() -> None:
-        with sparse.enabled(False):
+        with sparse.sparse_path(False):
             cvn(x)
 
     with torch.no_grad():

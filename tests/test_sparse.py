@@ -206,3 +206,19 @@ def test_without_the_kernel_the_torch_fallback_takes_over_from_its_own_threshold
         assert calls == expected
         calls.clear()
         torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_sparse_path_false_forces_the_plain_computation_and_is_restored(monkeypatch):
+    model = _vit(U=8)
+    calls = _count_sparse_calls(monkeypatch)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        with sparse.sparse_path(False):
+            plain = model(x)
+        assert calls == []
+        with sparse.enabled(False), sparse.sparse_path(False):  # no kernel: still plain
+            model(x)
+        assert calls == []
+        fast = model(x)
+    assert calls == [8] * 6
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)

@@ -23,7 +23,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +42,7 @@ __all__ = [
     "SparseLWTAMlp",
     "kernel_available",
     "sparse_linear",
+    "sparse_path",
     "sparsify_mlps",
 ]
 
@@ -69,6 +73,24 @@ _KERNEL = CKernel(
 )
 kernel_available = _KERNEL.available
 enabled = _KERNEL.enabled  # ``with enabled(False):`` forces the torch fallback
+
+_SPARSE_PATH = contextvars.ContextVar("discover_sparse_path", default=True)
+
+
+@contextlib.contextmanager
+def sparse_path(enabled: bool = True) -> Iterator[None]:
+    """Allow (``True``, the default) or forbid the sparse path of every
+    :class:`SparseLWTAMlp` inside the block, e.g. to time or check the plain computation.
+
+    Example:
+        >>> with sparse_path(False):  # doctest: +SKIP
+        ...     plain = model(x)
+    """
+    token = _SPARSE_PATH.set(enabled)
+    try:
+        yield
+    finally:
+        _SPARSE_PATH.reset(token)
 
 
 def _check(h: torch.Tensor, U: int, weight_t: torch.Tensor) -> tuple[int, int]:
@@ -207,7 +229,7 @@ class SparseLWTAMlp(nn.Module):
 
     def _sparse_applies(self, x: torch.Tensor) -> bool:
         act: LWTA = self.act  # type: ignore[assignment]
-        if self.training or act.stochastic or act.capture or act.U < 2:
+        if not _SPARSE_PATH.get() or self.training or act.stochastic or act.capture or act.U < 2:
             return False
         if torch.is_grad_enabled() and (x.requires_grad or self.fc1.weight.requires_grad):
             return False

@@ -25,7 +25,7 @@ shuffled-neuron baselines.
   - the final-layer protocol (:func:`discover.evaluation.descriptions.evaluate_descriptions`) on
     ``fc`` with the concept set = the class names: top-1/top-5, mean rank, AUC, matched
     cosine in the MiniLM sentence space (ConSE's own text space is MiniLM too);
-  - the simulation score (:func:`discover.evaluation.descriptions.simulation_score`) of the last
+  - the simulation score (:func:`discover.evaluation.simulation.simulation_score`) of the last
     residual block's output ``layer3.0.act2``: labels chosen on half of the probe set, then
     the held-out correlation of each unit's activation with its label's column of ``P``
     (Shapes: the 46 annotated concepts; Fashion-MNIST: ConSE over the ``3k`` word list).

@@ -165,7 +165,7 @@ def worlds(split: str, quick: bool) -> tuple[Any, Any]:
 
 def lifts(Q: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """AUPRC lift ``(AP - prevalence) / (1 - prevalence)`` of every unit for every concept."""
-    from discover.evaluation.groundtruth import average_precision
+    from discover.evaluation.detection import average_precision
 
     prevalence = truth.double().mean(dim=0)
     return (average_precision(Q, truth) - prevalence) / (1 - prevalence)

@@ -396,7 +396,7 @@ def figure(runs: Path, path: Path, units: int = 4) -> Path:
     from discover import load_run
     from discover.dissection import dissect
     from discover.evaluation import evaluate_localization
-    from discover.report.writer import draw_heatmap, to_pil
+    from discover.report.figures import draw_heatmap, to_pil
 
     probe = probe_set(PROBE_N, "test")
     rows = []

@@ -50,7 +50,7 @@ def make_data(folder: Path, N: int, seed: int = 0) -> None:
     """The synthetic image vectors, concept vectors and activations of size ``N``."""
     from safetensors.torch import save_file
 
-    from discover.dissection.streaming import RowWriter
+    from discover.dissection.rows import RowWriter
 
     if (folder / "texts.safetensors").is_file():
         return
@@ -70,8 +70,9 @@ def measure_here(folder: Path, name: str, mode: str, threads: int) -> dict[str, 
     """One function on one data set, in this process: seconds, peak RSS (GB), S's shape."""
     from safetensors.torch import load_file
 
+    from discover.dissection.rows import FileRows, ProductRows
     from discover.dissection.similarity import get_similarity
-    from discover.dissection.streaming import FileRows, ProductRows, streamed_similarity
+    from discover.dissection.streaming import streamed_similarity
 
     torch.set_num_threads(threads)
     texts = load_file(folder / "texts.safetensors")["texts"]

@@ -15,7 +15,7 @@ from discover.data import ShapesWorld
 from discover.dissection.concepts import concept_set_from_lines
 from discover.dissection.core import dissect
 from discover.dissection.embedders import AnnotationEmbedder
-from discover.report.writer import ReportSection
+from discover.report.inputs import ReportSection
 
 SCRIPT = "<script>alert(1)</script>"
 QUOTES = "\"&' <b>bold</b>"

@@ -559,7 +559,10 @@ def test_scale_measures_each_row_in_its_own_process_and_resumes(tmp_path, capsys
     saved = json.loads((tmp_path / "out" / "scale.json").read_text())
     rows = saved["rows"]
     assert [(r["N"], r["mode"]) for r in rows] == [
-        (600, "in memory"), (600, "streamed"), (1200, "in memory"), (1200, "streamed")
+        (600, "in memory"),
+        (600, "streamed"),
+        (1200, "in memory"),
+        (1200, "streamed"),
     ]
     assert all(r["peak_gb"] > 0 and r["shape"] == [scale.K, scale.M] for r in rows)
     (flat,) = saved["flatness"]

@@ -7,7 +7,10 @@
 * nothing loads with ``weights_only=False`` and nothing uses pickle: a run folder or cache
   from someone else must not be able to execute code;
 * no module is over :data:`MAX_MODULE_LINES` lines and no function over
-  :data:`MAX_FUNCTION_LINES`, except the entries of :data:`SIZE_ALLOWED`, each with its reason.
+  :data:`MAX_FUNCTION_LINES`, except the entries of :data:`SIZE_ALLOWED`, each with its reason;
+* only a package's ``__init__`` re-exports: a module's ``__all__`` lists what the module
+  defines, and code, tests and benchmarks import each name from the module that defines it or
+  from a package, never through a module that merely imports it.
 """
 
 from __future__ import annotations
@@ -196,3 +199,75 @@ def test_dotted_names_in_the_source_exist():
             if i < len(parts) and not hasattr(module, parts[i]):
                 stale.add(f"{path.relative_to(ROOT)}: {match.group(0)}")
     assert not stale, "names of things that do not exist:\n" + "\n".join(sorted(stale))
+
+
+def _defined(tree: ast.Module) -> set[str]:
+    """The names a module's top level defines itself (functions, classes, assignments), not
+    the ones it imports; statements under a top-level ``if``/``try``/``with`` count."""
+    names: set[str] = set()
+    pending: list[ast.stmt] = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            pending.extend(ast.iter_child_nodes(node))
+    return names
+
+
+def _is_package(module: str) -> bool:
+    return (PACKAGE / Path(*module.split(".")[1:]) / "__init__.py").is_file()
+
+
+def test_modules_export_only_what_they_define():
+    """Only a package's ``__init__`` re-exports (its public surface); a module's ``__all__``
+    lists what the module itself defines, so every name has one import path besides its
+    package's: the module that defines it (no names left behind, imported back, when a module
+    is split)."""
+    offences = []
+    for name, tree in _modules().items():
+        if _is_package(name):
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+            ):
+                assert isinstance(node.value, (ast.List, ast.Tuple)), f"{name}: __all__ literal"
+                exported = [e.value for e in node.value.elts if isinstance(e, ast.Constant)]
+                offences += [f"{name}.{n}" for n in exported if n not in _defined(tree)]
+    assert not offences, "re-exported by a module that does not define them:\n" + "\n".join(
+        offences
+    )
+
+
+def test_names_are_imported_from_where_they_are_defined():
+    """Code, tests and benchmarks import a discover name from the module that defines it or
+    from a package, never through another module that merely imports it."""
+    modules = _modules()
+    defined = {name: _defined(tree) for name, tree in modules.items()}
+    offences = []
+    for folder in ("src", "tests", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            is_package = path.name == "__init__.py"
+            parts = path.relative_to(ROOT / "src").with_suffix("").parts if folder == "src" else ()
+            importer = ".".join(parts[:-1] if is_package else parts)
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if not isinstance(node, ast.ImportFrom):
+                    continue
+                target = _resolve(importer, node, is_package)
+                if target not in modules or _is_package(target):
+                    continue
+                for alias in node.names:
+                    full = f"{target}.{alias.name}"
+                    if (
+                        alias.name != "*"
+                        and full not in modules
+                        and alias.name not in defined[target]
+                    ):
+                        offences.append(f"{path.relative_to(ROOT)}:{node.lineno} {full}")
+    assert not offences, "names imported through a module that does not define them:\n" + (
+        "\n".join(offences)
+    )

@@ -10,20 +10,17 @@ from torch.utils.data import TensorDataset
 from discover import LWTA
 from discover.cli import main
 from discover.dissection.concepts import concept_set_from_lines
-from discover.dissection.core import (
-    SCORES_FILE,
-    DissectConfig,
-    Dissection,
-    UnitDescription,
-    dissect,
-)
+from discover.dissection.core import dissect
 from discover.dissection.embedders import AnnotationEmbedder
+from discover.dissection.records import DissectConfig, UnitDescription
+from discover.dissection.result import Dissection
+from discover.dissection.storage import SCORES_FILE
 from discover.evaluation.descriptions import (
     evaluate_descriptions,
     resolve_class_names,
-    simulation_score,
     text_encoder,
 )
+from discover.evaluation.simulation import simulation_score
 
 CLASSES = ["cat", "dog", "car", "tree", "boat", "lamp"]
 CONCEPTS = [*CLASSES, "sky", "road"]

@@ -11,9 +11,12 @@ from _helpers import train_tiny
 from discover import LWTA, create_model
 from discover.data import ShapesWorld
 from discover.dissection.concepts import concept_set_from_lines
-from discover.dissection.core import DissectConfig, Dissection, concept_matrix, dissect
+from discover.dissection.core import dissect
 from discover.dissection.embedders import AnnotationEmbedder, Embedder, ImageTransform
 from discover.dissection.labels import label_defaults
+from discover.dissection.probe_concepts import concept_matrix
+from discover.dissection.records import DissectConfig
+from discover.dissection.result import Dissection
 from discover.errors import InputError
 
 NAMES = ["red", "star", "striped background", "small", "top left", "circle"]
@@ -372,8 +375,8 @@ def test_dissect_caches_under_the_cache_root_by_default(tmp_path, monkeypatch):
 def test_default_folders_of_a_run():
     from pathlib import Path
 
-    from discover.dissection.core import default_dissection_dir
     from discover.dissection.sae import default_sae_dir
+    from discover.dissection.storage import default_dissection_dir
 
     assert default_dissection_dir("runs/u8") == Path("runs/u8/dissection")
     assert default_sae_dir(Path("runs/u8"), "layer3.act", 8, 4) == Path(
@@ -396,7 +399,7 @@ def test_build_probe_takes_a_split_and_the_first_images():
 
 
 def test_list_layers_filters_by_pattern():
-    from discover.dissection.recording import list_layers
+    from discover.dissection.layers import list_layers
 
     model = Oracle([0, 1, 2, 3, 4, 5])
     assert [i.name for i in list_layers(model, (1, 1, 6))] == ["fc", "act"]
@@ -464,8 +467,9 @@ def test_a_dissection_keeps_spatial_maps_and_an_old_one_loads_without(shapes_dis
     back; a dissection saved before maps were kept still loads, with none."""
     import shutil
 
-    from discover.dissection.core import MAPS_FILE, Dissection
-    from discover.dissection.recording import GALLERY_SIZE, top_images
+    from discover.dissection.result import Dissection
+    from discover.dissection.spatial import GALLERY_SIZE, top_images
+    from discover.dissection.storage import MAPS_FILE
 
     folder, probe = shapes_dissection
     loaded = Dissection.load(folder)
@@ -490,7 +494,8 @@ def test_a_token_layer_dissection_keeps_patch_grid_maps(tmp_path):
     """Issue 23: a ViT token layer's maps are its patch tokens on the patch grid (the class
     token left out), saved with the dissection and read back."""
     from discover.data import ShapesWorld
-    from discover.dissection.core import Dissection, dissect
+    from discover.dissection.core import dissect
+    from discover.dissection.result import Dissection
     from discover.nn.models import create_model
 
     torch.manual_seed(0)
@@ -601,7 +606,7 @@ def test_stream_must_be_a_known_choice(tmp_path):
 
 def test_streamed_dissection_keeps_q_in_row_files_and_saves_them(tmp_path):
     from _helpers import SHAPES_PROBE
-    from discover.dissection.streaming import FileRows
+    from discover.dissection.rows import FileRows
 
     probe = ShapesWorld(**SHAPES_PROBE, split="val")
     torch.manual_seed(0)

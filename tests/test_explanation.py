@@ -6,9 +6,10 @@ from PIL import Image
 
 import discover
 from _helpers import train_tiny
-from discover.dissection.core import DissectConfig, Dissection, UnitDescription
 from discover.dissection.labels import label_defaults
-from discover.dissection.recording import pool
+from discover.dissection.layers import pool
+from discover.dissection.records import DissectConfig, UnitDescription
+from discover.dissection.result import Dissection
 from discover.explanation import (
     Explanation,
     classifier_input_layer,
@@ -490,8 +491,8 @@ def test_explain_run_reads_the_run_and_its_dissection(tiny_run, tmp_path):
 def test_image_conditioned_labels_on_a_hand_made_P():
     """Each listed unit's candidates are ordered by how much this image shows them, measured
     against the probe's average (``ConceptStats``), not by their raw score."""
-    from discover.dissection.core import ConceptStats
     from discover.dissection.embedders import AnnotationEmbedder
+    from discover.dissection.records import ConceptStats
 
     model = _resnet(U=4, classes=3)
     layer = "layer3.0.act2"

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from discover.dissection.core import DissectConfig, Dissection, UnitDescription
+from discover.dissection.records import DissectConfig, UnitDescription
+from discover.dissection.result import Dissection
 from discover.evaluation.explanations import score_explanations
 from discover.explanation import (
     Contributions,

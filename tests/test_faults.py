@@ -30,9 +30,10 @@ import discover
 from _helpers import tiny_train_kwargs, train_tiny
 from discover._utils import CacheWarning
 from discover.dissection.concepts import concept_set_from_lines
-from discover.dissection.core import Dissection, StaleDissectionError, dissect
+from discover.dissection.core import dissect
 from discover.dissection.embedders import AnnotationEmbedder
 from discover.dissection.recording import Recording
+from discover.dissection.result import Dissection, StaleDissectionError
 
 NAMES = ["red", "star", "striped background", "small", "top left", "circle"]
 
@@ -178,7 +179,8 @@ def test_full_cache_disk_dissection_completes_without_caching(tmp_path, monkeypa
 
 
 def test_disk_full_while_writing_a_report_leaves_no_staging(tmp_path, monkeypatch):
-    from discover.report.writer import ReportSection, write_report
+    from discover.report.inputs import ReportSection
+    from discover.report.writer import write_report
 
     probe, _ = _world()
     d = _dissect(["fc"])
@@ -448,7 +450,8 @@ def test_training_resumes_exactly_after_ctrl_c_or_kill_9(tmp_path, signal_name):
 
     from safetensors.torch import load_file
 
-    from discover.training.trainer import TrainConfig, train
+    from discover.training.config import TrainConfig
+    from discover.training.trainer import train
 
     full = train(TrainConfig(**_TRAIN_CONFIG, out=str(tmp_path / "full")), progress=False).out
     cut, ready = tmp_path / "cut", tmp_path / "ready"
@@ -478,7 +481,8 @@ def test_training_resumes_exactly_after_ctrl_c_or_kill_9(tmp_path, signal_name):
 @pytest.mark.parametrize("how", ["truncated", "empty"])
 def test_damaged_training_state_is_a_clear_error(tmp_path, how):
     name = "trainer.pt"  # the whole resume point of a single process
-    from discover.training.trainer import TrainConfig, train
+    from discover.training.config import TrainConfig
+    from discover.training.trainer import train
 
     config = TrainConfig(**{**_TRAIN_CONFIG, "epochs": 1}, out=str(tmp_path / "run"))
     train(config, progress=False)
@@ -496,7 +500,8 @@ def test_disk_full_while_training_keeps_the_last_checkpoint_and_no_temp_files(
 ):
     """A full disk at the second epoch's save: one-line CLI error, epoch 1 still resumable."""
     from discover.cli import main
-    from discover.training.trainer import TrainConfig, train
+    from discover.training.config import TrainConfig
+    from discover.training.trainer import train
 
     config = dict(_TRAIN_CONFIG, epochs=2)
     run = tmp_path / "run"
@@ -531,7 +536,8 @@ def test_disk_full_when_an_overwrite_starts_leaves_the_old_run_and_no_staging(
     tmp_path, monkeypatch
 ):
     import discover.training.trainer as training
-    from discover.training.trainer import TrainConfig, train
+    from discover.training.config import TrainConfig
+    from discover.training.trainer import train
 
     old = train(TrainConfig(**{**_TRAIN_CONFIG, "epochs": 1}, out=str(tmp_path / "run")))
     before = _snapshot(old.out)

@@ -13,7 +13,8 @@ from torch.utils.data import Subset, TensorDataset
 import discover
 from _helpers import SHAPES_PROBE
 from discover.data.shapes import ShapesWorld
-from discover.dissection.core import DissectConfig, Dissection, UnitDescription
+from discover.dissection.records import DissectConfig, UnitDescription
+from discover.dissection.result import Dissection
 from discover.dissection.similarity import DEFAULT_SIMILARITY, SIMILARITIES, register_similarity
 from discover.evaluation import (
     MONOSEMANTIC_BAR,

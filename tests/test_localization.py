@@ -129,7 +129,7 @@ def test_bad_inputs_are_one_line_errors(planted, tmp_path):
     other = ShapesWorld(n=10, image_size=SIZE, split="val")
     with pytest.raises(ValueError, match="probe"):
         evaluate_localization(model, folder, other)
-    from discover.dissection.core import Dissection
+    from discover.dissection.result import Dissection
 
     flat = Dissection.load(folder)
     flat.maps = {}
@@ -196,9 +196,10 @@ def test_cli_localization_of_a_training_run(tmp_path, capsys):
 def test_the_report_shows_where_units_fire_from_the_saved_localization(planted, tmp_path):
     import shutil
 
-    from discover.dissection.core import Dissection
+    from discover.dissection.result import Dissection
     from discover.evaluation.localization import saved_localization
-    from discover.report.writer import ReportSection, write_report
+    from discover.report.inputs import ReportSection
+    from discover.report.writer import write_report
 
     model, probe, folder = planted
     copy = tmp_path / "dissection"
@@ -224,7 +225,7 @@ def test_best_iou_concepts_as_labels(planted, tmp_path):
     labels): a detector gets its concept, other units are shown unlabelled."""
     import shutil
 
-    from discover.dissection.core import Dissection
+    from discover.dissection.result import Dissection
     from discover.evaluation.localization import iou_labelled
 
     model, probe, folder = planted

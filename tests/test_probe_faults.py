@@ -269,7 +269,7 @@ def test_the_pixel_ceiling_can_be_raised(tmp_path: Path, monkeypatch):
 
 def test_explain_and_the_report_refuse_an_image_above_the_ceiling(tmp_path: Path):
     from discover.explanation import read_images
-    from discover.report.writer import to_pil
+    from discover.report.figures import to_pil
 
     huge = _huge_png(tmp_path / "huge.png")
     _save(tmp_path / "ok.png", (1, 2, 3))

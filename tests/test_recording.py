@@ -5,16 +5,8 @@ from torch.utils.data import Subset, TensorDataset
 
 from discover import create_model, eval_policy
 from discover.data import ShapesWorld
-from discover.dissection.recording import (
-    Recording,
-    dataset_fingerprint,
-    list_layers,
-    model_fingerprint,
-    pool,
-    pool_mask,
-    record,
-    resolve_layers,
-)
+from discover.dissection.layers import list_layers, pool, pool_mask, resolve_layers
+from discover.dissection.recording import Recording, dataset_fingerprint, model_fingerprint, record
 from discover.errors import InputError
 
 
@@ -208,7 +200,7 @@ def test_recorded_activations_are_copies_not_views():
 def _full_maps(model, layer, probe, policy="argmax", batch_size=5):
     """Every probe image's output of ``layer`` (the slow way), for checking the top-k; in
     the recording's batches, so that near-tied LWTA winners fall the same way."""
-    from discover.dissection.recording import spatial_maps
+    from discover.dissection.spatial import spatial_maps
     from discover.nn.lwta import LWTA, capture_winners
 
     module = dict(model.named_modules())[layer]
@@ -228,7 +220,7 @@ def _full_maps(model, layer, probe, policy="argmax", batch_size=5):
 
 
 def test_conv_layer_keeps_the_maps_of_each_units_top_images():
-    from discover.dissection.recording import top_images
+    from discover.dissection.spatial import top_images
 
     torch.manual_seed(0)
     model = create_model(
@@ -257,7 +249,7 @@ def test_conv_layer_keeps_the_maps_of_each_units_top_images():
 
 
 def test_token_layer_maps_are_the_patch_grid_without_the_class_token():
-    from discover.dissection.recording import top_images
+    from discover.dissection.spatial import top_images
 
     torch.manual_seed(0)
     model = _vit()

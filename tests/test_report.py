@@ -14,7 +14,9 @@ from _report_data import SCRIPT, build_sections
 from discover.dissection import Dissection
 from discover.nn import count_parameters
 from discover.report import writer as report_module
-from discover.report.writer import ReportConfig, ReportSection, to_pil, write_report
+from discover.report.figures import histogram_png, to_pil
+from discover.report.inputs import ReportConfig, ReportSection
+from discover.report.writer import write_report
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +135,7 @@ def test_gallery_lists_units_by_score_with_their_top_images(built, report_dir):
     assert sorted(u for u, _ in cards) == sorted(rows)
     scores = [rows[u].score for u in live]
     assert scores == sorted(scores, reverse=True)
-    from discover.dissection.recording import top_images
+    from discover.dissection.spatial import top_images
 
     expected = top_images(Q, 5)  # best first, ties to the lower index: the maps' order
     for unit, shown in cards:
@@ -322,13 +324,13 @@ def test_to_pil_reads_image_files(tmp_path):
 
 def test_histogram_colours_signs_and_reports_zeros(tmp_path):
     values = np.array([-1.0, -0.5, 0, 0, 0, 0, 0.5, 1.0, 2.0, 0])
-    info = report_module._histogram_png(values, tmp_path / "h.png", bins=10)
+    info = histogram_png(values, tmp_path / "h.png", bins=10)
     assert info == {"min": -1.0, "max": 2.0, "zero": 0.5}
     pixels = np.asarray(Image.open(tmp_path / "h.png"))
     assert pixels.shape == (44, 168, 3)
     colours = {tuple(p) for p in pixels.reshape(-1, 3)}
     assert (235, 130, 40) in colours and (55, 110, 200) in colours  # negative and positive bars
-    flat = report_module._histogram_png(np.zeros(5), tmp_path / "z.png", bins=10)
+    flat = histogram_png(np.zeros(5), tmp_path / "z.png", bins=10)
     assert flat == {"min": 0.0, "max": 0.0, "zero": 1.0}
 
 
@@ -442,7 +444,7 @@ def test_galleries_show_where_each_unit_fired(built, report_dir):
 def test_heatmap_outlines_the_region_above_half_the_peak(tmp_path):
     from PIL import Image
 
-    from discover.report.writer import draw_heatmap
+    from discover.report.figures import draw_heatmap
 
     heat = np.zeros((4, 4), dtype=np.float32)
     heat[1:3, 1:3] = 1.0

@@ -11,9 +11,10 @@ from _helpers import train_tiny
 from discover import explain, load_run
 from discover.data import ShapesWorld
 from discover.data.transforms import eval_transform
-from discover.dissection.core import Dissection, dissect
+from discover.dissection.core import dissect
 from discover.dissection.embedders import AnnotationEmbedder
 from discover.dissection.recording import model_fingerprint
+from discover.dissection.result import Dissection
 from discover.dissection.sae import (
     SAE,
     SAEConfig,

@@ -8,7 +8,8 @@ import torch
 from _helpers import SHAPES_PROBE
 from discover import create_model
 from discover.data import ShapesWorld
-from discover.dissection.core import Dissection, dissect
+from discover.dissection.core import dissect
+from discover.dissection.result import Dissection
 from discover.dissection.shards import (
     ShardMismatchError,
     dissect_shard,

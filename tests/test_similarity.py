@@ -13,6 +13,7 @@ from discover.dissection.similarity import (
     DEFAULT_SIMILARITY,
     PAPER_SIMILARITY,
     SIMILARITIES,
+    common,
     corr,
     cos,
     cos3,
@@ -21,6 +22,7 @@ from discover.dissection.similarity import (
     jsd_definition,
     rank_reorder,
     register_similarity,
+    reorder,
     soft_wpmi,
     wpmi,
 )
@@ -229,8 +231,8 @@ def test_rank_reorder_seeding():
 def test_top_images_tie_break_matches_loop_helper():
     column = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 2.0])
     assert top_images(column, 4) == [5, 1, 3, 0]
-    assert sim._top_images(column[:, None], 4)[1].tolist() == [[5, 1, 3, 0]]
-    assert sorted(sim._top_sets(column[:, None], 4)[0].tolist()) == [0, 1, 3, 5]
+    assert common.top_images(column[:, None], 4)[1].tolist() == [[5, 1, 3, 0]]
+    assert sorted(common.top_sets(column[:, None], 4)[0].tolist()) == [0, 1, 3, 5]
 
 
 # --------------------------------------------------------------------------- JSD
@@ -423,10 +425,10 @@ def test_min_ranks_packed_sort_matches_float_sort_with_ties(dtype):
     x[0, :5] = torch.tensor([0.0, -0.0, 0.0, -0.0, 1.0], dtype=dtype)  # signed zeros tie
     x[1] = 2.0  # a constant row
     expected = (x[:, None, :] < x[:, :, None]).sum(dim=2).to(torch.int32)  # strictly smaller
-    assert torch.equal(sim._min_ranks(x, packed=False), expected)
+    assert torch.equal(reorder.min_ranks(x, packed=False), expected)
     if dtype == torch.float32:
-        assert torch.equal(sim._min_ranks(x, packed=True), expected)
-        assert torch.equal(sim._min_ranks(x), expected)
+        assert torch.equal(reorder.min_ranks(x, packed=True), expected)
+        assert torch.equal(reorder.min_ranks(x), expected)
 
 
 @pytest.mark.parametrize("p", [3.0, 2.0])
@@ -436,15 +438,15 @@ def test_reorder_errors_numpy_and_torch_paths_match_stable_argsort(p):
     g = torch.Generator().manual_seed(1)
     N, K, n, mc = 60, 5, 9, 7
     c = _tied(torch.rand(N, mc, generator=g), 0.2)  # ties: stable order must be kept
-    acts, top = sim._top_images(torch.randn(N, K, generator=g), n)
-    ranks = sim._min_ranks(c.T.contiguous())
+    acts, top = common.top_images(torch.randn(N, K, generator=g), n)
+    ranks = reorder.min_ranks(c.T.contiguous())
     # The definition: sort each unit's concept scores with a stable float argsort.
     order = c[top].transpose(1, 2).argsort(dim=-1, stable=True)  # [K, mc, n]
     moved = acts[:, None, :].expand_as(order).gather(-1, order)
     expected = (moved - acts.flip(1)[:, None, :]).abs().pow(p).mean(dim=-1)
     with ThreadPoolExecutor(2) as pool:
-        got_numpy = sim._reorder_errors(ranks, top, acts, p, chunk_size=2, pool=pool)
-    got_torch = sim._reorder_errors(ranks, top, acts, p, chunk_size=2, pool=None)
+        got_numpy = reorder.reorder_errors(ranks, top, acts, p, chunk_size=2, pool=pool)
+    got_torch = reorder.reorder_errors(ranks, top, acts, p, chunk_size=2, pool=None)
     torch.testing.assert_close(got_numpy, expected)
     torch.testing.assert_close(got_torch, expected)
 
@@ -469,7 +471,7 @@ def test_top_images_match_a_stable_sort(k, dtype):
     x[:, 2] = torch.randn(200, generator=g, dtype=dtype)  # no ties at all
     x[:, 3] = torch.randn(200, generator=g, dtype=dtype).relu()  # ties at 0 only
     values, indices = torch.sort(x.T, dim=1, descending=True, stable=True)
-    got_values, got_indices = sim._top_images(x, k)
+    got_values, got_indices = common.top_images(x, k)
     assert torch.equal(got_indices, indices[:, :k])
     assert torch.equal(got_values, values[:, :k])
 
@@ -478,7 +480,7 @@ def test_column_norms_match_vector_norm():
     x = torch.randn(300, 9, dtype=torch.float64)
     expected = torch.linalg.vector_norm(x, dim=0)
     for rows in (1, 7, 64, 1000):
-        torch.testing.assert_close(sim._column_norms(x, rows=rows), expected)
+        torch.testing.assert_close(common.column_norms(x, rows=rows), expected)
 
 
 @pytest.mark.parametrize("top_k", [7, 16, 100])

@@ -5,17 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from discover.dissection.rows import FileRows, PermutedRows, ProductRows, RowWriter, TensorRows
 from discover.dissection.significance import label_significance
 from discover.dissection.similarity import get_similarity
 from discover.dissection.streaming import (
     STREAMED,
-    FileRows,
-    PermutedRows,
-    ProductRows,
     Products,
-    RowWriter,
     Scan,
-    TensorRows,
     scan,
     streamed_significance,
     streamed_similarity,
@@ -209,7 +205,7 @@ def test_gathering_columns_reads_only_those(probe, tmp_path):
 
 
 def streaming_concat(rows):
-    from discover.dissection.streaming import ConcatRows
+    from discover.dissection.rows import ConcatRows
 
     return ConcatRows((rows,))
 

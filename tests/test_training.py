@@ -10,8 +10,11 @@ import yaml
 from safetensors.torch import load_file
 
 from _helpers import tiny_train_kwargs
+from discover.training.config import TrainConfig
+from discover.training.distributed import GlobalBatchSampler
+from discover.training.loop import NonFiniteLossError
 from discover.training.recipes import get_recipe
-from discover.training.trainer import GlobalBatchSampler, NonFiniteLossError, TrainConfig, train
+from discover.training.trainer import train
 
 TINY = tiny_train_kwargs(n=160, epochs=2)
 

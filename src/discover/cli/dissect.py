@@ -25,7 +25,8 @@ from discover.cli.common import (
     probe_from_args,
     say,
 )
-from discover.dissection.core import Dissection, dissect
+from discover.dissection.core import dissect
+from discover.dissection.result import Dissection
 from discover.dissection.shards import dissect_distributed, dissect_shard, merge_shards
 from discover.dissection.similarity import SIMILARITIES
 from discover.errors import InputError

@@ -17,7 +17,8 @@ from discover.cli.common import (
     number_or_none,
     say,
 )
-from discover.dissection.core import Dissection, default_dissection_dir
+from discover.dissection.result import Dissection
+from discover.dissection.storage import default_dissection_dir
 from discover.evaluation.localization import iou_labelled
 from discover.explanation import explain, explain_run, print_explanations
 

@@ -16,7 +16,7 @@ from discover.cli.common import (
     model_options,
     say,
 )
-from discover.dissection.recording import list_layers
+from discover.dissection.layers import list_layers
 from discover.evaluation.sparsity import photo_sparsity
 from discover.nn.checkpoints import count_parameters, save_checkpoint
 from discover.nn.lwta import lwta_layers

@@ -20,9 +20,11 @@ from discover.cli.common import (
 )
 from discover.nn.lwta import EVAL_POLICIES
 from discover.training.clip import ShapesCLIPConfig, train_shapes_clip
+from discover.training.config import TrainConfig
 from discover.training.export import export_run
+from discover.training.loop import NonFiniteLossError
 from discover.training.recipes import RECIPES
-from discover.training.trainer import NonFiniteLossError, TrainConfig, train
+from discover.training.trainer import train
 
 __all__: list[str] = []  # the commands register themselves with discover.cli.command
 

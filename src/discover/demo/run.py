@@ -203,7 +203,8 @@ def _dissect(
 ) -> None:
     """Dissect one model's ``(hidden layers, classifier)`` and score the classifier's labels
     against the class names (the final-layer protocol)."""
-    from discover.dissection.core import Dissection, dissect
+    from discover.dissection.core import dissect
+    from discover.dissection.result import Dissection
     from discover.evaluation.descriptions import evaluate_descriptions
 
     config = demo.config
@@ -333,7 +334,8 @@ def _write_report(
     """The HTML report of both models and the explained images, ``notes`` on top."""
     from torchvision.transforms.functional import to_pil_image
 
-    from discover.report.writer import ReportConfig, ReportSection, write_report
+    from discover.report.inputs import ReportConfig, ReportSection
+    from discover.report.writer import write_report
 
     config = demo.config
     with demo.step("report"):
@@ -428,7 +430,8 @@ def _transformers_progress(enabled: bool) -> Iterator[None]:
 
 def _train(options: dict[str, Any], progress: bool, log: Callable[[str], None]) -> Path:
     """Train (or reuse/resume an identical run in ``options['out']``)."""
-    from discover.training.trainer import TrainConfig, train
+    from discover.training.config import TrainConfig
+    from discover.training.trainer import train
 
     out = Path(options["out"])
     if (out / "state" / "trainer.pt").is_file():

@@ -42,6 +42,7 @@ from discover.dissection.labels import (
     column_flags,
     label_defaults,
 )
+from discover.dissection.layers import resolve_layers
 from discover.dissection.probe_concepts import concept_matrix, concept_rows
 from discover.dissection.recording import (
     dataset_fingerprint,
@@ -49,29 +50,17 @@ from discover.dissection.recording import (
     model_view,
     record,
     record_rows,
-    resolve_layers,
 )
 from discover.dissection.records import (
     ConceptStats,
     DissectConfig,
-    DissectedLayer,
-    DissectedModel,
     UnitDescription,
 )
-from discover.dissection.result import Dissection, StaleDissectionError
+from discover.dissection.result import Dissection
 from discover.dissection.rows import TensorRows
 from discover.dissection.sae import SAE, as_sae, record_latents
 from discover.dissection.significance import SIGNIFICANCE_SIMILARITY, label_significance
 from discover.dissection.similarity import get_similarity
-from discover.dissection.storage import ACTIVATIONS_FILE as ACTIVATIONS_FILE
-from discover.dissection.storage import CSV_COLUMNS as CSV_COLUMNS
-from discover.dissection.storage import DISSECTION_DIR as DISSECTION_DIR
-from discover.dissection.storage import DISSECTION_FILES as DISSECTION_FILES
-from discover.dissection.storage import MAPS_FILE as MAPS_FILE
-from discover.dissection.storage import OLD_SCORES_FILE as OLD_SCORES_FILE
-from discover.dissection.storage import ROWS_DIR as ROWS_DIR
-from discover.dissection.storage import SCORES_FILE as SCORES_FILE
-from discover.dissection.storage import default_dissection_dir
 from discover.dissection.streaming import column_stats, streamed_significance, streamed_similarity
 from discover.errors import InputError
 from discover.nn.checkpoints import count_parameters
@@ -81,18 +70,8 @@ __all__ = [
     "label_layers",
     "model_about",
     "probe_about",
-    "UnitDescription",
-    "ConceptStats",
-    "DissectedLayer",
-    "DissectedModel",
-    "Dissection",
-    "DissectConfig",
-    "StaleDissectionError",
-    "concept_matrix",
-    "concept_rows",
     "dissect_config",
     "STREAM_ENTRIES",
-    "default_dissection_dir",
     "dissect",
 ]
 
@@ -208,7 +187,7 @@ def dissect(
 
     Args:
         model: any model; LWTA layers are recorded after competition.
-        layers: dotted layer names (see :func:`discover.dissection.recording.list_layers`).
+        layers: dotted layer names (see :func:`discover.dissection.layers.list_layers`).
         probe: raw probe images (a dataset of ``(image, ...)`` items, images not normalised).
         concepts: a concept-set name (``20k``, ``broden``, ``shapes``, ...) or a file path.
         embedder: ``conse`` (offline default), ``annotations`` (ground truth),

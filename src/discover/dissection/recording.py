@@ -33,9 +33,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from discover._utils import atomic_path, cache_warning, require_int
 from discover.dissection.layers import (
-    POOLINGS,
-    LayerInfo,
-    list_layers,
     pool,
     pool_mask,
     resolve_layers,
@@ -48,7 +45,6 @@ from discover.dissection.spatial import (
     TopMaps,
     maps_note,
     spatial_maps,
-    top_images,
 )
 from discover.errors import InputError, NonFiniteError
 from discover.nn.checkpoints import state_dict_sha256
@@ -56,19 +52,9 @@ from discover.nn.hooks import capture, training_mode
 from discover.nn.lwta import LWTA, capture_winners, eval_policy
 
 __all__ = [
-    "GALLERY_SIZE",
-    "LayerMaps",
-    "spatial_maps",
-    "top_images",
     "model_view",
-    "POOLINGS",
-    "LayerInfo",
     "Recording",
     "RowsRecording",
-    "pool_mask",
-    "list_layers",
-    "resolve_layers",
-    "pool",
     "record",
     "record_rows",
     "model_fingerprint",
@@ -178,7 +164,7 @@ def _require_finite(activations: torch.Tensor, layer: str, first: int = 0) -> No
 
 class _Rows:
     """One layer's recorded rows, chunk by chunk: kept in memory, or (with ``writer``, a
-    :class:`~discover.dissection.streaming.RowWriter`) written out as they come."""
+    :class:`~discover.dissection.rows.RowWriter`) written out as they come."""
 
     def __init__(self, writer: Any = None) -> None:
         self.chunks: list[torch.Tensor] = []
@@ -433,7 +419,7 @@ def _setup(
 @dataclass
 class RowsRecording:
     """A recording written to a folder as it ran: each layer's pooled activations (and LWTA
-    winner fractions) as row files (:class:`~discover.dissection.streaming.FileRows`), so its
+    winner fractions) as row files (:class:`~discover.dissection.rows.FileRows`), so its
     memory does not grow with the probe."""
 
     folder: Path

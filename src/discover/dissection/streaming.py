@@ -54,13 +54,9 @@ import torch
 from torch import Tensor
 
 from discover.dissection.rows import (
-    ConcatRows,
-    FileRows,
     PermutedRows,
     ProductRows,
     RowSource,
-    RowWriter,
-    TensorRows,
 )
 from discover.dissection.significance import (
     Significance,
@@ -71,13 +67,6 @@ from discover.dissection.similarity import get_similarity
 from discover.errors import InputError
 
 __all__ = [
-    "RowSource",
-    "TensorRows",
-    "ConcatRows",
-    "PermutedRows",
-    "ProductRows",
-    "RowWriter",
-    "FileRows",
     "Scan",
     "Products",
     "scan",

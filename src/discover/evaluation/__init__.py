@@ -8,6 +8,8 @@ Imports the earlier stages, never :mod:`discover.report`.
 
 from __future__ import annotations
 
+from discover.dissection.embedders.annotations import probe_annotations
+
 from . import (
     classification,
     descriptions,
@@ -37,23 +39,19 @@ from .sanity import *  # noqa: F403
 from .simulation import *  # noqa: F403
 from .sparsity import *  # noqa: F403
 
-# groundtruth and descriptions still re-export the names moved out of them: count each once
-__all__ = list(
-    dict.fromkeys(
-        [
-            *classification.__all__,
-            *descriptions.__all__,
-            *detection.__all__,
-            *explanations.__all__,
-            *groundtruth.__all__,
-            *layered.__all__,
-            *localization.__all__,
-            *metrics.__all__,
-            *paired.__all__,
-            *planted.__all__,
-            *sanity.__all__,
-            *simulation.__all__,
-            *sparsity.__all__,
-        ]
-    )
-)
+__all__ = [
+    *classification.__all__,
+    *descriptions.__all__,
+    *detection.__all__,
+    *explanations.__all__,
+    *groundtruth.__all__,
+    "probe_annotations",
+    *layered.__all__,
+    *localization.__all__,
+    *metrics.__all__,
+    *paired.__all__,
+    *planted.__all__,
+    *sanity.__all__,
+    *simulation.__all__,
+    *sparsity.__all__,
+]

@@ -41,7 +41,6 @@ import torch
 from torch import Tensor, nn
 
 from discover.dissection.concepts import ConceptSet, load_concepts
-from discover.dissection.core import Dissection, UnitDescription
 from discover.dissection.embedders import (
     SENTENCE_MODELS,
     AnnotationEmbedder,
@@ -49,22 +48,15 @@ from discover.dissection.embedders import (
     build_embedder,
     load_sentence_model,
 )
+from discover.dissection.records import UnitDescription
+from discover.dissection.result import Dissection
 from discover.errors import InputError
 from discover.evaluation.metrics import Metric, NullStats, SaveableScores, metrics_table
 from discover.evaluation.ranks import RANK_METRICS, rank_figures, ranks_from_scores, ranks_from_top
 
-# Moved to discover.evaluation.simulation; imported back so that the old import path works
-# (as are NullStats and Metric, now in discover.evaluation.metrics).
-from discover.evaluation.simulation import SimulationScores, evaluate_simulation, simulation_score
-
 __all__ = [
-    "NullStats",
-    "Metric",
     "DescriptionScores",
-    "SimulationScores",
     "evaluate_descriptions",
-    "simulation_score",
-    "evaluate_simulation",
     "resolve_class_names",
     "text_encoder",
 ]
@@ -309,7 +301,7 @@ def evaluate_descriptions(
     the rank figures cover the other units only.
 
     Args:
-        dissection: a :class:`~discover.dissection.core.Dissection` or its saved directory.
+        dissection: a :class:`~discover.dissection.result.Dissection` or its saved directory.
         class_names: class names in class-index order, or a spec for
             :func:`resolve_class_names` (``shapes_classes``, a file, ``fashion-mnist``).
         layer: the classifier layer; default: the dissection's last layer.
@@ -323,7 +315,7 @@ def evaluate_descriptions(
         max_random_concepts: at most this many concepts (a seeded sample) are encoded for the
             random-concept baseline of the cosine figures.
         model: the model the figures are reported for; when given, the dissection must
-            describe it (see :meth:`~discover.dissection.core.Dissection.check_model`).
+            describe it (see :meth:`~discover.dissection.result.Dissection.check_model`).
         allow_mismatch: with ``model``, warn instead of refusing a dissection of other
             weights, layers or ``U``.
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from discover.dissection.core import Dissection
+from discover.dissection.result import Dissection
 from discover.errors import InputError
 
 __all__ = [

@@ -61,12 +61,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from discover.dissection.core import Dissection
 from discover.dissection.embedders.annotations import probe_annotations
+from discover.dissection.result import Dissection
 from discover.errors import InputError
-
-# probe_split, average_precision and threshold_metrics moved to discover.evaluation.detection;
-# they stay importable from here.
 from discover.evaluation.detection import (
     average_precision,
     binary_table,
@@ -76,33 +73,15 @@ from discover.evaluation.detection import (
 )
 from discover.evaluation.layered import LayeredReport
 
-# Moved to discover.evaluation.sanity; imported back so that the old import path works.
-from discover.evaluation.sanity import (
-    SANITY_PASS_BAR,
-    SanityConfig,
-    SanityResult,
-    corrupt_labels,
-    similarity_sanity,
-)
-
 __all__ = [
     "MONOSEMANTIC_BAR",
-    "SANITY_PASS_BAR",
     "UnitGroundTruth",
     "LayerGroundTruth",
     "GroundTruthReport",
-    "probe_split",
-    "average_precision",
-    "threshold_metrics",
     "groundtruth_scores",
     "groundtruth_dissection",
-    "probe_annotations",
     "evaluate_groundtruth",
     "saved_groundtruth",
-    "SanityConfig",
-    "SanityResult",
-    "corrupt_labels",
-    "similarity_sanity",
 ]
 
 MONOSEMANTIC_BAR = 0.75
@@ -587,7 +566,7 @@ def evaluate_groundtruth(
     :func:`groundtruth_dissection`. Nothing runs the model: ``Q`` comes from the dissection.
 
     Args:
-        dissection: a :class:`~discover.dissection.core.Dissection` or its saved folder.
+        dissection: a :class:`~discover.dissection.result.Dissection` or its saved folder.
         probe: the raw probe set the dissection was made on, with annotations
             (``concepts_table()`` and ``concept_names``, like ShapesWorld).
         layers: the layers to score (default: all of the dissection's).

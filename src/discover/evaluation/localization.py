@@ -1,7 +1,7 @@
 """Where units fire: Network-Dissection IoU against pixel masks (Bau et al., CVPR 2017).
 
 For a layer with spatial extent (a conv map, or a ViT/DeiT token layer's patch grid; see
-:func:`~discover.dissection.recording.spatial_maps`) and a probe whose images carry a pixel
+:func:`~discover.dissection.spatial.spatial_maps`) and a probe whose images carry a pixel
 mask per concept (``probe.concept_masks(i)``, as :class:`~discover.data.ShapesWorld` has):
 
 1. **Threshold.** Each unit's threshold ``T_k`` is its top :data:`TOP_QUANTILE` (0.5 %)
@@ -49,8 +49,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from discover._utils import require_int
-from discover.dissection.core import Dissection
-from discover.dissection.recording import model_view, resolve_layers, spatial_maps
+from discover.dissection.layers import resolve_layers
+from discover.dissection.recording import model_view
+from discover.dissection.result import Dissection
+from discover.dissection.spatial import spatial_maps
 from discover.errors import InputError
 from discover.evaluation.layered import LayeredReport
 from discover.nn.hooks import capture

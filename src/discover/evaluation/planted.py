@@ -51,8 +51,8 @@ from tqdm.auto import tqdm
 
 from discover._utils import Registry, check_options, csv_text, write_atomic
 from discover.dissection.concepts import ConceptSet, load_concepts
-from discover.dissection.core import concept_matrix
 from discover.dissection.embedders import Embedder, build_embedder
+from discover.dissection.probe_concepts import concept_matrix
 from discover.dissection.similarity import SIMILARITIES, get_similarity
 from discover.errors import InputError
 from discover.evaluation.ranks import ranks_from_scores

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from discover.dissection.core import UnitDescription
+from discover.dissection.records import UnitDescription
 from discover.errors import InputError
 
 __all__ = ["RANK_METRICS", "ranks_from_scores", "ranks_from_top", "rank_figures"]

@@ -25,8 +25,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from discover.dissection.concepts import ConceptSet, load_concepts
-from discover.dissection.core import Dissection
 from discover.dissection.embedders import Embedder, build_embedder
+from discover.dissection.result import Dissection
 from discover.dissection.similarity import DEFAULT_SIMILARITY, get_similarity
 from discover.errors import InputError
 from discover.evaluation.metrics import Metric, NullStats, SaveableScores, metrics_table
@@ -266,7 +266,7 @@ def evaluate_simulation(
         >>> sims = evaluate_simulation(d, probe, "annotations")  # doctest: +SKIP
         >>> print(sims["layer3"].summary())  # doctest: +SKIP
     """
-    from discover.dissection.core import concept_matrix
+    from discover.dissection.probe_concepts import concept_matrix
 
     names = list(layers) if layers is not None else dissection.layers
     Qs = {name: dissection.probe_activations(name) for name in names}

@@ -37,7 +37,7 @@ conv maps):
   share of nonzero (latent, position) entries (``k / latents`` per position);
 * **where it fired**: each listed winner of a layer with spatial extent, and each listed
   contribution (the classifier's features before pooling), carries its ``map`` on the image
-  (the layer's resolution; :func:`~discover.dissection.recording.spatial_maps`) and
+  (the layer's resolution; :func:`~discover.dissection.spatial.spatial_maps`) and
   ``where``, the 3 x 3 part of the image holding the centre of its above-half-peak region;
   a layer without spatial extent says so in ``maps``. ``class_evidence`` is a Grad-CAM map
   of the predicted class (ReLU'd): at the last conv map (captum's ``LayerGradCam``), or for

@@ -11,8 +11,8 @@ from typing import Any
 
 from torch import nn
 
-from discover.dissection.core import Dissection, StaleDissectionError
 from discover.dissection.labels import LABEL_DEFAULTS
+from discover.dissection.result import Dissection, StaleDissectionError
 from discover.dissection.sae import SAE, as_sae
 from discover.errors import InputError
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from discover._utils import cache_root, printable
-from discover.dissection.core import Dissection
 from discover.dissection.embedders import build_embedder
+from discover.dissection.result import Dissection
 from discover.errors import InputError
 from discover.explanation.result import Explanation
 

@@ -12,9 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from discover.dissection.core import Dissection
-from discover.dissection.recording import resolve_layers, spatial_maps
+from discover.dissection.layers import resolve_layers
+from discover.dissection.result import Dissection
 from discover.dissection.sae import SAE
+from discover.dissection.spatial import spatial_maps
 from discover.errors import InputError, NonFiniteError
 from discover.explanation.checks import (
     as_dissection,
@@ -80,7 +81,7 @@ def explain(
         images: preprocessed float inputs ``(N, C, H, W)``/``(C, H, W)``, or raw images (file
             paths, PIL images, ``uint8`` tensors) that go through ``transform`` (default: the
             model's evaluation transform, ``model.data_config``).
-        dissection: a :class:`~discover.dissection.core.Dissection` of this model, or the folder
+        dissection: a :class:`~discover.dissection.result.Dissection` of this model, or the folder
             it was saved to; its labels and poolings are used for the layers it covers.
         policy: LWTA evaluation policy (``argmax`` is reproducible; ``sample`` draws the
             winners, seeded with ``seed``).
@@ -92,7 +93,7 @@ def explain(
         names: a name per image (default: the file path or ``image[i]``).
         targets: true class index per image, if known.
         allow_mismatch: use a dissection that does not describe ``model`` (other weights,
-            layers or ``U``, see :meth:`~discover.dissection.core.Dissection.check_model`) with a
+            layers or ``U``, see :meth:`~discover.dissection.result.Dissection.check_model`) with a
             warning instead of refusing it.
         sae: the SAE whose latents the dissection labels (default: the folder recorded in
             the dissection, ``meta["sae"]``); its layer is explained through its latents.

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from discover.dissection.core import Dissection
+from discover.dissection.result import Dissection
 from discover.explanation.core import explain
 from discover.explanation.model import explained_layers, find_classifier
 from discover.nn.models import default_input_size

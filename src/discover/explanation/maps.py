@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from discover.dissection.recording import spatial_maps
+from discover.dissection.spatial import spatial_maps
 from discover.explanation.inputs import forward_logits
 from discover.nn.hooks import capture
 

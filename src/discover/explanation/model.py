@@ -7,7 +7,7 @@ import contextlib
 
 from torch import nn
 
-from discover.dissection.core import Dissection
+from discover.dissection.result import Dissection
 from discover.errors import InputError
 from discover.nn.lwta import lwta_layers
 

@@ -28,7 +28,7 @@ class Winner:
     score, highest first); ``None`` without ``explain(embedder=...)``."""
     map: list[list[float]] | None = None
     """Where it fired on this image: its activation map (``h x w``, the layer's own
-    resolution; see :func:`~discover.dissection.recording.spatial_maps`); ``None`` for a
+    resolution; see :func:`~discover.dissection.spatial.spatial_maps`); ``None`` for a
     layer without spatial extent."""
 
     @property

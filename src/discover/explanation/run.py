@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from discover.dissection.core import Dissection, default_dissection_dir
+from discover.dissection.result import Dissection
+from discover.dissection.storage import default_dissection_dir
 from discover.explanation.conditioning import dissection_embedder
 from discover.explanation.core import explain
 from discover.explanation.inputs import read_images
@@ -44,18 +45,18 @@ def explain_run(
 
     The run is read with :func:`~discover.training.runs.load_run`, its dissection from
     ``dissection`` or else from ``RUN/dissection``
-    (:func:`~discover.dissection.core.default_dissection_dir`). Files that cannot be read are
+    (:func:`~discover.dissection.storage.default_dissection_dir`). Files that cannot be read are
     listed in ``failures`` and the others are explained (:func:`explain`) with the run's
     class names.
 
     Args:
         run: a training run folder (``discover train``).
         images: image files.
-        dissection: a :class:`~discover.dissection.core.Dissection` of the run's model, or its
+        dissection: a :class:`~discover.dissection.result.Dissection` of the run's model, or its
             folder (default ``RUN/dissection``).
         weights: ``best`` or ``last`` (see :func:`~discover.training.runs.load_run`).
         allow_mismatch: use a dissection made for other weights, layers or ``U`` (a warning
-            instead of :class:`~discover.dissection.core.StaleDissectionError`).
+            instead of :class:`~discover.dissection.result.StaleDissectionError`).
         embedder: condition the labels on each image (:func:`explain`); ``"dissection"``
             rebuilds the vision-language model the dissection was made with.
         options: further keywords of :func:`explain` (``policy``, ``top``, ``threshold``,

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from discover.dissection.core import Dissection
-from discover.dissection.recording import pool, pool_mask, suggested_pooling
+from discover.dissection.layers import pool, pool_mask, suggested_pooling
+from discover.dissection.result import Dissection
 from discover.dissection.sae import SAE
 from discover.errors import InputError
 from discover.explanation.rows import Contributions, UnitContribution, Winner

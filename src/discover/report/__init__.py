@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from . import writer
-from .writer import *  # noqa: F403
+from .figures import HEAT_ALPHA, HEAT_COLORMAP, HEAT_OUTLINE, draw_heatmap, to_pil
+from .inputs import ReportConfig, ReportSection
+from .rendering import RESERVED_NAMES
+from .writer import write_report
 
-__all__ = [*writer.__all__]
+__all__ = [
+    "draw_heatmap",
+    "ReportSection",
+    "ReportConfig",
+    "write_report",
+    "HEAT_ALPHA",
+    "HEAT_COLORMAP",
+    "HEAT_OUTLINE",
+    "RESERVED_NAMES",
+    "to_pil",
+]

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from discover.dissection.core import DissectedLayer, UnitDescription
-from discover.dissection.recording import top_images
+from discover.dissection.records import DissectedLayer, UnitDescription
+from discover.dissection.spatial import top_images
 from discover.evaluation.groundtruth import LayerGroundTruth
 from discover.evaluation.localization import LayerLocalization
 from discover.report.figures import draw_heatmap, histogram_png, probe_image, to_pil

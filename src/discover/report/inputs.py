@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from discover.dissection.core import Dissection
-from discover.dissection.recording import GALLERY_SIZE
+from discover.dissection.result import Dissection
+from discover.dissection.spatial import GALLERY_SIZE
 from discover.errors import InputError
 from discover.evaluation.explanations import ExplanationScores
 from discover.evaluation.groundtruth import GroundTruthReport
@@ -39,7 +39,7 @@ class ReportSection:
         name: shown as the section title, e.g. ``"CVN (U=4)"`` or ``"dense twin"``.
         model: the dissected model, if at hand: the dissection is then checked against it
             (weights, layers, ``U``); ``None`` trusts the saved dissection.
-        dissection: its :class:`~discover.dissection.core.Dissection`.
+        dissection: its :class:`~discover.dissection.result.Dissection`.
         probe: the dissection's probe set of raw ``(image, label, ...)`` items; an image is a
             PIL image, a ``uint8`` tensor or a float ``(C, H, W)`` tensor in ``[0, 1]``.
         accuracy: fractions in ``[0, 1]``, e.g. ``{"top1": 0.83, "top5": 0.99}``.
@@ -118,12 +118,12 @@ def check_sections(sections: Sequence[ReportSection]) -> list[ReportSection]:
         if not isinstance(section, ReportSection):
             raise InputError(
                 f"write_report: section {i} is a {type(section).__name__}, expected a "
-                "discover.report.writer.ReportSection"
+                "discover.report.ReportSection"
             )
         if not isinstance(section.dissection, Dissection):
             raise InputError(
                 f"section {section.name!r}: dissection is a {type(section.dissection).__name__}, "
-                "expected a discover.dissection.core.Dissection"
+                "expected a discover.dissection.Dissection"
             )
         if len(section.probe) == 0:
             raise InputError(f"section {section.name!r}: the probe set is empty")

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from discover.dissection.core import DissectedLayer
+from discover.dissection.records import DissectedLayer
 from discover.errors import InputError
 from discover.evaluation.explanations import ExplanationScores
 from discover.evaluation.groundtruth import saved_groundtruth

@@ -33,14 +33,6 @@ from typing import Any
 from discover._utils import staged_dir
 from discover.errors import InputError
 from discover.report.explanation_pages import write_explanations
-from discover.report.figures import (
-    HEAT_ALPHA,
-    HEAT_COLORMAP,
-    HEAT_OUTLINE,
-    draw_heatmap,
-    histogram_png,
-    to_pil,
-)
 from discover.report.inputs import ReportConfig, ReportSection, check_explanations, check_sections
 from discover.report.rendering import (
     RESERVED_NAMES,
@@ -53,23 +45,10 @@ from discover.report.rendering import (
 from discover.report.sections import write_section
 from discover.version import __version__
 
-__all__ = [
-    "draw_heatmap",
-    "ReportSection",
-    "ReportConfig",
-    "write_report",
-    # moved to sibling modules, imported back for existing callers
-    "HEAT_ALPHA",
-    "HEAT_COLORMAP",
-    "HEAT_OUTLINE",
-    "RESERVED_NAMES",
-    "to_pil",
-]
+__all__ = ["write_report"]
 
 GENERATOR = "discover.report.writer"
 """The ``generator`` key of ``report.json``: only folders that carry it are ever replaced."""
-
-_histogram_png = histogram_png  # the name tests reach it by
 
 
 def write_report(
@@ -100,7 +79,7 @@ def write_report(
             ``report.json``), e.g. that the compared models were still learning.
         allow_mismatch: report a section whose dissection does not describe its model
             (other weights, layers or ``U``, see
-            :meth:`~discover.dissection.core.Dissection.check_model`) with a warning instead of
+            :meth:`~discover.dissection.result.Dissection.check_model`) with a warning instead of
             refusing it.
 
     Example:

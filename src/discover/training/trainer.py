@@ -43,13 +43,11 @@ from discover.training.config import TrainConfig, TrainResult
 from discover.training.data import Loaders, build_loaders, run_data_config, skipped_images
 from discover.training.distributed import (
     DistContext,
-    GlobalBatchSampler,
     init_distributed,
     local_device,
     unwrap,
 )
 from discover.training.loop import (
-    NonFiniteLossError,
     Position,
     RunSetup,
     end_epoch,
@@ -60,13 +58,7 @@ from discover.training.loop import (
 from discover.training.recipes import Recipe, build_optimizer, build_scheduler
 from discover.training.state import RunFolder, holds_run, load_state, rng_state, save_state
 
-__all__ = [
-    "TrainConfig",
-    "TrainResult",
-    "train",
-    "NonFiniteLossError",
-    "GlobalBatchSampler",
-]
+__all__ = ["train"]
 
 
 def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:

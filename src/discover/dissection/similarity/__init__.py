@@ -45,7 +45,6 @@ from typing import Any
 from torch import Tensor
 
 from discover._utils import Registry, check_options
-from discover.dissection.similarity import common, reorder
 from discover.dissection.similarity.cosine import corr, cos, cos3
 from discover.dissection.similarity.jensen_shannon import Support as Support
 from discover.dissection.similarity.jensen_shannon import Transform as Transform
@@ -71,10 +70,6 @@ __all__ = [
     "jsd",
     "jsd_definition",
 ]
-
-# The building blocks under their names from before the split (the tests check them).
-_column_norms, _top_images, _top_sets = common.column_norms, common.top_images, common.top_sets
-_min_ranks, _reorder_errors = reorder.min_ranks, reorder.reorder_errors
 
 SimilarityFn = Callable[..., Tensor]
 """``(concept_acts [N, M], neuron_acts [N, K], **params) -> scores [K, M]``."""

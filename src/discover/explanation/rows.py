@@ -9,8 +9,25 @@ from discover.explanation import maps
 __all__ = ["Winner", "LayerExplanation", "UnitContribution", "Contributions"]
 
 
+class _SeenOnImage:
+    """What a listed unit shows on its image: the shared reading of ``seen`` and ``map``."""
+
+    seen: list[tuple[str, float]] | None
+    map: list[list[float]] | None
+
+    @property
+    def conditioned_label(self) -> str | None:
+        """The candidate this image shows most (``None`` without conditioning)."""
+        return self.seen[0][0] if self.seen else None
+
+    @property
+    def where(self) -> str | None:
+        """The 3 x 3 part of the image where it fired most (``"top left"``, ...)."""
+        return maps.where(self.map)
+
+
 @dataclass
-class Winner:
+class Winner(_SeenOnImage):
     """One active unit of one layer for one image."""
 
     unit: int
@@ -31,16 +48,6 @@ class Winner:
     resolution; see :func:`~discover.dissection.spatial.spatial_maps`); ``None`` for a
     layer without spatial extent."""
 
-    @property
-    def conditioned_label(self) -> str | None:
-        """The candidate this image shows most (``None`` without conditioning)."""
-        return self.seen[0][0] if self.seen else None
-
-    @property
-    def where(self) -> str | None:
-        """The 3 x 3 part of the image where it fired most (``"top left"``, ...)."""
-        return maps.where(self.map)
-
 
 @dataclass
 class LayerExplanation:
@@ -58,7 +65,7 @@ class LayerExplanation:
 
 
 @dataclass
-class UnitContribution:
+class UnitContribution(_SeenOnImage):
     """``activation x weight``: one feature's part of the predicted class logit."""
 
     unit: int
@@ -71,16 +78,6 @@ class UnitContribution:
     seen: list[tuple[str, float]] | None = None  # as Winner.seen
     probe_percentile: float | None = None  # as Winner.probe_percentile
     map: list[list[float]] | None = None  # as Winner.map: the feature before pooling
-
-    @property
-    def conditioned_label(self) -> str | None:
-        """The candidate this image shows most (``None`` without conditioning)."""
-        return self.seen[0][0] if self.seen else None
-
-    @property
-    def where(self) -> str | None:
-        """As :attr:`Winner.where`."""
-        return maps.where(self.map)
 
 
 @dataclass
